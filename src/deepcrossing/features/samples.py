@@ -116,7 +116,7 @@ def _split_expr(con: duckdb.DuckDBPyConnection, config: FeatureConfig) -> tuple[
     f_train, f_valid, _ = config.fractions
     if config.split == "random":
         # DuckDB: hash() (Spark: xxhash64); a seeded per-rating coin in [0, 1)
-        coin = f"(hash(user_id, item_id, timestamp, {int(config.seed)}) % 1000000) / 1000000.0"
+        coin = f"(hash(userId, movieId, timestamp, {int(config.seed)}) % 1000000) / 1000000.0"
         expr = (f"CASE WHEN {coin} < {f_train!r} THEN 'train' "
                 f"WHEN {coin} < {f_train + f_valid!r} THEN 'valid' ELSE 'test' END")
         return expr, {"rule": "seeded hash of (user, movie, timestamp, seed) per rating", "seed": config.seed}
