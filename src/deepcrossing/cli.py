@@ -74,9 +74,128 @@ def set_threads(threads: int | None) -> None:
 
 # [prepare]
 
+
+@app.command("prepare")
+def prepare_cmd(
+    data: Annotated[Path, typer.Option("--data", help="MovieLens folder (any release) or your own log file/folder.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Output folder (replaced as a whole at the end).")],
+    fmt: Annotated[str, typer.Option("--format", help="parquet (our schema) or sparrow (SparrowRecSys CSV).")] = "parquet",
+    label_threshold: Annotated[float, typer.Option(help="rating >= this is a positive.")] = 3.5,
+    recent_n: Annotated[int, typer.Option(help="N of userRecentPositives (last N positive movies).")] = 10,
+    split: Annotated[str, typer.Option(help="time (global timestamp quantiles) or random (seeded).")] = "time",
+    fractions: Annotated[str, typer.Option(help="train,valid,test shares.")] = "0.8,0.1,0.1",
+    seed: Annotated[int, typer.Option(help="Seed of the random split.")] = 0,
+    skip_bad_rows: Annotated[bool, typer.Option(help="Skip and count bad input rows instead of failing.")] = False,
+    user_col: Annotated[Optional[str], typer.Option(help="Your log: user id column.")] = None,
+    item_col: Annotated[Optional[str], typer.Option(help="Your log: item id column.")] = None,
+    rating_col: Annotated[Optional[str], typer.Option(help="Your log: rating column.")] = None,
+    label_col: Annotated[Optional[str], typer.Option(help="Your log: explicit 0/1 label column.")] = None,
+    time_col: Annotated[Optional[str], typer.Option(help="Your log: time column (unix seconds or ISO).")] = None,
+    items: Annotated[Optional[Path], typer.Option(help="Your log: items file (id, title, genres, year).")] = None,
+) -> None:
+    """Rating logs -> leakage-free train/valid/test samples + items.parquet + manifest.json."""
+    import tempfile
+    import time
+
+    from deepcrossing.data import ColumnMapping, load_dataset
+    from deepcrossing.features import FeatureConfig, build_samples
+
+    started = time.perf_counter()
+    try:
+        shares = tuple(float(x) for x in fractions.split(","))
+    except ValueError:
+        raise DeepCrossingError(f"--fractions must be three numbers like 0.8,0.1,0.1, not {fractions!r}") from None
+    config = FeatureConfig(label_threshold=label_threshold, recent_n=recent_n, split=split,
+                           fractions=shares, seed=seed)  # type: ignore[arg-type]
+    columns = None
+    if any(v is not None for v in (user_col, item_col, rating_col, label_col, time_col)):
+        missing = [name for name, v in (("--user-col", user_col), ("--item-col", item_col),
+                                        ("--time-col", time_col)) if v is None]
+        if missing or (rating_col is None and label_col is None):
+            raise DeepCrossingError("your own log needs --user-col, --item-col, --time-col and --rating-col "
+                                    f"or --label-col (missing: {', '.join(missing) or '--rating-col/--label-col'})")
+        columns = ColumnMapping(user_col=user_col, item_col=item_col, time_col=time_col,  # type: ignore[arg-type]
+                                rating_col=rating_col, label_col=label_col)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".prepare-", dir=out_dir.parent) as work:
+        dataset = load_dataset(data, workdir=work, columns=columns, items_path=items, skip_bad_rows=skip_bad_rows)
+        loaded = time.perf_counter() - started
+        manifest = build_samples(dataset, config, out_dir, fmt=fmt)
+    def say(text: str) -> None:
+        out.print(text, soft_wrap=True, highlight=False)
+
+    for name, count in dataset.skipped_rows.items():
+        if count:
+            console.print(f"skipped {count} bad rows in {name}")
+    say(f"read {manifest['dataset']['ratings']:,} ratings of {dataset.name} from {data} "
+              f"({loaded:.1f} s)")
+    split_info = manifest["split"]
+    if config.split == "time":
+        say(f"time split: valid from {split_info['valid_start_iso']}, test from {split_info['test_start_iso']}")
+    for name in ("train", "valid", "test"):
+        info = manifest["splits"][name]
+        rate = "-" if info["positive_rate"] is None else f"{info['positive_rate']:.3f}"
+        say(f"  {name:<5} {info['rows']:>11,} rows  positive rate {rate}  -> "
+                  f"{out_dir / manifest['files'][name]}")
+    unseen = manifest["unseen_users"]["test_users_not_in_train_share"]
+    if unseen is not None:
+        say(f"test users never seen in train: {unseen:.1%} (their features come from earlier ratings)")
+    say(f"wrote {out_dir} (manifest.json, items.parquet) in {time.perf_counter() - started:.1f} s")
+
+
 # [train]
 
 # [evaluate]
+
+
+@app.command()
+def evaluate(
+    model: Annotated[Path, typer.Option("--model", help="Model folder written by `deepcrossing train`.")],
+    samples: Annotated[Optional[Path], typer.Option(
+        "--samples", help="Samples folder from `deepcrossing prepare` (Parquet or --format sparrow CSV).")] = None,
+    split: Annotated[str, typer.Option("--split", help="Which split of --samples: train, valid or test.")] = "test",
+    file: Annotated[Optional[Path], typer.Option(
+        "--file", help="Evaluate this sample file (Parquet or SparrowRecSys CSV) instead of --samples/--split.")] = None,
+    out_path: Annotated[Optional[Path], typer.Option(
+        "--out", help="Where to write the metrics JSON (default: MODEL/metrics-<split>.json).")] = None,
+    k: Annotated[int, typer.Option("--k", min=1, help="Cut-off of NDCG/Recall/HitRate per user.")] = 10,
+) -> None:
+    """Score a sample split with a trained model; print and write AUC, log loss, accuracy, PR-AUC, GAUC and
+    per-user NDCG/Recall/HitRate@k, next to a popularity baseline (the movie's rating count before t)."""
+    import json
+
+    from rich.table import Table
+
+    import deepcrossing
+    from deepcrossing.atomic import write_text_atomic
+    from deepcrossing.features import read_samples
+    from deepcrossing.training.evaluate import evaluate_scores, find_split_file, metric_rows
+
+    if file is None and samples is None:
+        raise DeepCrossingError("give --samples DIR (with --split) or --file FILE")
+    path = file if file is not None else find_split_file(samples, split)
+    loaded = deepcrossing.load(model)
+    table = read_samples(path)
+    with console.status(f"scoring {table.num_rows:,} samples of {path}"):
+        scores = loaded.predict(table)
+    report = evaluate_scores(table, scores, k=k, source=path)
+    report["model_dir"] = str(model)
+    report["split"] = None if file is not None else split
+
+    view = Table(title=f"{path}: {report['n_samples']:,} samples, {report['n_users']:,} users, "
+                       f"positive rate {report['positive_rate']:.3f}")
+    view.add_column("metric")
+    view.add_column("model", justify="right")
+    view.add_column("popularity", justify="right")
+    for row in metric_rows(report):
+        view.add_row(*row)
+    out.print(view)
+    out.print(f"popularity baseline: {report['popularity_definition']}", highlight=False)
+
+    target = out_path or Path(model) / f"metrics-{split if file is None else Path(file).stem}.json"
+    write_text_atomic(target, json.dumps(report, indent=2) + "\n")
+    console.print(f"wrote {target}", highlight=False)
+
 
 # [export]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import shutil
 import tempfile
 import time
@@ -120,13 +121,15 @@ def _split_expr(con: duckdb.DuckDBPyConnection, config: FeatureConfig) -> tuple[
         expr = (f"CASE WHEN {coin} < {f_train!r} THEN 'train' "
                 f"WHEN {coin} < {f_train + f_valid!r} THEN 'valid' ELSE 'test' END")
         return expr, {"rule": "seeded hash of (user, movie, timestamp, seed) per rating", "seed": config.seed}
-    lo, hi = con.execute("SELECT MIN(timestamp), MAX(timestamp) FROM ratings_src").fetchone()
+    lo, hi, n = con.execute("SELECT MIN(timestamp), MAX(timestamp), COUNT(*) FROM ratings_src").fetchone()
     cuts = []
     for q in (f_train, f_train + f_valid):
-        if q >= 1.0 - 1e-12:
+        k = int(math.floor(q * n + 1e-9))  # the boundary is the timestamp of the k-th row (0-based) in time order
+        if k >= n:
             cuts.append(int(hi) + 1)
         else:
-            cuts.append(int(con.execute(f"SELECT quantile_disc(timestamp, {q!r}) FROM ratings_src").fetchone()[0]))
+            cuts.append(int(con.execute(f"SELECT timestamp FROM ratings_src ORDER BY timestamp "
+                                        f"LIMIT 1 OFFSET {k}").fetchone()[0]))
     b1, b2 = cuts
     expr = f"CASE WHEN timestamp < {b1} THEN 'train' WHEN timestamp < {b2} THEN 'valid' ELSE 'test' END"
 
@@ -134,7 +137,7 @@ def _split_expr(con: duckdb.DuckDBPyConnection, config: FeatureConfig) -> tuple[
         return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat()
 
     return expr, {
-        "rule": "train: timestamp < valid_start; valid: valid_start <= timestamp < test_start; test: the rest "
+        "rule": "with n rows in time order, valid_start is the timestamp of row floor(n * train) and test_start of row floor(n * (train + valid)) (0-based); train: timestamp < valid_start; valid: valid_start <= timestamp < test_start; test: the rest "
                 "(rows tied with a boundary go to the later split, so no second spans two splits)",
         "valid_start": b1, "valid_start_iso": iso(b1), "test_start": b2, "test_start_iso": iso(b2),
         "first_timestamp": int(lo), "last_timestamp": int(hi),
