@@ -1,0 +1,178 @@
+"""DuckDB plumbing shared by the readers: a bounded connection and a raw-file scanner that keeps line numbers.
+
+Every raw file is scanned once, all fields as text, into a staged Parquet file (insertion order kept, so the
+Parquet ``file_row_number`` is the n-th data row that parsed). Malformed lines (wrong field count) are set aside
+by DuckDB's ``store_rejects`` with their 1-based line numbers; the other checks are SQL over the staged file, and
+:func:`row_to_line` maps a staged row back to its line in the source.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from deepcrossing.errors import InputError
+
+MEMORY_LIMIT = os.environ.get("DEEPCROSSING_DUCKDB_MEMORY", "1500MB")
+THREADS = int(os.environ.get("DEEPCROSSING_DUCKDB_THREADS", "2"))
+
+
+def connect(temp_dir: Path) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with 2 threads, a memory cap and a spill folder (bounded RSS)."""
+    temp_dir.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(config={"threads": THREADS, "memory_limit": MEMORY_LIMIT,
+                                 "temp_directory": str(temp_dir), "preserve_insertion_order": True,
+                                 "enable_progress_bar": False})
+    con.execute("SET TimeZone='UTC'")
+    return con
+
+
+def sql_str(value: str | Path) -> str:
+    """Quote a value as an SQL string literal."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def ident(name: str) -> str:
+    """Quote an SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+@dataclass(frozen=True)
+class RawFile:
+    """How to scan one raw text or Parquet file.
+
+    Args:
+        path: the file as the person gave it (used in error messages and checksums).
+        names: column names in file order (from the header, or the layout's fixed names).
+        header: whether line 1 is a header.
+        delim: field separator (``","``, ``"::"``, ``"\\t"``, ``"|"``); ignored for Parquet.
+        quote: quote character, ``""`` for none (the ``::`` and ml-100k files are unquoted).
+        read_path: the file DuckDB reads, when it differs from ``path`` (latin-1 files transcoded to UTF-8).
+    """
+
+    path: Path
+    names: tuple[str, ...]
+    header: bool = True
+    delim: str = ","
+    quote: str = '"'
+    read_path: Path | None = None
+
+    @property
+    def is_parquet(self) -> bool:
+        return self.path.suffix.lower() in (".parquet", ".pq")
+
+
+@dataclass
+class Staged:
+    """A raw file scanned into ``stage`` (Parquet), with the lines DuckDB rejected as malformed.
+
+    ``rejects`` is a sorted list of (line, message, csv_line) for lines with the wrong field count.
+    """
+
+    raw: RawFile
+    stage: Path
+    rejects: list[tuple[int, str, str]]
+
+    def line_of(self, row: int) -> int:
+        """1-based source line of staged row ``row`` (0-based), accounting for header and rejected lines."""
+        return row_to_line(row, header=self.raw.header and not self.raw.is_parquet,
+                           rejected=[r[0] for r in self.rejects])
+
+    @property
+    def reject_count(self) -> int:
+        return len(self.rejects)
+
+
+def row_to_line(row: int, *, header: bool, rejected: list[int]) -> int:
+    """Map the 0-based index of a parsed data row to its 1-based line in the file.
+
+    Example:
+        >>> row_to_line(1, header=True, rejected=[3])   # lines: 1 header, 2 row0, 3 rejected, 4 row1
+        4
+    """
+    line = row + 1 + (1 if header else 0)
+    # every rejected line at or before the candidate pushes it one further
+    i = 0
+    rejected = sorted(rejected)
+    while True:
+        n = bisect.bisect_right(rejected, line)
+        if n == i:
+            return line
+        line += n - i
+        i = n
+
+
+def read_header(path: Path, delim: str | None = None) -> tuple[list[str], str]:
+    """Read the header of a delimited text file; guess the delimiter among , tab ; | when not given.
+
+    Raises:
+        InputError: the file is empty.
+    """
+    with open(path, "rb") as handle:
+        first = handle.readline()
+    text = first.decode("utf-8", errors="replace").lstrip("\ufeff").rstrip("\r\n")
+    if not text.strip():
+        raise InputError("the file is empty (expected a header line)", path=path, line=1)
+    if delim is None:
+        delim = max([",", "\t", ";", "|"], key=text.count)
+    names = [name.strip().strip('"').strip() for name in text.split(delim)]
+    return names, delim
+
+
+def scan_sql(raw: RawFile, rejects_table: str) -> str:
+    """SQL ``FROM`` item that reads ``raw`` with every column as VARCHAR."""
+    if raw.is_parquet:
+        cols = ", ".join(f"CAST({ident(n)} AS VARCHAR) AS {ident(n)}" for n in raw.names)
+        return f"(SELECT {cols} FROM read_parquet({sql_str(raw.path)}))"
+    columns = "{" + ", ".join(f"{sql_str(n)}: 'VARCHAR'" for n in raw.names) + "}"
+    quote = sql_str(raw.quote)
+    return (
+        f"read_csv({sql_str(raw.read_path or raw.path)}, header={str(raw.header).lower()}, "
+        f"delim={sql_str(raw.delim)}, quote={quote}, escape={quote}, columns={columns}, auto_detect=false, "
+        f"store_rejects=true, rejects_table={sql_str(rejects_table)}, "
+        f"rejects_scan={sql_str(rejects_table + '_scan')}, max_line_size=10000000)"
+    )
+
+
+def stage(con: duckdb.DuckDBPyConnection, raw: RawFile, select: str, out: Path, tag: str) -> Staged:
+    """Scan ``raw`` and write ``SELECT {select} FROM <scan>`` to the Parquet file ``out``.
+
+    ``select`` refers to the raw VARCHAR columns by their quoted names.
+    """
+    if not raw.path.exists():
+        raise InputError("file not found", path=raw.path)
+    if raw.path.is_file() and raw.path.stat().st_size == 0:
+        raise InputError("the file is empty", path=raw.path, line=1)
+    table = f"rejects_{tag}"
+    try:
+        con.execute(f"COPY (SELECT {select} FROM {scan_sql(raw, table)}) TO {sql_str(out)} "
+                    "(FORMAT parquet, COMPRESSION zstd)")
+    except duckdb.Error as exc:
+        raise InputError(f"cannot read the file: {str(exc).splitlines()[0]}", path=raw.path) from exc
+    rejects: list[tuple[int, str, str]] = []
+    if not raw.is_parquet:
+        try:
+            rows = con.execute(
+                f"SELECT line, any_value(error_message), any_value(csv_line) FROM {table} "
+                "GROUP BY line ORDER BY line").fetchall()
+            rejects = [(int(line), str(msg), str(text)) for line, msg, text in rows]
+            con.execute(f"DROP TABLE IF EXISTS {table}; DROP TABLE IF EXISTS {table}_scan")
+        except duckdb.CatalogException:
+            rejects = []
+    return Staged(raw=raw, stage=out, rejects=rejects)
+
+
+def transcode_if_needed(path: Path, out_dir: Path) -> Path | None:
+    """Return a UTF-8 copy of a small text file that is not valid UTF-8 (read as latin-1), else ``None``."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+        return None
+    except UnicodeDecodeError:
+        out = out_dir / (path.name + ".utf8")
+        out.write_text(data.decode("latin-1"), encoding="utf-8")
+        return out
