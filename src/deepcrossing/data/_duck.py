@@ -25,9 +25,8 @@ def connect(temp_dir: Path) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with 2 threads, a memory cap and a spill folder (bounded RSS)."""
     temp_dir.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect(config={"threads": THREADS, "memory_limit": MEMORY_LIMIT,
-                                 "temp_directory": str(temp_dir), "preserve_insertion_order": True,
-                                 "enable_progress_bar": False})
-    con.execute("SET TimeZone='UTC'")
+                                 "temp_directory": str(temp_dir), "preserve_insertion_order": True})
+    con.execute("SET TimeZone='UTC'; SET enable_progress_bar = false")
     return con
 
 

@@ -17,7 +17,8 @@ def summary(ds: Dataset) -> dict:
         >>> summary(ds)["ratings"]   # doctest: +SKIP
         100836
     """
-    con = duckdb.connect(config={"threads": 2, "enable_progress_bar": False})
+    con = duckdb.connect(config={"threads": 2})
+    con.execute("SET enable_progress_bar = false")
     try:
         r = sql_str(ds.ratings)
         n, users, items_rated, t0, t1, mean = con.execute(
