@@ -101,3 +101,63 @@ def redis_url(redis_server):
     client.flushdb()
     client.close()
     return redis_server.url
+
+
+# ---------------------------------------------------------------- data and a small model
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory):
+    """20,000 seeded synthetic ratings as a normalized Dataset, plus train samples (time split)."""
+    from deepcrossing.data import load_dataset
+    from deepcrossing.data.synth import generate
+    from deepcrossing.features import FeatureConfig, build_samples
+
+    root = tmp_path_factory.mktemp("synth")
+    generate(20_000, root / "raw", seed=3)
+    dataset = load_dataset(root / "raw", workdir=root / "work")
+    build_samples(dataset, FeatureConfig(), root / "samples")
+    return {"root": root, "raw": root / "raw", "dataset": dataset, "samples": root / "samples"}
+
+
+def build_loaded(samples_dir: Path, mlp: str = "residual", seed: int = 0, steps: int = 30):
+    """An in-process model like ``deepcrossing.load`` returns: encoder fitted on train, a few Adam steps.
+
+    Used to test the scorer against every MLP shape without going through files.
+    """
+    import types
+
+    import pyarrow.parquet as pq
+    import torch
+
+    from deepcrossing.config import ModelConfig, load_builtin
+    from deepcrossing.encoding.encoder import Encoder
+    from deepcrossing.model.deep_crossing import DeepCrossing
+
+    config = load_builtin("movielens")
+    train = pq.read_table(samples_dir / "train.parquet")
+    encoder = Encoder(config.spec).fit(train)
+    torch.manual_seed(seed)
+    model_config = {
+        "residual": ModelConfig(mlp="residual", hidden=(32, 32), width=24, dropout=0.0, embedding_dropout=0.0),
+        "residual_noproj": ModelConfig(mlp="residual", hidden=(32,), width=0, dropout=0.0,
+                                       embedding_dropout=0.0),
+        "plain": ModelConfig(mlp="plain", hidden=(32, 16), dropout=0.0, embedding_dropout=0.0, norm="layer"),
+    }[mlp]
+    model = DeepCrossing(config.spec, model_config, encoder.cardinalities)
+    batch = encoder.transform(train)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    for step in range(steps):
+        index = torch.randint(0, len(batch), (512,))
+        part = batch.take(index)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(part), part.labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    return types.SimpleNamespace(model=model, encoder=encoder, spec=config.spec, manifest={})
+
+
+@pytest.fixture(scope="session")
+def make_loaded():
+    """:func:`build_loaded` as a fixture (test modules here are not a package)."""
+    return build_loaded

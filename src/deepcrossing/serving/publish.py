@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.ipc  # noqa: F401 - pa.ipc
 
 from deepcrossing.data.schema import Dataset
 from deepcrossing.serving.store import FeatureStore, clean, open_store
@@ -126,9 +128,14 @@ def build_records(
     return users, movies, candidates, meta
 
 
-def _schema_json(schema: pa.Schema) -> list[list[str]]:
-    """``[[name, arrow type string], ...]`` so the service can rebuild typed Arrow rows from JSON."""
-    return [[f.name, str(f.type)] for f in schema]
+def _schema_json(schema: pa.Schema) -> str:
+    """The Arrow schema as base64 of its IPC message (not pickle), so the service rebuilds typed rows."""
+    return base64.b64encode(schema.remove_metadata().serialize().to_pybytes()).decode()
+
+
+def schema_from_json(text: str) -> pa.Schema:
+    """Inverse of :func:`_schema_json`."""
+    return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(text)))
 
 
 def publish_dataset(

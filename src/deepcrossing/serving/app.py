@@ -1,0 +1,189 @@
+"""The FastAPI app factory: ``create_app(settings)``; no module-global state.
+
+The model and the store are opened in ``lifespan`` and kept in ``app.state``; a background task polls the
+store for newly published versions. Errors are JSON: ``{"error": <kind>, "detail": <message>}`` with 4xx for
+bad requests, 503 when the store is unreachable or has nothing published (fail fast: short Redis timeouts,
+and the next request after Redis is back succeeds, no restart needed).
+
+Example:
+    >>> app = create_app(ServingSettings("model", "sqlite:///model/features.db"))   # doctest: +SKIP
+    >>> uvicorn.run(app, host="127.0.0.1", port=8000)                                # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+
+from deepcrossing.errors import InputError
+from deepcrossing.serving.engine import Engine
+from deepcrossing.serving.metrics import ServiceMetrics
+from deepcrossing.serving.routers import admin, catalog, health, ranking
+from deepcrossing.serving.settings import ServingSettings
+from deepcrossing.serving.store import StoreError, StoreUnavailable, open_store
+
+STATIC_DIR = Path(__file__).parent / "static"
+log = logging.getLogger("deepcrossing.serving")
+
+
+class BodyLimitAndMetrics:
+    """Pure ASGI middleware: refuse bodies over ``max_bytes`` with 413, count and time every request.
+
+    Pure ASGI (not ``BaseHTTPMiddleware``) so that it adds microseconds, not a task per request.
+    """
+
+    def __init__(self, app, metrics: ServiceMetrics, max_bytes: int) -> None:  # noqa: ANN001 - ASGI app
+        self.app = app
+        self.metrics = metrics
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001 - ASGI signature
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = [500]
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await self._reject(send, start, scope)
+                return
+        received = [0]
+
+        async def limited_receive():  # noqa: ANN202
+            message = await receive()
+            if message["type"] == "http.request":
+                received[0] += len(message.get("body", b""))
+                if received[0] > self.max_bytes:
+                    raise _TooLarge()
+            return message
+
+        async def counting_send(message) -> None:  # noqa: ANN001
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, counting_send)
+        except _TooLarge:
+            await self._reject(send, start, scope)
+            return
+        route = scope.get("route")
+        path = getattr(route, "path", None) or ("/ui" if scope["path"].startswith("/ui") else "unmatched")
+        self.metrics.observe(path, scope["method"], status[0], time.perf_counter() - start)
+
+    async def _reject(self, send, start: float, scope) -> None:  # noqa: ANN001
+        body = json.dumps({"error": "body_too_large",
+                           "detail": f"request body over {self.max_bytes} bytes"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+        self.metrics.observe("unmatched", scope["method"], 413, time.perf_counter() - start)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _error(status: int, kind: str, detail: object) -> JSONResponse:
+    return JSONResponse({"error": kind, "detail": detail}, status_code=status)
+
+
+def create_app(settings: ServingSettings, *, loader: Callable[[Path], Any] | None = None) -> FastAPI:
+    """Build the service.
+
+    Args:
+        settings: model folder, store URL, limits, admin token.
+        loader: model folder -> loaded model (default :func:`deepcrossing.load`); tests inject in-memory models.
+    """
+    metrics = ServiceMetrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        eng = Engine(open_store(settings.store_url), loader=loader)
+        await run_in_threadpool(eng.load_model, settings.model_dir)
+        try:
+            await run_in_threadpool(eng.refresh)
+        except (StoreError, StoreUnavailable) as exc:  # serve 503 until the store is usable; poller retries
+            eng.last_error = str(exc)
+            log.warning("store not usable yet: %s", exc)
+        app.state.engine = eng
+        metrics.set_model(str(eng.state.model_dir), eng.state.model_version)
+        poller = asyncio.create_task(_poll(app, eng, metrics, settings.poll_interval_s))
+        try:
+            yield
+        finally:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+            eng.store.close()
+
+    app = FastAPI(title="deepcrossing ranking service", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.state.settings = settings
+    app.state.metrics = metrics
+    for router in (ranking.router, catalog.router, health.router, admin.router):
+        app.include_router(router)
+
+    @app.exception_handler(StoreUnavailable)
+    async def _unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
+        metrics.store_errors.inc()
+        return _error(503, "store_unavailable", str(exc))
+
+    @app.exception_handler(StoreError)
+    async def _store(request: Request, exc: StoreError) -> JSONResponse:
+        metrics.store_errors.inc()
+        return _error(503, "store_not_ready", str(exc))
+
+    @app.exception_handler(InputError)
+    async def _input(request: Request, exc: InputError) -> JSONResponse:
+        return _error(400, "bad_input", str(exc))
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        response = _error(exc.status_code, "http_error", exc.detail)
+        for key, value in (exc.headers or {}).items():
+            response.headers[key] = value
+        return response
+
+    @app.exception_handler(404)
+    async def _not_found(request: Request, exc: Exception) -> JSONResponse:
+        return _error(404, "not_found", getattr(exc, "detail", "not found"))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg")} for e in exc.errors()]
+        return _error(422, "invalid_request", detail)
+
+    @app.get("/", include_in_schema=False)
+    def _root() -> RedirectResponse:
+        return RedirectResponse("/ui/")
+
+    app.mount("/ui", StaticFiles(directory=STATIC_DIR, html=True), name="ui")
+    app.add_middleware(BodyLimitAndMetrics, metrics=metrics, max_bytes=settings.max_body_bytes)
+    return app
+
+
+async def _poll(app: FastAPI, engine: Engine, metrics: ServiceMetrics, interval: float) -> None:
+    """Adopt newly published store versions (verified first); keep serving the old one on any error."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            if await run_in_threadpool(engine.refresh):
+                log.info("serving store version %s", engine.state.snapshot.version)
+            state = engine.state
+            if state is not None and state.snapshot is not None:
+                metrics.store_version.set(state.snapshot.version)
+        except Exception as exc:  # noqa: BLE001 - the poller must survive a store outage
+            engine.last_error = f"{type(exc).__name__}: {exc}"

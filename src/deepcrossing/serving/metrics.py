@@ -1,0 +1,53 @@
+"""Prometheus metrics of one app instance (its own ``CollectorRegistry``: no process-global state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+# Latency buckets in seconds, dense around the 1-10 ms the ranking path takes.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                   2.5)
+
+
+class ServiceMetrics:
+    """Request counts, latency histograms, model and store versions.
+
+    Example:
+        >>> m = ServiceMetrics()
+        >>> m.observe("/recommend/{user_id}", "GET", 200, 0.002)
+        >>> b"deepcrossing_requests_total" in m.render()
+        True
+    """
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("deepcrossing_requests", "HTTP requests by route, method and status",
+                                ("route", "method", "status"), registry=self.registry)
+        self.latency = Histogram("deepcrossing_request_latency_seconds", "HTTP request latency by route",
+                                 ("route",), buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.model_info = Gauge("deepcrossing_model_info", "The model being served (value 1)",
+                                ("model_dir", "model_version"), registry=self.registry)
+        self.model_loads = Counter("deepcrossing_model_loads", "Models loaded (start and reloads)",
+                                   registry=self.registry)
+        self.store_version = Gauge("deepcrossing_store_version", "Feature store version being served",
+                                   registry=self.registry)
+        self.store_errors = Counter("deepcrossing_store_errors", "Store calls that failed (503 answers)",
+                                    registry=self.registry)
+        self.candidates = Histogram("deepcrossing_candidates_scored", "Candidates scored per request",
+                                    buckets=(10, 50, 100, 200, 400, 800, 1600, 3200, 5000, 10000),
+                                    registry=self.registry)
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one request and record its latency."""
+        self.requests.labels(route, method, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
+
+    def set_model(self, model_dir: str, model_version: str) -> None:
+        """Point the model-info gauge at the model now served."""
+        self.model_info.clear()
+        self.model_info.labels(model_dir, model_version).set(1)
+        self.model_loads.inc()
+
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return generate_latest(self.registry)

@@ -1,0 +1,1 @@
+"""One router per resource: recommend, score, users, movies, health (+ metrics), admin."""

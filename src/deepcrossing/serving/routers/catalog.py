@@ -1,0 +1,32 @@
+"""GET /users/{id} and GET /movies/{id}: what the store knows, for people and the web page."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi.responses import JSONResponse
+
+from deepcrossing.serving.dependencies import get_engine
+from deepcrossing.serving.engine import Engine
+
+router = APIRouter(tags=["catalog"])
+
+
+@router.get("/users/{user_id}")
+def user(user_id: int, engine: Engine = Depends(get_engine)) -> JSONResponse:
+    """The user's recent history (with titles) and features; cold-start features when unknown."""
+    return JSONResponse(engine.user_info(user_id))
+
+
+@router.get("/movies/{movie_id}")
+def movie(
+    movie_id: int,
+    neighbours: Annotated[int, Query(ge=0, le=100)] = 10,
+    engine: Engine = Depends(get_engine),
+) -> JSONResponse:
+    """The movie and its nearest movies by item-side partial vector (404 when unknown)."""
+    info = engine.movie_info(movie_id, neighbours)
+    if info is None:
+        raise HTTPException(404, f"movie {movie_id} is not in the store")
+    return JSONResponse(info)

@@ -1,0 +1,60 @@
+"""GET /recommend/{user_id} and POST /score: the ranking endpoints."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from deepcrossing.serving.dependencies import get_engine, get_metrics, get_settings
+from deepcrossing.serving.engine import Engine
+from deepcrossing.serving.metrics import ServiceMetrics
+from deepcrossing.serving.settings import ServingSettings
+
+router = APIRouter(tags=["ranking"])
+
+ID = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+
+
+@router.get("/recommend/{user_id}")
+def recommend(
+    user_id: int,
+    k: Annotated[int, Query(ge=1, description="list length")] = 10,
+    candidates: Annotated[int, Query(ge=1, description="how many popular movies to rank")] = 800,
+    scorer: Annotated[str, Query(pattern="^(fast|plain)$")] = "fast",
+    engine: Engine = Depends(get_engine),
+    settings: ServingSettings = Depends(get_settings),
+    metrics: ServiceMetrics = Depends(get_metrics),
+) -> JSONResponse:
+    """Top ``k`` of the ``candidates`` most popular movies the user has not rated, ranked by the model."""
+    if k > settings.max_k:
+        raise HTTPException(422, f"k must be <= {settings.max_k}, not {k}")
+    if candidates > settings.max_candidates:
+        raise HTTPException(422, f"candidates must be <= {settings.max_candidates}, not {candidates}")
+    result = engine.recommend(user_id, k=k, candidates=candidates, plain=scorer == "plain")
+    metrics.candidates.observe(result["candidates"])
+    return JSONResponse(result)
+
+
+class ScoreRequest(BaseModel):
+    """Body of POST /score."""
+
+    model_config = ConfigDict(extra="forbid")
+    user_id: ID
+    movie_ids: list[ID] = Field(min_length=1)
+
+
+@router.post("/score")
+def score(
+    body: ScoreRequest,
+    request: Request,
+    engine: Engine = Depends(get_engine),
+    settings: ServingSettings = Depends(get_settings),
+) -> JSONResponse:
+    """Scores of the user against the given movies, in the given order (unknown movies: the OOV row)."""
+    if len(body.movie_ids) > settings.max_score_ids:
+        raise HTTPException(422, f"movie_ids may hold at most {settings.max_score_ids} ids, "
+                                 f"not {len(body.movie_ids)}")
+    return JSONResponse(engine.score(body.user_id, body.movie_ids))

@@ -1,0 +1,153 @@
+"""Rank candidates for one user in one batched forward pass (no HTTP here).
+
+The first layer of the MLP sees the stacked vector ``x = [x_user | x_item | x_ctx]`` (columns by feature,
+:attr:`StackingLayer.feature_slices`), so its pre-activation splits exactly::
+
+    W x + b = W x_item + (W x_user_ctx + b)
+              '-- per movie, once per model load and publish --'  '-- once per request --'
+
+:class:`Scorer` computes ``P_item = X_item W^T`` for every movie of a store version once
+(:meth:`Scorer.items`), the user's part once per request (:meth:`Scorer.user`), and per candidate only an
+add and the rest of the network (:meth:`Scorer.fast`). If the first block is a :class:`ResidualUnit` the
+stacked vector itself is needed again for the skip connection; it is rebuilt as ``X_item[c] + x_user``
+(disjoint columns, zeros elsewhere). :meth:`Scorer.plain` is the full forward pass of the model on a joined
+table, the reference the fast path is tested against.
+
+Shapes: M movies, S stacked width, H first-layer width, n candidates.
+
+Example:
+    >>> scorer = Scorer(deepcrossing.load("model"))                 # doctest: +SKIP
+    >>> items = scorer.items(movie_table)                            # once per publish / model load
+    >>> logits = scorer.fast(scorer.user(user_table), items, rows)   # (n,)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch import Tensor, nn
+
+from deepcrossing.errors import DeepCrossingError
+
+
+@dataclass(frozen=True)
+class ItemPart:
+    """Movie-side partial results of one store version.
+
+    Attributes:
+        x: (M, S) stacked vectors with only the item-side columns filled (zeros elsewhere).
+        p: (M, H) ``x @ W^T``: the item share of the first layer's pre-activation.
+    """
+
+    x: Tensor
+    p: Tensor
+
+
+@dataclass(frozen=True)
+class UserPart:
+    """Per-request partial results: (S,) user/context columns of the stacked vector, (H,) ``W x + b``."""
+
+    x: Tensor
+    p: Tensor
+
+
+def _find(model: nn.Module, cls_name: str) -> nn.Module:
+    for module in model.modules():
+        if type(module).__name__ == cls_name:
+            return module
+    raise DeepCrossingError(f"the model has no {cls_name}; the serving fast path needs the Deep Crossing layers")
+
+
+class Scorer:
+    """Scores (user, movie) pairs with a loaded model; fast split-first-layer path and plain reference.
+
+    Args:
+        loaded: what :func:`deepcrossing.load` returns (``.model``, ``.encoder``, ``.spec``).
+    """
+
+    def __init__(self, loaded: Any) -> None:
+        self.loaded = loaded
+        self.model = loaded.model.eval()
+        self.encoder = loaded.encoder
+        self.spec = loaded.spec
+        self.embedding = _find(self.model, "EmbeddingLayer")
+        self.stacking = _find(self.model, "StackingLayer")
+        self.mlp = _find(self.model, "MLP")
+        self.scoring = _find(self.model, "ScoringLayer")
+        self.columns = tuple(self.spec.columns() if callable(getattr(self.spec, "columns", None))
+                             else (f.name for f in self.spec.features))
+        self.item_columns = tuple(f.name for f in self.spec.features if f.side == "item")
+        self.request_columns = tuple(f.name for f in self.spec.features if f.side != "item")
+        width = self.stacking.out_dim
+        mask = torch.zeros(width, dtype=torch.bool)
+        for name in self.item_columns:
+            mask[self.stacking.feature_slices[name]] = True
+        self.item_mask = mask                                     # (S,) True on item-side columns
+        first = self.mlp.blocks[0]
+        if isinstance(first, nn.Linear):
+            self.residual = False
+            self.first = first
+        elif type(first).__name__ == "ResidualUnit":
+            self.residual = True
+            self.first = first.linear1
+            self.skip_out = first.linear2
+        else:
+            raise DeepCrossingError(f"the first MLP block is a {type(first).__name__}; the fast path splits a "
+                                    "Linear or a ResidualUnit")
+        self.rest = list(self.mlp.blocks[1:])
+
+    # ---- shared pieces ----
+    @torch.inference_mode()
+    def stacked(self, table: pa.Table) -> Tensor:
+        """(B, S) stacked vectors of a table holding every spec column."""
+        batch = self.encoder.transform(table)
+        return self.stacking(self.embedding(batch), batch.dense)
+
+    @torch.inference_mode()
+    def items(self, table: pa.Table) -> ItemPart:
+        """Item-side partials of every row of ``table`` (item columns real, others any valid value)."""
+        x = self.stacked(table).masked_fill(~self.item_mask, 0.0).contiguous()   # (M, S)
+        return ItemPart(x=x, p=x @ self.first.weight.T)                         # (M, H)
+
+    @torch.inference_mode()
+    def user(self, table: pa.Table) -> UserPart:
+        """User/context partial of a one-row table (its item columns any valid value)."""
+        x = self.stacked(table)[0].masked_fill(self.item_mask, 0.0)             # (S,)
+        return UserPart(x=x, p=self.first.weight @ x + self.first.bias)         # (H,)
+
+    @torch.inference_mode()
+    def fast(self, user: UserPart, items: ItemPart, rows: Tensor | np.ndarray) -> Tensor:
+        """(n,) logits of the user against movies ``rows`` of ``items``: one batched pass.
+
+        Args:
+            user: from :meth:`user`.
+            items: from :meth:`items`.
+            rows: (n,) int64 row indices into ``items``.
+        """
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        h = items.p.index_select(0, rows) + user.p                              # (n, H) pre-activation
+        if self.residual:
+            x = items.x.index_select(0, rows) + user.x                          # (n, S)
+            h = torch.relu(x + self.skip_out(torch.relu(h)))
+        for block in self.rest:
+            h = block(h)
+        return self.scoring(h)
+
+    @torch.inference_mode()
+    def plain(self, table: pa.Table) -> Tensor:
+        """(B,) logits by the model's own full forward pass over a joined user x movie table."""
+        return self.model(self.encoder.transform(table))
+
+
+def join_user_movies(user_table: pa.Table, movie_table: pa.Table) -> pa.Table:
+    """One row per movie of ``movie_table`` with the single row of ``user_table`` repeated beside it."""
+    repeated = user_table.take(pa.array(np.zeros(movie_table.num_rows, dtype=np.int64)))
+    columns = {name: movie_table.column(name) for name in movie_table.column_names}
+    for name in repeated.column_names:
+        if name not in columns:
+            columns[name] = repeated.column(name)
+    return pa.table(columns)
