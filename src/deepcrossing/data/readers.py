@@ -21,6 +21,7 @@ converts in bounded memory. Bad rows raise :class:`~deepcrossing.errors.InputErr
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -28,6 +29,8 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from deepcrossing.data._duck import RawFile, Staged, connect, ident, read_header, sql_str, stage, \
     transcode_if_needed
@@ -151,6 +154,18 @@ def _header_raw(path: Path, required: list[str], *, delim: str | None = None) ->
     return raw
 
 
+_ML_TYPES = {"userId": "BIGINT", "movieId": "BIGINT", "rating": "DOUBLE", "timestamp": "BIGINT"}
+
+
+_CAST_WHY = {"userId": "not an integer user id", "movieId": "not an integer item id", "rating": "not a number",
+             "timestamp": "not an integer (unix seconds)"}
+
+
+def _typed(raw: RawFile) -> RawFile:
+    """MovieLens ratings: let the CSV reader parse the numbers (bad values are rejected with line + column)."""
+    return dataclasses.replace(raw, types=tuple(_ML_TYPES.get(n, "VARCHAR") for n in raw.names))
+
+
 def _detect(path: Path, columns: ColumnMapping | None, items_path: Path | None) -> _Layout:
     if not path.exists():
         raise InputError("no such file or folder", path=path)
@@ -162,7 +177,7 @@ def _detect(path: Path, columns: ColumnMapping | None, items_path: Path | None) 
         if columns is None and (root / "ratings.csv").exists():
             return _Layout(
                 name=name, mapping=MOVIELENS_CSV_MAPPING,
-                ratings=_header_raw(root / "ratings.csv", list(MOVIELENS_CSV_MAPPING.columns), delim=","),
+                ratings=_typed(_header_raw(root / "ratings.csv", list(MOVIELENS_CSV_MAPPING.columns), delim=",")),
                 items=_header_raw(root / "movies.csv", ["movieId", "title", "genres"], delim=","),
                 checksum_only=[p for p in (root / "tags.csv", root / "links.csv") if p.exists()])
         if columns is None and (root / "ratings.dat").exists():
@@ -172,7 +187,7 @@ def _detect(path: Path, columns: ColumnMapping | None, items_path: Path | None) 
             return _Layout(
                 name=name if name != "movielens" else ("ml-1m" if has_users else "ml-10m"),
                 mapping=ColumnMapping("userId", "movieId", "timestamp", rating_col="rating", rating_scale=scale),
-                ratings=RawFile(root / "ratings.dat", names, header=False, delim="::", quote=""),
+                ratings=_typed(RawFile(root / "ratings.dat", names, header=False, delim="::", quote="")),
                 items=RawFile(root / "movies.dat", ("movieId", "title", "genres"), header=False, delim="::",
                               quote=""), items_kind="dat",
                 users=RawFile(root / "users.dat", ("userId", "gender", "age", "occupation", "zip"), header=False,
@@ -183,8 +198,8 @@ def _detect(path: Path, columns: ColumnMapping | None, items_path: Path | None) 
             return _Layout(
                 name="ml-100k",
                 mapping=ColumnMapping("userId", "movieId", "timestamp", rating_col="rating", rating_scale=STAR_SCALE),
-                ratings=RawFile(root / "u.data", ("userId", "movieId", "rating", "timestamp"), header=False,
-                                delim="\t", quote=""),
+                ratings=_typed(RawFile(root / "u.data", ("userId", "movieId", "rating", "timestamp"),
+                                       header=False, delim="\t", quote="")),
                 items=RawFile(root / "u.item", item_names, header=False, delim="|", quote=""), items_kind="100k",
                 users=RawFile(root / "u.user", ("userId", "age", "gender", "occupation", "zip"), header=False,
                               delim="|", quote="") if (root / "u.user").exists() else None, users_kind="100k")
@@ -322,12 +337,18 @@ def _collect_basic(con, staged: Staged, view: str, problems: _Problems) -> None:
     """Malformed lines (from DuckDB's rejects) and rows whose fields failed to parse or validate."""
     raw = staged.raw
     if staged.rejects:
-        line, msg, text = staged.rejects[0]
-        expected = len(raw.names)
-        found = len(text.split(raw.delim)) if text else 0
-        problems.add(len(staged.rejects), line, None,
-                     f"malformed line: expected {expected} fields separated by {raw.delim!r}, found {found} "
-                     f"({msg.strip()})")
+        line, kind, column, text = staged.rejects[0]
+        if kind == "CAST" and column in raw.names:
+            fields = text.split(raw.delim)
+            k = raw.names.index(column)
+            value = fields[k] if k < len(fields) else ""
+            why = _CAST_WHY.get(column, "not a number")
+            problems.add(len(staged.rejects), line, column, f"{why}: {value!r}" if value else f"{why}: <empty>")
+        else:
+            expected = len(raw.names)
+            found = len(text.split(raw.delim)) if text else 0
+            problems.add(len(staged.rejects), line, None,
+                         f"malformed line: expected {expected} fields separated by {raw.delim!r}, found {found}")
     n_bad, first_row = con.execute(f"SELECT count(*), min(rn) FROM {view} WHERE bad IS NOT NULL").fetchone()
     if n_bad:
         bad, value = con.execute(f"SELECT bad, bad_value FROM {view} WHERE rn = ?", [first_row]).fetchone()
@@ -352,11 +373,21 @@ def _dedupe(con, staged: Staged, view: str, keys: list[str], problems: _Problems
             what: str, field_name: str) -> None:
     """Rows repeating an earlier row's ``keys`` go to temp table ``table`` (rn); the first one is kept."""
     key = ", ".join(keys)
+    # a 64-bit hash per row, sorted in numpy: much cheaper than a 20M-group hash aggregate; only hashes seen
+    # twice (real duplicates, or a rare collision) go through the exact SQL below
+    hashes = con.execute(f"SELECT hash({key}) AS h FROM {view} WHERE bad IS NULL").fetchnumpy()["h"]
+    hashes = np.sort(np.asarray(hashes, dtype=np.uint64))
+    hot = np.unique(hashes[1:][hashes[1:] == hashes[:-1]])
+    del hashes
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {table}_hot (h UBIGINT)")
+    if hot.size:
+        con.register(f"{table}_hot_np", {"h": hot})
+        con.execute(f"INSERT INTO {table}_hot SELECT h FROM {table}_hot_np")
+        con.unregister(f"{table}_hot_np")
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE {table} AS
-        WITH good AS (SELECT rn, {key}, hash({key}) AS h FROM {view} WHERE bad IS NULL),
-             hot AS (SELECT h FROM good GROUP BY h HAVING count(*) > 1),
-             cand AS (SELECT * FROM good WHERE h IN (SELECT h FROM hot)),
+        WITH cand AS (SELECT rn, {key} FROM {view}
+                      WHERE bad IS NULL AND hash({key}) IN (SELECT h FROM {table}_hot)),
              ranked AS (SELECT rn, {key}, row_number() OVER (PARTITION BY {key} ORDER BY rn) AS k,
                                min(rn) OVER (PARTITION BY {key}) AS first_rn FROM cand)
         SELECT rn, first_rn, {key} FROM ranked WHERE k > 1""")
@@ -445,7 +476,7 @@ def _convert(con, layout: _Layout, scratch: Path, skip: bool) -> dict:
         if raw.path.stat().st_size < (64 << 20):  # items/users files; big ratings files are ASCII
             utf8 = transcode_if_needed(raw.path, scratch)
             if utf8 is not None:
-                return RawFile(raw.path, raw.names, raw.header, raw.delim, raw.quote, read_path=utf8)
+                return dataclasses.replace(raw, read_path=utf8)
         return raw
 
     # items first: ratings are checked against them
