@@ -1,0 +1,266 @@
+"""Encoder: a feature spec fitted on train samples; turns any sample table into a tensor :class:`Batch`.
+
+Everything is vectorized over columns (pyarrow compute + numpy), never a Python loop per row.
+
+Example:
+    >>> import pyarrow as pa
+    >>> from deepcrossing.config import Feature, FeatureSpec
+    >>> spec = FeatureSpec((Feature("movieId", "categorical", "item"),
+    ...                     Feature("userAvgRating", "numeric", "user", transform="standardize")))
+    >>> train = pa.table({"movieId": [1, 2, 2], "userAvgRating": [3.0, 4.0, None], "label": [0, 1, 1]})
+    >>> batch = Encoder(spec).fit(train).transform(pa.table({"movieId": [2, 9], "userAvgRating": [4.0, 1.0]}))
+    >>> batch.sparse["movieId"].tolist(), batch.dense.shape
+    ([2, 1], torch.Size([2, 1]))
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from deepcrossing.config import Feature, FeatureSpec
+from deepcrossing.encoding.batch import Batch
+from deepcrossing.encoding.transformers import (
+    Bucketizer,
+    Hasher,
+    IdentityIds,
+    Normalizer,
+    Vocabulary,
+    _expect_keys,
+)
+from deepcrossing.errors import InputError
+
+MAX_BAG_LEN = 64
+_TRANSFORMERS = {"vocabulary": Vocabulary, "hasher": Hasher, "identity": IdentityIds, "bucketizer": Bucketizer}
+
+
+def _column(table: pa.Table, name: str, source: str | Path | None) -> pa.Array:
+    if name not in table.column_names:
+        raise InputError(f"the sample file has no column {name!r}, which the feature spec needs "
+                         "(fix the file or remove the feature from the spec)", path=source, field=name)
+    col = table.column(name)
+    return col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+
+
+def _parts(arr: pa.Array, feature: Feature, source: str | Path | None) -> tuple[pa.Array, np.ndarray, Any]:
+    """A list/map column -> (flat values, per-row lengths (B,), flat weights or None)."""
+    if pa.types.is_null(arr.type):
+        return pa.array([], pa.int64()), np.zeros(len(arr), np.int64), None
+    if isinstance(arr, pa.MapArray):
+        offsets = arr.offsets.to_numpy(zero_copy_only=False)
+        values, items = arr.keys, arr.items
+    elif isinstance(arr, (pa.ListArray, pa.LargeListArray)):
+        offsets = arr.offsets.to_numpy(zero_copy_only=False)
+        values, items = arr.values, None
+    else:  # a single-valued column used as a one-element bag
+        lengths = (~arr.is_null().to_numpy(zero_copy_only=False)).astype(np.int64)
+        return arr.drop_null(), lengths, None
+    if feature.weights_from is not None and items is None:
+        raise InputError(f"weights_from = 'values' needs a map column, but {feature.name!r} is {arr.type}",
+                         path=source, field=feature.name)
+    start, stop = int(offsets[0]), int(offsets[-1])
+    lengths = np.diff(offsets).astype(np.int64)
+    valid = ~arr.is_null().to_numpy(zero_copy_only=False)
+    values = values.slice(start, stop - start)
+    weights = None
+    if feature.weights_from is not None:
+        weights = pc.cast(items.slice(start, stop - start), pa.float64()).to_numpy(zero_copy_only=False)
+    if not valid.all():  # NULL lists: drop their (normally empty) values
+        keep = np.repeat(valid, lengths)
+        values = values.filter(pa.array(keep))
+        weights = None if weights is None else weights[keep]
+        lengths = np.where(valid, lengths, 0)
+    return values, lengths, weights
+
+
+def _pad(rows: np.ndarray, lengths: np.ndarray, width: int, weights: np.ndarray | None
+         ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Flat rows + lengths -> (B, width) padded with 0, keeping the first ``width`` values of each row."""
+    n = len(lengths)
+    out = np.zeros((n, width), np.int64)
+    wout = None if weights is None else np.zeros((n, width), np.float32)
+    if len(rows):
+        row = np.repeat(np.arange(n), lengths)
+        starts = np.cumsum(lengths) - lengths
+        pos = np.arange(len(rows)) - np.repeat(starts, lengths)
+        keep = (pos < width) & (rows != 0)
+        out[row[keep], pos[keep]] = rows[keep]
+        if wout is not None:
+            w = np.nan_to_num(weights, nan=0.0, posinf=0.0, neginf=0.0).clip(min=0.0)
+            wout[row[keep], pos[keep]] = w[keep]
+    return out, wout
+
+
+class Encoder:
+    """Fits the spec's transformers on train and encodes sample tables into :class:`Batch` es.
+
+    Args:
+        spec: the feature spec.
+
+    Fitted state:
+        ``tables_``: table name -> Vocabulary / Hasher / IdentityIds / Bucketizer (rows of that table).
+        ``normalizers_``: numeric feature -> Normalizer (features in ``Batch.dense``).
+        ``bag_len_``: multi-valued feature -> padded width L (``max_len``, else the longest train list, <= 64).
+    """
+
+    def __init__(self, spec: FeatureSpec) -> None:
+        self.spec = spec
+
+    # ------------------------------------------------------------ fit
+
+    def fit(self, table: pa.Table, source: str | Path | None = None) -> Encoder:
+        """Fit every table and normalizer on ``table`` (train samples only)."""
+        self.tables_: dict[str, Any] = {}
+        self.normalizers_: dict[str, Normalizer] = {}
+        self.bag_len_: dict[str, int] = {}
+        for info in self.spec.tables().values():
+            members = [self.spec[n] for n in info.features]
+            if info.kind == "hashed":
+                self.tables_[info.name] = Hasher(info.hash_buckets).fit()
+            elif info.kind == "identity":
+                self.tables_[info.name] = IdentityIds(info.hash_buckets).fit()
+            elif info.kind == "buckets":
+                f = members[0]
+                self.tables_[info.name] = Bucketizer(f.n_buckets).fit(_column(table, f.name, source))
+            else:
+                chunks = []
+                for f in members:
+                    arr = _column(table, f.name, source)
+                    values = _parts(arr, f, source)[0] if f.is_bag else arr
+                    chunks.append(values)
+                self.tables_[info.name] = Vocabulary(info.min_count).fit(_concat(chunks, source))
+        for f in self.spec.features:
+            if f.kind == "numeric" and f.transform != "buckets":
+                self.normalizers_[f.name] = Normalizer(log1p=f.transform == "log1p_standardize").fit(
+                    _column(table, f.name, source))
+            if f.is_bag:
+                if f.max_len is not None:
+                    self.bag_len_[f.name] = f.max_len
+                else:
+                    lengths = _parts(_column(table, f.name, source), f, source)[1]
+                    self.bag_len_[f.name] = int(min(MAX_BAG_LEN, max(1, lengths.max(initial=1))))
+        return self
+
+    # ------------------------------------------------------------ facts the model needs
+
+    @property
+    def dense_names(self) -> list[str]:
+        """Features in ``Batch.dense``, in column order."""
+        return [f.name for f in self.spec.features if f.kind == "numeric" and f.transform != "buckets"]
+
+    @property
+    def cardinalities(self) -> dict[str, int]:
+        """Table name -> number of rows (padding and OOV rows included)."""
+        return {name: len(t) for name, t in self.tables_.items()}
+
+    # ------------------------------------------------------------ transform
+
+    def transform(self, table: pa.Table, source: str | Path | None = None) -> Batch:
+        """Encode ``table`` (any split) with the fitted state; unseen values go to the OOV row.
+
+        Args:
+            table: sample rows with the spec's columns (a ``label`` column is optional).
+            source: the file the table came from, for error messages.
+
+        Returns:
+            A :class:`Batch` of B = ``table.num_rows`` rows on the CPU.
+        """
+        n = table.num_rows
+        dense_cols, sparse, bags, bag_weights = [], {}, {}, {}
+        for f in self.spec.features:
+            arr = _column(table, f.name, source)
+            if f.kind == "numeric" and f.transform != "buckets":
+                dense_cols.append(self.normalizers_[f.name].transform(arr))
+                continue
+            tr = self.tables_[f.table_name]
+            if f.is_bag:
+                values, lengths, weights = _parts(arr, f, source)
+                rows = self._rows(tr, values, f, source)
+                ids, w = _pad(rows, lengths, self.bag_len_[f.name], weights)
+                bags[f.name] = torch.from_numpy(ids)
+                if w is not None:
+                    bag_weights[f.name] = torch.from_numpy(w)
+            else:
+                if isinstance(arr.type, (pa.ListType, pa.LargeListType, pa.MapType)):
+                    raise InputError(f"column {f.name!r} holds lists ({arr.type}); use kind = 'multi_hot'",
+                                     path=source, field=f.name)
+                sparse[f.name] = torch.from_numpy(self._rows(tr, arr, f, source))
+        dense = (np.stack(dense_cols, axis=1) if dense_cols else np.zeros((n, 0), np.float32)).astype(np.float32)
+        labels = torch.zeros(n, dtype=torch.float32)
+        if "label" in table.column_names:
+            lab = pc.cast(_column(table, "label", source), pa.float32()).to_numpy(zero_copy_only=False)
+            if np.isnan(lab).any() or not np.isin(lab, (0.0, 1.0)).all():
+                bad = int((~np.isin(lab, (0.0, 1.0))).sum())
+                raise InputError(f"{bad} labels are not 0 or 1", path=source, field="label")
+            labels = torch.from_numpy(lab.copy())
+        return Batch(torch.from_numpy(np.ascontiguousarray(dense)), sparse, bags, bag_weights, labels)
+
+    @staticmethod
+    def _rows(tr: Any, values: Any, f: Feature, source: str | Path | None) -> np.ndarray:
+        try:
+            rows = tr.transform(values)
+        except InputError as exc:
+            raise InputError(exc.message, path=source, field=f.name) from None
+        # Defensive: whatever came in, rows stay inside the table (an out-of-range row would crash on CPU
+        # and read garbage on GPU).
+        return np.where((rows >= 0) & (rows < len(tr)), rows, 1).astype(np.int64, copy=False)
+
+    # ------------------------------------------------------------ state
+
+    def state(self) -> dict[str, Any]:
+        """JSON-ready fitted state (vocabularies, statistics, bag widths)."""
+        names = {v: k for k, v in _TRANSFORMERS.items()}
+        return {
+            "tables": {k: {"type": names[type(t)], "state": t.state()} for k, t in self.tables_.items()},
+            "normalizers": {k: n.state() for k, n in self.normalizers_.items()},
+            "bag_len": dict(self.bag_len_),
+        }
+
+    @classmethod
+    def from_state(cls, spec: FeatureSpec, state: dict[str, Any]) -> Encoder:
+        """Rebuild a fitted encoder; the state must match the spec exactly (strict)."""
+        _expect_keys(state, {"tables", "normalizers", "bag_len"}, "encoder")
+        enc = cls(spec)
+        want_tables = set(spec.tables())
+        if set(state["tables"]) != want_tables:
+            raise InputError(f"encoder tables {sorted(state['tables'])} do not match the spec's "
+                             f"{sorted(want_tables)}", field="encoder.tables")
+        enc.tables_ = {}
+        for name, entry in state["tables"].items():
+            _expect_keys(entry, {"type", "state"}, f"encoder table {name!r}")
+            if entry["type"] not in _TRANSFORMERS:
+                raise InputError(f"unknown transformer type {entry['type']!r}", field=f"encoder.tables.{name}")
+            enc.tables_[name] = _TRANSFORMERS[entry["type"]].from_state(entry["state"])
+        want_norm = {f.name for f in spec.features if f.kind == "numeric" and f.transform != "buckets"}
+        if set(state["normalizers"]) != want_norm:
+            raise InputError("encoder normalizers do not match the spec's numeric features",
+                             field="encoder.normalizers")
+        enc.normalizers_ = {k: Normalizer.from_state(v) for k, v in state["normalizers"].items()}
+        want_bags = {f.name for f in spec.features if f.is_bag}
+        if set(state["bag_len"]) != want_bags:
+            raise InputError("encoder bag widths do not match the spec's multi_hot features",
+                             field="encoder.bag_len")
+        enc.bag_len_ = {k: int(v) for k, v in state["bag_len"].items()}
+        return enc
+
+
+def _concat(chunks: list[pa.Array], source: str | Path | None) -> pa.Array:
+    """Values of all features of one table, as one array of a common type (integers or strings)."""
+    kinds = {"str" if (pa.types.is_string(c.type) or pa.types.is_large_string(c.type)) else "other"
+             for c in chunks if not pa.types.is_null(c.type)}
+    target = pa.string() if kinds == {"str"} else pa.int64()
+    out = []
+    for c in chunks:
+        if pa.types.is_null(c.type):
+            continue
+        try:
+            out.append(pc.cast(c, target))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise InputError(f"features sharing a table hold different kinds of values ({c.type} vs {target})",
+                             path=source) from None
+    return pa.concat_arrays(out) if out else pa.array([], pa.int64())

@@ -1,0 +1,199 @@
+"""The layers of the Deep Crossing paper (Shan et al., KDD 2016), one ``nn.Module`` each.
+
+Embedding -> Stacking -> Multiple Residual Units -> Scoring. Shapes use B = batch, L = bag width,
+D = embedding width, S = stacked width.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from deepcrossing.config import FeatureSpec, ModelConfig, default_dim
+from deepcrossing.encoding.batch import Batch
+
+
+class EmbeddingLayer(nn.Module):
+    """Looks every embedded feature up in its (possibly shared) table; pools multi-valued features.
+
+    Row 0 of every table is padding (``padding_idx=0``: zeros, no gradient), so NULLs and the padding of
+    bags contribute nothing. Bags are pooled as ``sum_l w_l * E[ids_l]`` with ``w`` the per-value weights
+    (1 without ``weights_from``), divided by ``sum_l w_l`` for ``pooling = "mean"`` (an all-padding bag gives
+    a zero vector): ``EmbeddingBag``'s ``mean``/``sum`` with per-sample weights, computed on padded ids.
+
+    Args:
+        spec: the feature spec (which features are embedded, which table, pooling).
+        cardinalities: table name -> rows (from ``Encoder.cardinalities``).
+        sparse: sparse gradients for the tables (for ``SparseAdam`` on large tables).
+
+    Example:
+        >>> from deepcrossing.config import Feature
+        >>> spec = FeatureSpec((Feature("movieId", "categorical", "item", dim=4),))
+        >>> layer = EmbeddingLayer(spec, {"movieId": 10})
+        >>> layer(Batch(torch.zeros(2, 0), {"movieId": torch.tensor([0, 3])}))["movieId"].shape
+        torch.Size([2, 4])
+    """
+
+    def __init__(self, spec: FeatureSpec, cardinalities: dict[str, int], sparse: bool = False) -> None:
+        super().__init__()
+        self.tables = nn.ModuleDict()
+        for info in spec.tables().values():
+            rows = int(cardinalities[info.name])
+            dim = info.dim or default_dim(rows)
+            table = nn.Embedding(rows, dim, padding_idx=0, sparse=sparse)
+            nn.init.normal_(table.weight, std=0.05)
+            with torch.no_grad():
+                table.weight[0].zero_()
+            self.tables[info.name] = table
+        self.features = [(f.name, f.table_name, f.is_bag, f.pooling == "mean")
+                         for f in spec.features if f.embedded]
+        self.dims = {name: self.tables[t].embedding_dim for name, t, _, _ in self.features}
+
+    def forward(self, batch: Batch) -> dict[str, Tensor]:
+        """Batch -> {feature: (B, D_feature)} in spec order."""
+        out = {}
+        for name, table, is_bag, mean in self.features:
+            weight = self.tables[table]
+            if is_bag:
+                ids = batch.bags[name]                                  # (B, L)
+                w = (ids != 0).to(batch.dense.dtype)                    # (B, L): padding weighs 0
+                if name in batch.bag_weights:
+                    w = w * batch.bag_weights[name]
+                if mean:
+                    w = w / w.sum(dim=1, keepdim=True).clamp_min(1e-12)
+                vectors = (weight(ids) * w.unsqueeze(2)).sum(dim=1)     # (B, L, D) -> (B, D)
+            else:
+                vectors = weight(batch.sparse[name])                    # (B, D)
+            out[name] = vectors
+        return out
+
+
+class StackingLayer(nn.Module):
+    """Concatenates the feature embeddings (spec order) and then the dense numerics into one vector.
+
+    Embedding dropout (``dropout``) applies to the embedding part only, in one call over all features.
+
+    Attributes:
+        feature_slices: feature name -> slice of the stacked vector it occupies (embedded features first,
+            then one column per dense feature); the serving side splits the first MLP layer with it.
+        out_dim: stacked width S.
+
+    Example:
+        >>> s = StackingLayer({"movieId": 3}, ["userAvgRating"])
+        >>> s.feature_slices["userAvgRating"], s({"movieId": torch.ones(2, 3)}, torch.zeros(2, 1)).shape
+        (slice(3, 4, None), torch.Size([2, 4]))
+    """
+
+    def __init__(self, embedding_dims: dict[str, int], dense_names: list[str], dropout: float = 0.0) -> None:
+        super().__init__()
+        self.order = list(embedding_dims)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
+        self.feature_slices: dict[str, slice] = {}
+        pos = 0
+        for name, dim in embedding_dims.items():
+            self.feature_slices[name] = slice(pos, pos + dim)
+            pos += dim
+        for name in dense_names:
+            self.feature_slices[name] = slice(pos, pos + 1)
+            pos += 1
+        self.out_dim = pos
+
+    def forward(self, embedded: dict[str, Tensor], dense: Tensor) -> Tensor:
+        """{feature: (B, D_f)}, (B, n_dense) -> (B, S)."""
+        if self.dropout is None or not self.training or not self.order:
+            return torch.cat([embedded[name] for name in self.order] + [dense], dim=1)
+        embeddings = self.dropout(torch.cat([embedded[name] for name in self.order], dim=1))
+        return torch.cat([embeddings, dense], dim=1)
+
+
+class ResidualUnit(nn.Module):
+    """The paper's residual unit: ``ReLU(x + W2 ReLU(W1 x + b1) + b2)``; input and output width ``dim``.
+
+    Args:
+        dim: width of x.
+        inner: width of the hidden layer (W1: dim -> inner, W2: inner -> dim).
+
+    Example:
+        >>> ResidualUnit(4, 8)(torch.zeros(3, 4)).shape
+        torch.Size([3, 4])
+    """
+
+    def __init__(self, dim: int, inner: int) -> None:
+        super().__init__()
+        self.linear1 = nn.Linear(dim, inner)
+        self.linear2 = nn.Linear(inner, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, dim) -> (B, dim)."""
+        return torch.relu(x + self.linear2(torch.relu(self.linear1(x))))
+
+
+def _norm(kind: str, dim: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm1d(dim)
+    if kind == "layer":
+        return nn.LayerNorm(dim)
+    return nn.Identity()
+
+
+class MLP(nn.Module):
+    """The network between stacking and scoring.
+
+    ``residual``: (optional) projection ``ReLU(W x + b)`` to ``config.width``, then one ResidualUnit per
+    entry of ``config.hidden`` (its inner width). ``plain``: ``Linear + ReLU`` layers of ``config.hidden``
+    widths (SparrowRecSys's 128-128). Each unit/layer is followed by the configured norm and dropout.
+
+    Args:
+        in_dim: stacked width S.
+        config: the model config.
+
+    Attributes:
+        out_dim: output width.
+
+    Example:
+        >>> mlp = MLP(10, ModelConfig(mlp="plain", hidden=(8, 4), dropout=0.0))
+        >>> mlp(torch.zeros(2, 10)).shape, mlp.out_dim
+        (torch.Size([2, 4]), 4)
+    """
+
+    def __init__(self, in_dim: int, config: ModelConfig) -> None:
+        super().__init__()
+        blocks: list[nn.Module] = []
+        if config.mlp == "plain":
+            dim = in_dim
+            for width in config.hidden:
+                blocks += [nn.Linear(dim, width), nn.ReLU(), _norm(config.norm, width), nn.Dropout(config.dropout)]
+                dim = width
+        else:
+            dim = in_dim
+            if config.width:
+                blocks += [nn.Linear(in_dim, config.width), nn.ReLU(), _norm(config.norm, config.width)]
+                dim = config.width
+            for inner in config.hidden:
+                blocks += [ResidualUnit(dim, inner), _norm(config.norm, dim), nn.Dropout(config.dropout)]
+        self.blocks = nn.ModuleList([b for b in blocks if not isinstance(b, nn.Identity)
+                                     and not (isinstance(b, nn.Dropout) and b.p == 0.0)])
+        self.out_dim = dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, S) -> (B, out_dim)."""
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+class ScoringLayer(nn.Module):
+    """One logit per sample: ``w . x + b``. The sigmoid is applied only when scoring for people.
+
+    Example:
+        >>> ScoringLayer(4)(torch.zeros(3, 4)).shape
+        torch.Size([3])
+    """
+
+    def __init__(self, in_dim: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_dim, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, in_dim) -> (B,) logits."""
+        return self.linear(x).squeeze(-1)

@@ -1,0 +1,12 @@
+"""Training: the loop (Trainer), model files (artifact.save / load), export (ONNX, TorchScript).
+
+Public API:
+    Trainer(model, train_config, device, checkpoint_dir).fit(train_batch, valid_batch, resume=...)
+    train_model(tables, experiment_config, out_dir, ...)      encoder + model + trainer + files
+    save(model_dir, model, encoder, train_config, extra) / load(model_dir) -> LoadedModel
+    export_model(model_dir, "onnx" | "torchscript", out)
+"""
+
+from deepcrossing.training.artifact import LoadedModel, load, save
+
+__all__ = ["LoadedModel", "load", "save"]

@@ -1,0 +1,110 @@
+"""Export a model folder to ONNX or TorchScript, over flat tensor inputs.
+
+Inputs of the exported graph, in order (B is dynamic):
+    ``dense``  (B, n_dense) float32, columns in ``Encoder.dense_names`` order;
+    ``sparse`` (B, n_sparse) int64, one column per single-valued embedded feature (``sparse_names``);
+    one ``(B, L_f) int64`` id matrix per multi-valued feature (``bag_names``), 0 = padding;
+    one ``(B, L_f) float32`` weight matrix per weighted bag (``weighted_names``).
+Output: ``logits`` (B,). The sidecar ``<file>.json`` lists those names so a scorer can build the inputs
+with :func:`flat_inputs` from an encoded :class:`Batch`.
+
+Example:
+    >>> path = export_model("runs/ml-small", "onnx")          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from deepcrossing.atomic import write_text_atomic
+from deepcrossing.encoding.batch import Batch
+from deepcrossing.errors import InputError
+from deepcrossing.model.deep_crossing import FlatDeepCrossing
+from deepcrossing.training.artifact import LoadedModel, load
+
+FORMATS = ("onnx", "torchscript")
+
+
+def layout(loaded: LoadedModel) -> dict[str, list[str]]:
+    """Names of the flat inputs: ``sparse_names``, ``bag_names``, ``weighted_names``, ``dense_names``."""
+    spec = loaded.spec
+    weighted = [f.name for f in spec.features if f.is_bag and f.weights_from is not None]
+    return {
+        "dense_names": loaded.encoder.dense_names,
+        "sparse_names": [f.name for f in spec.features if f.embedded and not f.is_bag],
+        "bag_names": [f.name for f in spec.features if f.is_bag],
+        "weighted_names": weighted,
+    }
+
+
+def flat_inputs(batch: Batch, names: dict[str, list[str]]) -> tuple[Tensor, ...]:
+    """An encoded batch as the exported graph's positional inputs (see the module docstring)."""
+    n = len(batch)
+    sparse = (torch.stack([batch.sparse[k] for k in names["sparse_names"]], dim=1)
+              if names["sparse_names"] else torch.zeros((n, 0), dtype=torch.int64))
+    bags = [batch.bags[k] for k in names["bag_names"]]
+    weights = [batch.bag_weights[k] for k in names["weighted_names"]]
+    return (batch.dense, sparse, *bags, *weights)
+
+
+def flat_module(loaded: LoadedModel) -> FlatDeepCrossing:
+    names = layout(loaded)
+    return FlatDeepCrossing(loaded.model, names["sparse_names"], names["bag_names"],
+                            names["weighted_names"]).eval()
+
+
+def _example_batch(loaded: LoadedModel, n: int = 4) -> Batch:
+    """A small valid batch (ids 0..2, zero numerics) to trace the graph with."""
+    spec, enc = loaded.spec, loaded.encoder
+    g = torch.Generator().manual_seed(0)
+    sparse = {f.name: torch.randint(0, 3, (n,), generator=g) for f in spec.features if f.embedded and not f.is_bag}
+    bags = {f.name: torch.randint(0, 3, (n, enc.bag_len_[f.name]), generator=g) for f in spec.features if f.is_bag}
+    weights = {f.name: torch.rand(n, enc.bag_len_[f.name], generator=g)
+               for f in spec.features if f.is_bag and f.weights_from is not None}
+    return Batch(torch.randn(n, len(enc.dense_names), generator=g), sparse, bags, weights, torch.zeros(n))
+
+
+def export_model(model_dir: str | Path, fmt: str, out: str | Path | None = None) -> Path:
+    """Export ``model_dir`` as ONNX (``model.onnx``) or TorchScript (``model.torchscript.pt``).
+
+    Args:
+        model_dir: a folder written by ``deepcrossing train``.
+        fmt: ``onnx`` or ``torchscript``.
+        out: output file (default inside ``model_dir``).
+
+    Returns:
+        The written file; a ``<file>.json`` next to it names the inputs.
+    """
+    if fmt not in FORMATS:
+        raise InputError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}", field="format")
+    loaded = load(model_dir)
+    out = Path(out) if out is not None else Path(model_dir) / ("model.onnx" if fmt == "onnx"
+                                                               else "model.torchscript.pt")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    module = flat_module(loaded)
+    names = layout(loaded)
+    example = flat_inputs(_example_batch(loaded), names)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    input_names = (["dense", "sparse"] + [f"bag_{k}" for k in names["bag_names"]]
+                   + [f"weight_{k}" for k in names["weighted_names"]])
+    with torch.no_grad():
+        if fmt == "torchscript":
+            traced = torch.jit.trace(module, example, check_trace=False)
+            traced.save(str(tmp))
+        else:
+            dynamic = {name: {0: "batch"} for name in input_names}
+            dynamic["logits"] = {0: "batch"}
+            torch.onnx.export(module, example, str(tmp), input_names=input_names, output_names=["logits"],
+                              dynamic_axes=dynamic, dynamo=False, opset_version=17)
+    os.replace(tmp, out)
+    meta: dict[str, Any] = {"format": fmt, "inputs": input_names, "output": "logits", **names,
+                            "bag_len": loaded.encoder.bag_len_,
+                            "weights_sha256": loaded.manifest["weights_sha256"]}
+    write_text_atomic(out.with_name(out.name + ".json"), json.dumps(meta, indent=1))
+    return out
