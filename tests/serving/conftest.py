@@ -161,3 +161,66 @@ def build_loaded(samples_dir: Path, mlp: str = "residual", seed: int = 0, steps:
 def make_loaded():
     """:func:`build_loaded` as a fixture (test modules here are not a package)."""
     return build_loaded
+
+
+@pytest.fixture(scope="session")
+def models(synth_data):
+    """Two different in-memory models by folder name (``m0`` residual, ``m1`` plain) and a loader for them."""
+    built = {"m0": build_loaded(synth_data["samples"], "residual", seed=0),
+             "m1": build_loaded(synth_data["samples"], "plain", seed=1)}
+
+    def loader(path: Path):
+        if path.name not in built:
+            from deepcrossing.errors import InputError
+
+            raise InputError("no such test model", path=path)
+        return built[path.name]
+
+    return {"built": built, "loader": loader, "root": synth_data["root"]}
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(synth_data):
+    """The synthetic data published once into a SQLite store."""
+    from deepcrossing.serving.publish import publish_dataset
+
+    url = f"sqlite:///{synth_data['root'] / 'features.db'}"
+    publish_dataset(synth_data["dataset"], url)
+    return url
+
+
+class ServerThread:
+    """uvicorn serving an app on 127.0.0.1:port in a thread (real HTTP over loopback)."""
+
+    def __init__(self, app, port: int) -> None:
+        import threading
+
+        import uvicorn
+
+        self.port = port
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                                    lifespan="on", timeout_graceful_shutdown=5))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def server_thread():
+    """The :class:`ServerThread` class."""
+    return ServerThread

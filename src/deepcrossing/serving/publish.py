@@ -118,8 +118,10 @@ def build_records(
         extra = extra_movie.get(mid, {})
         movies.append((mid, {"features": features, "title": extra.get("title"), "year": extra.get("year"),
                              "genres": list(extra.get("genres") or [])}))
+    active = sorted(users, key=lambda kv: (-len(kv[1]["rated"]), kv[0]))
     meta = {
         "dataset": dataset.name,
+        "example_users": [uid for uid, _ in active[:8]],
         "sources": dict(dataset.sources),
         "feature_config": None if feature_config is None else feature_config.to_dict(),
         "user_schema": _schema_json(user_features.schema),
@@ -146,6 +148,7 @@ def publish_dataset(
     extra_meta: dict | None = None,
     history_n: int = DEFAULT_HISTORY_N,
     max_candidates: int = DEFAULT_MAX_CANDIDATES,
+    keep_previous_s: float = 0.0,
 ) -> dict:
     """Compute and publish one new store version; return its meta (version, counts, checksum, ...).
 
@@ -156,6 +159,8 @@ def publish_dataset(
         extra_meta: more JSON-ready meta (e.g. the model folder).
         history_n: ratings kept per user for display.
         max_candidates: length of the candidate list.
+        keep_previous_s: seconds the previous version stays readable after the switch (services poll the
+            pointer and move over within their poll interval).
     """
     own = isinstance(store, str)
     store = open_store(store) if own else store
@@ -163,7 +168,8 @@ def publish_dataset(
         users, movies, candidates, meta = build_records(dataset, feature_config, history_n=history_n,
                                                         max_candidates=max_candidates)
         meta.update(extra_meta or {})
-        version = store.publish(users, movies, candidates, json.loads(json.dumps(meta, default=str)))
+        version = store.publish(users, movies, candidates, json.loads(json.dumps(meta, default=str)),
+                                keep_previous_s=keep_previous_s)
         return store.meta(version=version)
     finally:
         if own:
