@@ -305,3 +305,18 @@ def test_ml_latest_small_end_to_end(ml_small_dir: Path, tmp_path: Path) -> None:
     assert ds.name == "ml-latest-small" and ds.skipped_rows == {}
     assert set(ds.sources) == {"ratings.csv", "movies.csv", "tags.csv", "links.csv"}
     assert elapsed < 20  # ~0.3 s alone; generous for a shared 2-core machine
+
+
+def test_blank_lines_do_not_shift_line_numbers(tmp_path: Path) -> None:
+    folder = tmp_path / "ml"
+    write(folder, "movies.csv", MOVIES_CSV)
+    ratings = write(folder, "ratings.csv", "userId,movieId,rating,timestamp\n1,1,4.0,10\n\n1,2,9.0,11\n\n")
+    with pytest.raises(InputError) as err:
+        load_dataset(folder, workdir=tmp_path / "w")
+    assert (err.value.path, err.value.line, err.value.field) == (str(ratings), 4, "rating")
+    write(folder, "ratings.csv", "userId,movieId,rating,timestamp\n1,1,4.0,10\n\n1,2,4.0\n\n2,2,x,11\n")
+    with pytest.raises(InputError) as err:
+        load_dataset(folder, workdir=tmp_path / "w")
+    assert err.value.line == 4 and "malformed" in err.value.message
+    ds = load_dataset(folder, workdir=tmp_path / "w", skip_bad_rows=True)
+    assert ds.skipped_rows == {"ratings.csv": 2} and rows(ds.ratings) == [(1, 1, 4.0, None, 10)]

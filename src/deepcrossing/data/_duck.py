@@ -80,15 +80,53 @@ class Staged:
     raw: RawFile
     stage: Path
     rejects: list[tuple[int, str, str | None, str]]
+    n_rows: int | None = None          # rows that parsed (set once counted)
+    _exact: bool | None = None         # True when the file has no blank lines (the fast mapping is exact)
 
     def line_of(self, row: int) -> int:
-        """1-based source line of staged row ``row`` (0-based), accounting for header and rejected lines."""
-        return row_to_line(row, header=self.raw.header and not self.raw.is_parquet,
-                           rejected=[r[0] for r in self.rejects])
+        """1-based source line of staged row ``row`` (0-based), accounting for header and rejected lines.
+
+        DuckDB drops blank lines silently; when the file has any (its newline count says so), the line is
+        found by one scan of the file, which only happens on the error path."""
+        header = self.raw.header and not self.raw.is_parquet
+        fast = row_to_line(row, header=header, rejected=[r[0] for r in self.rejects])
+        if self.raw.is_parquet:
+            return fast
+        if self._exact is None:
+            physical = count_lines(self.raw.read_path or self.raw.path)
+            expected = (1 if header else 0) + len(self.rejects) + (self.n_rows or 0)
+            self._exact = self.n_rows is not None and physical == expected
+        if self._exact:
+            return fast
+        return scan_line(self.raw.read_path or self.raw.path, row, header=header,
+                         rejected={r[0] for r in self.rejects})
 
     @property
     def reject_count(self) -> int:
         return len(self.rejects)
+
+
+def count_lines(path: Path) -> int:
+    """Physical lines of a text file (a last line without a newline counts), in 8 MiB chunks."""
+    n, last = 0, b"\n"
+    with open(path, "rb") as handle:
+        while chunk := handle.read(8 << 20):
+            n += chunk.count(b"\n")
+            last = chunk[-1:]
+    return n + (last != b"\n")
+
+
+def scan_line(path: Path, row: int, *, header: bool, rejected: set[int]) -> int:
+    """Line of the ``row``-th parsed data row, skipping the header, blank lines and rejected lines."""
+    seen = -1
+    with open(path, "rb") as handle:
+        for lineno, text in enumerate(handle, 1):
+            if (header and lineno == 1) or lineno in rejected or not text.strip():
+                continue
+            seen += 1
+            if seen == row:
+                return lineno
+    return row_to_line(row, header=header, rejected=sorted(rejected))
 
 
 def row_to_line(row: int, *, header: bool, rejected: list[int]) -> int:

@@ -364,6 +364,7 @@ def _stage_view(con, staged: Staged, view: str) -> None:
 
 def _require_rows(con, staged: Staged, view: str) -> None:
     n = con.execute(f"SELECT count(*) FROM {view}").fetchone()[0]
+    staged.n_rows = int(n)
     if n == 0 and not staged.rejects:
         raise InputError("the file has no data rows", path=staged.raw.path,
                          line=2 if staged.raw.header else 1)
@@ -537,6 +538,7 @@ def _convert(con, layout: _Layout, scratch: Path, skip: bool) -> dict:
         ustaged = stage(con, users_raw, _users_select(layout), scratch / "users_stage.parquet", "users")
         _stage_view(con, ustaged, "users_v")
         uproblems = _Problems(ustaged, skip)
+        _require_rows(con, ustaged, "users_v")
         _collect_basic(con, ustaged, "users_v", uproblems)
         uproblems.raise_first()
         if uproblems.count:
