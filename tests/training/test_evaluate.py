@@ -100,3 +100,83 @@ def test_find_split_file(tmp_path):
         find_split_file(tmp_path, "valid")
     with pytest.raises(InputError, match="unknown split"):
         find_split_file(tmp_path, "dev")
+
+
+# ------------------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def small_samples(ml_small_dir, tmp_path_factory):
+    """prepare's time split of ml-latest-small, train and valid cut to their first rows (keeps CI fast);
+    test kept whole, so the popularity numbers are those of the real test period."""
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from deepcrossing.cli import app
+
+    root = tmp_path_factory.mktemp("eval")
+    full = root / "full"
+    res = CliRunner().invoke(app, ["prepare", "--data", str(ml_small_dir), "--out", str(full)])
+    assert res.exit_code == 0, res.output
+    small = root / "small"
+    small.mkdir()
+    pq.write_table(pq.read_table(full / "train.parquet").slice(0, 6000), small / "train.parquet")
+    pq.write_table(pq.read_table(full / "valid.parquet").slice(0, 2000), small / "valid.parquet")
+    pq.write_table(pq.read_table(full / "test.parquet"), small / "test.parquet")
+    model = root / "model"
+    res = CliRunner().invoke(app, ["train", "--samples", str(small), "--out", str(model), "--epochs", "1",
+                                   "--device", "cpu", "--seed", "0"])
+    assert res.exit_code == 0, res.output
+    return small, model
+
+
+def test_evaluate_verb_end_to_end(small_samples, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    import deepcrossing
+    from deepcrossing import metrics as M
+    from deepcrossing.cli import app
+    from deepcrossing.features import read_samples
+
+    samples, model = small_samples
+    res = CliRunner().invoke(app, ["evaluate", "--model", str(model), "--samples", str(samples)])
+    assert res.exit_code == 0, res.output
+    assert "popularity" in res.output and "NDCG@10" in res.output
+    written = model / "metrics-test.json"
+    report = json.loads(written.read_text())
+    assert not list(model.glob(".metrics-test.json.tmp-*"))           # atomic: no leftovers
+    assert (report["n_samples"], report["n_users"], report["split"]) == (10084, 74, "test")
+    assert report["positive_rate"] == pytest.approx(0.5567235224117414, abs=1e-12)
+    # the popularity baseline on the real test period: a fixed number of the data, not of the model
+    pop = report["popularity"]
+    assert pop["auc"] == pytest.approx(0.6138447624945307, abs=1e-9)
+    assert (pop["gauc_users_used"], pop["gauc_users_skipped"]) == (68, 6)
+    assert (pop["ranking_users_used"], pop["ranking_users_skipped"]) == (72, 2)
+    # the model's numbers are those of its own predictions
+    table = read_samples(samples / "test.parquet")
+    probs = deepcrossing.load(model).predict(table)
+    y, users = table.column("label").to_numpy(), table.column("userId").to_numpy()
+    assert report["model"]["auc"] == pytest.approx(M.auc(y, probs), abs=1e-9)
+    assert report["model"]["logloss"] == pytest.approx(M.logloss(y, probs), abs=1e-9)
+    assert report["model"]["ndcg"] == pytest.approx(M.ndcg_at_k(users, y, probs).value, abs=1e-9)
+    assert report["model"]["auc"] > 0.6                               # learned something in one epoch
+
+    # --file and --out: another split, written where asked
+    out = tmp_path / "valid-metrics.json"
+    res = CliRunner().invoke(app, ["evaluate", "--model", str(model), "--file", str(samples / "valid.parquet"),
+                                   "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text())["n_samples"] == 2000
+
+
+def test_evaluate_verb_bad_input(small_samples, tmp_path):
+    from typer.testing import CliRunner
+
+    from deepcrossing.cli import app
+
+    samples, model = small_samples
+    res = CliRunner().invoke(app, ["evaluate", "--model", str(model), "--samples", str(tmp_path)])
+    assert res.exit_code != 0
+    assert "test.parquet" in str(res.exception) or "test.parquet" in res.output
