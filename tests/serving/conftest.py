@@ -165,18 +165,16 @@ def make_loaded():
 
 @pytest.fixture(scope="session")
 def models(synth_data):
-    """Two different in-memory models by folder name (``m0`` residual, ``m1`` plain) and a loader for them."""
+    """Two different model folders written by ``training.artifact.save``: ``m0`` (residual) and ``m1`` (plain)."""
+    from deepcrossing.config import TrainConfig
+    from deepcrossing.training.artifact import save
+
+    root = synth_data["root"]
     built = {"m0": build_loaded(synth_data["samples"], "residual", seed=0),
              "m1": build_loaded(synth_data["samples"], "plain", seed=1)}
-
-    def loader(path: Path):
-        if path.name not in built:
-            from deepcrossing.errors import InputError
-
-            raise InputError("no such test model", path=path)
-        return built[path.name]
-
-    return {"built": built, "loader": loader, "root": synth_data["root"]}
+    for name, loaded in built.items():
+        save(root / name, loaded.model, loaded.encoder, TrainConfig())
+    return {"built": built, "root": root}
 
 
 @pytest.fixture(scope="session")

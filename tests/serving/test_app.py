@@ -16,7 +16,7 @@ from deepcrossing.serving.store import open_store
 
 def make_client(models, store_url, **settings):
     root = models["root"]
-    app = create_app(ServingSettings(root / "m0", store_url, **settings), loader=models["loader"])
+    app = create_app(ServingSettings(root / "m0", store_url, **settings))
     return TestClient(app)
 
 
@@ -122,7 +122,7 @@ def test_admin_token(models, sqlite_url):
         assert ok.status_code == 200 and ok.json()["modelDir"].endswith("m1")
         missing = c.post("/admin/reload", json={"model_dir": "/nowhere/m9"},
                          headers={"Authorization": "Bearer s3cret"})
-        assert missing.status_code == 400 and "no such test model" in missing.json()["detail"]
+        assert missing.status_code == 400 and "no manifest.json" in missing.json()["detail"]
         assert c.get("/info").json()["modelDir"].endswith("m1") and before is not None
     with make_client(models, sqlite_url, host="0.0.0.0") as c:  # not loopback, no token: refused
         r = c.post("/admin/reload", json={"model_dir": str(models["root"] / "m1")})
@@ -144,7 +144,7 @@ def raw_get(port: int, path: str) -> tuple[int, bytes]:
 def test_static_page_and_no_path_traversal(models, sqlite_url, server_thread):
     from conftest import free_port
 
-    app = create_app(ServingSettings(models["root"] / "m0", sqlite_url), loader=models["loader"])
+    app = create_app(ServingSettings(models["root"] / "m0", sqlite_url))
     with server_thread(app, free_port()) as server:
         status, body = raw_get(server.port, "/ui/")
         assert status == 200 and b"deepcrossing recommendations" in body

@@ -174,3 +174,72 @@ def publish_dataset(
     finally:
         if own:
             store.close()
+
+
+def default_store_url(model_dir: str | Path) -> str:
+    """``sqlite:///<model_dir>/features.db`` with an absolute path (the embedded default store).
+
+    Example:
+        >>> default_store_url("/m")
+        'sqlite:////m/features.db'
+    """
+    return f"sqlite:///{(Path(model_dir).resolve() / 'features.db')}"
+
+
+def feature_config_of(model_dir: str | Path) -> tuple[Any, str]:
+    """The ``FeatureConfig`` the model's samples were built with, and where it came from.
+
+    The model manifest records the samples manifest it was trained from (``samples.manifest``); that file's
+    ``config`` is the FeatureConfig. When it cannot be found, the default config is used (and said so).
+    """
+    from deepcrossing.features import FeatureConfig
+
+    manifest_path = Path(model_dir) / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        samples_manifest = Path(manifest.get("samples", {}).get("manifest", ""))
+        if samples_manifest.is_file():
+            config = json.loads(samples_manifest.read_text())["config"]
+            return FeatureConfig.from_dict(config), f"from {samples_manifest}"
+    except (OSError, ValueError, KeyError):
+        pass
+    return FeatureConfig(), "default (the model's samples manifest was not found)"
+
+
+def publish_for_model(
+    model_dir: str | Path,
+    data: str | Path,
+    store_url: str | None = None,
+    *,
+    max_candidates: int = DEFAULT_MAX_CANDIDATES,
+    keep_previous_s: float = 2.0,
+) -> dict:
+    """What ``deepcrossing publish`` does: read the logs, compute latest features, publish a version.
+
+    Args:
+        model_dir: the model folder (its samples' FeatureConfig is reused; default store lives there).
+        data: a MovieLens folder or a log file, as for ``prepare``.
+        store_url: ``sqlite:///...`` or ``redis://...``; default :func:`default_store_url`.
+        max_candidates: length of the candidate list.
+        keep_previous_s: seconds the previous version stays readable after the switch.
+
+    Returns:
+        The new version's meta, plus ``store`` (the URL) and ``feature_config_source``.
+    """
+    import tempfile
+
+    from deepcrossing.data import load_dataset
+    from deepcrossing.errors import InputError
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "manifest.json").is_file():
+        raise InputError("not a model folder (no manifest.json); train one with `deepcrossing train`",
+                         path=model_dir)
+    store_url = store_url or default_store_url(model_dir)
+    config, source = feature_config_of(model_dir)
+    with tempfile.TemporaryDirectory(prefix="deepcrossing-publish-") as work:
+        dataset = load_dataset(data, workdir=work)
+        meta = publish_dataset(dataset, store_url, feature_config=config,
+                               extra_meta={"model_dir": str(model_dir.resolve()), "data": str(data)},
+                               max_candidates=max_candidates, keep_previous_s=keep_previous_s)
+    return meta | {"store": store_url, "feature_config_source": source}
