@@ -324,8 +324,9 @@ class FeatureSpec:
             settings = {}
             for key, default in (("dim", None), ("min_count", 1), ("hash_buckets", None)):
                 values = {getattr(f, key) for _, f in members} - {default}
-                if len(values) > 1:
-                    i = next(i for i, f in members if getattr(f, key) != default)
+                if len(values) > 1:  # name the first feature that disagrees with an earlier one
+                    first = next(getattr(f, key) for _, f in members if getattr(f, key) != default)
+                    i = next(i for i, f in members if getattr(f, key) not in (default, first))
                     raise _bad(f"features[{i}].{key}",
                                f"features of table {name!r} disagree on {key}: {sorted(values)}")
                 settings[key] = values.pop() if values else default

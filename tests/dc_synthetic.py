@@ -1,0 +1,61 @@
+"""Small synthetic sample tables in the samples schema (docs/design.md section 2), for model-stage tests.
+
+The label depends on the features (user taste vs movie quality, genre overlap), so a model can learn it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from deepcrossing.config import Feature, FeatureSpec
+
+GENRES = ["Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi"]
+
+
+def sample_table(n: int = 400, seed: int = 0, n_users: int = 30, n_movies: int = 50) -> pa.Table:
+    """``n`` rows with ids, numerics (some NaN), genre lists, recent positives and genre counts."""
+    rng = np.random.default_rng(seed)
+    users = rng.integers(1, n_users + 1, n)
+    movies = rng.integers(1, n_movies + 1, n)
+    movie_genre = movies % len(GENRES)
+    user_taste = users % len(GENRES)
+    user_avg = 2.5 + (users % 5) * 0.4
+    movie_avg = 2.5 + (movies % 7) * 0.3
+    logit = (user_avg - 3.3) * 2 + (movie_avg - 3.4) * 2 + (movie_genre == user_taste) * 1.5
+    label = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.int8)
+    user_avg_col = np.where(rng.random(n) < 0.1, np.nan, user_avg)
+    genres = [[GENRES[g], GENRES[(g + 1) % len(GENRES)]] for g in movie_genre]
+    recent = [list(rng.integers(1, n_movies + 1, rng.integers(0, 7))) for _ in range(n)]
+    counts = [[(GENRES[t], int(3 + u % 4)), (GENRES[(t + 2) % len(GENRES)], 1)] for t, u in zip(user_taste, users)]
+    return pa.table({
+        "userId": pa.array(users, pa.int64()),
+        "movieId": pa.array(movies, pa.int64()),
+        "label": pa.array(label, pa.int8()),
+        "movieGenres": pa.array(genres, pa.list_(pa.string())),
+        "movieGenre1": pa.array([g[0] for g in genres], pa.string()),
+        "userRecentPositives": pa.array(recent, pa.list_(pa.int64())),
+        "userGenreCounts": pa.array(counts, pa.map_(pa.string(), pa.int64())),
+        "userAvgRating": pa.array(user_avg_col, pa.float64(), from_pandas=True),
+        "movieAvgRating": pa.array(movie_avg, pa.float64()),
+        "movieRatingCount": pa.array(rng.integers(0, 500, n), pa.int64()),
+        "userRatingCount": pa.array(rng.integers(0, 100, n), pa.int64()),
+        "movieTag": pa.array([f"tag{m % 11}" for m in movies], pa.string()),
+    })
+
+
+def small_spec() -> FeatureSpec:
+    """Every feature kind: categorical ids, shared tables, weighted bag, hashed, numerics, buckets."""
+    return FeatureSpec((
+        Feature("userId", "categorical", "user", dim=4, min_count=2),
+        Feature("movieId", "categorical", "item", table="movie", dim=6),
+        Feature("userRecentPositives", "multi_hot", "user", table="movie", max_len=5),
+        Feature("movieGenres", "multi_hot", "item", table="genre", dim=3),
+        Feature("movieGenre1", "categorical", "item", table="genre"),
+        Feature("userGenreCounts", "multi_hot", "user", table="genre", weights_from="values", pooling="sum"),
+        Feature("userAvgRating", "numeric", "user", transform="standardize"),
+        Feature("movieAvgRating", "numeric", "item", transform="standardize"),
+        Feature("movieRatingCount", "numeric", "item", transform="log1p_standardize"),
+        Feature("userRatingCount", "numeric", "user", transform="buckets", n_buckets=4),
+        Feature("movieTag", "hashed", "item", hash_buckets=7, dim=2),
+    ))
