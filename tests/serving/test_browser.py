@@ -1,0 +1,85 @@
+"""The web page in headless Chromium: what a person sees (history, recommendations, the movie page)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from deepcrossing.serving.app import create_app
+from deepcrossing.serving.engine import Engine
+from deepcrossing.serving.settings import ServingSettings
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    if chromium is None or driver_path is None:
+        if IN_CI:
+            pytest.fail("chromium/chromedriver missing, but CI installs them (apt-get install chromium "
+                        "chromium-driver)")
+        pytest.skip("chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage",
+                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def test_page_shows_history_recommendations_and_movie(browser, models, sqlite_url, server_thread):
+    from conftest import free_port
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    model = models["root"] / "m0"
+    expected = Engine.open(model, sqlite_url)
+    recs = expected.recommend(1, k=10)["items"]
+    user = expected.user_info(1)
+    app = create_app(ServingSettings(model, sqlite_url))
+    with server_thread(app, free_port()) as server:
+        wait = WebDriverWait(browser, 20)
+        browser.get(server.url + "/")
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#examples a")))
+        box = browser.find_element(By.ID, "user-input")
+        box.clear()
+        box.send_keys("1")
+        browser.find_element(By.ID, "user-go").click()
+        wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "#recommendations li")))
+        assert browser.find_element(By.ID, "user-title").text.startswith("User 1 (")
+        shown = [li.find_element(By.CSS_SELECTOR, "a.title").text
+                 for li in browser.find_elements(By.CSS_SELECTOR, "#recommendations li")]
+        assert shown == [r["title"] for r in recs]
+        first = browser.find_elements(By.CSS_SELECTOR, "#recommendations li")[0].text
+        assert f"{recs[0]['score']:.3f}" in first and recs[0]["genres"][0] in first
+        history = [li.find_element(By.CSS_SELECTOR, "a.title").text
+                   for li in browser.find_elements(By.CSS_SELECTOR, "#history li")]
+        assert history == [h["title"] for h in user["history"]]
+
+        # follow the first recommendation to its movie page: title, facts, similar movies
+        browser.find_element(By.CSS_SELECTOR, "#recommendations li a.title").click()
+        wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "#neighbours li")))
+        assert browser.find_element(By.ID, "movie-title").text == recs[0]["title"]
+        assert "ratings" in browser.find_element(By.ID, "movie-meta").text
+        neighbours = browser.find_elements(By.CSS_SELECTOR, "#neighbours li a.title")
+        movie = expected.movie_info(recs[0]["movieId"])
+        assert [a.text for a in neighbours] == [n["title"] for n in movie["neighbours"]]
+
+        # an unknown user gets a cold-start list, not an error
+        browser.get(server.url + "/ui/#/user/99999999")
+        wait.until(ec.text_to_be_present_in_element((By.ID, "user-title"), "cold start"))
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#recommendations li")) == 10
+        assert browser.find_element(By.CSS_SELECTOR, "#history li").text == "No ratings yet."
+    expected.store.close()
