@@ -114,9 +114,14 @@ class Trainer:
         emb = [p for n, p in self.model.named_parameters() if _is_embedding(n) and p.requires_grad]
         rest = [p for n, p in self.model.named_parameters() if not _is_embedding(n) and p.requires_grad]
         if c.optimizer == "sparse_adam":
-            opts: list[torch.optim.Optimizer] = [torch.optim.Adam(rest, lr=c.lr, weight_decay=c.weight_decay)]
-            if emb:
-                opts.append(torch.optim.SparseAdam(emb, lr=c.lr))
+            # SparseAdam for tables built with sparse gradients (nn.Embedding(sparse=True)), Adam for the rest
+            sparse_ids = {id(m.weight) for m in self.model.modules()
+                          if isinstance(m, nn.Embedding) and m.sparse}
+            sparse = [p for p in self.model.parameters() if id(p) in sparse_ids and p.requires_grad]
+            dense = [p for p in self.model.parameters() if id(p) not in sparse_ids and p.requires_grad]
+            opts: list[torch.optim.Optimizer] = [torch.optim.Adam(dense, lr=c.lr, weight_decay=c.weight_decay)]
+            if sparse:
+                opts.append(torch.optim.SparseAdam(sparse, lr=c.lr))
             return opts
         cls = torch.optim.AdamW if c.optimizer == "adamw" else torch.optim.Adam
         groups = [{"params": rest, "weight_decay": c.weight_decay}]
