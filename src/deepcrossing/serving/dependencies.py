@@ -14,22 +14,22 @@ from deepcrossing.serving.metrics import ServiceMetrics
 from deepcrossing.serving.settings import ServingSettings
 
 
-def get_settings(request: Request) -> ServingSettings:
+async def get_settings(request: Request) -> ServingSettings:
     """The app's settings."""
     return request.app.state.settings
 
 
-def get_engine(request: Request) -> Engine:
+async def get_engine(request: Request) -> Engine:
     """The app's engine (model + store)."""
     return request.app.state.engine
 
 
-def get_metrics(request: Request) -> ServiceMetrics:
+async def get_metrics(request: Request) -> ServiceMetrics:
     """The app's Prometheus metrics."""
     return request.app.state.metrics
 
 
-def require_admin(request: Request, settings: ServingSettings = Depends(get_settings)) -> None:
+async def require_admin(request: Request, settings: ServingSettings = Depends(get_settings)) -> None:
     """Bearer-token guard of ``/admin``: a token is required when set, and must be set off loopback."""
     if settings.admin_token is None:
         if not settings.loopback:

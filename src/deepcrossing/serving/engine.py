@@ -28,8 +28,11 @@ import torch
 
 from deepcrossing.errors import InputError
 from deepcrossing.serving.publish import schema_from_json
-from deepcrossing.serving.scorer import ItemPart, Scorer, join_user_movies
+from deepcrossing.serving.scorer import ItemPart, Scorer, UserPart, join_user_movies
 from deepcrossing.serving.store import FeatureStore, StoreError, VersionGone, open_store
+
+
+USER_CACHE_SIZE = 100_000  # user partials kept per state (H floats each); cleared when full
 
 
 def empty_features(schema: pa.Schema, id_name: str, id_value: int) -> dict:
@@ -114,12 +117,18 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class State:
-    """What one request uses from start to end: a model and a store snapshot."""
+    """What one request uses from start to end: a model and a store snapshot.
+
+    ``user_parts`` caches each user's per-request partial (:class:`UserPart`) for this (model, store version):
+    a version's records never change, so the cache is exact, and it dies with the state on a reload or a
+    publish. The record itself is still read from the store on every request.
+    """
 
     scorer: Scorer
     model_dir: Path
     model_version: str
     snapshot: Snapshot | None
+    user_parts: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 class Engine:
@@ -240,10 +249,17 @@ class Engine:
         features = record["features"] if record else empty_features(snap.user_schema, "userId", user_id)
         return pa.Table.from_pylist([features], schema=snap.user_schema)
 
-    @staticmethod
-    def _user_part(state: State, user_table: pa.Table):  # noqa: ANN205 - UserPart
-        """The per-request user partial (the movie columns of the joined row are ignored, any movie does)."""
-        return state.scorer.user(join_user_movies(user_table, state.snapshot.movie_table.slice(0, 1)))
+    def _user_part(self, state: State, user_id: int, record: dict | None) -> UserPart:
+        """The user's partial, from the state's cache or computed (the movie columns of the joined row are
+        ignored, any movie does)."""
+        part = state.user_parts.get(user_id)
+        if part is None:
+            if len(state.user_parts) >= USER_CACHE_SIZE:
+                state.user_parts.clear()
+            table = self._user_table(state, user_id, record)
+            part = state.scorer.user(join_user_movies(table, state.snapshot.movie_table.slice(0, 1)))
+            state.user_parts[user_id] = part
+        return part
 
     def _movie_out(self, snap: Snapshot, row: int, score: float | None = None) -> dict:
         out = {"movieId": int(snap.movie_ids[row]), "title": snap.titles[row], "genres": snap.genres[row],
@@ -270,11 +286,11 @@ class Engine:
         rows = snap.candidate_rows[:candidates]
         if record and record.get("rated"):
             rows = rows[~np.isin(snap.movie_ids[rows], np.asarray(record["rated"], dtype=np.int64))]
-        user_table = self._user_table(state, user_id, record)
         if plain:
+            user_table = self._user_table(state, user_id, record)
             logits = state.scorer.plain(join_user_movies(user_table, snap.movie_table.take(pa.array(rows))))
         else:
-            logits = state.scorer.fast(self._user_part(state, user_table), snap.items, rows)
+            logits = state.scorer.fast(self._user_part(state, user_id, record), snap.items, rows)
         scores = _sigmoid(logits)
         k = min(k, len(rows))
         top = np.argpartition(-scores, k - 1)[:k] if 0 < k < len(rows) else np.arange(len(rows))
@@ -287,7 +303,7 @@ class Engine:
         """Scores of the user against ``movie_ids``, in the given order; unknown movies get the OOV row."""
         state, record = self._user(user_id)
         snap = state.snapshot
-        user_part = self._user_part(state, self._user_table(state, user_id, record))
+        user_part = self._user_part(state, user_id, record)
         rows = np.array([snap.row_of.get(int(m), -1) for m in movie_ids], dtype=np.int64)
         scores = np.empty(len(rows))
         known = rows >= 0

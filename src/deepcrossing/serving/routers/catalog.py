@@ -14,13 +14,13 @@ router = APIRouter(tags=["catalog"])
 
 
 @router.get("/users/{user_id}")
-def user(user_id: int, engine: Engine = Depends(get_engine)) -> JSONResponse:
+async def user(user_id: int, engine: Engine = Depends(get_engine)) -> JSONResponse:
     """The user's recent history (with titles) and features; cold-start features when unknown."""
     return JSONResponse(engine.user_info(user_id))
 
 
 @router.get("/movies/{movie_id}")
-def movie(
+async def movie(
     movie_id: int,
     neighbours: Annotated[int, Query(ge=0, le=100)] = 10,
     engine: Engine = Depends(get_engine),

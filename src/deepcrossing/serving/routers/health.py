@@ -15,13 +15,13 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
-def healthz() -> JSONResponse:
+async def healthz() -> JSONResponse:
     """200 while the process runs."""
     return JSONResponse({"status": "ok"})
 
 
 @router.get("/readyz")
-def readyz(engine: Engine = Depends(get_engine)) -> JSONResponse:
+async def readyz(engine: Engine = Depends(get_engine)) -> JSONResponse:
     """200 when a model and a store version are loaded and the store answers; 503 with the reason else."""
     info = engine.info()
     try:
@@ -35,7 +35,7 @@ def readyz(engine: Engine = Depends(get_engine)) -> JSONResponse:
 
 
 @router.get("/info")
-def info(engine: Engine = Depends(get_engine)) -> JSONResponse:
+async def info(engine: Engine = Depends(get_engine)) -> JSONResponse:
     """Model and store versions, and a few example users for the web page."""
     out = engine.info()
     state = engine.state
@@ -45,6 +45,6 @@ def info(engine: Engine = Depends(get_engine)) -> JSONResponse:
 
 
 @router.get("/metrics")
-def metrics(metrics: ServiceMetrics = Depends(get_metrics)) -> Response:
+async def metrics(metrics: ServiceMetrics = Depends(get_metrics)) -> Response:
     """Prometheus text format: request counts and latency per route, model and store versions."""
     return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -19,7 +19,7 @@ ID = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 
 
 @router.get("/recommend/{user_id}")
-def recommend(
+async def recommend(
     user_id: int,
     k: Annotated[int, Query(ge=1, description="list length")] = 10,
     candidates: Annotated[int, Query(ge=1, description="how many popular movies to rank")] = 800,
@@ -47,7 +47,7 @@ class ScoreRequest(BaseModel):
 
 
 @router.post("/score")
-def score(
+async def score(
     body: ScoreRequest,
     request: Request,
     engine: Engine = Depends(get_engine),

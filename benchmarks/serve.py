@@ -1,0 +1,425 @@
+"""Serving benchmark: real HTTP over loopback, the service in its own process, load from this process.
+
+One run measures, and prints as one table:
+
+1. top-10 of 800 candidates at an offered open-loop load of 200 requests/s: p50/p99 (latency measured from
+   each request's scheduled send time, so queueing counts: no coordinated omission);
+2. maximum sustained closed-loop throughput, over a sweep of concurrencies (the best one is reported; by
+   Little's law latency = concurrency / throughput there, so the p50/p99 of that row are not the
+   open-loop latencies of row 1);
+3. the plain full forward pass per candidate vs the split fast path (same closed loop, ratio);
+4. the SQLite store vs the Redis store (same closed loop, ratio);
+5. p50/p99 and requests/s for 100, 800 and 5,000 candidates;
+6. 50,000 requests with a model reload in the middle: errors and dropped requests (both must be 0).
+
+The load generator is a small asyncio HTTP/1.1 keep-alive client on raw sockets (cheaper per request than
+httpx, so the 2 shared cores go to the server). Usage::
+
+    python benchmarks/serve.py                       # ml-latest-small if found, else synthetic data
+    python benchmarks/serve.py --model MODEL --data DIR --quick
+
+Numbers depend on the machine and on what else runs on it; the table says how many cores it saw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+# ------------------------------------------------------------------ load generator
+
+
+class Conn:
+    """One keep-alive HTTP/1.1 connection: send a request, read one response (Content-Length bodies)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, port: int) -> Conn:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return cls(reader, writer)
+
+    async def request(self, raw: bytes) -> tuple[int, bytes]:
+        self.writer.write(raw)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        body = await self.reader.readexactly(length) if length else b""
+        return status, body
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def get(path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
+
+
+def post(path: str, body: dict, token: str | None = None) -> bytes:
+    data = json.dumps(body).encode()
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    return (f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n{auth}"
+            f"Content-Length: {len(data)}\r\n\r\n").encode() + data
+
+
+class Result:
+    """Latencies (s) and outcome counts of one load phase."""
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.errors = 0       # non-200 answers
+        self.dropped = 0      # no answer at all (connection error, timeout)
+        self.seconds = 0.0
+        self.statuses: dict[int, int] = {}
+        self.model_versions: set = set()
+
+    def add(self, status: int, seconds: float, body: bytes | None = None) -> None:
+        self.latencies.append(seconds)
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+        if status != 200:
+            self.errors += 1
+
+    @property
+    def n(self) -> int:
+        return len(self.latencies) + self.dropped
+
+    def pct(self, q: float) -> float:
+        return float(np.percentile(self.latencies, q) * 1000) if self.latencies else float("nan")
+
+    @property
+    def rps(self) -> float:
+        return len(self.latencies) / self.seconds if self.seconds else 0.0
+
+
+async def closed_loop(port: int, paths, concurrency: int, *, n_requests: int | None = None,
+                      seconds: float | None = None, on_count=None) -> Result:
+    """``concurrency`` clients, each sending its next request as soon as the previous answer arrived."""
+    result = Result()
+    conns = [await Conn.open(port) for _ in range(concurrency)]
+    counter = [0]
+    deadline = None if seconds is None else time.perf_counter() + seconds
+
+    async def worker(conn: Conn) -> None:
+        while True:
+            i = counter[0]
+            if (n_requests is not None and i >= n_requests) or (deadline and time.perf_counter() >= deadline):
+                return
+            counter[0] += 1
+            if on_count is not None:
+                await on_count(i)
+            t0 = time.perf_counter()
+            try:
+                status, _ = await asyncio.wait_for(conn.request(paths(i)), timeout=30)
+            except Exception:  # noqa: BLE001 - counted as dropped, then reconnect
+                result.dropped += 1
+                conn.close()
+                conn = await Conn.open(port)
+                continue
+            result.add(status, time.perf_counter() - t0)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(c) for c in conns))
+    result.seconds = time.perf_counter() - start
+    for c in conns:
+        c.close()
+    return result
+
+
+async def open_loop(port: int, paths, rate: float, seconds: float, pool: int = 64) -> Result:
+    """Requests scheduled at a fixed rate whatever the answers do; latency from the scheduled time."""
+    result = Result()
+    idle: asyncio.Queue = asyncio.Queue()
+    for _ in range(pool):
+        idle.put_nowait(await Conn.open(port))
+    n = int(rate * seconds)
+    start = time.perf_counter() + 0.05
+
+    async def one(i: int) -> None:
+        scheduled = start + i / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        conn = await idle.get()
+        try:
+            status, _ = await asyncio.wait_for(conn.request(paths(i)), timeout=30)
+            result.add(status, time.perf_counter() - scheduled)
+            idle.put_nowait(conn)
+        except Exception:  # noqa: BLE001
+            result.dropped += 1
+            conn.close()
+            idle.put_nowait(await Conn.open(port))
+
+    await asyncio.gather(*(one(i) for i in range(n)))
+    result.seconds = time.perf_counter() - start
+    while not idle.empty():
+        idle.get_nowait().close()
+    return result
+
+
+# ------------------------------------------------------------------ processes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(port: int, path: str = "/readyz", timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(get(path).replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+                if s.recv(64)[9:12] == b"200":
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"service on port {port} not ready after {timeout} s")
+
+
+class Service:
+    """``deepcrossing serve`` in its own process."""
+
+    def __init__(self, model: Path, store: str, token: str = "bench-token") -> None:
+        self.port = free_port()
+        self.token = token
+        cmd = [PY, "-m", "deepcrossing.cli", "serve", "--model", str(model), "--store", store,
+               "--port", str(self.port), "--admin-token", token]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            wait_http(self.port)
+        except RuntimeError:
+            self.proc.kill()
+            raise RuntimeError("service failed to start: " + self.proc.stderr.read().decode()[-2000:]) from None
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def run(cmd: list[str]) -> str:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc.stdout
+
+
+def prepare_model(work: Path, data: Path, epochs: int) -> Path:
+    samples, model = work / "samples", work / "model"
+    run([PY, "-m", "deepcrossing.cli", "prepare", "--data", str(data), "--out", str(samples)])
+    run([PY, "-m", "deepcrossing.cli", "train", "--samples", str(samples), "--out", str(model),
+         "--epochs", str(epochs)])
+    return model
+
+
+# ------------------------------------------------------------------ in-process scorer timing
+
+
+def scorer_timing(model: Path, store: str, n_candidates: int = 800, repeats: int = 200) -> dict:
+    """Median ms of the ranking call alone (no HTTP): fast path vs plain full forward."""
+    import torch
+
+    from deepcrossing.serving.engine import Engine
+
+    torch.set_num_threads(1)
+    engine = Engine.open(model, store)
+    users = [int(u) for u in engine.state.snapshot.meta.get("example_users", [1])]
+    out = {}
+    for plain in (False, True):
+        times = []
+        for i in range(repeats if not plain else max(20, repeats // 4)):
+            t0 = time.perf_counter()
+            engine.recommend(users[i % len(users)], k=10, candidates=n_candidates, plain=plain)
+            times.append(time.perf_counter() - t0)
+        out["plain" if plain else "fast"] = float(np.median(times) * 1000)
+    engine.store.close()
+    return out
+
+
+# ------------------------------------------------------------------ main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=None,
+                        help="rating logs (default: ../shared/data/ml-latest-small, else synthetic)")
+    parser.add_argument("--model", type=Path, default=None, help="a trained model folder (default: train one)")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs when training the benchmark model")
+    parser.add_argument("--reload-requests", type=int, default=50_000)
+    parser.add_argument("--phase-seconds", type=float, default=6.0)
+    parser.add_argument("--quick", action="store_true", help="short phases (smoke test)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
+    args = parser.parse_args()
+    if args.quick:
+        args.phase_seconds, args.reload_requests = 2.0, 2000
+
+    work = Path(tempfile.mkdtemp(prefix="deepcrossing-serve-bench-"))
+    redis_proc = None
+    services: list[Service] = []
+    try:
+        data = args.data
+        if data is None:
+            shared = Path(os.environ.get("DEEPCROSSING_SHARED_DATA", ROOT.parent / "shared" / "data"))
+            data = shared / "ml-latest-small"
+            if not data.exists():
+                data = work / "synthetic"
+                run([PY, "-m", "deepcrossing.cli", "data", "synth", "--ratings", "200000", "--out", str(data)])
+        t0 = time.perf_counter()
+        model = args.model or prepare_model(work, data, args.epochs)
+        print(f"model {model} ({time.perf_counter() - t0:.0f} s); data {data}", file=sys.stderr)
+
+        sqlite_url = f"sqlite:///{work / 'features.db'}"
+        run([PY, "-m", "deepcrossing.cli", "publish", "--model", str(model), "--data", str(data), "--store",
+             sqlite_url, "--keep-previous", "0"])
+        redis_url = None
+        if shutil.which("redis-server"):
+            rport = free_port()
+            redis_proc = subprocess.Popen(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save",
+                                           "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+            time.sleep(0.5)
+            redis_url = f"redis://127.0.0.1:{rport}/0"
+            run([PY, "-m", "deepcrossing.cli", "publish", "--model", str(model), "--data", str(data), "--store",
+                 redis_url, "--keep-previous", "0"])
+
+        from deepcrossing.serving.store import open_store
+
+        store = open_store(sqlite_url)
+        meta = store.meta()
+        users = [u for u, _ in store.iter_users()]
+        store.close()
+        rng = np.random.default_rng(0)
+        order = rng.choice(np.asarray(users), size=200_000)
+
+        def rec(candidates: int = 800, scorer: str = "fast"):
+            suffix = f"?k=10&candidates={candidates}" + ("&scorer=plain" if scorer == "plain" else "")
+            return lambda i: get(f"/recommend/{order[i % len(order)]}{suffix}")
+
+        rows: list[tuple[str, str, Result | None, str]] = []
+        secs = args.phase_seconds
+        svc = Service(model, sqlite_url)
+        services.append(svc)
+        port = svc.port
+        asyncio.run(closed_loop(port, rec(), 4, seconds=1.0))  # warm up
+
+        open200 = asyncio.run(open_loop(port, rec(), 200, max(secs, 5.0)))
+        rows.append(("open loop 200 req/s, top-10 of 800", "sqlite, fast", open200, "offered 200/s"))
+
+        sweep = {}
+        for c in (1, 2, 4, 8, 16):
+            sweep[c] = asyncio.run(closed_loop(port, rec(), c, seconds=secs))
+        best_c = max(sweep, key=lambda c: sweep[c].rps)
+        for c, r in sweep.items():
+            rows.append((f"closed loop c={c}, top-10 of 800", "sqlite, fast", r,
+                         "<- max throughput" if c == best_c else ""))
+
+        conc = 4
+        fast_c = sweep[conc]
+        plain_c = asyncio.run(closed_loop(port, rec(800, "plain"), conc, seconds=secs))
+        rows.append((f"closed loop c={conc}, plain full forward", "sqlite, plain", plain_c,
+                     f"fast/plain req/s {fast_c.rps / plain_c.rps:.2f}x"))
+        by_cands = {}
+        for n in (100, 800, 5000):
+            by_cands[n] = asyncio.run(closed_loop(port, rec(n), conc, seconds=secs))
+            rows.append((f"closed loop c={conc}, {n} candidates", "sqlite, fast", by_cands[n], ""))
+        for n in (100, 800, 5000):
+            by_cands[f"open{n}"] = asyncio.run(open_loop(port, rec(n), 100, max(secs / 2, 3.0)))
+            rows.append((f"open loop 100 req/s, {n} candidates", "sqlite, fast", by_cands[f"open{n}"], ""))
+
+        # 50,000 requests with a model reload in the middle
+        reload_status = []
+
+        async def reload_at(i: int) -> None:
+            if i == args.reload_requests // 2:
+                async def do() -> None:
+                    conn = await Conn.open(port)
+                    t = time.perf_counter()
+                    status, body = await conn.request(post("/admin/reload", {"model_dir": str(model)}, svc.token))
+                    reload_status.append((status, time.perf_counter() - t))
+                    conn.close()
+                asyncio.get_running_loop().create_task(do())
+
+        big = asyncio.run(closed_loop(port, rec(), 8, n_requests=args.reload_requests, on_count=reload_at))
+        rows.append((f"{args.reload_requests:,} requests, reload mid-run", "sqlite, fast, c=8", big,
+                     f"reload {reload_status[0][0] if reload_status else 'not sent'} in "
+                     f"{reload_status[0][1]:.2f} s" if reload_status else "reload not sent"))
+        svc.stop()
+        services.remove(svc)
+
+        scorer_ms = scorer_timing(model, sqlite_url)
+
+        redis_c = None
+        if redis_url:
+            rsvc = Service(model, redis_url)
+            services.append(rsvc)
+            asyncio.run(closed_loop(rsvc.port, rec(), 4, seconds=1.0))
+            redis_open = asyncio.run(open_loop(rsvc.port, rec(), 200, max(secs, 5.0)))
+            rows.append(("open loop 200 req/s, top-10 of 800", "redis, fast", redis_open, ""))
+            redis_c = asyncio.run(closed_loop(rsvc.port, rec(), conc, seconds=secs))
+            rows.append((f"closed loop c={conc}, top-10 of 800", "redis, fast", redis_c,
+                         f"sqlite/redis req/s {fast_c.rps / redis_c.rps:.2f}x"))
+            rsvc.stop()
+            services.remove(rsvc)
+
+        print_table(rows, meta, best_c, sweep[best_c], scorer_ms, big, reload_status)
+        if args.json:
+            args.json.write_text(json.dumps({
+                "rows": [{"phase": a, "setup": b, "n": r.n, "p50_ms": r.pct(50), "p99_ms": r.pct(99),
+                          "rps": r.rps, "errors": r.errors, "dropped": r.dropped, "note": d}
+                         for a, b, r, d in rows], "scorer_ms": scorer_ms, "cores": os.cpu_count()}, indent=1))
+    finally:
+        for s in services:
+            s.stop()
+        if redis_proc is not None:
+            redis_proc.terminate()
+            redis_proc.wait(timeout=10)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def print_table(rows, meta, best_c, best, scorer_ms, big, reload_status) -> None:
+    print(f"\nserving benchmark: {os.cpu_count()} cores (shared), {meta['n_users']:,} users, "
+          f"{meta['n_movies']:,} movies, {meta['n_candidates']:,} candidates published; HTTP over loopback, "
+          "service and load generator in separate processes\n")
+    head = f"{'phase':<40} {'setup':<20} {'requests':>9} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'err':>5} " \
+           f"{'drop':>5}  note"
+    print(head)
+    print("-" * len(head))
+    for phase, setup, r, note in rows:
+        print(f"{phase:<40} {setup:<20} {r.n:>9,} {r.pct(50):>8.2f} {r.pct(99):>8.2f} {r.rps:>8.0f} "
+              f"{r.errors:>5} {r.dropped:>5}  {note}")
+    print()
+    print(f"ranking call alone (no HTTP, 800 candidates, 1 thread): fast {scorer_ms['fast']:.2f} ms, plain "
+          f"{scorer_ms['plain']:.2f} ms (plain/fast {scorer_ms['plain'] / scorer_ms['fast']:.1f}x)")
+    print(f"max sustained closed-loop throughput: {best.rps:.0f} req/s at concurrency {best_c} "
+          f"(Little's law: mean latency ~ {best_c} / {best.rps:.0f} = {1000 * best_c / best.rps:.1f} ms)")
+    print(f"reload under load: {big.n:,} requests, {big.errors} errors, {big.dropped} dropped; reload "
+          f"answered {reload_status[0][0] if reload_status else '-'}")
+
+
+if __name__ == "__main__":
+    main()
