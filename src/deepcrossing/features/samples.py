@@ -22,6 +22,8 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from deepcrossing.atomic import atomic_dir
 from deepcrossing.data.schema import Dataset
@@ -32,12 +34,15 @@ from deepcrossing.features.sql import (
     MOVIE_SIDE,
     SAMPLE_COLUMNS,
     USER_SIDE,
+    entries_to_map,
     feature_sql,
 )
 
 FORMAT_VERSION = 1
 SPLIT_NAMES = ("train", "valid", "test")
 FORMATS = ("parquet", "sparrow")
+_BATCH_ROWS = 1 << 17
+_ROW_GROUP = 1 << 17
 
 
 def user_side_columns() -> tuple[str, ...]:
@@ -189,23 +194,10 @@ def build_samples(
                     "FALSE AS is_probe FROM ratings_src")
         query = feature_sql(genres, label_threshold=config.label_threshold, recent_n=config.recent_n)
         parts = tmp / ".parts"
-        con.execute(
-            f"COPY (SELECT {_columns_sql()}, {split_expr} AS split FROM ({query}) "
-            f"ORDER BY timestamp, userId, movieId) "
-            f"TO {_sql_path(parts)} (FORMAT parquet, PARTITION_BY (split), COMPRESSION zstd)"
-        )
-        files: dict[str, Path] = {}
-        for name in SPLIT_NAMES:
-            target = (tmp if fmt == "parquet" else parts) / f"{name}.parquet"
-            found = sorted((parts / f"split={name}").glob("*.parquet"))
-            if len(found) == 1:
-                found[0].replace(target)
-            else:  # no rows (write an empty file with the schema) or several chunks (merge them)
-                source = (f"read_parquet([{', '.join(_sql_path(p) for p in found)}])" if found else
-                          f"(SELECT {_columns_sql()} FROM ({query}) WHERE FALSE)")
-                con.execute(f"COPY (SELECT {_columns_sql()} FROM {source} ORDER BY timestamp, userId, movieId) "
-                            f"TO {_sql_path(target)} (FORMAT parquet, COMPRESSION zstd)")
-            files[name] = target
+        parts.mkdir()
+        files = {name: (tmp if fmt == "parquet" else parts) / f"{name}.parquet" for name in SPLIT_NAMES}
+        _write_splits(con, f"SELECT {_columns_sql()}, {split_expr} AS split FROM ({query}) "
+                           f"ORDER BY timestamp, userId, movieId", files)
         stats = _split_stats(con, files)
         if fmt == "sparrow":
             from deepcrossing.features.sparrow import write_sparrow_csv
@@ -240,6 +232,35 @@ def build_samples(
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def _write_splits(con: duckdb.DuckDBPyConnection, query: str, files: dict[str, Path]) -> None:
+    """Stream the query's Arrow batches into one Parquet file per split (bounded memory).
+
+    DuckDB computes (2 threads) while this thread converts the genre entries to a MAP and writes; the
+    writer is pyarrow's because the MAP column is built zero-copy from the entries (see ``entries_to_map``).
+    """
+    writers: dict[str, pq.ParquetWriter] = {}
+    schema = None
+    try:
+        for batch in con.sql(query).to_arrow_reader(_BATCH_ROWS):
+            batch = entries_to_map(batch)
+            split = batch.column("split")
+            batch = batch.drop_columns(["split"])
+            schema = batch.schema
+            for name in SPLIT_NAMES:
+                part = batch.filter(pc.equal(split, name))
+                if part.num_rows == 0:
+                    continue
+                if name not in writers:
+                    writers[name] = pq.ParquetWriter(files[name], schema, compression="zstd")
+                writers[name].write_batch(part, row_group_size=_ROW_GROUP)
+        for name in SPLIT_NAMES:  # empty splits still get a file with the schema
+            if name not in writers and schema is not None:
+                writers[name] = pq.ParquetWriter(files[name], schema, compression="zstd")
+    finally:
+        for writer in writers.values():
+            writer.close()
 
 
 def _split_stats(con: duckdb.DuckDBPyConnection, files: dict[str, Path]) -> dict[str, Any]:
@@ -299,6 +320,7 @@ def latest_features(dataset: Dataset, config: FeatureConfig | None = None) -> tu
                     + ") WHERE is_probe")
         users = con.sql(f"SELECT {', '.join(chr(34) + c + chr(34) for c in USER_SIDE)} FROM probes "
                             "WHERE userId IS NOT NULL ORDER BY userId").to_arrow_table()
+        users = entries_to_map(users)
         movies = con.sql(f"SELECT {', '.join(chr(34) + c + chr(34) for c in MOVIE_SIDE)} FROM probes "
                              "WHERE movieId IS NOT NULL ORDER BY movieId").to_arrow_table()
     return users, movies
@@ -324,4 +346,5 @@ def compute_samples(dataset: Dataset, config: FeatureConfig | None = None) -> pa
         con.execute("CREATE VIEW events AS SELECT user_id, item_id, rating, label, timestamp, "
                     "FALSE AS is_probe FROM ratings_src")
         query = feature_sql(_genres(con), label_threshold=config.label_threshold, recent_n=config.recent_n)
-        return con.sql(f"SELECT {_columns_sql()} FROM ({query}) ORDER BY timestamp, userId, movieId").to_arrow_table()
+        return entries_to_map(
+            con.sql(f"SELECT {_columns_sql()} FROM ({query}) ORDER BY timestamp, userId, movieId").to_arrow_table())
