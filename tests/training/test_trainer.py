@@ -18,7 +18,7 @@ MODEL = ModelConfig(width=16, hidden=(8,), dropout=0.2, embedding_dropout=0.1, e
 
 @pytest.fixture(scope="module")
 def data():
-    train, valid = sample_table(1200, seed=0), sample_table(400, seed=1)
+    train, valid = sample_table(600, seed=0), sample_table(300, seed=1)
     enc = Encoder(small_spec()).fit(train)
     return enc, enc.transform(train), enc.transform(valid)
 
@@ -36,7 +36,7 @@ def strip_times(history):
 
 
 def test_learns_and_same_seed_gives_identical_metrics(data):
-    config = TrainConfig(epochs=3, batch_size=128, lr=5e-3, patience=0, seed=3)
+    config = TrainConfig(epochs=3, batch_size=64, lr=5e-3, patience=0, seed=3)
     m1, r1 = run(data, config)
     m2, r2 = run(data, config)
     assert strip_times(r1.history) == strip_times(r2.history)
@@ -44,13 +44,13 @@ def test_learns_and_same_seed_gives_identical_metrics(data):
     assert r1.history[-1]["train_loss"] < r1.history[0]["train_loss"]
     for (k, a), (_, b) in zip(m1.state_dict().items(), m2.state_dict().items()):
         assert torch.equal(a, b), k
-    _, r3 = run(data, TrainConfig(epochs=3, batch_size=128, lr=5e-3, patience=0, seed=4))
+    _, r3 = run(data, TrainConfig(epochs=3, batch_size=64, lr=5e-3, patience=0, seed=4))
     assert strip_times(r3.history) != strip_times(r1.history)
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "sparse_adam"])
 def test_resume_after_kill_equals_uninterrupted(data, tmp_path, optimizer):
-    config = TrainConfig(epochs=4, batch_size=128, lr=5e-3, patience=0, seed=1, optimizer=optimizer)
+    config = TrainConfig(epochs=3, batch_size=128, lr=5e-3, patience=0, seed=1, optimizer=optimizer)
     full_model, full = run(data, config, tmp_path / "full")
 
     class Killed(Exception):
@@ -73,7 +73,7 @@ def test_resume_after_kill_equals_uninterrupted(data, tmp_path, optimizer):
 
 
 def test_early_stopping_keeps_best_weights(data):
-    config = TrainConfig(epochs=12, batch_size=64, lr=3e-2, patience=1, seed=0, lr_schedule="constant")
+    config = TrainConfig(epochs=6, batch_size=128, lr=3e-2, patience=1, seed=0, lr_schedule="constant")
     model, result = run(data, config)
     aucs = [r["valid_auc"] for r in result.history]
     assert result.best_auc == max(aucs) and result.best_epoch == aucs.index(max(aucs)) + 1

@@ -1,0 +1,215 @@
+"""Training throughput: deepcrossing vs DeepCTR-Torch's Embedding+DNN(128,128) at the same model size.
+
+One run measures, on the same synthetic encoded samples (2,000,000 by default; ids drawn Zipf-like from
+MovieLens-sized vocabularies: 9 single-valued id features, one 10-long recent-movies bag sharing the movie
+table, 8 standardized numerics; embedding width 10 everywhere; MLP 128-128; same batch size):
+
+* training samples/s of deepcrossing's Trainer (one epoch over all samples, validation excluded) and of
+  DeepCTR-Torch 0.3.0's ``WDL`` with an empty wide part (= Embedding + DNN(128,128)), ``model.fit`` over
+  ``--deepctr-samples`` of them (it is slow; its per-sample rate does not depend on the sample count);
+* achieved training GFLOP/s of deepcrossing: per sample, forward FLOPs = MLP multiply-adds x 2 (+ the
+  embedding pooling adds), training ~ 3x forward; as a fraction of a ``torch.matmul`` fp32 GEMM
+  (``--gemm`` square) measured in the same run with the same thread count;
+* peak RSS of each training child process (data generation included).
+
+Every measurement runs in its own child process so that peak RSS and thread settings do not leak.
+The shared 2-core machine this was written on is noisy: run it on a quiet machine for stable numbers.
+
+Usage:
+    .venv/bin/python benchmarks/throughput.py [--n 2000000] [--batch-size 1024] [--threads 1]
+        [--deepctr-samples 200000] [--optimizer adam|sparse_adam] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+N_USERS, N_MOVIES, N_GENRES, N_YEARS = 100_000, 20_000, 20, 100
+CATEGORICAL = {  # feature -> (table, rows)
+    "userId": ("user", N_USERS), "movieId": ("movie", N_MOVIES),
+    "movieGenre1": ("genre", N_GENRES), "movieGenre2": ("genre", N_GENRES), "movieGenre3": ("genre", N_GENRES),
+    "userGenre1": ("genre", N_GENRES), "userGenre2": ("genre", N_GENRES), "userGenre3": ("genre", N_GENRES),
+    "releaseYear": ("year", N_YEARS),
+}
+BAG, BAG_LEN, N_DENSE, DIM, HIDDEN = "userRecentPositives", 10, 8, 10, (128, 128)
+
+
+def synthetic(n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Encoded ids (1-based rows, 0 = padding) Zipf-like per table, a padded bag, numerics and labels."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, np.ndarray] = {}
+    for name, (_, rows) in CATEGORICAL.items():
+        out[name] = np.minimum(rng.zipf(1.3, n), rows - 1).astype(np.int64)
+    bag = np.minimum(rng.zipf(1.3, (n, BAG_LEN)), N_MOVIES - 1).astype(np.int64)
+    lengths = rng.integers(0, BAG_LEN + 1, n)
+    bag[np.arange(BAG_LEN)[None, :] >= lengths[:, None]] = 0
+    out[BAG] = bag
+    out["dense"] = rng.standard_normal((n, N_DENSE)).astype(np.float32)
+    logit = out["dense"][:, 0] - 0.5 * out["dense"][:, 1] + 0.3 * (out["movieGenre1"] % 3 == 0)
+    out["label"] = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.float32)
+    return out
+
+
+def forward_flops_per_sample() -> float:
+    """Multiply-adds x 2 of the MLP and scoring, plus the bag's pooling adds (lookups are memory, not FLOPs)."""
+    stacked = (len(CATEGORICAL) + 1) * DIM + N_DENSE
+    dims = [stacked, *HIDDEN, 1]
+    mlp = sum(2 * a * b for a, b in zip(dims[:-1], dims[1:]))
+    return float(mlp + 2 * BAG_LEN * DIM)
+
+
+# ---------------------------------------------------------------- children
+
+
+def child_gemm(args: argparse.Namespace) -> dict:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    n = args.gemm
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        torch.matmul(a, b)
+    best = float("inf")
+    for _ in range(7):
+        t0 = time.perf_counter()
+        torch.matmul(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return {"gemm_gflops": 2 * n**3 / best / 1e9, "gemm_n": n}
+
+
+def child_deepcrossing(args: argparse.Namespace) -> dict:
+    import torch
+
+    from deepcrossing.config import Feature, FeatureSpec, ModelConfig, TrainConfig
+    from deepcrossing.encoding import Batch
+    from deepcrossing.model import DeepCrossing
+    from deepcrossing.training.trainer import Trainer
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    data = synthetic(args.n)
+    features = [Feature(name, "categorical", "user" if name.startswith("user") else "item", table=table, dim=DIM)
+                for name, (table, _) in CATEGORICAL.items()]
+    features.append(Feature(BAG, "multi_hot", "user", table="movie", pooling="mean", max_len=BAG_LEN))
+    features += [Feature(f"num{i}", "numeric", "context", transform="standardize") for i in range(N_DENSE)]
+    spec = FeatureSpec(tuple(features))
+    rows = {table: size + 1 for table, size in CATEGORICAL.values()}  # + the padding row
+    model = DeepCrossing(spec, ModelConfig(mlp="plain", hidden=HIDDEN, dropout=0.0, embedding_dropout=0.0),
+                         rows, sparse=args.optimizer == "sparse_adam")
+    batch = Batch(torch.from_numpy(data["dense"]), {k: torch.from_numpy(data[k]) for k in CATEGORICAL},
+                  {BAG: torch.from_numpy(data[BAG])}, {}, torch.from_numpy(data["label"]))
+    valid = batch.slice(0, 10_000)
+    config = TrainConfig(epochs=1, batch_size=args.batch_size, lr=1e-3, lr_schedule="constant",
+                         weight_decay=0.0, optimizer=args.optimizer, patience=0)
+    result = Trainer(model, config, "cpu").fit(batch, valid)
+    record = result.history[0]
+    return {"samples_per_s": record["samples_per_s"], "train_seconds": record["train_seconds"],
+            "samples": args.n, "train_loss": record["train_loss"], "valid_auc": record["valid_auc"]}
+
+
+def child_deepctr(args: argparse.Namespace) -> dict:
+    import torch
+    from deepctr_torch.inputs import DenseFeat, SparseFeat, VarLenSparseFeat
+    from deepctr_torch.models import WDL
+
+    torch.set_num_threads(args.threads)
+    n = args.deepctr_samples
+    data = synthetic(n)
+    columns = [SparseFeat(name, rows + 1, embedding_dim=DIM, embedding_name=table)
+               for name, (table, rows) in CATEGORICAL.items()]
+    columns.append(VarLenSparseFeat(SparseFeat(BAG, N_MOVIES + 1, embedding_dim=DIM, embedding_name="movie"),
+                                    maxlen=BAG_LEN, combiner="mean"))
+    columns += [DenseFeat(f"num{i}", 1) for i in range(N_DENSE)]
+    x = {name: data[name] for name in CATEGORICAL}
+    x[BAG] = data[BAG]
+    x.update({f"num{i}": data["dense"][:, i] for i in range(N_DENSE)})
+    model = WDL([], columns, dnn_hidden_units=HIDDEN, dnn_dropout=0.0, l2_reg_embedding=1e-5, seed=0,
+                device="cpu")
+    model.compile(torch.optim.Adam(model.parameters(), lr=1e-3), "binary_crossentropy")
+    t0 = time.perf_counter()
+    model.fit(x, data["label"], batch_size=args.batch_size, epochs=1, verbose=0)
+    seconds = time.perf_counter() - t0
+    return {"samples_per_s": n / seconds, "train_seconds": seconds, "samples": n}
+
+
+CHILDREN = {"gemm": child_gemm, "deepcrossing": child_deepcrossing, "deepctr": child_deepctr}
+
+
+def run_child(which: str, argv: list[str]) -> dict:
+    """Run one measurement in a fresh interpreter; add its peak RSS (bytes)."""
+    proc = subprocess.run([sys.executable, __file__, "--child", which, *argv], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{which} failed:\n{proc.stderr[-4000:]}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=2_000_000, help="synthetic training samples for deepcrossing")
+    parser.add_argument("--deepctr-samples", type=int, default=200_000, help="samples DeepCTR-Torch trains on")
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--optimizer", default="adam", choices=["adam", "sparse_adam"])
+    parser.add_argument("--gemm", type=int, default=2048, help="side of the square fp32 GEMM")
+    parser.add_argument("--skip-deepctr", action="store_true")
+    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        result = CHILDREN[args.child](args)
+        result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        print(json.dumps(result))
+        return 0
+
+    passthrough = [f"--n={args.n}", f"--deepctr-samples={args.deepctr_samples}", f"--batch-size={args.batch_size}",
+                   f"--threads={args.threads}", f"--optimizer={args.optimizer}", f"--gemm={args.gemm}"]
+    results = {"config": {k: v for k, v in vars(args).items() if k not in ("child", "json")},
+               "cpu_count": os.cpu_count(), "load_avg_before": os.getloadavg()}
+    results["gemm"] = run_child("gemm", passthrough)
+    results["deepcrossing"] = run_child("deepcrossing", passthrough)
+    if not args.skip_deepctr:
+        results["deepctr"] = run_child("deepctr", passthrough)
+    results["load_avg_after"] = os.getloadavg()
+    dc = results["deepcrossing"]
+    flops = 3 * forward_flops_per_sample()
+    dc["train_gflops"] = dc["samples_per_s"] * flops / 1e9
+    dc["gemm_fraction"] = dc["train_gflops"] / results["gemm"]["gemm_gflops"]
+
+    gib = 1024**3
+    lines = [f"deepcrossing training throughput ({args.n:,} synthetic samples, batch {args.batch_size}, "
+             f"{args.threads} thread(s), optimizer {args.optimizer}; load avg {results['load_avg_before'][0]:.1f})",
+             "",
+             "| system | samples/s | ratio | peak RSS (GiB) |",
+             "| --- | ---: | ---: | ---: |",
+             f"| deepcrossing | {dc['samples_per_s']:,.0f} | 1.00 | {dc['peak_rss_bytes'] / gib:.2f} |"]
+    if "deepctr" in results:
+        ctr = results["deepctr"]
+        ratio = dc["samples_per_s"] / ctr["samples_per_s"]
+        results["speedup_vs_deepctr"] = ratio
+        lines.append(f"| DeepCTR-Torch WDL(DNN 128-128), {ctr['samples']:,} samples | {ctr['samples_per_s']:,.0f} "
+                     f"| 1/{ratio:.1f} | {ctr['peak_rss_bytes'] / gib:.2f} |")
+    lines += ["",
+              f"deepcrossing training FLOPs: {flops / 1e3:.1f} kFLOP/sample (3 x forward) -> "
+              f"{dc['train_gflops']:.2f} GFLOP/s = {dc['gemm_fraction']:.1%} of torch.matmul fp32 "
+              f"{args.gemm}x{args.gemm} at {results['gemm']['gemm_gflops']:.1f} GFLOP/s",
+              f"peak RSS training on {args.n:,} samples: {dc['peak_rss_bytes'] / gib:.2f} GiB (target < 4 GiB)"]
+    if "speedup_vs_deepctr" in results:
+        lines.append(f"speed-up over DeepCTR-Torch: {results['speedup_vs_deepctr']:.1f}x (target >= 10x)")
+    print("\n".join(lines))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
