@@ -36,7 +36,7 @@ def strip_times(history):
 
 
 def test_learns_and_same_seed_gives_identical_metrics(data):
-    config = TrainConfig(epochs=3, batch_size=64, lr=5e-3, patience=0, seed=3)
+    config = TrainConfig(epochs=3, batch_size=128, lr=1e-2, patience=0, seed=3)
     m1, r1 = run(data, config)
     m2, r2 = run(data, config)
     assert strip_times(r1.history) == strip_times(r2.history)
@@ -44,7 +44,7 @@ def test_learns_and_same_seed_gives_identical_metrics(data):
     assert r1.history[-1]["train_loss"] < r1.history[0]["train_loss"]
     for (k, a), (_, b) in zip(m1.state_dict().items(), m2.state_dict().items()):
         assert torch.equal(a, b), k
-    _, r3 = run(data, TrainConfig(epochs=3, batch_size=64, lr=5e-3, patience=0, seed=4))
+    _, r3 = run(data, TrainConfig(epochs=3, batch_size=128, lr=1e-2, patience=0, seed=4))
     assert strip_times(r3.history) != strip_times(r1.history)
 
 
