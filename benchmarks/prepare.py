@@ -172,6 +172,9 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temp folder)")
     parser.add_argument("--no-pandas", action="store_true", help="skip the pandas comparison")
     parser.add_argument("--pandas-timeout", type=float, default=1800, help="seconds before pandas is given up")
+    parser.add_argument("--pandas-max-ratings", type=int, default=5_000_000,
+                        help="skip pandas above this size: it holds everything in memory (~3 GiB per 1M ratings "
+                             "measured at 2M), so 20M would need ~60 GiB")
     parser.add_argument("--job", help=argparse.SUPPRESS)
     parser.add_argument("--job-args", help=argparse.SUPPRESS)
     a = parser.parse_args()
@@ -202,7 +205,10 @@ def main() -> None:
         add(f"{n:,} synthetic: load_dataset", run_child("load", 3600, data=synth, work=work / "synth-norm"))
         add(f"{n:,} synthetic: samples", run_child("samples", 3600, work=work / "synth-norm",
                                                    out=work / "synth-out"), "< 180 s, < 6 GiB")
-        if not a.no_pandas:
+        if not a.no_pandas and n > a.pandas_max_ratings:
+            add(f"{n:,} synthetic: pandas", {"error": f"skipped: > --pandas-max-ratings {a.pandas_max_ratings:,} "
+                                                      "(would not fit in memory)"})
+        elif not a.no_pandas:
             add(f"{n:,} synthetic: pandas", run_child("pandas", a.pandas_timeout, work=work / "synth-norm",
                                                       out=work / "synth-pandas.parquet"))
     print(f"\nFeature layer benchmark ({os.cpu_count()} CPUs visible, DuckDB threads=2; shared machine, noisy)")

@@ -52,5 +52,5 @@ def test_sql_matches_reference_on_every_column_of_ml_latest_small(ml_small_datas
                 first.setdefault(name, (key, got, want))
     assert not mismatches, (mismatches, first)
     # a few concrete anchors: user 1's first ratings (2000-07-30) see no history at all
-    row = next(i for i in range(table.num_rows) if columns["userId"][i] == 1)
+    row = min((i for i in range(table.num_rows) if columns["userId"][i] == 1), key=lambda i: columns["timestamp"][i])
     assert columns["userRatingCount"][row] == 0 and columns["userRecentPositives"][row] == []

@@ -47,7 +47,9 @@ def test_sparrow_write_matches_layout_and_round_trips(tmp_path, sparrow_dir):
                         'Drama,Comedy,War,"",""')
     assert lines[1].startswith('1,1,4.0,10,1,1995,Comedy,Drama,"",0,"","","","","","","",0,"","","","",')
     assert all(len(line.split(",")) == 27 for line in lines)
-    ours = pa.concat_tables([pq.read_table(tmp_path / "pq" / f"{s}.parquet") for s in ("train", "valid", "test")])
+    order = [("timestamp", "ascending"), ("userId", "ascending"), ("movieId", "ascending")]
+    ours = pa.concat_tables([pq.read_table(tmp_path / "pq" / f"{s}.parquet").sort_by(order)
+                             for s in ("train", "valid", "test")])
     back = pa.concat_tables([read_samples(tmp_path / "sp" / f"{s}.csv") for s in ("train", "valid", "test")])
     assert back.num_rows == ours.num_rows == 10
     for name in back.column_names:

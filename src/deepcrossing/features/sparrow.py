@@ -42,7 +42,8 @@ def write_sparrow_csv(con: duckdb.DuckDBPyConnection, source: str, path: Path) -
     Args:
         con: a DuckDB connection.
         source: SQL relation with at least :data:`SPARROW_COLUMNS`.
-        path: the CSV to write (header, ``\\n`` line ends, ``""`` for missing values).
+        path: the CSV to write (header, ``\\n`` line ends, ``""`` for missing values), rows sorted by
+            (timestamp, userId, movieId).
 
     Example:
         >>> write_sparrow_csv(duckdb.connect(), "read_parquet('test.parquet')", Path("test.csv"))  # doctest: +SKIP
@@ -58,7 +59,7 @@ def write_sparrow_csv(con: duckdb.DuckDBPyConnection, source: str, path: Path) -
         f"COALESCE({fmt[_WRITE_AS[c]].format(c=chr(34) + c + chr(34))}, '') AS \"{c}\"" for c in SPARROW_COLUMNS
     )
     # an empty VARCHAR is written quoted ("") by DuckDB's CSV writer, exactly as SparrowRecSys does
-    con.execute(f"COPY (SELECT {cols} FROM {source}) TO {_q(path)} (FORMAT csv, HEADER, DELIMITER ',', "
+    con.execute(f"COPY (SELECT {cols} FROM {source} ORDER BY timestamp, userId, movieId) TO {_q(path)} (FORMAT csv, HEADER, DELIMITER ',', "
                 f"QUOTE '\"', NEW_LINE '\\n')")
 
 
