@@ -419,6 +419,8 @@ def serve_cmd(
         "--admin-token", envvar="DEEPCROSSING_ADMIN_TOKEN",
         help="Bearer token for /admin (required to use /admin when --host is not loopback).")] = None,
     threads: Annotated[int, typer.Option(help="Torch intra-op threads for scoring.")] = 1,
+    backend: Annotated[str, typer.Option(
+        help="torch, or onnx: ONNX Runtime for the per-candidate part of the fast path (onnx extra).")] = "torch",
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
 ) -> None:
     """Run the ranking service (FastAPI + uvicorn): /recommend, /score, /users, /movies, /metrics, web page."""
@@ -430,7 +432,8 @@ def serve_cmd(
 
     set_threads(threads)
     url = store or default_store_url(model)
-    settings = ServingSettings(model_dir=model, store_url=url, host=host, admin_token=admin_token)
+    settings = ServingSettings(model_dir=model, store_url=url, host=host, admin_token=admin_token,
+                               backend=backend)
     out.print(f"serving {model} with store {url} on http://{host}:{port}/ (web page: /ui/, metrics: /metrics)",
               highlight=False, soft_wrap=True)
     if not settings.loopback and admin_token is None:

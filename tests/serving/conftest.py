@@ -129,11 +129,20 @@ def build_loaded(samples_dir: Path, mlp: str = "residual", seed: int = 0, steps:
     import pyarrow.parquet as pq
     import torch
 
-    from deepcrossing.config import ModelConfig, load_builtin
+    from deepcrossing.config import Feature, FeatureSpec, ModelConfig, load_builtin
+
     from deepcrossing.encoding.encoder import Encoder
     from deepcrossing.model.deep_crossing import DeepCrossing
 
-    config = load_builtin("movielens")
+    # The built-in spec plus id features (user, movie, recent movies through the movie table), so that the
+    # serving tests also cover embedded ids, shared tables and the OOV rows.
+    builtin = load_builtin("movielens").spec
+    names = {f.name for f in builtin.features}
+    ids = [Feature("userId", "categorical", "user", min_count=2, dim=4),
+           Feature("movieId", "categorical", "item", table="movie", min_count=2, dim=8),
+           Feature("userRecentPositives", "multi_hot", "user", table="movie", max_len=10)]
+    spec = FeatureSpec(tuple(builtin.features) + tuple(f for f in ids if f.name not in names))
+    config = types.SimpleNamespace(spec=spec)
     train = pq.read_table(samples_dir / "train.parquet")
     encoder = Encoder(config.spec).fit(train)
     torch.manual_seed(seed)

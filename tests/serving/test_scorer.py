@@ -27,7 +27,7 @@ def tables(records, user_index=0):
 
 @pytest.mark.parametrize("mlp", ["residual", "residual_noproj", "plain"])
 def test_fast_path_equals_plain_forward(synth_data, records, mlp, make_loaded):
-    scorer = Scorer(make_loaded(synth_data["samples"], mlp=mlp))
+    scorer = Scorer(make_loaded(synth_data["samples"], mlp=mlp, steps=10))
     user, movies, user_schema, _ = tables(records, user_index=5)
     cold = pa.Table.from_pylist([empty_features(user_schema, "userId", 0)], schema=user_schema)
     items = scorer.items(join_user_movies(cold, movies))
@@ -66,3 +66,17 @@ def test_cold_start_matches_a_first_rating_sample(synth_data, records):
     row = first.select(list(user_schema.names)).to_pylist()[0]
     row["userGenreCounts"] = dict(row["userGenreCounts"] or [])
     assert row == empty_features(user_schema, "userId", row["userId"])
+
+
+@pytest.mark.parametrize("mlp", ["residual_noproj", "plain"])
+def test_onnx_backend_equals_torch(synth_data, records, mlp, make_loaded):
+    pytest.importorskip("onnxruntime")
+    loaded = make_loaded(synth_data["samples"], mlp=mlp, steps=5)
+    torch_scorer, onnx_scorer = Scorer(loaded), Scorer(loaded, backend="onnx")
+    user, movies, user_schema, _ = tables(records, user_index=2)
+    cold = pa.Table.from_pylist([empty_features(user_schema, "userId", 0)], schema=user_schema)
+    items = torch_scorer.items(join_user_movies(cold, movies))
+    part = torch_scorer.user(join_user_movies(user, movies.slice(0, 1)))
+    rows = np.arange(0, 2000, 3)
+    torch.testing.assert_close(onnx_scorer.fast(part, items, rows), torch_scorer.fast(part, items, rows),
+                               atol=1e-5, rtol=0)

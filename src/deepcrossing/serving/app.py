@@ -112,7 +112,7 @@ def create_app(settings: ServingSettings, *, loader: Callable[[Path], Any] | Non
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        eng = Engine(open_store(settings.store_url), loader=loader)
+        eng = Engine(open_store(settings.store_url), loader=loader, backend=settings.backend)
         await run_in_threadpool(eng.load_model, settings.model_dir)
         try:
             await run_in_threadpool(eng.refresh)

@@ -138,11 +138,13 @@ class Engine:
         store: the feature store.
         verify: re-check each new store version's counts and checksum before serving it.
         loader: model folder -> loaded model (default :func:`deepcrossing.load`).
+        backend: scorer backend, ``torch`` or ``onnx`` (see :class:`Scorer`).
     """
 
     def __init__(self, store: FeatureStore, *, verify: bool = True,
-                 loader: Callable[[Path], Any] | None = None) -> None:
+                 loader: Callable[[Path], Any] | None = None, backend: str = "torch") -> None:
         self.store = store
+        self.backend = backend
         self.verify = verify
         self.loader = loader or _load_model_dir
         self.state: State | None = None
@@ -151,9 +153,10 @@ class Engine:
 
     @classmethod
     def open(cls, model_dir: str | Path, store: FeatureStore | str, *, verify: bool = True,
-             loader: Callable[[Path], Any] | None = None) -> Engine:
+             loader: Callable[[Path], Any] | None = None, backend: str = "torch") -> Engine:
         """Load the model and the current store version (raises when the store has nothing published)."""
-        engine = cls(open_store(store) if isinstance(store, str) else store, verify=verify, loader=loader)
+        engine = cls(open_store(store) if isinstance(store, str) else store, verify=verify, loader=loader,
+                     backend=backend)
         engine.load_model(model_dir)
         engine.refresh(strict=True)
         return engine
@@ -163,7 +166,7 @@ class Engine:
         """Load a model folder and rebuild the snapshot for it, then swap it in (in-flight requests finish
         on the state they took)."""
         model_dir = Path(model_dir)
-        scorer = Scorer(self.loader(model_dir))
+        scorer = Scorer(self.loader(model_dir), backend=self.backend)
         old = self.state
         snapshot = None
         if old is not None and old.snapshot is not None:

@@ -67,10 +67,16 @@ class Scorer:
 
     Args:
         loaded: what :func:`deepcrossing.load` returns (``.model``, ``.encoder``, ``.spec``).
+        backend: ``torch``, or ``onnx`` to run the per-candidate rest of the network (everything after the
+            first layer's pre-activation) in ONNX Runtime (the ``onnx`` extra); measured by
+            benchmarks/serve.py.
     """
 
-    def __init__(self, loaded: Any) -> None:
+    def __init__(self, loaded: Any, backend: str = "torch") -> None:
+        if backend not in ("torch", "onnx"):
+            raise DeepCrossingError(f"scorer backend must be torch or onnx, not {backend!r}")
         self.loaded = loaded
+        self.backend = backend
         self.model = loaded.model.eval()
         self.encoder = loaded.encoder
         self.spec = loaded.spec
@@ -98,7 +104,10 @@ class Scorer:
         else:
             raise DeepCrossingError(f"the first MLP block is a {type(first).__name__}; the fast path splits a "
                                     "Linear or a ResidualUnit")
-        self.rest = list(self.mlp.blocks[1:])
+        # Dropout is the identity in eval mode: skip its call overhead per request.
+        self.rest = [b for b in self.mlp.blocks[1:] if not isinstance(b, nn.Dropout)]
+        self.tail = _Tail(self)
+        self._ort = _onnx_session(self.tail, self.first.out_features, width) if backend == "onnx" else None
 
     # ---- shared pieces ----
     @torch.inference_mode()
@@ -129,18 +138,72 @@ class Scorer:
             rows: (n,) int64 row indices into ``items``.
         """
         rows = torch.as_tensor(rows, dtype=torch.long)
-        h = items.p.index_select(0, rows) + user.p                              # (n, H) pre-activation
-        if self.residual:
-            x = items.x.index_select(0, rows) + user.x                          # (n, S)
-            h = torch.relu(x + self.skip_out(torch.relu(h)))
-        for block in self.rest:
-            h = block(h)
-        return self.scoring(h)
+        pre = items.p.index_select(0, rows) + user.p                            # (n, H) pre-activation
+        x = items.x.index_select(0, rows) + user.x if self.residual else pre[:, :0]  # (n, S) for the skip
+        if self._ort is not None:
+            feeds = {"pre": pre.numpy(), "x": x.numpy()} if self.residual else {"pre": pre.numpy()}
+            return torch.from_numpy(self._ort.run(None, feeds)[0])
+        return self.tail(pre, x)
 
     @torch.inference_mode()
     def plain(self, table: pa.Table) -> Tensor:
         """(B,) logits by the model's own full forward pass over a joined user x movie table."""
         return self.model(self.encoder.transform(table))
+
+
+class _Tail(nn.Module):
+    """Everything after the first layer's pre-activation: (n, H) pre, (n, S) x -> (n,) logits."""
+
+    def __init__(self, scorer: Scorer) -> None:
+        super().__init__()
+        self.residual = scorer.residual
+        self.skip_out = scorer.skip_out if scorer.residual else None
+        self.rest = nn.ModuleList(scorer.rest)
+        self.scoring = scorer.scoring
+
+    def forward(self, pre: Tensor, x: Tensor) -> Tensor:
+        h = pre
+        if self.skip_out is not None:
+            h = torch.relu(x + self.skip_out(torch.relu(pre)))
+        for block in self.rest:
+            h = block(h)
+        return self.scoring(h)
+
+
+def _onnx_session(tail: nn.Module, hidden: int, width: int):  # noqa: ANN202 - onnxruntime.InferenceSession
+    """Export the tail to ONNX in memory and open a one-thread ONNX Runtime session on it."""
+    import io
+    import warnings
+
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise DeepCrossingError("the onnx scorer backend needs onnxruntime: pip install 'deepcrossing[onnx]'") \
+            from exc
+    residual = getattr(tail, "residual", False)
+    args = (torch.zeros(8, hidden), torch.zeros(8, width if residual else 0))
+    names = ["pre", "x"] if residual else ["pre"]
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if residual:
+            module = tail
+        else:
+            class _PreOnly(nn.Module):
+                def __init__(self) -> None:
+                    super().__init__()
+                    self.tail = tail
+
+                def forward(self, pre: Tensor) -> Tensor:
+                    return self.tail(pre, pre[:, :0])
+
+            module, args = _PreOnly(), args[:1]
+        torch.onnx.export(module.eval(), args, buffer, input_names=names, output_names=["logits"],
+                          dynamic_axes={n: {0: "n"} for n in names} | {"logits": {0: "n"}}, dynamo=False)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
 
 
 def join_user_movies(user_table: pa.Table, movie_table: pa.Table) -> pa.Table:

@@ -24,7 +24,7 @@ class ServingSettings:
         max_score_ids: largest number of movie ids in one ``POST /score``.
         max_body_bytes: largest request body accepted (413 beyond).
         poll_interval_s: how often the service checks the store for a newly published version.
-        scorer: ``fast`` (split first layer, the default) or ``plain`` (full forward per candidate).
+        backend: ``torch`` or ``onnx`` (ONNX Runtime for the per-candidate part of the fast path).
         threads: torch intra-op threads for scoring.
 
     Example:
@@ -41,7 +41,7 @@ class ServingSettings:
     max_score_ids: int = 5000
     max_body_bytes: int = 256 * 1024
     poll_interval_s: float = 0.5
-    scorer: str = "fast"
+    backend: str = "torch"
     threads: int = 1
 
     def __post_init__(self) -> None:
@@ -50,8 +50,9 @@ class ServingSettings:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"ServingSettings.{key} must be a positive integer, not {value!r}", field=key)
-        if self.scorer not in ("fast", "plain"):
-            raise InputError(f"ServingSettings.scorer must be fast or plain, not {self.scorer!r}", field="scorer")
+        if self.backend not in ("torch", "onnx"):
+            raise InputError(f"ServingSettings.backend must be torch or onnx, not {self.backend!r}",
+                             field="backend")
         if not self.poll_interval_s > 0:
             raise InputError("ServingSettings.poll_interval_s must be > 0", field="poll_interval_s")
 
