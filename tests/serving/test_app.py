@@ -61,6 +61,13 @@ def test_cold_start_and_oov(client):
     assert u["known"] is False and u["history"] == [] and u["features"]["userRatingCount"] == 0
 
 
+def test_user_who_rated_every_candidate_gets_an_empty_list(client):
+    store = open_store(client.app.state.settings.store_url)
+    uid = next(u for u, rec in store.iter_users() if store.get_candidates(1)[0] in rec["rated"])
+    r = client.get(f"/recommend/{uid}", params={"k": 5, "candidates": 1})
+    assert r.status_code == 200 and r.json()["items"] == [] and r.json()["candidates"] == 0
+
+
 def test_users_and_movies(client):
     u = client.get("/users/1").json()
     assert u["known"] and 1 <= len(u["history"]) <= 20
@@ -82,6 +89,9 @@ def test_users_and_movies(client):
     ("get", "/recommend/1", {"params": {"candidates": 5001}}, 422),
     ("get", "/recommend/1", {"params": {"k": "ten"}}, 422),
     ("get", "/recommend/abc", {}, 422),
+    ("get", "/recommend/99999999999999999999", {}, 422),
+    ("get", "/users/-99999999999999999999", {}, 422),
+    ("post", "/score", {"json": {"user_id": 2**64, "movie_ids": [1]}}, 422),
     ("get", "/recommend/1", {"params": {"scorer": "onnx!"}}, 422),
     ("post", "/score", {"json": {"user_id": 1}}, 422),
     ("post", "/score", {"json": {"user_id": 1, "movie_ids": []}}, 422),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from fastapi.responses import JSONResponse
 
 from deepcrossing.serving.dependencies import get_engine
@@ -14,14 +14,15 @@ router = APIRouter(tags=["catalog"])
 
 
 @router.get("/users/{user_id}")
-async def user(user_id: int, engine: Engine = Depends(get_engine)) -> JSONResponse:
+async def user(user_id: Annotated[int, Path(ge=-(2**63), le=2**63 - 1)],
+               engine: Engine = Depends(get_engine)) -> JSONResponse:
     """The user's recent history (with titles) and features; cold-start features when unknown."""
     return JSONResponse(engine.user_info(user_id))
 
 
 @router.get("/movies/{movie_id}")
 async def movie(
-    movie_id: int,
+    movie_id: Annotated[int, Path(ge=-(2**63), le=2**63 - 1)],
     neighbours: Annotated[int, Query(ge=0, le=100)] = 10,
     engine: Engine = Depends(get_engine),
 ) -> JSONResponse:

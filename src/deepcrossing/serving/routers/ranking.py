@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,7 +20,7 @@ ID = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 
 @router.get("/recommend/{user_id}")
 async def recommend(
-    user_id: int,
+    user_id: Annotated[int, Path(ge=-(2**63), le=2**63 - 1)],
     k: Annotated[int, Query(ge=1, description="list length")] = 10,
     candidates: Annotated[int, Query(ge=1, description="how many popular movies to rank")] = 800,
     scorer: Annotated[str, Query(pattern="^(fast|plain)$")] = "fast",
