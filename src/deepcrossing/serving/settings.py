@@ -26,6 +26,8 @@ class ServingSettings:
         poll_interval_s: how often the service checks the store for a newly published version.
         backend: ``torch`` or ``onnx`` (ONNX Runtime for the per-candidate part of the fast path).
         threads: torch intra-op threads for scoring.
+        score_in_threads: run the ranking call in the thread pool (torch releases the GIL in its kernels, so
+            concurrent requests use more than one core) instead of inline on the event loop.
 
     Example:
         >>> ServingSettings(Path("model"), "sqlite:///f.db").max_k
@@ -43,6 +45,7 @@ class ServingSettings:
     poll_interval_s: float = 0.5
     backend: str = "torch"
     threads: int = 1
+    score_in_threads: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_dir", Path(self.model_dir))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from deepcrossing.serving.dependencies import get_engine, get_metrics, get_settings
 from deepcrossing.serving.engine import Engine
@@ -33,7 +35,8 @@ async def recommend(
         raise HTTPException(422, f"k must be <= {settings.max_k}, not {k}")
     if candidates > settings.max_candidates:
         raise HTTPException(422, f"candidates must be <= {settings.max_candidates}, not {candidates}")
-    result = engine.recommend(user_id, k=k, candidates=candidates, plain=scorer == "plain")
+    call = functools.partial(engine.recommend, user_id, k=k, candidates=candidates, plain=scorer == "plain")
+    result = await run_in_threadpool(call) if settings.score_in_threads else call()
     metrics.candidates.observe(result["candidates"])
     return JSONResponse(result)
 
@@ -57,4 +60,5 @@ async def score(
     if len(body.movie_ids) > settings.max_score_ids:
         raise HTTPException(422, f"movie_ids may hold at most {settings.max_score_ids} ids, "
                                  f"not {len(body.movie_ids)}")
-    return JSONResponse(engine.score(body.user_id, body.movie_ids))
+    call = functools.partial(engine.score, body.user_id, body.movie_ids)
+    return JSONResponse(await run_in_threadpool(call) if settings.score_in_threads else call())
