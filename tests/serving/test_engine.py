@@ -1,0 +1,49 @@
+"""The engine never serves a store version that fails verification, and swaps versions whole."""
+
+from __future__ import annotations
+
+import pytest
+
+from deepcrossing.serving.engine import Engine
+from deepcrossing.serving.publish import build_records
+from deepcrossing.serving.store import SQLiteStore, StoreError
+
+
+@pytest.fixture(scope="module")
+def records(synth_data):
+    return build_records(synth_data["dataset"], max_candidates=300)
+
+
+def test_corrupt_version_is_never_served(models, records, tmp_path):
+    users, movies, candidates, meta = records
+    store = SQLiteStore(tmp_path / "f.db")
+    store.publish(users, movies, candidates, meta)
+    engine = Engine.open(models["root"] / "m0", store)
+    before = engine.recommend(1, k=5)
+    assert before["storeVersion"] == 1 and len(before["items"]) == 5
+    # a second version whose data is altered after publishing (bit rot, a bad hand edit)
+    v2 = store.publish(users, movies, candidates, meta, keep_previous_s=0)
+    store._conn().execute(f"UPDATE dc_movies_v{v2} SET data = replace(data, '\"title\":\"The', "
+                          "'\"title\":\"Evil') WHERE id = 3")
+    with pytest.raises(StoreError, match="checksum mismatch"):
+        engine.refresh()
+    assert engine.state.snapshot.version == 1  # still the verified snapshot, never the corrupt one
+    with pytest.raises(StoreError, match="checksum mismatch"):
+        Engine.open(models["root"] / "m0", store)
+    store.close()
+
+
+def test_publish_swaps_the_whole_snapshot(models, records, tmp_path):
+    users, movies, candidates, meta = records
+    store = SQLiteStore(tmp_path / "f.db")
+    store.publish(users, movies, candidates, meta)
+    engine = Engine.open(models["root"] / "m0", store)
+    old = engine.state
+    store.publish(users[:10], movies, candidates[:50], meta, keep_previous_s=0)
+    assert engine.refresh() is True and engine.refresh() is False
+    new = engine.state
+    assert old.snapshot.version == 1 and new.snapshot.version == 2 and new.scorer is old.scorer
+    assert len(new.snapshot.candidate_rows) == 50 and len(old.snapshot.candidate_rows) == 300
+    assert engine.recommend(users[20][0], k=3)["known"] is False  # not in version 2: cold start
+    assert engine.recommend(users[5][0], k=3, candidates=800)["candidates"] <= 50
+    store.close()
