@@ -428,6 +428,11 @@ def print_table(rows, meta, best_c, best, scorer_ms, big, reload_status) -> None
           f"(Little's law: mean latency ~ {best_c} / {best.rps:.0f} = {1000 * best_c / best.rps:.1f} ms)")
     print(f"reload under load: {big.n:,} requests, {big.errors} errors, {big.dropped} dropped; reload "
           f"answered {reload_status[0][0] if reload_status else '-'}")
+    open200 = rows[0][2]
+    print("targets: p99 < 10 ms at 200 req/s open loop: "
+          f"{'met' if open200.pct(99) < 10 and open200.rps > 190 else 'NOT met'} ({open200.pct(99):.1f} ms); "
+          f">= 500 req/s closed loop: {'met' if best.rps >= 500 else 'NOT met'} ({best.rps:.0f} req/s); "
+          f"zero errors/drops under reload: {'met' if big.errors == big.dropped == 0 else 'NOT met'}")
 
 
 if __name__ == "__main__":
