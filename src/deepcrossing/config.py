@@ -405,6 +405,8 @@ class TrainConfig:
         optimizer: ``adam``, ``adamw`` or ``sparse_adam`` (sparse gradients and SparseAdam for the tables,
             Adam for the rest: for tables with millions of rows).
         patience: stop after this many epochs without a better validation AUC (0 = never stop early).
+        ema: decay of an exponential moving average of the weights, updated every step (0 = off). When on,
+            validation, early stopping and the saved model use the averaged weights (less seed noise).
         seed: seed of initialization, shuffling and dropout.
     """
 
@@ -417,6 +419,7 @@ class TrainConfig:
     embedding_weight_decay: float = 0.0
     optimizer: str = "adam"
     patience: int = 2
+    ema: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -433,6 +436,8 @@ class TrainConfig:
                 raise _bad(key, f"must be >= 0, not {getattr(self, key)}")
         if self.patience < 0:
             raise _bad("patience", f"must be >= 0, not {self.patience}")
+        if not 0.0 <= self.ema < 1.0:
+            raise _bad("ema", f"must be in [0, 1), not {self.ema}")
         _choice("lr_schedule", self.lr_schedule, SCHEDULES)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
 

@@ -48,9 +48,9 @@ def test_learns_and_same_seed_gives_identical_metrics(data):
     assert strip_times(r3.history) != strip_times(r1.history)
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "sparse_adam"])
-def test_resume_after_kill_equals_uninterrupted(data, tmp_path, optimizer):
-    config = TrainConfig(epochs=3, batch_size=128, lr=5e-3, patience=0, seed=1, optimizer=optimizer)
+@pytest.mark.parametrize(("optimizer", "ema"), [("adam", 0.0), ("adam", 0.9), ("sparse_adam", 0.0)])
+def test_resume_after_kill_equals_uninterrupted(data, tmp_path, optimizer, ema):
+    config = TrainConfig(epochs=3, batch_size=128, lr=5e-3, patience=0, seed=1, optimizer=optimizer, ema=ema)
     full_model, full = run(data, config, tmp_path / "full")
 
     class Killed(Exception):
@@ -90,6 +90,22 @@ def test_resume_with_other_config_is_refused(data, tmp_path):
 
     with pytest.raises(InputError, match="another training config"):
         run(data, TrainConfig(epochs=2, batch_size=256, seed=0), tmp_path, resume=True)
+
+
+def test_ema_weights_are_what_is_validated_and_kept(data):
+    config = TrainConfig(epochs=2, batch_size=128, lr=1e-2, patience=0, seed=0, ema=0.9)
+    enc, train, valid = data
+    torch.manual_seed(0)
+    model = DeepCrossing(small_spec(), MODEL, enc.cardinalities)
+    trainer = Trainer(model, config)
+    result = trainer.fit(train, valid)
+    from deepcrossing.training.trainer import evaluate_batch
+
+    assert result.best_epoch == 2 or result.history[1]["valid_auc"] <= result.best_auc
+    assert evaluate_batch(model, valid)["auc"] == pytest.approx(result.best_auc, abs=1e-12)
+    if result.best_epoch == 2:  # the model holds the averaged weights of the last epoch
+        for k, v in trainer.ema_state.items():
+            assert torch.equal(model.state_dict()[k], v), k
 
 
 def test_lr_schedules():

@@ -168,6 +168,10 @@ class Trainer:
         result = FitResult()
         best_state: dict[str, Tensor] | None = None
         bad_epochs, start_epoch = 0, 0
+        # EMA of the floating-point weights and buffers: (shadow, live) pairs, lerped after every step
+        live = {k: v for k, v in self.model.state_dict().items() if v.is_floating_point()}
+        self.ema_state = {k: v.detach().clone() for k, v in live.items()} if c.ema > 0 else {}
+        ema_pairs = ([self.ema_state[k] for k in live], list(live.values())) if c.ema > 0 else ([], [])
         if resume and self.checkpoint_dir is not None and (self.checkpoint_dir / "last").exists():
             start_epoch, best_state, bad_epochs = self._load_checkpoint(generator, result)
         steps = math.ceil(n / c.batch_size)
@@ -196,6 +200,9 @@ class Trainer:
                 (loss + penalty).backward()
                 for opt in self.optimizers:
                     opt.step()
+                if c.ema > 0:
+                    with torch.no_grad():
+                        torch._foreach_lerp_(ema_pairs[0], ema_pairs[1], 1.0 - c.ema)
                 total_loss += loss.detach() * len(idx)
                 seen += len(idx)
                 if on_step is not None and (step % 20 == 0 or step == steps - 1):
@@ -203,6 +210,9 @@ class Trainer:
                     on_step(StepInfo(epoch + 1, step + 1, steps, seen, float(total_loss) / seen,
                                      seen / max(elapsed, 1e-9)))
             train_seconds = time.perf_counter() - t0
+            if c.ema > 0:  # evaluate (and keep as best) the averaged weights
+                current = {k: v.detach().clone() for k, v in live.items()}
+                self.model.load_state_dict(self.ema_state, strict=False)
             scores = evaluate_batch(self.model, valid, self.device)
             record = {
                 "epoch": epoch + 1,
@@ -224,6 +234,8 @@ class Trainer:
                 bad_epochs += 1
                 if c.patience and bad_epochs >= c.patience:
                     result.stopped_early = True
+            if c.ema > 0:
+                self.model.load_state_dict(current, strict=False)
             if on_epoch is not None:
                 on_epoch(record)
             if self.checkpoint_dir is not None:
@@ -273,6 +285,7 @@ class Trainer:
             save_file(cpu(best_state or self.model.state_dict()), str(tmp / "best.safetensors"))
             save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
             save_file(rng, str(tmp / "rng.safetensors"))
+            save_file(cpu(self.ema_state), str(tmp / "ema.safetensors"))
             (tmp / "state.json").write_text(json.dumps(state, indent=1))
 
     def _load_checkpoint(self, generator: torch.Generator, result: FitResult
@@ -284,6 +297,7 @@ class Trainer:
             best = load_file(str(folder / "best.safetensors"))
             opt_tensors = load_file(str(folder / "optimizer.safetensors"))
             rng = load_file(str(folder / "rng.safetensors"))
+            ema = load_file(str(folder / "ema.safetensors"))
         except (OSError, ValueError) as exc:
             raise InputError(f"the checkpoint cannot be read ({exc}); delete it to start over",
                              path=folder) from None
@@ -306,6 +320,10 @@ class Trainer:
             for pid, extra in meta["state"].items():
                 opt_state.setdefault(int(pid), {}).update(extra)
             opt.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
+        if set(ema) != set(self.ema_state):
+            raise InputError("the checkpoint's weight average does not fit this model", path=folder)
+        for k, v in ema.items():
+            self.ema_state[k].copy_(v)
         torch.set_rng_state(rng["torch"])
         generator.set_state(rng["generator"])
         if "cuda" in rng and self.device.type == "cuda":
