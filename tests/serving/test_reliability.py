@@ -53,12 +53,16 @@ def test_reload_and_publish_under_load_drop_nothing(models, synth_data, tmp_path
                 versions.append(r.json()["modelVersion"])
             time.sleep(0.3)
             publish_dataset(synth_data["dataset"], url, keep_previous_s=0.5)  # store version 2 mid-run
-            time.sleep(0.6)
+            deadline = time.monotonic() + 20
+            while admin.get("/info").json()["storeVersion"] != 2:
+                assert time.monotonic() < deadline, "the service did not adopt store version 2"
+                time.sleep(0.05)
+            time.sleep(0.3)
         stop.set()
         for t in threads:
             t.join()
     statuses = [r[0] for r in results]
-    assert len(results) > 200
+    assert len(results) > 100
     assert statuses.count(200) == len(results), {s for s in statuses if s != 200}
     seen_models = {r[1] for r in results}
     assert set(versions) <= seen_models and len(seen_models) == 2  # both models served, nothing else
