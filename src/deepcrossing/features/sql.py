@@ -132,8 +132,7 @@ WITH ev AS (
            CAST(CASE WHEN e.is_probe THEN NULL
                      WHEN e.label IS NOT NULL THEN e.label
                      WHEN e.rating >= {label_threshold!r} THEN 1 ELSE 0 END AS TINYINT) AS label,
-           CAST(i.year AS BIGINT) AS year,
-           COALESCE(i.genres, CAST([] AS VARCHAR[])) AS genres
+           CAST(i.year AS BIGINT) AS year
     FROM events e LEFT JOIN items_src i ON e.item_id = i.item_id
 ),
 win AS (
@@ -162,9 +161,11 @@ win AS (
 pos AS (
     -- the user's positive events, numbered in time order; within one second larger movieId first, so that
     -- the most recent-first list puts the smaller movieId first
-    SELECT user_id, item_id, genres,
-           ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY timestamp, item_id DESC) AS pos_rank
-    FROM ev WHERE label = 1
+    -- (genre lists are joined here and at the end, not carried through the window sorts above)
+    SELECT p.user_id, p.item_id, COALESCE(i.genres, CAST([] AS VARCHAR[])) AS genres,
+           ROW_NUMBER() OVER (PARTITION BY p.user_id ORDER BY p.timestamp, p.item_id DESC) AS pos_rank
+    FROM ev p LEFT JOIN items_src i ON p.item_id = i.item_id
+    WHERE p.label = 1
 ),
 state AS (
     -- the user's positive history right after positive number pos_rank: last N items and genre counts
@@ -187,6 +188,10 @@ joined AS (
         CASE WHEN win.u_pos = 0 THEN CAST([] AS BIGINT[])
              ELSE list_sort({ranked}, 'DESC') END AS top
     FROM win LEFT JOIN state st ON win.user_id = st.user_id AND win.u_pos = st.pos_rank
+),
+final AS (
+    SELECT joined.*, COALESCE(i.genres, CAST([] AS VARCHAR[])) AS genres
+    FROM joined LEFT JOIN items_src i ON joined.item_id = i.item_id
 )
 SELECT
     user_id AS userId,
@@ -216,7 +221,7 @@ SELECT
     CASE WHEN m_n > 0 THEN CAST(m_pos AS DOUBLE) / m_n END AS moviePositiveRate,
     timestamp - m_first AS movieSecondsSinceFirstRating,
     is_probe
-FROM joined
+FROM final
 """
 
 
