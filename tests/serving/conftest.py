@@ -199,12 +199,12 @@ def sqlite_url(synth_data):
 class ServerThread:
     """uvicorn serving an app on 127.0.0.1:port in a thread (real HTTP over loopback)."""
 
-    def __init__(self, app, port: int) -> None:
+    def __init__(self, app, port: int | None = None) -> None:
         import threading
 
         import uvicorn
 
-        self.port = port
+        self.port = port or free_port()
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                                     lifespan="on", timeout_graceful_shutdown=5))
         self.thread = threading.Thread(target=self.server.run, daemon=True)

@@ -152,10 +152,9 @@ def raw_get(port: int, path: str) -> tuple[int, bytes]:
 
 
 def test_static_page_and_no_path_traversal(models, sqlite_url, server_thread):
-    from conftest import free_port
 
     app = create_app(ServingSettings(models["root"] / "m0", sqlite_url))
-    with server_thread(app, free_port()) as server:
+    with server_thread(app) as server:
         status, body = raw_get(server.port, "/ui/")
         assert status == 200 and b"deepcrossing recommendations" in body
         assert raw_get(server.port, "/")[0] in (302, 307)

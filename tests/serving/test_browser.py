@@ -39,7 +39,6 @@ def browser(tmp_path_factory):
 
 
 def test_page_shows_history_recommendations_and_movie(browser, models, sqlite_url, server_thread):
-    from conftest import free_port
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
@@ -49,7 +48,7 @@ def test_page_shows_history_recommendations_and_movie(browser, models, sqlite_ur
     recs = expected.recommend(1, k=10)["items"]
     user = expected.user_info(1)
     app = create_app(ServingSettings(model, sqlite_url))
-    with server_thread(app, free_port()) as server:
+    with server_thread(app) as server:
         wait = WebDriverWait(browser, 20)
         browser.get(server.url + "/")
         wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#examples a")))

@@ -35,13 +35,12 @@ def hammer(base: str, n_threads: int, stop: threading.Event, results: list, path
 
 
 def test_reload_and_publish_under_load_drop_nothing(models, synth_data, tmp_path, server_thread):
-    from conftest import free_port
 
     url = f"sqlite:///{tmp_path / 'f.db'}"
     publish_dataset(synth_data["dataset"], url)
     root = models["root"]
     app = create_app(ServingSettings(root / "m0", url, poll_interval_s=0.1))
-    with server_thread(app, free_port()) as server:
+    with server_thread(app) as server:
         stop, results = threading.Event(), []
         threads = hammer(server.url, 4, stop, results, lambda i, n: f"/recommend/{(i * 37 + n) % 150 + 1}?k=10")
         versions = []
@@ -70,11 +69,10 @@ def test_reload_and_publish_under_load_drop_nothing(models, synth_data, tmp_path
 
 
 def test_redis_outage_fails_fast_then_recovers(models, synth_data, redis_server, redis_url, server_thread):
-    from conftest import free_port
 
     publish_dataset(synth_data["dataset"], redis_url)
     app = create_app(ServingSettings(models["root"] / "m0", redis_url, poll_interval_s=0.1))
-    with server_thread(app, free_port()) as server, httpx.Client(base_url=server.url, timeout=10) as client:
+    with server_thread(app) as server, httpx.Client(base_url=server.url, timeout=10) as client:
         assert client.get("/recommend/1").status_code == 200
         redis_server.kill()
         try:
