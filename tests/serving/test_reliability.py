@@ -3,6 +3,7 @@ the service recovers by itself when Redis is back."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -28,10 +29,21 @@ def hammer(base: str, n_threads: int, stop: threading.Event, results: list, path
                     results.append((repr(exc), None, None))
                 n += 1
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n_threads)]
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(n_threads)]
     for t in threads:
         t.start()
     return threads
+
+
+@contextlib.contextmanager
+def stopping(stop: threading.Event, threads: list[threading.Thread]):
+    """Stop and join the load threads however the block ends."""
+    try:
+        yield
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
 
 
 def test_reload_and_publish_under_load_drop_nothing(models, synth_data, tmp_path, server_thread):
@@ -44,7 +56,7 @@ def test_reload_and_publish_under_load_drop_nothing(models, synth_data, tmp_path
         stop, results = threading.Event(), []
         threads = hammer(server.url, 4, stop, results, lambda i, n: f"/recommend/{(i * 37 + n) % 150 + 1}?k=10")
         versions = []
-        with httpx.Client(base_url=server.url, timeout=30) as admin:
+        with httpx.Client(base_url=server.url, timeout=30) as admin, stopping(stop, threads):
             for target in ("m1", "m0", "m1"):
                 time.sleep(0.4)
                 r = admin.post("/admin/reload", json={"model_dir": str(root / target)})
@@ -57,9 +69,6 @@ def test_reload_and_publish_under_load_drop_nothing(models, synth_data, tmp_path
                 assert time.monotonic() < deadline, "the service did not adopt store version 2"
                 time.sleep(0.05)
             time.sleep(0.3)
-        stop.set()
-        for t in threads:
-            t.join()
     statuses = [r[0] for r in results]
     assert len(results) > 100
     assert statuses.count(200) == len(results), {s for s in statuses if s != 200}
