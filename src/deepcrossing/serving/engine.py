@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -364,4 +363,6 @@ class Engine:
         return {"modelDir": None if state is None else str(state.model_dir),
                 "modelVersion": None if state is None else state.model_version,
                 "storeVersion": None if state is None or state.snapshot is None else state.snapshot.version,
-                "store": self.store.url, "loadedAt": time.time()}
+                "store": self.store.url,
+                "storePublishedAt": None if state is None or state.snapshot is None
+                else state.snapshot.meta.get("published_at")}
