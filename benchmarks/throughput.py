@@ -17,7 +17,7 @@ The shared 2-core machine this was written on is noisy: run it on a quiet machin
 
 Usage:
     .venv/bin/python benchmarks/throughput.py [--n 2000000] [--batch-size 1024] [--threads 1]
-        [--deepctr-samples 200000] [--optimizer adam|sparse_adam] [--json out.json]
+        [--deepctr-samples 200000] [--optimizer sparse_adam|adam] [--json out.json]
 """
 
 from __future__ import annotations
@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deepctr-samples", type=int, default=200_000, help="samples DeepCTR-Torch trains on")
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--optimizer", default="adam", choices=["adam", "sparse_adam"])
+    parser.add_argument("--optimizer", default="sparse_adam", choices=["adam", "sparse_adam"],
+                        help="sparse_adam: sparse table gradients + SparseAdam (the option for large tables)")
     parser.add_argument("--gemm", type=int, default=2048, help="side of the square fp32 GEMM")
     parser.add_argument("--skip-deepctr", action="store_true")
     parser.add_argument("--json", help="also write the results here")
