@@ -319,7 +319,8 @@ def evaluate(
     file: Annotated[Optional[Path], typer.Option(
         "--file", help="Evaluate this sample file (Parquet or SparrowRecSys CSV) instead of --samples/--split.")] = None,
     out_path: Annotated[Optional[Path], typer.Option(
-        "--out", help="Where to write the metrics JSON (default: MODEL/metrics-<split>.json).")] = None,
+        "--out", help="Where to write the metrics JSON (default: MODEL/metrics-<split>.json, "
+                      "or MODEL/metrics-<file stem>.json with --file).")] = None,
     k: Annotated[int, typer.Option("--k", min=1, help="Cut-off of NDCG/Recall/HitRate per user.")] = 10,
 ) -> None:
     """Score a sample split with a trained model; print and write AUC, log loss, accuracy, PR-AUC, GAUC and
