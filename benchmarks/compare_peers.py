@@ -636,6 +636,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--merge", action="store_true",
                     help="keep the runs of peers not run now from an earlier peers-<dataset>.json in --out")
+    ap.add_argument("--merge-from", type=Path, action="append", default=[],
+                    help="also keep runs of peers not run now from this peers-<dataset>.json (repeatable)")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -646,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     seeds = list(range(1 if args.quick else args.seeds))
-    peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    peers = [p.strip() for p in args.peers.split(",") if p.strip()]   # "" = none: only merge and render
     unknown = [p for p in peers if p not in PEERS]
     if unknown:
         ap.error(f"unknown peers: {unknown}")
@@ -676,17 +678,25 @@ def main(argv: list[str] | None = None) -> int:
                     log.flush()
                     r = run_child(job, log)
                     runs.append(r)
+                    with open(args.out / f"peers-{dataset}.runs.jsonl", "a") as fh:   # survives a kill
+                        fh.write(json.dumps(r) + "\n")
                     if "error" in r:
                         print(r["error"], flush=True)
                         continue
                     params = r["tuned"] or {"fixed": True}
                     print(f"test AUC {r['auc']:.4f} valid AUC {r['valid_auc']:.4f} "
                           f"fit {r['fit_seconds']:.1f}s RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
-            previous = args.out / f"peers-{dataset}.json"
-            if args.merge and previous.is_file():
-                old = json.loads(previous.read_text())
-                kept = [r for r in old["runs"] if r["peer"] not in peers]
-                runs = sorted(kept + runs, key=lambda r: (PEERS.index(r["peer"]), r["seed"]))
+            sources = ([args.out / f"peers-{dataset}.json"] if args.merge else []) + list(args.merge_from)
+            kept: dict[str, list[dict]] = {}
+            for previous in sources:
+                if previous.is_file():
+                    for peer_name, group in itertools.groupby(
+                            sorted(json.loads(previous.read_text())["runs"], key=lambda r: r["peer"]),
+                            key=lambda r: r["peer"]):
+                        if peer_name not in peers:
+                            kept[peer_name] = list(group)          # a later file wins for the same peer
+            runs = sorted([r for g in kept.values() for r in g] + runs,
+                          key=lambda r: (PEERS.index(r["peer"]), r["seed"]))
             rows = summarize(runs)
             from deepcrossing.features import read_samples  # noqa: F401 - only to fail early if missing
             splits = load_splits(samples)
