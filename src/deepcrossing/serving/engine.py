@@ -170,8 +170,13 @@ class Engine:
         snapshot = None
         if old is not None and old.snapshot is not None:
             snapshot = self._snapshot(scorer, old.snapshot.version, verify=False)
-        state = State(scorer, model_dir, model_fingerprint(model_dir), snapshot)
         with self._swap:
+            current = self.state
+            if current is not None and current.snapshot is not None and (
+                    snapshot is None or current.snapshot.version != snapshot.version):
+                # a publish was adopted while we loaded: rebuild for that version (rare, so under the lock)
+                snapshot = self._snapshot(scorer, current.snapshot.version, verify=False)
+            state = State(scorer, model_dir, model_fingerprint(model_dir), snapshot)
             self.state = state
         return state
 
