@@ -48,24 +48,39 @@ class EmbeddingLayer(nn.Module):
         self.features = [(f.name, f.table_name, f.is_bag, f.pooling == "mean")
                          for f in spec.features if f.embedded]
         self.dims = {name: self.tables[t].embedding_dim for name, t, _, _ in self.features}
+        # One lookup per table: (table, single-valued features, [(bag feature, mean)]) in spec order.
+        self.groups: list[tuple[str, list[str], list[tuple[str, bool]]]] = [
+            (t, [n for n, tt, bag, _ in self.features if tt == t and not bag],
+             [(n, mean) for n, tt, bag, mean in self.features if tt == t and bag])
+            for t in self.tables]
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:
-        """Batch -> {feature: (B, D_feature)} in spec order."""
-        out = {}
-        for name, table, is_bag, mean in self.features:
-            weight = self.tables[table]
-            if is_bag:
-                ids = batch.bags[name]                                  # (B, L)
-                w = (ids != 0).to(batch.dense.dtype)                    # (B, L): padding weighs 0
+        """Batch -> {feature: (B, D_feature)} in spec order.
+
+        All features of one table are looked up together: their ids are put side by side, ``(B, k + sum L)``
+        (k single-valued features, then each bag's L columns), and gathered in one call, so a step makes
+        one lookup (and, with sparse gradients, one sparse gradient) per table instead of one per feature.
+        """
+        found: dict[str, Tensor] = {}
+        for table, singles, bags in self.groups:
+            parts = [torch.stack([batch.sparse[name] for name in singles], dim=1)] if singles else []
+            parts += [batch.bags[name] for name, _ in bags]
+            ids = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)              # (B, k + sum L)
+            vectors = self.tables[table](ids)                                           # (B, k + sum L, D)
+            for j, name in enumerate(singles):
+                found[name] = vectors[:, j]                                             # (B, D)
+            pos = len(singles)
+            for name, mean in bags:
+                bag = batch.bags[name]                                                  # (B, L)
+                w = (bag != 0).to(vectors.dtype)                                        # padding weighs 0
                 if name in batch.bag_weights:
                     w = w * batch.bag_weights[name]
                 if mean:
                     w = w / w.sum(dim=1, keepdim=True).clamp_min(1e-12)
-                vectors = (weight(ids) * w.unsqueeze(2)).sum(dim=1)     # (B, L, D) -> (B, D)
-            else:
-                vectors = weight(batch.sparse[name])                    # (B, D)
-            out[name] = vectors
-        return out
+                width = bag.shape[1]
+                found[name] = (vectors[:, pos:pos + width] * w.unsqueeze(2)).sum(dim=1)      # (B, D)
+                pos += width
+        return {name: found[name] for name, _, _, _ in self.features}
 
 
 class StackingLayer(nn.Module):

@@ -83,6 +83,56 @@ def evaluate_batch(model: nn.Module, batch: Batch, device: str | torch.device = 
     return {"auc": metrics.auc(labels, probs), "logloss": metrics.logloss(labels, probs)}
 
 
+class RowSparseAdam(torch.optim.SparseAdam):
+    """``torch.optim.SparseAdam`` with the same arithmetic on dense row ops.
+
+    torch's SparseAdam updates the moments and the weights through ``sparse_mask`` and sparse ``add_``
+    calls (several sparse tensors built and reduced per step). Once the gradient is coalesced its row
+    indices are unique, so ``t.sparse_mask(g)`` is ``t.index_select(0, rows)`` and ``t.add_(sparse(rows, u))``
+    is ``t.index_add_(0, rows, u)``: the same values in the same order of operations, hence identical
+    results, with a third of the per-step ops. State and state_dict are SparseAdam's (checkpoints unchanged).
+    Gradients must be row-sparse (``nn.Embedding(sparse=True)``: indices ``(1, nnz)``, values ``(nnz, D)``).
+    """
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: ANN001, ANN201 - torch.optim signature
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            eps, lr, maximize = group["eps"], group["lr"], group.get("maximize", False)
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if not p.grad.is_sparse:
+                    raise RuntimeError("SparseAdam does not support dense gradients, please consider Adam instead")
+                state = self.state[p]
+                if len(state) == 0:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                grad = (-p.grad if maximize else p.grad).coalesce()
+                values = grad._values()
+                if values.numel() == 0:
+                    continue
+                rows = grad._indices()[0]
+                exp_avg, exp_avg_sq, step = state["exp_avg"], state["exp_avg_sq"], state["step"]
+                old_exp_avg = exp_avg.index_select(0, rows)
+                exp_avg_update = values.sub(old_exp_avg).mul_(1 - beta1)
+                exp_avg.index_add_(0, rows, exp_avg_update)
+                old_exp_avg_sq = exp_avg_sq.index_select(0, rows)
+                exp_avg_sq_update = values.pow(2).sub_(old_exp_avg_sq).mul_(1 - beta2)
+                exp_avg_sq.index_add_(0, rows, exp_avg_sq_update)
+                numer = exp_avg_update.add_(old_exp_avg)
+                denom = exp_avg_sq_update.add_(old_exp_avg_sq).sqrt_().add_(eps)
+                step_size = lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)
+                p.index_add_(0, rows, -step_size * numer.div_(denom))
+        return loss
+
+
 def _is_embedding(name: str) -> bool:
     return name.startswith("embedding.")
 
@@ -122,7 +172,7 @@ class Trainer:
             opts: list[torch.optim.Optimizer] = [torch.optim.Adam(dense, lr=c.lr, weight_decay=c.weight_decay,
                                                                   fused=True)]
             if sparse:
-                opts.append(torch.optim.SparseAdam(sparse, lr=c.lr))
+                opts.append(RowSparseAdam(sparse, lr=c.lr))
             return opts
         cls = torch.optim.AdamW if c.optimizer == "adamw" else torch.optim.Adam
         groups = [{"params": rest, "weight_decay": c.weight_decay}]
