@@ -15,7 +15,7 @@ import math
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from deepcrossing.features.sql import (
     MOVIE_SIDE,
     SAMPLE_COLUMNS,
     USER_SIDE,
-    entries_to_map,
+    assemble,
     feature_sql,
 )
 
@@ -149,10 +149,6 @@ def _split_expr(con: duckdb.DuckDBPyConnection, config: FeatureConfig) -> tuple[
     }
 
 
-def _columns_sql() -> str:
-    return ", ".join(f'"{c}"' for c in SAMPLE_COLUMNS)
-
-
 def build_samples(
     dataset: Dataset,
     config: FeatureConfig | None = None,
@@ -198,7 +194,8 @@ def build_samples(
         files = {name: (tmp if fmt == "parquet" else parts) / f"{name}.parquet" for name in SPLIT_NAMES}
         # no global ORDER BY: sorting every wide row would double the work and spill at 20M rows; the rows of
         # a file are the same on every run, their order is not (sort by timestamp when it matters)
-        _write_splits(con, f"SELECT {_columns_sql()}, {split_expr} AS split FROM ({query})", files)
+        _write_splits(con, f"SELECT * EXCLUDE (is_probe), {split_expr} AS split FROM ({query})", files,
+                      lambda batch: assemble(batch, genres, config.recent_n))
         stats = _split_stats(con, files)
         if fmt == "sparrow":
             from deepcrossing.features.sparrow import write_sparrow_csv
@@ -235,17 +232,18 @@ def build_samples(
     return manifest
 
 
-def _write_splits(con: duckdb.DuckDBPyConnection, query: str, files: dict[str, Path]) -> None:
+def _write_splits(con: duckdb.DuckDBPyConnection, query: str, files: dict[str, Path],
+                  finish: Callable[[pa.RecordBatch], pa.RecordBatch]) -> None:
     """Stream the query's Arrow batches into one Parquet file per split (bounded memory).
 
-    DuckDB computes (2 threads) while this thread converts the genre entries to a MAP and writes; the
-    writer is pyarrow's because the MAP column is built zero-copy from the entries (see ``entries_to_map``).
+    DuckDB computes (2 threads) while this thread builds the nested user columns with ``finish``
+    (:func:`deepcrossing.features.sql.assemble`) and writes with pyarrow.
     """
     writers: dict[str, pq.ParquetWriter] = {}
     schema = None
     try:
         for batch in con.sql(query).to_arrow_reader(_BATCH_ROWS):
-            batch = entries_to_map(batch)
+            batch = finish(batch)
             split = batch.column("split")
             batch = batch.drop_columns(["split"])
             schema = batch.schema
@@ -319,11 +317,10 @@ def latest_features(dataset: Dataset, config: FeatureConfig | None = None) -> tu
         con.execute("CREATE TEMP TABLE probes AS SELECT * FROM ("
                     + feature_sql(genres, label_threshold=config.label_threshold, recent_n=config.recent_n)
                     + ") WHERE is_probe")
-        users = con.sql(f"SELECT {', '.join(chr(34) + c + chr(34) for c in USER_SIDE)} FROM probes "
-                            "WHERE userId IS NOT NULL ORDER BY userId").to_arrow_table()
-        users = entries_to_map(users)
-        movies = con.sql(f"SELECT {', '.join(chr(34) + c + chr(34) for c in MOVIE_SIDE)} FROM probes "
-                             "WHERE movieId IS NOT NULL ORDER BY movieId").to_arrow_table()
+        users = assemble(con.sql("SELECT * FROM probes WHERE userId IS NOT NULL ORDER BY userId").to_arrow_table(),
+                         genres, config.recent_n).select(list(USER_SIDE))
+        movies = assemble(con.sql("SELECT * FROM probes WHERE movieId IS NOT NULL ORDER BY movieId")
+                          .to_arrow_table(), genres, config.recent_n).select(list(MOVIE_SIDE))
     return users, movies
 
 
@@ -346,6 +343,8 @@ def compute_samples(dataset: Dataset, config: FeatureConfig | None = None) -> pa
         _register_inputs(con, dataset)
         con.execute("CREATE VIEW events AS SELECT user_id, item_id, rating, label, timestamp, "
                     "FALSE AS is_probe FROM ratings_src")
-        query = feature_sql(_genres(con), label_threshold=config.label_threshold, recent_n=config.recent_n)
-        return entries_to_map(
-            con.sql(f"SELECT {_columns_sql()} FROM ({query}) ORDER BY timestamp, userId, movieId").to_arrow_table())
+        genres = _genres(con)
+        query = feature_sql(genres, label_threshold=config.label_threshold, recent_n=config.recent_n)
+        table = con.sql(f"SELECT * EXCLUDE (is_probe) FROM ({query}) "
+                        "ORDER BY timestamp, userId, movieId").to_arrow_table()
+        return assemble(table, genres, config.recent_n)
