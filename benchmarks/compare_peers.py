@@ -332,6 +332,9 @@ def _peer_lightgbm(d: Data, params: dict, seed: int, with_ids: bool, quick: bool
         grid = [params]
     elif quick:
         grid = [{"num_leaves": 31, "learning_rate": 0.05, "min_data_in_leaf": 100}]
+    elif os.environ.get("PEERS_GRID") == "small":
+        grid = [{"num_leaves": 63, "learning_rate": 0.03, "min_data_in_leaf": 20},
+                {"num_leaves": 31, "learning_rate": 0.05, "min_data_in_leaf": 100}]
     else:
         grid = [{"num_leaves": nl, "learning_rate": lr, "min_data_in_leaf": md}
                 for nl, lr, md in itertools.product((15, 63), (0.03, 0.1), (20, 200))]
@@ -392,6 +395,9 @@ def peer_deepctr_dnn(d: Data, params: dict, seed: int, quick: bool = False) -> d
         grid = [params]
     elif quick:
         grid = [{"lr": 1e-3, "batch_size": 256, "dropout": 0.0, "l2_emb": 1e-5}]
+    elif os.environ.get("PEERS_GRID") == "small":
+        grid = [{"lr": 1e-3, "batch_size": 1024, "dropout": 0.5, "l2_emb": 1e-5},
+                {"lr": 1e-3, "batch_size": 256, "dropout": 0.0, "l2_emb": 1e-5}]
     else:
         grid = [{"lr": 1e-3, "batch_size": bs, "dropout": dr, "l2_emb": l2}
                 for bs, dr, l2 in itertools.product((256, 1024), (0.0, 0.5), (1e-5, 1e-3))]
@@ -633,6 +639,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peers", default=",".join(PEERS), help="comma list of " + ", ".join(PEERS))
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="1 seed, one setting per peer, few epochs")
+    ap.add_argument("--grid", choices=("full", "small"), default="full",
+                    help="tuning grids: full (LightGBM 8, DeepCTR 8 settings) or small (2 each: the settings "
+                         "that won on ml-latest-small, and one more)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--merge", action="store_true",
                     help="keep the runs of peers not run now from an earlier peers-<dataset>.json in --out")
@@ -648,6 +657,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     seeds = list(range(1 if args.quick else args.seeds))
+    os.environ["PEERS_GRID"] = args.grid                                # read by the child processes
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]   # "" = none: only merge and render
     unknown = [p for p in peers if p not in PEERS]
     if unknown:
