@@ -67,8 +67,9 @@ class EmbeddingLayer(nn.Module):
             parts += [batch.bags[name] for name, _ in bags]
             ids = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)              # (B, k + sum L)
             vectors = self.tables[table](ids)                                           # (B, k + sum L, D)
-            for j, name in enumerate(singles):
-                found[name] = vectors[:, j]                                             # (B, D)
+            # unbind: one backward op for all single-valued features of the table (not one zero-filled
+            # (B, k + sum L, D) gradient per feature)
+            found.update(zip(singles, vectors[:, :len(singles)].unbind(1)))             # each (B, D)
             pos = len(singles)
             for name, mean in bags:
                 bag = batch.bags[name]                                                  # (B, L)

@@ -86,11 +86,14 @@ def evaluate_batch(model: nn.Module, batch: Batch, device: str | torch.device = 
 class RowSparseAdam(torch.optim.SparseAdam):
     """``torch.optim.SparseAdam`` with the same arithmetic on dense row ops.
 
-    torch's SparseAdam updates the moments and the weights through ``sparse_mask`` and sparse ``add_``
-    calls (several sparse tensors built and reduced per step). Once the gradient is coalesced its row
-    indices are unique, so ``t.sparse_mask(g)`` is ``t.index_select(0, rows)`` and ``t.add_(sparse(rows, u))``
-    is ``t.index_add_(0, rows, u)``: the same values in the same order of operations, hence identical
-    results, with a third of the per-step ops. State and state_dict are SparseAdam's (checkpoints unchanged).
+    torch's SparseAdam coalesces the gradient (sort + reduce of every looked-up row) and updates the moments
+    and the weights through ``sparse_mask`` and sparse ``add_`` calls. Here the duplicate rows are summed by
+    ``torch.unique(return_inverse=True)`` + ``index_add_`` (2x faster than ``coalesce`` for the batch's
+    11k movie-table rows, 2-4x for small tables), and with unique rows ``t.sparse_mask(g)`` is
+    ``t.index_select(0, rows)`` and ``t.add_(sparse(rows, u))`` is ``t.index_add_(0, rows, u)``. The update
+    is SparseAdam's formula in its order of operations; only the summation order of duplicate gradient rows
+    differs (float rounding, ~1e-7 relative; deterministic). State and state_dict are SparseAdam's
+    (checkpoints unchanged).
     Gradients must be row-sparse (``nn.Embedding(sparse=True)``: indices ``(1, nnz)``, values ``(nnz, D)``).
     """
 
@@ -114,11 +117,15 @@ class RowSparseAdam(torch.optim.SparseAdam):
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
-                grad = (-p.grad if maximize else p.grad).coalesce()
-                values = grad._values()
+                grad = -p.grad if maximize else p.grad
+                if grad.is_coalesced():
+                    rows, values = grad._indices()[0], grad._values()
+                else:
+                    rows, inverse = torch.unique(grad._indices()[0], return_inverse=True)
+                    values = grad._values().new_zeros((len(rows), *grad.shape[1:]))
+                    values.index_add_(0, inverse, grad._values())
                 if values.numel() == 0:
                     continue
-                rows = grad._indices()[0]
                 exp_avg, exp_avg_sq, step = state["exp_avg"], state["exp_avg_sq"], state["step"]
                 old_exp_avg = exp_avg.index_select(0, rows)
                 exp_avg_update = values.sub(old_exp_avg).mul_(1 - beta1)
