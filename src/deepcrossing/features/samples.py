@@ -36,6 +36,7 @@ from deepcrossing.features.sql import (
     USER_SIDE,
     assemble,
     feature_sql,
+    genre_bits,
 )
 
 FORMAT_VERSION = 1
@@ -109,6 +110,12 @@ def _register_inputs(con: duckdb.DuckDBPyConnection, dataset: Dataset) -> int:
     if n == 0:
         raise InputError("there are no ratings to build samples from", path=dataset.ratings)
     return int(n)
+
+
+def _genre_bits(con: duckdb.DuckDBPyConnection) -> int:
+    """Bits per packed genre counter: enough for the user with the most events (positives are fewer)."""
+    most = con.execute("SELECT MAX(n) FROM (SELECT COUNT(*) AS n FROM events GROUP BY user_id)").fetchall()[0][0]
+    return genre_bits(int(most or 0))
 
 
 def _genres(con: duckdb.DuckDBPyConnection) -> list[str]:
@@ -188,14 +195,16 @@ def build_samples(
         split_expr, boundaries = _split_expr(con, config)
         con.execute("CREATE VIEW events AS SELECT user_id, item_id, rating, label, timestamp, "
                     "FALSE AS is_probe FROM ratings_src")
-        query = feature_sql(genres, label_threshold=config.label_threshold, recent_n=config.recent_n)
+        bits = _genre_bits(con)
+        query = feature_sql(genres, label_threshold=config.label_threshold, recent_n=config.recent_n,
+                            genre_bits=bits)
         parts = tmp / ".parts"
         parts.mkdir()
         files = {name: (tmp if fmt == "parquet" else parts) / f"{name}.parquet" for name in SPLIT_NAMES}
         # no global ORDER BY: sorting every wide row would double the work and spill at 20M rows; the rows of
         # a file are the same on every run, their order is not (sort by timestamp when it matters)
         _write_splits(con, f"SELECT * EXCLUDE (is_probe), {split_expr} AS split FROM ({query})", files,
-                      lambda batch: assemble(batch, genres, config.recent_n))
+                      lambda batch: assemble(batch, genres, config.recent_n, bits))
         stats = _split_stats(con, files)
         if fmt == "sparrow":
             from deepcrossing.features.sparrow import write_sparrow_csv
@@ -314,13 +323,15 @@ def latest_features(dataset: Dataset, config: FeatureConfig | None = None) -> tu
             f"UNION ALL SELECT DISTINCT CAST(NULL AS BIGINT), item_id, CAST(NULL AS DOUBLE), "
             f"CAST(NULL AS TINYINT), {t_end}, TRUE FROM items_src"
         )
+        bits = _genre_bits(con)
         con.execute("CREATE TEMP TABLE probes AS SELECT * FROM ("
-                    + feature_sql(genres, label_threshold=config.label_threshold, recent_n=config.recent_n)
+                    + feature_sql(genres, label_threshold=config.label_threshold, recent_n=config.recent_n,
+                                  genre_bits=bits)
                     + ") WHERE is_probe")
         users = assemble(con.sql("SELECT * FROM probes WHERE userId IS NOT NULL ORDER BY userId").to_arrow_table(),
-                         genres, config.recent_n).select(list(USER_SIDE))
+                         genres, config.recent_n, bits).select(list(USER_SIDE))
         movies = assemble(con.sql("SELECT * FROM probes WHERE movieId IS NOT NULL ORDER BY movieId")
-                          .to_arrow_table(), genres, config.recent_n).select(list(MOVIE_SIDE))
+                          .to_arrow_table(), genres, config.recent_n, bits).select(list(MOVIE_SIDE))
     return users, movies
 
 
@@ -343,8 +354,9 @@ def compute_samples(dataset: Dataset, config: FeatureConfig | None = None) -> pa
         _register_inputs(con, dataset)
         con.execute("CREATE VIEW events AS SELECT user_id, item_id, rating, label, timestamp, "
                     "FALSE AS is_probe FROM ratings_src")
-        genres = _genres(con)
-        query = feature_sql(genres, label_threshold=config.label_threshold, recent_n=config.recent_n)
+        genres, bits = _genres(con), _genre_bits(con)
+        query = feature_sql(genres, label_threshold=config.label_threshold, recent_n=config.recent_n,
+                            genre_bits=bits)
         table = con.sql(f"SELECT * EXCLUDE (is_probe) FROM ({query}) "
                         "ORDER BY timestamp, userId, movieId").to_arrow_table()
-        return assemble(table, genres, config.recent_n)
+        return assemble(table, genres, config.recent_n, bits)
