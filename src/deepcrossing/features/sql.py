@@ -179,7 +179,7 @@ win AS (
         COUNT(year) OVER w_user AS u_ny,
         SUM(year) OVER w_user AS u_ys,
         SUM(year * year) OVER w_user AS u_yss,
-        COALESCE(SUM(label) OVER w_user, 0) AS u_pos,
+        CAST(COALESCE(SUM(label) OVER w_user, 0) AS BIGINT) AS u_pos,
         MAX(timestamp) OVER w_user AS u_prev,
         COUNT(*) OVER w_movie AS m_n,
         COUNT(rating) OVER w_movie AS m_nr,
@@ -287,15 +287,24 @@ def assemble(batch: "pa.RecordBatch | pa.Table", genres: list[str], recent_n: in
 
     def col(name: str) -> "pa.Array":
         c = batch.column(name)
-        return c.chunk(0) if isinstance(c, pa.ChunkedArray) and c.num_chunks == 1 else (
-            pa.concat_arrays(c.chunks) if isinstance(c, pa.ChunkedArray) else c)
+        return c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
 
     rows = batch.num_rows
+
+    def raw(name: str) -> "np.ndarray":
+        # the int64 values as a zero-copy view, ignoring validity: _npos and _gp* are never NULL, and of the
+        # lags only the first k (never NULL) are read
+        c = col(name)
+        if c.type != pa.int64():
+            c = c.cast(pa.int64())
+        if rows == 0 or c.buffers()[1] is None:
+            return np.zeros(rows, np.int64)
+        return np.frombuffer(c.buffers()[1], dtype=np.int64)[c.offset:c.offset + rows]
+
     n_genres = len(genres)
-    k = np.minimum(col("_npos").fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64), recent_n)
+    k = np.minimum(raw("_npos"), recent_n)
     # userRecentPositives: the first k of the N lags (row-major order keeps each row's items together)
-    lags = np.stack([col(f"_rp{j}").fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-                     for j in range(recent_n)], axis=1) if rows else np.zeros((0, recent_n), np.int64)
+    lags = np.stack([raw(f"_rp{j}") for j in range(recent_n)], axis=1)
     keep = np.arange(recent_n)[None, :] < k[:, None]
     offsets = np.zeros(rows + 1, np.int32)
     np.cumsum(k, out=offsets[1:])
@@ -304,7 +313,7 @@ def assemble(batch: "pa.RecordBatch | pa.Table", genres: list[str], recent_n: in
     counts = np.zeros((rows, n_genres), np.int64)
     mask = (1 << genre_bits) - 1
     for p, pack in enumerate(_genre_packs(n_genres, genre_bits)):
-        packed = col(f"_gp{p}").fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        packed = raw(f"_gp{p}")
         for slot, g in enumerate(pack):
             counts[:, g] = (packed >> (genre_bits * slot)) & mask
     names = pa.array(genres, pa.string())
