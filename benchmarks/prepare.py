@@ -151,7 +151,10 @@ def job(kind: str, args: dict) -> dict:
         result["rows"] = pandas_samples(Path(args["work"]) / "ratings.parquet", Path(args["work"]) / "items.parquet",
                                         Path(args["out"]))
     result["seconds"] = time.perf_counter() - started
-    result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (Linux)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    result["peak_rss_gib"] = usage.ru_maxrss / 2**20  # KiB -> GiB (Linux)
+    # CPU seconds (user + sys, all threads): on a shared machine wall time is noisy, CPU time much less so
+    result["cpu_seconds"] = usage.ru_utime + usage.ru_stime
     return result
 
 
@@ -212,7 +215,7 @@ def main() -> None:
             add(f"{n:,} synthetic: pandas", run_child("pandas", a.pandas_timeout, work=work / "synth-norm",
                                                       out=work / "synth-pandas.parquet"))
     print(f"\nFeature layer benchmark ({os.cpu_count()} CPUs visible, DuckDB threads=2; shared machine, noisy)")
-    print(f"{'job':<40} {'rows':>12} {'wall s':>9} {'peak RSS GiB':>13} {'vs DuckDB':>10}  target")
+    print(f"{'job':<40} {'rows':>12} {'wall s':>9} {'CPU s':>8} {'peak RSS GiB':>13} {'vs DuckDB':>10}  target")
     duck = {}
     for label, res, target in rows:
         if "error" in res:
@@ -224,7 +227,8 @@ def main() -> None:
             duck[base] = res["seconds"]
         if label.endswith("pandas") and base in duck:
             ratio = f"{res['seconds'] / duck[base]:.1f}x"
-        print(f"{label:<40} {res.get('rows', ''):>12} {res['seconds']:>9.1f} {res['peak_rss_gib']:>13.2f} "
+        print(f"{label:<40} {res.get('rows', ''):>12} {res['seconds']:>9.1f} {res.get('cpu_seconds', 0):>8.1f} "
+              f"{res['peak_rss_gib']:>13.2f} "
               f"{ratio:>10}  {target}")
 
 
