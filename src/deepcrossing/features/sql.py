@@ -2,11 +2,14 @@
 
 Every feature of a sample at time t reads only events with ``timestamp < t`` (strictly earlier; ratings in
 the same second are not seen). The query is written in portable window-function style that Spark SQL can also
-run: running aggregates use ``RANGE BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING`` over integer unix seconds,
-the "last N positives" and genre counts come from a per-user numbered stream of positive events (``pos_rank``)
-computed with ``LAG`` / cumulative ``SUM`` windows and joined back on ``(user, number of earlier positives)``:
-no ASOF JOIN and no O(n^2) window. The few DuckDB-only functions are marked ``-- DuckDB:`` with their Spark
-equivalent.
+run: running aggregates over integer unix seconds are "up to t, same-second peers included" minus "the
+peers" (``RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW`` minus ``RANGE BETWEEN CURRENT ROW AND CURRENT
+ROW``; ``RANGE BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING`` only for the latest earlier time), the "last N
+positives" and genre counts come from a per-user numbered stream of positive events (``pos_rank``) computed
+with ``LAG`` / cumulative ``SUM`` windows once per positive event and joined back on ``(user, number of
+earlier positives)``: no ASOF JOIN and no O(n^2) window. The nested columns are assembled from flat state
+columns by :func:`assemble` (vectorized Arrow/numpy; the Spark equivalents are in :func:`feature_sql`).
+DuckDB list indexing ``genres[1]`` is 1-based (Spark: ``element_at(genres, 1)``).
 
 Relations the query expects in the connection:
     events(user_id BIGINT, item_id BIGINT, rating DOUBLE, label TINYINT, timestamp BIGINT, is_probe BOOLEAN)
@@ -101,6 +104,11 @@ def genre_bits(max_positives: int | None) -> int:
     return min(max(int(max_positives).bit_length(), 1), 31)
 
 
+def _before(aggregate: str, window: str) -> str:
+    # the aggregate over rows strictly before t (0 instead of NULL when there are none)
+    return (f"(COALESCE({aggregate} OVER {window}_upto, 0) - COALESCE({aggregate} OVER {window}_peers, 0))")
+
+
 def _genre_packs(n_genres: int, bits: int) -> list[list[int]]:
     # genre indexes per packed BIGINT: 63 // bits counters of `bits` bits each stay below 2^63
     per = max(63 // bits, 1)
@@ -172,26 +180,35 @@ ev AS (
 ),
 win AS (
     SELECT ev.*,
-        COUNT(*) OVER w_user AS u_n,
-        COUNT(rating) OVER w_user AS u_nr,
-        SUM(rating) OVER w_user AS u_s,
-        SUM(rating * rating) OVER w_user AS u_ss,
-        COUNT(year) OVER w_user AS u_ny,
-        SUM(year) OVER w_user AS u_ys,
-        SUM(year * year) OVER w_user AS u_yss,
-        CAST(COALESCE(SUM(label) OVER w_user, 0) AS BIGINT) AS u_pos,
+        {_before("COUNT(*)", "w_user")} AS u_n,
+        {_before("COUNT(rating)", "w_user")} AS u_nr,
+        {_before("SUM(rating)", "w_user")} AS u_s,
+        {_before("SUM(rating * rating)", "w_user")} AS u_ss,
+        {_before("COUNT(year)", "w_user")} AS u_ny,
+        {_before("SUM(year)", "w_user")} AS u_ys,
+        {_before("SUM(year * year)", "w_user")} AS u_yss,
+        CAST({_before("SUM(label)", "w_user")} AS BIGINT) AS u_pos,
         MAX(timestamp) OVER w_user AS u_prev,
-        COUNT(*) OVER w_movie AS m_n,
-        COUNT(rating) OVER w_movie AS m_nr,
-        SUM(rating) OVER w_movie AS m_s,
-        SUM(rating * rating) OVER w_movie AS m_ss,
-        SUM(label) OVER w_movie AS m_pos,
-        MIN(timestamp) OVER w_movie AS m_first
+        {_before("COUNT(*)", "w_movie")} AS m_n,
+        {_before("COUNT(rating)", "w_movie")} AS m_nr,
+        {_before("SUM(rating)", "w_movie")} AS m_s,
+        {_before("SUM(rating * rating)", "w_movie")} AS m_ss,
+        CAST({_before("SUM(label)", "w_movie")} AS BIGINT) AS m_pos,
+        -- the movie's first rating time if it is before t (the sort puts it first in the partition)
+        CASE WHEN FIRST_VALUE(timestamp) OVER w_movie_upto < timestamp
+             THEN FIRST_VALUE(timestamp) OVER w_movie_upto END AS m_first
     FROM ev
+    -- "strictly before t" sums are (running sum up to t, same-second peers included) minus (the peers' sum):
+    -- both frames come from one sort and are much cheaper than a RANGE ... 1 PRECEDING frame per aggregate,
+    -- which is kept only for MAX(timestamp)
     WINDOW w_user AS (PARTITION BY user_id ORDER BY timestamp
                       RANGE BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING),
-           w_movie AS (PARTITION BY item_id ORDER BY timestamp
-                       RANGE BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
+           w_user_upto AS (PARTITION BY user_id ORDER BY timestamp
+                           RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW),
+           w_user_peers AS (PARTITION BY user_id ORDER BY timestamp RANGE BETWEEN CURRENT ROW AND CURRENT ROW),
+           w_movie_upto AS (PARTITION BY item_id ORDER BY timestamp
+                            RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW),
+           w_movie_peers AS (PARTITION BY item_id ORDER BY timestamp RANGE BETWEEN CURRENT ROW AND CURRENT ROW)
 ),
 pos AS (
     -- the user's positive events, numbered in time order; within one second larger movieId first, so that
