@@ -2,6 +2,10 @@
 
 One run measures, and prints as one table:
 
+The service runs ``--workers`` processes (default 1) for the main phases, and with 2 (or 1) for comparison:
+on a 2-core machine the load generator needs a core too, so a second worker raises peak throughput but can
+lengthen the tail.
+
 1. top-10 of 800 candidates at an offered open-loop load of 200 requests/s: p50/p99 (latency measured from
    each request's scheduled send time, so queueing counts: no coordinated omission);
 2. maximum sustained closed-loop throughput, over a sweep of concurrencies (the best one is reported; by
@@ -10,7 +14,8 @@ One run measures, and prints as one table:
 3. the plain full forward pass per candidate vs the split fast path (same closed loop, ratio);
 4. the SQLite store vs the Redis store (same closed loop, ratio);
 5. p50/p99 and requests/s for 100, 800 and 5,000 candidates;
-6. 50,000 requests with a model reload in the middle: errors and dropped requests (both must be 0).
+6. 50,000 requests with a model reload in the middle: errors and dropped requests (both must be 0);
+7. the same service without its per-version user cache (every request computes its user's partial).
 
 The load generator is a small asyncio HTTP/1.1 keep-alive client on raw sockets (cheaper per request than
 httpx, so the 2 shared cores go to the server). Usage::
@@ -203,11 +208,13 @@ def wait_http(port: int, path: str = "/readyz", timeout: float = 120.0) -> None:
 class Service:
     """``deepcrossing serve`` in its own process."""
 
-    def __init__(self, model: Path, store: str, token: str = "bench-token") -> None:
+    def __init__(self, model: Path, store: str, token: str = "bench-token", workers: int = 1,
+                 extra: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         self.token = token
+        self.workers = workers
         cmd = [PY, "-m", "deepcrossing.cli", "serve", "--model", str(model), "--store", store,
-               "--port", str(self.port), "--admin-token", token]
+               "--port", str(self.port), "--admin-token", token, "--workers", str(workers), *extra]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             wait_http(self.port)
@@ -278,9 +285,17 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="epochs when training the benchmark model")
     parser.add_argument("--reload-requests", type=int, default=50_000)
     parser.add_argument("--phase-seconds", type=float, default=6.0)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="server worker processes for the main phases (the other of 1 and 2 is measured too)")
     parser.add_argument("--quick", action="store_true", help="short phases (smoke test)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
     args = parser.parse_args()
+    try:  # the load generator shares the cores with the service: the cheaper event loop
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:
+        pass
     if args.quick:
         args.phase_seconds, args.reload_requests = 2.0, 2000
 
@@ -327,34 +342,62 @@ def main() -> None:
 
         rows: list[tuple[str, str, Result | None, str]] = []
         secs = args.phase_seconds
-        svc = Service(model, sqlite_url)
+        n_users = len(users)
+
+        def warm(port: int) -> None:
+            """Every user about 6 times over 8 connections, so that each worker's per-version user cache has
+            almost every user (connections stick to the worker that accepted them), then a second of load."""
+            asyncio.run(closed_loop(port, lambda i: get(f"/recommend/{users[i % n_users]}?k=10"), 8,
+                                    n_requests=6 * n_users))
+            asyncio.run(closed_loop(port, rec(), 4, seconds=1.0))
+
+        # the other worker count first, for comparison: more workers use both cores for the service, but the
+        # load generator runs on the same cores and needs them too
+        alt = 2 if args.workers == 1 else 1
+        alt_setup = f"sqlite, {alt} worker{'s' if alt > 1 else ''}"
+        svc1 = Service(model, sqlite_url, workers=alt)
+        services.append(svc1)
+        warm(svc1.port)
+        one = {"open200": asyncio.run(open_loop(svc1.port, rec(), 200, max(secs, 5.0)))}
+        for c in (2, 4, 8):
+            one[c] = asyncio.run(closed_loop(svc1.port, rec(), c, seconds=secs))
+        svc1.stop()
+        services.remove(svc1)
+        rows.append(("open loop 200 req/s, top-10 of 800", alt_setup, one["open200"], "offered 200/s"))
+        best1 = max((2, 4, 8), key=lambda c: one[c].rps)
+        for c in (2, 4, 8):
+            rows.append((f"closed loop c={c}, top-10 of 800", alt_setup, one[c],
+                         f"<- max, {alt} worker{'s' if alt > 1 else ''}" if c == best1 else ""))
+
+        svc = Service(model, sqlite_url, workers=args.workers)
         services.append(svc)
         port = svc.port
-        asyncio.run(closed_loop(port, rec(), 4, seconds=1.0))  # warm up
+        setup = f"sqlite, {args.workers} worker{'s' if args.workers > 1 else ''}"
+        warm(port)
 
         open200 = asyncio.run(open_loop(port, rec(), 200, max(secs, 5.0)))
-        rows.append(("open loop 200 req/s, top-10 of 800", "sqlite, fast", open200, "offered 200/s"))
+        rows.append(("open loop 200 req/s, top-10 of 800", setup, open200, "offered 200/s"))
 
         sweep = {}
         for c in (1, 2, 4, 8, 16):
             sweep[c] = asyncio.run(closed_loop(port, rec(), c, seconds=secs))
         best_c = max(sweep, key=lambda c: sweep[c].rps)
         for c, r in sweep.items():
-            rows.append((f"closed loop c={c}, top-10 of 800", "sqlite, fast", r,
+            rows.append((f"closed loop c={c}, top-10 of 800", setup, r,
                          "<- max throughput" if c == best_c else ""))
 
-        conc = 4
+        conc = best_c
         fast_c = sweep[conc]
         plain_c = asyncio.run(closed_loop(port, rec(800, "plain"), conc, seconds=secs))
-        rows.append((f"closed loop c={conc}, plain full forward", "sqlite, plain", plain_c,
+        rows.append((f"closed loop c={conc}, plain full forward", setup + ", plain", plain_c,
                      f"fast/plain req/s {fast_c.rps / plain_c.rps:.2f}x"))
         by_cands = {}
         for n in (100, 800, 5000):
             by_cands[n] = asyncio.run(closed_loop(port, rec(n), conc, seconds=secs))
-            rows.append((f"closed loop c={conc}, {n} candidates", "sqlite, fast", by_cands[n], ""))
+            rows.append((f"closed loop c={conc}, {n} candidates", setup, by_cands[n], ""))
         for n in (100, 800, 5000):
             by_cands[f"open{n}"] = asyncio.run(open_loop(port, rec(n), 100, max(secs / 2, 3.0)))
-            rows.append((f"open loop 100 req/s, {n} candidates", "sqlite, fast", by_cands[f"open{n}"], ""))
+            rows.append((f"open loop 100 req/s, {n} candidates", setup, by_cands[f"open{n}"], ""))
 
         # 50,000 requests with a model reload in the middle (to a copy of the folder: another path, same bytes)
         reload_status = []
@@ -372,28 +415,42 @@ def main() -> None:
                 asyncio.get_running_loop().create_task(do())
 
         big = asyncio.run(closed_loop(port, rec(), 8, n_requests=args.reload_requests, on_count=reload_at))
-        rows.append((f"{args.reload_requests:,} requests, reload mid-run", "sqlite, fast, c=8", big,
+        rows.append((f"{args.reload_requests:,} requests, reload mid-run", setup + ", c=8", big,
                      f"reload {reload_status[0][0] if reload_status else 'not sent'} in "
                      f"{reload_status[0][1]:.2f} s" if reload_status else "reload not sent"))
         svc.stop()
         services.remove(svc)
 
+        # no user cache: every request computes its user's partial from the store record (~2 ms more CPU)
+        nocache = Service(model, sqlite_url, workers=args.workers, extra=("--user-cache", "0"))
+        services.append(nocache)
+        asyncio.run(closed_loop(nocache.port, rec(), 4, seconds=1.0))
+        nc_open = asyncio.run(open_loop(nocache.port, rec(), 200, max(secs, 5.0)))
+        rows.append(("open loop 200 req/s, top-10 of 800", setup + ", no user cache", nc_open, ""))
+        nc_closed = asyncio.run(closed_loop(nocache.port, rec(), conc, seconds=secs))
+        rows.append((f"closed loop c={conc}, top-10 of 800", setup + ", no user cache", nc_closed,
+                     f"cache/no cache req/s {fast_c.rps / nc_closed.rps:.2f}x"))
+        nocache.stop()
+        services.remove(nocache)
+
         scorer_ms = scorer_timing(model, sqlite_url)
 
         redis_c = None
         if redis_url:
-            rsvc = Service(model, redis_url)
+            rsvc = Service(model, redis_url, workers=args.workers)
             services.append(rsvc)
-            asyncio.run(closed_loop(rsvc.port, rec(), 4, seconds=1.0))
+            warm(rsvc.port)
             redis_open = asyncio.run(open_loop(rsvc.port, rec(), 200, max(secs, 5.0)))
-            rows.append(("open loop 200 req/s, top-10 of 800", "redis, fast", redis_open, ""))
+            rsetup = f"redis, {args.workers} worker{'s' if args.workers > 1 else ''}"
+            rows.append(("open loop 200 req/s, top-10 of 800", rsetup, redis_open, ""))
             redis_c = asyncio.run(closed_loop(rsvc.port, rec(), conc, seconds=secs))
-            rows.append((f"closed loop c={conc}, top-10 of 800", "redis, fast", redis_c,
+            rows.append((f"closed loop c={conc}, top-10 of 800", rsetup, redis_c,
                          f"sqlite/redis req/s {fast_c.rps / redis_c.rps:.2f}x"))
             rsvc.stop()
             services.remove(rsvc)
 
-        print_table(rows, meta, best_c, sweep[best_c], scorer_ms, big, reload_status)
+        print_table(rows, meta, best_c, sweep[best_c], scorer_ms, big, reload_status, open200, args.workers,
+                    one[best1], best1, alt)
         if args.json:
             args.json.write_text(json.dumps({
                 "rows": [{"phase": a, "setup": b, "n": r.n, "p50_ms": r.pct(50), "p99_ms": r.pct(99),
@@ -408,7 +465,8 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def print_table(rows, meta, best_c, best, scorer_ms, big, reload_status) -> None:
+def print_table(rows, meta, best_c, best, scorer_ms, big, reload_status, open200, workers, best_one,
+                c_one, alt) -> None:
     print(f"\nserving benchmark: {os.cpu_count()} cores (shared), {meta['n_users']:,} users, "
           f"{meta['n_movies']:,} movies, {meta['n_candidates']:,} candidates published; HTTP over loopback, "
           "service and load generator in separate processes\n")
@@ -424,11 +482,11 @@ def print_table(rows, meta, best_c, best, scorer_ms, big, reload_status) -> None
             f"{scorer_ms['fast'] / scorer_ms['fast_onnx']:.2f}x)") if "fast_onnx" in scorer_ms else ""
     print(f"ranking call alone (no HTTP, 800 candidates, 1 thread, median): fast {scorer_ms['fast']:.2f} ms, plain "
           f"{scorer_ms['plain']:.2f} ms (plain/fast {scorer_ms['plain'] / scorer_ms['fast']:.1f}x){onnx}")
-    print(f"max sustained closed-loop throughput: {best.rps:.0f} req/s at concurrency {best_c} "
-          f"(Little's law: mean latency ~ {best_c} / {best.rps:.0f} = {1000 * best_c / best.rps:.1f} ms)")
+    print(f"max sustained closed-loop throughput: {best.rps:.0f} req/s at concurrency {best_c} with {workers} "
+          f"worker(s) (Little's law: mean latency ~ {best_c} / {best.rps:.0f} = {1000 * best_c / best.rps:.1f} ms); "
+          f"{alt} worker(s): {best_one.rps:.0f} req/s at concurrency {c_one} ({best_one.rps / best.rps:.2f}x)")
     print(f"reload under load: {big.n:,} requests, {big.errors} errors, {big.dropped} dropped; reload "
           f"answered {reload_status[0][0] if reload_status else '-'}")
-    open200 = rows[0][2]
     print("targets: p99 < 10 ms at 200 req/s open loop: "
           f"{'met' if open200.pct(99) < 10 and open200.rps > 190 else 'NOT met'} ({open200.pct(99):.1f} ms); "
           f">= 500 req/s closed loop: {'met' if best.rps >= 500 else 'NOT met'} ({best.rps:.0f} req/s); "

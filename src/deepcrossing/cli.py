@@ -419,28 +419,56 @@ def serve_cmd(
     admin_token: Annotated[Optional[str], typer.Option(
         "--admin-token", envvar="DEEPCROSSING_ADMIN_TOKEN",
         help="Bearer token for /admin (required to use /admin when --host is not loopback).")] = None,
-    threads: Annotated[int, typer.Option(help="Torch intra-op threads for scoring.")] = 1,
+    threads: Annotated[int, typer.Option(help="Torch intra-op threads for scoring, per worker.")] = 1,
+    workers: Annotated[int, typer.Option(
+        min=1, help="Server processes (one per core is fastest; each loads the model and the store snapshot). "
+                    "/admin/reload reaches all of them.")] = 1,
+    user_cache: Annotated[int, typer.Option(
+        min=0, help="Users whose request-side partial each worker keeps per model and store version (exact; "
+                    "0 = off).")] = 100_000,
+    score_in_threads: Annotated[bool, typer.Option(
+        "--score-in-threads", help="Rank in uvicorn's thread pool instead of on the event loop (slower "
+                                   "for ~1 ms ranking calls; see ServingSettings).")] = False,
     backend: Annotated[str, typer.Option(
         help="torch, or onnx: ONNX Runtime for the per-candidate part of the fast path (onnx extra).")] = "torch",
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
 ) -> None:
     """Run the ranking service (FastAPI + uvicorn): /recommend, /score, /users, /movies, /metrics, web page."""
+    import shutil
+    import tempfile
+
     import uvicorn
 
-    from deepcrossing.serving.app import create_app
+    from deepcrossing.serving.app import ENV_SETTINGS, create_app
+    from deepcrossing.serving.control import Control
     from deepcrossing.serving.publish import default_store_url
     from deepcrossing.serving.settings import ServingSettings
 
-    set_threads(threads)
     url = store or default_store_url(model)
-    settings = ServingSettings(model_dir=model, store_url=url, host=host, admin_token=admin_token,
-                               backend=backend)
-    out.print(f"serving {model} with store {url} on http://{host}:{port}/ (web page: /ui/, metrics: /metrics)",
-              highlight=False, soft_wrap=True)
+    control_dir = Path(tempfile.mkdtemp(prefix="deepcrossing-serve-")) if workers > 1 else None
+    settings = ServingSettings(model_dir=model.resolve(), store_url=url, host=host, admin_token=admin_token,
+                               backend=backend, threads=threads, workers=workers, control_dir=control_dir,
+                               score_in_threads=score_in_threads, user_cache=user_cache)
+    procs = f" in {workers} worker processes" if workers > 1 else ""
+    out.print(f"serving {model} with store {url} on http://{host}:{port}/{procs} (web page: /ui/, metrics: "
+              "/metrics)", highlight=False, soft_wrap=True)
     if not settings.loopback and admin_token is None:
         out.print("note: /admin is refused on a non-loopback host without --admin-token", highlight=False, soft_wrap=True)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, access_log=False)
-
+    if control_dir is None:
+        set_threads(threads)
+        uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, access_log=False)
+        return
+    # Several processes: uvicorn starts (and restarts) the workers; each builds its app from the settings in
+    # the environment, and they coordinate reloads and metrics through the control folder.
+    control = Control(control_dir)
+    control.prometheus_dir.mkdir()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(control.prometheus_dir)
+    os.environ[ENV_SETTINGS] = settings.to_json()
+    try:
+        uvicorn.run("deepcrossing.serving.app:app_from_env", factory=True, workers=workers, host=host,
+                    port=port, log_level=log_level, access_log=False)
+    finally:
+        shutil.rmtree(control_dir, ignore_errors=True)
 
 @app.command("recommend")
 def recommend_cmd(

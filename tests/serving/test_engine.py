@@ -47,3 +47,19 @@ def test_publish_swaps_the_whole_snapshot(models, records, tmp_path):
     assert engine.recommend(users[20][0], k=3)["known"] is False  # not in version 2: cold start
     assert engine.recommend(users[5][0], k=3, candidates=800)["candidates"] <= 50
     store.close()
+
+
+def test_user_cache_is_exact_and_can_be_turned_off(models, records, tmp_path):
+    users, movies, candidates, meta = records
+    store = SQLiteStore(tmp_path / "f.db")
+    store.publish(users, movies, candidates, meta)
+    cached = Engine.open(models["root"] / "m0", store)
+    uncached = Engine.open(models["root"] / "m0", store, user_cache=0)
+    heavy = max(users, key=lambda kv: len(kv[1]["rated"]))[0]
+    for user_id in (heavy, users[0][0], users[7][0], 10**12):  # 10**12: unknown, cold start
+        first = cached.recommend(user_id, k=20)
+        assert cached.recommend(user_id, k=20) == first == uncached.recommend(user_id, k=20)
+        rated = set(dict(users).get(user_id, {"rated": []})["rated"])
+        assert not rated & {item["movieId"] for item in first["items"]}  # what the user rated is excluded
+    assert len(cached.state.user_parts) == 4 and len(uncached.state.user_parts) == 0
+    store.close()

@@ -17,6 +17,7 @@ import contextlib
 import gc
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -29,6 +30,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from deepcrossing.errors import InputError
+from deepcrossing.serving.control import Control
 from deepcrossing.serving.engine import Engine
 from deepcrossing.serving.metrics import ServiceMetrics
 from deepcrossing.serving.routers import admin, catalog, health, ranking
@@ -113,8 +115,14 @@ def create_app(settings: ServingSettings, *, loader: Callable[[Path], Any] | Non
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        eng = Engine(open_store(settings.store_url), loader=loader, backend=settings.backend)
-        await run_in_threadpool(eng.load_model, settings.model_dir)
+        eng = Engine(open_store(settings.store_url), loader=loader, backend=settings.backend,
+                     user_cache=settings.user_cache)
+        control = Control(settings.control_dir) if settings.control_dir is not None else None
+        wanted = control.read() if control is not None else None   # a reload that happened before we started
+        app.state.control = control
+        app.state.model_generation = wanted[0] if wanted else None
+        app.state.reload_lock = asyncio.Lock()   # one model swap at a time (admin call or poller)
+        await run_in_threadpool(eng.load_model, wanted[1] if wanted else settings.model_dir)
         try:
             await run_in_threadpool(eng.refresh)
         except (StoreError, StoreUnavailable) as exc:  # serve 503 until the store is usable; poller retries
@@ -134,6 +142,7 @@ def create_app(settings: ServingSettings, *, loader: Callable[[Path], Any] | Non
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
             eng.store.close()
+            metrics.worker_exit()
 
     app = FastAPI(title="deepcrossing ranking service", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.settings = settings
@@ -181,7 +190,8 @@ def create_app(settings: ServingSettings, *, loader: Callable[[Path], Any] | Non
 
 
 async def _poll(app: FastAPI, engine: Engine, metrics: ServiceMetrics, interval: float) -> None:
-    """Adopt newly published store versions (verified first); keep serving the old one on any error."""
+    """Adopt newly published store versions (verified first) and, with several workers, the model another
+    worker was told to reload; keep serving the old ones on any error."""
     while True:
         await asyncio.sleep(interval)
         try:
@@ -190,5 +200,31 @@ async def _poll(app: FastAPI, engine: Engine, metrics: ServiceMetrics, interval:
             state = engine.state
             if state is not None and state.snapshot is not None:
                 metrics.store_version.set(state.snapshot.version)
+            control: Control | None = app.state.control
+            if control is not None:
+                async with app.state.reload_lock:
+                    wanted = control.read()
+                    if wanted is not None and wanted[0] != app.state.model_generation:
+                        state = await run_in_threadpool(engine.reload, wanted[1])
+                        app.state.model_generation = wanted[0]
+                        metrics.set_model(str(state.model_dir), state.model_version)
+                        log.info("serving model %s (reloaded by another worker)", state.model_dir)
         except Exception as exc:  # noqa: BLE001 - the poller must survive a store outage
             engine.last_error = f"{type(exc).__name__}: {exc}"
+
+
+ENV_SETTINGS = "DEEPCROSSING_SERVE_SETTINGS"
+
+
+def app_from_env() -> FastAPI:
+    """The app of one worker process of ``deepcrossing serve --workers N`` (uvicorn's ``factory=True``):
+    settings from the ``DEEPCROSSING_SERVE_SETTINGS`` JSON the serve command set."""
+    import torch
+
+    text = os.environ.get(ENV_SETTINGS)
+    if not text:
+        raise InputError(f"{ENV_SETTINGS} is not set; start workers with `deepcrossing serve --workers N`",
+                         field=ENV_SETTINGS)
+    settings = ServingSettings.from_json(text)
+    torch.set_num_threads(settings.threads)
+    return create_app(settings)

@@ -341,18 +341,23 @@ class SQLiteStore(FeatureStore):
 
     def _select(self, version: int | None, sql: str, args: Sequence = ()) -> tuple[int, list]:
         conn = self._conn()
-        conn.execute("BEGIN")
+        if version is not None:  # one statement is a consistent read on its own: no transaction round trips
+            return int(version), self._fetch(conn, int(version), sql, args)
+        conn.execute("BEGIN")  # pointer and rows from the same snapshot
         try:
             v = self._resolve(conn, version)
-            try:
-                rows = conn.execute(sql.format(v=v), args).fetchall()
-            except sqlite3.OperationalError as exc:
-                if "no such table" in str(exc):
-                    raise VersionGone(f"{self.url}: version {v} is gone") from exc
-                raise
+            rows = self._fetch(conn, v, sql, args)
         finally:
             conn.execute("COMMIT")
         return v, rows
+
+    def _fetch(self, conn: sqlite3.Connection, v: int, sql: str, args: Sequence) -> list:
+        try:
+            return conn.execute(sql.format(v=v), args).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                raise VersionGone(f"{self.url}: version {v} is gone") from exc
+            raise
 
     def read_user(self, user_id: int) -> tuple[int, dict | None]:
         v, rows = self._select(None, "SELECT data FROM dc_users_v{v} WHERE id = ?", (int(user_id),))

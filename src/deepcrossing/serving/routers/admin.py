@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
@@ -24,10 +24,19 @@ class ReloadRequest(BaseModel):
 
 
 @router.post("/reload")
-async def reload(body: ReloadRequest, engine: Engine = Depends(get_engine),
+async def reload(body: ReloadRequest, request: Request, engine: Engine = Depends(get_engine),
                  metrics: ServiceMetrics = Depends(get_metrics)) -> JSONResponse:
-    """Load the folder off the event loop, then swap: requests in flight finish on the old model."""
-    state = await run_in_threadpool(engine.reload, Path(body.model_dir))
-    metrics.set_model(str(state.model_dir), state.model_version)
+    """Load the folder off the event loop, then swap: requests in flight finish on the old model.
+
+    With several worker processes, this worker swaps first (so a bad folder fails here, with nothing
+    changed anywhere), then tells the others through the control folder; they swap within one poll interval.
+    """
+    async with request.app.state.reload_lock:
+        state = await run_in_threadpool(engine.reload, Path(body.model_dir))
+        metrics.set_model(str(state.model_dir), state.model_version)
+        control = request.app.state.control
+        if control is not None:
+            request.app.state.model_generation = await run_in_threadpool(control.write_model, state.model_dir)
     return JSONResponse({"reloaded": True, "modelDir": str(state.model_dir),
-                         "modelVersion": state.model_version})
+                         "modelVersion": state.model_version,
+                         "workers": request.app.state.settings.workers})
