@@ -29,17 +29,22 @@ def tables(records, user_index=0):
 def test_fast_path_equals_plain_forward(synth_data, records, mlp, make_loaded):
     scorer = Scorer(make_loaded(synth_data["samples"], mlp=mlp, steps=10))
     user, movies, user_schema, _ = tables(records, user_index=5)
-    cold = pa.Table.from_pylist([empty_features(user_schema, "userId", 0)], schema=user_schema)
-    items = scorer.items(join_user_movies(cold, movies))
+    # as the engine calls it: the movie table and the one-row user table, each encoded on its own side
+    items = scorer.items(movies)
+    part = scorer.user(user)
     assert items.p.shape[0] == movies.num_rows == 2000
     rows = np.array([3, 0, 1999, 17, 17, 500])
-    fast = scorer.fast(scorer.user(join_user_movies(user, movies.slice(0, 1))), items, rows)
+    fast = scorer.fast(part, items, rows)
     plain = scorer.plain(join_user_movies(user, movies.take(pa.array(rows))))
     assert fast.shape == (6,)
     torch.testing.assert_close(fast, plain, atol=1e-5, rtol=0)
     assert fast.std() > 1e-3  # not a constant: the movies really differ
-    everything = scorer.fast(scorer.user(join_user_movies(user, movies.slice(0, 1))), items, np.arange(2000))
+    everything = scorer.fast(part, items, np.arange(2000))
     torch.testing.assert_close(everything, scorer.plain(join_user_movies(user, movies)), atol=1e-5, rtol=0)
+    # joined tables (every column present) give the same partials
+    cold = pa.Table.from_pylist([empty_features(user_schema, "userId", 0)], schema=user_schema)
+    torch.testing.assert_close(scorer.items(join_user_movies(cold, movies)).p, items.p)
+    torch.testing.assert_close(scorer.user(join_user_movies(user, movies.slice(0, 1))).p, part.p)
 
 
 def test_cold_start_user_and_oov_movie(synth_data, records, make_loaded):

@@ -160,12 +160,15 @@ class Encoder:
 
     # ------------------------------------------------------------ transform
 
-    def transform(self, table: pa.Table, source: str | Path | None = None) -> Batch:
+    def transform(self, table: pa.Table, source: str | Path | None = None,
+                  only: Collection[str] | None = None) -> Batch:
         """Encode ``table`` (any split) with the fitted state; unseen values go to the OOV row.
 
         Args:
             table: sample rows with the spec's columns (a ``label`` column is optional).
             source: the file the table came from, for error messages.
+            only: encode just these features; the others get zeros / the padding row and need no column
+                (the serving scorer encodes the user side and the movie side separately).
 
         Returns:
             A :class:`Batch` of B = ``table.num_rows`` rows on the CPU.
@@ -173,6 +176,16 @@ class Encoder:
         n = table.num_rows
         dense_cols, sparse, bags, bag_weights = [], {}, {}, {}
         for f in self.spec.features:
+            if only is not None and f.name not in only:
+                if f.kind == "numeric" and f.transform != "buckets":
+                    dense_cols.append(np.zeros(n, np.float32))
+                elif f.is_bag:
+                    bags[f.name] = torch.zeros((n, self.bag_len_[f.name]), dtype=torch.long)
+                    if f.weights_from is not None:
+                        bag_weights[f.name] = torch.zeros((n, self.bag_len_[f.name]), dtype=torch.float32)
+                else:
+                    sparse[f.name] = torch.zeros(n, dtype=torch.long)
+                continue
             arr = _column(table, f.name, source)
             if f.kind == "numeric" and f.transform != "buckets":
                 dense_cols.append(self.normalizers_[f.name].transform(arr))

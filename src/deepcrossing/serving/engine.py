@@ -237,8 +237,7 @@ class Engine:
         records = sorted(self.store.iter_movies(version=version), key=lambda kv: kv[0])
         movie_ids = np.fromiter((k for k, _ in records), dtype=np.int64, count=len(records))
         movie_table = pa.Table.from_pylist([r["features"] for _, r in records], schema=movie_schema)
-        cold = pa.Table.from_pylist([empty_features(user_schema, "userId", 0)], schema=user_schema)
-        items = scorer.items(join_user_movies(cold, movie_table))
+        items = scorer.items(movie_table)
         row_of = {int(m): i for i, m in enumerate(movie_ids)}
         candidates = self.store.get_candidates(version=version)
         candidate_rows = np.fromiter((row_of[c] for c in candidates if c in row_of), dtype=np.int64)
@@ -277,12 +276,10 @@ class Engine:
         return pa.Table.from_pylist([features], schema=snap.user_schema)
 
     def _user_part(self, state: State, user_id: int, record: dict | None) -> UserPart:
-        """The user's partial, from the state's cache or computed (the movie columns of the joined row are
-        ignored, any movie does)."""
+        """The user's partial, from the state's cache or computed from the record (user columns only)."""
         part = state.user_parts.get(user_id)
         if part is None:
-            table = self._user_table(state, user_id, record)
-            part = state.scorer.user(join_user_movies(table, state.snapshot.movie_table.slice(0, 1)))
+            part = state.scorer.user(self._user_table(state, user_id, record))
             if self.user_cache:
                 if len(state.user_parts) >= self.user_cache:
                     state.user_parts.clear()
@@ -341,8 +338,7 @@ class Engine:
             unknown = [int(m) for m, ok in zip(movie_ids, known) if not ok]
             movies = pa.Table.from_pylist([empty_features(snap.movie_schema, "movieId", m) for m in unknown],
                                           schema=snap.movie_schema)
-            cold = pa.Table.from_pylist([empty_features(snap.user_schema, "userId", 0)], schema=snap.user_schema)
-            extra = state.scorer.items(join_user_movies(cold, movies))
+            extra = state.scorer.items(movies)
             scores[~known] = _sigmoid(state.scorer.fast(user_part, extra, np.arange(len(unknown))))
         return {"userId": int(user_id), "known": record is not None, "storeVersion": snap.version,
                 "modelVersion": state.model_version,

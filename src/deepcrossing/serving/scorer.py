@@ -114,22 +114,23 @@ class Scorer:
 
     # ---- shared pieces ----
     @torch.inference_mode()
-    def stacked(self, table: pa.Table) -> Tensor:
-        """(B, S) stacked vectors of a table holding every spec column."""
-        batch = self.encoder.transform(table)
+    def stacked(self, table: pa.Table, only: tuple[str, ...] | None = None) -> Tensor:
+        """(B, S) stacked vectors of a table holding every spec column (or the ``only`` ones; the other
+        features' columns then hold padding and are masked by the callers)."""
+        batch = self.encoder.transform(table, only=only)
         return self.stacking(self.embedding(batch), batch.dense)
 
     @torch.inference_mode()
     def items(self, table: pa.Table) -> ItemPart:
-        """Item-side partials of every row of ``table`` (item columns real, others any valid value)."""
-        x = self.stacked(table).masked_fill(~self.item_mask, 0.0).contiguous()   # (M, S)
-        return ItemPart(x=x, p=x @ self.first.weight.T)                         # (M, H)
+        """Item-side partials of every row of ``table`` (a movie table: the item-side columns are read)."""
+        x = self.stacked(table, self.item_columns).masked_fill(~self.item_mask, 0.0).contiguous()   # (M, S)
+        return ItemPart(x=x, p=x @ self.first.weight.T)                                              # (M, H)
 
     @torch.inference_mode()
     def user(self, table: pa.Table) -> UserPart:
-        """User/context partial of a one-row table (its item columns any valid value)."""
-        x = self.stacked(table)[0].masked_fill(self.item_mask, 0.0)             # (S,)
-        return UserPart(x=x, p=self.first.weight @ x + self.first.bias)         # (H,)
+        """User/context partial of a one-row table (a user table: the request-side columns are read)."""
+        x = self.stacked(table, self.request_columns)[0].masked_fill(self.item_mask, 0.0)           # (S,)
+        return UserPart(x=x, p=self.first.weight @ x + self.first.bias)                              # (H,)
 
     @torch.inference_mode()
     def fast(self, user: UserPart, items: ItemPart, rows: Tensor | np.ndarray) -> Tensor:
