@@ -2,10 +2,6 @@
 
 One run measures, and prints as one table:
 
-The service runs ``--workers`` processes (default 1) for the main phases, and with 2 (or 1) for comparison:
-on a 2-core machine the load generator needs a core too, so a second worker raises peak throughput but can
-lengthen the tail.
-
 1. top-10 of 800 candidates at an offered open-loop load of 200 requests/s: p50/p99 (latency measured from
    each request's scheduled send time, so queueing counts: no coordinated omission);
 2. maximum sustained closed-loop throughput, over a sweep of concurrencies (the best one is reported; by
@@ -16,6 +12,10 @@ lengthen the tail.
 5. p50/p99 and requests/s for 100, 800 and 5,000 candidates;
 6. 50,000 requests with a model reload in the middle: errors and dropped requests (both must be 0);
 7. the same service without its per-version user cache (every request computes its user's partial).
+
+The service runs ``--workers`` processes (default 1) for the main phases, and with 2 (or 1) for comparison:
+on a 2-core machine the load generator needs a core too, so a second worker raises peak throughput but can
+lengthen the tail.
 
 The load generator is a small asyncio HTTP/1.1 keep-alive client on raw sockets (cheaper per request than
 httpx, so the 2 shared cores go to the server). Usage::
@@ -185,6 +185,11 @@ async def open_loop(port: int, paths, rate: float, seconds: float, pool: int = 6
 # ------------------------------------------------------------------ processes
 
 
+def workers_label(store: str, n: int) -> str:
+    """``sqlite, 1 worker`` / ``redis, 2 workers``: the setup column of the table."""
+    return f"{store}, {n} worker{'s' if n > 1 else ''}"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -212,7 +217,6 @@ class Service:
                  extra: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         self.token = token
-        self.workers = workers
         cmd = [PY, "-m", "deepcrossing.cli", "serve", "--model", str(model), "--store", store,
                "--port", str(self.port), "--admin-token", token, "--workers", str(workers), *extra]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -354,7 +358,7 @@ def main() -> None:
         # the other worker count first, for comparison: more workers use both cores for the service, but the
         # load generator runs on the same cores and needs them too
         alt = 2 if args.workers == 1 else 1
-        alt_setup = f"sqlite, {alt} worker{'s' if alt > 1 else ''}"
+        alt_setup = workers_label("sqlite", alt)
         svc1 = Service(model, sqlite_url, workers=alt)
         services.append(svc1)
         warm(svc1.port)
@@ -367,12 +371,12 @@ def main() -> None:
         best1 = max((2, 4, 8), key=lambda c: one[c].rps)
         for c in (2, 4, 8):
             rows.append((f"closed loop c={c}, top-10 of 800", alt_setup, one[c],
-                         f"<- max, {alt} worker{'s' if alt > 1 else ''}" if c == best1 else ""))
+                         f"<- max, {alt_setup}" if c == best1 else ""))
 
         svc = Service(model, sqlite_url, workers=args.workers)
         services.append(svc)
         port = svc.port
-        setup = f"sqlite, {args.workers} worker{'s' if args.workers > 1 else ''}"
+        setup = workers_label("sqlite", args.workers)
         warm(port)
 
         open200 = asyncio.run(open_loop(port, rec(), 200, max(secs, 5.0)))
@@ -421,7 +425,7 @@ def main() -> None:
         svc.stop()
         services.remove(svc)
 
-        # no user cache: every request computes its user's partial from the store record (~2 ms more CPU)
+        # no user cache: every request computes its user's partial from the store record (~0.8 ms more CPU)
         nocache = Service(model, sqlite_url, workers=args.workers, extra=("--user-cache", "0"))
         services.append(nocache)
         asyncio.run(closed_loop(nocache.port, rec(), 4, seconds=1.0))
@@ -441,7 +445,7 @@ def main() -> None:
             services.append(rsvc)
             warm(rsvc.port)
             redis_open = asyncio.run(open_loop(rsvc.port, rec(), 200, max(secs, 5.0)))
-            rsetup = f"redis, {args.workers} worker{'s' if args.workers > 1 else ''}"
+            rsetup = workers_label("redis", args.workers)
             rows.append(("open loop 200 req/s, top-10 of 800", rsetup, redis_open, ""))
             redis_c = asyncio.run(closed_loop(rsvc.port, rec(), conc, seconds=secs))
             rows.append((f"closed loop c={conc}, top-10 of 800", rsetup, redis_c,
