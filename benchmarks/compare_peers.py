@@ -141,7 +141,6 @@ class Features:
 
     def numerics(self, table) -> np.ndarray:
         """(N, n_numeric) float64, NaN where missing."""
-        import pyarrow.compute as pc
 
         cols = []
         for c in self.numeric:

@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 __all__ = ["DeepCrossingError", "InputError", "__version__", "load"]
 
 
-def load(model_dir):  # noqa: ANN001, ANN201 - thin re-export, see training.artifact.load
+def load(model_dir):
     """Load a trained model folder (``model.safetensors`` + ``manifest.json``); see ``training.artifact.load``."""
     from deepcrossing.training.artifact import load as _load
 

@@ -39,7 +39,7 @@ class Server:
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            def do_GET(self) -> None:
                 outer.hits.append(self.path)
                 body = outer.routes.get(self.path)
                 if body is None:

@@ -14,6 +14,7 @@ import deepcrossing
 from deepcrossing.config import ModelConfig, TrainConfig
 from deepcrossing.encoding import Encoder
 from deepcrossing.errors import InputError
+from deepcrossing.hashing import file_sha256
 from deepcrossing.model import DeepCrossing
 from deepcrossing.training import artifact
 from deepcrossing.training.export import export_model, flat_inputs, layout
@@ -95,7 +96,7 @@ def test_wrong_tensors_fail_with_the_tensor_name(saved, tmp_path, change):
         state["surprise.weight"] = torch.zeros(1)
     save_file(state, str(folder / "model.safetensors"))
     manifest = json.loads((folder / "manifest.json").read_text())
-    manifest["weights_sha256"] = artifact._sha256(folder / "model.safetensors")
+    manifest["weights_sha256"] = file_sha256(folder / "model.safetensors")
     (folder / "manifest.json").write_text(json.dumps(manifest))
     name = {"shape": "embedding.tables.movie.weight", "missing": "scoring.linear.weight",
             "extra": "surprise.weight"}[change]

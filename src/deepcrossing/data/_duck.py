@@ -9,35 +9,15 @@ by DuckDB's ``store_rejects`` with their 1-based line numbers; the other checks 
 from __future__ import annotations
 
 import bisect
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 
+from deepcrossing.duck import connect, ident, sql_str
 from deepcrossing.errors import InputError
 
-MEMORY_LIMIT = os.environ.get("DEEPCROSSING_DUCKDB_MEMORY", "1500MB")
-THREADS = int(os.environ.get("DEEPCROSSING_DUCKDB_THREADS", "2"))
-
-
-def connect(temp_dir: Path) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with 2 threads, a memory cap and a spill folder (bounded RSS)."""
-    temp_dir.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(config={"threads": THREADS, "memory_limit": MEMORY_LIMIT,
-                                 "temp_directory": str(temp_dir), "preserve_insertion_order": True})
-    con.execute("SET TimeZone='UTC'; SET enable_progress_bar = false")
-    return con
-
-
-def sql_str(value: str | Path) -> str:
-    """Quote a value as an SQL string literal."""
-    return "'" + str(value).replace("'", "''") + "'"
-
-
-def ident(name: str) -> str:
-    """Quote an SQL identifier."""
-    return '"' + name.replace('"', '""') + '"'
+__all__ = ["RawFile", "Staged", "connect", "ident", "read_header", "sql_str", "stage"]
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 import duckdb
 
@@ -42,7 +42,7 @@ def describe(ds: Dataset) -> str:
     s = summary(ds)
 
     def day(t: int | None) -> str:
-        return "-" if t is None else datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%d")
+        return "-" if t is None else datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%d")
 
     lines = [f"dataset      {s['name']}",
              f"ratings      {s['ratings']:,}",

@@ -22,7 +22,6 @@ converts in bounded memory. Bad rows raise :class:`~deepcrossing.errors.InputErr
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import shutil
 import tempfile
@@ -36,6 +35,7 @@ from deepcrossing.data._duck import RawFile, Staged, connect, ident, read_header
     transcode_if_needed
 from deepcrossing.data.schema import Dataset
 from deepcrossing.errors import InputError
+from deepcrossing.hashing import file_sha256
 
 ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
                  "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",
@@ -141,7 +141,7 @@ def _header_raw(path: Path, required: list[str], *, delim: str | None = None) ->
 
         try:
             names = pq.read_schema(path).names
-        except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a bad file
+        except Exception as exc:
             raise InputError(f"not a readable Parquet file ({exc})", path=path) from exc
         raw = RawFile(path=path, names=tuple(names))
     else:
@@ -403,12 +403,6 @@ def _dedupe(con, staged: Staged, view: str, keys: list[str], problems: _Problems
 # ---------------------------------------------------------------- public API
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(8 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_dataset(path: str | Path, *, workdir: str | Path, columns: ColumnMapping | None = None,
@@ -446,7 +440,7 @@ def load_dataset(path: str | Path, *, workdir: str | Path, columns: ColumnMappin
     sources += layout.checksum_only
     try:
         with ThreadPoolExecutor(max_workers=1) as pool:  # hashing overlaps DuckDB's scan
-            hashes = pool.submit(lambda: {p.name: _sha256(p) for p in sources if p.exists()})
+            hashes = pool.submit(lambda: {p.name: file_sha256(p) for p in sources if p.exists()})
             con = connect(scratch / "spill")
             try:
                 result = _convert(con, layout, scratch, skip_bad_rows)

@@ -39,7 +39,7 @@ class Batch:
     def __len__(self) -> int:
         return int(self.dense.shape[0])
 
-    def _map(self, fn) -> Batch:  # noqa: ANN001 - Tensor -> Tensor
+    def _map(self, fn) -> Batch:
         return Batch(
             dense=fn(self.dense),
             sparse={k: fn(v) for k, v in self.sparse.items()},

@@ -9,14 +9,13 @@ only when complete. ``latest_features`` runs the same query with one probe row p
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import math
 import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from deepcrossing.atomic import atomic_dir
+from deepcrossing.duck import connection, sql_str
 from deepcrossing.data.schema import Dataset
 from deepcrossing.errors import InputError
 from deepcrossing.features.config import FeatureConfig
@@ -66,24 +66,9 @@ def movie_side_columns() -> tuple[str, ...]:
     return MOVIE_SIDE
 
 
-def _sql_path(path: Path | str) -> str:
-    return "'" + str(path).replace("'", "''") + "'"
-
-
-@contextmanager
-def _connect(config: FeatureConfig) -> Iterator[duckdb.DuckDBPyConnection]:
-    """An in-memory DuckDB with bounded threads/memory that spills to a private temp folder."""
-    spill = Path(tempfile.mkdtemp(prefix="deepcrossing-duckdb-"))
-    con = duckdb.connect()
-    try:
-        con.execute(f"SET threads = {int(config.threads)}")
-        con.execute(f"SET memory_limit = {_sql_path(config.memory_limit)}")
-        con.execute(f"SET temp_directory = {_sql_path(spill)}")
-        con.execute("SET preserve_insertion_order = false")
-        yield con
-    finally:
-        con.close()
-        shutil.rmtree(spill, ignore_errors=True)
+def _connect(config: FeatureConfig) -> contextlib.AbstractContextManager[duckdb.DuckDBPyConnection]:
+    """An in-memory DuckDB with the config's threads/memory that spills to a private temp folder."""
+    return connection(threads=int(config.threads), memory_limit=config.memory_limit, preserve_order=False)
 
 
 def _register_inputs(con: duckdb.DuckDBPyConnection, dataset: Dataset) -> int:
@@ -95,7 +80,7 @@ def _register_inputs(con: duckdb.DuckDBPyConnection, dataset: Dataset) -> int:
     for path, columns in need.items():
         if not path.is_file():
             raise InputError("normalized file is missing; load the data again with load_dataset", path=path)
-        have = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM read_parquet({_sql_path(path)})").fetchall()}
+        have = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM read_parquet({sql_str(path)})").fetchall()}
         for column in columns:
             if column not in have:
                 raise InputError(f"column {column!r} is missing (have: {', '.join(sorted(have))})",
@@ -103,9 +88,9 @@ def _register_inputs(con: duckdb.DuckDBPyConnection, dataset: Dataset) -> int:
     con.execute(f"CREATE VIEW ratings_src AS SELECT CAST(user_id AS BIGINT) AS user_id, "
                 f"CAST(item_id AS BIGINT) AS item_id, CAST(rating AS DOUBLE) AS rating, "
                 f"CAST(label AS TINYINT) AS label, CAST(timestamp AS BIGINT) AS timestamp "
-                f"FROM read_parquet({_sql_path(dataset.ratings)})")
+                f"FROM read_parquet({sql_str(dataset.ratings)})")
     con.execute(f"CREATE VIEW items_src AS SELECT CAST(item_id AS BIGINT) AS item_id, "
-                f"CAST(year AS INTEGER) AS year, genres FROM read_parquet({_sql_path(dataset.items)})")
+                f"CAST(year AS INTEGER) AS year, genres FROM read_parquet({sql_str(dataset.items)})")
     n = con.execute("SELECT COUNT(*) FROM ratings_src").fetchone()[0]
     if n == 0:
         raise InputError("there are no ratings to build samples from", path=dataset.ratings)
@@ -146,7 +131,7 @@ def _split_expr(con: duckdb.DuckDBPyConnection, config: FeatureConfig) -> tuple[
     expr = f"CASE WHEN timestamp < {b1} THEN 'train' WHEN timestamp < {b2} THEN 'valid' ELSE 'test' END"
 
     def iso(t: int) -> str:
-        return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat()
+        return dt.datetime.fromtimestamp(t, dt.UTC).isoformat()
 
     return expr, {
         "rule": "with n rows in time order, valid_start is the timestamp of row floor(n * train) and test_start of row floor(n * (train + valid)) (0-based); train: timestamp < valid_start; valid: valid_start <= timestamp < test_start; test: the rest "
@@ -210,13 +195,13 @@ def build_samples(
             from deepcrossing.features.sparrow import write_sparrow_csv
 
             for name, path in files.items():
-                write_sparrow_csv(con, f"read_parquet({_sql_path(path)})", tmp / f"{name}.csv")
+                write_sparrow_csv(con, f"read_parquet({sql_str(path)})", tmp / f"{name}.csv")
         shutil.rmtree(parts, ignore_errors=True)
         shutil.copyfile(dataset.items, tmp / "items.parquet")
         manifest = {
             "format_version": FORMAT_VERSION,
             "kind": "deepcrossing.samples",
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "format": fmt,
             "files": {name: f"{name}.{'parquet' if fmt == 'parquet' else 'csv'}" for name in SPLIT_NAMES}
             | {"items": "items.parquet"},
@@ -283,15 +268,15 @@ def _split_stats(con: duckdb.DuckDBPyConnection, files: dict[str, Path]) -> dict
     for name, path in files.items():
         rows, pos, users, t0, t1 = con.execute(
             f"SELECT COUNT(*), AVG(label), COUNT(DISTINCT userId), MIN(timestamp), MAX(timestamp) "
-            f"FROM read_parquet({_sql_path(path)})").fetchone()
+            f"FROM read_parquet({sql_str(path)})").fetchone()
         splits[name] = {"rows": int(rows), "positive_rate": None if pos is None else round(float(pos), 6),
                         "users": int(users), "first_timestamp": t0, "last_timestamp": t1}
     unseen = {}
     for name in ("valid", "test"):
         share = con.execute(
             f"SELECT AVG(CASE WHEN t.userId IS NULL THEN 1.0 ELSE 0.0 END) FROM "
-            f"(SELECT DISTINCT userId FROM read_parquet({_sql_path(files[name])})) s "
-            f"LEFT JOIN (SELECT DISTINCT userId FROM read_parquet({_sql_path(files['train'])})) t "
+            f"(SELECT DISTINCT userId FROM read_parquet({sql_str(files[name])})) s "
+            f"LEFT JOIN (SELECT DISTINCT userId FROM read_parquet({sql_str(files['train'])})) t "
             f"ON s.userId = t.userId").fetchone()[0]
         unseen[f"{name}_users_not_in_train_share"] = None if share is None else round(float(share), 6)
     return {"splits": splits, "unseen": unseen}

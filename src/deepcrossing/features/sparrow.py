@@ -15,6 +15,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from deepcrossing.duck import sql_str
 from deepcrossing.errors import InputError
 from deepcrossing.features.sql import SAMPLE_COLUMNS
 
@@ -26,14 +27,12 @@ SPARROW_COLUMNS = (
     "userGenre2", "userGenre3", "userGenre4", "userGenre5",
 )
 # how each column is written: "int", "f1" (one decimal), "f2" (two decimals), "trunc" (integer part), "str"
-_WRITE_AS = {c: "int" for c in SPARROW_COLUMNS} | {
+_WRITE_AS = dict.fromkeys(SPARROW_COLUMNS, "int") | {
     "rating": "f1", "movieAvgRating": "f2", "movieRatingStddev": "f2", "userReleaseYearStddev": "f2",
     "userAvgRating": "f2", "userRatingStddev": "f2", "userAvgReleaseYear": "trunc",
 } | {c: "str" for c in SPARROW_COLUMNS if "Genre" in c}
 
 
-def _q(path: Path | str) -> str:
-    return "'" + str(path).replace("'", "''") + "'"
 
 
 def write_sparrow_csv(con: duckdb.DuckDBPyConnection, source: str, path: Path) -> None:
@@ -59,7 +58,7 @@ def write_sparrow_csv(con: duckdb.DuckDBPyConnection, source: str, path: Path) -
         f"COALESCE({fmt[_WRITE_AS[c]].format(c=chr(34) + c + chr(34))}, '') AS \"{c}\"" for c in SPARROW_COLUMNS
     )
     # an empty VARCHAR is written quoted ("") by DuckDB's CSV writer, exactly as SparrowRecSys does
-    con.execute(f"COPY (SELECT {cols} FROM {source} ORDER BY timestamp, userId, movieId) TO {_q(path)} (FORMAT csv, HEADER, DELIMITER ',', "
+    con.execute(f"COPY (SELECT {cols} FROM {source} ORDER BY timestamp, userId, movieId) TO {sql_str(path)} (FORMAT csv, HEADER, DELIMITER ',', "
                 f"QUOTE '\"', NEW_LINE '\\n')")
 
 
@@ -67,7 +66,7 @@ def _read_sparrow(path: Path) -> pa.Table:
     con = duckdb.connect()
     try:
         con.execute("SET threads = 1")  # keep file order so that errors can name the line
-        rel = f"read_csv({_q(path)}, header = true, all_varchar = true, auto_detect = false, " \
+        rel = f"read_csv({sql_str(path)}, header = true, all_varchar = true, auto_detect = false, " \
               f"columns = {{{', '.join(repr(c) + ': ' + repr('VARCHAR') for c in SPARROW_COLUMNS)}}})"
         header = path.open(encoding="utf-8").readline().strip().split(",")
         missing = [c for c in SPARROW_COLUMNS if c not in header]
@@ -75,7 +74,7 @@ def _read_sparrow(path: Path) -> pa.Table:
             raise InputError(f"not a SparrowRecSys sample CSV: column {missing[0]!r} is missing",
                              path=path, line=1, field=missing[0])
         if header != list(SPARROW_COLUMNS):
-            rel = f"read_csv({_q(path)}, header = true, all_varchar = true)"
+            rel = f"read_csv({sql_str(path)}, header = true, all_varchar = true)"
         con.execute(f"CREATE TEMP TABLE raw AS SELECT ROW_NUMBER() OVER () + 1 AS line_no, * FROM {rel}")
         kinds = {"int": "BIGINT", "f1": "DOUBLE", "f2": "DOUBLE", "trunc": "DOUBLE", "str": "VARCHAR"}
         for c in SPARROW_COLUMNS:

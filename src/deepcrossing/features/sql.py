@@ -20,6 +20,10 @@ Relations the query expects in the connection:
 
 from __future__ import annotations
 
+import pyarrow as pa
+
+from deepcrossing.duck import sql_str
+
 # The output schema, in order: name -> (DuckDB type, meaning). The first block is docs/design.md section 2;
 # the second block are the extra leakage-free signals.
 SAMPLE_COLUMNS: dict[str, tuple[str, str]] = {
@@ -76,8 +80,6 @@ MOVIE_SIDE = (
 )
 
 
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _stddev(n: str, s: str, ss: str) -> str:
@@ -152,7 +154,7 @@ def feature_sql(genres: list[str], *, label_threshold: float, recent_n: int,
     packs = _genre_packs(len(genres), genre_bits)
     # per item: its genres as 0/1 counters at bit offsets genre_bits * slot (plain integer arithmetic)
     item_packs = ",\n           ".join(
-        "CAST(" + " + ".join(f"CASE WHEN array_contains(genres, {_quote(genres[g])}) THEN {1 << (genre_bits * slot)} "
+        "CAST(" + " + ".join(f"CASE WHEN array_contains(genres, {sql_str(genres[g])}) THEN {1 << (genre_bits * slot)} "
                              f"ELSE 0 END" for slot, g in enumerate(pack)) + f" AS BIGINT) AS gp{p}"
         for p, pack in enumerate(packs)
     ) or "0 AS gp_none"
@@ -269,8 +271,8 @@ FROM final
 """
 
 
-def assemble(batch: "pa.RecordBatch | pa.Table", genres: list[str], recent_n: int,
-             genre_bits: int = 31) -> "pa.RecordBatch | pa.Table":
+def assemble(batch: pa.RecordBatch | pa.Table, genres: list[str], recent_n: int,
+             genre_bits: int = 31) -> pa.RecordBatch | pa.Table:
     """Build :data:`NESTED_COLUMNS` from the flat state columns of :func:`feature_sql`; vectorized, no row loop.
 
     Args:
@@ -302,13 +304,13 @@ def assemble(batch: "pa.RecordBatch | pa.Table", genres: list[str], recent_n: in
     if is_table:
         batch = batch.combine_chunks()
 
-    def col(name: str) -> "pa.Array":
+    def col(name: str) -> pa.Array:
         c = batch.column(name)
         return c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
 
     rows = batch.num_rows
 
-    def raw(name: str) -> "np.ndarray":
+    def raw(name: str) -> np.ndarray:
         # the int64 values as a zero-copy view, ignoring validity: _npos and _gp* are never NULL, and of the
         # lags only the first k (never NULL) are read
         c = col(name)

@@ -27,7 +27,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):  # noqa: ANN202 - lazy: importing the store must not import torch
+def __getattr__(name: str):
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'deepcrossing.serving' has no attribute {name!r}")

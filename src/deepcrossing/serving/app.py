@@ -47,12 +47,12 @@ class BodyLimitAndMetrics:
     Pure ASGI (not ``BaseHTTPMiddleware``) so that it adds microseconds, not a task per request.
     """
 
-    def __init__(self, app, metrics: ServiceMetrics, max_bytes: int) -> None:  # noqa: ANN001 - ASGI app
+    def __init__(self, app, metrics: ServiceMetrics, max_bytes: int) -> None:
         self.app = app
         self.metrics = metrics
         self.max_bytes = max_bytes
 
-    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001 - ASGI signature
+    async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -64,7 +64,7 @@ class BodyLimitAndMetrics:
                 return
         received = [0]
 
-        async def limited_receive():  # noqa: ANN202
+        async def limited_receive():
             message = await receive()
             if message["type"] == "http.request":
                 received[0] += len(message.get("body", b""))
@@ -72,7 +72,7 @@ class BodyLimitAndMetrics:
                     raise _TooLarge()
             return message
 
-        async def counting_send(message) -> None:  # noqa: ANN001
+        async def counting_send(message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
             await send(message)
@@ -86,7 +86,7 @@ class BodyLimitAndMetrics:
         path = getattr(route, "path", None) or ("/ui" if scope["path"].startswith("/ui") else "unmatched")
         self.metrics.observe(path, scope["method"], status[0], time.perf_counter() - start)
 
-    async def _reject(self, send, start: float, scope) -> None:  # noqa: ANN001
+    async def _reject(self, send, start: float, scope) -> None:
         body = json.dumps({"error": "body_too_large",
                            "detail": f"request body over {self.max_bytes} bytes"}).encode()
         await send({"type": "http.response.start", "status": 413,
@@ -209,7 +209,7 @@ async def _poll(app: FastAPI, engine: Engine, metrics: ServiceMetrics, interval:
                         app.state.model_generation = wanted[0]
                         metrics.set_model(str(state.model_dir), state.model_version)
                         log.info("serving model %s (reloaded by another worker)", state.model_dir)
-        except Exception as exc:  # noqa: BLE001 - the poller must survive a store outage
+        except Exception as exc:
             engine.last_error = f"{type(exc).__name__}: {exc}"
 
 

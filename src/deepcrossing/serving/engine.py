@@ -14,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ import pyarrow as pa
 import torch
 
 from deepcrossing.errors import InputError
+from deepcrossing.hashing import files_sha256
 from deepcrossing.serving.publish import schema_from_json
 from deepcrossing.serving.scorer import ItemPart, Scorer, UserPart, join_user_movies
 from deepcrossing.serving.store import FeatureStore, StoreError, VersionGone, open_store
@@ -89,14 +89,7 @@ def _sigmoid(x: torch.Tensor) -> np.ndarray:
 
 def model_fingerprint(model_dir: Path) -> str:
     """Short SHA-256 of the model files: the model version shown in /metrics and responses."""
-    digest = hashlib.sha256()
-    for name in ("manifest.json", "model.safetensors"):
-        path = Path(model_dir) / name
-        if path.exists():
-            with open(path, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-    return digest.hexdigest()[:12]
+    return files_sha256(Path(model_dir) / name for name in ("manifest.json", "model.safetensors"))[:12]
 
 
 @dataclass(frozen=True)

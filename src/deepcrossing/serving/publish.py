@@ -26,17 +26,16 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
-import pyarrow.ipc  # noqa: F401 - pa.ipc
+import pyarrow.ipc
 
 from deepcrossing.data.schema import Dataset
+from deepcrossing.duck import sql_str
 from deepcrossing.serving.store import FeatureStore, clean, open_store
 
 DEFAULT_MAX_CANDIDATES = 5000
 DEFAULT_HISTORY_N = 20
 
 
-def _q(path: str | Path) -> str:
-    return "'" + str(path).replace("'", "''") + "'"
 
 
 def _rows(table: pa.Table, key: str) -> Iterator[tuple[int, dict]]:
@@ -65,7 +64,7 @@ def display_data(dataset: Dataset, *, history_n: int = DEFAULT_HISTORY_N,
     """
     con = duckdb.connect()
     try:
-        con.execute(f"CREATE VIEW r AS SELECT * FROM read_parquet({_q(dataset.ratings)})")
+        con.execute(f"CREATE VIEW r AS SELECT * FROM read_parquet({sql_str(dataset.ratings)})")
         users = con.sql(
             "SELECT user_id, "
             f"list({{'movie_id': item_id, 'rating': rating, 'timestamp': timestamp}} "
@@ -73,10 +72,10 @@ def display_data(dataset: Dataset, *, history_n: int = DEFAULT_HISTORY_N,
             "list(DISTINCT item_id ORDER BY item_id) AS rated "
             "FROM r GROUP BY user_id ORDER BY user_id"
         ).to_arrow_table()
-        movies = con.sql(f"SELECT item_id, title, year, genres FROM read_parquet({_q(dataset.items)}) "
+        movies = con.sql(f"SELECT item_id, title, year, genres FROM read_parquet({sql_str(dataset.items)}) "
                          "ORDER BY item_id").to_arrow_table()
         candidates = [int(r[0]) for r in con.execute(
-            f"SELECT i.item_id FROM read_parquet({_q(dataset.items)}) i LEFT JOIN "
+            f"SELECT i.item_id FROM read_parquet({sql_str(dataset.items)}) i LEFT JOIN "
             "(SELECT item_id, COUNT(*) AS n, AVG(rating) AS avg FROM r GROUP BY item_id) s USING (item_id) "
             f"ORDER BY COALESCE(s.n, 0) DESC, s.avg DESC NULLS LAST, i.item_id LIMIT {int(max_candidates)}"
         ).fetchall()]

@@ -176,7 +176,7 @@ class _Tail(nn.Module):
         return self.scoring(h)
 
 
-def _onnx_session(tail: nn.Module, hidden: int, width: int):  # noqa: ANN202 - onnxruntime.InferenceSession
+def _onnx_session(tail: nn.Module, hidden: int, width: int):
     """Export the tail to ONNX in memory and open a one-thread ONNX Runtime session on it."""
     import io
     import warnings

@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from deepcrossing.config import FeatureSpec, ModelConfig, TrainConfig, _from_dic
 from deepcrossing.encoding.batch import Batch
 from deepcrossing.encoding.encoder import Encoder
 from deepcrossing.errors import InputError
+from deepcrossing.hashing import file_sha256
 from deepcrossing.model.deep_crossing import DeepCrossing
 
 FORMAT = "deepcrossing-model"
@@ -41,12 +41,6 @@ MANIFEST_KEYS = {"format", "format_version", "package_version", "spec", "model_c
                  "encoder", "metrics", "samples", "weights_sha256"}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def save(model_dir: str | Path, model: DeepCrossing, encoder: Encoder, train_config: TrainConfig,
@@ -77,7 +71,7 @@ def save(model_dir: str | Path, model: DeepCrossing, encoder: Encoder, train_con
     tmp = model_dir / f".{WEIGHTS}.tmp-{os.getpid()}"
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(tmp), metadata={"format": FORMAT})
-    digest = _sha256(tmp)
+    digest = file_sha256(tmp)
     os.replace(tmp, model_dir / WEIGHTS)
     manifest = {
         "format": FORMAT,
@@ -178,7 +172,7 @@ def load(model_dir: str | Path) -> LoadedModel:
     except (TypeError, KeyError, ValueError) as exc:
         raise InputError(f"the manifest's encoder state is malformed: {exc!r}", path=manifest_path,
                          field="encoder") from None
-    if _sha256(weights_path) != manifest["weights_sha256"]:
+    if file_sha256(weights_path) != manifest["weights_sha256"]:
         raise InputError("the weights do not match the manifest's weights_sha256 (a half-written or "
                          "tampered folder); retrain or restore both files", path=weights_path)
     try:

@@ -31,6 +31,7 @@ from deepcrossing.atomic import write_text_atomic
 from deepcrossing.config import ExperimentConfig
 from deepcrossing.encoding.encoder import Encoder
 from deepcrossing.model.deep_crossing import DeepCrossing
+from deepcrossing.hashing import file_sha256
 from deepcrossing.training import artifact
 from deepcrossing.training.plots import plot_history, plot_roc
 from deepcrossing.training.trainer import StepInfo, Trainer, evaluate_batch, predict_logits
@@ -100,7 +101,7 @@ def train_model(tables: dict[str, pa.Table], config: ExperimentConfig, out_dir: 
     if manifest_path is not None and manifest_path.exists():
         try:
             samples["manifest"] = str(manifest_path)
-            samples["sha256"] = artifact._sha256(manifest_path)
+            samples["sha256"] = file_sha256(manifest_path)
         except OSError:
             pass
     artifact.save(out_dir, model, encoder, cfg_train, {"metrics": results, "samples": samples})

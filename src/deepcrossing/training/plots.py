@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 
-def _pyplot():  # noqa: ANN202
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")

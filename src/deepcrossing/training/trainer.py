@@ -98,7 +98,7 @@ class RowSparseAdam(torch.optim.SparseAdam):
     """
 
     @torch.no_grad()
-    def step(self, closure=None):  # noqa: ANN001, ANN201 - torch.optim signature
+    def step(self, closure=None):
         loss = None
         if closure is not None:
             with torch.enable_grad():

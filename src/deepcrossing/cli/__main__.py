@@ -1,0 +1,5 @@
+"""`python -m deepcrossing.cli`."""
+
+from deepcrossing.cli import main
+
+main()
