@@ -24,7 +24,6 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from deepcrossing.errors import InputError
 from deepcrossing.hashing import files_sha256
 from deepcrossing.serving.publish import schema_from_json
 from deepcrossing.serving.scorer import ItemPart, Scorer, UserPart, join_user_movies
@@ -61,10 +60,7 @@ def empty_features(schema: pa.Schema, id_name: str, id_value: int) -> dict:
 def _load_model_dir(model_dir: Path) -> Any:
     import deepcrossing
 
-    if not (Path(model_dir) / "manifest.json").exists():
-        raise InputError("not a model folder (no manifest.json); train one with `deepcrossing train`",
-                         path=model_dir)
-    return deepcrossing.load(model_dir)
+    return deepcrossing.load(model_dir)  # checks that it is a model folder (training.artifact.require_model_dir)
 
 
 def _contains(haystack: np.ndarray, needles: np.ndarray) -> np.ndarray:

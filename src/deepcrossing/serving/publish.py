@@ -228,12 +228,10 @@ def publish_for_model(
     import tempfile
 
     from deepcrossing.data import load_dataset
-    from deepcrossing.errors import InputError
 
-    model_dir = Path(model_dir)
-    if not (model_dir / "manifest.json").is_file():
-        raise InputError("not a model folder (no manifest.json); train one with `deepcrossing train`",
-                         path=model_dir)
+    from deepcrossing.training.artifact import require_model_dir
+
+    model_dir = require_model_dir(model_dir)
     store_url = store_url or default_store_url(model_dir)
     config, source = feature_config_of(model_dir)
     with tempfile.TemporaryDirectory(prefix="deepcrossing-publish-") as work:

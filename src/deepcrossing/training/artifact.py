@@ -129,6 +129,39 @@ class LoadedModel:
         return (torch.cat(out) if out else torch.zeros(0)).numpy().astype(np.float32)
 
 
+def require_model_dir(path: str | Path) -> Path:
+    """``path`` if it is a model folder written by ``deepcrossing train`` (its manifest says so), else a one-line
+    :class:`InputError` that says what the folder is instead (missing, a file, a samples folder, ...).
+
+    The one "is this a model folder" check: the CLI, publishing and the service all call it.
+
+    Example:
+        >>> require_model_dir("/nonexistent")
+        Traceback (most recent call last):
+        ...
+        deepcrossing.errors.InputError: /nonexistent: no such folder; give a model folder written by `deepcrossing train`
+    """
+    path = Path(path)
+    hint = "give a model folder written by `deepcrossing train`"
+    if not path.exists():
+        raise InputError(f"no such folder; {hint}", path=path)
+    if not path.is_dir():
+        raise InputError(f"is a file, not a folder; {hint}", path=path)
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise InputError(f"not a model folder (no {MANIFEST}); {hint}", path=path)
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, OSError) as exc:
+        raise InputError(f"not valid JSON ({str(exc)[:80]}); {hint}", path=manifest_path) from None
+    kind = manifest.get("format") if isinstance(manifest, dict) else None
+    if kind != FORMAT:
+        what = "a samples folder from `deepcrossing prepare`" if isinstance(manifest, dict) and "splits" in manifest \
+            else f"format {str(kind)[:40]!r}"
+        raise InputError(f"not a model folder ({what}); {hint}", path=path)
+    return path
+
+
 def load(model_dir: str | Path) -> LoadedModel:
     """Rebuild a model folder written by :func:`save`, strictly.
 
@@ -136,7 +169,7 @@ def load(model_dir: str | Path) -> LoadedModel:
         InputError: a missing file, a manifest with missing or extra keys, another format version, weights
             whose checksum, tensor names or shapes do not match (naming the file and the key).
     """
-    model_dir = Path(model_dir)
+    model_dir = require_model_dir(model_dir)
     manifest_path, weights_path = model_dir / MANIFEST, model_dir / WEIGHTS
     for path in (manifest_path, weights_path):
         if not path.is_file():
