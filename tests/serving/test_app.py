@@ -132,7 +132,7 @@ def test_admin_token(models, sqlite_url):
         assert ok.status_code == 200 and ok.json()["modelDir"].endswith("m1")
         missing = c.post("/admin/reload", json={"model_dir": "/nowhere/m9"},
                          headers={"Authorization": "Bearer s3cret"})
-        assert missing.status_code == 400 and "no manifest.json" in missing.json()["detail"]
+        assert missing.status_code == 400 and "no such folder" in missing.json()["detail"]
         assert c.get("/info").json()["modelDir"].endswith("m1") and before is not None
     with make_client(models, sqlite_url, host="0.0.0.0") as c:  # not loopback, no token: refused
         r = c.post("/admin/reload", json={"model_dir": str(models["root"] / "m1")})
