@@ -7,6 +7,7 @@ is then one ``index_select`` per tensor, with no offsets to recompute.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -39,7 +40,7 @@ class Batch:
     def __len__(self) -> int:
         return int(self.dense.shape[0])
 
-    def _map(self, fn) -> Batch:
+    def _map(self, fn: Callable[[Tensor], Tensor]) -> Batch:
         return Batch(
             dense=fn(self.dense),
             sparse={k: fn(v) for k, v in self.sparse.items()},

@@ -37,7 +37,8 @@ from deepcrossing.encoding.transformers import (
 from deepcrossing.errors import InputError
 
 MAX_BAG_LEN = 64
-_TRANSFORMERS = {"vocabulary": Vocabulary, "hasher": Hasher, "identity": IdentityIds, "bucketizer": Bucketizer}
+_TRANSFORMERS: dict[str, type[Vocabulary] | type[Hasher] | type[IdentityIds] | type[Bucketizer]] = {
+    "vocabulary": Vocabulary, "hasher": Hasher, "identity": IdentityIds, "bucketizer": Bucketizer}
 
 
 def _column(table: pa.Table, name: str, source: str | Path | None) -> pa.Array:
@@ -91,7 +92,7 @@ def _pad(rows: np.ndarray, lengths: np.ndarray, width: int, weights: np.ndarray 
         pos = np.arange(len(rows)) - np.repeat(starts, lengths)
         keep = (pos < width) & (rows != 0)
         out[row[keep], pos[keep]] = rows[keep]
-        if wout is not None:
+        if wout is not None and weights is not None:  # both or neither
             w = np.nan_to_num(weights, nan=0.0, posinf=0.0, neginf=0.0).clip(min=0.0)
             wout[row[keep], pos[keep]] = w[keep]
     return out, wout
@@ -121,10 +122,10 @@ class Encoder:
         self.bag_len_: dict[str, int] = {}
         for info in self.spec.tables().values():
             members = [self.spec[n] for n in info.features]
-            if info.kind == "hashed":
-                self.tables_[info.name] = Hasher(info.hash_buckets).fit()
-            elif info.kind == "identity":
-                self.tables_[info.name] = IdentityIds(info.hash_buckets).fit()
+            if info.kind in ("hashed", "identity"):
+                assert info.hash_buckets is not None  # required for these kinds (Feature validates it)
+                ids = Hasher if info.kind == "hashed" else IdentityIds
+                self.tables_[info.name] = ids(info.hash_buckets).fit()
             elif info.kind == "buckets":
                 f = members[0]
                 self.tables_[info.name] = Bucketizer(f.n_buckets).fit(_column(table, f.name, source))

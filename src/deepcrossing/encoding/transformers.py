@@ -114,7 +114,7 @@ class Vocabulary:
         elif self.kind_ == "int" and arr.type != pa.int64():
             arr = pc.cast(arr, pa.int64())
         idx = pc.index_in(arr, value_set=value_set)
-        out = pc.fill_null(pc.add(idx, N_RESERVED), OOV).to_numpy(zero_copy_only=False).astype(np.int64)
+        out: np.ndarray = pc.fill_null(pc.add(idx, N_RESERVED), OOV).to_numpy(zero_copy_only=False).astype(np.int64)
         out[arr.is_null().to_numpy(zero_copy_only=False)] = PAD
         return out
 
@@ -169,7 +169,8 @@ def stable_hash(values: Any) -> np.ndarray:
     table = np.array([int.from_bytes(hashlib.blake2b(u.encode("utf-8"), digest_size=8).digest(), "little")
                       for u in uniques] + [0], dtype=np.uint64)
     codes = pc.fill_null(enc.indices, len(uniques)).to_numpy(zero_copy_only=False)
-    return table[codes]
+    hashed: np.ndarray = table[codes]
+    return hashed
 
 
 class Hasher:
@@ -254,7 +255,8 @@ def _floats(values: Any) -> np.ndarray:
     if len(arr) and not (pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type)
                          or pa.types.is_null(arr.type) or pa.types.is_boolean(arr.type)):
         raise InputError(f"a numeric feature must hold numbers, not {arr.type}")
-    return pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    floats: np.ndarray = pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    return floats
 
 
 class Normalizer:
