@@ -4,7 +4,7 @@ import copy
 
 import torch
 
-from deepcrossing.training.trainer import RowSparseAdam
+from deepcrossing.training.optim import RowSparseAdam
 
 
 def test_row_sparse_adam_equals_sparse_adam() -> None:

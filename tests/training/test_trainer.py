@@ -10,8 +10,10 @@ from dc_synthetic import sample_table, small_spec
 
 from deepcrossing.config import ModelConfig, TrainConfig
 from deepcrossing.encoding import Encoder
-from deepcrossing.model import DeepCrossing
-from deepcrossing.training.trainer import Trainer
+from deepcrossing.errors import InputError
+from deepcrossing.model import DeepCrossing, DeepCrossingTrain
+from deepcrossing.training.optim import lr_at
+from deepcrossing.training.trainer import Trainer, evaluate_batch
 
 MODEL = ModelConfig(width=16, hidden=(8,), dropout=0.2, embedding_dropout=0.1, embedding_l2=1e-4)
 
@@ -23,11 +25,12 @@ def data():
     return enc, enc.transform(train), enc.transform(valid)
 
 
-def run(data, config, checkpoint_dir=None, resume=False, on_epoch=None):
+def run(data, config, checkpoint_dir=None, resume=False, on_epoch=None, fingerprint=None):
     enc, train, valid = data
     torch.manual_seed(config.seed)  # the CLI's job; here the test plays the CLI
     model = DeepCrossing(small_spec(), MODEL, enc.cardinalities, sparse=config.optimizer == "sparse_adam")
-    result = Trainer(model, config, "cpu", checkpoint_dir).fit(train, valid, resume=resume, on_epoch=on_epoch)
+    trainer = Trainer(DeepCrossingTrain(model), config, "cpu", checkpoint_dir, fingerprint=fingerprint)
+    result = trainer.fit(train, valid, resume=resume, on_epoch=on_epoch)
     return model, result
 
 
@@ -77,17 +80,15 @@ def test_early_stopping_keeps_best_weights(data):
     model, result = run(data, config)
     aucs = [r["valid_auc"] for r in result.history]
     assert result.best_auc == max(aucs) and result.best_epoch == aucs.index(max(aucs)) + 1
-    if result.stopped_early:
-        assert len(aucs) == result.best_epoch + 1
-    from deepcrossing.training.trainer import evaluate_batch
-
+    # this seed stops early (a too-large constant lr overfits): exactly one epoch after the best one
+    assert result.stopped_early
+    assert len(aucs) == result.best_epoch + 1 < config.epochs
+    assert aucs[-1] <= result.best_auc
     assert evaluate_batch(model, data[2])["auc"] == pytest.approx(result.best_auc, abs=1e-12)
 
 
 def test_resume_with_other_config_is_refused(data, tmp_path):
     run(data, TrainConfig(epochs=1, batch_size=256, seed=0), tmp_path)
-    from deepcrossing.errors import InputError
-
     with pytest.raises(InputError, match="another training config"):
         run(data, TrainConfig(epochs=2, batch_size=256, seed=0), tmp_path, resume=True)
 
@@ -97,20 +98,46 @@ def test_ema_weights_are_what_is_validated_and_kept(data):
     enc, train, valid = data
     torch.manual_seed(0)
     model = DeepCrossing(small_spec(), MODEL, enc.cardinalities)
-    trainer = Trainer(model, config)
+    trainer = Trainer(DeepCrossingTrain(model), config)
     result = trainer.fit(train, valid)
-    from deepcrossing.training.trainer import evaluate_batch
-
-    assert result.best_epoch == 2 or result.history[1]["valid_auc"] <= result.best_auc
+    # with this seed the second epoch's average is the best: the model ends holding exactly those weights
+    assert result.best_epoch == 2
+    assert result.history[1]["valid_auc"] == result.best_auc > result.history[0]["valid_auc"]
     assert evaluate_batch(model, valid)["auc"] == pytest.approx(result.best_auc, abs=1e-12)
-    if result.best_epoch == 2:  # the model holds the averaged weights of the last epoch
-        for k, v in trainer.ema_state.items():
-            assert torch.equal(model.state_dict()[k], v), k
+    assert trainer.ema_state and set(trainer.ema_state) <= set(model.state_dict())
+    for k, v in trainer.ema_state.items():
+        assert torch.equal(model.state_dict()[k], v), k
+    live = DeepCrossing(small_spec(), MODEL, enc.cardinalities)
+    assert not all(torch.equal(live.state_dict()[k], v) for k, v in trainer.ema_state.items())
 
 
 def test_lr_schedules():
-    model = torch.nn.Linear(1, 1)
-    cos = Trainer(model, TrainConfig(epochs=2, lr=1.0, lr_schedule="cosine"))
-    assert [cos.lr_at(e, s, 2) for e, s in ((0, 0), (1, 0))] == pytest.approx([1.0, 0.5])
-    exp = Trainer(model, TrainConfig(epochs=3, lr=1.0, lr_schedule="exponential", lr_decay=0.5))
-    assert [exp.lr_at(e, 0, 5) for e in range(3)] == [1.0, 0.5, 0.25]
+    cos = TrainConfig(epochs=2, lr=1.0, lr_schedule="cosine")
+    assert [lr_at(cos, e, s, 2) for e, s in ((0, 0), (1, 0))] == pytest.approx([1.0, 0.5])
+    exp = TrainConfig(epochs=3, lr=1.0, lr_schedule="exponential", lr_decay=0.5)
+    assert [lr_at(exp, e, 0, 5) for e in range(3)] == [1.0, 0.5, 0.25]
+    assert lr_at(TrainConfig(lr=0.3, lr_schedule="constant"), 5, 7, 9) == 0.3
+
+
+def test_resume_refuses_other_samples_or_spec(data, tmp_path):
+    """The checkpoint records the run's fingerprint; resume compares it (same samples and spec only)."""
+    config = TrainConfig(epochs=3, batch_size=128, lr=5e-3, patience=0, seed=1)
+    same = {"samples": "a" * 64, "config": "b" * 64}
+
+    def killed_in_epoch_two(record):  # before epoch 2's checkpoint: epoch 1's is the one left
+        if record["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    for other, field in (({**same, "samples": "c" * 64}, "samples"), ({**same, "config": "d" * 64}, "spec")):
+        with pytest.raises(KeyboardInterrupt):
+            run(data, config, tmp_path, fingerprint=same, on_epoch=killed_in_epoch_two)
+        with pytest.raises(InputError, match=f"field {field}: the checkpoint was (trained on other samples|"
+                                             "made with another spec)") as info:
+            run(data, config, tmp_path, resume=True, fingerprint=other)
+        assert "\n" not in str(info.value)
+    # the happy path: same fingerprint resumes and ends like an uninterrupted run
+    _, full = run(data, config, tmp_path / "full", fingerprint=same)
+    _, resumed = run(data, config, tmp_path, resume=True, fingerprint=same)
+    assert strip_times(resumed.history) == strip_times(full.history)
+    state = json.loads((tmp_path / "last" / "state.json").read_text())
+    assert state["fingerprint"] == same and state["epochs_done"] == 3

@@ -1,5 +1,9 @@
 """DeepCrossing: Embedding -> Stacking -> MLP (Residual Units) -> Scoring, returning logits.
 
+The model also owns the algebra of its first layer's split by side (:meth:`DeepCrossing.first_layer_split`,
+:meth:`DeepCrossing.head_from_first_layer`), which the serving fast path uses; the loss and the embedding
+penalty live in the training wrapper, :class:`~deepcrossing.model.train_module.DeepCrossingTrain`.
+
 Example:
     >>> from deepcrossing.config import Feature, FeatureSpec, ModelConfig
     >>> spec = FeatureSpec((Feature("movieId", "categorical", "item", dim=4),
@@ -11,6 +15,8 @@ Example:
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -56,22 +62,85 @@ class DeepCrossing(nn.Module):
     def forward(self, batch: Batch) -> Tensor:
         """Batch of B samples -> (B,) logits."""
         embedded = self.embedding(batch)                 # {feature: (B, D_f)}
-        stacked = self.stacking(embedded, batch.dense)   # (B, sum D_f + n_dense)
-        return self.scoring(self.mlp(stacked))           # (B,)
+        return self.score_embedded(embedded, batch.dense)
 
-    def forward_with_penalty(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        """Logits and the embedding L2 penalty ``config.embedding_l2 * mean_b sum_f ||e_f||^2`` of this batch.
+    def score_embedded(self, embedded: dict[str, Tensor], dense: Tensor) -> Tensor:
+        """Everything after the embedding layer: {feature: (B, D_f)}, (B, n_dense) -> (B,) logits.
 
-        Only the rows looked up in the batch are penalized, so frequent ids are regularized more often
-        (id-frequency regularization). Returns ((B,) logits, () penalty).
+        The training wrapper (:class:`~deepcrossing.model.train_module.DeepCrossingTrain`) calls the
+        embedding layer itself, to penalize the looked-up vectors, and then this.
         """
-        embedded = self.embedding(batch)
-        stacked = self.stacking(embedded, batch.dense)
-        logits = self.scoring(self.mlp(stacked))
-        if self.config.embedding_l2 == 0.0 or not embedded:
-            return logits, logits.new_zeros(())
-        squares = torch.stack([e.pow(2).sum(dim=1) for e in embedded.values()], dim=1)  # (B, F)
-        return logits, self.config.embedding_l2 * squares.sum(dim=1).mean()
+        stacked = self.stacking(embedded, dense)         # (B, sum D_f + n_dense)
+        logits: Tensor = self.scoring(self.mlp(stacked))  # (B,)
+        return logits
+
+    # ---- the first-layer split (serving): W x + b = W x_item + (W x_request + b), then the rest ----
+
+    def stack(self, batch: Batch) -> Tensor:
+        """(B, S) stacked vectors (embedding + stacking layers) of a batch."""
+        stacked: Tensor = self.stacking(self.embedding(batch), batch.dense)
+        return stacked
+
+    def first_layer_split(self) -> FirstLayerSplit:
+        """The first MLP layer split by side: item-side columns vs the request's (user and context) columns."""
+        mask = torch.zeros(self.stacking.out_dim, dtype=torch.bool)
+        for feature in self.spec.features:
+            if feature.side == "item" and feature.name in self.feature_slices:
+                mask[self.feature_slices[feature.name]] = True
+        first = self.mlp.first_linear
+        return FirstLayerSplit(weight=first.weight, bias=first.bias, item_mask=mask,
+                               needs_stacked=self.mlp.first_needs_input)
+
+    def head_from_first_layer(self, pre: Tensor, stacked: Tensor) -> Tensor:
+        """(B,) logits given the first layer's pre-activation ``pre`` (B, H) and, for a residual first block,
+        the stacked vectors (B, S) (else any (B, 0) tensor): ``forward`` minus embedding, stacking and the
+        first ``Linear``."""
+        logits: Tensor = self.scoring(self.mlp.from_first_layer(pre, stacked))
+        return logits
+
+
+@dataclass(frozen=True)
+class FirstLayerSplit:
+    """The first MLP layer ``W x + b`` of a :class:`DeepCrossing`, split by input columns.
+
+    The stacked vector is ``x = x_item + x_request`` (disjoint columns, zeros elsewhere), so
+    ``W x + b = W x_item + (W x_request + b)``: the item share is computed once per movie and the request share
+    once per request; :meth:`DeepCrossing.head_from_first_layer` does the rest per candidate.
+
+    Attributes:
+        weight: (H, S) the first layer's weight (a view of the model's parameter).
+        bias: (H,) its bias.
+        item_mask: (S,) True on the columns of item-side features.
+        needs_stacked: the head needs ``x`` itself (a residual first block's skip connection).
+
+    Example:
+        >>> from deepcrossing.config import Feature, FeatureSpec, ModelConfig
+        >>> spec = FeatureSpec((Feature("movieId", "categorical", "item", dim=4),
+        ...                     Feature("userAvgRating", "numeric", "user", transform="standardize")))
+        >>> model = DeepCrossing(spec, ModelConfig(hidden=(8,), width=6), {"movieId": 10}).eval()
+        >>> batch = Batch(torch.ones(3, 1), {"movieId": torch.tensor([0, 2, 9])})
+        >>> split = model.first_layer_split()
+        >>> x_item, p_item = split.item_partial(model.stack(batch))
+        >>> x_user, p_user = split.request_partial(model.stack(batch)[0])
+        >>> logits = model.head_from_first_layer(p_item + p_user, x_item + x_user)
+        >>> torch.allclose(logits, model(batch), atol=1e-6)
+        True
+    """
+
+    weight: Tensor
+    bias: Tensor
+    item_mask: Tensor
+    needs_stacked: bool
+
+    def item_partial(self, stacked: Tensor) -> tuple[Tensor, Tensor]:
+        """(M, S) stacked movie rows -> ((M, S) item columns only, (M, H) ``x_item W^T``)."""
+        x = stacked.masked_fill(~self.item_mask, 0.0).contiguous()
+        return x, x @ self.weight.T
+
+    def request_partial(self, stacked: Tensor) -> tuple[Tensor, Tensor]:
+        """(S,) stacked vector of one request -> ((S,) request columns only, (H,) ``W x_request + b``)."""
+        x = stacked.masked_fill(self.item_mask, 0.0)
+        return x, self.weight @ x + self.bias
 
 
 class FlatDeepCrossing(nn.Module):
@@ -98,7 +167,8 @@ class FlatDeepCrossing(nn.Module):
             bags={name: bags[i] for i, name in enumerate(self.bag_names)},
             bag_weights={name: bags[n_bags + i] for i, name in enumerate(self.weighted_names)},
         )
-        return self.model(batch)
+        logits: Tensor = self.model(batch)
+        return logits
 
 
-__all__ = ["DeepCrossing", "FlatDeepCrossing", "dense_feature_names"]
+__all__ = ["DeepCrossing", "FirstLayerSplit", "FlatDeepCrossing", "dense_feature_names"]

@@ -36,7 +36,9 @@ class EmbeddingLayer(nn.Module):
 
     def __init__(self, spec: FeatureSpec, cardinalities: dict[str, int], sparse: bool = False) -> None:
         super().__init__()
+        self.sparse = sparse
         self.tables = nn.ModuleDict()
+        table_dims: dict[str, int] = {}
         for info in spec.tables().values():
             rows = int(cardinalities[info.name])
             dim = info.dim or default_dim(rows)
@@ -45,9 +47,10 @@ class EmbeddingLayer(nn.Module):
             with torch.no_grad():
                 table.weight[0].zero_()
             self.tables[info.name] = table
+            table_dims[info.name] = dim
         self.features = [(f.name, f.table_name, f.is_bag, f.pooling == "mean")
                          for f in spec.features if f.embedded]
-        self.dims = {name: self.tables[t].embedding_dim for name, t, _, _ in self.features}
+        self.dims = {name: table_dims[t] for name, t, _, _ in self.features}
         # One lookup per table: (table, single-valued features, [(bag feature, mean)]) in spec order.
         self.groups: list[tuple[str, list[str], list[tuple[str, bool]]]] = [
             (t, [n for n, tt, bag, _ in self.features if tt == t and not bag],
@@ -141,7 +144,11 @@ class ResidualUnit(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, dim) -> (B, dim)."""
-        return torch.relu(x + self.linear2(torch.relu(self.linear1(x))))
+        return self.from_pre(x, self.linear1(x))
+
+    def from_pre(self, x: Tensor, pre: Tensor) -> Tensor:
+        """The unit given ``pre = W1 x + b1`` (B, inner), computed elsewhere (the serving split): (B, dim)."""
+        return torch.relu(x + self.linear2(torch.relu(pre)))
 
 
 def _norm(kind: str, dim: int) -> nn.Module:
@@ -190,12 +197,48 @@ class MLP(nn.Module):
         self.blocks = nn.ModuleList([b for b in blocks if not isinstance(b, nn.Identity)
                                      and not (isinstance(b, nn.Dropout) and b.p == 0.0)])
         self.out_dim = dim
+        # The blocks after the first one without the dropouts (the identity in eval mode): the serving path
+        # skips their call overhead. A plain list: the modules are registered once, in ``blocks``.
+        self._rest_eval = [b for b in list(self.blocks)[1:] if not isinstance(b, nn.Dropout)]
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, S) -> (B, out_dim)."""
         for block in self.blocks:
             x = block(x)
         return x
+
+    @property
+    def first_linear(self) -> nn.Linear:
+        """The first affine map applied to the stacked vector: the plain MLP's first layer, the projection,
+        or the first residual unit's ``linear1`` (its pre-activation splits by input columns). There is always
+        one: ``ModelConfig.hidden`` is never empty.
+        """
+        first = self.blocks[0]
+        if isinstance(first, ResidualUnit):
+            return first.linear1
+        assert isinstance(first, nn.Linear)  # a Linear or a ResidualUnit by construction
+        return first
+
+    @property
+    def first_needs_input(self) -> bool:
+        """True if the first block needs its input again after :attr:`first_linear` (a residual skip)."""
+        return isinstance(self.blocks[0], ResidualUnit)
+
+    def from_first_layer(self, pre: Tensor, x: Tensor) -> Tensor:
+        """The MLP given ``pre = first_linear(x)`` (B, H): the rest of the first block, then every later one.
+
+        Args:
+            pre: (B, H) the first layer's pre-activation (possibly summed from per-side partials).
+            x: (B, S) the stacked input, read only when :attr:`first_needs_input` (else any (B, 0) tensor).
+
+        Returns:
+            (B, out_dim), equal to ``forward(x)`` (dropout is skipped in eval mode, where it is the identity).
+        """
+        first = self.blocks[0]
+        h = first.from_pre(x, pre) if isinstance(first, ResidualUnit) else pre
+        for block in self._rest_eval if not self.training else list(self.blocks)[1:]:
+            h = block(h)
+        return h
 
 
 class ScoringLayer(nn.Module):
@@ -212,4 +255,5 @@ class ScoringLayer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, in_dim) -> (B,) logits."""
-        return self.linear(x).squeeze(-1)
+        logits: Tensor = self.linear(x).squeeze(-1)
+        return logits

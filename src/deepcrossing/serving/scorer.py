@@ -1,7 +1,8 @@
 """Rank candidates for one user in one batched forward pass (no HTTP here).
 
 The first layer of the MLP sees the stacked vector ``x = [x_user | x_item | x_ctx]`` (columns by feature,
-:attr:`StackingLayer.feature_slices`), so its pre-activation splits exactly::
+:attr:`StackingLayer.feature_slices`), so its pre-activation splits exactly (the algebra is the model's:
+:meth:`DeepCrossing.first_layer_split` and :meth:`DeepCrossing.head_from_first_layer`)::
 
     W x + b = W x_item + (W x_user_ctx + b)
               '-- per movie, once per model load and publish --'  '-- once per request --'
@@ -15,10 +16,22 @@ table, the reference the fast path is tested against.
 
 Shapes: M movies, S stacked width, H first-layer width, n candidates.
 
-Example:
-    >>> scorer = Scorer(deepcrossing.load("model"))                 # doctest: +SKIP
-    >>> items = scorer.items(movie_table)                            # once per publish / model load
-    >>> logits = scorer.fast(scorer.user(user_table), items, rows)   # (n,)
+Example (``deepcrossing.load(model_dir)`` gives ``loaded``; here a tiny untrained model):
+    >>> import types
+    >>> from deepcrossing.config import Feature, FeatureSpec, ModelConfig
+    >>> from deepcrossing.encoding import Encoder
+    >>> spec = FeatureSpec((Feature("movieId", "categorical", "item", dim=4),
+    ...                     Feature("userAvgRating", "numeric", "user", transform="standardize")))
+    >>> encoder = Encoder(spec).fit(pa.table({"movieId": [1, 2, 3], "userAvgRating": [3.0, 4.0, 2.5]}))
+    >>> model = DeepCrossing(spec, ModelConfig(hidden=(8,), width=6), encoder.cardinalities)
+    >>> scorer = Scorer(types.SimpleNamespace(model=model, encoder=encoder, spec=spec))
+    >>> movies = pa.table({"movieId": [1, 2, 3]})
+    >>> items = scorer.items(movies)                                      # once per publish / model load
+    >>> user = scorer.user(pa.table({"userAvgRating": [3.5]}))           # once per request
+    >>> logits = scorer.fast(user, items, np.array([2, 0]))               # (n,)
+    >>> joined = join_user_movies(pa.table({"userAvgRating": [3.5]}), movies.take([2, 0]))
+    >>> torch.allclose(logits, scorer.plain(joined), atol=1e-6)
+    True
 """
 
 from __future__ import annotations
@@ -32,6 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from deepcrossing.errors import DeepCrossingError
+from deepcrossing.model.deep_crossing import DeepCrossing
 
 
 CHUNK = 512  # rows per pass of the per-candidate network when ranking many candidates
@@ -58,79 +72,62 @@ class UserPart:
     p: Tensor
 
 
-def _find(model: nn.Module, cls_name: str) -> nn.Module:
-    for module in model.modules():
-        if type(module).__name__ == cls_name:
-            return module
-    raise DeepCrossingError(f"the model has no {cls_name}; the serving fast path needs the Deep Crossing layers")
-
-
 class Scorer:
     """Scores (user, movie) pairs with a loaded model; fast split-first-layer path and plain reference.
 
+    The split itself is the model's (:meth:`DeepCrossing.first_layer_split`,
+    :meth:`DeepCrossing.head_from_first_layer`); the scorer encodes tables and caches the partials.
+
     Args:
-        loaded: what :func:`deepcrossing.load` returns (``.model``, ``.encoder``, ``.spec``).
+        loaded: what :func:`deepcrossing.load` returns (``.model`` a :class:`DeepCrossing`, ``.encoder``,
+            ``.spec``).
         backend: ``torch``, or ``onnx`` to run the per-candidate rest of the network (everything after the
             first layer's pre-activation) in ONNX Runtime (the ``onnx`` extra); measured by
             benchmarks/serve.py.
+
+    Raises:
+        DeepCrossingError: an unknown backend, or a model that is not a DeepCrossing.
     """
 
     def __init__(self, loaded: Any, backend: str = "torch") -> None:
         if backend not in ("torch", "onnx"):
             raise DeepCrossingError(f"scorer backend must be torch or onnx, not {backend!r}")
+        if not isinstance(loaded.model, DeepCrossing):
+            raise DeepCrossingError(f"the serving fast path needs a DeepCrossing model, not a "
+                                    f"{type(loaded.model).__name__}")
         self.loaded = loaded
         self.backend = backend
-        self.model = loaded.model.eval()
+        self.model: DeepCrossing = loaded.model.eval()
         self.encoder = loaded.encoder
         self.spec = loaded.spec
-        self.embedding = _find(self.model, "EmbeddingLayer")
-        self.stacking = _find(self.model, "StackingLayer")
-        self.mlp = _find(self.model, "MLP")
-        self.scoring = _find(self.model, "ScoringLayer")
         self.columns = tuple(self.spec.columns() if callable(getattr(self.spec, "columns", None))
                              else (f.name for f in self.spec.features))
         self.item_columns = tuple(f.name for f in self.spec.features if f.side == "item")
         self.request_columns = tuple(f.name for f in self.spec.features if f.side != "item")
-        width = self.stacking.out_dim
-        mask = torch.zeros(width, dtype=torch.bool)
-        for name in self.item_columns:
-            mask[self.stacking.feature_slices[name]] = True
-        self.item_mask = mask                                     # (S,) True on item-side columns
-        first = self.mlp.blocks[0]
-        if isinstance(first, nn.Linear):
-            self.residual = False
-            self.first = first
-        elif type(first).__name__ == "ResidualUnit":
-            self.residual = True
-            self.first = first.linear1
-            self.skip_out = first.linear2
-        else:
-            raise DeepCrossingError(f"the first MLP block is a {type(first).__name__}; the fast path splits a "
-                                    "Linear or a ResidualUnit")
-        # Dropout is the identity in eval mode: skip its call overhead per request.
-        self.rest = [b for b in self.mlp.blocks[1:] if not isinstance(b, nn.Dropout)]
-        self.tail = _Tail(self)
-        self._ort = _onnx_session(self.tail, self.first.out_features, width) if backend == "onnx" else None
+        self.split = self.model.first_layer_split()
+        self.residual = self.split.needs_stacked
+        self.item_mask = self.split.item_mask                    # (S,) True on item-side columns
+        self._ort = (_onnx_session(_Tail(self.model), self.split.weight.shape[0], self.split.item_mask.shape[0],
+                                   self.residual) if backend == "onnx" else None)
 
     # ---- shared pieces ----
     @torch.inference_mode()
     def stacked(self, table: pa.Table, only: tuple[str, ...] | None = None) -> Tensor:
         """(B, S) stacked vectors of a table holding every spec column (or the ``only`` ones; the other
         features' columns then hold padding and are masked by the callers)."""
-        batch = self.encoder.transform(table, only=only)
-        return self.stacking(self.embedding(batch), batch.dense)
+        return self.model.stack(self.encoder.transform(table, only=only))
 
     @torch.inference_mode()
     def items(self, table: pa.Table) -> ItemPart:
         """Item-side partials of every row of ``table`` (a movie table: the item-side columns are read)."""
-        x = self.stacked(table, self.item_columns).masked_fill(~self.item_mask, 0.0).contiguous()   # (M, S)
-        return ItemPart(x=x, p=x @ self.first.weight.T)                                              # (M, H)
+        x, p = self.split.item_partial(self.stacked(table, self.item_columns))   # (M, S), (M, H)
+        return ItemPart(x=x, p=p)
 
     @torch.inference_mode()
     def user(self, table: pa.Table) -> UserPart:
         """User/context partial of a one-row table (a user table: the request-side columns are read)."""
-        x = self.stacked(table, self.request_columns)[0].masked_fill(self.item_mask, 0.0)           # (S,)
-        return UserPart(x=x, p=self.first.weight @ x + self.first.bias)                              # (H,)
+        x, p = self.split.request_partial(self.stacked(table, self.request_columns)[0])  # (S,), (H,)
+        return UserPart(x=x, p=p)
 
     @torch.inference_mode()
     def fast(self, user: UserPart, items: ItemPart, rows: Tensor | np.ndarray) -> Tensor:
@@ -149,34 +146,40 @@ class Scorer:
         if self._ort is not None:
             feeds = {"pre": pre.numpy(), "x": x.numpy()} if self.residual else {"pre": pre.numpy()}
             return torch.from_numpy(self._ort.run(None, feeds)[0])
-        return self.tail(pre, x)
+        return self.model.head_from_first_layer(pre, x)
 
     @torch.inference_mode()
     def plain(self, table: pa.Table) -> Tensor:
         """(B,) logits by the model's own full forward pass over a joined user x movie table."""
-        return self.model(self.encoder.transform(table))
+        out: Tensor = self.model(self.encoder.transform(table))
+        return out
 
 
 class _Tail(nn.Module):
-    """Everything after the first layer's pre-activation: (n, H) pre, (n, S) x -> (n,) logits."""
+    """Everything after the first layer's pre-activation, as a module (for the ONNX export):
+    (n, H) pre, (n, S) x -> (n,) logits, by :meth:`DeepCrossing.head_from_first_layer`."""
 
-    def __init__(self, scorer: Scorer) -> None:
+    def __init__(self, model: DeepCrossing) -> None:
         super().__init__()
-        self.residual = scorer.residual
-        self.skip_out = scorer.skip_out if scorer.residual else None
-        self.rest = nn.ModuleList(scorer.rest)
-        self.scoring = scorer.scoring
+        self.model = model
 
     def forward(self, pre: Tensor, x: Tensor) -> Tensor:
-        h = pre
-        if self.skip_out is not None:
-            h = torch.relu(x + self.skip_out(torch.relu(pre)))
-        for block in self.rest:
-            h = block(h)
-        return self.scoring(h)
+        return self.model.head_from_first_layer(pre, x)
 
 
-def _onnx_session(tail: nn.Module, hidden: int, width: int):
+class _PreOnly(nn.Module):
+    """The tail of a model whose first block has no skip connection: (n, H) pre -> (n,) logits."""
+
+    def __init__(self, tail: _Tail) -> None:
+        super().__init__()
+        self.tail = tail
+
+    def forward(self, pre: Tensor) -> Tensor:
+        logits: Tensor = self.tail(pre, pre[:, :0])
+        return logits
+
+
+def _onnx_session(tail: _Tail, hidden: int, width: int, residual: bool) -> Any:
     """Export the tail to ONNX in memory and open a one-thread ONNX Runtime session on it."""
     import io
     import warnings
@@ -186,25 +189,15 @@ def _onnx_session(tail: nn.Module, hidden: int, width: int):
     except ImportError as exc:
         raise DeepCrossingError("the onnx scorer backend needs onnxruntime: pip install 'deepcrossing[onnx]'") \
             from exc
-    residual = getattr(tail, "residual", False)
-    args = (torch.zeros(8, hidden), torch.zeros(8, width if residual else 0))
     names = ["pre", "x"] if residual else ["pre"]
+    module: nn.Module = tail if residual else _PreOnly(tail)
+    args: tuple[Tensor, ...] = (torch.zeros(8, hidden), torch.zeros(8, width)) if residual else \
+        (torch.zeros(8, hidden),)
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if residual:
-            module = tail
-        else:
-            class _PreOnly(nn.Module):
-                def __init__(self) -> None:
-                    super().__init__()
-                    self.tail = tail
-
-                def forward(self, pre: Tensor) -> Tensor:
-                    return self.tail(pre, pre[:, :0])
-
-            module, args = _PreOnly(), args[:1]
-        torch.onnx.export(module.eval(), args, buffer, input_names=names, output_names=["logits"],
+        torch.onnx.export(module.eval(), args, buffer,  # type: ignore[arg-type]  # a file-like object works
+                          input_names=names, output_names=["logits"],
                           dynamic_axes={n: {0: "n"} for n in names} | {"logits": {0: "n"}}, dynamo=False)
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1

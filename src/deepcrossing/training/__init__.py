@@ -1,7 +1,8 @@
 """Training: the loop (Trainer), model files (artifact.save / load), export (ONNX, TorchScript).
 
 Public API:
-    Trainer(model, train_config, device, checkpoint_dir).fit(train_batch, valid_batch, resume=...)
+    Trainer(DeepCrossingTrain(model), train_config, device, checkpoint_dir, fingerprint).fit(train, valid, ...)
+    optim (make_optimizers, RowSparseAdam, lr_at), checkpoint (save / load / fingerprint)
     train_model(tables, experiment_config, out_dir, ...)      encoder + model + trainer + files
     save(model_dir, model, encoder, train_config, extra) / load(model_dir) -> LoadedModel
     export_model(model_dir, "onnx" | "torchscript", out)

@@ -31,8 +31,10 @@ from deepcrossing.atomic import write_text_atomic
 from deepcrossing.config import ExperimentConfig
 from deepcrossing.encoding.encoder import Encoder
 from deepcrossing.model.deep_crossing import DeepCrossing
+from deepcrossing.model.train_module import DeepCrossingTrain
 from deepcrossing.hashing import file_sha256
 from deepcrossing.training import artifact
+from deepcrossing.training.checkpoint import fingerprint
 from deepcrossing.training.plots import plot_history, plot_roc
 from deepcrossing.training.trainer import StepInfo, Trainer, evaluate_batch, predict_logits
 
@@ -77,7 +79,8 @@ def train_model(tables: dict[str, pa.Table], config: ExperimentConfig, out_dir: 
         if on_epoch is not None:
             on_epoch(record)
 
-    trainer = Trainer(model, cfg_train, device, checkpoints)
+    provenance = fingerprint([sources[k] for k in ("train", "valid") if k in sources], config.to_dict())
+    trainer = Trainer(DeepCrossingTrain(model), cfg_train, device, checkpoints, fingerprint=provenance)
     if resume and (checkpoints / "last" / "state.json").exists():
         history_lines.extend(json.loads((checkpoints / "last" / "state.json").read_text())["history"])
     fit = trainer.fit(encoded["train"], encoded["valid"], resume=resume, on_step=on_step, on_epoch=epoch_done)

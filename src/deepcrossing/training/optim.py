@@ -1,0 +1,128 @@
+"""Optimizers and learning-rate schedules of the Trainer.
+
+:func:`make_optimizers` turns the training wrapper's :class:`~deepcrossing.model.train_module.ParameterGroups`
+into optimizers (fused Adam/AdamW with their own weight decay for the embedding tables, or Adam for the dense
+part plus :class:`RowSparseAdam` for tables with sparse gradients); :func:`lr_at` is the schedule.
+
+Example:
+    >>> from deepcrossing.config import TrainConfig
+    >>> lr_at(TrainConfig(epochs=2, lr=1.0, lr_schedule="cosine"), epoch=1, step=0, steps=2)
+    0.5
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from deepcrossing.config import TrainConfig
+from deepcrossing.model.train_module import ParameterGroups
+
+
+class RowSparseAdam(torch.optim.SparseAdam):
+    """``torch.optim.SparseAdam`` with the same arithmetic on dense row ops.
+
+    torch's SparseAdam coalesces the gradient (sort + reduce of every looked-up row) and updates the moments
+    and the weights through ``sparse_mask`` and sparse ``add_`` calls. Here the duplicate rows are summed by
+    ``torch.unique(return_inverse=True)`` + ``index_add_`` (2x faster than ``coalesce`` for the batch's
+    11k movie-table rows, 2-4x for small tables), and with unique rows ``t.sparse_mask(g)`` is
+    ``t.index_select(0, rows)`` and ``t.add_(sparse(rows, u))`` is ``t.index_add_(0, rows, u)``. The update
+    is SparseAdam's formula in its order of operations; only the summation order of duplicate gradient rows
+    differs (float rounding, ~1e-7 relative; deterministic). State and state_dict are SparseAdam's
+    (checkpoints unchanged).
+    Gradients must be row-sparse (``nn.Embedding(sparse=True)``: indices ``(1, nnz)``, values ``(nnz, D)``).
+    """
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            eps, lr, maximize = group["eps"], group["lr"], group.get("maximize", False)
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if not p.grad.is_sparse:
+                    raise RuntimeError("SparseAdam does not support dense gradients, please consider Adam instead")
+                state = self.state[p]
+                if len(state) == 0:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                grad = -p.grad if maximize else p.grad
+                if grad.is_coalesced():
+                    rows, values = grad._indices()[0], grad._values()
+                else:
+                    rows, inverse = torch.unique(grad._indices()[0], return_inverse=True)
+                    values = grad._values().new_zeros((len(rows), *grad.shape[1:]))
+                    values.index_add_(0, inverse, grad._values())
+                if values.numel() == 0:
+                    continue
+                exp_avg, exp_avg_sq, step = state["exp_avg"], state["exp_avg_sq"], state["step"]
+                old_exp_avg = exp_avg.index_select(0, rows)
+                exp_avg_update = values.sub(old_exp_avg).mul_(1 - beta1)
+                exp_avg.index_add_(0, rows, exp_avg_update)
+                old_exp_avg_sq = exp_avg_sq.index_select(0, rows)
+                exp_avg_sq_update = values.pow(2).sub_(old_exp_avg_sq).mul_(1 - beta2)
+                exp_avg_sq.index_add_(0, rows, exp_avg_sq_update)
+                numer = exp_avg_update.add_(old_exp_avg)
+                denom = exp_avg_sq_update.add_(old_exp_avg_sq).sqrt_().add_(eps)
+                step_size = lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)
+                p.index_add_(0, rows, -step_size * numer.div_(denom))
+        return loss
+
+
+def make_optimizers(groups: ParameterGroups, config: TrainConfig) -> list[torch.optim.Optimizer]:
+    """The optimizers of one training run, stepped together.
+
+    ``sparse_adam``: Adam over the dense parameters and, for tables with sparse gradients, RowSparseAdam over
+    the tables (tables with dense gradients join the Adam). ``adam``/``adamw``: one fused optimizer with two
+    groups, the dense parameters (``weight_decay``) then the tables (``embedding_weight_decay``).
+
+    Args:
+        groups: the training wrapper's parameter groups.
+        config: lr, weight decays and the optimizer name.
+    """
+    c = config
+    if c.optimizer == "sparse_adam":
+        sparse = groups.embedding if groups.sparse_gradients else []
+        dense = groups.dense if groups.sparse_gradients else [*groups.embedding, *groups.dense]
+        opts: list[torch.optim.Optimizer] = [torch.optim.Adam(dense, lr=c.lr, weight_decay=c.weight_decay,
+                                                              fused=True)]
+        if sparse:
+            opts.append(RowSparseAdam(sparse, lr=c.lr))
+        return opts
+    cls = torch.optim.AdamW if c.optimizer == "adamw" else torch.optim.Adam
+    param_groups: list[dict[str, object]] = [{"params": groups.dense, "weight_decay": c.weight_decay}]
+    if groups.embedding:
+        param_groups.append({"params": groups.embedding, "weight_decay": c.embedding_weight_decay})
+    # fused: one kernel per step instead of a pass over memory per Adam operation (4x faster on CPU for
+    # tables of a million weights)
+    return [cls(param_groups, lr=c.lr, fused=True)]
+
+
+def lr_at(config: TrainConfig, epoch: int, step: int, steps: int) -> float:
+    """Learning rate of step ``step`` (0-based) of epoch ``epoch`` (0-based), ``steps`` steps per epoch."""
+    c = config
+    if c.lr_schedule == "cosine":
+        progress = (epoch * steps + step) / max(1, c.epochs * steps)
+        return c.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if c.lr_schedule == "exponential":
+        return float(c.lr * c.lr_decay ** epoch)
+    return c.lr
+
+
+def set_lr(optimizers: list[torch.optim.Optimizer], lr: float) -> None:
+    """Set the learning rate of every group of every optimizer."""
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = lr
+
+
+__all__ = ["RowSparseAdam", "lr_at", "make_optimizers", "set_lr"]
