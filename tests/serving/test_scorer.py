@@ -85,3 +85,15 @@ def test_onnx_backend_equals_torch(synth_data, records, mlp, make_loaded):
     rows = np.arange(0, 2000, 3)
     torch.testing.assert_close(onnx_scorer.fast(part, items, rows), torch_scorer.fast(part, items, rows),
                                atol=1e-5, rtol=0)
+
+
+def test_scorer_needs_a_deep_crossing_model():
+    """The fast path uses the model's own split; any other module is refused by type, not by layer names."""
+    import types
+
+    from deepcrossing.errors import DeepCrossingError
+
+    with pytest.raises(DeepCrossingError, match="needs a DeepCrossing model, not a Linear"):
+        Scorer(types.SimpleNamespace(model=torch.nn.Linear(2, 1), encoder=None, spec=None))
+    with pytest.raises(DeepCrossingError, match="backend must be torch or onnx"):
+        Scorer(types.SimpleNamespace(model=torch.nn.Linear(2, 1), encoder=None, spec=None), backend="tf")
