@@ -141,3 +141,36 @@ def test_resume_refuses_other_samples_or_spec(data, tmp_path):
     assert strip_times(resumed.history) == strip_times(full.history)
     state = json.loads((tmp_path / "last" / "state.json").read_text())
     assert state["fingerprint"] == same and state["epochs_done"] == 3
+
+
+def test_train_model_resume_checks_the_sample_files_and_spec(tmp_path):
+    """Through the pipeline: the fingerprint is taken from the train/valid files and the experiment config."""
+    import dataclasses
+
+    import pyarrow.parquet as pq
+
+    from deepcrossing.config import ExperimentConfig
+    from deepcrossing.training.pipeline import train_model
+
+    folders = {}
+    for name, seed in (("a", 0), ("b", 5)):
+        folder = folders[name] = tmp_path / name
+        folder.mkdir()
+        pq.write_table(sample_table(400, seed=seed), folder / "train.parquet")
+        pq.write_table(sample_table(200, seed=seed + 1), folder / "valid.parquet")
+
+    def train(samples, config, resume):
+        files = {split: str(samples / f"{split}.parquet") for split in ("train", "valid")}
+        tables = {split: pq.read_table(path) for split, path in files.items()}
+        torch.manual_seed(0)
+        return train_model(tables, config, tmp_path / "model", resume=resume, sources=files)
+
+    config = ExperimentConfig(small_spec(), MODEL, TrainConfig(epochs=1, batch_size=128, seed=0))
+    first = train(folders["a"], config, resume=False)
+    with pytest.raises(InputError, match="field samples: the checkpoint was trained on other samples"):
+        train(folders["b"], config, resume=True)
+    other_spec = dataclasses.replace(config, model=dataclasses.replace(MODEL, dropout=0.3))
+    with pytest.raises(InputError, match="field spec: the checkpoint was made with another spec"):
+        train(folders["a"], other_spec, resume=True)
+    again = train(folders["a"], config, resume=True)  # nothing left to train: the same history
+    assert strip_times(again["history"]) == strip_times(first["history"])
