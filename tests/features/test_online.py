@@ -125,3 +125,22 @@ def test_online_records_refuse_bad_sizes(tmp_path, kwargs, field):
     with pytest.raises(InputError, match=field) as err:
         online_records(write_dataset(tmp_path, RATINGS, ITEMS), **kwargs)
     assert err.value.field == field
+
+
+@pytest.mark.parametrize("spec", ["movielens.toml", "sparrow.toml"])
+def test_shipped_specs_agree_with_the_column_sides(spec):
+    """A spec feature's side (the service splits the first layer by it) is its sample column's side."""
+    import tomllib
+    from pathlib import Path
+
+    import deepcrossing
+
+    path = Path(deepcrossing.__file__).parent / "specs" / spec
+    features = tomllib.loads(path.read_text())["features"]
+    assert features
+    for feature in features:
+        column = COLUMNS.get(feature["name"])
+        if column is None:
+            continue  # not a sample column (a derived or context feature)
+        expected = {"user": "user", "movie": "item", "event": "context"}[column.side]
+        assert feature.get("side", "context") == expected, (spec, feature["name"])

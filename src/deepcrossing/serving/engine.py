@@ -34,7 +34,7 @@ from deepcrossing.serving.store import FeatureStore, StoreError, VersionGone, op
 USER_CACHE_SIZE = 100_000  # user partials kept per state (H floats each); cleared when full
 
 
-def empty_features(schema: pa.Schema, id_name: str, id_value: int) -> dict:
+def empty_features(schema: pa.Schema, id_name: str, id_value: int) -> dict[str, Any]:
     """The schema's columns of a cold-start user / unknown movie (``id_name``'s side), from the column
     definitions (:func:`deepcrossing.features.cold_features`: counts 0, lists/maps empty, else null).
 
