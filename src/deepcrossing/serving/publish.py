@@ -26,7 +26,8 @@ from deepcrossing.features.online import DEFAULT_HISTORY_N, DEFAULT_MAX_CANDIDAT
 from deepcrossing.serving.store import FeatureStore, open_store
 
 __all__ = ["DEFAULT_HISTORY_N", "DEFAULT_MAX_CANDIDATES", "build_records", "default_store_url",
-           "feature_config_of", "publish_dataset", "publish_for_model", "records_for_store", "schema_from_json"]
+           "feature_config_of", "publish_dataset", "publish_for_model", "publish_records", "records_for_store",
+           "schema_from_json"]
 
 Record = tuple[int, dict[str, Any]]
 
@@ -85,16 +86,20 @@ def build_records(
     """
     records = online_records(dataset, feature_config, history_n=history_n, max_candidates=max_candidates)
     users, movies, candidates = records_for_store(records)
+    return users, movies, candidates, _dataset_meta(dataset, feature_config) | _records_meta(records, users)
+
+
+def _dataset_meta(dataset: Dataset, feature_config: FeatureConfig | None) -> dict[str, Any]:
+    return {"dataset": dataset.name, "sources": dict(dataset.sources),
+            "feature_config": None if feature_config is None else feature_config.to_dict()}
+
+
+def _records_meta(records: OnlineRecords, users: list[Record]) -> dict[str, Any]:
+    """The meta a version's records imply: example users (most rated first) and the feature schemas."""
     active = sorted(users, key=lambda kv: (-len(kv[1]["rated"]), kv[0]))
-    meta = {
-        "dataset": dataset.name,
-        "example_users": [uid for uid, _ in active[:8]],
-        "sources": dict(dataset.sources),
-        "feature_config": None if feature_config is None else feature_config.to_dict(),
-        "user_schema": _schema_json(records.users.schema),
-        "movie_schema": _schema_json(records.movies.schema),
-    }
-    return users, movies, candidates, meta
+    return {"example_users": [uid for uid, _ in active[:8]],
+            "user_schema": _schema_json(records.users.schema),
+            "movie_schema": _schema_json(records.movies.schema)}
 
 
 def _schema_json(schema: pa.Schema) -> str:
@@ -131,10 +136,30 @@ def publish_dataset(
     """
     target = open_store(store) if isinstance(store, str) else store  # a bad URL fails before the work
     try:
-        users, movies, candidates, meta = build_records(dataset, feature_config, history_n=history_n,
-                                                        max_candidates=max_candidates)
-        meta.update(extra_meta or {})
-        version = target.publish(users, movies, candidates, meta=json.loads(json.dumps(meta, default=str)),
+        records = online_records(dataset, feature_config, history_n=history_n, max_candidates=max_candidates)
+        return publish_records(records, target, meta=_dataset_meta(dataset, feature_config) | (extra_meta or {}),
+                               keep_previous_s=keep_previous_s)
+    finally:
+        if target is not store:
+            target.close()
+
+
+def publish_records(records: OnlineRecords, store: FeatureStore | str, *, meta: dict[str, Any] | None = None,
+                    keep_previous_s: float = 0.0) -> dict[str, Any]:
+    """Write online records as one new store version (verified, then switched to); return its meta.
+
+    Args:
+        records: from :func:`deepcrossing.features.online_records`.
+        store: a :class:`FeatureStore` or its URL.
+        meta: more JSON-ready meta (dataset, model folder, ...); the example users and the feature schemas
+            are added here.
+        keep_previous_s: seconds the previous version stays readable after the switch.
+    """
+    users, movies, candidates = records_for_store(records)
+    full = (meta or {}) | _records_meta(records, users)
+    target = open_store(store) if isinstance(store, str) else store
+    try:
+        version = target.publish(users, movies, candidates, meta=json.loads(json.dumps(full, default=str)),
                                  keep_previous_s=keep_previous_s)
         published: dict[str, Any] = target.meta(version=version)
         return published
