@@ -19,7 +19,7 @@ from deepcrossing.features import (
     movie_side_columns,
     user_side_columns,
 )
-from deepcrossing.features.sql import FEATURE_COLUMNS
+from deepcrossing.features.columns import FEATURE_COLUMNS
 
 from .conftest import write_dataset
 
@@ -92,7 +92,7 @@ def test_future_changes_never_change_features(tmp_path_factory, events, cut, dat
     before = _rows(compute_samples(write_dataset(folder / "a", events, ITEMS)))
     after = _rows(compute_samples(write_dataset(folder / "b", changed, ITEMS))) if changed else {}
     untouched = set(events) & set(changed)
-    for user, item, rating, ts in untouched:
+    for user, item, _rating, ts in untouched:
         if ts <= cut:
             a, b = before[(user, item, ts)], after[(user, item, ts)]
             for name in FEATURE_COLUMNS:
@@ -129,7 +129,7 @@ def test_random_split_is_seeded(tmp_path):
     cfg = FeatureConfig(split="random", fractions=(0.6, 0.2, 0.2), seed=3)
     a = build_samples(ds, cfg, tmp_path / "a")
     b = build_samples(ds, cfg, tmp_path / "b")
-    c = build_samples(ds, FeatureConfig(split="random", fractions=(0.6, 0.2, 0.2), seed=4), tmp_path / "c")
+    build_samples(ds, FeatureConfig(split="random", fractions=(0.6, 0.2, 0.2), seed=4), tmp_path / "c")
     keys = {name: sorted(zip(*pq.read_table(tmp_path / name / "test.parquet", columns=["userId", "movieId"])
                              .to_pydict().values())) for name in "abc"}
     assert keys["a"] == keys["b"] and keys["a"] != keys["c"]

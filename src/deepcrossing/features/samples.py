@@ -3,13 +3,11 @@
 ``build_samples`` runs :func:`deepcrossing.features.sql.feature_sql` once over all ratings (so features of
 valid/test rows see every earlier rating, test period included, up to the sample), assigns each row to
 train/valid/test and writes the files with DuckDB's ``COPY`` into a temporary folder that replaces ``out_dir``
-only when complete. ``latest_features`` runs the same query with one probe row per user and per movie at
-``max(timestamp) + 1`` and keeps the probe rows.
+only when complete. The online records (features as of now) are in :mod:`deepcrossing.features.online`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import math
@@ -25,88 +23,23 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from deepcrossing.atomic import atomic_dir
-from deepcrossing.duck import connection, sql_str
 from deepcrossing.data.schema import Dataset
+from deepcrossing.duck import sql_str
 from deepcrossing.errors import InputError
+from deepcrossing.features.columns import EXTRA_COLUMNS, MOVIE_SIDE, SAMPLE_COLUMNS, USER_SIDE
 from deepcrossing.features.config import FeatureConfig
-from deepcrossing.features.sql import (
-    EXTRA_COLUMNS,
-    MOVIE_SIDE,
-    SAMPLE_COLUMNS,
-    USER_SIDE,
-    assemble,
-    feature_sql,
-    genre_bits,
-)
+from deepcrossing.features.inputs import connect as _connect
+from deepcrossing.features.inputs import events_genre_bits as _genre_bits
+from deepcrossing.features.inputs import fetch_one
+from deepcrossing.features.inputs import genre_vocabulary as _genres
+from deepcrossing.features.inputs import register_inputs as _register_inputs
+from deepcrossing.features.sql import assemble, feature_sql
 
 FORMAT_VERSION = 1
 SPLIT_NAMES = ("train", "valid", "test")
 FORMATS = ("parquet", "sparrow")
 _BATCH_ROWS = 1 << 17
 _ROW_GROUP = 1 << 17
-
-
-def user_side_columns() -> tuple[str, ...]:
-    """Sample columns that describe the user (as of the sample time), ``userId`` first.
-
-    Example:
-        >>> user_side_columns()[:2]
-        ('userId', 'userRatingCount')
-    """
-    return USER_SIDE
-
-
-def movie_side_columns() -> tuple[str, ...]:
-    """Sample columns that describe the movie (as of the sample time), ``movieId`` first.
-
-    Example:
-        >>> movie_side_columns()[:2]
-        ('movieId', 'releaseYear')
-    """
-    return MOVIE_SIDE
-
-
-def _connect(config: FeatureConfig) -> contextlib.AbstractContextManager[duckdb.DuckDBPyConnection]:
-    """An in-memory DuckDB with the config's threads/memory that spills to a private temp folder."""
-    return connection(threads=int(config.threads), memory_limit=config.memory_limit, preserve_order=False)
-
-
-def _register_inputs(con: duckdb.DuckDBPyConnection, dataset: Dataset) -> int:
-    """Create views ratings_src/items_src (checked for files and columns); return the number of ratings."""
-    need = {
-        Path(dataset.ratings): ("user_id", "item_id", "rating", "label", "timestamp"),
-        Path(dataset.items): ("item_id", "year", "genres"),
-    }
-    for path, columns in need.items():
-        if not path.is_file():
-            raise InputError("normalized file is missing; load the data again with load_dataset", path=path)
-        have = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM read_parquet({sql_str(path)})").fetchall()}
-        for column in columns:
-            if column not in have:
-                raise InputError(f"column {column!r} is missing (have: {', '.join(sorted(have))})",
-                                 path=path, field=column)
-    con.execute(f"CREATE VIEW ratings_src AS SELECT CAST(user_id AS BIGINT) AS user_id, "
-                f"CAST(item_id AS BIGINT) AS item_id, CAST(rating AS DOUBLE) AS rating, "
-                f"CAST(label AS TINYINT) AS label, CAST(timestamp AS BIGINT) AS timestamp "
-                f"FROM read_parquet({sql_str(dataset.ratings)})")
-    con.execute(f"CREATE VIEW items_src AS SELECT CAST(item_id AS BIGINT) AS item_id, "
-                f"CAST(year AS INTEGER) AS year, genres FROM read_parquet({sql_str(dataset.items)})")
-    n = con.execute("SELECT COUNT(*) FROM ratings_src").fetchone()[0]
-    if n == 0:
-        raise InputError("there are no ratings to build samples from", path=dataset.ratings)
-    return int(n)
-
-
-def _genre_bits(con: duckdb.DuckDBPyConnection) -> int:
-    """Bits per packed genre counter: enough for the user with the most events (positives are fewer)."""
-    most = con.execute("SELECT MAX(n) FROM (SELECT COUNT(*) AS n FROM events GROUP BY user_id)").fetchall()[0][0]
-    return genre_bits(int(most or 0))
-
-
-def _genres(con: duckdb.DuckDBPyConnection) -> list[str]:
-    rows = con.execute("SELECT DISTINCT g FROM (SELECT UNNEST(genres) AS g FROM items_src) "
-                       "WHERE g IS NOT NULL ORDER BY g").fetchall()
-    return [r[0] for r in rows]
 
 
 def _split_expr(con: duckdb.DuckDBPyConnection, config: FeatureConfig) -> tuple[str, dict[str, Any]]:
@@ -118,15 +51,15 @@ def _split_expr(con: duckdb.DuckDBPyConnection, config: FeatureConfig) -> tuple[
         expr = (f"CASE WHEN {coin} < {f_train!r} THEN 'train' "
                 f"WHEN {coin} < {f_train + f_valid!r} THEN 'valid' ELSE 'test' END")
         return expr, {"rule": "seeded hash of (user, movie, timestamp, seed) per rating", "seed": config.seed}
-    lo, hi, n = con.execute("SELECT MIN(timestamp), MAX(timestamp), COUNT(*) FROM ratings_src").fetchone()
+    lo, hi, n = fetch_one(con, "SELECT MIN(timestamp), MAX(timestamp), COUNT(*) FROM ratings_src")
     cuts = []
     for q in (f_train, f_train + f_valid):
         k = int(math.floor(q * n + 1e-9))  # the boundary is the timestamp of the k-th row (0-based) in time order
         if k >= n:
             cuts.append(int(hi) + 1)
         else:
-            cuts.append(int(con.execute(f"SELECT timestamp FROM ratings_src ORDER BY timestamp "
-                                        f"LIMIT 1 OFFSET {k}").fetchone()[0]))
+            cuts.append(int(fetch_one(con, f"SELECT timestamp FROM ratings_src ORDER BY timestamp "
+                                           f"LIMIT 1 OFFSET {k}")[0]))
     b1, b2 = cuts
     expr = f"CASE WHEN timestamp < {b1} THEN 'train' WHEN timestamp < {b2} THEN 'valid' ELSE 'test' END"
 
@@ -134,8 +67,10 @@ def _split_expr(con: duckdb.DuckDBPyConnection, config: FeatureConfig) -> tuple[
         return dt.datetime.fromtimestamp(t, dt.UTC).isoformat()
 
     return expr, {
-        "rule": "with n rows in time order, valid_start is the timestamp of row floor(n * train) and test_start of row floor(n * (train + valid)) (0-based); train: timestamp < valid_start; valid: valid_start <= timestamp < test_start; test: the rest "
-                "(rows tied with a boundary go to the later split, so no second spans two splits)",
+        "rule": "with n rows in time order, valid_start is the timestamp of row floor(n * train) and test_start of "
+                "row floor(n * (train + valid)) (0-based); train: timestamp < valid_start; valid: valid_start <= "
+                "timestamp < test_start; test: the rest (rows tied with a boundary go to the later split, so no "
+                "second spans two splits)",
         "valid_start": b1, "valid_start_iso": iso(b1), "test_start": b2, "test_start_iso": iso(b2),
         "first_timestamp": int(lo), "last_timestamp": int(hi),
     }
@@ -266,65 +201,20 @@ def _dictionary_columns(schema: pa.Schema) -> list[str]:
 def _split_stats(con: duckdb.DuckDBPyConnection, files: dict[str, Path]) -> dict[str, Any]:
     splits = {}
     for name, path in files.items():
-        rows, pos, users, t0, t1 = con.execute(
-            f"SELECT COUNT(*), AVG(label), COUNT(DISTINCT userId), MIN(timestamp), MAX(timestamp) "
-            f"FROM read_parquet({sql_str(path)})").fetchone()
+        rows, pos, users, t0, t1 = fetch_one(
+            con, f"SELECT COUNT(*), AVG(label), COUNT(DISTINCT userId), MIN(timestamp), MAX(timestamp) "
+            f"FROM read_parquet({sql_str(path)})")
         splits[name] = {"rows": int(rows), "positive_rate": None if pos is None else round(float(pos), 6),
                         "users": int(users), "first_timestamp": t0, "last_timestamp": t1}
     unseen = {}
     for name in ("valid", "test"):
-        share = con.execute(
-            f"SELECT AVG(CASE WHEN t.userId IS NULL THEN 1.0 ELSE 0.0 END) FROM "
+        share = fetch_one(
+            con, f"SELECT AVG(CASE WHEN t.userId IS NULL THEN 1.0 ELSE 0.0 END) FROM "
             f"(SELECT DISTINCT userId FROM read_parquet({sql_str(files[name])})) s "
             f"LEFT JOIN (SELECT DISTINCT userId FROM read_parquet({sql_str(files['train'])})) t "
-            f"ON s.userId = t.userId").fetchone()[0]
+            f"ON s.userId = t.userId")[0]
         unseen[f"{name}_users_not_in_train_share"] = None if share is None else round(float(share), 6)
     return {"splits": splits, "unseen": unseen}
-
-
-def latest_features(dataset: Dataset, config: FeatureConfig | None = None) -> tuple[pa.Table, pa.Table]:
-    """Each user's and each movie's features as of the end of the data, by the same SQL as the samples.
-
-    One probe row per user and one per movie (every item of ``items.parquet``, rated or not) is appended at
-    ``t_end = max(timestamp) + 1``; probes never count as history. The user-side columns of the user probes
-    and the movie-side columns of the movie probes are exactly what a sample arriving at ``t_end`` would get.
-
-    Args:
-        dataset: normalized ratings/items.
-        config: the :class:`FeatureConfig` used for the samples (threshold, N).
-
-    Returns:
-        ``(users, movies)``: ``users`` has :func:`user_side_columns` (one row per user, ``(U, len)``),
-        ``movies`` has :func:`movie_side_columns` (one row per item), both sorted by id. The relative
-        columns (``userSecondsSincePrevRating``, ``movieSecondsSinceFirstRating``) are relative to ``t_end``.
-
-    Example:
-        >>> users, movies = latest_features(dataset)  # doctest: +SKIP
-        >>> users.column("userRecentPositives")[0]  # doctest: +SKIP
-    """
-    config = config or FeatureConfig()
-    with _connect(config) as con:
-        _register_inputs(con, dataset)
-        genres = _genres(con)
-        t_end = int(con.execute("SELECT MAX(timestamp) FROM ratings_src").fetchone()[0]) + 1
-        con.execute(
-            "CREATE VIEW events AS "
-            "SELECT user_id, item_id, rating, label, timestamp, FALSE AS is_probe FROM ratings_src "
-            f"UNION ALL SELECT DISTINCT user_id, CAST(NULL AS BIGINT), CAST(NULL AS DOUBLE), "
-            f"CAST(NULL AS TINYINT), {t_end}, TRUE FROM ratings_src "
-            f"UNION ALL SELECT DISTINCT CAST(NULL AS BIGINT), item_id, CAST(NULL AS DOUBLE), "
-            f"CAST(NULL AS TINYINT), {t_end}, TRUE FROM items_src"
-        )
-        bits = _genre_bits(con)
-        con.execute("CREATE TEMP TABLE probes AS SELECT * FROM ("
-                    + feature_sql(genres, label_threshold=config.label_threshold, recent_n=config.recent_n,
-                                  genre_bits=bits)
-                    + ") WHERE is_probe")
-        users = assemble(con.sql("SELECT * FROM probes WHERE userId IS NOT NULL ORDER BY userId").to_arrow_table(),
-                         genres, config.recent_n, bits).select(list(USER_SIDE))
-        movies = assemble(con.sql("SELECT * FROM probes WHERE movieId IS NOT NULL ORDER BY movieId")
-                          .to_arrow_table(), genres, config.recent_n, bits).select(list(MOVIE_SIDE))
-    return users, movies
 
 
 def compute_samples(dataset: Dataset, config: FeatureConfig | None = None) -> pa.Table:

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from deepcrossing.duck import sql_str
 from deepcrossing.errors import InputError
-from deepcrossing.features.sql import SAMPLE_COLUMNS
+from deepcrossing.features.columns import SAMPLE_COLUMNS
 
 SPARROW_COLUMNS = (
     "movieId", "userId", "rating", "timestamp", "label", "releaseYear", "movieGenre1", "movieGenre2",
@@ -58,8 +58,8 @@ def write_sparrow_csv(con: duckdb.DuckDBPyConnection, source: str, path: Path) -
         f"COALESCE({fmt[_WRITE_AS[c]].format(c=chr(34) + c + chr(34))}, '') AS \"{c}\"" for c in SPARROW_COLUMNS
     )
     # an empty VARCHAR is written quoted ("") by DuckDB's CSV writer, exactly as SparrowRecSys does
-    con.execute(f"COPY (SELECT {cols} FROM {source} ORDER BY timestamp, userId, movieId) TO {sql_str(path)} (FORMAT csv, HEADER, DELIMITER ',', "
-                f"QUOTE '\"', NEW_LINE '\\n')")
+    con.execute(f"COPY (SELECT {cols} FROM {source} ORDER BY timestamp, userId, movieId) TO {sql_str(path)} "
+                f"(FORMAT csv, HEADER, DELIMITER ',', QUOTE '\"', NEW_LINE '\\n')")
 
 
 def _read_sparrow(path: Path) -> pa.Table:

@@ -23,63 +23,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from deepcrossing.duck import sql_str
-
-# The output schema, in order: name -> (DuckDB type, meaning). The first block is docs/design.md section 2;
-# the second block are the extra leakage-free signals.
-SAMPLE_COLUMNS: dict[str, tuple[str, str]] = {
-    "userId": ("BIGINT", "user id"),
-    "movieId": ("BIGINT", "movie (item) id"),
-    "rating": ("DOUBLE", "the rating; NULL for label-only logs"),
-    "timestamp": ("BIGINT", "unix seconds of the rating"),
-    "label": ("TINYINT", "1 if rating >= label_threshold (or the given label column), else 0"),
-    "releaseYear": ("INTEGER", "release year from the title; NULL when unknown"),
-    "movieGenres": ("VARCHAR[]", "all genres of the movie"),
-    "movieGenre1": ("VARCHAR", "first genre of the movie"),
-    "movieGenre2": ("VARCHAR", "second genre of the movie"),
-    "movieGenre3": ("VARCHAR", "third genre of the movie"),
-    "movieRatingCount": ("BIGINT", "ratings of the movie strictly before t"),
-    "movieAvgRating": ("DOUBLE", "mean of those ratings; NULL when none"),
-    "movieRatingStddev": ("DOUBLE", "sample stddev of those ratings; NULL under 2"),
-    "userRatingCount": ("BIGINT", "the user's ratings strictly before t"),
-    "userAvgRating": ("DOUBLE", "mean of those ratings; NULL when none"),
-    "userRatingStddev": ("DOUBLE", "sample stddev of those ratings; NULL under 2"),
-    "userAvgReleaseYear": ("DOUBLE", "mean release year of those movies (known years only)"),
-    "userReleaseYearStddev": ("DOUBLE", "sample stddev of those release years; NULL under 2"),
-    "userRecentPositives": ("BIGINT[]", "last N movies the user rated positively before t, most recent first "
-                                        "(same second: smaller movieId first)"),
-    "userRatedMovie1": ("BIGINT", "userRecentPositives[1]"),
-    "userRatedMovie2": ("BIGINT", "userRecentPositives[2]"),
-    "userRatedMovie3": ("BIGINT", "userRecentPositives[3]"),
-    "userRatedMovie4": ("BIGINT", "userRecentPositives[4]"),
-    "userRatedMovie5": ("BIGINT", "userRecentPositives[5]"),
-    "userGenre1": ("VARCHAR", "top genre over the user's positives before t (count desc, then name)"),
-    "userGenre2": ("VARCHAR", "second top genre"),
-    "userGenre3": ("VARCHAR", "third top genre"),
-    "userGenre4": ("VARCHAR", "fourth top genre"),
-    "userGenre5": ("VARCHAR", "fifth top genre"),
-    "userGenreCounts": ("MAP(VARCHAR, BIGINT)", "genre -> count over the user's positives before t"),
-    "userPositiveRate": ("DOUBLE", "share of the user's ratings before t that are positive; NULL when none"),
-    "userSecondsSincePrevRating": ("BIGINT", "t minus the user's latest rating time before t; NULL when none"),
-    "moviePositiveRate": ("DOUBLE", "share of the movie's ratings before t that are positive; NULL when none"),
-    "movieSecondsSinceFirstRating": ("BIGINT", "t minus the movie's first rating time before t; NULL when none"),
-}
-DOCUMENTED_COLUMNS = tuple(list(SAMPLE_COLUMNS)[:30])
-EXTRA_COLUMNS = tuple(list(SAMPLE_COLUMNS)[30:])
-ID_COLUMNS = ("userId", "movieId", "rating", "timestamp", "label")
-FEATURE_COLUMNS = tuple(c for c in SAMPLE_COLUMNS if c not in ID_COLUMNS)
-
-USER_SIDE = (
-    "userId", "userRatingCount", "userAvgRating", "userRatingStddev", "userAvgReleaseYear",
-    "userReleaseYearStddev", "userRecentPositives", "userRatedMovie1", "userRatedMovie2", "userRatedMovie3",
-    "userRatedMovie4", "userRatedMovie5", "userGenre1", "userGenre2", "userGenre3", "userGenre4", "userGenre5",
-    "userGenreCounts", "userPositiveRate", "userSecondsSincePrevRating",
-)
-MOVIE_SIDE = (
-    "movieId", "releaseYear", "movieGenres", "movieGenre1", "movieGenre2", "movieGenre3", "movieRatingCount",
-    "movieAvgRating", "movieRatingStddev", "moviePositiveRate", "movieSecondsSinceFirstRating",
-)
-
-
+from deepcrossing.features.columns import SAMPLE_COLUMNS
 
 
 def _stddev(n: str, s: str, ss: str) -> str:
@@ -123,12 +67,13 @@ def feature_sql(genres: list[str], *, label_threshold: float, recent_n: int,
 
     The query computes everything as flat columns. The user's positive history at a sample is the state
     right after the user's k-th positive, k = ``_npos`` (positives strictly before t): ``_rp0.._rp{N-1}``
-    (the last N positive movies, most recent first, NULL beyond k) and the cumulative count
-    per genre of the sorted vocabulary, packed ``genre_bits`` bits per genre into ``_gp*`` BIGINTs so that
-    one running SUM counts several genres: 20 genre windows were the costliest part of the query). That state is computed once per positive event and joined to the
-    samples on (user, k); :func:`assemble` then turns it into the nested columns (:data:`NESTED_COLUMNS`)
-    with vectorized Arrow/numpy code instead of per-row list functions, which were most of the run time
-    (building and exporting lists of 20M rows). Spark equivalents of that step:
+    (the last N positive movies, most recent first, NULL beyond k) and the cumulative count per genre of the
+    sorted vocabulary, packed ``genre_bits`` bits per genre into ``_gp*`` BIGINTs so that one running SUM
+    counts several genres (20 genre windows were the costliest part of the query). That state is computed
+    once per positive event and joined to the samples on (user, k); :func:`assemble` then turns it into the
+    nested columns (:data:`NESTED_COLUMNS`) with vectorized Arrow/numpy code instead of per-row list
+    functions, which were most of the run time (building and exporting lists of 20M rows). Spark equivalents
+    of that step:
     ``slice(array(_rp0, ...), 1, least(_npos, N))``, ``sort_array(array(_g0 * G + (G-1-0), ...), false)``
     and ``map_from_entries(filter(array(struct(...)), x -> x.value > 0))``.
 
@@ -284,9 +229,9 @@ def assemble(batch: pa.RecordBatch | pa.Table, genres: list[str], recent_n: int,
 
     Returns:
         The rows with the :data:`SAMPLE_COLUMNS` (those in ``batch`` and the built ones) in order
-        (``userRecentPositives`` ``list<int64>`` of ``min(_npos, N)`` items, ``userGenre1..5`` the top genres by count desc then name, ``NULL`` past the
-        genres seen, ``userGenreCounts`` ``map<string, int64>`` of the genres seen, sorted by name), then the
-        extra columns; the ``_npos``/``_rp*``/``_gp*`` helpers are dropped.
+        (``userRecentPositives`` ``list<int64>`` of ``min(_npos, N)`` items, ``userGenre1..5`` the top genres
+        by count desc then name, ``NULL`` past the genres seen, ``userGenreCounts`` ``map<string, int64>`` of
+        the genres seen, sorted by name), then the extra columns; the ``_npos``/``_rp*``/``_gp*`` helpers are dropped.
 
     Example:
         >>> import pyarrow as pa

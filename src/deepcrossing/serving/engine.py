@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from deepcrossing.features.columns import cold_features, side_of
 from deepcrossing.hashing import files_sha256
 from deepcrossing.serving.publish import schema_from_json
 from deepcrossing.serving.scorer import ItemPart, Scorer, UserPart, join_user_movies
@@ -33,8 +34,9 @@ from deepcrossing.serving.store import FeatureStore, StoreError, VersionGone, op
 USER_CACHE_SIZE = 100_000  # user partials kept per state (H floats each); cleared when full
 
 
-def empty_features(schema: pa.Schema, id_name: str, id_value: int) -> dict:
-    """Features of an empty history (cold-start user, unknown movie): counts 0, lists/maps empty, else null.
+def empty_features(schema: pa.Schema, id_name: str, id_value: int) -> dict[str, Any]:
+    """The schema's columns of a cold-start user / unknown movie (``id_name``'s side), from the column
+    definitions (:func:`deepcrossing.features.cold_features`: counts 0, lists/maps empty, else null).
 
     Example:
         >>> s = pa.schema([("userId", pa.int64()), ("userRatingCount", pa.int64()),
@@ -42,19 +44,8 @@ def empty_features(schema: pa.Schema, id_name: str, id_value: int) -> dict:
         >>> empty_features(s, "userId", 7)
         {'userId': 7, 'userRatingCount': 0, 'userRecentPositives': [], 'userAvgRating': None}
     """
-    out: dict[str, Any] = {}
-    for f in schema:
-        if f.name == id_name:
-            out[f.name] = int(id_value)
-        elif pa.types.is_map(f.type):
-            out[f.name] = {}
-        elif pa.types.is_list(f.type) or pa.types.is_large_list(f.type):
-            out[f.name] = []
-        elif pa.types.is_integer(f.type) and f.name.endswith("Count"):
-            out[f.name] = 0
-        else:
-            out[f.name] = None
-    return out
+    cold = cold_features(side_of(id_name), id_value)
+    return {f.name: cold[f.name] for f in schema}
 
 
 def _load_model_dir(model_dir: Path) -> Any:

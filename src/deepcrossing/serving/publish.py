@@ -1,14 +1,8 @@
-"""Publish: each user's and each movie's latest features, plus display data and candidates, into a store.
+"""Publish: the online records of :mod:`deepcrossing.features.online`, written as one new store version.
 
-Features come from :func:`deepcrossing.features.latest_features`, the same SQL that made the training
-samples (no second implementation). This module only adds what the service shows or needs besides
-features, all computed set-based in DuckDB:
-
-* per user: the recent history (last ``history_n`` ratings, most recent first, with rating and time) and the
-  ids of every movie the user rated (excluded from that user's recommendations);
-* per movie: title, year, genres;
-* candidates: the ``max_candidates`` most popular movies as of the data's end, by number of ratings, then
-  average rating, then id (SparrowRecSys ranks its 800 candidates the same way, by popularity).
+Every value comes from :func:`deepcrossing.features.online_records` (latest features from the same SQL as the
+training samples, histories, rated sets, candidates); this module only turns those Arrow tables into the
+store's JSON records (see :mod:`deepcrossing.serving.store`) and publishes them. It runs no SQL of its own.
 
 Example:
     >>> report = publish_dataset(dataset, "sqlite:////tmp/features.db")   # doctest: +SKIP
@@ -20,77 +14,68 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pyarrow as pa
 import pyarrow.ipc
 
 from deepcrossing.data.schema import Dataset
-from deepcrossing.duck import sql_str
-from deepcrossing.serving.store import FeatureStore, clean, open_store
+from deepcrossing.features import FeatureConfig, online_records
+from deepcrossing.features.online import DEFAULT_HISTORY_N, DEFAULT_MAX_CANDIDATES, OnlineRecords
+from deepcrossing.serving.store import FeatureStore, open_store
 
-DEFAULT_MAX_CANDIDATES = 5000
-DEFAULT_HISTORY_N = 20
+__all__ = ["DEFAULT_HISTORY_N", "DEFAULT_MAX_CANDIDATES", "build_records", "default_store_url",
+           "feature_config_of", "publish_dataset", "publish_for_model", "publish_records", "records_for_store",
+           "schema_from_json"]
 
-
-
-
-def _rows(table: pa.Table, key: str) -> Iterator[tuple[int, dict]]:
-    """``(id, {column: value})`` per row, maps as dicts, NaN as None."""
-    for row in table.to_pylist():
-        features = {}
-        for name, value in row.items():
-            if isinstance(value, list) and value and isinstance(value[0], tuple):  # MAP -> [(k, v), ...]
-                value = dict(value)
-            features[name] = clean(value)
-        yield int(row[key]), features
+Record = tuple[int, dict[str, Any]]
 
 
-def display_data(dataset: Dataset, *, history_n: int = DEFAULT_HISTORY_N,
-                 max_candidates: int = DEFAULT_MAX_CANDIDATES) -> tuple[pa.Table, pa.Table, list[int]]:
-    """History/rated lists per user, title/genres per movie and the candidate list, in three DuckDB queries.
+def _feature_dicts(table: pa.Table) -> list[dict[str, Any]]:
+    """The rows of a feature table as dicts; a non-empty MAP becomes a dict (an empty one stays ``[]``, as
+    every published version so far has it)."""
+    rows: list[dict[str, Any]] = table.to_pylist()
+    maps = [f.name for f in table.schema if pa.types.is_map(f.type)]
+    if maps:
+        for row in rows:
+            for name in maps:
+                if row[name]:
+                    row[name] = dict(row[name])
+    return rows
+
+
+def records_for_store(records: OnlineRecords) -> tuple[list[Record], list[Record], list[int]]:
+    """The store's ``(users, movies, candidates)`` from the online records (record format: serving.store).
 
     Args:
-        dataset: normalized ratings/items.
-        history_n: ratings kept per user for display.
-        max_candidates: length of the candidate list.
+        records: from :func:`deepcrossing.features.online_records`.
 
     Returns:
-        ``(users, movies, candidates)``: ``users(user_id, history LIST<STRUCT(movie_id, rating, timestamp)>,
-        rated LIST<BIGINT>)``, ``movies(item_id, title, year, genres)`` and candidate ids, best first.
+        ``users``: ``(user_id, {"features", "history": [[movie_id, rating, timestamp], ...], "rated"})``;
+        ``movies``: ``(movie_id, {"features", "title", "year", "genres"})``; the candidate ids.
     """
-    con = duckdb.connect()
-    try:
-        con.execute(f"CREATE VIEW r AS SELECT * FROM read_parquet({sql_str(dataset.ratings)})")
-        users = con.sql(
-            "SELECT user_id, "
-            f"list({{'movie_id': item_id, 'rating': rating, 'timestamp': timestamp}} "
-            f"ORDER BY timestamp DESC, item_id)[1:{int(history_n)}] AS history, "
-            "list(DISTINCT item_id ORDER BY item_id) AS rated "
-            "FROM r GROUP BY user_id ORDER BY user_id"
-        ).to_arrow_table()
-        movies = con.sql(f"SELECT item_id, title, year, genres FROM read_parquet({sql_str(dataset.items)}) "
-                         "ORDER BY item_id").to_arrow_table()
-        candidates = [int(r[0]) for r in con.execute(
-            f"SELECT i.item_id FROM read_parquet({sql_str(dataset.items)}) i LEFT JOIN "
-            "(SELECT item_id, COUNT(*) AS n, AVG(rating) AS avg FROM r GROUP BY item_id) s USING (item_id) "
-            f"ORDER BY COALESCE(s.n, 0) DESC, s.avg DESC NULLS LAST, i.item_id LIMIT {int(max_candidates)}"
-        ).fetchall()]
-    finally:
-        con.close()
-    return users, movies, candidates
+    users: list[Record] = []
+    histories = records.histories.to_pylist()
+    for features, extra in zip(_feature_dicts(records.users), histories, strict=True):
+        users.append((int(features["userId"]), {
+            "features": features,
+            "history": [[h["movieId"], h["rating"], h["timestamp"]] for h in extra["history"]],
+            "rated": extra["rated"]}))
+    movies: list[Record] = []
+    for features, info in zip(_feature_dicts(records.movies), records.movie_info.to_pylist(), strict=True):
+        movies.append((int(features["movieId"]), {"features": features, "title": info["title"],
+                                                  "year": info["year"], "genres": list(info["genres"] or [])}))
+    return users, movies, list(records.candidates)
 
 
 def build_records(
     dataset: Dataset,
-    feature_config: Any = None,
+    feature_config: FeatureConfig | None = None,
     *,
     history_n: int = DEFAULT_HISTORY_N,
     max_candidates: int = DEFAULT_MAX_CANDIDATES,
-) -> tuple[list[tuple[int, dict]], list[tuple[int, dict]], list[int], dict]:
+) -> tuple[list[Record], list[Record], list[int], dict[str, Any]]:
     """Everything a store version holds, as ``(users, movies, candidates, meta)`` (see serving.store).
 
     Args:
@@ -99,34 +84,22 @@ def build_records(
         history_n: ratings kept per user for display.
         max_candidates: length of the candidate list.
     """
-    from deepcrossing.features import latest_features
+    records = online_records(dataset, feature_config, history_n=history_n, max_candidates=max_candidates)
+    users, movies, candidates = records_for_store(records)
+    return users, movies, candidates, _dataset_meta(dataset, feature_config) | _records_meta(records, users)
 
-    user_features, movie_features = latest_features(dataset, feature_config)
-    shown_users, shown_movies, candidates = display_data(dataset, history_n=history_n,
-                                                         max_candidates=max_candidates)
-    extra_user = {int(r["user_id"]): r for r in shown_users.to_pylist()}
-    extra_movie = {int(r["item_id"]): r for r in shown_movies.to_pylist()}
-    users = []
-    for uid, features in _rows(user_features, "userId"):
-        extra = extra_user.get(uid, {"history": [], "rated": []})
-        users.append((uid, {"features": features,
-                            "history": [[h["movie_id"], h["rating"], h["timestamp"]] for h in extra["history"]],
-                            "rated": extra["rated"]}))
-    movies = []
-    for mid, features in _rows(movie_features, "movieId"):
-        extra = extra_movie.get(mid, {})
-        movies.append((mid, {"features": features, "title": extra.get("title"), "year": extra.get("year"),
-                             "genres": list(extra.get("genres") or [])}))
+
+def _dataset_meta(dataset: Dataset, feature_config: FeatureConfig | None) -> dict[str, Any]:
+    return {"dataset": dataset.name, "sources": dict(dataset.sources),
+            "feature_config": None if feature_config is None else feature_config.to_dict()}
+
+
+def _records_meta(records: OnlineRecords, users: list[Record]) -> dict[str, Any]:
+    """The meta a version's records imply: example users (most rated first) and the feature schemas."""
     active = sorted(users, key=lambda kv: (-len(kv[1]["rated"]), kv[0]))
-    meta = {
-        "dataset": dataset.name,
-        "example_users": [uid for uid, _ in active[:8]],
-        "sources": dict(dataset.sources),
-        "feature_config": None if feature_config is None else feature_config.to_dict(),
-        "user_schema": _schema_json(user_features.schema),
-        "movie_schema": _schema_json(movie_features.schema),
-    }
-    return users, movies, candidates, meta
+    return {"example_users": [uid for uid, _ in active[:8]],
+            "user_schema": _schema_json(records.users.schema),
+            "movie_schema": _schema_json(records.movies.schema)}
 
 
 def _schema_json(schema: pa.Schema) -> str:
@@ -143,12 +116,12 @@ def publish_dataset(
     dataset: Dataset,
     store: FeatureStore | str,
     *,
-    feature_config: Any = None,
-    extra_meta: dict | None = None,
+    feature_config: FeatureConfig | None = None,
+    extra_meta: dict[str, Any] | None = None,
     history_n: int = DEFAULT_HISTORY_N,
     max_candidates: int = DEFAULT_MAX_CANDIDATES,
     keep_previous_s: float = 0.0,
-) -> dict:
+) -> dict[str, Any]:
     """Compute and publish one new store version; return its meta (version, counts, checksum, ...).
 
     Args:
@@ -161,18 +134,38 @@ def publish_dataset(
         keep_previous_s: seconds the previous version stays readable after the switch (services poll the
             pointer and move over within their poll interval).
     """
-    own = isinstance(store, str)
-    store = open_store(store) if own else store
+    target = open_store(store) if isinstance(store, str) else store  # a bad URL fails before the work
     try:
-        users, movies, candidates, meta = build_records(dataset, feature_config, history_n=history_n,
-                                                        max_candidates=max_candidates)
-        meta.update(extra_meta or {})
-        version = store.publish(users, movies, candidates, json.loads(json.dumps(meta, default=str)),
-                                keep_previous_s=keep_previous_s)
-        return store.meta(version=version)
+        records = online_records(dataset, feature_config, history_n=history_n, max_candidates=max_candidates)
+        return publish_records(records, target, meta=_dataset_meta(dataset, feature_config) | (extra_meta or {}),
+                               keep_previous_s=keep_previous_s)
     finally:
-        if own:
-            store.close()
+        if target is not store:
+            target.close()
+
+
+def publish_records(records: OnlineRecords, store: FeatureStore | str, *, meta: dict[str, Any] | None = None,
+                    keep_previous_s: float = 0.0) -> dict[str, Any]:
+    """Write online records as one new store version (verified, then switched to); return its meta.
+
+    Args:
+        records: from :func:`deepcrossing.features.online_records`.
+        store: a :class:`FeatureStore` or its URL.
+        meta: more JSON-ready meta (dataset, model folder, ...); the example users and the feature schemas
+            are added here.
+        keep_previous_s: seconds the previous version stays readable after the switch.
+    """
+    users, movies, candidates = records_for_store(records)
+    full = (meta or {}) | _records_meta(records, users)
+    target = open_store(store) if isinstance(store, str) else store
+    try:
+        version = target.publish(users, movies, candidates, meta=json.loads(json.dumps(full, default=str)),
+                                 keep_previous_s=keep_previous_s)
+        published: dict[str, Any] = target.meta(version=version)
+        return published
+    finally:
+        if target is not store:
+            target.close()
 
 
 def default_store_url(model_dir: str | Path) -> str:
@@ -185,14 +178,12 @@ def default_store_url(model_dir: str | Path) -> str:
     return f"sqlite:///{(Path(model_dir).resolve() / 'features.db')}"
 
 
-def feature_config_of(model_dir: str | Path) -> tuple[Any, str]:
+def feature_config_of(model_dir: str | Path) -> tuple[FeatureConfig, str]:
     """The ``FeatureConfig`` the model's samples were built with, and where it came from.
 
     The model manifest records the samples manifest it was trained from (``samples.manifest``); that file's
     ``config`` is the FeatureConfig. When it cannot be found, the default config is used (and said so).
     """
-    from deepcrossing.features import FeatureConfig
-
     manifest_path = Path(model_dir) / "manifest.json"
     try:
         manifest = json.loads(manifest_path.read_text())
@@ -212,7 +203,7 @@ def publish_for_model(
     *,
     max_candidates: int = DEFAULT_MAX_CANDIDATES,
     keep_previous_s: float = 2.0,
-) -> dict:
+) -> dict[str, Any]:
     """What ``deepcrossing publish`` does: read the logs, compute latest features, publish a version.
 
     Args:
@@ -228,7 +219,6 @@ def publish_for_model(
     import tempfile
 
     from deepcrossing.data import load_dataset
-
     from deepcrossing.training.artifact import require_model_dir
 
     model_dir = require_model_dir(model_dir)

@@ -1,0 +1,168 @@
+"""The sample columns, defined once: type, meaning, side (user, movie or event) and cold-start value.
+
+Everything that asks "which columns describe the user?" or "what does a user with no history look like?"
+reads :data:`COLUMNS`: the manifest, :func:`user_side_columns` / :func:`movie_side_columns`, the online
+records of :mod:`deepcrossing.features.online` and the service's cold start. The cold value of a column is
+exactly what :func:`deepcrossing.features.sql.feature_sql` gives a sample with no earlier rating of its user
+(user side) or of its movie, for a movie missing from the items file (movie side): 0 for counts, ``None``
+for averages, rates, times and single ids or genres, ``[]`` for lists and ``{}`` for maps. A key column
+(``userId``, ``movieId``) has no cold value: it is the id asked for.
+
+Example:
+    >>> user_side_columns()[:3]
+    ('userId', 'userRatingCount', 'userAvgRating')
+    >>> cold_features("movie", 7)["movieId"], cold_features("movie", 7)["movieGenres"]
+    (7, [])
+    >>> COLUMNS["userGenreCounts"].side, COLUMNS["userGenreCounts"].cold
+    ('user', {})
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Literal, NamedTuple
+
+Side = Literal["user", "movie", "event"]
+SIDES: tuple[Side, ...] = ("user", "movie", "event")
+KEYS: dict[Side, str] = {"user": "userId", "movie": "movieId"}
+"""The id column of each entity side; it comes first among that side's columns."""
+
+
+class Column(NamedTuple):
+    """One sample column.
+
+    Attributes:
+        type: DuckDB type of the column.
+        side: ``"user"`` (describes the user as of the sample time), ``"movie"`` (describes the movie) or
+            ``"event"`` (the rating itself: rating, time, label; no online value).
+        cold: its value for a user / movie with no earlier ratings (``None`` for keys and event columns).
+        meaning: one line for the manifest and the docs.
+    """
+
+    type: str
+    side: Side
+    cold: Any
+    meaning: str
+
+
+def _user(kind: str, cold: Any, meaning: str) -> Column:
+    return Column(kind, "user", cold, meaning)
+
+
+def _movie(kind: str, cold: Any, meaning: str) -> Column:
+    return Column(kind, "movie", cold, meaning)
+
+
+# The output schema of the sample query, in order. The first block is docs/design.md section 2; the second
+# block are the extra leakage-free signals.
+COLUMNS: dict[str, Column] = {
+    "userId": _user("BIGINT", None, "user id"),
+    "movieId": _movie("BIGINT", None, "movie (item) id"),
+    "rating": Column("DOUBLE", "event", None, "the rating; NULL for label-only logs"),
+    "timestamp": Column("BIGINT", "event", None, "unix seconds of the rating"),
+    "label": Column("TINYINT", "event", None,
+                    "1 if rating >= label_threshold (or the given label column), else 0"),
+    "releaseYear": _movie("INTEGER", None, "release year from the title; NULL when unknown"),
+    "movieGenres": _movie("VARCHAR[]", [], "all genres of the movie"),
+    "movieGenre1": _movie("VARCHAR", None, "first genre of the movie"),
+    "movieGenre2": _movie("VARCHAR", None, "second genre of the movie"),
+    "movieGenre3": _movie("VARCHAR", None, "third genre of the movie"),
+    "movieRatingCount": _movie("BIGINT", 0, "ratings of the movie strictly before t"),
+    "movieAvgRating": _movie("DOUBLE", None, "mean of those ratings; NULL when none"),
+    "movieRatingStddev": _movie("DOUBLE", None, "sample stddev of those ratings; NULL under 2"),
+    "userRatingCount": _user("BIGINT", 0, "the user's ratings strictly before t"),
+    "userAvgRating": _user("DOUBLE", None, "mean of those ratings; NULL when none"),
+    "userRatingStddev": _user("DOUBLE", None, "sample stddev of those ratings; NULL under 2"),
+    "userAvgReleaseYear": _user("DOUBLE", None, "mean release year of those movies (known years only)"),
+    "userReleaseYearStddev": _user("DOUBLE", None, "sample stddev of those release years; NULL under 2"),
+    "userRecentPositives": _user("BIGINT[]", [], "last N movies the user rated positively before t, most "
+                                                 "recent first (same second: smaller movieId first)"),
+    "userRatedMovie1": _user("BIGINT", None, "userRecentPositives[1]"),
+    "userRatedMovie2": _user("BIGINT", None, "userRecentPositives[2]"),
+    "userRatedMovie3": _user("BIGINT", None, "userRecentPositives[3]"),
+    "userRatedMovie4": _user("BIGINT", None, "userRecentPositives[4]"),
+    "userRatedMovie5": _user("BIGINT", None, "userRecentPositives[5]"),
+    "userGenre1": _user("VARCHAR", None, "top genre over the user's positives before t (count desc, then name)"),
+    "userGenre2": _user("VARCHAR", None, "second top genre"),
+    "userGenre3": _user("VARCHAR", None, "third top genre"),
+    "userGenre4": _user("VARCHAR", None, "fourth top genre"),
+    "userGenre5": _user("VARCHAR", None, "fifth top genre"),
+    "userGenreCounts": _user("MAP(VARCHAR, BIGINT)", {}, "genre -> count over the user's positives before t"),
+    "userPositiveRate": _user("DOUBLE", None,
+                              "share of the user's ratings before t that are positive; NULL when none"),
+    "userSecondsSincePrevRating": _user("BIGINT", None,
+                                        "t minus the user's latest rating time before t; NULL when none"),
+    "moviePositiveRate": _movie("DOUBLE", None,
+                                "share of the movie's ratings before t that are positive; NULL when none"),
+    "movieSecondsSinceFirstRating": _movie("BIGINT", None,
+                                           "t minus the movie's first rating time before t; NULL when none"),
+}
+
+SAMPLE_COLUMNS: dict[str, tuple[str, str]] = {name: (c.type, c.meaning) for name, c in COLUMNS.items()}
+"""name -> (DuckDB type, meaning) of every sample column, in order (the view of :data:`COLUMNS` the
+manifest and the file writers use)."""
+DOCUMENTED_COLUMNS = tuple(list(SAMPLE_COLUMNS)[:30])
+EXTRA_COLUMNS = tuple(list(SAMPLE_COLUMNS)[30:])
+ID_COLUMNS = ("userId", "movieId", "rating", "timestamp", "label")
+FEATURE_COLUMNS = tuple(c for c in SAMPLE_COLUMNS if c not in ID_COLUMNS)
+USER_SIDE = tuple(name for name, c in COLUMNS.items() if c.side == "user")
+MOVIE_SIDE = tuple(name for name, c in COLUMNS.items() if c.side == "movie")
+
+
+def user_side_columns() -> tuple[str, ...]:
+    """Sample columns that describe the user (as of the sample time), ``userId`` first.
+
+    Example:
+        >>> user_side_columns()[:2]
+        ('userId', 'userRatingCount')
+    """
+    return USER_SIDE
+
+
+def movie_side_columns() -> tuple[str, ...]:
+    """Sample columns that describe the movie (as of the sample time), ``movieId`` first.
+
+    Example:
+        >>> movie_side_columns()[:2]
+        ('movieId', 'releaseYear')
+    """
+    return MOVIE_SIDE
+
+
+def side_of(name: str) -> Side:
+    """The side of a sample column.
+
+    Raises:
+        KeyError: naming the column when it is not a sample column.
+
+    Example:
+        >>> side_of("movieId"), side_of("userGenre1"), side_of("label")
+        ('movie', 'user', 'event')
+    """
+    try:
+        return COLUMNS[name].side
+    except KeyError:
+        raise KeyError(f"{name!r} is not a sample column") from None
+
+
+def cold_features(side: Side, key: int | None = None) -> dict[str, Any]:
+    """The features of a user or movie with no earlier ratings (a cold-start user, an unknown movie).
+
+    Args:
+        side: ``"user"`` or ``"movie"``.
+        key: the id to put in the key column (``userId`` / ``movieId``); ``None`` leaves it empty.
+
+    Returns:
+        ``{column: cold value}`` for every column of the side, in column order (fresh lists and dicts on
+        every call, so a caller may change them).
+
+    Example:
+        >>> cold = cold_features("user", 42)
+        >>> cold["userId"], cold["userRatingCount"], cold["userAvgRating"], cold["userRecentPositives"]
+        (42, 0, None, [])
+    """
+    if side not in KEYS:
+        raise ValueError(f"side must be 'user' or 'movie', not {side!r}")
+    out = {name: copy.copy(c.cold) for name, c in COLUMNS.items() if c.side == side}
+    out[KEYS[side]] = None if key is None else int(key)
+    return out

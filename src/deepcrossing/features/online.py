@@ -1,0 +1,200 @@
+"""The online records: what the service needs about every user and movie as of now, from the sample SQL.
+
+:func:`online_records` is the one place that computes them (serving only writes them to a store and reads
+them back):
+
+* the latest user and movie features: :func:`latest_features`, i.e. :func:`deepcrossing.features.sql.
+  feature_sql` (the query that made the training samples) with one probe row per user and per movie at
+  ``t_end = max(timestamp) + 1``, so a feature means online exactly what it meant in training;
+* per user: the recent history (last ``history_n`` ratings, most recent first, then smaller movie id) and the
+  sorted ids of every movie the user rated (excluded from that user's recommendations);
+* per movie: title, year and genres for display;
+* candidates: the ``max_candidates`` most popular movies as of ``t_end``, by number of ratings, then average
+  rating, then id (SparrowRecSys ranks its 800 candidates the same way, by popularity);
+* the cold-start records of an unknown user and an unknown movie (:func:`deepcrossing.features.columns.
+  cold_features`, defined with the columns).
+
+Everything is set-based DuckDB over the normalized files, one connection per call.
+
+Example:
+    >>> records = online_records(dataset, FeatureConfig(), history_n=20, max_candidates=800)  # doctest: +SKIP
+    >>> records.users.num_rows == records.histories.num_rows                                  # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from deepcrossing.data.schema import Dataset
+from deepcrossing.duck import sql_str
+from deepcrossing.errors import InputError
+from deepcrossing.features.columns import MOVIE_SIDE, USER_SIDE, cold_features
+from deepcrossing.features.config import FeatureConfig
+from deepcrossing.features.inputs import (
+    connect,
+    events_genre_bits,
+    fetch_one,
+    genre_vocabulary,
+    register_inputs,
+)
+from deepcrossing.features.sql import assemble, feature_sql
+
+DEFAULT_HISTORY_N = 20
+DEFAULT_MAX_CANDIDATES = 5000
+
+
+@dataclass(frozen=True)
+class OnlineRecords:
+    """Every user's and movie's online record as of ``t_end``, as Arrow tables (U users, M movies).
+
+    Attributes:
+        users: (U rows) :func:`~deepcrossing.features.user_side_columns`, sorted by ``userId``.
+        histories: (U rows, the order of ``users``) ``userId``, ``history`` (``list<struct<movieId int64,
+            rating double, timestamp int64>>``, at most ``history_n``, most recent first, then smaller
+            movieId) and ``rated`` (``list<int64>``, every movie the user rated, sorted, distinct).
+        movies: (M rows) :func:`~deepcrossing.features.movie_side_columns`, sorted by ``movieId``; every
+            movie of the items file, rated or not.
+        movie_info: (M rows, the order of ``movies``) ``movieId``, ``title``, ``year``, ``genres``.
+        candidates: (C,) movie ids, most popular first.
+        t_end: the "now" of the features: the last rating's time + 1 (relative columns count from it).
+        cold_user: the features of an unknown user (``userId`` None: put the id asked for).
+        cold_movie: the features of an unknown movie (``movieId`` None).
+    """
+
+    users: pa.Table
+    histories: pa.Table
+    movies: pa.Table
+    movie_info: pa.Table
+    candidates: list[int]
+    t_end: int
+    cold_user: dict[str, Any] = field(default_factory=lambda: cold_features("user"))
+    cold_movie: dict[str, Any] = field(default_factory=lambda: cold_features("movie"))
+
+
+def online_records(
+    dataset: Dataset,
+    config: FeatureConfig | None = None,
+    *,
+    history_n: int = DEFAULT_HISTORY_N,
+    max_candidates: int = DEFAULT_MAX_CANDIDATES,
+) -> OnlineRecords:
+    """Compute the online records of every user and movie as of the end of the data.
+
+    Args:
+        dataset: normalized ratings/items (from :func:`deepcrossing.data.load_dataset`).
+        config: the :class:`FeatureConfig` the model's samples were built with (threshold, N, threads).
+        history_n: ratings kept per user for display (>= 0).
+        max_candidates: length of the candidate list (>= 1).
+
+    Returns:
+        :class:`OnlineRecords`.
+
+    Raises:
+        InputError: a bad ``history_n`` / ``max_candidates``, a missing file or column, no ratings.
+
+    Example:
+        >>> r = online_records(dataset, history_n=5, max_candidates=100)   # doctest: +SKIP
+        >>> r.histories.column("rated")[0]                                  # doctest: +SKIP
+    """
+    config = config or FeatureConfig()
+    for name, value, low in (("history_n", history_n, 0), ("max_candidates", max_candidates, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise InputError(f"{name} must be an integer >= {low}, not {value!r}", field=name)
+    with connect(config) as con:
+        register_inputs(con, dataset)
+        users, movies, t_end = _latest(con, config)
+        histories = con.sql(
+            "SELECT user_id AS userId, "
+            "list({'movieId': item_id, 'rating': rating, 'timestamp': timestamp} "
+            f"ORDER BY timestamp DESC, item_id)[1:{history_n}] AS history, "
+            "list(DISTINCT item_id ORDER BY item_id) AS rated "
+            "FROM ratings_src WHERE user_id IS NOT NULL GROUP BY user_id ORDER BY user_id"
+        ).to_arrow_table()
+        movie_info = con.sql(
+            f"SELECT item_id AS movieId, first({_title(con, dataset)}) AS title, first(year) AS year, "
+            f"first(genres) AS genres FROM read_parquet({sql_str(dataset.items)}) "
+            "WHERE item_id IS NOT NULL GROUP BY item_id ORDER BY item_id"
+        ).to_arrow_table()
+        candidates = [int(r[0]) for r in con.execute(
+            "SELECT i.item_id FROM items_src i LEFT JOIN "
+            "(SELECT item_id, COUNT(*) AS n, AVG(rating) AS avg FROM ratings_src GROUP BY item_id) s "
+            "USING (item_id) "
+            f"ORDER BY COALESCE(s.n, 0) DESC, s.avg DESC NULLS LAST, i.item_id LIMIT {max_candidates}"
+        ).fetchall()]
+    _check_aligned(users, histories, "userId")
+    _check_aligned(movies, movie_info, "movieId")
+    return OnlineRecords(users=users, histories=histories, movies=movies, movie_info=movie_info,
+                         candidates=candidates, t_end=t_end)
+
+
+def latest_features(dataset: Dataset, config: FeatureConfig | None = None) -> tuple[pa.Table, pa.Table]:
+    """Each user's and each movie's features as of the end of the data, by the same SQL as the samples.
+
+    One probe row per user and one per movie (every item of ``items.parquet``, rated or not) is appended at
+    ``t_end = max(timestamp) + 1``; probes never count as history. The user-side columns of the user probes
+    and the movie-side columns of the movie probes are exactly what a sample arriving at ``t_end`` would get.
+
+    Args:
+        dataset: normalized ratings/items.
+        config: the :class:`FeatureConfig` used for the samples (threshold, N).
+
+    Returns:
+        ``(users, movies)``: ``users`` has :func:`user_side_columns` (one row per user, ``(U, len)``),
+        ``movies`` has :func:`movie_side_columns` (one row per item), both sorted by id. The relative
+        columns (``userSecondsSincePrevRating``, ``movieSecondsSinceFirstRating``) are relative to ``t_end``.
+
+    Example:
+        >>> users, movies = latest_features(dataset)  # doctest: +SKIP
+        >>> users.column("userRecentPositives")[0]  # doctest: +SKIP
+    """
+    config = config or FeatureConfig()
+    with connect(config) as con:
+        register_inputs(con, dataset)
+        users, movies, _ = _latest(con, config)
+    return users, movies
+
+
+def _latest(con: duckdb.DuckDBPyConnection, config: FeatureConfig) -> tuple[pa.Table, pa.Table, int]:
+    """:func:`latest_features` on a connection with the input views; also returns ``t_end``."""
+    genres = genre_vocabulary(con)
+    t_end = int(fetch_one(con, "SELECT MAX(timestamp) FROM ratings_src")[0]) + 1
+    con.execute(
+        "CREATE VIEW events AS "
+        "SELECT user_id, item_id, rating, label, timestamp, FALSE AS is_probe FROM ratings_src "
+        f"UNION ALL SELECT DISTINCT user_id, CAST(NULL AS BIGINT), CAST(NULL AS DOUBLE), "
+        f"CAST(NULL AS TINYINT), {t_end}, TRUE FROM ratings_src "
+        f"UNION ALL SELECT DISTINCT CAST(NULL AS BIGINT), item_id, CAST(NULL AS DOUBLE), "
+        f"CAST(NULL AS TINYINT), {t_end}, TRUE FROM items_src"
+    )
+    bits = events_genre_bits(con)
+    con.execute("CREATE TEMP TABLE probes AS SELECT * FROM ("
+                + feature_sql(genres, label_threshold=config.label_threshold, recent_n=config.recent_n,
+                              genre_bits=bits)
+                + ") WHERE is_probe")
+    users = assemble(con.sql("SELECT * FROM probes WHERE userId IS NOT NULL ORDER BY userId").to_arrow_table(),
+                     genres, config.recent_n, bits).select(list(USER_SIDE))
+    movies = assemble(con.sql("SELECT * FROM probes WHERE movieId IS NOT NULL ORDER BY movieId")
+                      .to_arrow_table(), genres, config.recent_n, bits).select(list(MOVIE_SIDE))
+    assert isinstance(users, pa.Table) and isinstance(movies, pa.Table)
+    return users, movies, t_end
+
+
+def _title(con: duckdb.DuckDBPyConnection, dataset: Dataset) -> str:
+    """The title column of the items file, or NULL when it has none (a log given without titles)."""
+    have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet({sql_str(dataset.items)})").fetchall()}
+    return "title" if "title" in have else "CAST(NULL AS VARCHAR)"
+
+
+def _check_aligned(features: pa.Table, extra: pa.Table, key: str) -> None:
+    """The two tables describe the same ids in the same order (both come from the same files)."""
+    same = features.num_rows == extra.num_rows and (
+        features.num_rows == 0 or pc.all(pc.equal(features.column(key), extra.column(key))).as_py())
+    if not same:
+        raise InputError(f"the {key} rows of the features and of the display data differ (duplicate or null "
+                         "ids in the normalized files?); load the data again with load_dataset", field=key)
