@@ -4,7 +4,6 @@ files (histories, rated sets, candidates, titles) and the features of the sample
 from __future__ import annotations
 
 import csv
-import time
 from collections import defaultdict
 
 import pytest
@@ -21,16 +20,13 @@ def published(ml_small_dir, tmp_path_factory):
     work = tmp_path_factory.mktemp("publish_ml_small")
     dataset = load_dataset(ml_small_dir, workdir=work / "data")
     url = f"sqlite:///{work / 'features.db'}"
-    started = time.perf_counter()
     meta = publish_dataset(dataset, url, feature_config=FeatureConfig(), max_candidates=800)
-    elapsed = time.perf_counter() - started
     store = open_store(url)
     users = dict(store.iter_users())
     movies = dict(store.iter_movies())
     candidates = store.get_candidates()
     store.close()
-    return {"dataset": dataset, "meta": meta, "users": users, "movies": movies, "candidates": candidates,
-            "elapsed": elapsed}
+    return {"dataset": dataset, "meta": meta, "users": users, "movies": movies, "candidates": candidates}
 
 
 def _ratings(ml_small_dir):
@@ -92,7 +88,3 @@ def test_cold_start_in_the_service_is_the_features_definition(published):
     some = next(iter(published["users"].values()))["features"]
     assert set(some) == set(cold)
 
-
-def test_publish_is_quick(published):
-    # ml-latest-small (100k ratings): the whole publish, features included, in a few seconds on 2 cores
-    assert published["elapsed"] < 30
