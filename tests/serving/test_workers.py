@@ -72,6 +72,7 @@ def two_workers(models, sqlite_url, tmp_path):
         raise
 
 
+@pytest.mark.slow
 def test_two_workers_share_reloads_and_metrics(two_workers, models):
     base = two_workers
     m0_version = _fresh(base, "/info").json()["modelVersion"]

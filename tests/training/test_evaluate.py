@@ -130,6 +130,7 @@ def small_samples(ml_small_dir, tmp_path_factory):
     return small, model
 
 
+@pytest.mark.slow
 def test_evaluate_verb_end_to_end(small_samples, tmp_path):
     import json
 
