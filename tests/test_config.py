@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 import tomllib
 
 import pytest
@@ -182,6 +183,20 @@ def test_every_config_is_strict_and_round_trips(config, key, wrong):
     with pytest.raises(dataclasses.FrozenInstanceError):
         setattr(config, key, wrong)
     assert dataclasses.replace(config) == config and hash(dataclasses.replace(config)) == hash(config)
+    assert pickle.loads(pickle.dumps(config)) == config
+
+
+def test_positional_arguments_and_tuples_are_named_in_errors():
+    from deepcrossing.features.config import FeatureConfig
+    from deepcrossing.serving.settings import ServingSettings
+
+    with pytest.raises(InputError) as info:
+        ServingSettings("model", 5)
+    assert info.value.field == "store_url" and info.value.message == "must be a string, not 5"
+    with pytest.raises(InputError) as info:
+        FeatureConfig(fractions=(0.8, 0.2))
+    assert info.value.field == "fractions" and "three numbers" in info.value.message
+    assert FeatureConfig(fractions=[0.6, 0.2, 0.2]).fractions == (0.6, 0.2, 0.2)
 
 
 def test_error_names_nested_keys_and_reads_well():

@@ -147,11 +147,15 @@ _WORDS = {
 def _input_error(cls: type, exc: ValidationError) -> InputError:
     """The first error of ``exc`` as an :class:`InputError` naming the key."""
     err = exc.errors()[0]
-    key = _field(err["loc"])
+    loc, names = err["loc"], [f.name for f in dataclasses.fields(cls)]
+    if loc and isinstance(loc[0], int):  # a positional argument: name its field
+        loc = (names[loc[0]] if loc[0] < len(names) else f"argument {loc[0] + 1}", *loc[1:])
+    key = _field(loc)
     kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
     if kind == "unexpected_keyword_argument":
-        known = ", ".join(f.name for f in dataclasses.fields(cls))
-        return InputError(f"unknown {cls.__name__} key {key!r} (known: {known})", field=key)
+        return InputError(f"unknown {cls.__name__} key {key!r} (known: {', '.join(names)})", field=key)
+    if kind == "unexpected_positional_argument":
+        return InputError(f"{cls.__name__} takes at most {len(names)} arguments", field=key)
     if kind == "value_error":
         why = str(ctx.get("error", err["msg"]))
     elif kind in _WORDS:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from deepcrossing.errors import InputError
-from deepcrossing.strict import AS_TUPLE, StrictConfig, one_of, strict_config
+from deepcrossing.strict import StrictConfig, one_of, strict_config
 
 SPLITS = ("time", "random")
+
+
+def _three(value: Any) -> Any:
+    if not isinstance(value, (list, tuple)) or len(value) != 3:
+        raise ValueError("must be three numbers (train, valid, test)")
+    return tuple(value)
 
 
 @strict_config
@@ -36,7 +42,7 @@ class FeatureConfig(StrictConfig):
     label_threshold: float = 3.5
     recent_n: Annotated[int, Field(ge=5, le=1000)] = 10
     split: Annotated[str, one_of(*SPLITS)] = "time"
-    fractions: Annotated[tuple[float, float, float], AS_TUPLE] = (0.8, 0.1, 0.1)
+    fractions: Annotated[tuple[float, float, float], BeforeValidator(_three)] = (0.8, 0.1, 0.1)
     seed: int = 0
     threads: Annotated[int, Field(ge=1)] = 2
     memory_limit: str = "4GB"
