@@ -17,8 +17,8 @@ Shapes: M movies, S stacked width, H first-layer width, n candidates.
 
 Example:
     >>> scorer = Scorer(deepcrossing.load("model"))                 # doctest: +SKIP
-    >>> items = scorer.items(movie_table)                            # once per publish / model load
-    >>> logits = scorer.fast(scorer.user(user_table), items, rows)   # (n,)
+    >>> items = scorer.items(movie_table)               # once per publish / model load  # doctest: +SKIP
+    >>> logits = scorer.fast(scorer.user(user_table), items, rows)   # (n,)  # doctest: +SKIP
 """
 
 from __future__ import annotations
