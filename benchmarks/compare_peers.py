@@ -379,7 +379,7 @@ def peer_deepctr_dnn(d: Data, params: dict, seed: int, quick: bool = False) -> d
     for c, (fam, maxlen) in d.f.lists.items():
         columns.append(VarLenSparseFeat(SparseFeat(c, d.f.size(fam), embedding_dim=10, embedding_name=fam),
                                         maxlen=maxlen, combiner="mean"))
-    for i, name in enumerate(scaler.names):
+    for i in range(len(scaler.names)):
         columns.append(DenseFeat(f"num{i}", 1))
 
     def inputs(split):

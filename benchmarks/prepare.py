@@ -165,7 +165,7 @@ def run_child(kind: str, timeout: float, **args) -> dict:
     except subprocess.TimeoutExpired:
         return {"error": f"timeout after {timeout:.0f} s"}
     if done.returncode != 0:
-        return {"error": (done.stderr.strip().splitlines() or ["exit %d" % done.returncode])[-1][:120]}
+        return {"error": (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1][:120]}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -223,7 +223,7 @@ def main() -> None:
             continue
         base = label.split(":")[0]
         ratio = ""
-        if label.endswith("samples only") or label.endswith(": samples"):
+        if label.endswith(("samples only", ": samples")):
             duck[base] = res["seconds"]
         if label.endswith("pandas") and base in duck:
             ratio = f"{res['seconds'] / duck[base]:.1f}x"

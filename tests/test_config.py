@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import pickle
 import tomllib
 
 import pytest
@@ -121,7 +123,7 @@ def test_feature_validation():
         ModelConfig(dropout=1.0)
     with pytest.raises(InputError, match="optimizer"):
         TrainConfig(optimizer="sgd")
-    with pytest.raises(Exception):  # frozen
+    with pytest.raises(dataclasses.FrozenInstanceError):
         TrainConfig().epochs = 3  # type: ignore[misc]
 
 
@@ -140,3 +142,70 @@ def test_builtin_specs_use_shared_tables():
     assert {"movieId", "userRecentPositives"} <= set(sparrow.tables()["movie"].features)
     with pytest.raises(InputError, match="no built-in spec"):
         load_builtin("nope")
+
+
+# ---------------------------------------------------------------- the common check of every strict config
+
+def _all_configs():
+    from pathlib import Path
+
+    from deepcrossing.features.config import FeatureConfig
+    from deepcrossing.serving.settings import ServingSettings
+
+    feature = Feature("movieId", "categorical", "item", table="movie", min_count=2)
+    spec = FeatureSpec((feature, Feature("userAvgRating", "numeric", "user", transform="buckets", n_buckets=5)))
+    return [  # (config, a key, a value of the wrong type for it)
+        (feature, "min_count", "2"),
+        (spec, "features", "movieId"),
+        (ModelConfig(mlp="plain", hidden=(32, 16), dropout=0.2), "hidden", [32, 1.5]),
+        (TrainConfig(epochs=3, optimizer="adamw", lr=0.01), "epochs", 3.5),
+        (ExperimentConfig(spec, ModelConfig(norm="layer"), TrainConfig(seed=4)), "model", "plain"),
+        (FeatureConfig(split="random", fractions=(0.7, 0.2, 0.1), seed=3), "recent_n", True),
+        (ServingSettings(Path("m"), "sqlite:///x.db", admin_token="t", control_dir=Path("c")), "max_k", 1.0),
+    ]
+
+
+@pytest.mark.parametrize(("config", "key", "wrong"), _all_configs(), ids=lambda v: type(v).__name__)
+def test_every_config_is_strict_and_round_trips(config, key, wrong):
+    cls = type(config)
+    data = config.to_dict()
+    assert json.loads(json.dumps(data)) == data  # JSON-ready
+    assert cls.from_dict(json.loads(json.dumps(data))) == config
+    with pytest.raises(InputError, match="unknown") as info:
+        cls.from_dict({**data, "colour": 1})
+    assert info.value.field == "colour"
+    with pytest.raises(InputError, match="must be") as info:
+        cls.from_dict({**data, key: wrong})
+    assert info.value.field is not None and info.value.field.startswith(key)
+    with pytest.raises(InputError) as info:  # the constructor validates too, and the error is not pydantic's
+        dataclasses.replace(config, **{key: wrong})
+    assert info.value.field is not None and info.value.field.startswith(key)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(config, key, wrong)
+    assert dataclasses.replace(config) == config and hash(dataclasses.replace(config)) == hash(config)
+    assert pickle.loads(pickle.dumps(config)) == config
+
+
+def test_positional_arguments_and_tuples_are_named_in_errors():
+    from deepcrossing.features.config import FeatureConfig
+    from deepcrossing.serving.settings import ServingSettings
+
+    with pytest.raises(InputError) as info:
+        ServingSettings("model", 5)
+    assert info.value.field == "store_url" and info.value.message == "must be a string, not 5"
+    with pytest.raises(InputError) as info:
+        FeatureConfig(fractions=(0.8, 0.2))
+    assert info.value.field == "fractions" and "three numbers" in info.value.message
+    assert FeatureConfig(fractions=[0.6, 0.2, 0.2]).fractions == (0.6, 0.2, 0.2)
+
+
+def test_error_names_nested_keys_and_reads_well():
+    with pytest.raises(InputError) as info:
+        ExperimentConfig.from_dict({"features": [{"name": "a", "kind": "categorical"}], "model": {"hidden": [8, 0]}})
+    assert info.value.field == "model.hidden[1]" and "must be >= 1, not 0" in info.value.message
+    with pytest.raises(InputError) as info:
+        FeatureSpec.from_dict({"features": [{"name": "a", "kind": "categorical", "side": "both"}]})
+    assert info.value.field == "features[0].side"
+    assert info.value.message == "must be one of user, item, context, not 'both'"
+    with pytest.raises(InputError, match="must be finite"):
+        TrainConfig(lr=float("nan"))

@@ -216,3 +216,70 @@ def test_metrics_scale_vectorized():
     M.ndcg_at_k(g, y, s)
     M.auc(y, s)
     assert time.perf_counter() - t0 < 10.0       # typically ~1 s; generous for a shared 2-core CI box
+
+
+# ------------------------------------------------------- vectorised per-group metrics vs a plain reference
+
+
+def _plain_reference(g, y, s, k):
+    """Slow plain-Python reference of GAUC, NDCG@k, Recall@k and HitRate@k: loops over users and pairs.
+
+    Written straight from the definitions (pairwise AUC with half credit for ties; top-k by score with ties
+    in input order), with no NumPy sorting and no scikit-learn, so it shares no code with the fast path.
+    """
+    rows: dict = {}
+    for i, (user, label, score) in enumerate(zip(g.tolist(), y.tolist(), s.tolist())):
+        rows.setdefault(user, []).append((score, i, label))
+    gauc_num = gauc_den = 0.0
+    gauc_used = 0
+    ndcg, recall, hit = [], [], []
+    for items in rows.values():
+        pos = [sc for sc, _, lab in items if lab == 1]
+        neg = [sc for sc, _, lab in items if lab == 0]
+        if pos and neg:
+            wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg)
+            gauc_num += len(items) * wins / (len(pos) * len(neg))
+            gauc_den += len(items)
+            gauc_used += 1
+        if not pos:
+            continue
+        ranked = sorted(items, key=lambda t: (-t[0], t[1]))[:k]   # score desc, then input order
+        found = [lab for _, _, lab in ranked]
+        dcg = sum(lab / math.log2(r + 2) for r, lab in enumerate(found))
+        idcg = sum(1 / math.log2(r + 2) for r in range(min(k, len(pos))))
+        ndcg.append(dcg / idcg)
+        recall.append(sum(found) / len(pos))
+        hit.append(1.0 if sum(found) else 0.0)
+    n = len(rows)
+    return {
+        "gauc": (gauc_num / gauc_den if gauc_used else math.nan, gauc_used, n - gauc_used),
+        "ndcg": (sum(ndcg) / len(ndcg), len(ndcg), n - len(ndcg)),
+        "recall": (sum(recall) / len(recall), len(recall), n - len(recall)),
+        "hit_rate": (sum(hit) / len(hit), len(hit), n - len(hit)),
+    }
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, 30])
+@pytest.mark.parametrize(("seed", "tie_levels"), [(21, None), (22, 1), (23, 2), (24, 8)])
+def test_grouped_metrics_match_the_plain_reference(seed, tie_levels, k):
+    g, y, s = _grouped_case(seed, n_users=80, tie_levels=tie_levels)
+    ref = _plain_reference(g, y, s, k)
+    fast = {"gauc": M.gauc(g, y, s), "ndcg": M.ndcg_at_k(g, y, s, k=k),
+            "recall": M.recall_at_k(g, y, s, k=k), "hit_rate": M.hit_rate_at_k(g, y, s, k=k)}
+    for name, (value, used, skipped) in ref.items():
+        got = fast[name]
+        assert (got.n_groups_used, got.n_groups_skipped) == (used, skipped), name
+        assert got.value == pytest.approx(value, abs=1e-12), name
+    assert ref["gauc"][2] > 0 and ref["ndcg"][2] > 0      # the cases do hold one-class and positive-less users
+
+
+def test_global_metrics_keep_their_edge_cases_on_top_of_sklearn():
+    # scikit-learn raises for one class; we return nan (documented), also for empty input
+    assert math.isnan(M.pr_auc([], [])) and math.isnan(M.logloss([], []))
+    # log loss of a one-class input is defined (sklearn needs the labels spelled out for it)
+    assert M.logloss([1, 1], [0.5, 0.5]) == pytest.approx(math.log(2), rel=1e-12)
+    assert M.logloss([0], [0.25]) == pytest.approx(-math.log(0.75), rel=1e-12)
+    # plain pairwise AUC on a small case, written out
+    y, s = [1, 0, 1, 0, 1], [0.3, 0.3, 0.9, 0.1, 0.05]
+    pairs = [(p, n) for p, lp in zip(s, y) if lp for n, ln in zip(s, y) if not ln]
+    assert M.auc(y, s) == pytest.approx(sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in pairs) / 6)

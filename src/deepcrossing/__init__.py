@@ -6,15 +6,26 @@ raw logs -> ``deepcrossing.data`` -> ``deepcrossing.features`` (samples) -> ``de
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 from deepcrossing.errors import DeepCrossingError, InputError
+
+if TYPE_CHECKING:
+    from deepcrossing.training.artifact import LoadedModel
 
 __version__ = "0.1.0"
 
 __all__ = ["DeepCrossingError", "InputError", "__version__", "load"]
 
 
-def load(model_dir):
-    """Load a trained model folder (``model.safetensors`` + ``manifest.json``); see ``training.artifact.load``."""
+def load(model_dir: str | Path) -> LoadedModel:
+    """Load a trained model folder (``model.safetensors`` + ``manifest.json``); see ``training.artifact.load``.
+
+    Example:
+        >>> import deepcrossing
+        >>> model = deepcrossing.load("models/movielens")   # doctest: +SKIP
+    """
     from deepcrossing.training.artifact import load as _load
 
     return _load(model_dir)

@@ -32,17 +32,15 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
-import tomllib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, Field
 
 from deepcrossing.errors import InputError
+from deepcrossing.strict import AS_TUPLE, StrictConfig, one_of, read_table, relocate, strict_config, toml_value
 
 KINDS = ("categorical", "identity", "hashed", "multi_hot", "numeric")
 SIDES = ("user", "item", "context")
@@ -64,90 +62,29 @@ def default_dim(n_values: int) -> int:
     return int(max(2, min(32, round(6.0 * max(n_values, 1) ** 0.25))))
 
 
-# ---------------------------------------------------------------- strict construction helpers
-
-
 def _bad(key: str, why: str) -> InputError:
     return InputError(why, field=key)
 
 
-def _check_type(key: str, value: Any, hint: Any) -> Any:
-    """Check ``value`` against a simple annotation (int, float, str, bool, tuples, Optional); return it coerced."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _check_type(key, value, inner[0])
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise _bad(key, f"must be a list, not {value!r}")
-        (item,) = typing.get_args(hint)[:1]
-        return tuple(_check_type(f"{key}[{i}]", v, item) for i, v in enumerate(value))
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise _bad(key, f"must be true or false, not {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _bad(key, f"must be an integer, not {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise _bad(key, f"must be a number, not {value!r}")
-        if not math.isfinite(value):
-            raise _bad(key, f"must be finite, not {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise _bad(key, f"must be a string, not {value!r}")
-        return value
-    raise TypeError(f"unsupported annotation {hint!r}")  # pragma: no cover - programming error
-
-
-def _validate_fields(obj: Any, prefix: str) -> None:
-    hints = typing.get_type_hints(type(obj))
-    for f in dataclasses.fields(obj):
-        value = _check_type(f"{prefix}{f.name}", getattr(obj, f.name), hints[f.name])
-        object.__setattr__(obj, f.name, value)
-
-
-def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise _bad(key, f"must be one of {', '.join(choices)}, not {value!r}")
-
-
-def _from_dict(cls: type, data: Any, prefix: str) -> Any:
-    if not isinstance(data, dict):
-        raise _bad(prefix.rstrip(".") or cls.__name__, f"must be a table of keys, not {data!r}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in known:
-            raise _bad(f"{prefix}{key}", f"unknown key {key!r} (known: {', '.join(sorted(known))})")
-    try:
-        return cls(**data)
-    except InputError as exc:
-        if exc.field is not None and not exc.field.startswith(prefix):
-            raise _bad(f"{prefix}{exc.field}", exc.message) from None
-        raise
-
-
-def _to_dict(obj: Any) -> dict[str, Any]:
-    out = {}
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if value is None:
-            continue  # TOML has no null; absent means default None
-        out[f.name] = list(value) if isinstance(value, tuple) else value
-    return out
+def _features(value: Any) -> Any:
+    """``FeatureSpec.features`` as given: a non-empty list of :class:`Feature` or of their tables (dicts)."""
+    if not isinstance(value, (list, tuple)) or not value:
+        raise _bad("features", "must be a non-empty list of features")
+    out = []
+    for i, f in enumerate(value):
+        if isinstance(f, dict):
+            f = Feature.from_dict(f, f"features[{i}].")
+        elif not isinstance(f, Feature):
+            raise _bad(f"features[{i}]", f"must be a feature table, not {f!r}"[:200])
+        out.append(f)
+    return tuple(out)
 
 
 # ---------------------------------------------------------------- feature spec
 
 
-@dataclass(frozen=True)
-class Feature:
+@strict_config
+class Feature(StrictConfig):
     """One sample column and how it enters the model.
 
     Args:
@@ -171,51 +108,31 @@ class Feature:
             weights of the pooled keys; absent means keys only.
     """
 
-    name: str
-    kind: str
-    side: str = "context"
+    name: Annotated[str, Field(min_length=1)]
+    kind: Annotated[str, one_of(*KINDS)]
+    side: Annotated[str, one_of(*SIDES)] = "context"
     table: str | None = None
-    dim: int | None = None
-    min_count: int = 1
-    hash_buckets: int | None = None
-    pooling: str = "mean"
-    max_len: int | None = None
-    transform: str | None = None
-    n_buckets: int = 10
-    weights_from: str | None = None
+    dim: Annotated[int, Field(ge=1, le=1024)] | None = None
+    min_count: Annotated[int, Field(ge=1)] = 1
+    hash_buckets: Annotated[int, Field(ge=1)] | None = None
+    pooling: Annotated[str, one_of(*POOLINGS)] = "mean"
+    max_len: Annotated[int, Field(ge=1, le=4096)] | None = None
+    transform: Annotated[str, one_of(*TRANSFORMS)] | None = None
+    n_buckets: Annotated[int, Field(ge=2, le=1000)] = 10
+    weights_from: Annotated[str, one_of("values")] | None = None
 
     def __post_init__(self) -> None:
-        _validate_fields(self, "")
-        if not self.name:
-            raise _bad("name", "must not be empty")
-        _choice("kind", self.kind, KINDS)
-        _choice("side", self.side, SIDES)
-        _choice("pooling", self.pooling, POOLINGS)
-        if self.dim is not None and not 1 <= self.dim <= 1024:
-            raise _bad("dim", f"must be between 1 and 1024, not {self.dim}")
-        if self.min_count < 1:
-            raise _bad("min_count", f"must be >= 1, not {self.min_count}")
-        if self.hash_buckets is not None and self.hash_buckets < 1:
-            raise _bad("hash_buckets", f"must be >= 1, not {self.hash_buckets}")
         if self.kind in ("hashed", "identity") and self.hash_buckets is None:
             raise _bad("hash_buckets", f"is required for kind = {self.kind!r} (the number of rows)")
-        if self.max_len is not None and not 1 <= self.max_len <= 4096:
-            raise _bad("max_len", f"must be between 1 and 4096, not {self.max_len}")
         if self.kind == "numeric":
             if self.transform is None:
-                raise _bad("transform", "is required for kind = 'numeric' "
-                                        f"(one of {', '.join(TRANSFORMS)})")
-            _choice("transform", self.transform, TRANSFORMS)
+                raise _bad("transform", f"is required for kind = 'numeric' (one of {', '.join(TRANSFORMS)})")
             if self.table is not None:
                 raise _bad("table", "a numeric feature has no shared table")
         elif self.transform is not None:
             raise _bad("transform", f"only numeric features have a transform, not kind = {self.kind!r}")
-        if not 2 <= self.n_buckets <= 1000:
-            raise _bad("n_buckets", f"must be between 2 and 1000, not {self.n_buckets}")
-        if self.weights_from is not None:
-            if self.kind != "multi_hot":
-                raise _bad("weights_from", "only multi_hot features take weights")
-            _choice("weights_from", self.weights_from, ("values",))
+        if self.weights_from is not None and self.kind != "multi_hot":
+            raise _bad("weights_from", "only multi_hot features take weights")
 
     @property
     def embedded(self) -> bool:
@@ -231,10 +148,6 @@ class Feature:
     def table_name(self) -> str:
         return self.table or self.name
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON/TOML-ready dict without the ``None`` fields."""
-        return _to_dict(self)
-
 
 @dataclass(frozen=True)
 class TableInfo:
@@ -248,8 +161,8 @@ class TableInfo:
     hash_buckets: int | None
 
 
-@dataclass(frozen=True)
-class FeatureSpec:
+@strict_config
+class FeatureSpec(StrictConfig):
     """The ordered list of features of a model. Stacking follows this order.
 
     Features that share a ``table`` must agree on ``dim``, ``min_count`` and ``hash_buckets`` (set them on
@@ -263,21 +176,11 @@ class FeatureSpec:
         2
     """
 
-    features: tuple[Feature, ...]
+    features: Annotated[tuple[Feature, ...], BeforeValidator(_features)]
 
     def __post_init__(self) -> None:
-        if not isinstance(self.features, (list, tuple)) or not self.features:
-            raise _bad("features", "must be a non-empty list of features")
-        feats = []
-        for i, f in enumerate(self.features):
-            if isinstance(f, dict):
-                f = _from_dict(Feature, f, f"features[{i}].")
-            elif not isinstance(f, Feature):
-                raise _bad(f"features[{i}]", f"must be a feature table, not {f!r}")
-            feats.append(f)
-        object.__setattr__(self, "features", tuple(feats))
         seen: set[str] = set()
-        for i, f in enumerate(feats):
+        for i, f in enumerate(self.features):
             if f.name in seen:
                 raise _bad(f"features[{i}].name", f"feature {f.name!r} is listed twice")
             seen.add(f.name)
@@ -321,7 +224,7 @@ class FeatureSpec:
                 raise _bad(f"features[{i}].table",
                            f"table {name!r} mixes {' and '.join(sorted(kinds))} features; "
                            "only features whose ids are made the same way can share a table")
-            settings = {}
+            settings: dict[str, Any] = {}
             for key, default in (("dim", None), ("min_count", 1), ("hash_buckets", None)):
                 values = {getattr(f, key) for _, f in members} - {default}
                 if len(values) > 1:  # name the first feature that disagrees with an earlier one
@@ -330,24 +233,15 @@ class FeatureSpec:
                     raise _bad(f"features[{i}].{key}",
                                f"features of table {name!r} disagree on {key}: {sorted(values)}")
                 settings[key] = values.pop() if values else default
-            out[name] = TableInfo(name, tuple(f.name for _, f in members), kinds.pop(), **settings)
+            out[name] = TableInfo(name, tuple(f.name for _, f in members), kinds.pop(), settings["dim"],
+                                  settings["min_count"], settings["hash_buckets"])
         return out
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"features": [f.to_dict() for f in self.features]}
-
-    @classmethod
-    def from_dict(cls, data: Any) -> FeatureSpec:
-        if not isinstance(data, dict):
-            raise _bad("features", "the spec must be a table with a 'features' list")
-        return _from_dict(cls, data, "")
-
 
 # ---------------------------------------------------------------- model and training
 
 
-@dataclass(frozen=True)
-class ModelConfig:
+@strict_config
+class ModelConfig(StrictConfig):
     """Shape and regularization of the network after the embeddings.
 
     Args:
@@ -363,34 +257,17 @@ class ModelConfig:
             id is regularized in proportion to how often it occurs (id-frequency regularization).
     """
 
-    mlp: str = "residual"
-    hidden: tuple[int, ...] = (64, 64)
-    width: int = 128
-    dropout: float = 0.1
-    norm: str = "none"
-    embedding_dropout: float = 0.1
-    embedding_l2: float = 0.0
-
-    def __post_init__(self) -> None:
-        _validate_fields(self, "")
-        _choice("mlp", self.mlp, MLPS)
-        _choice("norm", self.norm, NORMS)
-        if not self.hidden or any(h < 1 or h > 65536 for h in self.hidden):
-            raise _bad("hidden", f"must be a non-empty list of widths between 1 and 65536, not {self.hidden}")
-        if not 0 <= self.width <= 65536:
-            raise _bad("width", f"must be between 0 and 65536, not {self.width}")
-        for key in ("dropout", "embedding_dropout"):
-            if not 0.0 <= getattr(self, key) < 1.0:
-                raise _bad(key, f"must be in [0, 1), not {getattr(self, key)}")
-        if self.embedding_l2 < 0:
-            raise _bad("embedding_l2", f"must be >= 0, not {self.embedding_l2}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return _to_dict(self)
+    mlp: Annotated[str, one_of(*MLPS)] = "residual"
+    hidden: Annotated[tuple[Annotated[int, Field(ge=1, le=65536)], ...], AS_TUPLE, Field(min_length=1)] = (64, 64)
+    width: Annotated[int, Field(ge=0, le=65536)] = 128
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+    norm: Annotated[str, one_of(*NORMS)] = "none"
+    embedding_dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+    embedding_l2: Annotated[float, Field(ge=0.0)] = 0.0
 
 
-@dataclass(frozen=True)
-class TrainConfig:
+@strict_config
+class TrainConfig(StrictConfig):
     """How the model is trained.
 
     Args:
@@ -410,43 +287,21 @@ class TrainConfig:
         seed: seed of initialization, shuffling and dropout.
     """
 
-    epochs: int = 8
-    batch_size: int = 1024
-    lr: float = 2e-3
-    lr_schedule: str = "cosine"
-    lr_decay: float = 0.7
-    weight_decay: float = 1e-5
-    embedding_weight_decay: float = 0.0
-    optimizer: str = "adam"
-    patience: int = 2
-    ema: float = 0.0
+    epochs: Annotated[int, Field(ge=1)] = 8
+    batch_size: Annotated[int, Field(ge=1)] = 1024
+    lr: Annotated[float, Field(gt=0.0, le=10.0)] = 2e-3
+    lr_schedule: Annotated[str, one_of(*SCHEDULES)] = "cosine"
+    lr_decay: Annotated[float, Field(gt=0.0, le=1.0)] = 0.7
+    weight_decay: Annotated[float, Field(ge=0.0)] = 1e-5
+    embedding_weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
+    optimizer: Annotated[str, one_of(*OPTIMIZERS)] = "adam"
+    patience: Annotated[int, Field(ge=0)] = 2
+    ema: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        _validate_fields(self, "")
-        for key in ("epochs", "batch_size"):
-            if getattr(self, key) < 1:
-                raise _bad(key, f"must be >= 1, not {getattr(self, key)}")
-        if not 0 < self.lr <= 10:
-            raise _bad("lr", f"must be in (0, 10], not {self.lr}")
-        if not 0 < self.lr_decay <= 1:
-            raise _bad("lr_decay", f"must be in (0, 1], not {self.lr_decay}")
-        for key in ("weight_decay", "embedding_weight_decay"):
-            if getattr(self, key) < 0:
-                raise _bad(key, f"must be >= 0, not {getattr(self, key)}")
-        if self.patience < 0:
-            raise _bad("patience", f"must be >= 0, not {self.patience}")
-        if not 0.0 <= self.ema < 1.0:
-            raise _bad("ema", f"must be in [0, 1), not {self.ema}")
-        _choice("lr_schedule", self.lr_schedule, SCHEDULES)
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
 
-    def to_dict(self) -> dict[str, Any]:
-        return _to_dict(self)
-
-
-@dataclass(frozen=True)
-class ExperimentConfig:
+@strict_config
+class ExperimentConfig(StrictConfig):
     """A spec file as a whole: features plus optional model and train sections."""
 
     spec: FeatureSpec
@@ -457,32 +312,24 @@ class ExperimentConfig:
         return {**self.spec.to_dict(), "model": self.model.to_dict(), "train": self.train.to_dict()}
 
     @classmethod
-    def from_dict(cls, data: Any) -> ExperimentConfig:
+    def from_dict(cls, data: Any, prefix: str = "") -> ExperimentConfig:
+        """A whole spec file's table: ``features`` (a list), optional ``model`` and ``train`` sections."""
         if not isinstance(data, dict):
             raise _bad("features", "the spec must be a table with a 'features' list")
         unknown = set(data) - {"features", "model", "train"}
         if unknown:
             key = sorted(unknown)[0]
             raise _bad(key, f"unknown key {key!r} (known: features, model, train)")
-        spec = FeatureSpec.from_dict({"features": data.get("features")})
-        model = _from_dict(ModelConfig, data.get("model", {}), "model.")
-        train = _from_dict(TrainConfig, data.get("train", {}), "train.")
+        try:
+            spec = FeatureSpec.from_dict({"features": data.get("features")})
+            model = ModelConfig.from_dict(data.get("model", {}), "model.")
+            train = TrainConfig.from_dict(data.get("train", {}), "train.")
+        except InputError as exc:
+            raise relocate(exc, prefix) from None
         return cls(spec, model, train)
 
 
 # ---------------------------------------------------------------- files
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {value!r} as TOML")  # pragma: no cover
 
 
 def dumps_toml(config: ExperimentConfig) -> str:
@@ -497,11 +344,11 @@ def dumps_toml(config: ExperimentConfig) -> str:
     lines: list[str] = []
     for f in data["features"]:
         lines.append("[[features]]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in f.items()]
+        lines += [f"{k} = {toml_value(v)}" for k, v in f.items()]
         lines.append("")
     for section in ("model", "train"):
         lines.append(f"[{section}]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in data[section].items()]
+        lines += [f"{k} = {toml_value(v)}" for k, v in data[section].items()]
         lines.append("")
     return "\n".join(lines)
 
@@ -521,19 +368,7 @@ def load_config(path: str | Path) -> ExperimentConfig:
         InputError: unreadable file, bad syntax, unknown key or wrong type (naming the key and the file).
     """
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read the spec file: {exc.strerror}", path=path) from None
-    try:
-        if path.suffix.lower() == ".json":
-            data = json.loads(raw)
-        else:
-            data = tomllib.loads(raw.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"not valid {'JSON' if path.suffix.lower() == '.json' else 'TOML'}: {exc}",
-                         path=path) from None
-    return parse_config(data, path)
+    return parse_config(read_table(path), path)
 
 
 def save_config(config: ExperimentConfig, path: str | Path) -> None:

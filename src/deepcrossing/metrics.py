@@ -1,8 +1,11 @@
-"""Evaluation metrics: pure NumPy functions, no state, with their edge cases written down.
+"""Evaluation metrics: pure functions, no state, with their edge cases written down.
 
 Every function takes 1-D arrays of the same length N (one entry per sample) and returns Python floats
-(or a :class:`GroupedMetric` for per-group metrics). Nothing here loops over rows or groups in Python: the
-per-group metrics sort once (``np.lexsort`` by group, then score) and reduce with ``np.bincount``.
+(or a :class:`GroupedMetric` for per-group metrics). The global metrics (AUC, log loss, average precision)
+are scikit-learn's, behind the checks and edge cases below. The per-group metrics (GAUC, NDCG@k, Recall@k,
+HitRate@k), which scikit-learn has not in vectorised form, never loop over rows or groups in Python: they
+sort once (``np.lexsort`` by group, then score) and reduce with ``np.bincount``; the tests check them
+against a plain per-user Python reference.
 
 Conventions shared by all functions:
 
@@ -25,21 +28,16 @@ Example:
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from sklearn.metrics import average_precision_score, log_loss, roc_auc_score
 
-__all__ = [
-    "GroupedMetric",
-    "auc",
-    "logloss",
-    "accuracy",
-    "pr_auc",
-    "gauc",
-    "ndcg_at_k",
-    "recall_at_k",
-    "hit_rate_at_k",
-]
+__all__ = ["GroupedMetric", "auc", "logloss", "accuracy", "pr_auc", "gauc", "ndcg_at_k", "recall_at_k",
+           "hit_rate_at_k"]
+
+_Array = NDArray[Any]
 
 
 class GroupedMetric(NamedTuple):
@@ -56,7 +54,7 @@ class GroupedMetric(NamedTuple):
 # ---------------------------------------------------------------------------------------------- checks
 
 
-def _labels(labels: np.ndarray) -> np.ndarray:
+def _labels(labels: ArrayLike) -> NDArray[np.bool_]:
     """(N,) binary labels -> (N,) bool; raises ValueError for anything that is not 0/1."""
     y = np.asarray(labels)
     if y.ndim != 1:
@@ -69,10 +67,11 @@ def _labels(labels: np.ndarray) -> np.ndarray:
     if bad.any():
         first = y[np.flatnonzero(bad)[0]]
         raise ValueError(f"labels must be 0 or 1; {int(bad.sum())} values are not (first: {first!r})")
-    return y == 1
+    out: NDArray[np.bool_] = y == 1
+    return out
 
 
-def _scores(scores: np.ndarray, n: int, name: str = "scores") -> np.ndarray:
+def _scores(scores: ArrayLike, n: int, name: str = "scores") -> NDArray[np.float64]:
     """(N,) finite float64 scores; raises ValueError on shape mismatch or NaN/inf."""
     s = np.asarray(scores, dtype=np.float64)
     if s.ndim != 1:
@@ -85,7 +84,7 @@ def _scores(scores: np.ndarray, n: int, name: str = "scores") -> np.ndarray:
     return s
 
 
-def _groups(groups: np.ndarray, n: int) -> np.ndarray:
+def _groups(groups: ArrayLike, n: int) -> NDArray[Any]:
     g = np.asarray(groups)
     if g.ndim != 1:
         raise ValueError(f"groups must be 1-D, got shape {g.shape}")
@@ -94,7 +93,7 @@ def _groups(groups: np.ndarray, n: int) -> np.ndarray:
     return g
 
 
-def _check_k(k: int) -> int:
+def _check_k(k: Any) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     return int(k)
@@ -103,23 +102,10 @@ def _check_k(k: int) -> int:
 # ------------------------------------------------------------------------------------- global metrics
 
 
-def _average_ranks(sorted_values: np.ndarray) -> np.ndarray:
-    """1-based ranks of an ascending sorted (N,) array, tied values sharing their average rank."""
-    n = sorted_values.shape[0]
-    new = np.empty(n, dtype=bool)
-    new[:1] = True
-    new[1:] = sorted_values[1:] != sorted_values[:-1]
-    starts = np.flatnonzero(new)                 # (T,) first index of each tie block
-    ends = np.r_[starts[1:], n]                  # (T,) one past its last index
-    avg = (starts + 1 + ends) / 2.0              # mean of ranks start+1 .. end
-    return np.repeat(avg, ends - starts)
-
-
-def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+def auc(labels: ArrayLike, scores: ArrayLike) -> float:
     """Area under the ROC curve: the probability that a random positive outscores a random negative.
 
-    Computed as the Mann-Whitney U statistic with average ranks, so a tied positive/negative pair counts
-    one half (the same number as ``sklearn.metrics.roc_auc_score``). O(N log N).
+    ``sklearn.metrics.roc_auc_score``: a tied positive/negative pair counts one half. O(N log N).
 
     Args:
         labels: (N,) binary labels (0/1 or bool).
@@ -139,15 +125,11 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     n_neg = y.shape[0] - n_pos
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    order = np.argsort(s, kind="stable")
-    ranks = _average_ranks(s[order])             # (N,) ranks in sorted order
-    rank_sum_pos = ranks[y[order]].sum()
-    u = rank_sum_pos - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
+    return float(roc_auc_score(y, s))
 
 
-def logloss(labels: np.ndarray, probs: np.ndarray, eps: float = 1e-7) -> float:
-    """Mean binary cross-entropy, ``-mean(y log p + (1 - y) log(1 - p))``, natural log.
+def logloss(labels: ArrayLike, probs: ArrayLike, eps: float = 1e-7) -> float:
+    """Mean binary cross-entropy, ``-mean(y log p + (1 - y) log(1 - p))``, natural log (``sklearn.metrics.log_loss``).
 
     Probabilities are clipped to ``[eps, 1 - eps]`` first, so a confident wrong prediction costs at most
     ``-log(eps)`` (about 16.1 for the default) instead of infinity.
@@ -173,11 +155,10 @@ def logloss(labels: np.ndarray, probs: np.ndarray, eps: float = 1e-7) -> float:
         return float("nan")
     if (p < 0).any() or (p > 1).any():
         raise ValueError("probs must lie in [0, 1]; pass probabilities, not logits")
-    p = np.clip(p, eps, 1.0 - eps)
-    return float(-np.mean(np.where(y, np.log(p), np.log1p(-p))))
+    return float(log_loss(y, np.clip(p, eps, 1.0 - eps), labels=[False, True]))
 
 
-def accuracy(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> float:
+def accuracy(labels: ArrayLike, probs: ArrayLike, threshold: float = 0.5) -> float:
     """Fraction of samples whose predicted class matches the label; predicted positive iff ``p >= threshold``.
 
     Args:
@@ -199,11 +180,11 @@ def accuracy(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> f
     return float(np.mean((p >= threshold) == y))
 
 
-def pr_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+def pr_auc(labels: ArrayLike, scores: ArrayLike) -> float:
     """Average precision: ``sum_n (R_n - R_{n-1}) P_n`` over the distinct score thresholds, high to low.
 
-    The same step-wise (not trapezoidal) definition as ``sklearn.metrics.average_precision_score``: tied
-    scores form one threshold, so their order does not matter.
+    ``sklearn.metrics.average_precision_score``: step-wise (not trapezoidal); tied scores form one
+    threshold, so their order does not matter.
 
     Args:
         labels: (N,) binary labels.
@@ -221,21 +202,13 @@ def pr_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     n_pos = int(y.sum())
     if n_pos == 0:
         return float("nan")
-    order = np.argsort(-s, kind="stable")
-    s_desc, y_desc = s[order], y[order]
-    tps = np.cumsum(y_desc)                       # (N,) true positives at or above each position
-    last = np.r_[s_desc[1:] != s_desc[:-1], True] # (N,) last position of each distinct score
-    tps = tps[last]
-    predicted = np.flatnonzero(last) + 1          # (T,) samples predicted positive at each threshold
-    precision = tps / predicted
-    recall = tps / n_pos
-    return float(np.sum(np.diff(recall, prepend=0.0) * precision))
+    return float(average_precision_score(y, s))
 
 
 # ----------------------------------------------------------------------------------- grouped metrics
 
 
-def _group_sort(groups: np.ndarray, scores: np.ndarray, descending: bool):
+def _group_sort(groups: _Array, scores: _Array, descending: bool) -> tuple[_Array, _Array, _Array, _Array]:
     """Sort rows by group, then score; ties keep input order (``np.lexsort`` is stable).
 
     Returns ``(order, group_id, starts, sizes)``: ``order`` (N,) row permutation; ``group_id`` (N,) dense
@@ -254,7 +227,7 @@ def _group_sort(groups: np.ndarray, scores: np.ndarray, descending: bool):
     return order, group_id, starts, sizes
 
 
-def gauc(groups: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> GroupedMetric:
+def gauc(groups: ArrayLike, labels: ArrayLike, scores: ArrayLike) -> GroupedMetric:
     """Group AUC: the AUC within each group (user), averaged with weights = the group's sample count.
 
     ``GAUC = sum_g n_g AUC_g / sum_g n_g`` over the groups that have both a positive and a negative.
@@ -305,7 +278,9 @@ def gauc(groups: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> GroupedM
     return GroupedMetric(float(np.sum(w * group_auc) / np.sum(w)), n_used, n_groups - n_used)
 
 
-def _ranked(groups, labels, scores, k):
+def _ranked(
+    groups: ArrayLike, labels: ArrayLike, scores: ArrayLike, k: Any
+) -> tuple[_Array, _Array, _Array, _Array, _Array, _Array, int]:
     """Shared set-up of the top-k metrics: validate, sort by (group, score desc), count hits.
 
     Returns ``(hits, n_pos, sizes, pos, y_sorted, gid, k)``: per group (G,) the positives among its top
@@ -339,7 +314,7 @@ _RANKING_RULES = """
 """
 
 
-def ndcg_at_k(groups: np.ndarray, labels: np.ndarray, scores: np.ndarray, k: int = 10) -> GroupedMetric:
+def ndcg_at_k(groups: ArrayLike, labels: ArrayLike, scores: ArrayLike, k: int = 10) -> GroupedMetric:
     """Mean over users of NDCG@k with binary gains: ``DCG@k / IDCG@k``.
 
     ``DCG@k = sum_{i < min(k, n)} y_i / log2(i + 2)`` over the user's rows ranked by score (i is the
@@ -368,7 +343,7 @@ def ndcg_at_k(groups: np.ndarray, labels: np.ndarray, scores: np.ndarray, k: int
     return _mean_over(dcg[used] / idcg[used], n_groups)
 
 
-def recall_at_k(groups: np.ndarray, labels: np.ndarray, scores: np.ndarray, k: int = 10) -> GroupedMetric:
+def recall_at_k(groups: ArrayLike, labels: ArrayLike, scores: ArrayLike, k: int = 10) -> GroupedMetric:
     """Mean over users of Recall@k: (positives in the top ``min(k, n)``) / (all the user's positives).
 
     A user with more than ``k`` positives cannot reach 1.0; that is the usual definition (not divided
@@ -389,7 +364,7 @@ def recall_at_k(groups: np.ndarray, labels: np.ndarray, scores: np.ndarray, k: i
     return _mean_over(hits[used] / n_pos[used], sizes.shape[0])
 
 
-def hit_rate_at_k(groups: np.ndarray, labels: np.ndarray, scores: np.ndarray, k: int = 10) -> GroupedMetric:
+def hit_rate_at_k(groups: ArrayLike, labels: ArrayLike, scores: ArrayLike, k: int = 10) -> GroupedMetric:
     """Fraction of users with at least one positive among their top ``min(k, n)`` rows.
     {rules}
     Args:
@@ -407,7 +382,7 @@ def hit_rate_at_k(groups: np.ndarray, labels: np.ndarray, scores: np.ndarray, k:
     return _mean_over((hits[used] > 0).astype(np.float64), sizes.shape[0])
 
 
-def _mean_over(per_group: np.ndarray, n_groups: int) -> GroupedMetric:
+def _mean_over(per_group: NDArray[np.float64], n_groups: int) -> GroupedMetric:
     n_used = int(per_group.shape[0])
     value = float(per_group.mean()) if n_used else float("nan")
     return GroupedMetric(value, n_used, n_groups - n_used)

@@ -106,6 +106,7 @@ def test_too_small_is_an_error(tmp_path: Path) -> None:
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_cli_synth_and_info(tmp_path: Path) -> None:
     run = subprocess.run([sys.executable, "-m", "deepcrossing.cli", "data", "synth", "--ratings", "10000",
                           "--out", str(tmp_path / "s"), "--seed", "1"], capture_output=True, text=True)

@@ -6,12 +6,15 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 
 def _run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "deepcrossing.cli", "prepare", *args],
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_prepare_ml_latest_small(ml_small_dir, tmp_path):
     done = _run("--data", str(ml_small_dir), "--out", str(tmp_path / "s"), "--format", "sparrow",
                 "--recent-n", "5", "--label-threshold", "4")
@@ -24,6 +27,7 @@ def test_prepare_ml_latest_small(ml_small_dir, tmp_path):
     assert len((tmp_path / "s" / "valid.csv").read_text().splitlines()) == 10_085
 
 
+@pytest.mark.slow
 def test_prepare_errors_exit_2(tmp_path):
     done = _run("--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "s"))
     assert done.returncode == 2 and "nowhere" in done.stderr

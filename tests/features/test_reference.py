@@ -6,10 +6,13 @@ import math
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from deepcrossing.features import SAMPLE_COLUMNS
 
 from .reference import reference_samples
+
+pytestmark = pytest.mark.slow  # ~20 s: a per-row Python reference over all of ml-latest-small
 
 
 def _close(a, b) -> bool:

@@ -67,6 +67,7 @@ def _dedupe(events):
     return out
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(events=st.lists(event, min_size=1, max_size=25), cut=st.integers(0, 12), data=st.data())
 def test_future_changes_never_change_features(tmp_path_factory, events, cut, data):

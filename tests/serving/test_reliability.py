@@ -8,6 +8,7 @@ import threading
 import time
 
 import httpx
+import pytest
 
 from deepcrossing.serving.app import create_app
 from deepcrossing.serving.publish import publish_dataset
@@ -46,6 +47,7 @@ def stopping(stop: threading.Event, threads: list[threading.Thread]):
             t.join(timeout=30)
 
 
+@pytest.mark.slow
 def test_reload_and_publish_under_load_drop_nothing(models, synth_data, tmp_path, server_thread):
 
     url = f"sqlite:///{tmp_path / 'f.db'}"

@@ -72,6 +72,7 @@ def two_workers(models, sqlite_url, tmp_path):
         raise
 
 
+@pytest.mark.slow
 def test_two_workers_share_reloads_and_metrics(two_workers, models):
     base = two_workers
     m0_version = _fresh(base, "/info").json()["modelVersion"]
@@ -119,5 +120,5 @@ def test_settings_round_trip_through_json(tmp_path):
     settings = ServingSettings(tmp_path / "m", "sqlite:///x.db", workers=2, control_dir=tmp_path / "c",
                                admin_token="t", max_k=7)
     assert ServingSettings.from_json(settings.to_json()) == settings
-    with pytest.raises(InputError, match="unknown serving settings: colour"):
+    with pytest.raises(InputError, match="unknown ServingSettings key 'colour'"):
         ServingSettings.from_json('{"model_dir": "m", "store_url": "sqlite:///x.db", "colour": 1}')

@@ -75,7 +75,7 @@ def test_report_is_json_ready_with_undefined_values_as_none():
     assert r["model"]["auc"] is None and r["model"]["gauc"] is None   # one class: undefined
     assert r["model"]["ndcg"] == 1.0
     json.loads(json.dumps(r, allow_nan=False))
-    rows = dict((label, model) for label, model, _ in metric_rows(r))
+    rows = {label: model for label, model, _ in metric_rows(r)}
     assert rows["AUC"] == "-" and rows["NDCG@10"] == "1.0000"
 
 
@@ -130,6 +130,7 @@ def small_samples(ml_small_dir, tmp_path_factory):
     return small, model
 
 
+@pytest.mark.slow
 def test_evaluate_verb_end_to_end(small_samples, tmp_path):
     import json
 

@@ -25,6 +25,7 @@ def ml_samples(ml_small_dir, tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_train_load_predict_parquet(ml_samples, tmp_path):
     out = tmp_path / "model"
     result = CliRunner().invoke(app, ["train", "--samples", str(ml_samples / "parquet"), "--out", str(out),

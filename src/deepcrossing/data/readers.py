@@ -429,7 +429,7 @@ def load_dataset(path: str | Path, *, workdir: str | Path, columns: ColumnMappin
 
     Example:
         >>> ds = load_dataset("data/ml-latest-small", workdir="work")   # doctest: +SKIP
-        >>> ds.name, ds.rating_scale
+        >>> ds.name, ds.rating_scale   # doctest: +SKIP
         ('ml-latest-small', (0.5, 5.0))
     """
     path, workdir = Path(path), Path(workdir)

@@ -78,7 +78,7 @@ def generate(n_ratings: int, out_dir: str | Path, *, seed: int = 0, n_movies: in
 
     Example:
         >>> folder = generate(10_000, "synthetic", seed=1)   # doctest: +SKIP
-        >>> (folder / "ratings.csv").read_text().splitlines()[0]
+        >>> (folder / "ratings.csv").read_text().splitlines()[0]   # doctest: +SKIP
         'userId,movieId,rating,timestamp'
     """
     if n_ratings < 1000:

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field
 
 from deepcrossing.errors import InputError
+from deepcrossing.strict import AS_PATH, StrictConfig, one_of, strict_config
+
+Positive = Annotated[int, Field(ge=1)]
 
 
-@dataclass(frozen=True)
-class ServingSettings:
+@strict_config
+class ServingSettings(StrictConfig):
     """Settings of the ranking service.
 
     Args:
@@ -44,51 +49,34 @@ class ServingSettings:
         100
     """
 
-    model_dir: Path
+    model_dir: Annotated[Path, AS_PATH]
     store_url: str
     host: str = "127.0.0.1"
     admin_token: str | None = None
-    max_k: int = 100
-    max_candidates: int = 5000
-    max_score_ids: int = 5000
-    max_body_bytes: int = 256 * 1024
-    poll_interval_s: float = 0.5
-    backend: str = "torch"
-    threads: int = 1
+    max_k: Positive = 100
+    max_candidates: Positive = 5000
+    max_score_ids: Positive = 5000
+    max_body_bytes: Positive = 256 * 1024
+    poll_interval_s: Annotated[float, Field(gt=0.0)] = 0.5
+    backend: Annotated[str, one_of("torch", "onnx")] = "torch"
+    threads: Positive = 1
     score_in_threads: bool = False
-    user_cache: int = 100_000
-    workers: int = 1
-    control_dir: Path | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "model_dir", Path(self.model_dir))
-        if self.control_dir is not None:
-            object.__setattr__(self, "control_dir", Path(self.control_dir))
-        for key in ("max_k", "max_candidates", "max_score_ids", "max_body_bytes", "threads", "workers"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InputError(f"ServingSettings.{key} must be a positive integer, not {value!r}", field=key)
-        if isinstance(self.user_cache, bool) or not isinstance(self.user_cache, int) or self.user_cache < 0:
-            raise InputError(f"ServingSettings.user_cache must be an integer >= 0, not {self.user_cache!r}",
-                             field="user_cache")
-        if self.backend not in ("torch", "onnx"):
-            raise InputError(f"ServingSettings.backend must be torch or onnx, not {self.backend!r}",
-                             field="backend")
-        if not self.poll_interval_s > 0:
-            raise InputError("ServingSettings.poll_interval_s must be > 0", field="poll_interval_s")
+    user_cache: Annotated[int, Field(ge=0)] = 100_000
+    workers: Positive = 1
+    control_dir: Annotated[Path | None, AS_PATH] = None
 
     def to_json(self) -> str:
         """The settings as JSON (how ``deepcrossing serve --workers N`` hands them to each worker)."""
-        return json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()})
+        return json.dumps(self.to_dict())
 
     @classmethod
     def from_json(cls, text: str) -> ServingSettings:
-        """Inverse of :meth:`to_json`; unknown keys are an error that names them."""
-        data = json.loads(text)
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise InputError(f"unknown serving settings: {', '.join(unknown)}", field=unknown[0])
-        return cls(**data)
+        """Inverse of :meth:`to_json`; unknown keys and wrong types are an error naming the key."""
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise InputError(f"the serving settings are not valid JSON: {exc}") from None
+        return cls.from_dict(data)
 
     @property
     def loopback(self) -> bool:

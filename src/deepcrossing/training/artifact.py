@@ -26,7 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from deepcrossing.config import FeatureSpec, ModelConfig, TrainConfig, _from_dict
+from deepcrossing.config import FeatureSpec, ModelConfig, TrainConfig
 from deepcrossing.encoding.batch import Batch
 from deepcrossing.encoding.encoder import Encoder
 from deepcrossing.errors import InputError
@@ -197,8 +197,8 @@ def load(model_dir: str | Path) -> LoadedModel:
                          "deepcrossing version", path=manifest_path, field="format_version")
     try:
         spec = FeatureSpec.from_dict(manifest["spec"])
-        model_config = _from_dict(ModelConfig, manifest["model_config"], "model_config.")
-        _from_dict(TrainConfig, manifest["train_config"], "train_config.")
+        model_config = ModelConfig.from_dict(manifest["model_config"], "model_config.")
+        TrainConfig.from_dict(manifest["train_config"], "train_config.")
         encoder = Encoder.from_state(spec, manifest["encoder"])
     except InputError as exc:
         raise InputError(exc.message, path=manifest_path, field=exc.field) from None

@@ -57,7 +57,7 @@ def _column(table: pa.Table, name: str, source: str | Path | None) -> np.ndarray
     col = table.column(name)
     if col.null_count:
         raise InputError(f"{col.null_count} rows have no {name}", path=source, field=name)
-    return col.to_numpy()
+    return np.asarray(col.to_numpy())
 
 
 def score_metrics(

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 
-def _pyplot():
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -18,7 +18,12 @@ def _pyplot():
 
 
 def plot_history(history: list[dict[str, Any]], path: str | Path) -> Path:
-    """Train loss and validation AUC/logloss per epoch -> one PNG with two panels."""
+    """Train loss and validation AUC/logloss per epoch -> one PNG with two panels.
+
+    Args:
+        history: one dict per epoch with ``epoch``, ``train_loss``, ``valid_logloss`` and ``valid_auc``.
+        path: the PNG to write.
+    """
     plt = _pyplot()
     epochs = [r["epoch"] for r in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
@@ -34,7 +39,11 @@ def plot_history(history: list[dict[str, Any]], path: str | Path) -> Path:
 
 
 def plot_roc(labels: np.ndarray, scores: np.ndarray, path: str | Path, title: str = "test ROC") -> Path:
-    """ROC curve (with its AUC in the legend) -> PNG."""
+    """ROC curve (with its AUC in the legend) -> PNG; only the diagonal when the labels have one class.
+
+    Args:
+        labels: (N,) binary labels. scores: (N,) scores. path: the PNG to write. title: the plot title.
+    """
     from sklearn.metrics import roc_auc_score, roc_curve
 
     plt = _pyplot()
