@@ -25,6 +25,8 @@ class ServingSettings:
         max_score_ids: largest number of movie ids in one ``POST /score``.
         max_body_bytes: largest request body accepted (413 beyond).
         poll_interval_s: how often the service checks the store for a newly published version.
+        store_timeout_s: seconds a request waits for the store (and the Redis socket timeout); a store that
+            does not answer in time costs that request a JSON 503, never the event loop.
         backend: ``torch`` or ``onnx`` (ONNX Runtime for the per-candidate part of the fast path).
         threads: torch intra-op threads for scoring.
         score_in_threads: run the ranking call in the thread pool instead of inline on the event loop. Off
@@ -53,6 +55,7 @@ class ServingSettings:
     max_score_ids: int = 5000
     max_body_bytes: int = 256 * 1024
     poll_interval_s: float = 0.5
+    store_timeout_s: float = 1.0
     backend: str = "torch"
     threads: int = 1
     score_in_threads: bool = False
@@ -74,8 +77,9 @@ class ServingSettings:
         if self.backend not in ("torch", "onnx"):
             raise InputError(f"ServingSettings.backend must be torch or onnx, not {self.backend!r}",
                              field="backend")
-        if not self.poll_interval_s > 0:
-            raise InputError("ServingSettings.poll_interval_s must be > 0", field="poll_interval_s")
+        for key in ("poll_interval_s", "store_timeout_s"):
+            if not getattr(self, key) > 0:
+                raise InputError(f"ServingSettings.{key} must be > 0", field=key)
 
     def to_json(self) -> str:
         """The settings as JSON (how ``deepcrossing serve --workers N`` hands them to each worker)."""
