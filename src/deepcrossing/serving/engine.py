@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -42,6 +43,7 @@ __all__ = ["Engine", "State", "UserRead", "check_id", "empty_features", "model_f
 
 USER_CACHE_SIZE = 100_000  # user partials kept per state (H floats each); cleared when full
 INT64 = (-(2**63), 2**63 - 1)
+RETRY_S = 0.2  # with no store version to serve, requests look for one at most this often
 
 
 def check_id(value: int, what: str) -> int:
@@ -150,6 +152,7 @@ class Engine:
         self.state: State | None = None
         self.last_error: str | None = None
         self._lock = threading.Lock()  # one swap at a time (store refresh or model load)
+        self._retry_at = 0.0
 
     @classmethod
     def open(cls, model_dir: str | Path, store: FeatureStore | str, *, verify: bool = True,
@@ -249,6 +252,12 @@ class Engine:
         """The state and the user's record from exactly that state's store version (when that version is
         gone, adopt the current one and read again, once). This is a request's only store call."""
         user_id = check_id(user_id, "user_id")
+        if self.state is not None and self.state.snapshot is None and time.monotonic() >= self._retry_at:
+            self._retry_at = time.monotonic() + RETRY_S  # nothing served: look again, at most every RETRY_S
+            try:
+                self.refresh()
+            except (StoreError, StoreUnavailable) as exc:
+                self.last_error = str(exc)
         for attempt in range(2):
             state, snap = self._take()
             try:
