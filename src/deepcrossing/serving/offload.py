@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import functools
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -44,25 +44,28 @@ class StoreCalls:
         self.timeout = timeout
         self.max_pending = max_pending
         self.pending = 0
+        self._lock = threading.Lock()  # pending is decremented in the pool's threads
         self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="store-call")
 
     def _done(self, _: object) -> None:
-        self.pending -= 1
+        with self._lock:
+            self.pending -= 1
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)`` in the pool; :class:`StoreUnavailable` after :attr:`timeout` seconds.
 
-        The call itself is not interrupted (threads cannot be), but the request stops waiting for it; its
-        slot is freed when it ends (store clients have socket timeouts of their own).
+        A call still queued when its request stops waiting is cancelled; a running one cannot be (threads
+        cannot), and keeps its slot until it ends (store clients have socket timeouts of their own).
         """
-        if self.pending >= self.max_pending:
-            raise StoreUnavailable(f"{self.pending} store calls are already waiting; try again shortly")
-        loop = asyncio.get_running_loop()
-        self.pending += 1
-        future = loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+        with self._lock:
+            if self.pending >= self.max_pending:
+                raise StoreUnavailable(f"{self.pending} store calls are already waiting; try again shortly")
+            self.pending += 1
+        future = self._pool.submit(fn, *args, **kwargs)
         future.add_done_callback(self._done)
         try:
-            return await asyncio.wait_for(asyncio.shield(future), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                return await asyncio.wrap_future(future)
         except TimeoutError:
             raise StoreUnavailable(f"the store did not answer within {self.timeout:g} s") from None
 
