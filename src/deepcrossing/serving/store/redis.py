@@ -133,16 +133,19 @@ class RedisStore(FeatureStore):
 
     def _iter(self, kind: str, version: Ref | None) -> Iterator[tuple[int, Record]]:
         ref = self._resolve(version)
-        out: list[tuple[int, Record]] = []
-        cursor = 0
-        while True:
-            cursor, chunk = self._call(self.client.hscan, self._k(ref, kind), cursor, count=5000)
-            out.extend((int(key), json.loads(data)) for key, data in chunk.items())
-            if cursor == 0:
-                break
-        if not self.exists(ref):  # deleted while we scanned: what we read may be partial
-            raise VersionGone(f"{self.url}: {ref} is gone")
-        return iter(out)
+
+        def scan() -> Iterator[tuple[int, Record]]:  # streamed: a whole version never sits in memory twice
+            cursor = 0
+            while True:
+                cursor, chunk = self._call(self.client.hscan, self._k(ref, kind), cursor, count=5000)
+                for key, data in chunk.items():
+                    yield int(key), json.loads(data)
+                if cursor == 0:
+                    break
+            if not self.exists(ref):  # deleted while we scanned: what we read may be partial
+                raise VersionGone(f"{self.url}: {ref} is gone")
+
+        return scan()
 
     def iter_movies(self, *, version: Ref | None = None) -> Iterator[tuple[int, Record]]:
         return self._iter("movies", version)
