@@ -155,7 +155,7 @@ def build_loaded(samples_dir: Path, mlp: str = "residual", seed: int = 0, steps:
     model = DeepCrossing(config.spec, model_config, encoder.cardinalities)
     batch = encoder.transform(train)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    for step in range(steps):
+    for _ in range(steps):
         index = torch.randint(0, len(batch), (512,))
         part = batch.take(index)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(model(part), part.labels)

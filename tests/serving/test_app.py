@@ -175,3 +175,35 @@ def test_sqlite_and_redis_give_identical_answers(models, synth_data, sqlite_url,
                            + [c.get("/users/3").json()["history"], c.get("/movies/7").json()["neighbours"]])
     assert answers[0] == answers[1]
     assert len(answers[0][0]) == 10
+
+
+def test_responses_match_their_documented_models(client, models):
+    from deepcrossing.serving import schemas
+
+    checks = [
+        ("get", "/recommend/1", {"params": {"k": 5}}, schemas.Recommendation),
+        ("get", "/recommend/1", {"params": {"k": 5, "scorer": "plain"}}, schemas.Recommendation),
+        ("post", "/score", {"json": {"user_id": 1, "movie_ids": [1, 99999999]}}, schemas.Scores),
+        ("get", "/users/1", {}, schemas.User),
+        ("get", "/users/987654321", {}, schemas.User),
+        ("get", "/movies/1", {}, schemas.MovieDetail),
+        ("get", "/healthz", {}, schemas.Health),
+        ("get", "/readyz", {}, schemas.Ready),
+        ("get", "/info", {}, schemas.Info),
+        ("post", "/admin/reload", {"json": {"model_dir": str(models["root"] / "m0")}}, schemas.Reloaded),
+        ("get", "/recommend/1", {"params": {"k": 0}}, schemas.Error),
+        ("get", "/movies/424242424", {}, schemas.Error),
+        ("delete", "/score", {}, schemas.Error),
+    ]
+    for method, path, kwargs, model in checks:
+        r = getattr(client, method)(path, **kwargs)
+        model.model_validate(r.json())  # strict models (extra keys forbidden): the docs match the answers
+    spec = client.get("/openapi.json").json()
+    for path, method, name in [("/recommend/{user_id}", "get", "Recommendation"), ("/score", "post", "Scores"),
+                               ("/users/{user_id}", "get", "User"), ("/movies/{movie_id}", "get", "MovieDetail"),
+                               ("/readyz", "get", "Ready"), ("/info", "get", "Info"),
+                               ("/admin/reload", "post", "Reloaded")]:
+        responses = spec["paths"][path][method]["responses"]
+        assert responses["200"]["content"]["application/json"]["schema"]["$ref"].endswith(f"/{name}")
+    assert spec["paths"]["/recommend/{user_id}"]["get"]["responses"]["503"]["content"]["application/json"][
+        "schema"]["$ref"].endswith("/Error")

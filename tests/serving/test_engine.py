@@ -23,7 +23,7 @@ def test_corrupt_version_is_never_served(models, records, tmp_path):
     assert before["storeVersion"] == 1 and len(before["items"]) == 5
     # a second version whose data is altered after publishing (bit rot, a bad hand edit)
     v2 = store.publish(users, movies, candidates, meta, keep_previous_s=0)
-    store._conn().execute(f"UPDATE dc_movies_v{v2} SET data = replace(data, '\"title\":\"The', "
+    store._conn().execute(f"UPDATE dc_movies_{v2.tag} SET data = replace(data, '\"title\":\"The', "
                           "'\"title\":\"Evil') WHERE id = 3")
     with pytest.raises(StoreError, match="checksum mismatch"):
         engine.refresh()

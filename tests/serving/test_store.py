@@ -54,30 +54,30 @@ def test_publish_and_read(store):
         store.read_user(1)
     users, movies, candidates = make_version(1)
     v = store.publish(users, movies, candidates, {"note": "first"}, batch_size=7)
-    assert v == 1 and store.current_version() == 1
+    assert v.version == 1 and store.current_version() == 1 and store.current() == v and len(v.uid) == 32
     meta = store.meta()
     assert (meta["n_users"], meta["n_movies"], meta["n_candidates"], meta["note"]) == (50, 80, 80, "first")
-    assert len(meta["checksum"]) == 64
-    assert store.read_user(3) == (1, users[2][1])
-    assert store.read_user(999) == (1, None)
+    assert len(meta["checksum"]) == 64 and meta["id"] == v.uid and meta["version"] == 1
+    assert store.read_user(3) == (v, users[2][1])
+    assert store.read_user(999) == (v, None)
     assert store.get_movies([2, 999, 80]) == [movies[1][1], None, movies[79][1]]
     assert store.get_candidates(3) == [80, 79, 78]
     assert sorted(k for k, _ in store.iter_users()) == list(range(1, 51))
     v2 = store.publish(*make_version(2))
-    assert v2 == 2 and store.versions_present() == [2]  # previous deleted only after the switch
-    assert store.get_user(3)["features"]["tag"] == 2
+    assert v2.version == 2 and store.versions_present() == [2]  # previous deleted only after the switch
+    assert store.get_user(3)["features"]["tag"] == 2 and not store.exists(v) and store.exists(v2)
     with pytest.raises(VersionGone):
-        store.get_users([3], version=1)
+        store.get_users([3], version=v)
 
 
 def test_verify_catches_tampering(tmp_path):
     store = SQLiteStore(tmp_path / "f.db")
     v = store.publish(*make_version(1))
     conn = store._conn()
-    conn.execute(f"UPDATE dc_users_v{v} SET data = '{{\"features\":{{}}}}' WHERE id = 5")
+    conn.execute(f"UPDATE dc_users_{v.tag} SET data = '{{\"features\":{{}}}}' WHERE id = 5")
     with pytest.raises(StoreError, match="checksum mismatch"):
         store.verify(v)
-    conn.execute(f"DELETE FROM dc_users_v{v} WHERE id = 6")
+    conn.execute(f"DELETE FROM dc_users_{v.tag} WHERE id = 6")
     with pytest.raises(StoreError, match="49 users stored, meta says 50"):
         store.verify(v)
 
@@ -100,7 +100,7 @@ def test_readers_never_see_a_mix(store):
                 errors.append(repr(exc))
                 return
             tags = {user["features"]["tag"], *(m["features"]["tag"] for m in movies)}
-            if len(tags) != 1 or meta["version"] != v:
+            if len(tags) != 1 or (meta["version"], meta["id"]) != v:
                 mixes.append((v, tags))
             reads[0] += 1
 
@@ -139,10 +139,11 @@ def test_half_published_version_is_never_served(store):
     assert store.versions_present() == [1, 2]  # version 2 was written in part ...
     assert store.current_version() == 1       # ... and is not served
     assert store.read_user(3)[1]["features"]["tag"] == 1
+    half = next(ref for ref in store.refs_present() if ref.version == 2)
     with pytest.raises(StoreError):
-        store.verify(2)
+        store.verify(half)
     v = store.publish(*make_version(3))       # the next publish sweeps the half-written one
-    assert v == 3 and store.versions_present() == [3]
+    assert v.version == 3 and store.versions_present() == [3]
 
 
 def test_sqlite_and_redis_hold_identical_versions(tmp_path, redis_url):
@@ -163,3 +164,21 @@ def test_redis_down_fails_fast():
     with pytest.raises(StoreUnavailable, match="unavailable"):
         store.read_user(1)
     assert time.perf_counter() - t0 < 1.0
+
+
+def test_recreated_store_restarts_numbers_but_never_ids(store):
+    first = store.publish(*make_version(1))
+    if isinstance(store, SQLiteStore):  # the file deleted under an open writer: it writes a new file
+        for path in store.path.parent.glob(store.path.name + "*"):
+            path.unlink()
+    else:
+        store.client.flushdb()
+    assert store.current() is None
+    second = store.publish(*make_version(2))
+    assert second.version == first.version == 1 and second.uid != first.uid and store.current() == second
+    assert not store.exists(first) and store.exists(second)
+    with pytest.raises(VersionGone):  # a reader that resolved the old store never gets the new records
+        store.get_users([1], version=first)
+    with pytest.raises(VersionGone):
+        store.meta(version=first)
+    assert store.get_user(1, version=second)["features"]["tag"] == 2

@@ -13,7 +13,8 @@ from deepcrossing.cli.common import app, out, set_threads
 @app.command("publish")
 def publish_cmd(
     model: Annotated[Path, typer.Option("--model", help="Model folder from `deepcrossing train`.")],
-    data: Annotated[Path, typer.Option("--data", help="The rating logs (MovieLens folder or log file), as for prepare.")],
+    data: Annotated[Path, typer.Option(
+        "--data", help="The rating logs (MovieLens folder or log file), as for prepare.")],
     store: Annotated[str | None, typer.Option(
         "--store", help="sqlite:///path.db or redis://host:port/db (default: sqlite:///MODEL/features.db).")] = None,
     candidates: Annotated[int, typer.Option(help="How many popular movies to keep as candidates.")] = 5000,
@@ -27,7 +28,8 @@ def publish_cmd(
 
     url = store or default_store_url(model)
     if store is None:
-        out.print(f"store: {url} (default; pass --store redis://host:port/db for Redis)", highlight=False, soft_wrap=True)
+        out.print(f"store: {url} (default; pass --store redis://host:port/db for Redis)", highlight=False,
+                  soft_wrap=True)
     started = time.perf_counter()
     meta = publish_for_model(model, data, url, max_candidates=candidates, keep_previous_s=keep_previous)
     out.print(f"published version {meta['version']} to {url}: {meta['n_users']:,} users, {meta['n_movies']:,} "
@@ -37,6 +39,22 @@ def publish_cmd(
     out.print(f"serve it: deepcrossing serve --model {model} --store {url}", highlight=False, soft_wrap=True)
 
 # [serve]
+
+
+def check_store(url: str) -> None:
+    """Refuse to serve a store that has nothing published (or a bad URL) with a one-line error, before any
+    server starts; opened read-only, so a missing SQLite file is reported, never created. A store that is
+    merely unreachable now (Redis down) is let through: the service answers 503 until it is back."""
+    from deepcrossing.serving.store import StoreUnavailable, open_store
+
+    store = open_store(url, readonly=True)
+    try:
+        if store.current() is None:
+            raise store.nothing_published()
+    except StoreUnavailable as exc:
+        out.print(f"note: {exc}; serving 503 until it answers", highlight=False, soft_wrap=True)
+    finally:
+        store.close()
 
 
 @app.command("serve")
@@ -75,6 +93,7 @@ def serve_cmd(
     from deepcrossing.serving.settings import ServingSettings
 
     url = store or default_store_url(model)
+    check_store(url)
     control_dir = Path(tempfile.mkdtemp(prefix="deepcrossing-serve-")) if workers > 1 else None
     settings = ServingSettings(model_dir=model.resolve(), store_url=url, host=host, admin_token=admin_token,
                                backend=backend, threads=threads, workers=workers, control_dir=control_dir,
@@ -83,7 +102,8 @@ def serve_cmd(
     out.print(f"serving {model} with store {url} on http://{host}:{port}/{procs} (web page: /ui/, metrics: "
               "/metrics)", highlight=False, soft_wrap=True)
     if not settings.loopback and admin_token is None:
-        out.print("note: /admin is refused on a non-loopback host without --admin-token", highlight=False, soft_wrap=True)
+        out.print("note: /admin is refused on a non-loopback host without --admin-token", highlight=False,
+                  soft_wrap=True)
     if control_dir is None:
         set_threads(threads)
         uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, access_log=False)

@@ -17,6 +17,7 @@ import importlib
 _EXPORTS = {
     "Engine": "deepcrossing.serving.engine",
     "FeatureStore": "deepcrossing.serving.store",
+    "Ref": "deepcrossing.serving.store",
     "Scorer": "deepcrossing.serving.scorer",
     "ServingSettings": "deepcrossing.serving.settings",
     "StoreError": "deepcrossing.serving.store",
@@ -27,7 +28,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'deepcrossing.serving' has no attribute {name!r}")

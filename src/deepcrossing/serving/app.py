@@ -2,8 +2,9 @@
 
 The model and the store are opened in ``lifespan`` and kept in ``app.state``; a background task polls the
 store for newly published versions. Errors are JSON: ``{"error": <kind>, "detail": <message>}`` with 4xx for
-bad requests, 503 when the store is unreachable or has nothing published (fail fast: short Redis timeouts,
-and the next request after Redis is back succeeds, no restart needed).
+bad requests, 503 when the store is unreachable, hung (every store call runs in a bounded thread hand-off
+with a timeout, never on the event loop), has nothing published, or was recreated under the service (fail
+fast: short timeouts, and the next request after the store is back succeeds, no restart needed).
 
 Example:
     >>> app = create_app(ServingSettings("model", "sqlite:///model/features.db"))   # doctest: +SKIP
@@ -23,19 +24,22 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from deepcrossing.errors import InputError
+from deepcrossing.errors import DeepCrossingError, InputError
 from deepcrossing.serving.control import Control
 from deepcrossing.serving.engine import Engine
 from deepcrossing.serving.metrics import ServiceMetrics
+from deepcrossing.serving.offload import StoreCalls
 from deepcrossing.serving.routers import admin, catalog, health, ranking
 from deepcrossing.serving.settings import ServingSettings
-from deepcrossing.serving.store import StoreError, StoreUnavailable, open_store
+from deepcrossing.serving.store import StoreConfigError, StoreError, StoreUnavailable, open_store
 
 STATIC_DIR = Path(__file__).parent / "static"
 log = logging.getLogger("deepcrossing.serving")
@@ -47,12 +51,12 @@ class BodyLimitAndMetrics:
     Pure ASGI (not ``BaseHTTPMiddleware``) so that it adds microseconds, not a task per request.
     """
 
-    def __init__(self, app, metrics: ServiceMetrics, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, max_bytes: int) -> None:
         self.app = app
         self.metrics = metrics
         self.max_bytes = max_bytes
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -64,7 +68,7 @@ class BodyLimitAndMetrics:
                 return
         received = [0]
 
-        async def limited_receive():
+        async def limited_receive() -> Message:
             message = await receive()
             if message["type"] == "http.request":
                 received[0] += len(message.get("body", b""))
@@ -72,7 +76,7 @@ class BodyLimitAndMetrics:
                     raise _TooLarge()
             return message
 
-        async def counting_send(message) -> None:
+        async def counting_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
             await send(message)
@@ -86,7 +90,7 @@ class BodyLimitAndMetrics:
         path = getattr(route, "path", None) or ("/ui" if scope["path"].startswith("/ui") else "unmatched")
         self.metrics.observe(path, scope["method"], status[0], time.perf_counter() - start)
 
-    async def _reject(self, send, start: float, scope) -> None:
+    async def _reject(self, send: Send, start: float, scope: Scope) -> None:
         body = json.dumps({"error": "body_too_large",
                            "detail": f"request body over {self.max_bytes} bytes"}).encode()
         await send({"type": "http.response.start", "status": 413,
@@ -115,21 +119,23 @@ def create_app(settings: ServingSettings, *, loader: Callable[[Path], Any] | Non
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        eng = Engine(open_store(settings.store_url), loader=loader, backend=settings.backend,
-                     user_cache=settings.user_cache)
+        # read-only: the service never creates an empty database, and reports a missing file as not ready
+        store = open_store(settings.store_url, readonly=True, timeout=settings.store_timeout_s)
+        eng = Engine(store, loader=loader, backend=settings.backend, user_cache=settings.user_cache)
         control = Control(settings.control_dir) if settings.control_dir is not None else None
         wanted = control.read() if control is not None else None   # a reload that happened before we started
         app.state.control = control
         app.state.model_generation = wanted[0] if wanted else None
         app.state.reload_lock = asyncio.Lock()   # one model swap at a time (admin call or poller)
-        await run_in_threadpool(eng.load_model, wanted[1] if wanted else settings.model_dir)
+        app.state.store_calls = calls = StoreCalls(timeout=settings.store_timeout_s)
+        state = await run_in_threadpool(eng.load_model, wanted[1] if wanted else settings.model_dir)
         try:
             await run_in_threadpool(eng.refresh)
-        except (StoreError, StoreUnavailable) as exc:  # serve 503 until the store is usable; poller retries
+        except DeepCrossingError as exc:  # serve 503 until the store is usable; the poller retries
             eng.last_error = str(exc)
             log.warning("store not usable yet: %s", exc)
         app.state.engine = eng
-        metrics.set_model(str(eng.state.model_dir), eng.state.model_version)
+        metrics.set_model(str(state.model_dir), state.model_version)
         # The model, tables and snapshot live as long as the process: move them out of the cyclic GC's
         # generations so that collections during requests stay short (fewer latency spikes).
         gc.collect()
@@ -141,6 +147,7 @@ def create_app(settings: ServingSettings, *, loader: Callable[[Path], Any] | Non
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
+            calls.close()
             eng.store.close()
             metrics.worker_exit()
 
@@ -149,36 +156,7 @@ def create_app(settings: ServingSettings, *, loader: Callable[[Path], Any] | Non
     app.state.metrics = metrics
     for router in (ranking.router, catalog.router, health.router, admin.router):
         app.include_router(router)
-
-    @app.exception_handler(StoreUnavailable)
-    async def _unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
-        metrics.store_errors.inc()
-        return _error(503, "store_unavailable", str(exc))
-
-    @app.exception_handler(StoreError)
-    async def _store(request: Request, exc: StoreError) -> JSONResponse:
-        metrics.store_errors.inc()
-        return _error(503, "store_not_ready", str(exc))
-
-    @app.exception_handler(InputError)
-    async def _input(request: Request, exc: InputError) -> JSONResponse:
-        return _error(400, "bad_input", str(exc))
-
-    @app.exception_handler(HTTPException)
-    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
-        response = _error(exc.status_code, "http_error", exc.detail)
-        for key, value in (exc.headers or {}).items():
-            response.headers[key] = value
-        return response
-
-    @app.exception_handler(404)
-    async def _not_found(request: Request, exc: Exception) -> JSONResponse:
-        return _error(404, "not_found", getattr(exc, "detail", "not found"))
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg")} for e in exc.errors()]
-        return _error(422, "invalid_request", detail)
+    _add_error_handlers(app, metrics)
 
     @app.get("/", include_in_schema=False)
     def _root() -> RedirectResponse:
@@ -189,17 +167,59 @@ def create_app(settings: ServingSettings, *, loader: Callable[[Path], Any] | Non
     return app
 
 
+def _add_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
+    """Every error answer is JSON ``{"error", "detail"}``: 4xx for bad requests, 503 for the store."""
+
+    async def unavailable(request: Request, exc: Exception) -> JSONResponse:
+        metrics.store_errors.inc()
+        return _error(503, "store_unavailable", str(exc))
+
+    async def not_ready(request: Request, exc: Exception) -> JSONResponse:
+        metrics.store_errors.inc()
+        return _error(503, "store_not_ready", str(exc))
+
+    async def misconfigured(request: Request, exc: Exception) -> JSONResponse:
+        metrics.store_errors.inc()
+        return _error(503, "store_misconfigured", str(exc))
+
+    async def bad_input(request: Request, exc: Exception) -> JSONResponse:
+        return _error(400, "bad_input", str(exc))
+
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        response = _error(exc.status_code, kind, exc.detail)
+        for key, value in (exc.headers or {}).items():
+            response.headers[key] = value
+        return response
+
+    async def invalid(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg")} for e in exc.errors()]
+        return _error(422, "invalid_request", detail)
+
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return _error(500, "internal_error", f"{type(exc).__name__}; see the service log")
+
+    for kind, handler in ((StoreUnavailable, unavailable), (StoreError, not_ready),
+                          (StoreConfigError, misconfigured), (InputError, bad_input),
+                          (StarletteHTTPException, http_error), (RequestValidationError, invalid),
+                          (Exception, internal)):
+        app.add_exception_handler(kind, handler)
+
+
 async def _poll(app: FastAPI, engine: Engine, metrics: ServiceMetrics, interval: float) -> None:
-    """Adopt newly published store versions (verified first) and, with several workers, the model another
-    worker was told to reload; keep serving the old ones on any error."""
+    """Adopt newly published store versions (verified first), notice a store that was recreated or whose
+    file is gone, and, with several workers, the model another worker was told to reload; keep serving the
+    old ones on any error that leaves them valid."""
     while True:
         await asyncio.sleep(interval)
         try:
             if await run_in_threadpool(engine.refresh):
-                log.info("serving store version %s", engine.state.snapshot.version)
-            state = engine.state
-            if state is not None and state.snapshot is not None:
-                metrics.store_version.set(state.snapshot.version)
+                log.info("serving store %s", engine.info()["storeVersion"])
+            version = engine.info()["storeVersion"]
+            metrics.store_version.set(0 if version is None else version)  # 0: none served
             control: Control | None = app.state.control
             if control is not None:
                 async with app.state.reload_lock:
@@ -214,8 +234,6 @@ async def _poll(app: FastAPI, engine: Engine, metrics: ServiceMetrics, interval:
 
 
 ENV_SETTINGS = "DEEPCROSSING_SERVE_SETTINGS"
-
-
 def app_from_env() -> FastAPI:
     """The app of one worker process of ``deepcrossing serve --workers N`` (uvicorn's ``factory=True``):
     settings from the ``DEEPCROSSING_SERVE_SETTINGS`` JSON the serve command set."""

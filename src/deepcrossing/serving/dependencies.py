@@ -1,4 +1,5 @@
-"""Providers for the routers: the engine, the metrics and the admin guard, all read from ``app.state``.
+"""Providers for the routers: the engine, the metrics, the store-call hand-off and the admin guard, all read
+from ``app.state``.
 
 Tests swap any of them with ``app.dependency_overrides``.
 """
@@ -11,22 +12,32 @@ from fastapi import Depends, HTTPException, Request
 
 from deepcrossing.serving.engine import Engine
 from deepcrossing.serving.metrics import ServiceMetrics
+from deepcrossing.serving.offload import StoreCalls
 from deepcrossing.serving.settings import ServingSettings
 
 
 async def get_settings(request: Request) -> ServingSettings:
     """The app's settings."""
-    return request.app.state.settings
+    settings: ServingSettings = request.app.state.settings
+    return settings
 
 
 async def get_engine(request: Request) -> Engine:
     """The app's engine (model + store)."""
-    return request.app.state.engine
+    engine: Engine = request.app.state.engine
+    return engine
 
 
 async def get_metrics(request: Request) -> ServiceMetrics:
     """The app's Prometheus metrics."""
-    return request.app.state.metrics
+    metrics: ServiceMetrics = request.app.state.metrics
+    return metrics
+
+
+async def get_store_calls(request: Request) -> StoreCalls:
+    """The app's bounded thread hand-off for store calls."""
+    calls: StoreCalls = request.app.state.store_calls
+    return calls
 
 
 async def require_admin(request: Request, settings: ServingSettings = Depends(get_settings)) -> None:

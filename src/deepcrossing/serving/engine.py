@@ -5,7 +5,15 @@ version (movie records, candidate rows and the movie-side partial products). The
 atomically (one attribute assignment): when the store publishes a new version (:meth:`Engine.refresh`, polled
 by the service) and when a new model folder is loaded (:meth:`Engine.reload`). A request takes the state once
 and uses it to the end, so it finishes on the model and store version it started with; it reads the user
-from exactly that store version, so user and movie features never come from two versions.
+from exactly that store version (by its :class:`~deepcrossing.serving.store.Ref`: number *and* unique id),
+so user and movie features never come from two versions, nor from two lives of a recreated store.
+
+When the store can no longer serve the version held (Redis flushed, the SQLite file deleted), the engine
+drops its snapshot and says why (:attr:`Engine.last_error`); requests then fail with :class:`StoreError`
+(the service answers 503) until a version is published again.
+
+The store read of a request (:meth:`Engine.fetch_user`) is separate from the scoring, so that the service can
+run the read in a bounded thread hand-off and score on the event loop.
 
 Example:
     >>> engine = Engine.open("model", "sqlite:///model/features.db")   # doctest: +SKIP
@@ -15,43 +23,60 @@ Example:
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from deepcrossing.features.columns import cold_features, side_of
+from deepcrossing.errors import InputError
 from deepcrossing.hashing import files_sha256
-from deepcrossing.serving.publish import schema_from_json
-from deepcrossing.serving.scorer import ItemPart, Scorer, UserPart, join_user_movies
-from deepcrossing.serving.store import FeatureStore, StoreError, VersionGone, open_store
+from deepcrossing.serving.scorer import Scorer, UserPart, join_user_movies
+from deepcrossing.serving.snapshot import Snapshot, build_snapshot, empty_features, rescore_snapshot
+from deepcrossing.serving.store import FeatureStore, Record, StoreError, StoreUnavailable, VersionGone, open_store
 
+__all__ = ["Engine", "State", "UserRead", "check_id", "empty_features", "model_fingerprint"]
 
 USER_CACHE_SIZE = 100_000  # user partials kept per state (H floats each); cleared when full
+INT64 = (-(2**63), 2**63 - 1)
+RETRY_S = 0.2  # with no store version to serve, requests look for one at most this often
 
 
-def empty_features(schema: pa.Schema, id_name: str, id_value: int) -> dict[str, Any]:
-    """The schema's columns of a cold-start user / unknown movie (``id_name``'s side), from the column
-    definitions (:func:`deepcrossing.features.cold_features`: counts 0, lists/maps empty, else null).
+def check_id(value: int, what: str) -> int:
+    """``value`` as an int when it fits a signed 64-bit id; :class:`InputError` otherwise.
 
     Example:
-        >>> s = pa.schema([("userId", pa.int64()), ("userRatingCount", pa.int64()),
-        ...                ("userRecentPositives", pa.list_(pa.int64())), ("userAvgRating", pa.float64())])
-        >>> empty_features(s, "userId", 7)
-        {'userId': 7, 'userRatingCount': 0, 'userRecentPositives': [], 'userAvgRating': None}
+        >>> check_id(7, "user")
+        7
+        >>> check_id(2**63, "user")
+        Traceback (most recent call last):
+        ...
+        deepcrossing.errors.InputError: field user: 9223372036854775808 is not a 64-bit integer id
     """
-    cold = cold_features(side_of(id_name), id_value)
-    return {f.name: cold[f.name] for f in schema}
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not INT64[0] <= value <= INT64[1]:
+        raise InputError(f"{str(value)[:40]} is not a 64-bit integer id", field=what)
+    return int(value)
 
 
 def _load_model_dir(model_dir: Path) -> Any:
-    import deepcrossing
+    from deepcrossing.training.artifact import load
 
-    return deepcrossing.load(model_dir)  # checks that it is a model folder (training.artifact.require_model_dir)
+    return load(model_dir)  # checks that it is a model folder (training.artifact.require_model_dir)
+
+
+def _check_finite(loaded: Any, model_dir: Path) -> None:
+    """Refuse a model whose weights hold NaN or inf (it would answer NaN scores to every request)."""
+    model = getattr(loaded, "model", None)
+    if not isinstance(model, torch.nn.Module):
+        return
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise InputError(f"weight {name} holds NaN or inf; this model is not served", path=model_dir,
+                             field=name)
 
 
 def _contains(haystack: np.ndarray, needles: np.ndarray) -> np.ndarray:
@@ -67,11 +92,13 @@ def _contains(haystack: np.ndarray, needles: np.ndarray) -> np.ndarray:
     if len(haystack) > 1 and (haystack[1:] < haystack[:-1]).any():
         haystack = np.sort(haystack)
     pos = np.minimum(np.searchsorted(haystack, needles), len(haystack) - 1)
-    return haystack[pos] == needles
+    found: np.ndarray = haystack[pos] == needles
+    return found
 
 
 def _sigmoid(x: torch.Tensor) -> np.ndarray:
-    return torch.sigmoid(x).numpy().astype(np.float64)
+    out: np.ndarray = torch.sigmoid(x).numpy().astype(np.float64)
+    return out
 
 
 def model_fingerprint(model_dir: Path) -> str:
@@ -80,50 +107,27 @@ def model_fingerprint(model_dir: Path) -> str:
 
 
 @dataclass(frozen=True)
-class Snapshot:
-    """One store version as the scorer needs it (built once per model load and per publish).
-
-    Attributes:
-        version: the store version.
-        meta: its meta object.
-        movie_ids: (M,) int64 movie ids, sorted.
-        titles, genres, years: per movie row, for display.
-        movie_table: (M rows) movie-side feature table (for the plain path).
-        candidate_rows: (C,) int64 rows of the candidate movies, most popular first.
-        items: the movie-side partials (M rows).
-        unit: (M, H) L2-normalized ``items.p`` rows, for similar-movie neighbours.
-        user_schema, movie_schema: Arrow schemas of the published features.
-    """
-
-    version: int
-    meta: dict
-    movie_ids: np.ndarray
-    titles: list
-    genres: list
-    years: list
-    movie_table: pa.Table
-    candidate_rows: np.ndarray
-    items: ItemPart
-    unit: torch.Tensor
-    user_schema: pa.Schema
-    movie_schema: pa.Schema
-    row_of: dict = field(repr=False, default_factory=dict)
-
-
-@dataclass(frozen=True)
 class State:
     """What one request uses from start to end: a model and a store snapshot.
 
-    ``user_parts`` caches each user's per-request partial (:class:`UserPart`) for this (model, store version):
-    a version's records never change, so the cache is exact, and it dies with the state on a reload or a
-    publish. The record itself is still read from the store on every request.
+    ``user_parts`` caches each user's per-request partial (:class:`UserPart`) for this (model, store version
+    ref): a version's records never change, so the cache is exact, and it dies with the state on a reload or
+    a publish. The record itself is still read from the store on every request.
     """
 
     scorer: Scorer
     model_dir: Path
     model_version: str
     snapshot: Snapshot | None
-    user_parts: dict = field(default_factory=dict, repr=False, compare=False)
+    user_parts: dict[int, UserPart] = field(default_factory=dict, repr=False, compare=False)
+
+
+class UserRead(NamedTuple):
+    """One request's store read: the state it was read for and the user's record (``None``: unknown user)."""
+
+    state: State
+    snapshot: Snapshot
+    record: Record | None
 
 
 class Engine:
@@ -131,7 +135,7 @@ class Engine:
 
     Args:
         store: the feature store.
-        verify: re-check each new store version's counts and checksum before serving it.
+        verify: re-check each new store version's id, counts and checksum before serving it.
         loader: model folder -> loaded model (default :func:`deepcrossing.load`).
         backend: scorer backend, ``torch`` or ``onnx`` (see :class:`Scorer`).
         user_cache: user partials kept per state (0: compute every request's user part afresh, ~0.8 ms).
@@ -147,102 +151,117 @@ class Engine:
         self.loader = loader or _load_model_dir
         self.state: State | None = None
         self.last_error: str | None = None
-        self._swap = threading.Lock()
+        self._lock = threading.Lock()  # one swap at a time (store refresh or model load)
+        self._retry_at = 0.0
 
     @classmethod
     def open(cls, model_dir: str | Path, store: FeatureStore | str, *, verify: bool = True,
              loader: Callable[[Path], Any] | None = None, backend: str = "torch",
              user_cache: int = USER_CACHE_SIZE) -> Engine:
-        """Load the model and the current store version (raises when the store has nothing published)."""
-        engine = cls(open_store(store) if isinstance(store, str) else store, verify=verify, loader=loader,
-                     backend=backend, user_cache=user_cache)
+        """Load the model and the current store version (raises :class:`StoreError` when the store has nothing
+        published; a store URL is opened read-only, so a missing SQLite file is reported, not created)."""
+        engine = cls(open_store(store, readonly=True) if isinstance(store, str) else store, verify=verify,
+                     loader=loader, backend=backend, user_cache=user_cache)
         engine.load_model(model_dir)
         engine.refresh(strict=True)
         return engine
 
     # ---- loading ----
     def load_model(self, model_dir: str | Path) -> State:
-        """Load a model folder and rebuild the snapshot for it, then swap it in (in-flight requests finish
-        on the state they took)."""
+        """Load a model folder and rebuild the snapshot for it (from memory), then swap it in (in-flight
+        requests finish on the state they took).
+
+        Raises:
+            InputError: not a model folder, or weights that hold NaN or inf (nothing changes).
+        """
         model_dir = Path(model_dir)
-        scorer = Scorer(self.loader(model_dir), backend=self.backend)
-        old = self.state
-        snapshot = None
-        if old is not None and old.snapshot is not None:
-            snapshot = self._snapshot(scorer, old.snapshot.version, verify=False)
-        with self._swap:
-            current = self.state
-            if current is not None and current.snapshot is not None and (
-                    snapshot is None or current.snapshot.version != snapshot.version):
-                # a publish was adopted while we loaded: rebuild for that version (rare, so under the lock)
-                snapshot = self._snapshot(scorer, current.snapshot.version, verify=False)
-            state = State(scorer, model_dir, model_fingerprint(model_dir), snapshot)
+        loaded = self.loader(model_dir)
+        _check_finite(loaded, model_dir)
+        scorer = Scorer(loaded, backend=self.backend)
+        fingerprint = model_fingerprint(model_dir)
+        with self._lock:
+            old = self.state
+            snapshot = None if old is None or old.snapshot is None else rescore_snapshot(old.snapshot, scorer)
+            state = State(scorer, model_dir, fingerprint, snapshot)
             self.state = state
         return state
 
     reload = load_model
 
+    def _drop(self, reason: str) -> None:
+        """Stop serving the snapshot held: the store can no longer serve it."""
+        state = self.state
+        if state is not None and state.snapshot is not None:
+            self.state = replace(state, snapshot=None, user_parts={})
+        self.last_error = reason
+
     def refresh(self, *, strict: bool = False) -> bool:
-        """Adopt the store's current version if it differs from the one served; True when swapped.
+        """Adopt the store's current version if it is not the one served (by ref); True when swapped.
 
         Args:
-            strict: raise :class:`StoreError` when nothing is published (else keep serving what we have).
-        """
-        state = self.state
-        if state is None:
-            raise RuntimeError("load a model first")
-        version = self.store.current_version()
-        if version is None:
-            if strict:
-                raise StoreError(f"{self.store.url}: nothing published yet; run `deepcrossing publish`")
-            return False
-        if state.snapshot is not None and state.snapshot.version == version:
-            return False
-        snapshot = self._snapshot(state.scorer, version, verify=self.verify)
-        with self._swap:
-            current = self.state
-            if current.snapshot is not None and current.snapshot.version >= version:
-                return False
-            self.state = State(current.scorer, current.model_dir, current.model_version, snapshot) \
-                if current.scorer is state.scorer else \
-                State(current.scorer, current.model_dir, current.model_version,
-                      self._snapshot(current.scorer, version, verify=False))
-        self.last_error = None
-        return True
+            strict: raise :class:`StoreError` when nothing is published (else just stop serving).
 
-    def _snapshot(self, scorer: Scorer, version: int, *, verify: bool) -> Snapshot:
-        meta = self.store.verify(version) if verify else self.store.meta(version=version)
-        user_schema = schema_from_json(meta["user_schema"])
-        movie_schema = schema_from_json(meta["movie_schema"])
-        records = sorted(self.store.iter_movies(version=version), key=lambda kv: kv[0])
-        movie_ids = np.fromiter((k for k, _ in records), dtype=np.int64, count=len(records))
-        movie_table = pa.Table.from_pylist([r["features"] for _, r in records], schema=movie_schema)
-        items = scorer.items(movie_table)
-        row_of = {int(m): i for i, m in enumerate(movie_ids)}
-        candidates = self.store.get_candidates(version=version)
-        candidate_rows = np.fromiter((row_of[c] for c in candidates if c in row_of), dtype=np.int64)
-        unit = torch.nn.functional.normalize(items.p, dim=1)
-        return Snapshot(
-            version=version, meta=meta, movie_ids=movie_ids,
-            titles=[r.get("title") for _, r in records], genres=[r.get("genres") or [] for _, r in records],
-            years=[r.get("year") for _, r in records], movie_table=movie_table, candidate_rows=candidate_rows,
-            items=items, unit=unit, user_schema=user_schema, movie_schema=movie_schema, row_of=row_of,
-        )
+        Raises:
+            StoreUnavailable: the store cannot be reached (the snapshot held keeps serving);
+            StoreError: the store file is gone (the snapshot is dropped) or the new version fails
+                verification (the snapshot held is kept).
+        """
+        if self.state is None:
+            raise RuntimeError("load a model first")
+        with self._lock:
+            try:
+                ref = self.store.current()
+            except StoreError as exc:
+                self._drop(str(exc))
+                raise
+            if ref is None:
+                error = self.store.nothing_published()
+                self._drop(str(error))
+                if strict:
+                    raise error
+                return False
+            state = self.state
+            if state.snapshot is not None and state.snapshot.ref == ref:
+                return False
+            snapshot = build_snapshot(self.store, state.scorer, ref, verify=self.verify)
+            self.state = State(state.scorer, state.model_dir, state.model_version, snapshot)
+            self.last_error = None
+            return True
+
+    def readiness(self) -> str | None:
+        """Why the engine cannot serve right now, or ``None`` when it can (one cheap store call)."""
+        state = self.state
+        if state is None or state.snapshot is None:
+            return self.last_error or "no store version loaded yet"
+        try:
+            if not self.store.exists(state.snapshot.ref):
+                return (f"{self.store.url}: {state.snapshot.ref} is gone (a newer publish, or the store was "
+                        "recreated or replaced); loading the current version")
+        except (StoreError, StoreUnavailable) as exc:
+            return str(exc)
+        return None
 
     # ---- requests ----
-    def _take(self) -> State:
+    def _take(self) -> tuple[State, Snapshot]:
         state = self.state
         if state is None or state.snapshot is None:
             raise StoreError(self.last_error or "the service has no store version loaded yet")
-        return state
+        return state, state.snapshot
 
-    def _user(self, user_id: int) -> tuple[State, dict | None]:
-        """The state and the user's record from exactly that state's store version (retry once if the
-        version was deleted under us)."""
-        for attempt in range(2):
-            state = self._take()
+    def fetch_user(self, user_id: int) -> UserRead:
+        """The state and the user's record from exactly that state's store version (when that version is
+        gone, adopt the current one and read again, once). This is a request's only store call."""
+        user_id = check_id(user_id, "user_id")
+        if self.state is not None and self.state.snapshot is None and time.monotonic() >= self._retry_at:
+            self._retry_at = time.monotonic() + RETRY_S  # nothing served: look again, at most every RETRY_S
             try:
-                return state, self.store.get_user(user_id, version=state.snapshot.version)
+                self.refresh()
+            except (StoreError, StoreUnavailable) as exc:
+                self.last_error = str(exc)
+        for attempt in range(2):
+            state, snap = self._take()
+            try:
+                return UserRead(state, snap, self.store.get_user(user_id, version=snap.ref))
             except VersionGone:
                 if attempt:
                     raise
@@ -250,52 +269,60 @@ class Engine:
         raise AssertionError("unreachable")
 
     @staticmethod
-    def _user_table(state: State, user_id: int, record: dict | None) -> pa.Table:
-        snap = state.snapshot
+    def _user_table(snap: Snapshot, user_id: int, record: Record | None) -> pa.Table:
         features = record["features"] if record else empty_features(snap.user_schema, "userId", user_id)
         return pa.Table.from_pylist([features], schema=snap.user_schema)
 
-    def _user_part(self, state: State, user_id: int, record: dict | None) -> UserPart:
+    def _user_part(self, read: UserRead, user_id: int) -> UserPart:
         """The user's partial, from the state's cache or computed from the record (user columns only)."""
-        part = state.user_parts.get(user_id)
+        parts = read.state.user_parts
+        part = parts.get(user_id)
         if part is None:
-            part = state.scorer.user(self._user_table(state, user_id, record))
+            part = read.state.scorer.user(self._user_table(read.snapshot, user_id, read.record))
             if self.user_cache:
-                if len(state.user_parts) >= self.user_cache:
-                    state.user_parts.clear()
-                state.user_parts[user_id] = part
+                if len(parts) >= self.user_cache:
+                    parts.clear()
+                parts[user_id] = part
         return part
 
-    def _movie_out(self, snap: Snapshot, row: int, score: float | None = None) -> dict:
-        out = {"movieId": int(snap.movie_ids[row]), "title": snap.titles[row], "genres": snap.genres[row],
-               "year": snap.years[row]}
+    @staticmethod
+    def _movie_out(snap: Snapshot, row: int, score: float | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {"movieId": int(snap.movie_ids[row]), "title": snap.titles[row],
+                               "genres": snap.genres[row], "year": snap.years[row]}
         if score is not None:
             out["score"] = round(float(score), 6)
         return out
 
-    def recommend(self, user_id: int, k: int = 10, candidates: int = 800, *, plain: bool = False) -> dict:
+    def _read(self, user_id: int, fetched: UserRead | None) -> UserRead:
+        return self.fetch_user(user_id) if fetched is None else fetched
+
+    def recommend(self, user_id: int, k: int = 10, candidates: int = 800, *, plain: bool = False,
+                  fetched: UserRead | None = None) -> dict[str, Any]:
         """Top ``k`` of the first ``candidates`` candidates minus what the user rated, best first.
 
         Args:
-            user_id: any integer; unknown users get cold-start features.
-            k: list length.
-            candidates: how many of the most popular movies to rank.
+            user_id: any 64-bit integer; unknown users get cold-start features.
+            k: list length (>= 1).
+            candidates: how many of the most popular movies to rank (>= 1).
             plain: use the full forward pass per candidate instead of the split fast path.
+            fetched: the user's record read earlier by :meth:`fetch_user` (read here when ``None``).
 
         Returns:
-            ``{"userId", "known", "storeVersion", "modelVersion", "items": [{movieId, title, genres, year,
-            score}]}``.
+            ``{"userId", "known", "storeVersion", "modelVersion", "candidates", "items": [{movieId, title,
+            genres, year, score}]}``.
         """
-        state, record = self._user(user_id)
-        snap = state.snapshot
+        if k < 1 or candidates < 1:
+            raise InputError(f"k and candidates must be >= 1, not {k} and {candidates}", field="k")
+        read = self._read(user_id, fetched)
+        state, snap, record = read
         rows = snap.candidate_rows[:candidates]
         if record and record.get("rated"):
             rows = rows[~_contains(np.asarray(record["rated"], dtype=np.int64), snap.movie_ids[rows])]
         if plain:
-            user_table = self._user_table(state, user_id, record)
+            user_table = self._user_table(snap, user_id, record)
             logits = state.scorer.plain(join_user_movies(user_table, snap.movie_table.take(pa.array(rows))))
         else:
-            logits = state.scorer.fast(self._user_part(state, user_id, record), snap.items, rows)
+            logits = state.scorer.fast(self._user_part(read, user_id), snap.items, rows)
         scores = _sigmoid(logits)
         k = min(k, len(rows))
         top = np.argpartition(-scores, k - 1)[:k] if 0 < k < len(rows) else np.arange(len(rows))
@@ -304,18 +331,19 @@ class Engine:
                 "modelVersion": state.model_version, "candidates": int(len(rows)),
                 "items": [self._movie_out(snap, int(rows[i]), scores[i]) for i in top]}
 
-    def score(self, user_id: int, movie_ids: list[int]) -> dict:
+    def score(self, user_id: int, movie_ids: list[int], *, fetched: UserRead | None = None) -> dict[str, Any]:
         """Scores of the user against ``movie_ids``, in the given order; unknown movies get the OOV row."""
-        state, record = self._user(user_id)
-        snap = state.snapshot
-        user_part = self._user_part(state, user_id, record)
-        rows = np.array([snap.row_of.get(int(m), -1) for m in movie_ids], dtype=np.int64)
+        movie_ids = [check_id(m, "movie_ids") for m in movie_ids]
+        read = self._read(user_id, fetched)
+        state, snap, record = read
+        user_part = self._user_part(read, user_id)
+        rows = np.array([snap.row_of.get(m, -1) for m in movie_ids], dtype=np.int64)
         scores = np.empty(len(rows))
         known = rows >= 0
         if known.any():
             scores[known] = _sigmoid(state.scorer.fast(user_part, snap.items, rows[known]))
         if (~known).any():
-            unknown = [int(m) for m, ok in zip(movie_ids, known) if not ok]
+            unknown = [m for m, ok in zip(movie_ids, known) if not ok]
             movies = pa.Table.from_pylist([empty_features(snap.movie_schema, "movieId", m) for m in unknown],
                                           schema=snap.movie_schema)
             extra = state.scorer.items(movies)
@@ -324,10 +352,9 @@ class Engine:
                 "modelVersion": state.model_version,
                 "scores": [round(float(s), 6) for s in scores], "knownMovies": [bool(x) for x in known]}
 
-    def user_info(self, user_id: int) -> dict:
+    def user_info(self, user_id: int, *, fetched: UserRead | None = None) -> dict[str, Any]:
         """The user's features and recent history (with titles); cold-start features when unknown."""
-        state, record = self._user(user_id)
-        snap = state.snapshot
+        _, snap, record = self._read(user_id, fetched)
         history = []
         for movie_id, rating, ts in (record or {}).get("history", []):
             row = snap.row_of.get(int(movie_id))
@@ -339,17 +366,16 @@ class Engine:
                 "features": features, "history": history,
                 "ratedCount": len((record or {}).get("rated", []))}
 
-    def movie_info(self, movie_id: int, neighbours: int = 10) -> dict | None:
+    def movie_info(self, movie_id: int, neighbours: int = 10) -> dict[str, Any] | None:
         """The movie's record and its nearest movies by the cosine of their item-side partial vectors
         (movies the model treats alike), among the candidates; ``None`` when unknown."""
-        state = self._take()
-        snap = state.snapshot
-        row = snap.row_of.get(int(movie_id))
+        _, snap = self._take()
+        row = snap.row_of.get(check_id(movie_id, "movie_id"))
         if row is None:
             return None
         pool = snap.candidate_rows[snap.candidate_rows != row]
         sims = (snap.unit[torch.as_tensor(pool)] @ snap.unit[row]).numpy()
-        n = min(neighbours, len(pool))
+        n = min(max(neighbours, 0), len(pool))
         top = np.argsort(-sims, kind="stable")[:n]
         features = snap.movie_table.slice(row, 1).to_pylist()[0]
         features = {k: (dict(v) if isinstance(v, list) and v and isinstance(v[0], tuple) else v)
@@ -359,12 +385,13 @@ class Engine:
             "neighbours": [self._movie_out(snap, int(pool[i])) | {"similarity": round(float(sims[i]), 6)}
                            for i in top]}
 
-    def info(self) -> dict:
-        """Model and store versions being served."""
+    def info(self) -> dict[str, Any]:
+        """Model and store versions being served (``storeId``: the served version's unique id)."""
         state = self.state
+        snap = None if state is None else state.snapshot
         return {"modelDir": None if state is None else str(state.model_dir),
                 "modelVersion": None if state is None else state.model_version,
-                "storeVersion": None if state is None or state.snapshot is None else state.snapshot.version,
+                "storeVersion": None if snap is None else snap.version,
+                "storeId": None if snap is None else snap.ref.uid,
                 "store": self.store.url,
-                "storePublishedAt": None if state is None or state.snapshot is None
-                else state.snapshot.meta.get("published_at")}
+                "storePublishedAt": None if snap is None else snap.meta.get("published_at")}

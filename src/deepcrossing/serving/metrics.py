@@ -40,7 +40,7 @@ class ServiceMetrics:
                                 multiprocess_mode="liveall")
         self.model_loads = Counter("deepcrossing_model_loads", "Models loaded (start and reloads)",
                                    registry=self.registry)
-        self.store_version = Gauge("deepcrossing_store_version", "Feature store version being served",
+        self.store_version = Gauge("deepcrossing_store_version", "Feature store version being served (0: none)",
                                    registry=self.registry, multiprocess_mode="liveall")
         self.store_errors = Counter("deepcrossing_store_errors", "Store calls that failed (503 answers)",
                                     registry=self.registry)
@@ -68,10 +68,10 @@ class ServiceMetrics:
         if self.multiprocess_dir is None:
             return generate_latest(self.registry)
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=self.multiprocess_dir)
+        multiprocess.MultiProcessCollector(registry, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
         return generate_latest(registry)
 
     def worker_exit(self) -> None:
         """Drop this process's live gauges from the multiprocess files (call when a worker stops)."""
         if self.multiprocess_dir is not None:
-            multiprocess.mark_process_dead(os.getpid(), self.multiprocess_dir)
+            multiprocess.mark_process_dead(os.getpid(), self.multiprocess_dir)  # type: ignore[no-untyped-call]

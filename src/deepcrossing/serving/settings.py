@@ -30,6 +30,8 @@ class ServingSettings(StrictConfig):
         max_score_ids: largest number of movie ids in one ``POST /score``.
         max_body_bytes: largest request body accepted (413 beyond).
         poll_interval_s: how often the service checks the store for a newly published version.
+        store_timeout_s: seconds a request waits for the store (and the Redis socket timeout); a store that
+            does not answer in time costs that request a JSON 503, never the event loop.
         backend: ``torch`` or ``onnx`` (ONNX Runtime for the per-candidate part of the fast path).
         threads: torch intra-op threads for scoring.
         score_in_threads: run the ranking call in the thread pool instead of inline on the event loop. Off
@@ -58,6 +60,7 @@ class ServingSettings(StrictConfig):
     max_score_ids: Positive = 5000
     max_body_bytes: Positive = 256 * 1024
     poll_interval_s: Annotated[float, Field(gt=0.0)] = 0.5
+    store_timeout_s: Annotated[float, Field(gt=0.0)] = 1.0
     backend: Annotated[str, one_of("torch", "onnx")] = "torch"
     threads: Positive = 1
     score_in_threads: bool = False

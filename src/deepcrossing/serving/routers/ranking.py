@@ -1,41 +1,51 @@
-"""GET /recommend/{user_id} and POST /score: the ranking endpoints."""
+"""GET /recommend/{user_id} and POST /score: the ranking endpoints.
+
+Each request makes one store call (the user's record, :meth:`Engine.fetch_user`) through the bounded thread
+hand-off (:class:`~deepcrossing.serving.offload.StoreCalls`), then scores on the event loop (or in the thread
+pool with ``score_in_threads``).
+"""
 
 from __future__ import annotations
 
 import functools
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from deepcrossing.serving.dependencies import get_engine, get_metrics, get_settings
+from deepcrossing.serving.dependencies import get_engine, get_metrics, get_settings, get_store_calls
 from deepcrossing.serving.engine import Engine
 from deepcrossing.serving.metrics import ServiceMetrics
+from deepcrossing.serving.offload import StoreCalls
+from deepcrossing.serving.schemas import ERRORS, Recommendation, Scores
 from deepcrossing.serving.settings import ServingSettings
 
-router = APIRouter(tags=["ranking"])
+router = APIRouter(tags=["ranking"], responses=ERRORS)
 
 ID = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 
 
-@router.get("/recommend/{user_id}")
+@router.get("/recommend/{user_id}", response_model=Recommendation)
 async def recommend(
     user_id: Annotated[int, Path(ge=-(2**63), le=2**63 - 1)],
-    k: Annotated[int, Query(ge=1, description="list length")] = 10,
-    candidates: Annotated[int, Query(ge=1, description="how many popular movies to rank")] = 800,
+    k: Annotated[int, Query(ge=1, le=2**31, description="list length")] = 10,
+    candidates: Annotated[int, Query(ge=1, le=2**31, description="how many popular movies to rank")] = 800,
     scorer: Annotated[str, Query(pattern="^(fast|plain)$")] = "fast",
     engine: Engine = Depends(get_engine),
     settings: ServingSettings = Depends(get_settings),
     metrics: ServiceMetrics = Depends(get_metrics),
+    calls: StoreCalls = Depends(get_store_calls),
 ) -> JSONResponse:
     """Top ``k`` of the ``candidates`` most popular movies the user has not rated, ranked by the model."""
     if k > settings.max_k:
         raise HTTPException(422, f"k must be <= {settings.max_k}, not {k}")
     if candidates > settings.max_candidates:
         raise HTTPException(422, f"candidates must be <= {settings.max_candidates}, not {candidates}")
-    call = functools.partial(engine.recommend, user_id, k=k, candidates=candidates, plain=scorer == "plain")
+    fetched = await calls.run(engine.fetch_user, user_id)
+    call = functools.partial(engine.recommend, user_id, k=k, candidates=candidates, plain=scorer == "plain",
+                             fetched=fetched)
     result = await run_in_threadpool(call) if settings.score_in_threads else call()
     metrics.candidates.observe(result["candidates"])
     return JSONResponse(result)
@@ -49,16 +59,17 @@ class ScoreRequest(BaseModel):
     movie_ids: list[ID] = Field(min_length=1)
 
 
-@router.post("/score")
+@router.post("/score", response_model=Scores)
 async def score(
     body: ScoreRequest,
-    request: Request,
     engine: Engine = Depends(get_engine),
     settings: ServingSettings = Depends(get_settings),
+    calls: StoreCalls = Depends(get_store_calls),
 ) -> JSONResponse:
     """Scores of the user against the given movies, in the given order (unknown movies: the OOV row)."""
     if len(body.movie_ids) > settings.max_score_ids:
         raise HTTPException(422, f"movie_ids may hold at most {settings.max_score_ids} ids, "
                                  f"not {len(body.movie_ids)}")
-    call = functools.partial(engine.score, body.user_id, body.movie_ids)
+    fetched = await calls.run(engine.fetch_user, body.user_id)
+    call = functools.partial(engine.score, body.user_id, body.movie_ids, fetched=fetched)
     return JSONResponse(await run_in_threadpool(call) if settings.score_in_threads else call())

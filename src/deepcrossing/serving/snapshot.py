@@ -1,0 +1,108 @@
+"""One store version as the scorer needs it: movie rows, candidate rows and the movie-side partials.
+
+A :class:`Snapshot` is built once per model load and per publish (:func:`build_snapshot`) and keyed on the
+version's :class:`~deepcrossing.serving.store.Ref` (number and unique id), never on the number alone.
+
+Example:
+    >>> s = pa.schema([("userId", pa.int64()), ("userRatingCount", pa.int64()),
+    ...                ("userRecentPositives", pa.list_(pa.int64())), ("userAvgRating", pa.float64())])
+    >>> empty_features(s, "userId", 7)
+    {'userId': 7, 'userRatingCount': 0, 'userRecentPositives': [], 'userAvgRating': None}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from deepcrossing.features.columns import cold_features, side_of
+from deepcrossing.serving.publish import schema_from_json
+from deepcrossing.serving.scorer import ItemPart, Scorer
+from deepcrossing.serving.store import FeatureStore, Record, Ref
+
+
+def empty_features(schema: pa.Schema, id_name: str, id_value: int) -> dict[str, Any]:
+    """The schema's columns of a cold-start user / unknown movie (``id_name``'s side), from the column
+    definitions (:func:`deepcrossing.features.columns.cold_features`: counts 0, lists/maps empty, else null).
+
+    Example:
+        >>> s = pa.schema([("userId", pa.int64()), ("userRatingCount", pa.int64()),
+        ...                ("userRecentPositives", pa.list_(pa.int64())), ("userAvgRating", pa.float64())])
+        >>> empty_features(s, "userId", 7)
+        {'userId': 7, 'userRatingCount': 0, 'userRecentPositives': [], 'userAvgRating': None}
+    """
+    cold = cold_features(side_of(id_name), id_value)
+    return {f.name: cold[f.name] for f in schema}
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One store version as the scorer needs it (built once per model load and per publish).
+
+    Attributes:
+        ref: the store version (number and unique id): what everything is keyed on.
+        meta: its meta object.
+        movie_ids: (M,) int64 movie ids, sorted.
+        titles, genres, years: per movie row, for display.
+        movie_table: (M rows) movie-side feature table (for the plain path).
+        candidate_rows: (C,) int64 rows of the candidate movies, most popular first.
+        items: the movie-side partials (M rows).
+        unit: (M, H) L2-normalized ``items.p`` rows, for similar-movie neighbours.
+        user_schema, movie_schema: Arrow schemas of the published features.
+        row_of: movie id -> row.
+    """
+
+    ref: Ref
+    meta: Record
+    movie_ids: np.ndarray
+    titles: list[str | None]
+    genres: list[list[str]]
+    years: list[int | None]
+    movie_table: pa.Table
+    candidate_rows: np.ndarray
+    items: ItemPart
+    unit: torch.Tensor
+    user_schema: pa.Schema
+    movie_schema: pa.Schema
+    row_of: dict[int, int] = field(repr=False, default_factory=dict)
+
+    @property
+    def version(self) -> int:
+        """The version number (shown as ``storeVersion``)."""
+        return self.ref.version
+
+
+def build_snapshot(store: FeatureStore, scorer: Scorer, ref: Ref, *, verify: bool) -> Snapshot:
+    """Read version ``ref`` whole (verified first when ``verify``) and compute its movie-side partials.
+
+    Raises:
+        StoreError: the version fails verification; VersionGone: it was deleted while we read it.
+    """
+    meta = store.verify(ref) if verify else store.meta(version=ref)
+    user_schema = schema_from_json(meta["user_schema"])
+    movie_schema = schema_from_json(meta["movie_schema"])
+    records = sorted(store.iter_movies(version=ref), key=lambda kv: kv[0])
+    movie_ids = np.fromiter((k for k, _ in records), dtype=np.int64, count=len(records))
+    movie_table = pa.Table.from_pylist([r["features"] for _, r in records], schema=movie_schema)
+    items = scorer.items(movie_table)
+    row_of = {int(m): i for i, m in enumerate(movie_ids)}
+    candidates = store.get_candidates(version=ref)
+    candidate_rows = np.fromiter((row_of[c] for c in candidates if c in row_of), dtype=np.int64)
+    unit = torch.nn.functional.normalize(items.p, dim=1)
+    return Snapshot(
+        ref=ref, meta=meta, movie_ids=movie_ids,
+        titles=[r.get("title") for _, r in records], genres=[r.get("genres") or [] for _, r in records],
+        years=[r.get("year") for _, r in records], movie_table=movie_table, candidate_rows=candidate_rows,
+        items=items, unit=unit, user_schema=user_schema, movie_schema=movie_schema, row_of=row_of,
+    )
+
+
+def rescore_snapshot(snapshot: Snapshot, scorer: Scorer) -> Snapshot:
+    """The same store version's snapshot for another model: the movie-side partials are recomputed from the
+    rows already in memory (no store read, so a model reload never depends on the store)."""
+    items = scorer.items(snapshot.movie_table)
+    return replace(snapshot, items=items, unit=torch.nn.functional.normalize(items.p, dim=1))
