@@ -28,8 +28,17 @@ from pathlib import Path
 
 import numpy as np
 
-from deepcrossing.atomic import atomic_dir
 from deepcrossing.errors import InputError
+from deepcrossing.outputs import OutputKind, Reservation, owned_dir
+
+KIND = "deepcrossing.synth"
+FILES = ("ratings.csv", "movies.csv", "synth.json")
+#: A synthetic data folder: its synth.json says ``"kind": "deepcrossing.synth"`` (or, written before that key,
+#: ``"format": "movielens-csv"`` with the generator's parameters).
+SYNTH_OUTPUT = OutputKind(
+    "synthetic data folder", "synth.json",
+    lambda m: m.get("kind") == KIND or (m.get("format") == "movielens-csv" and "n_ratings" in m),
+    lambda m: FILES)
 
 GENRES = ("Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary", "Drama", "Fantasy",
           "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western")
@@ -65,16 +74,18 @@ class SynthConfig:
     chunk: int = 1_000_000
 
 
-def generate(n_ratings: int, out_dir: str | Path, *, seed: int = 0, n_movies: int | None = None,
-             n_users: int | None = None, chunk: int = 1_000_000) -> Path:
+def generate(n_ratings: int, out_dir: str | Path | Reservation, *, seed: int = 0, n_movies: int | None = None,
+             n_users: int | None = None, chunk: int = 1_000_000, overwrite: bool = False) -> Path:
     """Write a synthetic MovieLens-format folder; return it.
 
     Args:
         n_ratings: number of ratings (>= 1000), e.g. 10_000 to 20_000_000+.
-        out_dir: folder to (re)create atomically with ratings.csv, movies.csv, synth.json.
+        out_dir: folder to (re)create atomically with ratings.csv, movies.csv, synth.json (new, empty or a
+            previous synthetic folder; or a :class:`~deepcrossing.outputs.Reservation` of it).
         seed: the whole output is a function of (seed, sizes).
         n_movies, n_users: override the default catalog / population sizes.
         chunk: ratings generated and written per step (peak memory ~ a few hundred bytes x chunk).
+        overwrite: write into a folder of other files (they are kept; a name clash is refused).
 
     Example:
         >>> folder = generate(10_000, "synthetic", seed=1)   # doctest: +SKIP
@@ -86,10 +97,10 @@ def generate(n_ratings: int, out_dir: str | Path, *, seed: int = 0, n_movies: in
     cfg = SynthConfig(n_ratings=int(n_ratings),
                       n_movies=n_movies or int(np.clip(n_ratings // 10, 200, 30_000)),
                       n_users=n_users or int(max(60, n_ratings // 150)), chunk=int(chunk))
-    out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
+    target = out_dir if isinstance(out_dir, Reservation) else Path(out_dir)
+    with owned_dir(target, SYNTH_OUTPUT, overwrite=overwrite) as tmp:
         _write(cfg, seed, tmp)
-    return out_dir
+    return target.target if isinstance(target, Reservation) else target
 
 
 def _write(cfg: SynthConfig, seed: int, out: Path) -> None:
@@ -191,7 +202,8 @@ def _write(cfg: SynthConfig, seed: int, out: Path) -> None:
             writer.write_table(pa.table({"userId": uid + 1, "movieId": movie + 1,
                                          "rating": pa.DictionaryArray.from_arrays(half, stars),
                                          "timestamp": ts}, schema=schema))
-    meta = asdict(cfg) | {"seed": seed, "t_start": T_START, "t_end": T_END, "format": "movielens-csv"}
+    meta = asdict(cfg) | {"seed": seed, "t_start": T_START, "t_end": T_END, "format": "movielens-csv",
+                               "kind": KIND, "files": list(FILES)}
     (out / "synth.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
