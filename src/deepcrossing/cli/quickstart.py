@@ -21,9 +21,10 @@ def _quickstart_users(samples_dir: Path) -> list[int]:
     rows = con.execute(
         f"SELECT userId, count(*) AS n FROM read_parquet('{test}') GROUP BY userId ORDER BY n DESC, userId"
     ).fetchall()
-    unknown = con.execute(
+    row = con.execute(
         f"SELECT max(userId) + 1 FROM read_parquet('{samples_dir}/*.parquet', union_by_name = true) "
-        "WHERE userId IS NOT NULL").fetchone()[0]
+        "WHERE userId IS NOT NULL").fetchone()
+    unknown = 1 if row is None or row[0] is None else row[0]
     con.close()
     if not rows:
         return [int(unknown)]

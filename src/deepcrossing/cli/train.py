@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from deepcrossing.cli.common import app, console, out, pick_device, seed_everything, set_threads
 from deepcrossing.errors import DeepCrossingError
+
+if TYPE_CHECKING:
+    from deepcrossing.training.trainer import StepInfo
 
 @app.command()
 def train(
@@ -69,9 +72,10 @@ def train(
     if spec is None:
         spec = "sparrow" if files["train"].suffix.lower() == ".csv" else "movielens"
     config = load_builtin(spec) if spec in ("movielens", "sparrow") else load_config(spec)
-    train_over = {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr), ("seed", seed))
-                  if v is not None}
-    model_over = {"mlp": mlp} if mlp is not None else {}
+    train_over: dict[str, Any] = {
+        k: v for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr), ("seed", seed))
+        if v is not None}
+    model_over: dict[str, Any] = {"mlp": mlp} if mlp is not None else {}
     if model_over.get("mlp") == "plain":
         model_over["hidden"] = (128, 128)  # SparrowRecSys's network
     try:
@@ -92,11 +96,11 @@ def train(
                   TimeElapsedColumn(), console=console, transient=True) as progress:
         task = progress.add_task("epoch", total=None, info="")
 
-        def on_step(info) -> None:
+        def on_step(info: StepInfo) -> None:
             progress.update(task, description=f"epoch {info.epoch}/{config.train.epochs}", total=info.steps,
                             completed=info.step, info=f"loss {info.loss:.4f}  {info.samples_per_s:,.0f} samples/s")
 
-        def on_epoch(r: dict) -> None:
+        def on_epoch(r: dict[str, Any]) -> None:
             progress.console.print(
                 f"epoch {r['epoch']}: train loss {r['train_loss']:.4f}  valid AUC {r['valid_auc']:.4f}  "
                 f"logloss {r['valid_logloss']:.4f}  ({r['samples_per_s']:,.0f} samples/s, {r['train_seconds']:.1f} s)",
@@ -153,17 +157,20 @@ def evaluate(
 
     from rich.table import Table
 
-    import deepcrossing
     from deepcrossing.atomic import write_text_atomic
     from deepcrossing.features import read_samples
     from deepcrossing.outputs import check_output_file
     from deepcrossing.training.artifact import MANIFEST, WEIGHTS
+    from deepcrossing.training.artifact import load as load_model
     from deepcrossing.training.evaluate import evaluate_scores, find_split_file, metric_rows
 
-    if file is None and samples is None:
+    if file is not None:
+        path = file
+    elif samples is not None:
+        path = find_split_file(samples, split)
+    else:
         raise DeepCrossingError("give --samples DIR (with --split) or --file FILE")
-    path = file if file is not None else find_split_file(samples, split)
-    loaded = deepcrossing.load(model)
+    loaded = load_model(model)
     target = out_path or Path(model) / f"metrics-{split if file is None else Path(file).stem}.json"
     check_output_file(target, is_ours=_is_report, what="metrics report", overwrite=overwrite,
                       inputs=[path, Path(model) / MANIFEST, Path(model) / WEIGHTS])

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -88,7 +89,8 @@ def generate(n_ratings: int, out_dir: str | Path | Reservation, *, seed: int = 0
         overwrite: write into a folder of other files (they are kept; a name clash is refused).
 
     Example:
-        >>> folder = generate(10_000, "synthetic", seed=1)   # doctest: +SKIP
+        >>> import tempfile
+        >>> folder = generate(10_000, Path(tempfile.mkdtemp()) / "synthetic", seed=1)
         >>> (folder / "ratings.csv").read_text().splitlines()[0]
         'userId,movieId,rating,timestamp'
     """
@@ -108,6 +110,7 @@ def _write(cfg: SynthConfig, seed: int, out: Path) -> None:
     import pyarrow.csv as pacsv
 
     rng = np.random.default_rng(seed)
+    assert cfg.n_movies is not None and cfg.n_users is not None  # generate() fills them in
     M, U, K = cfg.n_movies, cfg.n_users, cfg.dim
     G = len(GENRES)
 
@@ -207,7 +210,7 @@ def _write(cfg: SynthConfig, seed: int, out: Path) -> None:
     (out / "synth.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def _csv_options():
+def _csv_options() -> Any:
     import pyarrow.csv as pacsv
 
     # MovieLens files quote only titles holding commas; ours never do, so nothing is quoted
@@ -217,7 +220,8 @@ def _csv_options():
 def _pick(rng: np.random.Generator, cum_weight: np.ndarray, n_avail: np.ndarray) -> np.ndarray:
     """Popularity-weighted draw among the first ``n_avail`` movies (those arrived), per row; 0-based ids."""
     u = rng.random(n_avail.size) * cum_weight[n_avail - 1]
-    return np.minimum(np.searchsorted(cum_weight, u, side="right"), n_avail - 1)
+    picked: np.ndarray = np.minimum(np.searchsorted(cum_weight, u, side="right"), n_avail - 1)
+    return picked
 
 
 def _write_movies(out: Path, M: int, year: np.ndarray, multi: np.ndarray, rng: np.random.Generator) -> None:

@@ -121,7 +121,8 @@ class LoadedModel:
     def logits(self, batch: Batch) -> Tensor:
         """(B,) logits of an encoded batch."""
         self.model.eval()
-        return self.model(batch)
+        logits: Tensor = self.model(batch)
+        return logits
 
     def predict(self, table: pa.Table, batch_size: int = 65536, source: str | Path | None = None) -> np.ndarray:
         """Probabilities (B,) float32 for a sample table (unseen ids use the OOV rows).

@@ -114,7 +114,7 @@ def export_model(model_dir: str | Path, fmt: str, out: str | Path | None = None,
     try:
         with torch.no_grad():
             if fmt == "torchscript":
-                traced = torch.jit.trace(module, example, check_trace=False)
+                traced = torch.jit.trace(module, example, check_trace=False)  # type: ignore[no-untyped-call]
                 traced.save(str(tmp))
             else:
                 dynamic = {name: {0: "batch"} for name in input_names}

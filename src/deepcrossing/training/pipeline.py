@@ -149,10 +149,12 @@ def _train(tables: dict[str, pa.Table], config: ExperimentConfig, reservation: R
         except OSError:
             pass
     scores = torch.sigmoid(predict_logits(model, encoded[roc_split])).numpy().astype(np.float64)
+    roc_labels = encoded[roc_split].labels
+    assert roc_labels is not None  # the encoder always fills labels (zeros without a label column)
     with reservation.write() as tmp:  # the whole folder, verified, then swapped in
         (tmp / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in fit.history))
         plot_history(fit.history, tmp / "curves.png")
-        plot_roc(encoded[roc_split].labels.numpy(), scores, tmp / "roc.png", f"{roc_split} ROC")
+        plot_roc(roc_labels.numpy(), scores, tmp / "roc.png", f"{roc_split} ROC")
         artifact.save(tmp, model, encoder, cfg_train, {"metrics": results, "samples": samples})
         (tmp / "metrics.json").write_text(json.dumps(results, indent=1))
         artifact.load(tmp)
