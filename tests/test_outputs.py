@@ -332,3 +332,19 @@ def test_reserve_refuses_without_touching_anything(tmp_path):
         with reserve(target, kind) as reservation, reservation.write():
             raise RuntimeError("boom")
     assert os.listdir(tmp_path) == []  # the parents it made for the lock are gone again
+
+
+def test_a_symlinked_or_unwritable_target_is_a_clear_error(world, tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    assert "symbolic link" in cli_error("data", "synth", "--ratings", "2000", "--out", tmp_path / "link")
+    locked = tmp_path / "ro"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):  # root writes anywhere
+            pytest.skip("running as root: permissions are not enforced")
+        assert "cannot" in cli_error("data", "synth", "--ratings", "2000", "--out", locked / "syn")
+    finally:
+        locked.chmod(0o700)

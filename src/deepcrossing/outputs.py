@@ -126,6 +126,8 @@ def check_output_dir(target: str | Path, kind: OutputKind, *, inputs: Iterable[s
     """
     target = Path(target)
     _check_place(target, inputs, "folder")
+    if target.is_symlink():
+        raise InputError("is a symbolic link; give the folder it points to, or a new folder", path=target)
     if target.exists() and not target.is_dir():
         raise InputError(f"is a file; give a folder for the {kind.name} (a file is never replaced by a folder)",
                          path=target)
@@ -237,13 +239,13 @@ class Reservation:
 
     def _clean_stale(self) -> None:
         """Remove work folders of killed runs; finish a swap cut between its two renames."""
-        parent, name = self.target.parent, self.target.name
-        for old in sorted(parent.glob(f".{name}.old-*")):
+        siblings = sorted(self.target.parent.iterdir())
+        for old in (p for p in siblings if p.name.startswith(f".{self.target.name}.old-")):
             if not self.target.exists():
                 os.replace(old, self.target)
             else:
                 shutil.rmtree(old, ignore_errors=True)
-        for stale in parent.glob(f".{name}.tmp-*"):
+        for stale in (p for p in siblings if p.name.startswith(f".{self.target.name}.tmp-")):
             shutil.rmtree(stale, ignore_errors=True)
 
 
@@ -252,7 +254,10 @@ def _lock(target: Path) -> Iterator[None]:
     """Hold ``.NAME.lock`` next to ``target`` (non-blocking: a second run is refused); removed on release."""
     path = target.parent / f".{target.name}.lock"
     for _ in range(5):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise InputError(f"cannot write next to it ({exc.strerror})", path=target) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -298,10 +303,13 @@ def reserve(target: str | Path, kind: OutputKind, *, inputs: Iterable[str | Path
         A :class:`Reservation`; use its :meth:`~Reservation.write` to write the output.
     """
     target = check_output_dir(target, kind, inputs=inputs, overwrite=overwrite)
-    target = target.parent.resolve() / target.name
+    target = target.resolve()
     created = [p for p in (target.parent, *target.parent.parents) if not p.exists()]
-    target.parent.mkdir(parents=True, exist_ok=True)
     try:
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"cannot create its folder ({exc.strerror})", path=target) from None
         with _lock(target):
             reservation = Reservation(target, kind, overwrite)
             reservation._clean_stale()
