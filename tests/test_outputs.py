@@ -348,3 +348,11 @@ def test_a_symlinked_or_unwritable_target_is_a_clear_error(world, tmp_path):
         assert "cannot" in cli_error("data", "synth", "--ratings", "2000", "--out", locked / "syn")
     finally:
         locked.chmod(0o700)
+
+
+def test_quickstart_refuses_a_foreign_sub_output_before_any_work(tmp_path):
+    (tmp_path / "q" / "model").mkdir(parents=True)
+    (tmp_path / "q" / "model" / "plan.md").write_text("mine")
+    message = cli_error("quickstart", "--out", tmp_path / "q", "--ratings", "2000", "--epochs", "1")
+    assert "holds files that are not a model folder (plan.md)" in message
+    assert sorted(os.listdir(tmp_path / "q")) == ["model"]  # no data generated, no samples written
