@@ -176,11 +176,11 @@ def test_rerunning_into_previous_outputs_works(world, tmp_path):
 
 # ------------------------------------------------------------------ model folders: whole, verified, resumable
 
-def _one_class(samples: Path, tmp_path: Path, split: str) -> dict[str, Path]:
+def _one_class(samples: Path, tmp_path: Path, split: str, label: int = 1) -> dict[str, Path]:
     files = {name: samples / f"{name}.parquet" for name in ("train", "valid", "test")}
     table = pq.read_table(files[split])
-    files[split] = tmp_path / f"{split}-positives.parquet"
-    pq.write_table(table.filter(pc.equal(table["label"], 1)), files[split])
+    files[split] = tmp_path / f"{split}-{label}.parquet"
+    pq.write_table(table.filter(pc.equal(table["label"], label)), files[split])
     return files
 
 
@@ -201,6 +201,10 @@ def test_a_one_class_validation_split_is_refused_before_training(world, tmp_path
     message = cli_error("train", "--train", files["train"], "--valid", files["valid"], "--out", model,
                         "--epochs", "1")
     assert "validation split has only positive labels" in message
+    files = _one_class(world["samples"], tmp_path, "valid", label=7)  # no rows at all
+    message = cli_error("train", "--train", files["train"], "--valid", files["valid"], "--out", model,
+                        "--epochs", "1")
+    assert "validation split is empty" in message
     deepcrossing.load(model)
 
 
