@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any
 
 
 @contextlib.contextmanager
@@ -43,7 +44,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_file(target: str | Path, mode: str = "wb") -> Iterator:
+def atomic_file(target: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary file next to ``target``; on success it is fsynced and renamed onto ``target``."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)

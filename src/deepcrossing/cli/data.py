@@ -9,6 +9,7 @@ import typer
 
 from deepcrossing.cli.common import console, data_app, out
 
+
 @data_app.command("download")
 def data_download(
     name: Annotated[str, typer.Argument(help="ml-latest-small, ml-latest, ml-100k, ml-1m, ml-10m, ml-20m, ml-25m, ml-32m")],
@@ -34,8 +35,13 @@ def data_download(
 @data_app.command("synth")
 def data_synth(
     ratings: Annotated[int, typer.Option("--ratings", help="number of ratings (10k .. 20M+)")] = 100_000,
-    out_dir: Annotated[Path, typer.Option("--out", help="output folder (replaced atomically)")] = Path("synthetic"),
+    out_dir: Annotated[Path, typer.Option(
+        "--out", help="output folder: new, empty or a previous synthetic folder (replaced atomically)")]
+        = Path("synthetic"),
     seed: Annotated[int, typer.Option(help="random seed; same seed and size give the same files")] = 0,
+    overwrite: Annotated[bool, typer.Option(
+        help="write into a folder of other files; they are kept (a file of the same name is never replaced)")]
+        = False,
 ) -> None:
     """Generate synthetic MovieLens-format ratings.csv + movies.csv with learnable structure."""
     import time
@@ -44,7 +50,7 @@ def data_synth(
 
     start = time.perf_counter()
     with console.status(f"generating {ratings:,} ratings"):
-        folder = generate(ratings, out_dir, seed=seed)
+        folder = generate(ratings, out_dir, seed=seed, overwrite=overwrite)
     out.print(f"wrote {ratings:,} ratings to {folder} in {time.perf_counter() - start:.1f} s")
 
 

@@ -10,10 +10,12 @@ import typer
 from deepcrossing.cli.common import app, console, out
 from deepcrossing.errors import DeepCrossingError
 
+
 @app.command("prepare")
 def prepare_cmd(
     data: Annotated[Path, typer.Option("--data", help="MovieLens folder (any release) or your own log file/folder.")],
-    out_dir: Annotated[Path, typer.Option("--out", help="Output folder (replaced as a whole at the end).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Output folder: new, empty or a previous samples folder "
+                                                       "(replaced as a whole at the end).")],
     fmt: Annotated[str, typer.Option("--format", help="parquet (our schema) or sparrow (SparrowRecSys CSV).")] = "parquet",
     label_threshold: Annotated[float, typer.Option(help="rating >= this is a positive.")] = 3.5,
     recent_n: Annotated[int, typer.Option(help="N of userRecentPositives (last N positive movies).")] = 10,
@@ -27,13 +29,17 @@ def prepare_cmd(
     label_col: Annotated[str | None, typer.Option(help="Your log: explicit 0/1 label column.")] = None,
     time_col: Annotated[str | None, typer.Option(help="Your log: time column (unix seconds or ISO).")] = None,
     items: Annotated[Path | None, typer.Option(help="Your log: items file (id, title, genres, year).")] = None,
+    overwrite: Annotated[bool, typer.Option(
+        help="Write into a folder of other files; they are kept (a file of the same name is never replaced).")]
+        = False,
 ) -> None:
     """Rating logs -> leakage-free train/valid/test samples + items.parquet + manifest.json."""
-    import tempfile
     import time
 
     from deepcrossing.data import ColumnMapping, load_dataset
     from deepcrossing.features import FeatureConfig, build_samples
+    from deepcrossing.features.samples import SAMPLES_OUTPUT
+    from deepcrossing.outputs import reserve
 
     started = time.perf_counter()
     try:
@@ -51,11 +57,11 @@ def prepare_cmd(
                                     f"or --label-col (missing: {', '.join(missing) or '--rating-col/--label-col'})")
         columns = ColumnMapping(user_col=user_col, item_col=item_col, time_col=time_col,  # type: ignore[arg-type]
                                 rating_col=rating_col, label_col=label_col)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".prepare-", dir=out_dir.parent) as work:
+    inputs = [data] if items is None else [data, items]
+    with reserve(out_dir, SAMPLES_OUTPUT, inputs=inputs, overwrite=overwrite) as target, target.scratch() as work:
         dataset = load_dataset(data, workdir=work, columns=columns, items_path=items, skip_bad_rows=skip_bad_rows)
         loaded = time.perf_counter() - started
-        manifest = build_samples(dataset, config, out_dir, fmt=fmt)
+        manifest = build_samples(dataset, config, target, fmt=fmt)
     def say(text: str) -> None:
         out.print(text, soft_wrap=True, highlight=False)
 

@@ -10,6 +10,7 @@ import typer
 
 from deepcrossing.cli.common import app, out, set_threads
 
+
 @app.command("publish")
 def publish_cmd(
     model: Annotated[Path, typer.Option("--model", help="Model folder from `deepcrossing train`.")],

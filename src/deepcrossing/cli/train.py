@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from deepcrossing.cli.common import app, console, out, pick_device, seed_everything, set_threads
 from deepcrossing.errors import DeepCrossingError
 
+if TYPE_CHECKING:
+    from deepcrossing.training.trainer import StepInfo
+
 @app.command()
 def train(
     samples: Annotated[Path | None, typer.Option(
         "--samples", help="Samples folder from `deepcrossing prepare` (train/valid/test .parquet or .csv).")] = None,
-    out_dir: Annotated[Path, typer.Option("--out", help="Model folder to write.")] = Path("model"),
+    out_dir: Annotated[Path, typer.Option(
+        "--out", help="Model folder to write: new, empty or a previous model folder (replaced as a whole, only "
+                      "when the new model is complete and loads).")] = Path("model"),
     spec: Annotated[str | None, typer.Option(
         "--spec", help="Spec file (TOML/JSON) or a built-in name: movielens, sparrow "
                        "(default: sparrow for .csv samples, else movielens).")] = None,
@@ -31,7 +36,11 @@ def train(
     threads: Annotated[int, typer.Option(
         help="Intra-op threads. 1 is fastest for these small per-step ops on a busy 2-core machine; "
              "0 = one per core.")] = 1,
-    resume: Annotated[bool, typer.Option(help="Continue from MODEL/checkpoints/last after a kill.")] = False,
+    resume: Annotated[bool, typer.Option(
+        help="Continue after a kill from the checkpoint in .MODEL.work/ (next to the model folder).")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        help="Write into a folder of other files; they are kept (a file of the same name is never replaced).")]
+        = False,
 ) -> None:
     """Train the Deep Crossing model; early stopping on validation AUC; write the model folder."""
     import dataclasses
@@ -42,6 +51,8 @@ def train(
     from deepcrossing.config import load_builtin, load_config
     from deepcrossing.errors import InputError
     from deepcrossing.features import read_samples
+    from deepcrossing.outputs import check_output_dir
+    from deepcrossing.training.artifact import MODEL_OUTPUT
     from deepcrossing.training.evaluate import find_split_file
     from deepcrossing.training.pipeline import train_model
 
@@ -57,12 +68,14 @@ def train(
             files["test"] = test_file
     else:
         raise DeepCrossingError("give --samples DIR, or --train FILE and --valid FILE (and optionally --test FILE)")
+    check_output_dir(out_dir, MODEL_OUTPUT, inputs=files.values(), overwrite=overwrite)  # before any work
     if spec is None:
         spec = "sparrow" if files["train"].suffix.lower() == ".csv" else "movielens"
     config = load_builtin(spec) if spec in ("movielens", "sparrow") else load_config(spec)
-    train_over = {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr), ("seed", seed))
-                  if v is not None}
-    model_over = {"mlp": mlp} if mlp is not None else {}
+    train_over: dict[str, Any] = {
+        k: v for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr), ("seed", seed))
+        if v is not None}
+    model_over: dict[str, Any] = {"mlp": mlp} if mlp is not None else {}
     if model_over.get("mlp") == "plain":
         model_over["hidden"] = (128, 128)  # SparrowRecSys's network
     try:
@@ -83,17 +96,17 @@ def train(
                   TimeElapsedColumn(), console=console, transient=True) as progress:
         task = progress.add_task("epoch", total=None, info="")
 
-        def on_step(info) -> None:
+        def on_step(info: StepInfo) -> None:
             progress.update(task, description=f"epoch {info.epoch}/{config.train.epochs}", total=info.steps,
                             completed=info.step, info=f"loss {info.loss:.4f}  {info.samples_per_s:,.0f} samples/s")
 
-        def on_epoch(r: dict) -> None:
+        def on_epoch(r: dict[str, Any]) -> None:
             progress.console.print(
                 f"epoch {r['epoch']}: train loss {r['train_loss']:.4f}  valid AUC {r['valid_auc']:.4f}  "
                 f"logloss {r['valid_logloss']:.4f}  ({r['samples_per_s']:,.0f} samples/s, {r['train_seconds']:.1f} s)",
                 highlight=False)
 
-        summary = train_model(tables, config, out_dir, device=dev, resume=resume,
+        summary = train_model(tables, config, out_dir, device=dev, resume=resume, overwrite=overwrite,
                               sources={k: str(v) for k, v in files.items()}, on_step=on_step, on_epoch=on_epoch)
     best = summary["best_epoch"]
     out.print(f"best epoch {best} of {summary['epochs_run']}"
@@ -103,10 +116,24 @@ def train(
     if "test" in summary:
         out.print(f"test AUC {summary['test']['auc']:.4f}  logloss {summary['test']['logloss']:.4f}", highlight=False)
     out.print(f"wrote {out_dir}: model.safetensors, manifest.json, metrics.jsonl, metrics.json, curves.png, "
-              f"roc.png, checkpoints/ in {summary['seconds']:.1f} s", highlight=False)
+              f"roc.png in {summary['seconds']:.1f} s", highlight=False)
 
 
 # [evaluate]
+
+REPORT_KIND = "deepcrossing.evaluation"
+
+
+def _is_report(path: Path) -> bool:
+    """True for a metrics report that `evaluate` wrote (its ``kind``, or the keys of reports made before it)."""
+    import json
+
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(report, dict) and (report.get("kind") == REPORT_KIND
+                                         or {"model_dir", "n_samples", "split"} <= set(report))
 
 
 @app.command()
@@ -121,6 +148,8 @@ def evaluate(
         "--out", help="Where to write the metrics JSON (default: MODEL/metrics-<split>.json, "
                       "or MODEL/metrics-<file stem>.json with --file).")] = None,
     k: Annotated[int, typer.Option("--k", min=1, help="Cut-off of NDCG/Recall/HitRate per user.")] = 10,
+    overwrite: Annotated[bool, typer.Option(
+        help="Replace an --out file that is not a metrics report of ours (never an input).")] = False,
 ) -> None:
     """Score a sample split with a trained model; print and write AUC, log loss, accuracy, PR-AUC, GAUC and
     per-user NDCG/Recall/HitRate@k, next to a popularity baseline (the movie's rating count before t)."""
@@ -128,19 +157,28 @@ def evaluate(
 
     from rich.table import Table
 
-    import deepcrossing
     from deepcrossing.atomic import write_text_atomic
     from deepcrossing.features import read_samples
+    from deepcrossing.outputs import check_output_file
+    from deepcrossing.training.artifact import MANIFEST, WEIGHTS
+    from deepcrossing.training.artifact import load as load_model
     from deepcrossing.training.evaluate import evaluate_scores, find_split_file, metric_rows
 
-    if file is None and samples is None:
+    if file is not None:
+        path = file
+    elif samples is not None:
+        path = find_split_file(samples, split)
+    else:
         raise DeepCrossingError("give --samples DIR (with --split) or --file FILE")
-    path = file if file is not None else find_split_file(samples, split)
-    loaded = deepcrossing.load(model)
+    loaded = load_model(model)
+    target = out_path or Path(model) / f"metrics-{split if file is None else Path(file).stem}.json"
+    check_output_file(target, is_ours=_is_report, what="metrics report", overwrite=overwrite,
+                      inputs=[path, Path(model) / MANIFEST, Path(model) / WEIGHTS])
     table = read_samples(path)
     with console.status(f"scoring {table.num_rows:,} samples of {path}"):
         scores = loaded.predict(table)
     report = evaluate_scores(table, scores, k=k, source=path)
+    report["kind"] = REPORT_KIND
     report["model_dir"] = str(model)
     report["split"] = None if file is not None else split
 
@@ -154,7 +192,6 @@ def evaluate(
     out.print(view)
     out.print(f"popularity baseline: {report['popularity_definition']}", highlight=False)
 
-    target = out_path or Path(model) / f"metrics-{split if file is None else Path(file).stem}.json"
     write_text_atomic(target, json.dumps(report, indent=2) + "\n")
     console.print(f"wrote {target}", highlight=False)
 
@@ -167,10 +204,13 @@ def export(
     model: Annotated[Path, typer.Option("--model", help="Model folder written by `deepcrossing train`.")],
     fmt: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
     out_file: Annotated[Path | None, typer.Option(
-        "--out", help="Output file (default: MODEL/model.onnx or MODEL/model.torchscript.pt).")] = None,
+        "--out", help="Output file (default: MODEL/model.onnx or MODEL/model.torchscript.pt); its folder must "
+                      "exist.")] = None,
+    overwrite: Annotated[bool, typer.Option(
+        help="Replace an --out file that is not an export of ours (never the model's own files).")] = False,
 ) -> None:
     """Export a model folder to ONNX or TorchScript (same scores as the PyTorch model; inputs in FILE.json)."""
     from deepcrossing.training.export import export_model
 
-    path = export_model(model, fmt, out_file)
+    path = export_model(model, fmt, out_file, overwrite=overwrite)
     out.print(f"wrote {path} (inputs described in {path.name}.json)", highlight=False)

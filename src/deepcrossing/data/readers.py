@@ -31,8 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepcrossing.data._duck import RawFile, Staged, connect, ident, read_header, sql_str, stage, \
-    transcode_if_needed
+from deepcrossing.data._duck import RawFile, Staged, connect, ident, read_header, sql_str, stage, transcode_if_needed
 from deepcrossing.data.schema import Dataset
 from deepcrossing.errors import InputError
 from deepcrossing.hashing import file_sha256

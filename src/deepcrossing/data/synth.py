@@ -25,11 +25,21 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from deepcrossing.atomic import atomic_dir
 from deepcrossing.errors import InputError
+from deepcrossing.outputs import OutputKind, Reservation, owned_dir
+
+KIND = "deepcrossing.synth"
+FILES = ("ratings.csv", "movies.csv", "synth.json")
+#: A synthetic data folder: its synth.json says ``"kind": "deepcrossing.synth"`` (or, written before that key,
+#: ``"format": "movielens-csv"`` with the generator's parameters).
+SYNTH_OUTPUT = OutputKind(
+    "synthetic data folder", "synth.json",
+    lambda m: m.get("kind") == KIND or (m.get("format") == "movielens-csv" and "n_ratings" in m),
+    lambda m: FILES)
 
 GENRES = ("Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary", "Drama", "Fantasy",
           "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western")
@@ -65,20 +75,23 @@ class SynthConfig:
     chunk: int = 1_000_000
 
 
-def generate(n_ratings: int, out_dir: str | Path, *, seed: int = 0, n_movies: int | None = None,
-             n_users: int | None = None, chunk: int = 1_000_000) -> Path:
+def generate(n_ratings: int, out_dir: str | Path | Reservation, *, seed: int = 0, n_movies: int | None = None,
+             n_users: int | None = None, chunk: int = 1_000_000, overwrite: bool = False) -> Path:
     """Write a synthetic MovieLens-format folder; return it.
 
     Args:
         n_ratings: number of ratings (>= 1000), e.g. 10_000 to 20_000_000+.
-        out_dir: folder to (re)create atomically with ratings.csv, movies.csv, synth.json.
+        out_dir: folder to (re)create atomically with ratings.csv, movies.csv, synth.json (new, empty or a
+            previous synthetic folder; or a :class:`~deepcrossing.outputs.Reservation` of it).
         seed: the whole output is a function of (seed, sizes).
         n_movies, n_users: override the default catalog / population sizes.
         chunk: ratings generated and written per step (peak memory ~ a few hundred bytes x chunk).
+        overwrite: write into a folder of other files (they are kept; a name clash is refused).
 
     Example:
-        >>> folder = generate(10_000, "synthetic", seed=1)   # doctest: +SKIP
-        >>> (folder / "ratings.csv").read_text().splitlines()[0]   # doctest: +SKIP
+        >>> import tempfile
+        >>> folder = generate(10_000, Path(tempfile.mkdtemp()) / "synthetic", seed=1)
+        >>> (folder / "ratings.csv").read_text().splitlines()[0]
         'userId,movieId,rating,timestamp'
     """
     if n_ratings < 1000:
@@ -86,10 +99,10 @@ def generate(n_ratings: int, out_dir: str | Path, *, seed: int = 0, n_movies: in
     cfg = SynthConfig(n_ratings=int(n_ratings),
                       n_movies=n_movies or int(np.clip(n_ratings // 10, 200, 30_000)),
                       n_users=n_users or int(max(60, n_ratings // 150)), chunk=int(chunk))
-    out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
+    target = out_dir if isinstance(out_dir, Reservation) else Path(out_dir)
+    with owned_dir(target, SYNTH_OUTPUT, overwrite=overwrite) as tmp:
         _write(cfg, seed, tmp)
-    return out_dir
+    return target.target if isinstance(target, Reservation) else target
 
 
 def _write(cfg: SynthConfig, seed: int, out: Path) -> None:
@@ -97,6 +110,7 @@ def _write(cfg: SynthConfig, seed: int, out: Path) -> None:
     import pyarrow.csv as pacsv
 
     rng = np.random.default_rng(seed)
+    assert cfg.n_movies is not None and cfg.n_users is not None  # generate() fills them in
     M, U, K = cfg.n_movies, cfg.n_users, cfg.dim
     G = len(GENRES)
 
@@ -191,11 +205,12 @@ def _write(cfg: SynthConfig, seed: int, out: Path) -> None:
             writer.write_table(pa.table({"userId": uid + 1, "movieId": movie + 1,
                                          "rating": pa.DictionaryArray.from_arrays(half, stars),
                                          "timestamp": ts}, schema=schema))
-    meta = asdict(cfg) | {"seed": seed, "t_start": T_START, "t_end": T_END, "format": "movielens-csv"}
+    meta = asdict(cfg) | {"seed": seed, "t_start": T_START, "t_end": T_END, "format": "movielens-csv",
+                               "kind": KIND, "files": list(FILES)}
     (out / "synth.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def _csv_options():
+def _csv_options() -> Any:
     import pyarrow.csv as pacsv
 
     # MovieLens files quote only titles holding commas; ours never do, so nothing is quoted
@@ -205,7 +220,8 @@ def _csv_options():
 def _pick(rng: np.random.Generator, cum_weight: np.ndarray, n_avail: np.ndarray) -> np.ndarray:
     """Popularity-weighted draw among the first ``n_avail`` movies (those arrived), per row; 0-based ids."""
     u = rng.random(n_avail.size) * cum_weight[n_avail - 1]
-    return np.minimum(np.searchsorted(cum_weight, u, side="right"), n_avail - 1)
+    picked: np.ndarray = np.minimum(np.searchsorted(cum_weight, u, side="right"), n_avail - 1)
+    return picked
 
 
 def _write_movies(out: Path, M: int, year: np.ndarray, multi: np.ndarray, rng: np.random.Generator) -> None:

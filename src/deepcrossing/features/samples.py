@@ -22,7 +22,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from deepcrossing.atomic import atomic_dir
 from deepcrossing.data.schema import Dataset
 from deepcrossing.duck import sql_str
 from deepcrossing.errors import InputError
@@ -34,10 +33,16 @@ from deepcrossing.features.inputs import fetch_one
 from deepcrossing.features.inputs import genre_vocabulary as _genres
 from deepcrossing.features.inputs import register_inputs as _register_inputs
 from deepcrossing.features.sql import assemble, feature_sql
+from deepcrossing.outputs import OutputKind, Reservation, owned_dir
 
 FORMAT_VERSION = 1
 SPLIT_NAMES = ("train", "valid", "test")
 FORMATS = ("parquet", "sparrow")
+KIND = "deepcrossing.samples"
+#: A samples folder: its manifest.json says ``"kind": "deepcrossing.samples"`` and lists the files it wrote.
+SAMPLES_OUTPUT = OutputKind(
+    "samples folder", "manifest.json", lambda m: m.get("kind") == KIND,
+    lambda m: [str(name) for name in m["files"].values()] + [".parts"])
 _BATCH_ROWS = 1 << 17
 _ROW_GROUP = 1 << 17
 
@@ -79,21 +84,26 @@ def _split_expr(con: duckdb.DuckDBPyConnection, config: FeatureConfig) -> tuple[
 def build_samples(
     dataset: Dataset,
     config: FeatureConfig | None = None,
-    out_dir: str | Path = "samples",
+    out_dir: str | Path | Reservation = "samples",
     fmt: str = "parquet",
+    *,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write train/valid/test samples, ``items.parquet`` and ``manifest.json`` into ``out_dir``.
 
     Every feature of a row at time t is computed from ratings strictly before t, over ALL ratings (so a
     test row sees earlier test-period ratings of its user, but nothing at or after t). ``out_dir`` is
-    replaced as a whole only when everything is written; a failure leaves the previous output intact.
+    replaced as a whole only when everything is written; a failure leaves the previous output intact. It must
+    be new, empty or a previous samples folder (see :mod:`deepcrossing.outputs`; other files in it are kept).
 
     Args:
         dataset: normalized ratings/items (from :func:`deepcrossing.data.load_dataset`).
         config: :class:`FeatureConfig` (defaults: threshold 3.5, N=10, time split 80/10/10).
-        out_dir: the output folder.
+        out_dir: the output folder, or a :class:`~deepcrossing.outputs.Reservation` of it that the caller
+            holds (the CLI reserves it before reading the data).
         fmt: ``"parquet"`` (``train.parquet`` ... with :data:`SAMPLE_COLUMNS`) or ``"sparrow"``
             (``train.csv`` ... in SparrowRecSys's 27-column layout).
+        overwrite: write into a folder of other files (they are kept; a name clash is refused).
 
     Returns:
         The manifest dict (also written to ``manifest.json``): rows and positive rate per split, split
@@ -108,8 +118,9 @@ def build_samples(
     if fmt not in FORMATS:
         raise InputError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}", field="format")
     started = time.perf_counter()
-    out_dir = Path(out_dir)
-    with _connect(config) as con, atomic_dir(out_dir) as tmp:
+    target = out_dir if isinstance(out_dir, Reservation) else Path(out_dir)
+    with _connect(config) as con, owned_dir(
+            target, SAMPLES_OUTPUT, inputs=(dataset.ratings, dataset.items), overwrite=overwrite) as tmp:
         n_ratings = _register_inputs(con, dataset)
         genres = _genres(con)
         split_expr, boundaries = _split_expr(con, config)
@@ -135,7 +146,7 @@ def build_samples(
         shutil.copyfile(dataset.items, tmp / "items.parquet")
         manifest = {
             "format_version": FORMAT_VERSION,
-            "kind": "deepcrossing.samples",
+            "kind": KIND,
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "format": fmt,
             "files": {name: f"{name}.{'parquet' if fmt == 'parquet' else 'csv'}" for name in SPLIT_NAMES}

@@ -47,7 +47,6 @@ from torch import Tensor, nn
 from deepcrossing.errors import DeepCrossingError
 from deepcrossing.model.deep_crossing import DeepCrossing
 
-
 CHUNK = 512  # rows per pass of the per-candidate network when ranking many candidates
 
 

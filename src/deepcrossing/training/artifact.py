@@ -32,6 +32,7 @@ from deepcrossing.encoding.encoder import Encoder
 from deepcrossing.errors import InputError
 from deepcrossing.hashing import file_sha256
 from deepcrossing.model.deep_crossing import DeepCrossing
+from deepcrossing.outputs import OutputKind
 
 FORMAT = "deepcrossing-model"
 FORMAT_VERSION = 1
@@ -39,7 +40,14 @@ WEIGHTS = "model.safetensors"
 MANIFEST = "manifest.json"
 MANIFEST_KEYS = {"format", "format_version", "package_version", "spec", "model_config", "train_config",
                  "encoder", "metrics", "samples", "weights_sha256"}
-
+#: Files of a model folder that deepcrossing writes: ``train`` (weights, manifest, metrics, plots, and the
+#: ``checkpoints/`` folder of earlier versions), ``evaluate`` (``metrics-*.json``) and ``export`` (ONNX /
+#: TorchScript files and their ``.json``). A new model replaces exactly these; any other file stays.
+MODEL_FILES = (WEIGHTS, MANIFEST, "metrics.jsonl", "metrics.json", "metrics-*.json", "curves.png", "roc.png",
+               "model.onnx", "model.onnx.json", "model.torchscript.pt", "model.torchscript.pt.json",
+               "checkpoints", ".*.tmp-*")
+#: A model folder, recognised by its manifest's ``format``.
+MODEL_OUTPUT = OutputKind("model folder", MANIFEST, lambda m: m.get("format") == FORMAT, lambda m: MODEL_FILES)
 
 
 
@@ -113,7 +121,8 @@ class LoadedModel:
     def logits(self, batch: Batch) -> Tensor:
         """(B,) logits of an encoded batch."""
         self.model.eval()
-        return self.model(batch)
+        logits: Tensor = self.model(batch)
+        return logits
 
     def predict(self, table: pa.Table, batch_size: int = 65536, source: str | Path | None = None) -> np.ndarray:
         """Probabilities (B,) float32 for a sample table (unseen ids use the OOV rows).

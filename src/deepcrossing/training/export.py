@@ -26,7 +26,8 @@ from deepcrossing.atomic import write_text_atomic
 from deepcrossing.encoding.batch import Batch
 from deepcrossing.errors import InputError
 from deepcrossing.model.deep_crossing import FlatDeepCrossing
-from deepcrossing.training.artifact import LoadedModel, load
+from deepcrossing.outputs import check_output_file
+from deepcrossing.training.artifact import MANIFEST, WEIGHTS, LoadedModel, load
 
 FORMATS = ("onnx", "torchscript")
 
@@ -70,39 +71,59 @@ def _example_batch(loaded: LoadedModel, n: int = 4) -> Batch:
     return Batch(torch.randn(n, len(enc.dense_names), generator=g), sparse, bags, weights, torch.zeros(n))
 
 
-def export_model(model_dir: str | Path, fmt: str, out: str | Path | None = None) -> Path:
+def is_export(path: Path) -> bool:
+    """True when ``path`` (an exported file or its ``.json``) was written by :func:`export_model`: the sidecar
+    names one of our formats and the weights it came from."""
+    sidecar = path if path.name.endswith(".json") else path.with_name(path.name + ".json")
+    try:
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") in FORMATS and "weights_sha256" in meta
+
+
+def export_model(model_dir: str | Path, fmt: str, out: str | Path | None = None, *,
+                 overwrite: bool = False) -> Path:
     """Export ``model_dir`` as ONNX (``model.onnx``) or TorchScript (``model.torchscript.pt``).
 
     Args:
         model_dir: a folder written by ``deepcrossing train``.
         fmt: ``onnx`` or ``torchscript``.
-        out: output file (default inside ``model_dir``).
+        out: output file (default inside ``model_dir``); its folder must exist. A file there (or at
+            ``<out>.json``) that is not an export of ours is refused unless ``overwrite``; the model's own
+            files never are replaced.
+        overwrite: replace a file that is not an export of ours.
 
     Returns:
         The written file; a ``<file>.json`` next to it names the inputs.
     """
     if fmt not in FORMATS:
         raise InputError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}", field="format")
-    loaded = load(model_dir)
     out = Path(out) if out is not None else Path(model_dir) / ("model.onnx" if fmt == "onnx"
                                                                else "model.torchscript.pt")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    inputs = [Path(model_dir) / MANIFEST, Path(model_dir) / WEIGHTS]
+    for target in (out, out.with_name(out.name + ".json")):
+        check_output_file(target, is_ours=is_export, what=f"{fmt} export", inputs=inputs, overwrite=overwrite)
+    loaded = load(model_dir)
     module = flat_module(loaded)
     names = layout(loaded)
     example = flat_inputs(_example_batch(loaded), names)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     input_names = (["dense", "sparse"] + [f"bag_{k}" for k in names["bag_names"]]
                    + [f"weight_{k}" for k in names["weighted_names"]])
-    with torch.no_grad():
-        if fmt == "torchscript":
-            traced = torch.jit.trace(module, example, check_trace=False)
-            traced.save(str(tmp))
-        else:
-            dynamic = {name: {0: "batch"} for name in input_names}
-            dynamic["logits"] = {0: "batch"}
-            torch.onnx.export(module, example, str(tmp), input_names=input_names, output_names=["logits"],
-                              dynamic_axes=dynamic, dynamo=False, opset_version=17)
-    os.replace(tmp, out)
+    try:
+        with torch.no_grad():
+            if fmt == "torchscript":
+                traced = torch.jit.trace(module, example, check_trace=False)  # type: ignore[no-untyped-call]
+                traced.save(str(tmp))
+            else:
+                dynamic = {name: {0: "batch"} for name in input_names}
+                dynamic["logits"] = {0: "batch"}
+                torch.onnx.export(module, example, str(tmp), input_names=input_names, output_names=["logits"],
+                                  dynamic_axes=dynamic, dynamo=False, opset_version=17)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     meta: dict[str, Any] = {"format": fmt, "inputs": input_names, "output": "logits", **names,
                             "bag_len": loaded.encoder.bag_len_,
                             "weights_sha256": loaded.manifest["weights_sha256"]}

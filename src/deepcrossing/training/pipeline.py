@@ -1,9 +1,14 @@
 """From sample tables to a model folder: fit the encoder, encode once, train, test, plot, save.
 
 The model folder gets ``model.safetensors`` + ``manifest.json`` (see :mod:`training.artifact`),
-``metrics.jsonl`` (one JSON line per epoch, rewritten atomically after each epoch), ``metrics.json`` (final
-valid/test metrics), ``curves.png`` (loss and AUC per epoch), ``roc.png`` (test ROC, else valid) and
-``checkpoints/last/`` (for ``resume``).
+``metrics.jsonl`` (one JSON line per epoch), ``metrics.json`` (final valid/test metrics), ``curves.png``
+(loss and AUC per epoch) and ``roc.png`` (test ROC, else valid). It is written as a whole into a temporary
+sibling, loaded back with :func:`training.artifact.load`, and only then swapped in (see
+:mod:`deepcrossing.outputs`): a run that fails or is killed leaves the previous model loadable.
+
+During training, the checkpoints (``checkpoints/last/``, for ``resume``) and the live ``metrics.jsonl`` live
+in the work folder ``.NAME.work/`` next to the model folder; ``resume`` reuses it after a kill, a run without
+``resume`` starts it afresh, and it is removed once the new model is in place.
 
 The caller (the CLI) seeds the global RNGs before calling; initialization and dropout then follow that seed
 and the shuffling follows ``TrainConfig.seed``.
@@ -17,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from collections.abc import Callable
@@ -29,45 +35,87 @@ import torch
 
 from deepcrossing.atomic import write_text_atomic
 from deepcrossing.config import ExperimentConfig
+from deepcrossing.encoding.batch import Batch
 from deepcrossing.encoding.encoder import Encoder
+from deepcrossing.errors import InputError
+from deepcrossing.hashing import file_sha256
 from deepcrossing.model.deep_crossing import DeepCrossing
 from deepcrossing.model.train_module import DeepCrossingTrain
-from deepcrossing.hashing import file_sha256
+from deepcrossing.outputs import Reservation, reserve
 from deepcrossing.training import artifact
 from deepcrossing.training.checkpoint import fingerprint
 from deepcrossing.training.plots import plot_history, plot_roc
 from deepcrossing.training.trainer import StepInfo, Trainer, evaluate_batch, predict_logits
 
 
-def train_model(tables: dict[str, pa.Table], config: ExperimentConfig, out_dir: str | Path,
+def train_model(tables: dict[str, pa.Table], config: ExperimentConfig, out_dir: str | Path | Reservation,
                 device: str = "cpu", resume: bool = False,
                 sources: dict[str, str] | None = None,
                 on_step: Callable[[StepInfo], None] | None = None,
-                on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+                on_epoch: Callable[[dict[str, Any]], None] | None = None,
+                *, overwrite: bool = False) -> dict[str, Any]:
     """Train a DeepCrossing model on ``tables["train"]``, early-stopped on ``tables["valid"]``.
 
     Args:
         tables: ``train`` and ``valid`` (required) and ``test`` (optional) sample tables.
         config: spec + model + train config.
-        out_dir: the model folder.
+        out_dir: the model folder (new, empty or a previous model folder; other files in it are kept), or a
+            :class:`~deepcrossing.outputs.Reservation` of it that the caller holds.
         device: ``cpu`` or ``cuda``.
-        resume: continue from ``out_dir/checkpoints/last`` (same config and samples) instead of starting over.
-        sources: split -> file name, for error messages and the manifest.
+        resume: continue from the checkpoint in ``.NAME.work/`` (same config and samples) after a kill.
+        sources: split -> file name, for error messages and the manifest (and never an output).
         on_step, on_epoch: progress callbacks (see :class:`Trainer`).
+        overwrite: write into a folder of other files (they are kept; a name clash is refused).
 
     Returns:
         Summary dict: ``history``, ``best_epoch``, ``valid``/``test`` metrics, ``files``, ``seconds``.
+
+    Raises:
+        InputError: the output may not be written (see :mod:`deepcrossing.outputs`), a validation split that
+            is empty or has one class, a metric that is not finite. The previous model is then untouched.
     """
+    if isinstance(out_dir, Reservation):
+        return _train(tables, config, out_dir, device, resume, sources or {}, on_step, on_epoch)
+    with reserve(out_dir, artifact.MODEL_OUTPUT, inputs=list((sources or {}).values()),
+                 overwrite=overwrite) as reservation:
+        return _train(tables, config, reservation, device, resume, sources or {}, on_step, on_epoch)
+
+
+def _require_two_classes(batch: Batch, source: str | None) -> None:
+    labels = batch.labels
+    n_pos = 0 if labels is None else int(labels.sum().item())
+    n = len(batch)
+    if n == 0 or n_pos in (0, n):
+        what = "is empty" if n == 0 else f"has only {'positive' if n_pos else 'negative'} labels ({n:,} rows)"
+        raise InputError(f"the validation split {what}: early stopping needs AUC, which needs both classes; "
+                         "prepare other fractions or another --label-threshold", path=source)
+
+
+def _require_finite(results: dict[str, Any], sources: dict[str, str]) -> None:
+    for split in ("valid", "test"):
+        for name, value in results.get(split, {}).items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise InputError(f"the {split} {name} is {value} (a split with one class or no rows?); the "
+                                 "model was not saved, the previous one is untouched", path=sources.get(split))
+
+
+def _train(tables: dict[str, pa.Table], config: ExperimentConfig, reservation: Reservation, device: str,
+           resume: bool, sources: dict[str, str], on_step: Callable[[StepInfo], None] | None,
+           on_epoch: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
     t0 = time.perf_counter()
-    sources = sources or {}
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoints = out_dir / "checkpoints"
-    if not resume and checkpoints.exists():
-        shutil.rmtree(checkpoints)
+    out_dir = reservation.target
+    work = reservation.sibling("work")  # kept after a kill, for --resume
+    checkpoints = work / "checkpoints"
+    if not resume and work.exists():
+        shutil.rmtree(work)
+    legacy = out_dir / "checkpoints"  # where versions before the work folder kept them
+    if resume and not checkpoints.exists() and (legacy / "last").is_dir():
+        shutil.copytree(legacy, checkpoints)
+    work.mkdir(parents=True, exist_ok=True)
     encoder = Encoder(config.spec).fit(tables["train"], source=sources.get("train"))
     encoded = {name: encoder.transform(t, source=sources.get(name)) for name, t in tables.items()
                if t is not None}
+    _require_two_classes(encoded["valid"], sources.get("valid"))
     cfg_train = config.train
     model = DeepCrossing(config.spec, config.model, encoder.cardinalities,
                          sparse=cfg_train.optimizer == "sparse_adam").to(device)
@@ -75,7 +123,7 @@ def train_model(tables: dict[str, pa.Table], config: ExperimentConfig, out_dir: 
 
     def epoch_done(record: dict[str, Any]) -> None:
         history_lines.append(record)
-        write_text_atomic(out_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history_lines))
+        write_text_atomic(work / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history_lines))
         if on_epoch is not None:
             on_epoch(record)
 
@@ -84,7 +132,6 @@ def train_model(tables: dict[str, pa.Table], config: ExperimentConfig, out_dir: 
     if resume and (checkpoints / "last" / "state.json").exists():
         history_lines.extend(json.loads((checkpoints / "last" / "state.json").read_text())["history"])
     fit = trainer.fit(encoded["train"], encoded["valid"], resume=resume, on_step=on_step, on_epoch=epoch_done)
-    write_text_atomic(out_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in fit.history))
     model = model.cpu().eval()
     results: dict[str, Any] = {"best_epoch": fit.best_epoch, "epochs_run": len(fit.history),
                                "stopped_early": fit.stopped_early,
@@ -93,13 +140,10 @@ def train_model(tables: dict[str, pa.Table], config: ExperimentConfig, out_dir: 
     if "test" in encoded:
         results["test"] = evaluate_batch(model, encoded["test"])
         roc_split = "test"
-    files = {"curves": str(plot_history(fit.history, out_dir / "curves.png"))}
-    scores = torch.sigmoid(predict_logits(model, encoded[roc_split])).numpy().astype(np.float64)
-    files["roc"] = str(plot_roc(encoded[roc_split].labels.numpy(), scores, out_dir / "roc.png",
-                                f"{roc_split} ROC"))
+    _require_finite(results, sources)
     results["train_seconds"] = round(sum(r["train_seconds"] for r in fit.history), 3)
     results["n_train"] = len(encoded["train"])
-    samples = {"files": dict(sources)}
+    samples: dict[str, Any] = {"files": dict(sources)}
     manifest_path = Path(sources["train"]).parent / "manifest.json" if "train" in sources else None
     if manifest_path is not None and manifest_path.exists():
         try:
@@ -107,9 +151,19 @@ def train_model(tables: dict[str, pa.Table], config: ExperimentConfig, out_dir: 
             samples["sha256"] = file_sha256(manifest_path)
         except OSError:
             pass
-    artifact.save(out_dir, model, encoder, cfg_train, {"metrics": results, "samples": samples})
-    write_text_atomic(out_dir / "metrics.json", json.dumps(results, indent=1))
-    files.update(model=str(out_dir / artifact.WEIGHTS), manifest=str(out_dir / artifact.MANIFEST),
-                 metrics=str(out_dir / "metrics.jsonl"), checkpoint=str(checkpoints / "last"))
+    scores = torch.sigmoid(predict_logits(model, encoded[roc_split])).numpy().astype(np.float64)
+    roc_labels = encoded[roc_split].labels
+    assert roc_labels is not None  # the encoder always fills labels (zeros without a label column)
+    with reservation.write() as tmp:  # the whole folder, verified, then swapped in
+        (tmp / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in fit.history))
+        plot_history(fit.history, tmp / "curves.png")
+        plot_roc(roc_labels.numpy(), scores, tmp / "roc.png", f"{roc_split} ROC")
+        artifact.save(tmp, model, encoder, cfg_train, {"metrics": results, "samples": samples})
+        (tmp / "metrics.json").write_text(json.dumps(results, indent=1))
+        artifact.load(tmp)
+    shutil.rmtree(work, ignore_errors=True)
+    files = {"curves": str(out_dir / "curves.png"), "roc": str(out_dir / "roc.png"),
+             "model": str(out_dir / artifact.WEIGHTS), "manifest": str(out_dir / artifact.MANIFEST),
+             "metrics": str(out_dir / "metrics.jsonl")}
     return {**results, "history": fit.history, "files": files,
             "seconds": round(time.perf_counter() - t0, 3)}
