@@ -159,18 +159,27 @@ def test_train_model_resume_checks_the_sample_files_and_spec(tmp_path):
         pq.write_table(sample_table(400, seed=seed), folder / "train.parquet")
         pq.write_table(sample_table(200, seed=seed + 1), folder / "valid.parquet")
 
-    def train(samples, config, resume):
+    class Interrupted(Exception):
+        pass
+
+    def stop_in_second_epoch(info):
+        if info.epoch == 2:
+            raise Interrupted  # a run cut after its first checkpoint (the work folder stays for --resume)
+
+    def train(samples, config, resume, on_step=None):
         files = {split: str(samples / f"{split}.parquet") for split in ("train", "valid")}
         tables = {split: pq.read_table(path) for split, path in files.items()}
         torch.manual_seed(0)
-        return train_model(tables, config, tmp_path / "model", resume=resume, sources=files)
+        return train_model(tables, config, tmp_path / "model", resume=resume, sources=files, on_step=on_step)
 
-    config = ExperimentConfig(small_spec(), MODEL, TrainConfig(epochs=1, batch_size=128, seed=0))
+    config = ExperimentConfig(small_spec(), MODEL, TrainConfig(epochs=2, batch_size=128, seed=0))
     first = train(folders["a"], config, resume=False)
+    with pytest.raises(Interrupted):
+        train(folders["a"], config, resume=False, on_step=stop_in_second_epoch)
     with pytest.raises(InputError, match="field samples: the checkpoint was trained on other samples"):
         train(folders["b"], config, resume=True)
     other_spec = dataclasses.replace(config, model=dataclasses.replace(MODEL, dropout=0.3))
     with pytest.raises(InputError, match="field spec: the checkpoint was made with another spec"):
         train(folders["a"], other_spec, resume=True)
-    again = train(folders["a"], config, resume=True)  # nothing left to train: the same history
+    again = train(folders["a"], config, resume=True)  # the second epoch from the checkpoint: the same history
     assert strip_times(again["history"]) == strip_times(first["history"])
