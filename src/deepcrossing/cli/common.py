@@ -19,6 +19,8 @@ INT64 = {"min": -(2**63), "max": 2**63 - 1}   # typer.Option(**INT64): ids that 
 PORT = {"min": 1, "max": 65535}
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 DEVICES = ("cpu", "cuda", "auto")
+FEATURE_CONFIG = "deepcrossing.features.config:FeatureConfig"   # for checked_by (imported when used)
+TRAIN_CONFIG = "deepcrossing.config:TrainConfig"
 
 app = typer.Typer(
     help="Deep Crossing (Embedding+MLP) recommender: data -> samples -> model -> service.",

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from deepcrossing.cli.common import app, checked_by, out
+from deepcrossing.cli.common import TRAIN_CONFIG, app, checked_by, out
 from deepcrossing.cli.prepare import prepare_cmd
 from deepcrossing.cli.serve import publish_cmd, recommend_cmd
 from deepcrossing.cli.train import evaluate, train
@@ -37,7 +37,8 @@ def quickstart(
                        "options). Default: a downloaded MovieLens from the cache, else synthetic data.")] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Where everything goes.")] = Path("runs/quickstart"),
     ratings: Annotated[int, typer.Option(min=1000, help="Size of the synthetic default data.")] = 300_000,
-    epochs: Annotated[int | None, typer.Option(callback=checked_by("deepcrossing.config:TrainConfig", "epochs"), help="Override the spec's epochs (default: the spec's).")] = None,
+    epochs: Annotated[int | None, typer.Option(
+        callback=checked_by(TRAIN_CONFIG, "epochs"), help="Override the spec's epochs (default: the spec's).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic data and of training.")] = 0,
 ) -> None:
     """Run the whole pipeline offline: data -> prepare -> train -> evaluate -> publish -> top 10 for three users."""

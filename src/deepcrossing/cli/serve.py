@@ -19,7 +19,8 @@ def publish_cmd(
         "--store", help="sqlite:///path.db or redis://host:port/db (default: sqlite:///MODEL/features.db).")] = None,
     candidates: Annotated[int, typer.Option(min=1, help="How many popular movies to keep as candidates.")] = 5000,
     keep_previous: Annotated[float, typer.Option(
-        min=0, help="Seconds the previous version stays readable after the switch (running services move over).")] = 2.0,
+        min=0, help="Seconds the previous version stays readable after the switch (running services move "
+                    "over).")] = 2.0,
 ) -> None:
     """Compute each user's and movie's latest features and publish them as a new store version."""
     import time

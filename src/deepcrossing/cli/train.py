@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from deepcrossing.cli.common import DEVICES, app, checked_by, console, model_folder, not_a_file, one_of, out, \
-    pick_device, seed_everything, set_threads
+from deepcrossing.cli.common import DEVICES, TRAIN_CONFIG, app, checked_by, console, model_folder, not_a_file, \
+    one_of, out, pick_device, seed_everything, set_threads
 from deepcrossing.errors import DeepCrossingError
 
 @app.command()
@@ -23,12 +23,17 @@ def train(
     train_file: Annotated[Path | None, typer.Option("--train", help="Train sample file (instead of --samples).")] = None,
     valid_file: Annotated[Path | None, typer.Option("--valid", help="Validation sample file.")] = None,
     test_file: Annotated[Path | None, typer.Option("--test", help="Test sample file (optional).")] = None,
-    epochs: Annotated[int | None, typer.Option(callback=checked_by("deepcrossing.config:TrainConfig", "epochs"), help="Override the spec's train.epochs.")] = None,
-    batch_size: Annotated[int | None, typer.Option(callback=checked_by("deepcrossing.config:TrainConfig", "batch_size"), help="Override train.batch_size.")] = None,
-    lr: Annotated[float | None, typer.Option(callback=checked_by("deepcrossing.config:TrainConfig", "lr"), help="Override train.lr.")] = None,
+    epochs: Annotated[int | None, typer.Option(
+        callback=checked_by(TRAIN_CONFIG, "epochs"), help="Override the spec's train.epochs.")] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        callback=checked_by(TRAIN_CONFIG, "batch_size"), help="Override train.batch_size.")] = None,
+    lr: Annotated[float | None, typer.Option(
+        callback=checked_by(TRAIN_CONFIG, "lr"), help="Override train.lr.")] = None,
     seed: Annotated[int | None, typer.Option(help="Override train.seed (init, shuffling, dropout).")] = None,
-    mlp: Annotated[str | None, typer.Option(callback=one_of(source="deepcrossing.config:MLPS"), help="Override model.mlp: residual or plain.")] = None,
-    device: Annotated[str, typer.Option(callback=one_of(*DEVICES), help="cpu, cuda or auto (cuda when available).")] = "auto",
+    mlp: Annotated[str | None, typer.Option(
+        callback=one_of(source="deepcrossing.config:MLPS"), help="Override model.mlp: residual or plain.")] = None,
+    device: Annotated[str, typer.Option(
+        callback=one_of(*DEVICES), help="cpu, cuda or auto (cuda when available).")] = "auto",
     threads: Annotated[int, typer.Option(
         min=0, help="Intra-op threads. 1 is fastest for these small per-step ops on a busy 2-core machine; "
              "0 = one per core.")] = 1,
@@ -116,7 +121,9 @@ def evaluate(
                                         help="Model folder written by `deepcrossing train`.")],
     samples: Annotated[Path | None, typer.Option(
         "--samples", help="Samples folder from `deepcrossing prepare` (Parquet or --format sparrow CSV).")] = None,
-    split: Annotated[str, typer.Option("--split", callback=one_of(source="deepcrossing.training.evaluate:SPLITS"), help="Which split of --samples: train, valid or test.")] = "test",
+    split: Annotated[str, typer.Option(
+        "--split", callback=one_of(source="deepcrossing.training.evaluate:SPLITS"),
+        help="Which split of --samples: train, valid or test.")] = "test",
     file: Annotated[Path | None, typer.Option(
         "--file", help="Evaluate this sample file (Parquet or SparrowRecSys CSV) instead of --samples/--split.")] = None,
     out_path: Annotated[Path | None, typer.Option(
