@@ -4,7 +4,7 @@ traceback: one table of (argv, exit code, message fragment), run through the rea
 Paths in argv are written with placeholders filled from a per-module workdir:
 ``{model}`` a folder that passes the model-folder check, ``{samples}`` a samples folder (its manifest says so),
 ``{file}`` an existing plain file, ``{log}`` a tiny MovieLens-format log, ``{ms}`` the same log with millisecond
-timestamps, ``{far}`` a log with a timestamp of 1e17, ``{long}`` a file whose only line is over the line limit.
+timestamps, ``{far}`` a log with a timestamp of 1e17, ``{half}`` one with a fractional timestamp, ``{long}`` a file whose only line is over the line limit.
 """
 
 from __future__ import annotations
@@ -67,7 +67,9 @@ CASES = [
     (["quickstart", "--epochs", "0", "--out", "{out}"], 2, "'--epochs'"),
     # prepare / data info: the readers' own refusals (one line, naming the file and field)
     (["prepare", "--data", "{log}", "--out", "{out}", "--user-col", "userId", "--item-col", "movieId",
-      "--time-col", "rating", "--rating-col", "timestamp"], 2, "field rating: "),
+      "--time-col", "rating", "--rating-col", "timestamp"], 2, "field timestamp: not a rating"),
+    (["data", "info", "{half}", "--user-col", "userId", "--item-col", "movieId", "--time-col", "timestamp",
+      "--rating-col", "rating"], 2, "half.csv:50: field timestamp: not unix seconds"),
     (["prepare", "--data", "{ms}", "--out", "{out}"], 2, "field timestamp: looks like milliseconds"),
     (["data", "info", "{ms}"], 2, "field timestamp: looks like milliseconds"),
     (["data", "info", "{far}"], 2, "field timestamp: "),
@@ -91,6 +93,7 @@ def places(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     ms = LOG.splitlines()
     (root / "ms.csv").write_text("\n".join([ms[0]] + [line + "000" for line in ms[1:]]) + "\n")
     (root / "far.csv").write_text(LOG + "9,1,4.0,100000000000000000\n")
+    (root / "half.csv").write_text(LOG + "9,1,4.0,964982703.5\n")
     (root / "long.csv").write_bytes(b"userId,movieId,rating,timestamp" + b",x" * (1 << 20) + b"\n1,1,4.0,10\n")
     release = root / "ml-latest-small"
     release.mkdir()
@@ -99,6 +102,7 @@ def places(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
                                                                          for i in range(1, 7)))
     return {"model": str(model), "samples": str(samples), "file": str(root / "file.txt"),
             "log": str(root / "log.csv"), "ms": str(root / "ms.csv"), "far": str(root / "far.csv"),
+            "half": str(root / "half.csv"),
             "long": str(root / "long.csv"), "out": str(root / "out"), "dir": str(release)}
 
 

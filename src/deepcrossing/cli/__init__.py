@@ -22,6 +22,7 @@ __all__ = ["app", "main"]
 
 # the click that typer raises from (recent typers vendor their own copy; older ones use click itself)
 _click_errors = importlib.import_module(typer.BadParameter.__module__)
+_ABORTS = (typer.Abort, getattr(_click_errors, "Abort", typer.Abort))
 
 
 def _one_line(text: str, limit: int = 600) -> str:
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     except _click_errors.ClickException as exc:
         console.print(f"[bold red]error:[/] {_one_line(exc.format_message())}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
-    except (_click_errors.Abort, typer.Abort):
+    except _ABORTS:
         console.print("aborted", highlight=False)
         sys.exit(1)
     except DeepCrossingError as exc:

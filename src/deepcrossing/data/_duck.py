@@ -17,7 +17,26 @@ import duckdb
 from deepcrossing.duck import connect, ident, sql_str
 from deepcrossing.errors import InputError
 
-__all__ = ["RawFile", "Staged", "connect", "ident", "read_header", "sql_str", "stage"]
+__all__ = ["MAX_LINE_BYTES", "RawFile", "Staged", "connect", "excerpt", "ident", "read_header", "sql_str", "stage"]
+
+MAX_LINE_BYTES = 1 << 20   # longer lines are malformed (a rating log's lines are ~30 bytes; titles < 1 KiB)
+EXCERPT_CHARS = 80
+
+
+def excerpt(value: object, limit: int = EXCERPT_CHARS) -> str:
+    """``repr`` of a value from a file, cut to about ``limit`` characters: error messages quote no more.
+
+    Example:
+        >>> excerpt("x" * 1000, 12)
+        "'xxxxxxxxx'... (1,000 characters)"
+        >>> excerpt("4.5")
+        "'4.5'"
+    """
+    text = str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:max(1, limit - 3)]!r}... ({len(text):,} characters)"
+
 
 
 @dataclass(frozen=True)
@@ -132,10 +151,13 @@ def read_header(path: Path, delim: str | None = None) -> tuple[list[str], str]:
     """Read the header of a delimited text file; guess the delimiter among , tab ; | when not given.
 
     Raises:
-        InputError: the file is empty.
+        InputError: the file is empty, or its first line is longer than :data:`MAX_LINE_BYTES`.
     """
     with open(path, "rb") as handle:
-        first = handle.readline()
+        first = handle.readline(MAX_LINE_BYTES + 1)
+    if len(first) > MAX_LINE_BYTES:
+        raise InputError(f"line 1 is longer than {MAX_LINE_BYTES:,} bytes: not a header line (is this a rating "
+                         "log with line breaks?)", path=path, line=1)
     text = first.decode("utf-8", errors="replace").lstrip("\ufeff").rstrip("\r\n")
     if not text.strip():
         raise InputError("the file is empty (expected a header line)", path=path, line=1)
@@ -157,7 +179,7 @@ def scan_sql(raw: RawFile, rejects_table: str) -> str:
         f"read_csv({sql_str(raw.read_path or raw.path)}, header={str(raw.header).lower()}, "
         f"delim={sql_str(raw.delim)}, quote={quote}, escape={quote}, columns={columns}, auto_detect=false, "
         f"store_rejects=true, rejects_table={sql_str(rejects_table)}, "
-        f"rejects_scan={sql_str(rejects_table + '_scan')}, max_line_size=10000000)"
+        f"rejects_scan={sql_str(rejects_table + '_scan')}, max_line_size={MAX_LINE_BYTES})"
     )
 
 
@@ -175,7 +197,8 @@ def stage(con: duckdb.DuckDBPyConnection, raw: RawFile, select: str, out: Path, 
         con.execute(f"COPY (SELECT {select} FROM {scan_sql(raw, table)}) TO {sql_str(out)} "
                     "(FORMAT parquet, COMPRESSION snappy)")
     except duckdb.Error as exc:
-        raise InputError(f"cannot read the file: {str(exc).splitlines()[0]}", path=raw.path) from exc
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"cannot read the file: {first[:200]}", path=raw.path) from None
     rejects: list[tuple[int, str, str | None, str]] = []
     if not raw.is_parquet:
         try:
