@@ -172,7 +172,9 @@ class Layout:
     checksum_only: list[Path] = field(default_factory=list)
 
 
-_ML_TYPES = {"userId": "BIGINT", "movieId": "BIGINT", "rating": "DOUBLE", "timestamp": "BIGINT"}
+# parsed by the CSV scan itself (fast); DOUBLE, not BIGINT, for the integers too: DuckDB's BIGINT parse rounds
+# "3.5" to 4, while a DOUBLE keeps it, and the readers refuse a value that is not a whole number
+_ML_TYPES = {"userId": "DOUBLE", "movieId": "DOUBLE", "rating": "DOUBLE", "timestamp": "DOUBLE"}
 
 
 def read_columns(path: Path, required: tuple[str, ...] | list[str], *, delim: str | None = None) -> RawFile:

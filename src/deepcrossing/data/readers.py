@@ -61,7 +61,7 @@ def _ratings_select(layout: Layout) -> str:
         time_expr = f"COALESCE({_integer(t, strict)}, CAST(epoch(TRY_CAST({t} AS TIMESTAMPTZ)) AS BIGINT))"
         time_why = "not unix seconds or an ISO date/datetime"
     else:
-        time_expr = f"TRY_CAST({t} AS BIGINT)"
+        time_expr = _integer(t, strict)
         time_why = "not an integer (unix seconds)"
     checks = [(f"{user_expr} IS NULL", m.user_col, m.user_col, "not an integer user id"),
               (f"{item_expr} IS NULL", m.item_col, m.item_col, "not an integer item id")]
@@ -96,9 +96,10 @@ def _ratings_select(layout: Layout) -> str:
 
 
 def _integer(col: str, strict: bool) -> str:
-    """SQL for an integer column: ``strict`` text must be a whole number (``3.5`` is refused, never rounded)."""
+    """SQL for an integer column, NULL unless it holds a whole number (``3.5`` is refused, never rounded):
+    ``strict`` for text, else a DOUBLE column parsed by the scan."""
     if not strict:
-        return f"TRY_CAST({col} AS BIGINT)"
+        return f"CASE WHEN {col} = trunc({col}) THEN TRY_CAST({col} AS BIGINT) END"
     return f"CASE WHEN regexp_matches(CAST({col} AS VARCHAR), {sql_str(_INTEGRAL)}) THEN TRY_CAST({col} AS BIGINT) END"
 
 
@@ -201,6 +202,7 @@ def _stage_view(con, staged: Staged, view: str) -> None:
 def _require_rows(con, staged: Staged, view: str) -> None:
     n = con.execute(f"SELECT count(*) FROM {view}").fetchone()[0]
     staged.n_rows = int(n)
+    staged.reject_long_lines()
     if n == 0 and not staged.rejects:
         raise InputError("the file has no data rows", path=staged.raw.path,
                          line=2 if staged.raw.header else 1)
