@@ -3,8 +3,10 @@ traceback: one table of (argv, exit code, message fragment), run through the rea
 
 Paths in argv are written with placeholders filled from a per-module workdir:
 ``{model}`` a folder that passes the model-folder check, ``{samples}`` a samples folder (its manifest says so),
-``{file}`` an existing plain file, ``{log}`` a tiny MovieLens-format log, ``{ms}`` the same log with millisecond
-timestamps, ``{far}`` a log with a timestamp of 1e17, ``{half}`` one with a fractional timestamp, ``{long}`` a file whose only line is over the line limit.
+``{file}`` an existing plain file, ``{log}`` a tiny MovieLens-format log, ``{ms}`` the same log with
+millisecond timestamps, ``{far}`` a log with a timestamp of 1e17, ``{half}`` one with a fractional timestamp,
+``{long}`` a file whose header line is over the line limit, ``{dir}`` a MovieLens CSV release, ``{out}`` an
+output folder that must never be created.
 """
 
 from __future__ import annotations

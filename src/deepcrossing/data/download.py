@@ -104,7 +104,7 @@ def download(name: str, *, cache: str | Path | None = None, base_url: str = BASE
 
     Example:
         >>> folder = download("ml-latest-small")   # doctest: +SKIP
-        >>> sorted(p.name for p in folder.iterdir())[:2]
+        >>> sorted(p.name for p in folder.iterdir())[:2]   # doctest: +SKIP
         ['README.txt', 'links.csv']
     """
     release = _release(name)

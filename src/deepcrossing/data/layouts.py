@@ -49,8 +49,8 @@ class ColumnMapping:
             :data:`~deepcrossing.data.readers.MAX_ABS_RATING` and records the observed range.
 
     Example:
-        >>> ColumnMapping(user_col="uid", item_col="sku", time_col="ts", label_col="clicked")
-        ColumnMapping(user_col='uid', item_col='sku', time_col='ts', rating_col=None, label_col='clicked', rating_scale=None)
+        >>> ColumnMapping(user_col="uid", item_col="sku", time_col="ts", label_col="clicked").columns
+        ('uid', 'sku', 'clicked', 'ts')
     """
 
     user_col: str

@@ -43,6 +43,13 @@ _INTEGRAL = r"^\s*[+-]?[0-9]+(\.0*)?\s*$"
 # ---------------------------------------------------------------- SQL pieces
 
 
+def _one(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> tuple[Any, ...]:
+    """The one row of a query that always returns one (an aggregate, or a row known to exist)."""
+    row = con.execute(sql, params).fetchone()
+    assert row is not None, sql
+    return row
+
+
 def _bad_case(checks: list[tuple[str, str, str, str]]) -> tuple[str, str]:
     """CASE expressions giving the first failing ``field|why`` of a row and its raw value; NULL on good rows.
 
@@ -168,7 +175,7 @@ class _Problems:
             raise InputError(message + extra, path=self.staged.raw.path, line=line, field=field_name)
 
 
-def _collect_basic(con, staged: Staged, view: str, problems: _Problems) -> None:
+def _collect_basic(con: duckdb.DuckDBPyConnection, staged: Staged, view: str, problems: _Problems) -> None:
     """Malformed lines (from DuckDB's rejects) and rows whose fields failed to parse or validate."""
     raw = staged.raw
     if staged.rejects:
@@ -186,21 +193,21 @@ def _collect_basic(con, staged: Staged, view: str, problems: _Problems) -> None:
             found = len(text.split(raw.delim)) if text else 0
             problems.add(len(staged.rejects), line, None,
                          f"malformed line: expected {expected} fields separated by {raw.delim!r}, found {found}")
-    n_bad, first_row = con.execute(f"SELECT count(*), min(rn) FROM {view} WHERE bad IS NOT NULL").fetchone()
+    n_bad, first_row = _one(con, f"SELECT count(*), min(rn) FROM {view} WHERE bad IS NOT NULL")
     if n_bad:
-        bad, value = con.execute(f"SELECT bad, bad_value FROM {view} WHERE rn = ?", [first_row]).fetchone()
+        bad, value = _one(con, f"SELECT bad, bad_value FROM {view} WHERE rn = ?", [first_row])
         fld, why = bad.split("|", 1)
         shown = "<empty>" if value is None or value == "" else excerpt(value)
         problems.add(int(n_bad), staged.line_of(int(first_row)), fld, f"{why}: {shown}")
 
 
-def _stage_view(con, staged: Staged, view: str) -> None:
+def _stage_view(con: duckdb.DuckDBPyConnection, staged: Staged, view: str) -> None:
     con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT file_row_number AS rn, * "
                 f"FROM read_parquet({sql_str(staged.stage)}, file_row_number=true)")
 
 
-def _require_rows(con, staged: Staged, view: str) -> None:
-    n = con.execute(f"SELECT count(*) FROM {view}").fetchone()[0]
+def _require_rows(con: duckdb.DuckDBPyConnection, staged: Staged, view: str) -> None:
+    n = _one(con, f"SELECT count(*) FROM {view}")[0]
     staged.n_rows = int(n)
     staged.reject_long_lines()
     if n == 0 and not staged.rejects:
@@ -208,7 +215,7 @@ def _require_rows(con, staged: Staged, view: str) -> None:
                          line=2 if staged.raw.header else 1)
 
 
-def _dedupe(con, staged: Staged, view: str, keys: list[str], problems: _Problems, table: str,
+def _dedupe(con: duckdb.DuckDBPyConnection, staged: Staged, view: str, keys: list[str], problems: _Problems, table: str,
             what: str, field_name: str) -> None:
     """Rows repeating an earlier row's ``keys`` go to temp table ``table`` (rn); the first one is kept."""
     key = ", ".join(keys)
@@ -230,9 +237,9 @@ def _dedupe(con, staged: Staged, view: str, keys: list[str], problems: _Problems
              ranked AS (SELECT rn, {key}, row_number() OVER (PARTITION BY {key} ORDER BY rn) AS k,
                                min(rn) OVER (PARTITION BY {key}) AS first_rn FROM cand)
         SELECT rn, first_rn, {key} FROM ranked WHERE k > 1""")
-    n, first_row = con.execute(f"SELECT count(*), min(rn) FROM {table}").fetchone()
+    n, first_row = _one(con, f"SELECT count(*), min(rn) FROM {table}")
     if n:
-        row = con.execute(f"SELECT first_rn, {key} FROM {table} WHERE rn = ?", [first_row]).fetchone()
+        row = _one(con, f"SELECT first_rn, {key} FROM {table} WHERE rn = ?", [first_row])
         values = ", ".join(f"{k}={excerpt(v, 30)}" for k, v in zip(keys, row[1:]))
         problems.add(int(n), staged.line_of(int(first_row)), field_name,
                      f"duplicate {what} ({values}) already on line {staged.line_of(int(row[0]))}")
@@ -266,9 +273,13 @@ def load_dataset(path: str | Path, *, workdir: str | Path, columns: ColumnMappin
         InputError: naming file, line (1-based, header = 1) and field of the first bad row.
 
     Example:
-        >>> ds = load_dataset("data/ml-latest-small", workdir="work")   # doctest: +SKIP
-        >>> ds.name, ds.rating_scale
-        ('ml-latest-small', (0.5, 5.0))
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     _ = (Path(tmp) / "log.csv").write_text("user,item,stars,when\\n7,42,4.5,2020-01-31\\n")
+        ...     ds = load_dataset(Path(tmp) / "log.csv", workdir=Path(tmp) / "work",
+        ...                       columns=ColumnMapping("user", "item", "when", rating_col="stars"))
+        ...     ds.name, ds.rating_scale, ds.ratings.name
+        ('custom', (4.5, 4.5), 'ratings.parquet')
     """
     path, workdir = Path(path), Path(workdir)
     layout = detect(path, columns, Path(items_path) if items_path is not None else None)
@@ -300,7 +311,7 @@ def load_dataset(path: str | Path, *, workdir: str | Path, columns: ColumnMappin
                    skipped_rows=result["skipped"])
 
 
-def _convert(con, layout: Layout, scratch: Path, skip: bool) -> dict:
+def _convert(con: duckdb.DuckDBPyConnection, layout: Layout, scratch: Path, skip: bool) -> dict[str, Any]:
     skipped: dict[str, int] = {}
 
     def prep(raw: RawFile) -> RawFile:
@@ -314,7 +325,7 @@ def _convert(con, layout: Layout, scratch: Path, skip: bool) -> dict:
 
     # items first: ratings are checked against them
     has_items = layout.items is not None
-    if has_items:
+    if layout.items is not None:
         items_raw = prep(layout.items)
         staged = stage(con, items_raw, _items_select(layout), scratch / "items_stage.parquet", "items")
         _stage_view(con, staged, "items_v")
@@ -339,14 +350,14 @@ def _convert(con, layout: Layout, scratch: Path, skip: bool) -> dict:
     _dedupe(con, staged, "ratings_v", ["user_id", "item_id", "timestamp"], problems, "ratings_dup",
             "(user, item, timestamp)", m.time_col)
     exclude = ["bad IS NULL"]
-    if con.execute("SELECT count(*) FROM ratings_dup").fetchone()[0]:
+    if _one(con, "SELECT count(*) FROM ratings_dup")[0]:
         exclude.append("rn NOT IN (SELECT rn FROM ratings_dup)")
-    if has_items:
+    if layout.items is not None:
         con.execute("""CREATE TEMP TABLE ratings_unknown AS SELECT r.rn, r.item_id FROM ratings_v r
                        ANTI JOIN items_ok i ON r.item_id = i.item_id WHERE r.bad IS NULL""")
-        n, first_row = con.execute("SELECT count(*), min(rn) FROM ratings_unknown").fetchone()
+        n, first_row = _one(con, "SELECT count(*), min(rn) FROM ratings_unknown")
         if n:
-            item = con.execute("SELECT item_id FROM ratings_unknown WHERE rn = ?", [first_row]).fetchone()[0]
+            item = _one(con, "SELECT item_id FROM ratings_unknown WHERE rn = ?", [first_row])[0]
             problems.add(int(n), staged.line_of(int(first_row)), m.item_col,
                          f"unknown item {item}: not in {layout.items.path.name}")
             exclude.append("rn NOT IN (SELECT rn FROM ratings_unknown)")
@@ -356,7 +367,7 @@ def _convert(con, layout: Layout, scratch: Path, skip: bool) -> dict:
     where = " AND ".join(exclude)
     con.execute(f"COPY (SELECT user_id, item_id, rating, label, timestamp FROM ratings_v WHERE {where}) "
                 f"TO {sql_str(scratch / 'ratings.parquet')} (FORMAT parquet, COMPRESSION zstd)")
-    n_out = con.execute(f"SELECT count(*) FROM read_parquet({sql_str(scratch / 'ratings.parquet')})").fetchone()[0]
+    n_out = _one(con, f"SELECT count(*) FROM read_parquet({sql_str(scratch / 'ratings.parquet')})")[0]
     if n_out == 0:
         raise InputError("no valid ratings left after skipping bad rows", path=ratings_raw.path)
 
@@ -382,7 +393,7 @@ def _convert(con, layout: Layout, scratch: Path, skip: bool) -> dict:
     if m.rating_col is None:
         scale = None
     elif scale is None:
-        lo, hi = con.execute(f"SELECT min(rating), max(rating) FROM "
-                             f"read_parquet({sql_str(scratch / 'ratings.parquet')})").fetchone()
+        lo, hi = _one(con, f"SELECT min(rating), max(rating) FROM "
+                             f"read_parquet({sql_str(scratch / 'ratings.parquet')})")
         scale = (float(lo), float(hi))
     return {"scale": scale, "skipped": skipped}

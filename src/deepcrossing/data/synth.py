@@ -77,8 +77,10 @@ def generate(n_ratings: int, out_dir: str | Path, *, seed: int = 0, n_movies: in
         chunk: ratings generated and written per step (peak memory ~ a few hundred bytes x chunk).
 
     Example:
-        >>> folder = generate(10_000, "synthetic", seed=1)   # doctest: +SKIP
-        >>> (folder / "ratings.csv").read_text().splitlines()[0]
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     folder = generate(10_000, Path(tmp) / "synthetic", seed=1)
+        ...     (folder / "ratings.csv").read_text().splitlines()[0]
         'userId,movieId,rating,timestamp'
     """
     if n_ratings < 1000:
