@@ -162,15 +162,13 @@ def parse_fractions(text: str) -> tuple[float, ...]:
 
 def model_folder(value: Path | None) -> Path | None:
     """A typer callback for ``--model``: a model folder written by ``deepcrossing train`` (not missing, not a
-    file, not a samples folder), checked by :func:`deepcrossing.training.artifact.require_model_dir`."""
+    file, not a samples folder), checked by :func:`deepcrossing.training.artifact.require_model_dir` before any
+    other work; its :class:`InputError` (which names the folder) is the one-line error."""
     if value is None:
         return value
     from deepcrossing.training.artifact import require_model_dir
 
-    try:
-        require_model_dir(value)
-    except InputError as exc:
-        raise typer.BadParameter(str(exc)) from None
+    require_model_dir(value)
     return value
 
 
