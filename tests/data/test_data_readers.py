@@ -185,6 +185,12 @@ BAD_CASES = [
     ("duplicate", "1,1,4.0,10\n2,1,3.0,10\n1,1,2.0,10\n", 4, "timestamp", "already on line 2"),
     ("unknown item", "1,1,4.0,10\n1,99,3.0,11\n", 3, "movieId", "unknown item 99"),
     ("bad user id", "x,1,4.0,10\n1,2,3.0,11\n", 2, "userId", "not an integer user id"),
+    ("fractional item id", "1,1,4.0,10\n1,2.5,3.0,11\n", 3, "movieId", "not an integer item id: '2.5'"),
+    ("fractional timestamp", "1,1,4.0,10\n1,2,3.0,11.5\n", 3, "timestamp", "not an integer"),
+    ("millisecond timestamp", "1,1,4.0,10\n1,2,3.0,964982703000\n", 3, "timestamp", "looks like milliseconds"),
+    ("timestamp 1e17", "1,1,4.0,10\n1,2,3.0,100000000000000000\n", 3, "timestamp", "out of range"),
+    ("huge user id", "1,1,4.0,10\n99999999999999999999,2,3.0,11\n", 3, "userId", "not an integer user id"),
+    ("long value quoted short", "1,1,4.0,10\n1,2," + "x" * 5000 + ",11\n", 3, "rating", "(5,000 characters)"),
 ]
 
 
@@ -320,3 +326,55 @@ def test_blank_lines_do_not_shift_line_numbers(tmp_path: Path) -> None:
     assert err.value.line == 4 and "malformed" in err.value.message
     ds = load_dataset(folder, workdir=tmp_path / "w", skip_bad_rows=True)
     assert ds.skipped_rows == {"ratings.csv": 2} and rows(ds.ratings) == [(1, 1, 4.0, None, 10)]
+
+
+# ------------------------------------------------------------------ hostile input (issue 8)
+
+
+def test_a_custom_rating_column_holding_times_is_refused(tmp_path: Path) -> None:
+    log = write(tmp_path, "log.csv", "u,i,r,t\n1,1,964982703,4\n1,2,964982704,3\n")
+    mapping = ColumnMapping("u", "i", "t", rating_col="r")  # ratings and times swapped
+    with pytest.raises(InputError) as err:
+        load_dataset(log, workdir=tmp_path / "w", columns=mapping)
+    assert (err.value.line, err.value.field) == (2, "r") and "not a rating" in err.value.message
+    log = write(tmp_path, "log.csv", "u,i,r,t\n1,1,4.5,964982703\n1,2,-2,964982704\n")  # any scale is fine
+    assert load_dataset(log, workdir=tmp_path / "w", columns=mapping).rating_scale == (-2.0, 4.5)
+
+
+def test_custom_times_must_be_whole_seconds(tmp_path: Path) -> None:
+    log = write(tmp_path, "log.csv", "u,i,r,t\n1,1,4,964982703\n1,2,3,3.5\n")
+    with pytest.raises(InputError) as err:
+        load_dataset(log, workdir=tmp_path / "w", columns=ColumnMapping("u", "i", "t", rating_col="r"))
+    assert (err.value.line, err.value.field) == (3, "t") and "'3.5'" in err.value.message
+
+
+def test_items_file_checked(csv_release: Path, tmp_path: Path) -> None:
+    log = write(tmp_path, "log.csv", "u,i,r,t\n1,1,4,964982703\n")
+    mapping = ColumnMapping("u", "i", "t", rating_col="r")
+    with pytest.raises(InputError, match="no such items file"):
+        load_dataset(log, workdir=tmp_path / "w", columns=mapping, items_path=tmp_path / "nope.csv")
+    with pytest.raises(InputError, match="--items is for your own logs"):
+        load_dataset(csv_release, workdir=tmp_path / "w", items_path=log)
+
+
+def test_overlong_header_is_refused_without_reading_it_all(tmp_path: Path) -> None:
+    log = tmp_path / "one-line.csv"
+    log.write_bytes(b"userId,movieId,rating,timestamp" + b",x" * (2 << 20))  # 4 MiB, no newline
+    with pytest.raises(InputError) as err:
+        load_dataset(log, workdir=tmp_path / "w")
+    assert err.value.line == 1 and "longer than 1,048,576 bytes" in err.value.message
+    assert len(str(err.value)) < 300
+
+
+def test_a_line_longer_than_duckdbs_buffer_is_reported_not_dropped(tmp_path: Path) -> None:
+    folder = tmp_path / "ml"
+    write(folder, "movies.csv", MOVIES_CSV)
+    ratings = folder / "ratings.csv"
+    ratings.write_bytes(b"userId,movieId,rating,timestamp\n1,1,4.0,10\n1,2,4.0," + b"9" * (40 << 20)
+                        + b"\n2,1,3.0,12\n2,2,x,13\n")
+    with pytest.raises(InputError) as err:
+        load_dataset(folder, workdir=tmp_path / "w")
+    assert (err.value.line, "longer than") == (3, "longer than") and "longer than" in err.value.message
+    ds = load_dataset(folder, workdir=tmp_path / "w", skip_bad_rows=True)
+    assert ds.skipped_rows == {"ratings.csv": 2}   # the long line and the 'x' rating on line 5
+    assert rows(ds.ratings) == [(1, 1, 4.0, None, 10), (2, 1, 3.0, None, 12)]

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import math
 import os
 import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
 
-from deepcrossing.errors import DeepCrossingError
+from deepcrossing.errors import DeepCrossingError, InputError
+
+T = TypeVar("T")
+INT64 = {"min": -(2**63), "max": 2**63 - 1}   # typer.Option(**INT64): ids that fit the stores' BIGINT
+PORT = {"min": 1, "max": 65535}
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+DEVICES = ("cpu", "cuda", "auto")
+FEATURE_CONFIG = "deepcrossing.features.config:FeatureConfig"   # for checked_by (imported when used)
+TRAIN_CONFIG = "deepcrossing.config:TrainConfig"
 
 app = typer.Typer(
     help="Deep Crossing (Embedding+MLP) recommender: data -> samples -> model -> service.",
@@ -57,6 +69,117 @@ def set_threads(threads: int | None) -> None:
 
     n = threads or max(1, min(os.cpu_count() or 1, 8))
     torch.set_num_threads(n)
+
+
+# ---- flag validation: typer callbacks, so a bad value is a one-line usage error before any work starts
+
+
+def _resolve(ref: Any) -> Any:
+    """``"package.module:NAME"`` -> that object, imported only when a command runs (keeps ``--help`` fast)."""
+    if not isinstance(ref, str):
+        return ref
+    import importlib
+
+    module, name = ref.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def one_of(*allowed: str, source: str | None = None) -> Callable[[str | None], str | None]:
+    """A typer callback accepting only ``allowed`` values, or those of the tuple ``source`` names
+    (``"package.module:NAME"``, the library's own list); ``None`` (an unset option) passes.
+
+    Example:
+        >>> try:
+        ...     one_of("cpu", "cuda")("gpu")
+        ... except typer.BadParameter as exc:
+        ...     print(exc)
+        must be one of cpu, cuda, not 'gpu'
+        >>> one_of(source="deepcrossing.config:MLPS")("plain")
+        'plain'
+    """
+
+    def check(value: str | None) -> str | None:
+        choices = tuple(_resolve(source)) if source is not None else allowed
+        if value is not None and value not in choices:
+            raise typer.BadParameter(f"must be one of {', '.join(choices)}, not {value[:40]!r}")
+        return value
+
+    return check
+
+
+def checked_by(factory: Callable[..., object] | str, key: str,
+               parse: Callable[[Any], Any] | None = None) -> Callable[[T], T]:
+    """A typer callback that validates a value the way the library does: by building ``factory(**{key: v})``.
+
+    The config classes are the one place that knows a field's valid range; the CLI reuses their check (and
+    their message) instead of writing a second copy of it.
+
+    Args:
+        factory: a config class whose other fields all have defaults (``TrainConfig``, ``FeatureConfig``, ...),
+            or its ``"package.module:NAME"`` (imported when the command runs).
+        key: the field the option sets.
+        parse: turns the option's text into the field's value first (e.g. ``--fractions 0.8,0.1,0.1``).
+
+    Example:
+        >>> from deepcrossing.config import TrainConfig
+        >>> try:
+        ...     checked_by(TrainConfig, "epochs")(0)
+        ... except typer.BadParameter as exc:
+        ...     print(exc)
+        must be >= 1, not 0
+    """
+
+    def check(value: T) -> T:
+        if value is None:
+            return value
+        cls = _resolve(factory)
+        try:
+            cls(**{key: parse(value) if parse is not None else value})
+        except InputError as exc:
+            message = exc.message.split(": ", 1)[1] if exc.message.startswith(cls.__name__ + ".") \
+                else exc.message
+            raise typer.BadParameter(message) from None
+        return value
+
+    return check
+
+
+def parse_fractions(text: str) -> tuple[float, ...]:
+    """``"0.8,0.1,0.1"`` -> ``(0.8, 0.1, 0.1)``; a one-line error for anything that is not numbers.
+
+    Example:
+        >>> parse_fractions("0.8, 0.1,0.1")
+        (0.8, 0.1, 0.1)
+    """
+    try:
+        shares = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"must be three numbers like 0.8,0.1,0.1, not {text[:40]!r}") from None
+    if not all(math.isfinite(x) for x in shares):
+        raise typer.BadParameter(f"must be finite numbers, not {text[:40]!r}")
+    return shares
+
+
+def model_folder(value: Path | None) -> Path | None:
+    """A typer callback for ``--model``: a model folder written by ``deepcrossing train`` (not missing, not a
+    file, not a samples folder), checked by :func:`deepcrossing.training.artifact.require_model_dir` before any
+    other work; its :class:`InputError` (which names the folder) is the one-line error."""
+    if value is None:
+        return value
+    from deepcrossing.training.artifact import require_model_dir
+
+    require_model_dir(value)
+    return value
+
+
+def not_a_file(value: Path | None) -> Path | None:
+    """A typer callback for an output folder: an existing *file* there is refused (never replaced by a folder).
+
+    Whether an existing folder may be written into is the command's own (output-ownership) check.
+    """
+    if value is not None and value.exists() and not value.is_dir():
+        raise typer.BadParameter(f"{value} is a file; give a folder (it is created when missing)")
+    return value
 
 
 # ---- verbs are registered below, one section per pipeline stage ----

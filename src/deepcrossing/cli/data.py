@@ -34,7 +34,7 @@ def data_download(
 
 @data_app.command("synth")
 def data_synth(
-    ratings: Annotated[int, typer.Option("--ratings", help="number of ratings (10k .. 20M+)")] = 100_000,
+    ratings: Annotated[int, typer.Option("--ratings", min=1000, help="number of ratings (10k .. 20M+)")] = 100_000,
     out_dir: Annotated[Path, typer.Option(
         "--out", help="output folder: new, empty or a previous synthetic folder (replaced atomically)")]
         = Path("synthetic"),
@@ -62,7 +62,8 @@ def data_info(
     rating_col: Annotated[str | None, typer.Option(help="your logs: rating column")] = None,
     label_col: Annotated[str | None, typer.Option(help="your logs: 0/1 label column")] = None,
     time_col: Annotated[str | None, typer.Option(help="your logs: time column (unix s or ISO)")] = None,
-    items: Annotated[Path | None, typer.Option(help="your logs: items file (CSV/Parquet)")] = None,
+    items: Annotated[Path | None, typer.Option(exists=True, dir_okay=False,
+                                                     help="your logs: items file (CSV/Parquet)")] = None,
     skip_bad_rows: Annotated[bool, typer.Option(help="skip and count bad rows instead of failing")] = False,
 ) -> None:
     """Detect the layout, validate, and print counts, time range and rating distribution."""

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from deepcrossing.cli.common import app, console, out
+from deepcrossing.cli.common import FEATURE_CONFIG, app, checked_by, console, one_of, out, parse_fractions
 from deepcrossing.errors import DeepCrossingError
 
 
@@ -16,11 +16,20 @@ def prepare_cmd(
     data: Annotated[Path, typer.Option("--data", help="MovieLens folder (any release) or your own log file/folder.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder: new, empty or a previous samples folder "
                                                        "(replaced as a whole at the end).")],
-    fmt: Annotated[str, typer.Option("--format", help="parquet (our schema) or sparrow (SparrowRecSys CSV).")] = "parquet",
-    label_threshold: Annotated[float, typer.Option(help="rating >= this is a positive.")] = 3.5,
-    recent_n: Annotated[int, typer.Option(help="N of userRecentPositives (last N positive movies).")] = 10,
-    split: Annotated[str, typer.Option(help="time (global timestamp quantiles) or random (seeded).")] = "time",
-    fractions: Annotated[str, typer.Option(help="train,valid,test shares.")] = "0.8,0.1,0.1",
+    fmt: Annotated[str, typer.Option(
+        "--format", callback=one_of(source="deepcrossing.features.samples:FORMATS"),
+        help="parquet (our schema) or sparrow (SparrowRecSys CSV).")] = "parquet",
+    label_threshold: Annotated[float, typer.Option(
+        callback=checked_by(FEATURE_CONFIG, "label_threshold"), help="rating >= this is a positive.")] = 3.5,
+    recent_n: Annotated[int, typer.Option(
+        callback=checked_by(FEATURE_CONFIG, "recent_n"),
+        help="N of userRecentPositives (last N positive movies).")] = 10,
+    split: Annotated[str, typer.Option(
+        callback=checked_by(FEATURE_CONFIG, "split"),
+        help="time (global timestamp quantiles) or random (seeded).")] = "time",
+    fractions: Annotated[str, typer.Option(
+        callback=checked_by(FEATURE_CONFIG, "fractions", parse_fractions),
+        help="train,valid,test shares.")] = "0.8,0.1,0.1",
     seed: Annotated[int, typer.Option(help="Seed of the random split.")] = 0,
     skip_bad_rows: Annotated[bool, typer.Option(help="Skip and count bad input rows instead of failing.")] = False,
     user_col: Annotated[str | None, typer.Option(help="Your log: user id column.")] = None,
@@ -28,7 +37,8 @@ def prepare_cmd(
     rating_col: Annotated[str | None, typer.Option(help="Your log: rating column.")] = None,
     label_col: Annotated[str | None, typer.Option(help="Your log: explicit 0/1 label column.")] = None,
     time_col: Annotated[str | None, typer.Option(help="Your log: time column (unix seconds or ISO).")] = None,
-    items: Annotated[Path | None, typer.Option(help="Your log: items file (id, title, genres, year).")] = None,
+    items: Annotated[Path | None, typer.Option(
+        exists=True, dir_okay=False, help="Your log: items file (id, title, genres, year).")] = None,
     overwrite: Annotated[bool, typer.Option(
         help="Write into a folder of other files; they are kept (a file of the same name is never replaced).")]
         = False,

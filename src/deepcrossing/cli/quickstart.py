@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from deepcrossing.cli.common import app, out
+from deepcrossing.cli.common import TRAIN_CONFIG, app, checked_by, out
 from deepcrossing.cli.prepare import prepare_cmd
 from deepcrossing.cli.serve import publish_cmd, recommend_cmd
 from deepcrossing.cli.train import evaluate, train
@@ -38,8 +38,9 @@ def quickstart(
         "--data", help="Rating logs to use (MovieLens folder of any release, or your own log with prepare's "
                        "options). Default: a downloaded MovieLens from the cache, else synthetic data.")] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Where everything goes.")] = Path("runs/quickstart"),
-    ratings: Annotated[int, typer.Option(help="Size of the synthetic default data.")] = 300_000,
-    epochs: Annotated[int | None, typer.Option(help="Override the spec's epochs (default: the spec's).")] = None,
+    ratings: Annotated[int, typer.Option(min=1000, help="Size of the synthetic default data.")] = 300_000,
+    epochs: Annotated[int | None, typer.Option(
+        callback=checked_by(TRAIN_CONFIG, "epochs"), help="Override the spec's epochs (default: the spec's).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic data and of training.")] = 0,
     overwrite: Annotated[bool, typer.Option(
         help="Write OUT/data, OUT/samples and OUT/model into folders of other files; those files are kept.")]

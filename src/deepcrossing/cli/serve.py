@@ -8,19 +8,21 @@ from typing import Annotated
 
 import typer
 
-from deepcrossing.cli.common import app, out, set_threads
+from deepcrossing.cli.common import INT64, LOG_LEVELS, PORT, app, model_folder, one_of, out, set_threads
 
 
 @app.command("publish")
 def publish_cmd(
-    model: Annotated[Path, typer.Option("--model", help="Model folder from `deepcrossing train`.")],
+    model: Annotated[Path, typer.Option("--model", callback=model_folder,
+                                        help="Model folder from `deepcrossing train`.")],
     data: Annotated[Path, typer.Option(
         "--data", help="The rating logs (MovieLens folder or log file), as for prepare.")],
     store: Annotated[str | None, typer.Option(
         "--store", help="sqlite:///path.db or redis://host:port/db (default: sqlite:///MODEL/features.db).")] = None,
-    candidates: Annotated[int, typer.Option(help="How many popular movies to keep as candidates.")] = 5000,
+    candidates: Annotated[int, typer.Option(min=1, help="How many popular movies to keep as candidates.")] = 5000,
     keep_previous: Annotated[float, typer.Option(
-        help="Seconds the previous version stays readable after the switch (running services move over).")] = 2.0,
+        min=0, help="Seconds the previous version stays readable after the switch (running services move "
+                    "over).")] = 2.0,
 ) -> None:
     """Compute each user's and movie's latest features and publish them as a new store version."""
     import time
@@ -60,15 +62,16 @@ def check_store(url: str) -> None:
 
 @app.command("serve")
 def serve_cmd(
-    model: Annotated[Path, typer.Option("--model", help="Model folder from `deepcrossing train`.")],
+    model: Annotated[Path, typer.Option("--model", callback=model_folder,
+                                        help="Model folder from `deepcrossing train`.")],
     store: Annotated[str | None, typer.Option(
         "--store", help="sqlite:///path.db or redis://host:port/db (default: sqlite:///MODEL/features.db).")] = None,
     host: Annotated[str, typer.Option(help="Address to bind (loopback unless you mean otherwise).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    port: Annotated[int, typer.Option(**PORT, help="TCP port (1..65535).")] = 8000,
     admin_token: Annotated[str | None, typer.Option(
         "--admin-token", envvar="DEEPCROSSING_ADMIN_TOKEN",
         help="Bearer token for /admin (required to use /admin when --host is not loopback).")] = None,
-    threads: Annotated[int, typer.Option(help="Torch intra-op threads for scoring, per worker.")] = 1,
+    threads: Annotated[int, typer.Option(min=1, help="Torch intra-op threads for scoring, per worker.")] = 1,
     workers: Annotated[int, typer.Option(
         min=1, help="Server processes (one per core is fastest; each loads the model and the store snapshot). "
                     "/admin/reload reaches all of them.")] = 1,
@@ -80,7 +83,7 @@ def serve_cmd(
                                    "for ~1 ms ranking calls; see ServingSettings).")] = False,
     backend: Annotated[str, typer.Option(
         help="torch, or onnx: ONNX Runtime for the per-candidate part of the fast path (onnx extra).")] = "torch",
-    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+    log_level: Annotated[str, typer.Option(callback=one_of(*LOG_LEVELS), help="uvicorn log level.")] = "warning",
 ) -> None:
     """Run the ranking service (FastAPI + uvicorn): /recommend, /score, /users, /movies, /metrics, web page."""
     import shutil
@@ -123,12 +126,13 @@ def serve_cmd(
 
 @app.command("recommend")
 def recommend_cmd(
-    model: Annotated[Path, typer.Option("--model", help="Model folder from `deepcrossing train`.")],
-    user: Annotated[int, typer.Option("--user", help="User id (unknown ids get cold-start features).")],
-    k: Annotated[int, typer.Option("-k", "--k", help="How many movies to list.")] = 10,
+    model: Annotated[Path, typer.Option("--model", callback=model_folder,
+                                        help="Model folder from `deepcrossing train`.")],
+    user: Annotated[int, typer.Option("--user", **INT64, help="User id (unknown ids get cold-start features).")],
+    k: Annotated[int, typer.Option("-k", "--k", min=1, help="How many movies to list.")] = 10,
     store: Annotated[str | None, typer.Option(
         "--store", help="sqlite:///path.db or redis://host:port/db (default: sqlite:///MODEL/features.db).")] = None,
-    candidates: Annotated[int, typer.Option(help="How many popular movies to rank.")] = 800,
+    candidates: Annotated[int, typer.Option(min=1, help="How many popular movies to rank.")] = 800,
 ) -> None:
     """Print the same top-k list the service returns, offline (no HTTP)."""
     from deepcrossing.serving.engine import Engine

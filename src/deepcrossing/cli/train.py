@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from deepcrossing.cli.common import app, console, out, pick_device, seed_everything, set_threads
+from deepcrossing.cli.common import DEVICES, TRAIN_CONFIG, app, checked_by, console, model_folder, not_a_file, \
+    one_of, out, pick_device, seed_everything, set_threads
 from deepcrossing.errors import DeepCrossingError
 
 if TYPE_CHECKING:
@@ -19,22 +20,28 @@ def train(
     samples: Annotated[Path | None, typer.Option(
         "--samples", help="Samples folder from `deepcrossing prepare` (train/valid/test .parquet or .csv).")] = None,
     out_dir: Annotated[Path, typer.Option(
-        "--out", help="Model folder to write: new, empty or a previous model folder (replaced as a whole, only "
-                      "when the new model is complete and loads).")] = Path("model"),
+        "--out", callback=not_a_file,
+        help="Model folder to write: new, empty or a previous model folder (replaced as a whole, only "
+             "when the new model is complete and loads).")] = Path("model"),
     spec: Annotated[str | None, typer.Option(
         "--spec", help="Spec file (TOML/JSON) or a built-in name: movielens, sparrow "
                        "(default: sparrow for .csv samples, else movielens).")] = None,
     train_file: Annotated[Path | None, typer.Option("--train", help="Train sample file (instead of --samples).")] = None,
     valid_file: Annotated[Path | None, typer.Option("--valid", help="Validation sample file.")] = None,
     test_file: Annotated[Path | None, typer.Option("--test", help="Test sample file (optional).")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Override the spec's train.epochs.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Override train.batch_size.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Override train.lr.")] = None,
+    epochs: Annotated[int | None, typer.Option(
+        callback=checked_by(TRAIN_CONFIG, "epochs"), help="Override the spec's train.epochs.")] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        callback=checked_by(TRAIN_CONFIG, "batch_size"), help="Override train.batch_size.")] = None,
+    lr: Annotated[float | None, typer.Option(
+        callback=checked_by(TRAIN_CONFIG, "lr"), help="Override train.lr.")] = None,
     seed: Annotated[int | None, typer.Option(help="Override train.seed (init, shuffling, dropout).")] = None,
-    mlp: Annotated[str | None, typer.Option(help="Override model.mlp: residual or plain.")] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto (cuda when available).")] = "auto",
+    mlp: Annotated[str | None, typer.Option(
+        callback=one_of(source="deepcrossing.config:MLPS"), help="Override model.mlp: residual or plain.")] = None,
+    device: Annotated[str, typer.Option(
+        callback=one_of(*DEVICES), help="cpu, cuda or auto (cuda when available).")] = "auto",
     threads: Annotated[int, typer.Option(
-        help="Intra-op threads. 1 is fastest for these small per-step ops on a busy 2-core machine; "
+        min=0, help="Intra-op threads. 1 is fastest for these small per-step ops on a busy 2-core machine; "
              "0 = one per core.")] = 1,
     resume: Annotated[bool, typer.Option(
         help="Continue after a kill from the checkpoint in .MODEL.work/ (next to the model folder).")] = False,
@@ -138,10 +145,13 @@ def _is_report(path: Path) -> bool:
 
 @app.command()
 def evaluate(
-    model: Annotated[Path, typer.Option("--model", help="Model folder written by `deepcrossing train`.")],
+    model: Annotated[Path, typer.Option("--model", callback=model_folder,
+                                        help="Model folder written by `deepcrossing train`.")],
     samples: Annotated[Path | None, typer.Option(
         "--samples", help="Samples folder from `deepcrossing prepare` (Parquet or --format sparrow CSV).")] = None,
-    split: Annotated[str, typer.Option("--split", help="Which split of --samples: train, valid or test.")] = "test",
+    split: Annotated[str, typer.Option(
+        "--split", callback=one_of(source="deepcrossing.training.evaluate:SPLITS"),
+        help="Which split of --samples: train, valid or test.")] = "test",
     file: Annotated[Path | None, typer.Option(
         "--file", help="Evaluate this sample file (Parquet or SparrowRecSys CSV) instead of --samples/--split.")] = None,
     out_path: Annotated[Path | None, typer.Option(
@@ -201,8 +211,10 @@ def evaluate(
 
 @app.command()
 def export(
-    model: Annotated[Path, typer.Option("--model", help="Model folder written by `deepcrossing train`.")],
-    fmt: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
+    model: Annotated[Path, typer.Option("--model", callback=model_folder,
+                                        help="Model folder written by `deepcrossing train`.")],
+    fmt: Annotated[str, typer.Option("--format", callback=one_of(source="deepcrossing.training.export:FORMATS"),
+                                      help="onnx or torchscript.")] = "onnx",
     out_file: Annotated[Path | None, typer.Option(
         "--out", help="Output file (default: MODEL/model.onnx or MODEL/model.torchscript.pt); its folder must "
                       "exist.")] = None,

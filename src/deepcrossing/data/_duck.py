@@ -17,7 +17,26 @@ import duckdb
 from deepcrossing.duck import connect, ident, sql_str
 from deepcrossing.errors import InputError
 
-__all__ = ["RawFile", "Staged", "connect", "ident", "read_header", "sql_str", "stage"]
+__all__ = ["MAX_LINE_BYTES", "RawFile", "Staged", "connect", "excerpt", "ident", "read_header", "sql_str", "stage"]
+
+MAX_LINE_BYTES = 1 << 20   # longer lines are malformed (a rating log's lines are ~30 bytes; titles < 1 KiB)
+EXCERPT_CHARS = 80
+
+
+def excerpt(value: object, limit: int = EXCERPT_CHARS) -> str:
+    """``repr`` of a value from a file, cut to about ``limit`` characters: error messages quote no more.
+
+    Example:
+        >>> excerpt("x" * 1000, 12)
+        "'xxxxxxxxx'... (1,000 characters)"
+        >>> excerpt("4.5")
+        "'4.5'"
+    """
+    text = str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:max(1, limit - 3)]!r}... ({len(text):,} characters)"
+
 
 
 @dataclass(frozen=True)
@@ -70,16 +89,36 @@ class Staged:
         found by one scan of the file, which only happens on the error path."""
         header = self.raw.header and not self.raw.is_parquet
         fast = row_to_line(row, header=header, rejected=[r[0] for r in self.rejects])
-        if self.raw.is_parquet:
-            return fast
-        if self._exact is None:
-            physical = count_lines(self.raw.read_path or self.raw.path)
-            expected = (1 if header else 0) + len(self.rejects) + (self.n_rows or 0)
-            self._exact = self.n_rows is not None and physical == expected
-        if self._exact:
+        if self.raw.is_parquet or self.exact:
             return fast
         return scan_line(self.raw.read_path or self.raw.path, row, header=header,
                          rejected={r[0] for r in self.rejects})
+
+    @property
+    def exact(self) -> bool:
+        """Whether every line of the text file is the header, a parsed row or a rejected line (one count of
+        its newlines; the first call after ``n_rows`` is set pays it)."""
+        if self._exact is None:
+            header = self.raw.header and not self.raw.is_parquet
+            physical = count_lines(self.raw.read_path or self.raw.path)
+            expected = (1 if header else 0) + len(self.rejects) + (self.n_rows or 0)
+            self._exact = self.n_rows is not None and physical == expected
+        return self._exact
+
+    def reject_long_lines(self) -> None:
+        """Add the lines longer than :data:`MAX_LINE_BYTES` that DuckDB dropped without a word to ``rejects``.
+
+        DuckDB records a long line as rejected only while it fits its read buffer; a longer one (tens of MB)
+        vanishes. When the lines do not add up, one scan of the file finds them (blank lines, also dropped,
+        are the other, harmless reason)."""
+        if self.raw.is_parquet or self.exact:
+            return
+        known = {r[0] for r in self.rejects}
+        found = [line for line in long_lines(self.raw.read_path or self.raw.path, MAX_LINE_BYTES)
+                 if line not in known]
+        if found:
+            self.rejects = sorted(self.rejects + [(line, "LINE SIZE OVER MAXIMUM", None, "") for line in found])
+            self._exact = None
 
     @property
     def reject_count(self) -> int:
@@ -94,6 +133,37 @@ def count_lines(path: Path) -> int:
             n += chunk.count(b"\n")
             last = chunk[-1:]
     return n + (last != b"\n")
+
+
+def long_lines(path: Path, limit: int) -> list[int]:
+    """1-based numbers of the lines of ``path`` longer than ``limit`` bytes (newline excluded), in 8 MiB
+    chunks with NumPy (no Python loop per line).
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     _ = (Path(d) / "f").write_bytes(b"ab\\n" + b"x" * 10 + b"\\nc\\n" + b"y" * 9)
+        ...     long_lines(Path(d) / "f", 8)
+        [2, 4]
+    """
+    import numpy as np
+
+    found: list[int] = []
+    line, run = 1, 0      # current line number, its length so far
+    with open(path, "rb") as handle:
+        while chunk := handle.read(8 << 20):
+            ends = np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == 10)
+            if ends.size == 0:
+                run += len(chunk)
+                continue
+            lengths = np.diff(ends, prepend=-1) - 1
+            lengths[0] += run
+            found.extend(int(line + k) for k in np.flatnonzero(lengths > limit))
+            line += int(ends.size)
+            run = len(chunk) - int(ends[-1]) - 1
+    if run > limit:
+        found.append(line)
+    return found
 
 
 def scan_line(path: Path, row: int, *, header: bool, rejected: set[int]) -> int:
@@ -132,10 +202,13 @@ def read_header(path: Path, delim: str | None = None) -> tuple[list[str], str]:
     """Read the header of a delimited text file; guess the delimiter among , tab ; | when not given.
 
     Raises:
-        InputError: the file is empty.
+        InputError: the file is empty, or its first line is longer than :data:`MAX_LINE_BYTES`.
     """
     with open(path, "rb") as handle:
-        first = handle.readline()
+        first = handle.readline(MAX_LINE_BYTES + 1)
+    if len(first) > MAX_LINE_BYTES:
+        raise InputError(f"line 1 is longer than {MAX_LINE_BYTES:,} bytes: not a header line (is this a rating "
+                         "log with line breaks?)", path=path, line=1)
     text = first.decode("utf-8", errors="replace").lstrip("\ufeff").rstrip("\r\n")
     if not text.strip():
         raise InputError("the file is empty (expected a header line)", path=path, line=1)
@@ -157,7 +230,7 @@ def scan_sql(raw: RawFile, rejects_table: str) -> str:
         f"read_csv({sql_str(raw.read_path or raw.path)}, header={str(raw.header).lower()}, "
         f"delim={sql_str(raw.delim)}, quote={quote}, escape={quote}, columns={columns}, auto_detect=false, "
         f"store_rejects=true, rejects_table={sql_str(rejects_table)}, "
-        f"rejects_scan={sql_str(rejects_table + '_scan')}, max_line_size=10000000)"
+        f"rejects_scan={sql_str(rejects_table + '_scan')}, max_line_size={MAX_LINE_BYTES})"
     )
 
 
@@ -175,7 +248,8 @@ def stage(con: duckdb.DuckDBPyConnection, raw: RawFile, select: str, out: Path, 
         con.execute(f"COPY (SELECT {select} FROM {scan_sql(raw, table)}) TO {sql_str(out)} "
                     "(FORMAT parquet, COMPRESSION snappy)")
     except duckdb.Error as exc:
-        raise InputError(f"cannot read the file: {str(exc).splitlines()[0]}", path=raw.path) from exc
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"cannot read the file: {first[:200]}", path=raw.path) from None
     rejects: list[tuple[int, str, str | None, str]] = []
     if not raw.is_parquet:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import duckdb
 
@@ -10,7 +11,7 @@ from deepcrossing.data._duck import sql_str
 from deepcrossing.data.schema import Dataset
 
 
-def summary(ds: Dataset) -> dict:
+def summary(ds: Dataset) -> dict[str, Any]:
     """Counts, time range and rating distribution of ``ds`` (one DuckDB pass over ratings.parquet).
 
     Example:
@@ -23,8 +24,8 @@ def summary(ds: Dataset) -> dict:
         r = sql_str(ds.ratings)
         n, users, items_rated, t0, t1, mean = con.execute(
             f"SELECT count(*), count(DISTINCT user_id), count(DISTINCT item_id), min(timestamp), max(timestamp), "
-            f"avg(rating) FROM read_parquet({r})").fetchone()
-        n_items = con.execute(f"SELECT count(*) FROM read_parquet({sql_str(ds.items)})").fetchone()[0]
+            f"avg(rating) FROM read_parquet({r})").fetchall()[0]
+        n_items = con.execute(f"SELECT count(*) FROM read_parquet({sql_str(ds.items)})").fetchall()[0][0]
         dist = con.execute(f"SELECT rating, count(*) FROM read_parquet({r}) WHERE rating IS NOT NULL "
                            "GROUP BY rating ORDER BY rating").fetchall()
         labels = con.execute(f"SELECT label, count(*) FROM read_parquet({r}) WHERE label IS NOT NULL "
@@ -42,7 +43,12 @@ def describe(ds: Dataset) -> str:
     s = summary(ds)
 
     def day(t: int | None) -> str:
-        return "-" if t is None else datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%d")
+        if t is None:
+            return "-"
+        try:
+            return datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%d")
+        except (OverflowError, OSError, ValueError):  # readers keep times within +-1e11 s; a hand-made file may not
+            return f"{t} (unix s)"
 
     lines = [f"dataset      {s['name']}",
              f"ratings      {s['ratings']:,}",

@@ -1,22 +1,13 @@
-"""Read rating logs in any supported layout and write the normalized Parquet files of :mod:`.schema`.
-
-Layouts (detected from the files in a folder):
-
-==================  =========================================================================================
-CSV releases        ml-latest-small, ml-latest, ml-20m, ml-25m, ml-32m: ``ratings.csv`` (userId, movieId,
-                    rating, timestamp), ``movies.csv`` (movieId, title, genres ``|``-separated), optional
-                    ``tags.csv`` and ``links.csv`` (checksummed, not read). Ratings 0.5..5.0.
-``::`` releases     ml-1m, ml-10m: ``ratings.dat``, ``movies.dat`` (latin-1 in ml-1m), ``users.dat`` (ml-1m).
-                    Ratings 1..5 in ml-1m (it has users.dat), 0.5..5.0 in ml-10m.
-ml-100k             ``u.data`` (tab: user item rating timestamp), ``u.item`` (``|``, latin-1, 19 genre flags),
-                    ``u.user``. Ratings 1..5.
-your own logs       a CSV or Parquet file (or a folder holding exactly one) and a :class:`ColumnMapping`;
-                    optionally an items file (CSV/Parquet: item id, optional title, genres, year).
-==================  =========================================================================================
+"""Read rating logs in any supported layout (see :mod:`.layouts`) and write the normalized Parquet files of
+:mod:`.schema`.
 
 Every file is scanned by DuckDB (2 threads, capped memory, spilling to ``workdir``) so a 25M-row ratings file
-converts in bounded memory. Bad rows raise :class:`~deepcrossing.errors.InputError` naming file, 1-based line
-(header = line 1) and field, or are skipped and counted with ``skip_bad_rows=True``.
+converts in bounded memory; lines longer than :data:`~deepcrossing.data._duck.MAX_LINE_BYTES` are malformed.
+Bad rows raise :class:`~deepcrossing.errors.InputError` naming file, 1-based line (header = line 1) and field,
+quoting at most a short excerpt of the value, or are skipped and counted with ``skip_bad_rows=True``.
+
+Times are unix seconds (or ISO dates in a person's own logs). A time of 1e11 or more (after the year 5138) is
+refused, as milliseconds when below 1e14: convert such a column to seconds first (the readers do not guess).
 """
 
 from __future__ import annotations
@@ -26,204 +17,37 @@ import os
 import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import duckdb
 import numpy as np
 
-from deepcrossing.data._duck import RawFile, Staged, connect, ident, read_header, sql_str, stage, transcode_if_needed
+from deepcrossing.data._duck import MAX_LINE_BYTES, RawFile, Staged, connect, excerpt, ident, sql_str, stage, \
+    transcode_if_needed
+from deepcrossing.data.layouts import ML100K_GENRES, MOVIELENS_CSV_MAPPING, ColumnMapping, Layout, detect
 from deepcrossing.data.schema import Dataset
 from deepcrossing.errors import InputError
 from deepcrossing.hashing import file_sha256
 
-ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
-                 "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",
-                 "Thriller", "War", "Western")
-MOVIELENS_SCALE = (0.5, 5.0)
-STAR_SCALE = (1.0, 5.0)
-_ITEM_ID_NAMES = ("item_id", "movieId", "itemId", "movie_id", "item", "id")
+__all__ = ["MAX_ABS_RATING", "MAX_SECONDS", "MOVIELENS_CSV_MAPPING", "ColumnMapping", "load_dataset"]
 
-
-@dataclass(frozen=True)
-class ColumnMapping:
-    """Which columns of a person's own log file hold user, item, rating or label, and time.
-
-    Args:
-        user_col: user id column (integers).
-        item_col: item id column (integers).
-        time_col: unix seconds (integers) or ISO dates / datetimes (``2020-01-31``, ``2020-01-31T12:00:00Z``).
-        rating_col: numeric rating column; give this or ``label_col`` (or both).
-        label_col: explicit 0/1 label column (label-only logs have rating NULL and rating_scale ``None``).
-        rating_scale: (min, max) of valid ratings; ``None`` accepts any finite rating and records the
-            observed range.
-
-    Example:
-        >>> ColumnMapping(user_col="uid", item_col="sku", time_col="ts", label_col="clicked")
-        ColumnMapping(user_col='uid', item_col='sku', time_col='ts', rating_col=None, label_col='clicked', rating_scale=None)
-    """
-
-    user_col: str
-    item_col: str
-    time_col: str
-    rating_col: str | None = None
-    label_col: str | None = None
-    rating_scale: tuple[float, float] | None = None
-
-    def __post_init__(self) -> None:
-        for key in ("user_col", "item_col", "time_col"):
-            value = getattr(self, key)
-            if not isinstance(value, str) or not value.strip():
-                raise InputError(f"{key} must be a non-empty column name, not {value!r}", field=key)
-        for key in ("rating_col", "label_col"):
-            value = getattr(self, key)
-            if value is not None and (not isinstance(value, str) or not value.strip()):
-                raise InputError(f"{key} must be a column name or None, not {value!r}", field=key)
-        if self.rating_col is None and self.label_col is None:
-            raise InputError("give rating_col or label_col (or both)", field="rating_col")
-        used = [c for c in (self.user_col, self.item_col, self.time_col, self.rating_col, self.label_col) if c]
-        if len(set(used)) != len(used):
-            raise InputError(f"the mapped columns must be distinct, got {used}", field="columns")
-        if self.rating_scale is not None:
-            lo, hi = self.rating_scale
-            if not (isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and lo < hi):
-                raise InputError(f"rating_scale must be (min, max) with min < max, not {self.rating_scale!r}",
-                                 field="rating_scale")
-
-    @property
-    def columns(self) -> tuple[str, ...]:
-        return tuple(c for c in (self.user_col, self.item_col, self.rating_col, self.label_col, self.time_col)
-                     if c)
-
-
-MOVIELENS_CSV_MAPPING = ColumnMapping(user_col="userId", item_col="movieId", time_col="timestamp",
-                                      rating_col="rating", rating_scale=MOVIELENS_SCALE)
-
-
-@dataclass
-class _Layout:
-    name: str
-    ratings: RawFile
-    mapping: ColumnMapping
-    time_iso: bool = False
-    items: RawFile | None = None
-    items_kind: str = "csv"          # csv | dat | 100k | custom
-    users: RawFile | None = None
-    users_kind: str = "dat"          # dat | 100k
-    checksum_only: list[Path] = field(default_factory=list)
-
-
-# ---------------------------------------------------------------- layout detection
-
-
-def _single_data_file(folder: Path) -> Path | None:
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in (".csv", ".parquet", ".pq",
-                                                                                       ".tsv"))
-    return files[0] if len(files) == 1 else None
-
-
-def _find_layout_root(folder: Path) -> Path:
-    """The folder itself, or its single sub-folder when it only wraps one (an unzipped release)."""
-    markers = ("ratings.csv", "ratings.dat", "u.data")
-    if any((folder / m).exists() for m in markers):
-        return folder
-    subs = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    if len(subs) == 1 and any((subs[0] / m).exists() for m in markers):
-        return subs[0]
-    return folder
-
-
-def _header_raw(path: Path, required: list[str], *, delim: str | None = None) -> RawFile:
-    if not path.exists():
-        raise InputError("file not found", path=path)
-    if path.suffix.lower() in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
-
-        try:
-            names = pq.read_schema(path).names
-        except Exception as exc:
-            raise InputError(f"not a readable Parquet file ({exc})", path=path) from exc
-        raw = RawFile(path=path, names=tuple(names))
-    else:
-        names, delim = read_header(path, delim)
-        raw = RawFile(path=path, names=tuple(names), delim=delim)
-    for col in required:
-        if col not in raw.names:
-            raise InputError(f"missing column {col!r} (columns are: {', '.join(raw.names)})", path=path, line=1,
-                             field=col)
-    return raw
-
-
-_ML_TYPES = {"userId": "BIGINT", "movieId": "BIGINT", "rating": "DOUBLE", "timestamp": "BIGINT"}
-
-
+MAX_SECONDS = 10**11       # unix seconds below this (year 5138); 1e11..1e14 is a time in milliseconds
+MAX_ABS_RATING = 10**4     # a rating column with larger values holds something else (timestamps, ids)
 _CAST_WHY = {"userId": "not an integer user id", "movieId": "not an integer item id", "rating": "not a number",
              "timestamp": "not an integer (unix seconds)"}
-
-
-def _typed(raw: RawFile) -> RawFile:
-    """MovieLens ratings: let the CSV reader parse the numbers (bad values are rejected with line + column)."""
-    return dataclasses.replace(raw, types=tuple(_ML_TYPES.get(n, "VARCHAR") for n in raw.names))
-
-
-def _detect(path: Path, columns: ColumnMapping | None, items_path: Path | None) -> _Layout:
-    if not path.exists():
-        raise InputError("no such file or folder", path=path)
-    if path.is_dir():
-        root = _find_layout_root(path)
-        name = root.name if root.name.startswith("ml-") else "movielens"
-        if (root / "synth.json").exists():
-            name = "synthetic"
-        if columns is None and (root / "ratings.csv").exists():
-            return _Layout(
-                name=name, mapping=MOVIELENS_CSV_MAPPING,
-                ratings=_typed(_header_raw(root / "ratings.csv", list(MOVIELENS_CSV_MAPPING.columns), delim=",")),
-                items=_header_raw(root / "movies.csv", ["movieId", "title", "genres"], delim=","),
-                checksum_only=[p for p in (root / "tags.csv", root / "links.csv") if p.exists()])
-        if columns is None and (root / "ratings.dat").exists():
-            has_users = (root / "users.dat").exists()
-            scale = STAR_SCALE if has_users else MOVIELENS_SCALE
-            names = ("userId", "movieId", "rating", "timestamp")
-            return _Layout(
-                name=name if name != "movielens" else ("ml-1m" if has_users else "ml-10m"),
-                mapping=ColumnMapping("userId", "movieId", "timestamp", rating_col="rating", rating_scale=scale),
-                ratings=_typed(RawFile(root / "ratings.dat", names, header=False, delim="::", quote="")),
-                items=RawFile(root / "movies.dat", ("movieId", "title", "genres"), header=False, delim="::",
-                              quote=""), items_kind="dat",
-                users=RawFile(root / "users.dat", ("userId", "gender", "age", "occupation", "zip"), header=False,
-                              delim="::", quote="") if has_users else None, users_kind="dat",
-                checksum_only=[p for p in (root / "tags.dat",) if p.exists()])
-        if columns is None and (root / "u.data").exists():
-            item_names = ("movieId", "title", "release", "video", "url") + tuple(f"g{i}" for i in range(19))
-            return _Layout(
-                name="ml-100k",
-                mapping=ColumnMapping("userId", "movieId", "timestamp", rating_col="rating", rating_scale=STAR_SCALE),
-                ratings=_typed(RawFile(root / "u.data", ("userId", "movieId", "rating", "timestamp"),
-                                       header=False, delim="\t", quote="")),
-                items=RawFile(root / "u.item", item_names, header=False, delim="|", quote=""), items_kind="100k",
-                users=RawFile(root / "u.user", ("userId", "age", "gender", "occupation", "zip"), header=False,
-                              delim="|", quote="") if (root / "u.user").exists() else None, users_kind="100k")
-        single = _single_data_file(root)
-        if single is None:
-            raise InputError("cannot tell the layout: expected ratings.csv + movies.csv, ratings.dat + movies.dat, "
-                             "u.data + u.item, or exactly one CSV/Parquet log file with a column mapping",
-                             path=path)
-        path = single
-    mapping = columns or MOVIELENS_CSV_MAPPING
-    raw = _header_raw(path, list(mapping.columns))
-    layout = _Layout(name="custom", ratings=raw, mapping=mapping, time_iso=True)
-    if items_path is not None:
-        items_path = Path(items_path)
-        names = _header_raw(items_path, []).names
-        id_col = next((c for c in (mapping.item_col,) + _ITEM_ID_NAMES if c in names), None)
-        if id_col is None:
-            raise InputError(f"the items file needs an item id column ({mapping.item_col} or item_id or movieId)",
-                             path=items_path, line=1, field=mapping.item_col)
-        layout.items = _header_raw(items_path, [id_col])
-        layout.items_kind = "custom:" + id_col
-    return layout
+# a whole number written as text ("42", "-7", "42.0"): ids and unix times must be integral, never rounded
+_INTEGRAL = r"^\s*[+-]?[0-9]+(\.0*)?\s*$"
 
 
 # ---------------------------------------------------------------- SQL pieces
+
+
+def _one(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> tuple[Any, ...]:
+    """The one row of a query that always returns one (an aggregate, or a row known to exist)."""
+    row = con.execute(sql, params).fetchone()
+    assert row is not None, sql
+    return row
 
 
 def _bad_case(checks: list[tuple[str, str, str, str]]) -> tuple[str, str]:
@@ -235,17 +59,19 @@ def _bad_case(checks: list[tuple[str, str, str, str]]) -> tuple[str, str]:
     return f"CASE {field_case} END", f"CASE {value_case} END"
 
 
-def _ratings_select(layout: _Layout) -> str:
+def _ratings_select(layout: Layout) -> str:
     m = layout.mapping
     u, i, t = ident(m.user_col), ident(m.item_col), ident(m.time_col)
+    strict = layout.time_iso  # a person's own log: text columns, parsed here (MovieLens's are typed by the scan)
+    user_expr, item_expr = _integer(u, strict), _integer(i, strict)
     if layout.time_iso:
-        time_expr = f"COALESCE(TRY_CAST({t} AS BIGINT), CAST(epoch(TRY_CAST({t} AS TIMESTAMPTZ)) AS BIGINT))"
+        time_expr = f"COALESCE({_integer(t, strict)}, CAST(epoch(TRY_CAST({t} AS TIMESTAMPTZ)) AS BIGINT))"
         time_why = "not unix seconds or an ISO date/datetime"
     else:
-        time_expr = f"TRY_CAST({t} AS BIGINT)"
+        time_expr = _integer(t, strict)
         time_why = "not an integer (unix seconds)"
-    checks = [(f"TRY_CAST({u} AS BIGINT) IS NULL", m.user_col, m.user_col, "not an integer user id"),
-              (f"TRY_CAST({i} AS BIGINT) IS NULL", m.item_col, m.item_col, "not an integer item id")]
+    checks = [(f"{user_expr} IS NULL", m.user_col, m.user_col, "not an integer user id"),
+              (f"{item_expr} IS NULL", m.item_col, m.item_col, "not an integer item id")]
     rating_expr, label_expr = "CAST(NULL AS DOUBLE)", "CAST(NULL AS TINYINT)"
     if m.rating_col:
         r = ident(m.rating_col)
@@ -256,21 +82,38 @@ def _ratings_select(layout: _Layout) -> str:
             lo, hi = m.rating_scale
             checks.append((f"{rating_expr} < {lo} OR {rating_expr} > {hi}", m.rating_col,
                            m.rating_col, f"outside the rating scale {lo:g}..{hi:g}"))
+        else:
+            checks.append((f"NOT ({rating_expr} BETWEEN {-MAX_ABS_RATING} AND {MAX_ABS_RATING})", m.rating_col,
+                           m.rating_col, f"not a rating (beyond +-{MAX_ABS_RATING:,}): is this the rating "
+                                         "column?"))
     if m.label_col:
         lab = ident(m.label_col)
         label_expr = f"CAST(TRY_CAST({lab} AS INTEGER) AS TINYINT)"
         checks.append((f"TRY_CAST({lab} AS INTEGER) IS NULL OR TRY_CAST({lab} AS INTEGER) NOT IN (0, 1)",
                        m.label_col, m.label_col, "not a 0/1 label"))
     checks.append((f"{time_expr} IS NULL", m.time_col, m.time_col, time_why))
+    checks.append((f"{time_expr} BETWEEN {MAX_SECONDS} AND {MAX_SECONDS * 1000 - 1}", m.time_col, m.time_col,
+                   f"looks like milliseconds (unix seconds are below {MAX_SECONDS:.0e}, the year 5138): convert "
+                   "the column to seconds (divide by 1000)"))
+    checks.append((f"NOT ({time_expr} BETWEEN {-MAX_SECONDS} AND {MAX_SECONDS})", m.time_col, m.time_col,
+                   f"out of range: unix seconds must be within +-{MAX_SECONDS:.0e} (the year 5138)"))
     bad_field, bad_value = _bad_case(checks)
-    return (f"TRY_CAST({u} AS BIGINT) AS user_id, TRY_CAST({i} AS BIGINT) AS item_id, {rating_expr} AS rating, "
+    return (f"{user_expr} AS user_id, {item_expr} AS item_id, {rating_expr} AS rating, "
             f"{label_expr} AS label, {time_expr} AS timestamp, {bad_field} AS bad, {bad_value} AS bad_value")
+
+
+def _integer(col: str, strict: bool) -> str:
+    """SQL for an integer column, NULL unless it holds a whole number (``3.5`` is refused, never rounded):
+    ``strict`` for text, else a DOUBLE column parsed by the scan."""
+    if not strict:
+        return f"CASE WHEN {col} = trunc({col}) THEN TRY_CAST({col} AS BIGINT) END"
+    return f"CASE WHEN regexp_matches(CAST({col} AS VARCHAR), {sql_str(_INTEGRAL)}) THEN TRY_CAST({col} AS BIGINT) END"
 
 
 _YEAR_SQL = r"TRY_CAST(regexp_extract({t}, '\((\d{{4}})\)\s*$', 1) AS INTEGER)"
 
 
-def _items_select(layout: _Layout) -> str:
+def _items_select(layout: Layout) -> str:
     raw = layout.items
     assert raw is not None
     kind = layout.items_kind
@@ -299,7 +142,7 @@ def _genre_list(col: str) -> str:
             f"ELSE list_filter(list_transform(string_split({col}, '|'), lambda x: trim(x)), lambda x: x <> '') END")
 
 
-def _users_select(layout: _Layout) -> str:
+def _users_select(layout: Layout) -> str:
     bad_field, bad_value = _bad_case([("TRY_CAST(\"userId\" AS BIGINT) IS NULL", "userId",
                                        "userId", "not an integer user id")])
     return ("TRY_CAST(\"userId\" AS BIGINT) AS user_id, \"gender\" AS gender, TRY_CAST(\"age\" AS INTEGER) AS age, "
@@ -332,7 +175,7 @@ class _Problems:
             raise InputError(message + extra, path=self.staged.raw.path, line=line, field=field_name)
 
 
-def _collect_basic(con, staged: Staged, view: str, problems: _Problems) -> None:
+def _collect_basic(con: duckdb.DuckDBPyConnection, staged: Staged, view: str, problems: _Problems) -> None:
     """Malformed lines (from DuckDB's rejects) and rows whose fields failed to parse or validate."""
     raw = staged.raw
     if staged.rejects:
@@ -342,34 +185,37 @@ def _collect_basic(con, staged: Staged, view: str, problems: _Problems) -> None:
             k = raw.names.index(column)
             value = fields[k] if k < len(fields) else ""
             why = _CAST_WHY.get(column, "not a number")
-            problems.add(len(staged.rejects), line, column, f"{why}: {value!r}" if value else f"{why}: <empty>")
+            problems.add(len(staged.rejects), line, column, f"{why}: {excerpt(value)}" if value else f"{why}: <empty>")
+        elif kind == "LINE SIZE OVER MAXIMUM":
+            problems.add(len(staged.rejects), line, None, f"malformed line: longer than {MAX_LINE_BYTES:,} bytes")
         else:
             expected = len(raw.names)
             found = len(text.split(raw.delim)) if text else 0
             problems.add(len(staged.rejects), line, None,
                          f"malformed line: expected {expected} fields separated by {raw.delim!r}, found {found}")
-    n_bad, first_row = con.execute(f"SELECT count(*), min(rn) FROM {view} WHERE bad IS NOT NULL").fetchone()
+    n_bad, first_row = _one(con, f"SELECT count(*), min(rn) FROM {view} WHERE bad IS NOT NULL")
     if n_bad:
-        bad, value = con.execute(f"SELECT bad, bad_value FROM {view} WHERE rn = ?", [first_row]).fetchone()
+        bad, value = _one(con, f"SELECT bad, bad_value FROM {view} WHERE rn = ?", [first_row])
         fld, why = bad.split("|", 1)
-        shown = "<empty>" if value is None or value == "" else repr(value)
+        shown = "<empty>" if value is None or value == "" else excerpt(value)
         problems.add(int(n_bad), staged.line_of(int(first_row)), fld, f"{why}: {shown}")
 
 
-def _stage_view(con, staged: Staged, view: str) -> None:
+def _stage_view(con: duckdb.DuckDBPyConnection, staged: Staged, view: str) -> None:
     con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT file_row_number AS rn, * "
                 f"FROM read_parquet({sql_str(staged.stage)}, file_row_number=true)")
 
 
-def _require_rows(con, staged: Staged, view: str) -> None:
-    n = con.execute(f"SELECT count(*) FROM {view}").fetchone()[0]
+def _require_rows(con: duckdb.DuckDBPyConnection, staged: Staged, view: str) -> None:
+    n = _one(con, f"SELECT count(*) FROM {view}")[0]
     staged.n_rows = int(n)
+    staged.reject_long_lines()
     if n == 0 and not staged.rejects:
         raise InputError("the file has no data rows", path=staged.raw.path,
                          line=2 if staged.raw.header else 1)
 
 
-def _dedupe(con, staged: Staged, view: str, keys: list[str], problems: _Problems, table: str,
+def _dedupe(con: duckdb.DuckDBPyConnection, staged: Staged, view: str, keys: list[str], problems: _Problems, table: str,
             what: str, field_name: str) -> None:
     """Rows repeating an earlier row's ``keys`` go to temp table ``table`` (rn); the first one is kept."""
     key = ", ".join(keys)
@@ -391,10 +237,10 @@ def _dedupe(con, staged: Staged, view: str, keys: list[str], problems: _Problems
              ranked AS (SELECT rn, {key}, row_number() OVER (PARTITION BY {key} ORDER BY rn) AS k,
                                min(rn) OVER (PARTITION BY {key}) AS first_rn FROM cand)
         SELECT rn, first_rn, {key} FROM ranked WHERE k > 1""")
-    n, first_row = con.execute(f"SELECT count(*), min(rn) FROM {table}").fetchone()
+    n, first_row = _one(con, f"SELECT count(*), min(rn) FROM {table}")
     if n:
-        row = con.execute(f"SELECT first_rn, {key} FROM {table} WHERE rn = ?", [first_row]).fetchone()
-        values = ", ".join(f"{k}={v}" for k, v in zip(keys, row[1:]))
+        row = _one(con, f"SELECT first_rn, {key} FROM {table} WHERE rn = ?", [first_row])
+        values = ", ".join(f"{k}={excerpt(v, 30)}" for k, v in zip(keys, row[1:]))
         problems.add(int(n), staged.line_of(int(first_row)), field_name,
                      f"duplicate {what} ({values}) already on line {staged.line_of(int(row[0]))}")
 
@@ -427,12 +273,16 @@ def load_dataset(path: str | Path, *, workdir: str | Path, columns: ColumnMappin
         InputError: naming file, line (1-based, header = 1) and field of the first bad row.
 
     Example:
-        >>> ds = load_dataset("data/ml-latest-small", workdir="work")   # doctest: +SKIP
-        >>> ds.name, ds.rating_scale   # doctest: +SKIP
-        ('ml-latest-small', (0.5, 5.0))
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     _ = (Path(tmp) / "log.csv").write_text("user,item,stars,when\\n7,42,4.5,2020-01-31\\n")
+        ...     ds = load_dataset(Path(tmp) / "log.csv", workdir=Path(tmp) / "work",
+        ...                       columns=ColumnMapping("user", "item", "when", rating_col="stars"))
+        ...     ds.name, ds.rating_scale, ds.ratings.name
+        ('custom', (4.5, 4.5), 'ratings.parquet')
     """
     path, workdir = Path(path), Path(workdir)
-    layout = _detect(path, columns, Path(items_path) if items_path is not None else None)
+    layout = detect(path, columns, Path(items_path) if items_path is not None else None)
     workdir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".load-", dir=workdir))
     sources = [f.path for f in (layout.ratings, layout.items, layout.users) if f is not None]
@@ -461,7 +311,7 @@ def load_dataset(path: str | Path, *, workdir: str | Path, columns: ColumnMappin
                    skipped_rows=result["skipped"])
 
 
-def _convert(con, layout: _Layout, scratch: Path, skip: bool) -> dict:
+def _convert(con: duckdb.DuckDBPyConnection, layout: Layout, scratch: Path, skip: bool) -> dict[str, Any]:
     skipped: dict[str, int] = {}
 
     def prep(raw: RawFile) -> RawFile:
@@ -475,7 +325,7 @@ def _convert(con, layout: _Layout, scratch: Path, skip: bool) -> dict:
 
     # items first: ratings are checked against them
     has_items = layout.items is not None
-    if has_items:
+    if layout.items is not None:
         items_raw = prep(layout.items)
         staged = stage(con, items_raw, _items_select(layout), scratch / "items_stage.parquet", "items")
         _stage_view(con, staged, "items_v")
@@ -500,14 +350,14 @@ def _convert(con, layout: _Layout, scratch: Path, skip: bool) -> dict:
     _dedupe(con, staged, "ratings_v", ["user_id", "item_id", "timestamp"], problems, "ratings_dup",
             "(user, item, timestamp)", m.time_col)
     exclude = ["bad IS NULL"]
-    if con.execute("SELECT count(*) FROM ratings_dup").fetchone()[0]:
+    if _one(con, "SELECT count(*) FROM ratings_dup")[0]:
         exclude.append("rn NOT IN (SELECT rn FROM ratings_dup)")
-    if has_items:
+    if layout.items is not None:
         con.execute("""CREATE TEMP TABLE ratings_unknown AS SELECT r.rn, r.item_id FROM ratings_v r
                        ANTI JOIN items_ok i ON r.item_id = i.item_id WHERE r.bad IS NULL""")
-        n, first_row = con.execute("SELECT count(*), min(rn) FROM ratings_unknown").fetchone()
+        n, first_row = _one(con, "SELECT count(*), min(rn) FROM ratings_unknown")
         if n:
-            item = con.execute("SELECT item_id FROM ratings_unknown WHERE rn = ?", [first_row]).fetchone()[0]
+            item = _one(con, "SELECT item_id FROM ratings_unknown WHERE rn = ?", [first_row])[0]
             problems.add(int(n), staged.line_of(int(first_row)), m.item_col,
                          f"unknown item {item}: not in {layout.items.path.name}")
             exclude.append("rn NOT IN (SELECT rn FROM ratings_unknown)")
@@ -517,7 +367,7 @@ def _convert(con, layout: _Layout, scratch: Path, skip: bool) -> dict:
     where = " AND ".join(exclude)
     con.execute(f"COPY (SELECT user_id, item_id, rating, label, timestamp FROM ratings_v WHERE {where}) "
                 f"TO {sql_str(scratch / 'ratings.parquet')} (FORMAT parquet, COMPRESSION zstd)")
-    n_out = con.execute(f"SELECT count(*) FROM read_parquet({sql_str(scratch / 'ratings.parquet')})").fetchone()[0]
+    n_out = _one(con, f"SELECT count(*) FROM read_parquet({sql_str(scratch / 'ratings.parquet')})")[0]
     if n_out == 0:
         raise InputError("no valid ratings left after skipping bad rows", path=ratings_raw.path)
 
@@ -543,7 +393,7 @@ def _convert(con, layout: _Layout, scratch: Path, skip: bool) -> dict:
     if m.rating_col is None:
         scale = None
     elif scale is None:
-        lo, hi = con.execute(f"SELECT min(rating), max(rating) FROM "
-                             f"read_parquet({sql_str(scratch / 'ratings.parquet')})").fetchone()
+        lo, hi = _one(con, f"SELECT min(rating), max(rating) FROM "
+                             f"read_parquet({sql_str(scratch / 'ratings.parquet')})")
         scale = (float(lo), float(hi))
     return {"scale": scale, "skipped": skipped}

@@ -90,8 +90,9 @@ def generate(n_ratings: int, out_dir: str | Path | Reservation, *, seed: int = 0
 
     Example:
         >>> import tempfile
-        >>> folder = generate(10_000, Path(tempfile.mkdtemp()) / "synthetic", seed=1)
-        >>> (folder / "ratings.csv").read_text().splitlines()[0]
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     folder = generate(10_000, Path(tmp) / "synthetic", seed=1)
+        ...     (folder / "ratings.csv").read_text().splitlines()[0]
         'userId,movieId,rating,timestamp'
     """
     if n_ratings < 1000:
