@@ -9,12 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from deepcrossing._version import __version__
 from deepcrossing.errors import DeepCrossingError, InputError
 
 if TYPE_CHECKING:
     from deepcrossing.training.artifact import LoadedModel
-
-__version__ = "0.1.0"
 
 __all__ = ["DeepCrossingError", "InputError", "__version__", "load"]
 

@@ -45,8 +45,9 @@ def connect(temp_dir: Path | None = None, *, threads: int | None = None, memory_
         memory_limit: e.g. "1500MB" (default ``$DEEPCROSSING_DUCKDB_MEMORY`` or 1500MB).
         preserve_order: keep insertion order (line numbers of raw files need it; bulk SQL is faster without).
     """
-    config: dict[str, str | bool | int | float | list[str]] = {"threads": threads or THREADS, "memory_limit": memory_limit or MEMORY_LIMIT,
-                                           "preserve_insertion_order": preserve_order}
+    config: dict[str, str | bool | int | float | list[str]] = {
+        "threads": threads or THREADS, "memory_limit": memory_limit or MEMORY_LIMIT,
+        "preserve_insertion_order": preserve_order}
     if temp_dir is not None:
         temp_dir.mkdir(parents=True, exist_ok=True)
         config["temp_directory"] = str(temp_dir)

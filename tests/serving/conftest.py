@@ -130,7 +130,6 @@ def build_loaded(samples_dir: Path, mlp: str = "residual", seed: int = 0, steps:
     import torch
 
     from deepcrossing.config import Feature, FeatureSpec, ModelConfig, load_builtin
-
     from deepcrossing.encoding.encoder import Encoder
     from deepcrossing.model.deep_crossing import DeepCrossing
 

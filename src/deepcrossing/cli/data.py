@@ -12,7 +12,8 @@ from deepcrossing.cli.common import console, data_app, out
 
 @data_app.command("download")
 def data_download(
-    name: Annotated[str, typer.Argument(help="ml-latest-small, ml-latest, ml-100k, ml-1m, ml-10m, ml-20m, ml-25m, ml-32m")],
+    name: Annotated[str, typer.Argument(
+        help="ml-latest-small, ml-latest, ml-100k, ml-1m, ml-10m, ml-20m, ml-25m, ml-32m")],
     cache: Annotated[Path | None, typer.Option(help="cache folder [default: $DEEPCROSSING_HOME/datasets or "
                                                        "~/.cache/deepcrossing/datasets]")] = None,
     base_url: Annotated[str, typer.Option(help="where <name>.zip and <name>.zip.md5 live")] =

@@ -26,7 +26,8 @@ def train(
     spec: Annotated[str | None, typer.Option(
         "--spec", help="Spec file (TOML/JSON) or a built-in name: movielens, sparrow "
                        "(default: sparrow for .csv samples, else movielens).")] = None,
-    train_file: Annotated[Path | None, typer.Option("--train", help="Train sample file (instead of --samples).")] = None,
+    train_file: Annotated[Path | None, typer.Option(
+        "--train", help="Train sample file (instead of --samples).")] = None,
     valid_file: Annotated[Path | None, typer.Option("--valid", help="Validation sample file.")] = None,
     test_file: Annotated[Path | None, typer.Option("--test", help="Test sample file (optional).")] = None,
     epochs: Annotated[int | None, typer.Option(
@@ -153,7 +154,8 @@ def evaluate(
         "--split", callback=one_of(source="deepcrossing.training.evaluate:SPLITS"),
         help="Which split of --samples: train, valid or test.")] = "test",
     file: Annotated[Path | None, typer.Option(
-        "--file", help="Evaluate this sample file (Parquet or SparrowRecSys CSV) instead of --samples/--split.")] = None,
+        "--file",
+        help="Evaluate this sample file (Parquet or SparrowRecSys CSV) instead of --samples/--split.")] = None,
     out_path: Annotated[Path | None, typer.Option(
         "--out", help="Where to write the metrics JSON (default: MODEL/metrics-<split>.json, "
                       "or MODEL/metrics-<file stem>.json with --file).")] = None,

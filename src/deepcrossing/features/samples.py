@@ -110,7 +110,8 @@ def build_samples(
         boundaries, share of valid/test users unseen in train, source checksums, features with types.
 
     Example:
-        >>> m = build_samples(load_dataset("ml-latest-small", workdir="w"), FeatureConfig(), "samples")  # doctest: +SKIP
+        >>> ds = load_dataset("ml-latest-small", workdir="w")                    # doctest: +SKIP
+        >>> m = build_samples(ds, FeatureConfig(), "samples")                     # doctest: +SKIP
         >>> m["splits"]["train"]["rows"]  # doctest: +SKIP
         80668
     """

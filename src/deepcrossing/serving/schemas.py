@@ -101,8 +101,8 @@ class Health(_Strict):
     status: str
 
 
-class Info(_Strict):
-    """GET /info: what is being served (``storeId``: the unique id of the store version)."""
+class _Served(_Strict):
+    """What is being served: the model folder and version, the store version and its unique id."""
 
     modelDir: str | None
     modelVersion: str | None
@@ -110,18 +110,17 @@ class Info(_Strict):
     storeId: str | None
     store: str
     storePublishedAt: float | None
+
+
+class Info(_Served):
+    """GET /info: what is being served (``storeId``: the unique id of the store version)."""
+
     exampleUsers: list[int] = []
 
 
-class Ready(_Strict):
+class Ready(_Served):
     """GET /readyz: 200 with ``ready: true``, or 503 with ``ready: false`` and the ``reason``."""
 
-    modelDir: str | None
-    modelVersion: str | None
-    storeVersion: int | None
-    storeId: str | None
-    store: str
-    storePublishedAt: float | None
     ready: bool
     reason: str | None = None
 

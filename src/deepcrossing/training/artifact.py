@@ -68,7 +68,7 @@ def save(model_dir: str | Path, model: DeepCrossing, encoder: Encoder, train_con
     Returns:
         ``model_dir`` as a Path.
     """
-    from deepcrossing import __version__
+    from deepcrossing._version import __version__
 
     extra = extra or {}
     unknown = set(extra) - {"metrics", "samples"}
@@ -145,10 +145,11 @@ def require_model_dir(path: str | Path) -> Path:
     The one "is this a model folder" check: the CLI, publishing and the service all call it.
 
     Example:
-        >>> require_model_dir("/nonexistent")
-        Traceback (most recent call last):
-        ...
-        deepcrossing.errors.InputError: /nonexistent: no such folder; give a model folder written by `deepcrossing train`
+        >>> try:
+        ...     require_model_dir("/nonexistent")
+        ... except InputError as exc:
+        ...     print(exc.message)
+        no such folder; give a model folder written by `deepcrossing train`
     """
     path = Path(path)
     hint = "give a model folder written by `deepcrossing train`"
