@@ -101,8 +101,8 @@ class SQLiteStore(FeatureStore):
         identity = self._file_identity()
         if identity is None:
             if self.readonly:
-                raise StoreError(f"{self.path} does not exist; run `deepcrossing publish` (a deleted store "
-                                 "file is never read through connections still open on it)")
+                # never read a deleted file through connections still open on it
+                raise StoreError(f"{self.path} does not exist; run `deepcrossing publish` to create it")
             if not self.path.parent.is_dir():
                 raise InputError(f"folder {self.path.parent} does not exist", path=self.path)
             with self._lock:  # a writer creates the file anew: drop connections to a deleted one
