@@ -166,7 +166,7 @@ def model_folder(value: Path | None) -> Path | None:
     other work; its :class:`InputError` (which names the folder) is the one-line error."""
     if value is None:
         return value
-    from deepcrossing.training.artifact import require_model_dir
+    from deepcrossing.training.model_dir import require_model_dir
 
     require_model_dir(value)
     return value

@@ -219,7 +219,7 @@ def publish_for_model(
     import tempfile
 
     from deepcrossing.data import load_dataset
-    from deepcrossing.training.artifact import require_model_dir
+    from deepcrossing.training.model_dir import require_model_dir
 
     model_dir = require_model_dir(model_dir)
     store_url = store_url or default_store_url(model_dir)

@@ -8,6 +8,21 @@ Public API:
     export_model(model_dir, "onnx" | "torchscript", out)
 """
 
-from deepcrossing.training.artifact import LoadedModel, load, save
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from deepcrossing.training.artifact import LoadedModel, load, save
 
 __all__ = ["LoadedModel", "load", "save"]
+
+
+def __getattr__(name: str) -> Any:
+    """``LoadedModel``, ``load`` and ``save`` on first use: importing a light submodule (``model_dir``) of this
+    package must not pull in PyTorch."""
+    if name in __all__:
+        from deepcrossing.training import artifact
+
+        return getattr(artifact, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

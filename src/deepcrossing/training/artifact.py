@@ -34,10 +34,12 @@ from deepcrossing.hashing import file_sha256
 from deepcrossing.model.deep_crossing import DeepCrossing
 from deepcrossing.outputs import OutputKind
 
-FORMAT = "deepcrossing-model"
+from deepcrossing.training.model_dir import FORMAT as FORMAT
+from deepcrossing.training.model_dir import MANIFEST as MANIFEST
+from deepcrossing.training.model_dir import WEIGHTS as WEIGHTS
+from deepcrossing.training.model_dir import require_model_dir as require_model_dir
+
 FORMAT_VERSION = 1
-WEIGHTS = "model.safetensors"
-MANIFEST = "manifest.json"
 MANIFEST_KEYS = {"format", "format_version", "package_version", "spec", "model_config", "train_config",
                  "encoder", "metrics", "samples", "weights_sha256"}
 #: Files of a model folder that deepcrossing writes: ``train`` (weights, manifest, metrics, plots, and the
@@ -136,40 +138,6 @@ class LoadedModel:
         out = [torch.sigmoid(self.logits(batch.slice(i, min(i + batch_size, len(batch)))))
                for i in range(0, len(batch), batch_size)]
         return (torch.cat(out) if out else torch.zeros(0)).numpy().astype(np.float32)
-
-
-def require_model_dir(path: str | Path) -> Path:
-    """``path`` if it is a model folder written by ``deepcrossing train`` (its manifest says so), else a one-line
-    :class:`InputError` that says what the folder is instead (missing, a file, a samples folder, ...).
-
-    The one "is this a model folder" check: the CLI, publishing and the service all call it.
-
-    Example:
-        >>> try:
-        ...     require_model_dir("/nonexistent")
-        ... except InputError as exc:
-        ...     print(exc.message)
-        no such folder; give a model folder written by `deepcrossing train`
-    """
-    path = Path(path)
-    hint = "give a model folder written by `deepcrossing train`"
-    if not path.exists():
-        raise InputError(f"no such folder; {hint}", path=path)
-    if not path.is_dir():
-        raise InputError(f"is a file, not a folder; {hint}", path=path)
-    manifest_path = path / MANIFEST
-    if not manifest_path.is_file():
-        raise InputError(f"not a model folder (no {MANIFEST}); {hint}", path=path)
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError, OSError) as exc:
-        raise InputError(f"not valid JSON ({str(exc)[:80]}); {hint}", path=manifest_path) from None
-    kind = manifest.get("format") if isinstance(manifest, dict) else None
-    if kind != FORMAT:
-        what = "a samples folder from `deepcrossing prepare`" if isinstance(manifest, dict) and "splits" in manifest \
-            else f"format {str(kind)[:40]!r}"
-        raise InputError(f"not a model folder ({what}); {hint}", path=path)
-    return path
 
 
 def load(model_dir: str | Path) -> LoadedModel:
