@@ -36,6 +36,8 @@ CASES = [
     (["serve", "--threads", "0", "--model", "{model}"], 2, "'--threads'"),
     (["serve", "--model", "/nonexistent"], 2, "/nonexistent: no such folder"),
     (["serve", "--model", "{file}"], 2, "is a file, not a folder"),
+    (["serve", "--webroot", "/nonexistent", "--model", "{model}"], 2, "'--webroot': /nonexistent: no such folder"),
+    (["serve", "--webroot", "{file}", "--model", "{model}"], 2, "is a file; give a folder"),
     # publish: a samples folder was published as a model; --candidates 0 published nothing, -1 crashed
     (["publish", "--model", "{samples}", "--data", "{log}"], 2, "a samples folder"),
     (["publish", "--candidates", "0", "--model", "{model}", "--data", "{log}"], 2, "'--candidates'"),

@@ -1,8 +1,9 @@
 """Fuzz the readers: malformed files of every layout either load or raise InputError, never anything else.
 
 Hypothesis writes small files (wrong field counts, junk and non-UTF-8 bytes, empty files, huge numbers, NaN,
-negative ids, missing headers, quotes, BOMs, other delimiters, overlong lines) in the MovieLens CSV, ``::``
-and ml-100k layouts and as a person's own log (+ items file), and calls :func:`load_dataset` on each folder.
+negative ids, missing headers, quotes, BOMs, other delimiters, overlong lines) in the MovieLens CSV (with or
+without links.csv), ``::`` and ml-100k layouts and as a person's own log (+ items file), and calls
+:func:`load_dataset` on each folder.
 1,200 examples of 1 to 3 files each write over 2,000 generated files (checked), in well under 90 s: the
 files are tiny and one workdir is reused. ``FUZZ_EXAMPLES=N`` runs more (or fewer) examples.
 """
@@ -69,6 +70,7 @@ def text_file(draw: st.DrawFn, n_fields: int, delim: str, header: str | None) ->
 
 GOOD_MOVIES = "movieId,title,genres\n1,A (1999),Drama\n2,B,Comedy|Drama\n3,C (2001),(no genres listed)\n"
 GOOD_RATINGS = "userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,2,3.5,964982704\n2,3,5.0,964982705\n"
+GOOD_LINKS = "movieId,imdbId,tmdbId\n1,0114709,862\n2,0113497,\n"
 ITEM_100K = "|".join(["1", "A (1999)", "01-Jan-1999", "", "http://x"] + ["0"] * 18 + ["1"]) + "\n"
 GOOD_DAT = "1::1::4::964982703\n1::2::3::964982704\n2::1::5::964982705\n"
 MOVIES_DAT = "1::Am\u00e9lie (2001)::Comedy|Romance\n2::B (1999)::Drama\n"
@@ -90,7 +92,8 @@ def release(draw: st.DrawFn) -> tuple[str, dict[str, bytes], ColumnMapping | Non
     kind = draw(st.sampled_from(["csv", "dat", "100k", "custom"]))
     wanted: list[tuple[str, int, str, str | None, str, str]] = {
         "csv": [("ratings.csv", 4, ",", "userId,movieId,rating,timestamp", GOOD_RATINGS, "utf-8"),
-                ("movies.csv", 3, ",", "movieId,title,genres", GOOD_MOVIES, "utf-8")],
+                ("movies.csv", 3, ",", "movieId,title,genres", GOOD_MOVIES, "utf-8"),
+                ("links.csv", 3, ",", "movieId,imdbId,tmdbId", GOOD_LINKS, "utf-8")],
         "dat": [("ratings.dat", 4, "::", None, GOOD_DAT, "utf-8"), ("movies.dat", 3, "::", None, MOVIES_DAT, "latin-1"),
                 ("users.dat", 5, "::", None, USERS_DAT, "utf-8")],
         "100k": [("u.data", 4, "\t", None, GOOD_DAT.replace("::", "\t"), "utf-8"),
@@ -101,7 +104,7 @@ def release(draw: st.DrawFn) -> tuple[str, dict[str, bytes], ColumnMapping | Non
     files: dict[str, bytes] = {}
     generated = 0
     for name, n_fields, delim, header, good, encoding in wanted:
-        if name in ("users.dat", "u.user", "items.csv") and draw(st.integers(0, 3)) == 0:
+        if name in ("users.dat", "u.user", "items.csv", "links.csv") and draw(st.integers(0, 3)) == 0:
             continue
         if kind == "custom" and name == "log.csv":
             delim = draw(st.sampled_from([",", "\t", ";", "|"]))

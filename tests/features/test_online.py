@@ -108,7 +108,10 @@ def test_online_records_by_hand(tmp_path):
     assert online_records(ds, history_n=0, max_candidates=10).candidates == [5, 2, 1, 4, 3]
     info = records.movie_info.to_pylist()
     assert [m["movieId"] for m in info] == [1, 2, 3, 4, 5] == records.movies.column("movieId").to_pylist()
-    assert info[0] == {"movieId": 1, "title": "Movie 1", "year": 1995, "genres": ["Comedy", "Drama"]}
+    assert info[0] == {"movieId": 1, "title": "Movie 1", "year": 1995, "genres": ["Comedy", "Drama"],
+                       "imdbId": None, "tmdbId": None, "ratingNumber": 2, "averageRating": 2.5,
+                       "topRatings": [{"userId": 1, "rating": 4.0, "timestamp": 10},
+                                      {"userId": 2, "rating": 1.0, "timestamp": 40}]}
     assert records.cold_user == cold_features("user") and records.cold_movie == cold_features("movie")
 
 
@@ -120,7 +123,8 @@ def test_online_records_without_history(tmp_path):
 
 @pytest.mark.parametrize("kwargs, field", [({"history_n": -1}, "history_n"), ({"max_candidates": 0}, "max_candidates"),
                                            ({"max_candidates": True}, "max_candidates"),
-                                           ({"history_n": 2.5}, "history_n")])
+                                           ({"history_n": 2.5}, "history_n"),
+                                           ({"user_ratings_n": -1}, "user_ratings_n")])
 def test_online_records_refuse_bad_sizes(tmp_path, kwargs, field):
     with pytest.raises(InputError, match=field) as err:
         online_records(write_dataset(tmp_path, RATINGS, ITEMS), **kwargs)

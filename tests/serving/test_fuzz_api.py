@@ -18,7 +18,11 @@ from deepcrossing.serving.settings import ServingSettings
 
 N_REQUESTS = 2000
 ROUTES = ["/recommend/{id}", "/score", "/users/{id}", "/movies/{id}", "/healthz", "/readyz", "/info", "/metrics",
-          "/admin/reload", "/", "/ui/", "/ui/app.js", "/docs", "/openapi.json"]
+          "/admin/reload", "/", "/ui/", "/ui/app.js", "/docs", "/openapi.json",
+          # the SparrowRecSys-compatible routes (their parameters come from the query: see queries())
+          "/getrecommendation", "/getrecforyou", "/getsimilarmovie", "/getmovie", "/getuser",
+          "/getmovie?id={id}", "/getuser?id={id}", "/getrecforyou?id={id}&size=5",
+          "/getsimilarmovie?movieId={id}&size=5", "/getrecommendation?genre={id}&size=5"]
 METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
 EDGE_INTS = [0, 1, -1, 5000, 5001, 100, 101, 2**31, 2**63 - 1, 2**63, -(2**63), -(2**63) - 1, 10**30, -(10**30)]
 
@@ -46,12 +50,14 @@ def paths(draw: st.DrawFn) -> str:
 
 @st.composite
 def queries(draw: st.DrawFn) -> str:
-    keys = st.one_of(st.sampled_from(["k", "candidates", "scorer", "neighbours", "user_id"]), text)
+    keys = st.one_of(st.sampled_from(["k", "candidates", "scorer", "neighbours", "user_id", "id", "size", "genre",
+                                      "sortby", "model", "movieId"]), text)
     pairs = draw(st.lists(st.tuples(keys, scalars), max_size=4))
     query = "&".join(f"{quote(k)}={quote(v)}" for k, v in pairs)
-    odd = draw(st.sampled_from(["", "&", "&&==", "k", "k=", "=1", "k=1&k=2", "scorer=plain", "scorer=fast&k=5"]))
-    joined = "&".join(p for p in (query, odd) if p)
-    return f"?{joined}" if joined else ""
+    odd = draw(st.sampled_from(["", "&", "&&==", "k", "k=", "=1", "k=1&k=2", "scorer=plain", "scorer=fast&k=5",
+                                "id=1&size=3", "genre=Drama&size=3&sortby=releaseYear", "model=emb", "model=nerualcf",
+                                "sortby=rating", "size=1000", "size=1001", "movieId=1&size=2", "genre=Drama"]))
+    return "&".join(p for p in (query, odd) if p)
 
 
 @st.composite
@@ -87,12 +93,13 @@ def test_http_api_fuzz(client):
     def one_request(method: str, path: str, query: str, body: dict) -> None:
         if method in ("GET", "HEAD", "OPTIONS", "DELETE") and body.get("content", b"")[:1] == b"{":
             body = {}
+        target = path + (("&" if "?" in path else "?") + query if query else "")
         try:
-            r = client.request(method, path + query, **body)
+            r = client.request(method, target, **body)
         except httpx.InvalidURL:
             reject()  # the client refuses to send it; nothing reached the service
         answered.append(r.status_code)
-        assert r.status_code < 500, (method, path + query, r.status_code, r.text[:300])
+        assert r.status_code < 500, (method, target, r.status_code, r.text[:300])
         if r.status_code >= 400 and method != "HEAD":
             assert r.headers["content-type"].startswith("application/json"), (method, path, r.text[:200])
             assert "error" in r.json()
@@ -100,3 +107,37 @@ def test_http_api_fuzz(client):
     one_request()
     assert len(answered) >= N_REQUESTS
     assert {200, 404, 405, 422} <= set(answered), sorted(set(answered))
+
+
+@pytest.fixture(scope="module")
+def webroot_client(models, sqlite_url, tmp_path_factory):
+    """The service with a webroot (serve --webroot): every path the routes do not take goes to the folder."""
+    root = tmp_path_factory.mktemp("webroot")
+    (root / "index.html").write_text("<html>home</html>")
+    (root / "sub").mkdir()
+    (root / "sub" / "page.html").write_text("<html>page</html>")
+    app = create_app(ServingSettings(models["root"] / "m0", sqlite_url, webroot=root))
+    with TestClient(app, raise_server_exceptions=True, follow_redirects=False) as c:
+        yield c
+
+
+def test_http_fuzz_with_a_webroot(webroot_client):
+    answered: list[int] = []
+    names = st.sampled_from(["", ".", "..", "sub", "page.html", "index.html", "%2e%2e", "..%2f", "getmovie", "%00"])
+
+    @settings(max_examples=400, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(method=st.sampled_from(METHODS), parts=st.lists(st.one_of(names, text.map(quote)), max_size=4),
+           query=queries())
+    def one_request(method: str, parts: list[str], query: str) -> None:
+        target = "/" + "/".join(parts) + (f"?{query}" if query else "")
+        try:
+            r = webroot_client.request(method, target)
+        except httpx.InvalidURL:
+            reject()
+        answered.append(r.status_code)
+        assert r.status_code < 500, (method, target, r.status_code, r.text[:300])
+        if r.status_code >= 400 and method != "HEAD":
+            assert r.headers["content-type"].startswith("application/json"), (method, target, r.text[:200])
+
+    one_request()
+    assert {200, 404, 405} <= set(answered), sorted(set(answered))

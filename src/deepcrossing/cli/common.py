@@ -182,4 +182,15 @@ def not_a_file(value: Path | None) -> Path | None:
     return value
 
 
+def existing_folder(value: Path | None) -> Path | None:
+    """A typer callback for an input folder (``serve --webroot``): it must exist and be a folder; resolved."""
+    if value is not None:
+        if not value.exists():
+            raise typer.BadParameter(f"{value}: no such folder")
+        if not value.is_dir():
+            raise typer.BadParameter(f"{value} is a file; give a folder")
+        value = value.resolve()
+    return value
+
+
 # ---- verbs are registered below, one section per pipeline stage ----

@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from deepcrossing.cli.common import INT64, LOG_LEVELS, PORT, app, model_folder, one_of, out, set_threads
+from deepcrossing.cli.common import INT64, LOG_LEVELS, PORT, app, existing_folder, model_folder, one_of, out, \
+    set_threads
 
 
 @app.command("publish")
@@ -84,8 +85,13 @@ def serve_cmd(
     backend: Annotated[str, typer.Option(
         help="torch, or onnx: ONNX Runtime for the per-candidate part of the fast path (onnx extra).")] = "torch",
     log_level: Annotated[str, typer.Option(callback=one_of(*LOG_LEVELS), help="uvicorn log level.")] = "warning",
+    webroot: Annotated[Path | None, typer.Option(
+        callback=existing_folder,
+        help="A folder of static pages to serve at / beside the API (e.g. your copy of SparrowRecSys's "
+             "webroot: its pages call /getrecforyou, /getmovie, ...).")] = None,
 ) -> None:
-    """Run the ranking service (FastAPI + uvicorn): /recommend, /score, /users, /movies, /metrics, web page."""
+    """Run the ranking service (FastAPI + uvicorn): /recommend, /score, /users, /movies, /metrics, web page,
+    and the SparrowRecSys-compatible /getrecommendation, /getrecforyou, /getsimilarmovie, /getmovie, /getuser."""
     import shutil
     import tempfile
 
@@ -101,10 +107,11 @@ def serve_cmd(
     control_dir = Path(tempfile.mkdtemp(prefix="deepcrossing-serve-")) if workers > 1 else None
     settings = ServingSettings(model_dir=model.resolve(), store_url=url, host=host, admin_token=admin_token,
                                backend=backend, threads=threads, workers=workers, control_dir=control_dir,
-                               score_in_threads=score_in_threads, user_cache=user_cache)
+                               score_in_threads=score_in_threads, user_cache=user_cache, webroot=webroot)
     procs = f" in {workers} worker processes" if workers > 1 else ""
-    out.print(f"serving {model} with store {url} on http://{host}:{port}/{procs} (web page: /ui/, metrics: "
-              "/metrics)", highlight=False, soft_wrap=True)
+    pages = f"{webroot} at /, web page: /ui/" if webroot else "web page: /ui/"
+    out.print(f"serving {model} with store {url} on http://{host}:{port}/{procs} ({pages}, metrics: /metrics)",
+              highlight=False, soft_wrap=True)
     if not settings.loopback and admin_token is None:
         out.print("note: /admin is refused on a non-loopback host without --admin-token", highlight=False,
                   soft_wrap=True)

@@ -3,7 +3,8 @@
 ==================  =========================================================================================
 CSV releases        ml-latest-small, ml-latest, ml-20m, ml-25m, ml-32m: ``ratings.csv`` (userId, movieId,
                     rating, timestamp), ``movies.csv`` (movieId, title, genres ``|``-separated), optional
-                    ``tags.csv`` and ``links.csv`` (checksummed, not read). Ratings 0.5..5.0.
+                    ``links.csv`` (movieId, imdbId, tmdbId: read into the items table as text, leading zeros
+                    kept) and ``tags.csv`` (checksummed, not read). Ratings 0.5..5.0.
 ``::`` releases     ml-1m, ml-10m: ``ratings.dat``, ``movies.dat`` (latin-1 in ml-1m), ``users.dat`` (ml-1m).
                     Ratings 1..5 in ml-1m (it has users.dat), 0.5..5.0 in ml-10m.
 ml-100k             ``u.data`` (tab: user item rating timestamp), ``u.item`` (``|``, latin-1, 19 genre flags),
@@ -123,7 +124,8 @@ class Release:
         users: the users file when the release may have one; ``users_kind``: ``dat`` or ``100k``.
         scale: the rating scale; ``scale_with_users`` overrides it when the users file exists (ml-1m).
         name: dataset name when the folder is not called ``ml-*``; ``name_with_users`` when it has users.
-        extra: files only checksummed (tags, links).
+        links: the optional links file (movieId, imdbId, tmdbId), read when present beside the movies file.
+        extra: files only checksummed (tags).
     """
 
     ratings: FileLayout
@@ -136,6 +138,7 @@ class Release:
     name: str = "movielens"
     name_with_users: str | None = None
     extra: tuple[str, ...] = ()
+    links: FileLayout | None = None
     folder_name: bool = True       # a folder called ml-* names the dataset
 
 
@@ -143,7 +146,7 @@ _DAT = {"delim": "::", "quote": ""}
 _PIPE = {"delim": "|", "quote": ""}
 RELEASES: tuple[Release, ...] = (
     Release(ratings=FileLayout("ratings.csv"), items=FileLayout("movies.csv"), items_kind="csv",
-            extra=("tags.csv", "links.csv")),
+            extra=("tags.csv",), links=FileLayout("links.csv")),
     Release(ratings=FileLayout("ratings.dat", RATING_NAMES, **_DAT),
             items=FileLayout("movies.dat", ("movieId", "title", "genres"), **_DAT), items_kind="dat",
             users=FileLayout("users.dat", ("userId", "gender", "age", "occupation", "zip"), **_DAT),
@@ -169,6 +172,7 @@ class Layout:
     items_kind: str = "csv"          # csv | dat | 100k | custom:<id column>
     users: RawFile | None = None
     users_kind: str = "dat"          # dat | 100k
+    links: RawFile | None = None     # movieId, imdbId, tmdbId (MovieLens CSV releases that have links.csv)
     checksum_only: list[Path] = field(default_factory=list)
 
 
@@ -235,6 +239,8 @@ def _release_layout(release: Release, root: Path) -> Layout:
         items=release.items.raw(root, ("movieId", "title", "genres")), items_kind=release.items_kind,
         users=release.users.raw(root) if has_users and release.users is not None else None,
         users_kind=release.users_kind,
+        links=release.links.raw(root, ("movieId", "imdbId", "tmdbId"))
+        if release.links is not None and (root / release.links.name).exists() else None,
         checksum_only=[root / n for n in release.extra if (root / n).exists()])
 
 

@@ -6,8 +6,10 @@ ratings.parquet  user_id BIGINT, item_id BIGINT, rating DOUBLE (NULL when the so
                  label TINYINT (NULL unless the source gave an explicit 0/1 label column),
                  timestamp BIGINT (unix seconds). No duplicate (user_id, item_id, timestamp).
 items.parquet    item_id BIGINT, title VARCHAR, year INTEGER (NULL when unknown), genres VARCHAR[]
-                 ("(no genres listed)" becomes an empty list). Every ratings.item_id is present here
-                 (readers synthesize a bare row, title NULL, for logs given without an items file).
+                 ("(no genres listed)" becomes an empty list), imdb_id VARCHAR, tmdb_id VARCHAR (from
+                 MovieLens's links.csv when present, as text: leading zeros kept; NULL otherwise). Every
+                 ratings.item_id is present here (readers synthesize a bare row, title NULL, for logs given
+                 without an items file).
 users.parquet    optional (ml-1m, ml-100k): user_id BIGINT, gender VARCHAR, age INTEGER, occupation VARCHAR,
                  zip VARCHAR.
 
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 RATINGS_COLUMNS = ("user_id", "item_id", "rating", "label", "timestamp")
-ITEMS_COLUMNS = ("item_id", "title", "year", "genres")
+ITEMS_COLUMNS = ("item_id", "title", "year", "genres", "imdb_id", "tmdb_id")
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,13 @@ them back):
 * the latest user and movie features: :func:`latest_features`, i.e. :func:`deepcrossing.features.sql.
   feature_sql` (the query that made the training samples) with one probe row per user and per movie at
   ``t_end = max(timestamp) + 1``, so a feature means online exactly what it meant in training;
-* per user: the recent history (last ``history_n`` ratings, most recent first, then smaller movie id) and the
-  sorted ids of every movie the user rated (excluded from that user's recommendations);
-* per movie: title, year and genres for display;
+* per user: the recent history (last ``history_n`` ratings, most recent first, then smaller movie id), the
+  sorted ids of every movie the user rated (excluded from that user's recommendations), and for display
+  (SparrowRecSys's User) the last ``user_ratings_n`` ratings and the count, mean, highest and lowest rating
+  over all of them;
+* per movie, for display: title, year, genres, IMDb and TMDB ids (MovieLens's links.csv), the number and
+  mean of all its ratings and its ten highest ratings (SparrowRecSys's Movie.topRatings: highest score
+  first, then most recent, then smaller user id);
 * candidates: the ``max_candidates`` most popular movies as of ``t_end``, by number of ratings, then average
   rating, then id (SparrowRecSys ranks its 800 candidates the same way, by popularity);
 * the cold-start records of an unknown user and an unknown movie (:func:`deepcrossing.features.columns.
@@ -47,6 +51,8 @@ from deepcrossing.features.sql import assemble, feature_sql
 
 DEFAULT_HISTORY_N = 20
 DEFAULT_MAX_CANDIDATES = 5000
+DEFAULT_USER_RATINGS_N = 1000   # ratings per user kept for display (SparrowRecSys's /getuser), most recent first
+TOP_RATINGS_N = 10              # a movie's highest ratings kept for display (SparrowRecSys's Movie.topRatings)
 
 
 @dataclass(frozen=True)
@@ -60,7 +66,13 @@ class OnlineRecords:
             movieId) and ``rated`` (``list<int64>``, every movie the user rated, sorted, distinct).
         movies: (M rows) :func:`~deepcrossing.features.movie_side_columns`, sorted by ``movieId``; every
             movie of the items file, rated or not.
-        movie_info: (M rows, the order of ``movies``) ``movieId``, ``title``, ``year``, ``genres``.
+        movie_info: (M rows, the order of ``movies``) ``movieId``, ``title``, ``year``, ``genres``,
+            ``imdbId`` and ``tmdbId`` (strings or null), ``ratingNumber`` (int64, 0 when unrated),
+            ``averageRating`` (double, null when unrated or label-only) and ``topRatings``
+            (``list<struct<userId int64, rating double, timestamp int64>>``, at most :data:`TOP_RATINGS_N`).
+        user_info: (U rows, the order of ``users``; empty when not computed) ``userId``, ``ratings`` (like
+            ``history``, at most ``user_ratings_n``), ``ratingCount``, ``averageRating``, ``highestRating``,
+            ``lowestRating`` (over all the user's ratings; null for label-only logs).
         candidates: (C,) movie ids, most popular first.
         t_end: the "now" of the features: the last rating's time + 1 (relative columns count from it).
         cold_user: the features of an unknown user (``userId`` None: put the id asked for).
@@ -73,6 +85,7 @@ class OnlineRecords:
     movie_info: pa.Table
     candidates: list[int]
     t_end: int
+    user_info: pa.Table = field(default_factory=lambda: pa.table({}))
     cold_user: dict[str, Any] = field(default_factory=lambda: cold_features("user"))
     cold_movie: dict[str, Any] = field(default_factory=lambda: cold_features("movie"))
 
@@ -83,6 +96,7 @@ def online_records(
     *,
     history_n: int = DEFAULT_HISTORY_N,
     max_candidates: int = DEFAULT_MAX_CANDIDATES,
+    user_ratings_n: int = DEFAULT_USER_RATINGS_N,
 ) -> OnlineRecords:
     """Compute the online records of every user and movie as of the end of the data.
 
@@ -91,46 +105,51 @@ def online_records(
         config: the :class:`FeatureConfig` the model's samples were built with (threshold, N, threads).
         history_n: ratings kept per user for display (>= 0).
         max_candidates: length of the candidate list (>= 1).
+        user_ratings_n: ratings kept per user for display in ``user_info`` (>= 0; the count and the mean,
+            highest and lowest rating are over all of them).
 
     Returns:
         :class:`OnlineRecords`.
 
     Raises:
-        InputError: a bad ``history_n`` / ``max_candidates``, a missing file or column, no ratings.
+        InputError: a bad ``history_n`` / ``max_candidates`` / ``user_ratings_n``, a missing file or column,
+            no ratings.
 
     Example:
         >>> r = online_records(dataset, history_n=5, max_candidates=100)   # doctest: +SKIP
         >>> r.histories.column("rated")[0]                                  # doctest: +SKIP
     """
     config = config or FeatureConfig()
-    for name, value, low in (("history_n", history_n, 0), ("max_candidates", max_candidates, 1)):
+    for name, value, low in (("history_n", history_n, 0), ("max_candidates", max_candidates, 1),
+                             ("user_ratings_n", user_ratings_n, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise InputError(f"{name} must be an integer >= {low}, not {value!r}", field=name)
     with connect(config) as con:
         register_inputs(con, dataset)
         users, movies, t_end = _latest(con, config)
-        histories = con.sql(
-            "SELECT user_id AS userId, "
-            "list({'movieId': item_id, 'rating': rating, 'timestamp': timestamp} "
-            f"ORDER BY timestamp DESC, item_id)[1:{history_n}] AS history, "
-            "list(DISTINCT item_id ORDER BY item_id) AS rated "
-            "FROM ratings_src WHERE user_id IS NOT NULL GROUP BY user_id ORDER BY user_id"
+        per_user = con.sql(
+            f"SELECT userId, all_ratings[1:{history_n}] AS history, rated, all_ratings[1:{user_ratings_n}] AS ratings, "
+            "ratingCount, averageRating, highestRating, lowestRating FROM ("
+            "SELECT user_id AS userId, list({'movieId': item_id, 'rating': rating, 'timestamp': timestamp} "
+            "ORDER BY timestamp DESC, item_id) AS all_ratings, list(DISTINCT item_id ORDER BY item_id) AS rated, "
+            "count(*) AS ratingCount, avg(rating) AS averageRating, max(rating) AS highestRating, "
+            "min(rating) AS lowestRating FROM ratings_src WHERE user_id IS NOT NULL GROUP BY user_id) "
+            "ORDER BY userId"
         ).to_arrow_table()
-        movie_info = con.sql(
-            f"SELECT item_id AS movieId, first({_title(con, dataset)}) AS title, first(year) AS year, "
-            f"first(genres) AS genres FROM read_parquet({sql_str(dataset.items)}) "
-            "WHERE item_id IS NOT NULL GROUP BY item_id ORDER BY item_id"
-        ).to_arrow_table()
+        con.execute("CREATE TEMP TABLE movie_stats AS SELECT item_id, COUNT(*) AS n, AVG(rating) AS avg "
+                    "FROM ratings_src GROUP BY item_id")
+        movie_info = con.sql(_movie_info_sql(con, dataset)).to_arrow_table()
         candidates = [int(r[0]) for r in con.execute(
-            "SELECT i.item_id FROM items_src i LEFT JOIN "
-            "(SELECT item_id, COUNT(*) AS n, AVG(rating) AS avg FROM ratings_src GROUP BY item_id) s "
-            "USING (item_id) "
+            "SELECT i.item_id FROM items_src i LEFT JOIN movie_stats s USING (item_id) "
             f"ORDER BY COALESCE(s.n, 0) DESC, s.avg DESC NULLS LAST, i.item_id LIMIT {max_candidates}"
         ).fetchall()]
+    histories = per_user.select(["userId", "history", "rated"])
+    user_info = per_user.select(["userId", "ratings", "ratingCount", "averageRating", "highestRating",
+                                 "lowestRating"])
     _check_aligned(users, histories, "userId")
     _check_aligned(movies, movie_info, "movieId")
     return OnlineRecords(users=users, histories=histories, movies=movies, movie_info=movie_info,
-                         candidates=candidates, t_end=t_end)
+                         candidates=candidates, t_end=t_end, user_info=user_info)
 
 
 def latest_features(dataset: Dataset, config: FeatureConfig | None = None) -> tuple[pa.Table, pa.Table]:
@@ -185,10 +204,34 @@ def _latest(con: duckdb.DuckDBPyConnection, config: FeatureConfig) -> tuple[pa.T
     return users, movies, t_end
 
 
-def _title(con: duckdb.DuckDBPyConnection, dataset: Dataset) -> str:
-    """The title column of the items file, or NULL when it has none (a log given without titles)."""
+def _movie_info_sql(con: duckdb.DuckDBPyConnection, dataset: Dataset) -> str:
+    """The display data of every movie of the items file, by id (needs the temp table ``movie_stats``).
+
+    An items file without a title or link column (a log given without titles, a file normalized before links
+    were read) gets NULL there."""
     have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet({sql_str(dataset.items)})").fetchall()}
-    return "title" if "title" in have else "CAST(NULL AS VARCHAR)"
+
+    def column(name: str) -> str:
+        return name if name in have else "CAST(NULL AS VARCHAR)"
+
+    order = "rating DESC NULLS LAST, timestamp DESC, user_id"
+    return f"""
+        WITH info AS (
+            SELECT item_id, first({column("title")}) AS title, first(year) AS year, first(genres) AS genres,
+                   first({column("imdb_id")}) AS imdbId, first({column("tmdb_id")}) AS tmdbId
+            FROM read_parquet({sql_str(dataset.items)}) WHERE item_id IS NOT NULL GROUP BY item_id),
+        best AS (
+            SELECT item_id, list({{'userId': user_id, 'rating': rating, 'timestamp': timestamp}}
+                                 ORDER BY {order}) AS topRatings
+            FROM (SELECT * FROM ratings_src
+                  QUALIFY row_number() OVER (PARTITION BY item_id ORDER BY {order}) <= {TOP_RATINGS_N})
+            GROUP BY item_id)
+        SELECT info.item_id AS movieId, title, year, genres, imdbId, tmdbId,
+               COALESCE(s.n, 0) AS ratingNumber, s.avg AS averageRating,
+               COALESCE(best.topRatings,
+                        CAST([] AS STRUCT(userId BIGINT, rating DOUBLE, timestamp BIGINT)[])) AS topRatings
+        FROM info LEFT JOIN movie_stats s USING (item_id) LEFT JOIN best USING (item_id)
+        ORDER BY movieId"""
 
 
 def _check_aligned(features: pa.Table, extra: pa.Table, key: str) -> None:

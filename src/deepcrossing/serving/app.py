@@ -33,11 +33,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deepcrossing.errors import DeepCrossingError, InputError
+from deepcrossing.serving.compat import Compat
 from deepcrossing.serving.control import Control
 from deepcrossing.serving.engine import Engine
 from deepcrossing.serving.metrics import ServiceMetrics
 from deepcrossing.serving.offload import StoreCalls
-from deepcrossing.serving.routers import admin, catalog, health, ranking
+from deepcrossing.serving.routers import admin, catalog, compat, health, ranking
 from deepcrossing.serving.settings import ServingSettings
 from deepcrossing.serving.store import StoreConfigError, StoreError, StoreUnavailable, open_store
 
@@ -104,6 +105,18 @@ class _TooLarge(Exception):
     pass
 
 
+class WebRoot(StaticFiles):
+    """A person's folder of static pages (``serve --webroot``): Starlette's StaticFiles, which serves nothing
+    outside the folder (``..`` and symlinks out of it are not found), and which answers 404, not 500, for a
+    path the file system refuses (a symlink loop, a folder it may not read)."""
+
+    def lookup_path(self, path: str) -> tuple[str, os.stat_result | None]:
+        try:
+            return super().lookup_path(path)
+        except OSError:
+            return "", None
+
+
 def _error(status: int, kind: str, detail: object) -> JSONResponse:
     return JSONResponse({"error": kind, "detail": detail}, status_code=status)
 
@@ -129,8 +142,10 @@ def create_app(settings: ServingSettings, *, loader: Callable[[Path], Any] | Non
         app.state.reload_lock = asyncio.Lock()   # one model swap at a time (admin call or poller)
         app.state.store_calls = calls = StoreCalls(timeout=settings.store_timeout_s)
         state = await run_in_threadpool(eng.load_model, wanted[1] if wanted else settings.model_dir)
+        app.state.compat = compat_answers = Compat(eng)
         try:
             await run_in_threadpool(eng.refresh)
+            await run_in_threadpool(compat_answers.catalog)   # the compat routes' movies, built once per version
         except DeepCrossingError as exc:  # serve 503 until the store is usable; the poller retries
             eng.last_error = str(exc)
             log.warning("store not usable yet: %s", exc)
@@ -154,15 +169,20 @@ def create_app(settings: ServingSettings, *, loader: Callable[[Path], Any] | Non
     app = FastAPI(title="deepcrossing ranking service", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.settings = settings
     app.state.metrics = metrics
-    for router in (ranking.router, catalog.router, health.router, admin.router):
+    for router in (ranking.router, catalog.router, compat.router, health.router, admin.router):
         app.include_router(router)
     _add_error_handlers(app, metrics)
-
-    @app.get("/", include_in_schema=False)
-    def _root() -> RedirectResponse:
-        return RedirectResponse("/ui/")
-
     app.mount("/ui", StaticFiles(directory=STATIC_DIR, html=True), name="ui")
+    if settings.webroot is None:
+        @app.get("/", include_in_schema=False)
+        def _root() -> RedirectResponse:
+            return RedirectResponse("/ui/")
+    else:
+        # a person's static pages at / (e.g. SparrowRecSys's webroot), after every API route and /ui, so those
+        # take precedence; StaticFiles serves nothing outside the folder (no "..", no symlink out of it)
+        if not settings.webroot.is_dir():
+            raise InputError("the web root must be an existing folder", path=settings.webroot, field="webroot")
+        app.mount("/", WebRoot(directory=settings.webroot, html=True), name="webroot")
     app.add_middleware(BodyLimitAndMetrics, metrics=metrics, max_bytes=settings.max_body_bytes)
     return app
 
@@ -218,6 +238,7 @@ async def _poll(app: FastAPI, engine: Engine, metrics: ServiceMetrics, interval:
         try:
             if await run_in_threadpool(engine.refresh):
                 log.info("serving store %s", engine.info()["storeVersion"])
+                await run_in_threadpool(app.state.compat.catalog)
             version = engine.info()["storeVersion"]
             metrics.store_version.set(0 if version is None else version)  # 0: none served
             control: Control | None = app.state.control

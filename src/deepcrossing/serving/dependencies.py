@@ -10,6 +10,7 @@ import hmac
 
 from fastapi import Depends, HTTPException, Request
 
+from deepcrossing.serving.compat import Compat
 from deepcrossing.serving.engine import Engine
 from deepcrossing.serving.metrics import ServiceMetrics
 from deepcrossing.serving.offload import StoreCalls
@@ -26,6 +27,12 @@ async def get_engine(request: Request) -> Engine:
     """The app's engine (model + store)."""
     engine: Engine = request.app.state.engine
     return engine
+
+
+async def get_compat(request: Request) -> Compat:
+    """The app's SparrowRecSys-compatible answers (over the engine)."""
+    compat: Compat = request.app.state.compat
+    return compat
 
 
 async def get_metrics(request: Request) -> ServiceMetrics:

@@ -45,6 +45,33 @@ def _feature_dicts(table: pa.Table) -> list[dict[str, Any]]:
     return rows
 
 
+def _triples(column: pa.ChunkedArray | pa.Array, names: tuple[str, str, str]) -> list[list[list[Any]]]:
+    """Per row, its ``list<struct>`` as ``[[a, b, c], ...]`` (the struct fields ``names``), converted column by
+    column: no Python loop per element (a user's thousand ratings cost one slice).
+
+    Example:
+        >>> t = pa.array([[{"m": 1, "r": 4.5, "t": 9}], []])
+        >>> _triples(t, ("m", "r", "t"))
+        [[[1, 4.5, 9]], []]
+    """
+    lists = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    flat = lists.flatten()
+    triples = list(map(list, zip(*(flat.field(name).to_pylist() for name in names))))
+    offsets = lists.offsets.to_numpy()
+    offsets = (offsets - offsets[0]).tolist()
+    return [triples[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+
+
+def _display(table: pa.Table, lists: dict[str, tuple[str, str, str]], keys: tuple[str, ...],
+             n: int) -> list[dict[str, Any]]:
+    """The display columns of ``table`` present there (older records lack them), per row: ``lists`` as
+    triples, ``keys`` as they are."""
+    have = set(table.column_names) if table.num_rows == n else set()
+    columns: dict[str, list[Any]] = {k: _triples(table.column(k), f) for k, f in lists.items() if k in have}
+    columns |= {k: table.column(k).to_pylist() for k in keys if k in have}
+    return [dict(zip(columns, row)) for row in zip(*columns.values())] if columns else [{}] * n
+
+
 def records_for_store(records: OnlineRecords) -> tuple[list[Record], list[Record], list[int]]:
     """The store's ``(users, movies, candidates)`` from the online records (record format: serving.store).
 
@@ -52,20 +79,30 @@ def records_for_store(records: OnlineRecords) -> tuple[list[Record], list[Record
         records: from :func:`deepcrossing.features.online_records`.
 
     Returns:
-        ``users``: ``(user_id, {"features", "history": [[movie_id, rating, timestamp], ...], "rated"})``;
-        ``movies``: ``(movie_id, {"features", "title", "year", "genres"})``; the candidate ids.
+        ``users``: ``(user_id, {"features", "history": [[movie_id, rating, timestamp], ...], "rated",
+        "ratings": [[movie_id, rating, timestamp], ...], "ratingCount", "averageRating", "highestRating",
+        "lowestRating"})``; ``movies``: ``(movie_id, {"features", "title", "year", "genres", "imdbId",
+        "tmdbId", "ratingNumber", "averageRating", "topRatings": [[user_id, rating, timestamp], ...]})``;
+        the candidate ids. The display keys after ``rated`` / ``genres`` are there when the records have
+        them (:attr:`OnlineRecords.user_info`, the newer ``movie_info`` columns).
     """
-    users: list[Record] = []
-    histories = records.histories.to_pylist()
-    for features, extra in zip(_feature_dicts(records.users), histories, strict=True):
-        users.append((int(features["userId"]), {
-            "features": features,
-            "history": [[h["movieId"], h["rating"], h["timestamp"]] for h in extra["history"]],
-            "rated": extra["rated"]}))
-    movies: list[Record] = []
-    for features, info in zip(_feature_dicts(records.movies), records.movie_info.to_pylist(), strict=True):
-        movies.append((int(features["movieId"]), {"features": features, "title": info["title"],
-                                                  "year": info["year"], "genres": list(info["genres"] or [])}))
+    n_users, n_movies = records.users.num_rows, records.movies.num_rows
+    history = _triples(records.histories.column("history"), ("movieId", "rating", "timestamp"))
+    rated = records.histories.column("rated").to_pylist()
+    user_extra = _display(records.user_info, {"ratings": ("movieId", "rating", "timestamp")},
+                          ("ratingCount", "averageRating", "highestRating", "lowestRating"), n_users)
+    users: list[Record] = [
+        (int(features["userId"]), {"features": features, "history": h, "rated": r} | extra)
+        for features, h, r, extra in zip(_feature_dicts(records.users), history, rated, user_extra, strict=True)]
+    info = records.movie_info
+    movie_extra = _display(info, {"topRatings": ("userId", "rating", "timestamp")},
+                           ("imdbId", "tmdbId", "ratingNumber", "averageRating"), n_movies)
+    movies: list[Record] = [
+        (int(features["movieId"]), {"features": features, "title": title, "year": year,
+                                    "genres": list(genres or [])} | extra)
+        for features, title, year, genres, extra in zip(
+            _feature_dicts(records.movies), info.column("title").to_pylist(), info.column("year").to_pylist(),
+            info.column("genres").to_pylist(), movie_extra, strict=True)]
     return users, movies, list(records.candidates)
 
 

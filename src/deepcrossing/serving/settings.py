@@ -45,6 +45,8 @@ class ServingSettings(StrictConfig):
         control_dir: folder shared by the worker processes: ``/admin/reload`` writes the model folder to serve
             there and every worker adopts it (a restarted worker too), and the Prometheus counters of all
             workers are summed from files there. ``None`` for a single process.
+        webroot: a folder of static pages served at ``/`` beside the API (e.g. a copy of SparrowRecSys's
+            webroot, whose pages call the compat routes); ``None``: ``/`` leads to the service's own page.
 
     Example:
         >>> ServingSettings(Path("model"), "sqlite:///f.db").max_k
@@ -67,6 +69,7 @@ class ServingSettings(StrictConfig):
     user_cache: Annotated[int, Field(ge=0)] = 100_000
     workers: Positive = 1
     control_dir: Annotated[Path | None, AS_PATH] = None
+    webroot: Annotated[Path | None, AS_PATH] = None
 
     def to_json(self) -> str:
         """The settings as JSON (how ``deepcrossing serve --workers N`` hands them to each worker)."""

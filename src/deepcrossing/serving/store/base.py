@@ -3,9 +3,13 @@
 What a published version holds (all values JSON, never pickle):
 
 * users: ``user_id -> record``; a record is ``{"features": {userId, userRatingCount, ...}, "history":
-  [[movie_id, rating, timestamp], ...] (most recent first, bounded), "rated": [movie_id, ...]}``.
+  [[movie_id, rating, timestamp], ...] (most recent first, bounded), "rated": [movie_id, ...]}``, and for
+  display (newer versions) ``"ratings"`` (like history, at most 1,000), ``"ratingCount"``,
+  ``"averageRating"``, ``"highestRating"``, ``"lowestRating"``.
 * movies: ``movie_id -> record``; ``{"features": {movieId, releaseYear, movieGenres, ...}, "title": str,
-  "genres": [str], "year": int|None}``.
+  "genres": [str], "year": int|None}``, and for display (newer versions) ``"imdbId"``, ``"tmdbId"`` (str or
+  None), ``"ratingNumber"``, ``"averageRating"``, ``"topRatings"`` (``[[user_id, rating, timestamp], ...]``,
+  at most 10, highest first).
 * candidates: movie ids, most popular / best rated first (see :mod:`deepcrossing.serving.publish`).
 * meta: JSON object with at least ``version``, ``id``, ``n_users``, ``n_movies``, ``n_candidates`` and
   ``checksum``.
