@@ -59,3 +59,17 @@ def small_spec() -> FeatureSpec:
         Feature("userRatingCount", "numeric", "user", transform="buckets", n_buckets=4),
         Feature("movieTag", "hashed", "item", hash_buckets=7, dim=2),
     ))
+
+
+def numeric_spec() -> FeatureSpec:
+    """Numeric embeddings on both sides (ple, ple_tree, periodic; with and without ``dim``) beside ids, a
+    weighted bag and a standardized column."""
+    return FeatureSpec((
+        Feature("movieId", "categorical", "item", dim=4),
+        Feature("userGenreCounts", "multi_hot", "user", weights_from="values", dim=3),
+        Feature("userAvgRating", "numeric", "user", transform="ple", n_buckets=4, dim=3),
+        Feature("movieAvgRating", "numeric", "item", transform="periodic", n_frequencies=3, sigma=0.5, dim=4),
+        Feature("movieRatingCount", "numeric", "item", transform="ple_tree", n_buckets=5),
+        Feature("userRatingCount", "numeric", "user", transform="periodic", n_frequencies=2, sigma=0.3),
+        Feature("userId", "numeric", "user", transform="standardize"),
+    ))

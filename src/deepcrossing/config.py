@@ -16,7 +16,7 @@ A spec file (TOML) looks like this::
     name = "userAvgRating"
     kind = "numeric"
     side = "user"
-    transform = "standardize" # standardize | log1p_standardize | buckets
+    transform = "standardize" # standardize | log1p_standardize | buckets | ple | ple_tree | periodic
 
     [model]                   # optional, see ModelConfig
     mlp = "residual"
@@ -45,7 +45,7 @@ from deepcrossing.strict import AS_TUPLE, StrictConfig, one_of, read_table, relo
 KINDS = ("categorical", "identity", "hashed", "multi_hot", "numeric")
 SIDES = ("user", "item", "context")
 POOLINGS = ("mean", "sum")
-TRANSFORMS = ("standardize", "log1p_standardize", "buckets")
+TRANSFORMS = ("standardize", "log1p_standardize", "buckets", "ple", "ple_tree", "periodic")
 MLPS = ("residual", "plain")
 NORMS = ("none", "batch", "layer")
 OPTIMIZERS = ("adam", "adamw", "sparse_adam")
@@ -96,14 +96,17 @@ class Feature(StrictConfig):
         side: ``user``, ``item`` or ``context``: whose feature it is (the service splits the first layer by it).
         table: shared embedding table name (default: the feature's own name). Features of one table share
             vocabulary and rows.
-        dim: embedding width (default :func:`default_dim` of the table size).
+        dim: embedding width (default :func:`default_dim` of the table size); numeric embeddings: the width
+            of their ``Linear + ReLU`` (absent: the raw encoding enters the stacking).
         min_count: values seen fewer times in train go to the OOV row.
         hash_buckets: rows of a ``hashed`` table, or the id range of an ``identity`` table (``multi_hot``
             may set it to hash its values instead of fitting a vocabulary).
         pooling: ``mean`` or ``sum`` for ``multi_hot``.
         max_len: keep the first ``max_len`` values of a ``multi_hot`` list (default: all, up to 64).
-        transform: ``standardize``, ``log1p_standardize`` or ``buckets`` (quantile buckets, embedded).
-        n_buckets: number of quantile buckets for ``transform = "buckets"``.
+        transform: ``standardize``, ``log1p_standardize``, ``buckets`` (quantile buckets, embedded) or a
+            numeric embedding, ``ple``, ``ple_tree`` or ``periodic`` (see :mod:`deepcrossing.encoding.numeric`).
+        n_buckets: quantile buckets (``buckets``), or at most so many bins (``ple``, ``ple_tree``).
+        n_frequencies, sigma: ``periodic``: k frequencies, drawn from N(0, sigma) at initialization.
         weights_from: for a map column (``userGenreCounts``): ``"values"`` uses the map values as per-value
             weights of the pooled keys; absent means keys only.
     """
@@ -120,6 +123,8 @@ class Feature(StrictConfig):
     transform: Annotated[str, one_of(*TRANSFORMS)] | None = None
     n_buckets: Annotated[int, Field(ge=2, le=1000)] = 10
     weights_from: Annotated[str, one_of("values")] | None = None
+    n_frequencies: Annotated[int, Field(ge=1, le=1024)] = 16
+    sigma: Annotated[float, Field(gt=0.0, le=1000.0)] = 0.1
 
     def __post_init__(self) -> None:
         if self.kind in ("hashed", "identity") and self.hash_buckets is None:
@@ -136,7 +141,7 @@ class Feature(StrictConfig):
 
     @property
     def embedded(self) -> bool:
-        """True when the feature goes through an embedding table (all but standardized numerics)."""
+        """True when the feature goes through an embedding table (every kind but numeric, and ``buckets``)."""
         return self.kind != "numeric" or self.transform == "buckets"
 
     @property
@@ -252,7 +257,7 @@ class ModelConfig(StrictConfig):
             projection, as in the paper).
         dropout: dropout after every unit/layer.
         norm: ``none``, ``batch`` or ``layer`` normalization after every unit/layer.
-        embedding_dropout: dropout on the stacked embeddings (not on numerics).
+        embedding_dropout: dropout on the stacked embeddings, numeric embeddings included (not ``Batch.dense``).
         embedding_l2: L2 penalty on the embedding rows looked up in each batch (mean over the batch), so an
             id is regularized in proportion to how often it occurs (id-frequency regularization).
     """

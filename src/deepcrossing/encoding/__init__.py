@@ -2,6 +2,7 @@
 
 Public API:
     Vocabulary, Hasher, IdentityIds, Normalizer, Bucketizer   scikit-learn-style fitted transformers
+    PiecewiseLinear                                           bin edges of the ``ple``/``ple_tree`` encodings
     stable_hash(values)                                       run-independent 64-bit hashes
     Encoder(spec).fit(train_table).transform(table) -> Batch
     Batch                                                     dense / sparse / bags / labels tensors
@@ -10,6 +11,7 @@ Row convention of every embedding table: 0 = missing/padding (zeros, no gradient
 
 from deepcrossing.encoding.batch import Batch
 from deepcrossing.encoding.encoder import Encoder
+from deepcrossing.encoding.numeric import PiecewiseLinear
 from deepcrossing.encoding.transformers import (
     OOV,
     PAD,
@@ -22,4 +24,4 @@ from deepcrossing.encoding.transformers import (
 )
 
 __all__ = ["OOV", "PAD", "Batch", "Bucketizer", "Encoder", "Hasher", "IdentityIds", "Normalizer",
-           "Vocabulary", "stable_hash"]
+           "PiecewiseLinear", "Vocabulary", "stable_hash"]

@@ -24,6 +24,8 @@ class Batch:
         bags: feature name -> (B, L) int64 table rows of a multi-valued feature, 0 = padding.
         bag_weights: feature name -> (B, L) float32 per-value weights (only features with ``weights_from``).
         labels: (B,) float32 0/1 labels (zeros when the samples have no label column).
+        numeric: feature name -> (B, W) float32 input of a numeric embedding (``ple``/``ple_tree``: the
+            piecewise-linear encoding, W = n_buckets; ``periodic``: the standardized value, W = 1).
 
     Example:
         >>> b = Batch(torch.zeros(4, 1), {"movieId": torch.arange(4)}, {}, {}, torch.ones(4))
@@ -36,6 +38,7 @@ class Batch:
     bags: dict[str, Tensor] = field(default_factory=dict)
     bag_weights: dict[str, Tensor] = field(default_factory=dict)
     labels: Tensor | None = None
+    numeric: dict[str, Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.dense.shape[0])
@@ -47,6 +50,7 @@ class Batch:
             bags={k: fn(v) for k, v in self.bags.items()},
             bag_weights={k: fn(v) for k, v in self.bag_weights.items()},
             labels=None if self.labels is None else fn(self.labels),
+            numeric={k: fn(v) for k, v in self.numeric.items()},
         )
 
     def to(self, device: str | torch.device, non_blocking: bool = False) -> Batch:

@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ import torch
 
 from deepcrossing.config import Feature, FeatureSpec
 from deepcrossing.encoding.batch import Batch
+from deepcrossing.encoding.numeric import PiecewiseLinear, degenerate, input_width, is_dense, is_numeric_embedding
 from deepcrossing.encoding.transformers import (
     Bucketizer,
     Hasher,
@@ -107,6 +109,8 @@ class Encoder:
     Fitted state:
         ``tables_``: table name -> Vocabulary / Hasher / IdentityIds / Bucketizer (rows of that table).
         ``normalizers_``: numeric feature -> Normalizer (features in ``Batch.dense``).
+        ``numeric_``: numeric embedding -> PiecewiseLinear (``ple``, ``ple_tree``) or Normalizer (``periodic``)
+            (features in ``Batch.numeric``).
         ``bag_len_``: multi-valued feature -> padded width L (``max_len``, else the longest train list, <= 64).
     """
 
@@ -119,6 +123,7 @@ class Encoder:
         """Fit every table and normalizer on ``table`` (train samples only)."""
         self.tables_: dict[str, Any] = {}
         self.normalizers_: dict[str, Normalizer] = {}
+        self.numeric_: dict[str, PiecewiseLinear | Normalizer] = {}
         self.bag_len_: dict[str, int] = {}
         for info in self.spec.tables().values():
             members = [self.spec[n] for n in info.features]
@@ -128,7 +133,7 @@ class Encoder:
                 self.tables_[info.name] = ids(info.hash_buckets).fit()
             elif info.kind == "buckets":
                 f = members[0]
-                self.tables_[info.name] = Bucketizer(f.n_buckets).fit(_column(table, f.name, source))
+                self.tables_[info.name] = _fit_numeric(Bucketizer(f.n_buckets), table, f, source)
             else:
                 chunks = []
                 for f in members:
@@ -137,9 +142,13 @@ class Encoder:
                     chunks.append(values)
                 self.tables_[info.name] = Vocabulary(info.min_count).fit(_concat(chunks, source))
         for f in self.spec.features:
-            if f.kind == "numeric" and f.transform != "buckets":
-                self.normalizers_[f.name] = Normalizer(log1p=f.transform == "log1p_standardize").fit(
-                    _column(table, f.name, source))
+            if is_dense(f):
+                self.normalizers_[f.name] = _fit_numeric(Normalizer(log1p=f.transform == "log1p_standardize"),
+                                                         table, f, source)
+            elif is_numeric_embedding(f):
+                tree = f.transform == "ple_tree"
+                fresh = Normalizer() if f.transform == "periodic" else PiecewiseLinear(f.n_buckets, tree)
+                self.numeric_[f.name] = _fit_numeric(fresh, table, f, source)
             if f.is_bag:
                 if f.max_len is not None:
                     self.bag_len_[f.name] = f.max_len
@@ -153,7 +162,7 @@ class Encoder:
     @property
     def dense_names(self) -> list[str]:
         """Features in ``Batch.dense``, in column order."""
-        return [f.name for f in self.spec.features if f.kind == "numeric" and f.transform != "buckets"]
+        return [f.name for f in self.spec.features if is_dense(f)]
 
     @property
     def cardinalities(self) -> dict[str, int]:
@@ -176,11 +185,13 @@ class Encoder:
             A :class:`Batch` of B = ``table.num_rows`` rows on the CPU.
         """
         n = table.num_rows
-        dense_cols, sparse, bags, bag_weights = [], {}, {}, {}
+        dense_cols, sparse, bags, bag_weights, numeric = [], {}, {}, {}, {}
         for f in self.spec.features:
             if only is not None and f.name not in only:
-                if f.kind == "numeric" and f.transform != "buckets":
+                if is_dense(f):
                     dense_cols.append(np.zeros(n, np.float32))
+                elif is_numeric_embedding(f):
+                    numeric[f.name] = torch.zeros((n, input_width(f)), dtype=torch.float32)
                 elif f.is_bag:
                     bags[f.name] = torch.zeros((n, self.bag_len_[f.name]), dtype=torch.long)
                     if f.weights_from is not None:
@@ -189,8 +200,12 @@ class Encoder:
                     sparse[f.name] = torch.zeros(n, dtype=torch.long)
                 continue
             arr = _column(table, f.name, source)
-            if f.kind == "numeric" and f.transform != "buckets":
-                dense_cols.append(self.normalizers_[f.name].transform(arr))
+            if is_dense(f):
+                dense_cols.append(_numeric(self.normalizers_[f.name], arr, f, source))
+                continue
+            if is_numeric_embedding(f):
+                values = _numeric(self.numeric_[f.name], arr, f, source)
+                numeric[f.name] = torch.from_numpy(values.reshape(n, input_width(f)))
                 continue
             tr = self.tables_[f.table_name]
             if f.is_bag:
@@ -213,7 +228,7 @@ class Encoder:
                 bad = int((~np.isin(lab, (0.0, 1.0))).sum())
                 raise InputError(f"{bad} labels are not 0 or 1", path=source, field="label")
             labels = torch.from_numpy(lab.copy())
-        return Batch(torch.from_numpy(np.ascontiguousarray(dense)), sparse, bags, bag_weights, labels)
+        return Batch(torch.from_numpy(np.ascontiguousarray(dense)), sparse, bags, bag_weights, labels, numeric)
 
     @staticmethod
     def _rows(tr: Any, values: Any, f: Feature, source: str | Path | None) -> np.ndarray:
@@ -228,18 +243,24 @@ class Encoder:
     # ------------------------------------------------------------ state
 
     def state(self) -> dict[str, Any]:
-        """JSON-ready fitted state (vocabularies, statistics, bag widths)."""
+        """JSON-ready fitted state (vocabularies, statistics, bag widths; ``numeric``: the numeric embeddings'
+        bin edges or statistics, present only when the spec has numeric embeddings)."""
         names = {v: k for k, v in _TRANSFORMERS.items()}
-        return {
+        out = {
             "tables": {k: {"type": names[type(t)], "state": t.state()} for k, t in self.tables_.items()},
             "normalizers": {k: n.state() for k, n in self.normalizers_.items()},
             "bag_len": dict(self.bag_len_),
         }
+        if self.numeric_:
+            out["numeric"] = {k: t.state() for k, t in self.numeric_.items()}
+        return out
 
     @classmethod
     def from_state(cls, spec: FeatureSpec, state: dict[str, Any]) -> Encoder:
         """Rebuild a fitted encoder; the state must match the spec exactly (strict)."""
-        _expect_keys(state, {"tables", "normalizers", "bag_len"}, "encoder")
+        want_numeric = {f.name: f for f in spec.features if is_numeric_embedding(f)}
+        keys = {"tables", "normalizers", "bag_len"} | ({"numeric"} if want_numeric else set())
+        _expect_keys(state, keys, "encoder")
         enc = cls(spec)
         want_tables = set(spec.tables())
         if set(state["tables"]) != want_tables:
@@ -251,7 +272,7 @@ class Encoder:
             if entry["type"] not in _TRANSFORMERS:
                 raise InputError(f"unknown transformer type {entry['type']!r}", field=f"encoder.tables.{name}")
             enc.tables_[name] = _TRANSFORMERS[entry["type"]].from_state(entry["state"])
-        want_norm = {f.name for f in spec.features if f.kind == "numeric" and f.transform != "buckets"}
+        want_norm = {f.name for f in spec.features if is_dense(f)}
         if set(state["normalizers"]) != want_norm:
             raise InputError("encoder normalizers do not match the spec's numeric features",
                              field="encoder.normalizers")
@@ -261,7 +282,51 @@ class Encoder:
             raise InputError("encoder bag widths do not match the spec's multi_hot features",
                              field="encoder.bag_len")
         enc.bag_len_ = {k: int(v) for k, v in state["bag_len"].items()}
+        enc.numeric_ = {}
+        if want_numeric and set(state["numeric"]) != set(want_numeric):
+            raise InputError("encoder numeric embeddings do not match the spec's", field="encoder.numeric")
+        for name, f in want_numeric.items():
+            if f.transform == "periodic":
+                enc.numeric_[name] = Normalizer.from_state(state["numeric"][name])
+                continue
+            ple = PiecewiseLinear.from_state(state["numeric"][name])
+            if ple.n_bins != input_width(f) or ple.tree != (f.transform == "ple_tree"):
+                raise InputError(f"the saved encoding of {name!r} ({ple.n_bins} bins) is not the spec's "
+                                 f"({f.transform}, {input_width(f)} bins)", field=f"encoder.numeric.{name}")
+            enc.numeric_[name] = ple
         return enc
+
+
+def _fit_numeric(transformer: Any, table: pa.Table, f: Feature, source: str | Path | None) -> Any:
+    """Fit a numeric transformer on the feature's train column (and labels, for ``ple_tree``); warn, naming
+    the feature and the file, when it had to fall back (a constant or empty column, too few values)."""
+    arr = _column(table, f.name, source)
+    labels = None
+    if f.transform == "ple_tree":
+        labels = pc.cast(_column(table, "label", source), pa.float64()).to_numpy(zero_copy_only=False)
+    try:
+        fitted = transformer.fit(arr, labels) if labels is not None else transformer.fit(arr)
+    except InputError as exc:
+        raise _not_numbers(exc, f, source) from None
+    note = degenerate(arr) if f.transform == "periodic" else getattr(fitted, "note_", None)
+    if note:
+        where = f" in {source}" if source is not None else ""
+        warnings.warn(f"numeric feature {f.name!r}{where} ({f.transform}, n_buckets = {f.n_buckets}): {note}",
+                      UserWarning, stacklevel=3)
+    return fitted
+
+
+def _not_numbers(exc: InputError, f: Feature, source: str | Path | None) -> InputError:
+    return InputError(f"feature {f.name!r} has transform {f.transform!r}: {exc.message} (use a categorical kind "
+                      "for it, or another column)", path=source, field=f.name)
+
+
+def _numeric(transformer: Any, arr: pa.Array, f: Feature, source: str | Path | None) -> np.ndarray:
+    try:
+        out: np.ndarray = transformer.transform(arr)
+    except InputError as exc:
+        raise _not_numbers(exc, f, source) from None
+    return out
 
 
 def _concat(chunks: list[pa.Array], source: str | Path | None) -> pa.Array:

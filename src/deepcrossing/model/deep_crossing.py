@@ -23,12 +23,14 @@ from torch import Tensor, nn
 
 from deepcrossing.config import FeatureSpec, ModelConfig
 from deepcrossing.encoding.batch import Batch
+from deepcrossing.encoding.numeric import is_dense
 from deepcrossing.model.layers import MLP, EmbeddingLayer, ScoringLayer, StackingLayer
+from deepcrossing.model.numeric import NumericEmbeddingLayer
 
 
 def dense_feature_names(spec: FeatureSpec) -> list[str]:
     """Numeric features that enter as dense columns (spec order), i.e. ``Batch.dense``'s columns."""
-    return [f.name for f in spec.features if f.kind == "numeric" and f.transform != "buckets"]
+    return [f.name for f in spec.features if is_dense(f)]
 
 
 class DeepCrossing(nn.Module):
@@ -42,6 +44,8 @@ class DeepCrossing(nn.Module):
 
     Attributes:
         embedding, stacking, mlp, scoring: the paper's layers.
+        numeric: the numeric embeddings (``ple``, ``ple_tree``, ``periodic`` features), stacked after the
+            table embeddings like them (:mod:`deepcrossing.model.numeric`).
         feature_slices: feature -> slice of the stacked vector (``stacking.feature_slices``).
     """
 
@@ -51,7 +55,9 @@ class DeepCrossing(nn.Module):
         self.spec = spec
         self.config = config
         self.embedding = EmbeddingLayer(spec, cardinalities, sparse)
-        self.stacking = StackingLayer(self.embedding.dims, dense_feature_names(spec), config.embedding_dropout)
+        self.numeric = NumericEmbeddingLayer(spec)
+        self.stacking = StackingLayer({**self.embedding.dims, **self.numeric.dims}, dense_feature_names(spec),
+                                      config.embedding_dropout)
         self.mlp = MLP(self.stacking.out_dim, config)
         self.scoring = ScoringLayer(self.mlp.out_dim)
 
@@ -61,14 +67,17 @@ class DeepCrossing(nn.Module):
 
     def forward(self, batch: Batch) -> Tensor:
         """Batch of B samples -> (B,) logits."""
-        embedded = self.embedding(batch)                 # {feature: (B, D_f)}
-        return self.score_embedded(embedded, batch.dense)
+        return self.score_embedded(self.embed(batch), batch.dense)
+
+    def embed(self, batch: Batch) -> dict[str, Tensor]:
+        """{feature: (B, D_f)}: the table embeddings, then the numeric embeddings."""
+        return {**self.embedding(batch), **self.numeric(batch.numeric)}
 
     def score_embedded(self, embedded: dict[str, Tensor], dense: Tensor) -> Tensor:
-        """Everything after the embedding layer: {feature: (B, D_f)}, (B, n_dense) -> (B,) logits.
+        """Everything after the embeddings: {feature: (B, D_f)} (:meth:`embed`), (B, n_dense) -> (B,) logits.
 
         The training wrapper (:class:`~deepcrossing.model.train_module.DeepCrossingTrain`) calls the
-        embedding layer itself, to penalize the looked-up vectors, and then this.
+        embedding layers itself, to penalize the looked-up vectors, and then this.
         """
         stacked = self.stacking(embedded, dense)         # (B, sum D_f + n_dense)
         logits: Tensor = self.scoring(self.mlp(stacked))  # (B,)
@@ -78,7 +87,7 @@ class DeepCrossing(nn.Module):
 
     def stack(self, batch: Batch) -> Tensor:
         """(B, S) stacked vectors (embedding + stacking layers) of a batch."""
-        stacked: Tensor = self.stacking(self.embedding(batch), batch.dense)
+        stacked: Tensor = self.stacking(self.embed(batch), batch.dense)
         return stacked
 
     def first_layer_split(self) -> FirstLayerSplit:
@@ -148,24 +157,27 @@ class FlatDeepCrossing(nn.Module):
 
     Inputs, in order: ``dense (B, n_dense) float32``, ``sparse (B, n_sparse) int64`` (columns in
     ``sparse_names`` order), then for each name in ``bag_names`` its ``(B, L) int64`` ids, then for each name
-    in ``weighted_names`` its ``(B, L) float32`` weights.
+    in ``weighted_names`` its ``(B, L) float32`` weights, then for each name in ``numeric_names`` its
+    ``(B, W) float32`` numeric-embedding input (``Batch.numeric``).
     """
 
     def __init__(self, model: DeepCrossing, sparse_names: list[str], bag_names: list[str],
-                 weighted_names: list[str]) -> None:
+                 weighted_names: list[str], numeric_names: tuple[str, ...] = ()) -> None:
         super().__init__()
         self.model = model
         self.sparse_names = list(sparse_names)
         self.bag_names = list(bag_names)
         self.weighted_names = list(weighted_names)
+        self.numeric_names = list(numeric_names)
 
     def forward(self, dense: Tensor, sparse: Tensor, *bags: Tensor) -> Tensor:
-        n_bags = len(self.bag_names)
+        n_bags, n_weighted = len(self.bag_names), len(self.weighted_names)
         batch = Batch(
             dense=dense,
             sparse={name: sparse[:, i] for i, name in enumerate(self.sparse_names)},
             bags={name: bags[i] for i, name in enumerate(self.bag_names)},
             bag_weights={name: bags[n_bags + i] for i, name in enumerate(self.weighted_names)},
+            numeric={name: bags[n_bags + n_weighted + i] for i, name in enumerate(self.numeric_names)},
         )
         logits: Tensor = self.model(batch)
         return logits

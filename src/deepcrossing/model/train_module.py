@@ -66,8 +66,9 @@ class DeepCrossingTrain(nn.Module):
         """A labelled batch -> (() objective to minimize: loss + penalty, () detached BCE loss to report)."""
         if batch.labels is None:
             raise ValueError("a training batch needs labels")
-        embedded = self.model.embedding(batch)                        # {feature: (B, D_f)}
-        logits = self.model.score_embedded(embedded, batch.dense)     # (B,)
+        embedded = self.model.embedding(batch)                        # {feature: (B, D_f)} table lookups
+        numeric = self.model.numeric(batch.numeric)                   # not penalized: no id frequency
+        logits = self.model.score_embedded({**embedded, **numeric}, batch.dense)     # (B,)
         loss = self.loss_fn(logits, batch.labels)
         if self.embedding_l2 == 0.0 or not embedded:
             return loss + logits.new_zeros(()), loss.detach()

@@ -4,7 +4,9 @@ Inputs of the exported graph, in order (B is dynamic):
     ``dense``  (B, n_dense) float32, columns in ``Encoder.dense_names`` order;
     ``sparse`` (B, n_sparse) int64, one column per single-valued embedded feature (``sparse_names``);
     one ``(B, L_f) int64`` id matrix per multi-valued feature (``bag_names``), 0 = padding;
-    one ``(B, L_f) float32`` weight matrix per weighted bag (``weighted_names``).
+    one ``(B, L_f) float32`` weight matrix per weighted bag (``weighted_names``);
+    one ``(B, W_f) float32`` numeric-embedding input per ``ple``/``ple_tree``/``periodic`` feature
+    (``numeric_names``: ``Batch.numeric``, the encoder's piecewise-linear encoding or standardized value).
 Output: ``logits`` (B,). The sidecar ``<file>.json`` lists those names so a scorer can build the inputs
 with :func:`flat_inputs` from an encoded :class:`Batch`.
 
@@ -24,6 +26,7 @@ from torch import Tensor
 
 from deepcrossing.atomic import write_text_atomic
 from deepcrossing.encoding.batch import Batch
+from deepcrossing.encoding.numeric import input_width, is_numeric_embedding
 from deepcrossing.errors import InputError
 from deepcrossing.model.deep_crossing import FlatDeepCrossing
 from deepcrossing.outputs import check_output_file
@@ -33,7 +36,8 @@ FORMATS = ("onnx", "torchscript")
 
 
 def layout(loaded: LoadedModel) -> dict[str, list[str]]:
-    """Names of the flat inputs: ``sparse_names``, ``bag_names``, ``weighted_names``, ``dense_names``."""
+    """Names of the flat inputs: ``sparse_names``, ``bag_names``, ``weighted_names``, ``numeric_names``,
+    ``dense_names``."""
     spec = loaded.spec
     weighted = [f.name for f in spec.features if f.is_bag and f.weights_from is not None]
     return {
@@ -41,6 +45,7 @@ def layout(loaded: LoadedModel) -> dict[str, list[str]]:
         "sparse_names": [f.name for f in spec.features if f.embedded and not f.is_bag],
         "bag_names": [f.name for f in spec.features if f.is_bag],
         "weighted_names": weighted,
+        "numeric_names": [f.name for f in spec.features if is_numeric_embedding(f)],
     }
 
 
@@ -51,13 +56,14 @@ def flat_inputs(batch: Batch, names: dict[str, list[str]]) -> tuple[Tensor, ...]
               if names["sparse_names"] else torch.zeros((n, 0), dtype=torch.int64))
     bags = [batch.bags[k] for k in names["bag_names"]]
     weights = [batch.bag_weights[k] for k in names["weighted_names"]]
-    return (batch.dense, sparse, *bags, *weights)
+    numeric = [batch.numeric[k] for k in names.get("numeric_names", [])]
+    return (batch.dense, sparse, *bags, *weights, *numeric)
 
 
 def flat_module(loaded: LoadedModel) -> FlatDeepCrossing:
     names = layout(loaded)
     return FlatDeepCrossing(loaded.model, names["sparse_names"], names["bag_names"],
-                            names["weighted_names"]).eval()
+                            names["weighted_names"], tuple(names["numeric_names"])).eval()
 
 
 def _example_batch(loaded: LoadedModel, n: int = 4) -> Batch:
@@ -68,7 +74,9 @@ def _example_batch(loaded: LoadedModel, n: int = 4) -> Batch:
     bags = {f.name: torch.randint(0, 3, (n, enc.bag_len_[f.name]), generator=g) for f in spec.features if f.is_bag}
     weights = {f.name: torch.rand(n, enc.bag_len_[f.name], generator=g)
                for f in spec.features if f.is_bag and f.weights_from is not None}
-    return Batch(torch.randn(n, len(enc.dense_names), generator=g), sparse, bags, weights, torch.zeros(n))
+    numeric = {f.name: torch.rand(n, input_width(f), generator=g)
+               for f in spec.features if is_numeric_embedding(f)}
+    return Batch(torch.randn(n, len(enc.dense_names), generator=g), sparse, bags, weights, torch.zeros(n), numeric)
 
 
 def is_export(path: Path) -> bool:
@@ -110,7 +118,8 @@ def export_model(model_dir: str | Path, fmt: str, out: str | Path | None = None,
     example = flat_inputs(_example_batch(loaded), names)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     input_names = (["dense", "sparse"] + [f"bag_{k}" for k in names["bag_names"]]
-                   + [f"weight_{k}" for k in names["weighted_names"]])
+                   + [f"weight_{k}" for k in names["weighted_names"]]
+                   + [f"numeric_{k}" for k in names["numeric_names"]])
     try:
         with torch.no_grad():
             if fmt == "torchscript":
