@@ -54,6 +54,10 @@ CASES = [
     (["train", "--device", "tpu", "--samples", "{samples}"], 2, "'--device': must be one of cpu, cuda, auto"),
     (["evaluate", "--split", "holdout", "--model", "{model}"], 2, "'--split': must be one of train, valid, test"),
     (["evaluate", "--k", "0", "--model", "{model}"], 2, "'--k'"),
+    (["evaluate", "--retrieval", "--k", "50,x", "--model", "{model}"], 2, "'--k': must be positive integers"),
+    (["evaluate", "--retrieval", "--k", "0,50", "--model", "{model}"], 2, "'--k': must be positive integers"),
+    (["evaluate", "--retrieval", "--model", "{model}"], 2, "--retrieval needs --samples DIR"),
+    (["evaluate", "--k", "10,20", "--model", "{model}", "--samples", "{samples}"], 2, "one cut-off without"),
     (["export", "--format", "pickle", "--model", "{model}"], 2, "'--format': must be one of onnx, torchscript"),
     (["export", "--model", "{samples}"], 2, "a samples folder"),
     # prepare: flags checked before any data is read

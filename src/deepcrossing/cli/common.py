@@ -160,6 +160,26 @@ def parse_fractions(text: str) -> tuple[float, ...]:
     return shares
 
 
+def positive_ints(value: str | None) -> str | None:
+    """A typer callback for a list of cut-offs (``--k 50,100``): positive integers, comma-separated.
+
+    Example:
+        >>> try:
+        ...     positive_ints("10,x")
+        ... except typer.BadParameter as exc:
+        ...     print(exc)
+        must be positive integers like 50,100,200,800, not '10,x'
+    """
+    if value is not None:
+        from deepcrossing.training.retrieval import parse_ks
+
+        try:
+            parse_ks(value)
+        except InputError as exc:
+            raise typer.BadParameter(exc.message) from None
+    return value
+
+
 def model_folder(value: Path | None) -> Path | None:
     """A typer callback for ``--model``: a model folder written by ``deepcrossing train`` (not missing, not a
     file, not a samples folder), checked by :func:`deepcrossing.training.artifact.require_model_dir` before any

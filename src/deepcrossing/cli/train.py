@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from deepcrossing.cli.common import DEVICES, TRAIN_CONFIG, app, checked_by, console, model_folder, not_a_file, \
-    one_of, out, pick_device, seed_everything, set_threads
+    one_of, out, pick_device, positive_ints, seed_everything, set_threads
 from deepcrossing.errors import DeepCrossingError
 
 if TYPE_CHECKING:
@@ -130,6 +130,7 @@ def train(
 # [evaluate]
 
 REPORT_KIND = "deepcrossing.evaluation"
+RETRIEVAL_KIND = "deepcrossing.retrieval"   # training.retrieval_data.REPORT_KIND (not imported: keeps --help fast)
 
 
 def _is_report(path: Path) -> bool:
@@ -140,7 +141,7 @@ def _is_report(path: Path) -> bool:
         report = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, UnicodeDecodeError):
         return False
-    return isinstance(report, dict) and (report.get("kind") == REPORT_KIND
+    return isinstance(report, dict) and (report.get("kind") in (REPORT_KIND, RETRIEVAL_KIND)
                                          or {"model_dir", "n_samples", "split"} <= set(report))
 
 
@@ -159,12 +160,20 @@ def evaluate(
     out_path: Annotated[Path | None, typer.Option(
         "--out", help="Where to write the metrics JSON (default: MODEL/metrics-<split>.json, "
                       "or MODEL/metrics-<file stem>.json with --file).")] = None,
-    k: Annotated[int, typer.Option("--k", min=1, help="Cut-off of NDCG/Recall/HitRate per user.")] = 10,
+    k: Annotated[str | None, typer.Option(
+        "--k", callback=positive_ints,
+        help="Cut-off of NDCG/Recall/HitRate per user (default 10); with --retrieval, the Recall@K cut-offs "
+             "(default 50,100,200,800).")] = None,
+    retrieval: Annotated[bool, typer.Option(
+        "--retrieval", help="Evaluate candidate retrieval instead (Recall@K and coverage of each recall channel "
+                            "on the time split's test period; needs --samples; default --out "
+                            "MODEL/retrieval.json).")] = False,
     overwrite: Annotated[bool, typer.Option(
         help="Replace an --out file that is not a metrics report of ours (never an input).")] = False,
 ) -> None:
     """Score a sample split with a trained model; print and write AUC, log loss, accuracy, PR-AUC, GAUC and
-    per-user NDCG/Recall/HitRate@k, next to a popularity baseline (the movie's rating count before t)."""
+    per-user NDCG/Recall/HitRate@k, next to a popularity baseline (the movie's rating count before t).
+    With --retrieval: Recall@K and coverage@K of the recall channels (popularity, genres, emb, merged)."""
     import json
 
     from rich.table import Table
@@ -176,6 +185,15 @@ def evaluate(
     from deepcrossing.training.artifact import load as load_model
     from deepcrossing.training.evaluate import evaluate_scores, find_split_file, metric_rows
 
+    if retrieval:
+        if samples is None or file is not None:
+            raise DeepCrossingError("--retrieval needs --samples DIR (a Parquet samples folder with the time split), "
+                                    "not --file")
+        _evaluate_retrieval(model, samples, k or "50,100,200,800", out_path, overwrite)
+        return
+    if k is not None and "," in k:
+        raise DeepCrossingError(f"--k takes one cut-off without --retrieval, not {k[:40]!r}")
+    cutoff = int(k) if k is not None else 10
     if file is not None:
         path = file
     elif samples is not None:
@@ -189,7 +207,7 @@ def evaluate(
     table = read_samples(path)
     with console.status(f"scoring {table.num_rows:,} samples of {path}"):
         scores = loaded.predict(table)
-    report = evaluate_scores(table, scores, k=k, source=path)
+    report = evaluate_scores(table, scores, k=cutoff, source=path)
     report["kind"] = REPORT_KIND
     report["model_dir"] = str(model)
     report["split"] = None if file is not None else split
@@ -204,6 +222,44 @@ def evaluate(
     out.print(view)
     out.print(f"popularity baseline: {report['popularity_definition']}", highlight=False)
 
+    write_text_atomic(target, json.dumps(report, indent=2) + "\n")
+    console.print(f"wrote {target}", highlight=False)
+
+
+def _evaluate_retrieval(model: Path, samples: Path, ks_text: str, out_path: Path | None, overwrite: bool) -> None:
+    """``evaluate --retrieval``: print the channel x K table and write the JSON report."""
+    import json
+
+    from rich.table import Table
+
+    from deepcrossing.atomic import write_text_atomic
+    from deepcrossing.outputs import check_output_file
+    from deepcrossing.training.artifact import MANIFEST, WEIGHTS
+    from deepcrossing.training.artifact import load as load_model
+    from deepcrossing.training.retrieval import parse_ks
+    from deepcrossing.training.retrieval_data import build_channels, evaluate_retrieval, load_retrieval_data
+
+    ks = parse_ks(ks_text)
+    target = out_path or Path(model) / "retrieval.json"
+    check_output_file(target, is_ours=_is_report, what="metrics report", overwrite=overwrite,
+                      inputs=[*(Path(samples) / f"{s}.parquet" for s in ("train", "valid", "test", "items")),
+                              Path(model) / MANIFEST, Path(model) / WEIGHTS])
+    data = load_retrieval_data(samples)
+    loaded = load_model(model)
+    with console.status(f"recalling for {len(data.users):,} test users"):
+        report = evaluate_retrieval(data, build_channels(data, loaded), ks)
+    report["model_dir"] = str(model)
+    view = Table(title=f"{samples}: {report['n_users']:,} test users with a relevant movie "
+                       f"({report['n_skipped']:,} skipped), catalogue {report['catalogue_size']:,}")
+    view.add_column("channel", no_wrap=True)
+    for kk in ks:
+        view.add_column(f"R@{kk}", justify="right")
+    for kk in ks:
+        view.add_column(f"cov@{kk}", justify="right")
+    for name, row in report["channels"].items():
+        view.add_row(name, *(f"{row['recall'][str(kk)]:.4f}" for kk in ks),
+                     *(f"{row['coverage'][str(kk)]:.4f}" for kk in ks))
+    out.print(view)
     write_text_atomic(target, json.dumps(report, indent=2) + "\n")
     console.print(f"wrote {target}", highlight=False)
 

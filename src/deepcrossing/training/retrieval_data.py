@@ -1,0 +1,185 @@
+"""Retrieval evaluation over a samples folder: users' state at the test start, relevant sets, the channels
+available today, and the report (``deepcrossing evaluate --retrieval``, ``benchmarks/retrieval.py``).
+
+Protocol (time split only): ``test_start`` is the manifest's boundary. Everything a channel sees comes from
+the train and valid files (``timestamp < test_start``); the test file gives only the relevant sets. For each
+user with a test row, the relevant set is the movies they rated positively (``label = 1``) in the test
+period, minus the movies they had already rated before it (no channel may return those). Users without any
+such movie are skipped and counted. The catalogue is ``items.parquet``; coverage@K is the share of it
+recalled in any user's top K.
+
+Example:
+    >>> data = load_retrieval_data("samples")           # doctest: +SKIP
+    >>> report = evaluate_retrieval(data, build_channels(data, load("model")), (50, 100))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from numpy.typing import NDArray
+
+from deepcrossing.duck import connection, sql_str
+from deepcrossing.errors import InputError
+from deepcrossing.training.artifact import LoadedModel
+from deepcrossing.training.retrieval import Channel, IdArray, Prior, UserState, coverage_at_ks, emb_channel, \
+    genre_channel, merge_channels, popularity_channel, recall_at_ks
+
+REPORT_KIND = "deepcrossing.retrieval"
+
+__all__ = ["REPORT_KIND", "RetrievalData", "build_channels", "evaluate_retrieval", "item_vectors",
+           "load_retrieval_data"]
+
+
+@dataclass(frozen=True)
+class RetrievalData:
+    """A samples folder read for retrieval evaluation.
+
+    Attributes:
+        samples: the folder.
+        test_start: first second of the test period.
+        prior: popularity order and genre masks as of ``test_start``.
+        users: per test user (by id), their :class:`UserState` at ``test_start``.
+        relevant: per test user (same order), (R_u,) sorted relevant movie ids.
+        movie_rows: one sample row per movie rated before ``test_start`` (its latest one), for item vectors.
+    """
+
+    samples: Path
+    test_start: int
+    prior: Prior
+    users: list[UserState]
+    relevant: list[IdArray]
+    movie_rows: pa.Table
+
+
+def _ids(values: Any) -> IdArray:
+    return np.asarray(values if values is not None else [], dtype=np.int64)
+
+
+def load_retrieval_data(samples: str | Path, *, recent_n: int | None = None) -> RetrievalData:
+    """Read a Parquet samples folder (``train``/``valid``/``test.parquet``, ``items.parquet``, manifest).
+
+    Args:
+        samples: folder written by ``deepcrossing prepare`` with the time split.
+        recent_n: recent positives per user (default: the manifest's ``recent_n``, else 10).
+
+    Raises:
+        InputError: a missing file, or a random split (no test start to stand at).
+    """
+    folder = Path(samples)
+    manifest_path = folder / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read the samples manifest: {exc}", path=manifest_path) from None
+    test_start = (manifest.get("split") or {}).get("test_start") if isinstance(manifest, dict) else None
+    if not isinstance(test_start, int):
+        raise InputError("retrieval evaluation needs a time split (prepare's default): the manifest has no "
+                         "split.test_start", path=manifest_path, field="split")
+    files = {name: folder / f"{name}.parquet" for name in ("train", "valid", "test", "items")}
+    for path in files.values():
+        if not path.is_file():
+            raise InputError("missing file (retrieval evaluation reads a Parquet samples folder)", path=path)
+    n = int(recent_n if recent_n is not None else (manifest.get("config") or {}).get("recent_n", 10))
+    prior_sql = (f"SELECT * FROM read_parquet([{sql_str(files['train'])}, {sql_str(files['valid'])}], "
+                 f"union_by_name = true) WHERE timestamp < {test_start}")
+    with connection() as con:
+        con.execute(f"CREATE TEMP VIEW prior AS {prior_sql}")
+        con.execute(f"CREATE TEMP VIEW items AS SELECT item_id, genres FROM read_parquet({sql_str(files['items'])})")
+        popular = con.sql(
+            "SELECT i.item_id, i.genres FROM items i LEFT JOIN (SELECT movieId, COUNT(*) AS n, AVG(rating) AS avg "
+            "FROM prior GROUP BY movieId) s ON s.movieId = i.item_id "
+            "ORDER BY COALESCE(s.n, 0) DESC, s.avg DESC NULLS LAST, i.item_id").to_arrow_table()
+        users = con.sql(f"""
+            WITH t AS (SELECT DISTINCT userId FROM read_parquet({sql_str(files['test'])})),
+            rel AS (SELECT userId, list(DISTINCT movieId ORDER BY movieId) AS relevant
+                    FROM read_parquet({sql_str(files['test'])}) x
+                    WHERE label = 1 AND NOT EXISTS (SELECT 1 FROM prior p WHERE p.userId = x.userId
+                                                    AND p.movieId = x.movieId)
+                    GROUP BY userId),
+            rated AS (SELECT userId, list(DISTINCT movieId ORDER BY movieId) AS rated FROM prior GROUP BY userId),
+            pos AS (SELECT userId, list(movieId ORDER BY timestamp DESC, movieId)[1:{n}] AS recent
+                    FROM prior WHERE label = 1 GROUP BY userId),
+            ug AS (SELECT p.userId, unnest(i.genres) AS genre FROM prior p
+                   JOIN items i ON i.item_id = p.movieId WHERE p.label = 1),
+            g AS (SELECT userId, list(genre ORDER BY c DESC, genre) AS genres FROM (
+                    SELECT userId, genre, COUNT(*) AS c FROM ug GROUP BY userId, genre) GROUP BY userId)
+            SELECT t.userId, rel.relevant, rated.rated, pos.recent, g.genres FROM t
+            LEFT JOIN rel USING (userId) LEFT JOIN rated USING (userId) LEFT JOIN pos USING (userId)
+            LEFT JOIN g USING (userId) ORDER BY t.userId""").to_arrow_table()
+        movie_rows = con.sql("SELECT * FROM prior QUALIFY row_number() OVER "
+                             "(PARTITION BY movieId ORDER BY timestamp DESC, userId DESC) = 1 "
+                             "ORDER BY movieId").to_arrow_table()
+    order = _ids(popular.column("item_id").to_numpy())
+    masks: dict[str, NDArray[np.bool_]] = {}
+    for row, genres in enumerate(popular.column("genres").to_pylist()):
+        for genre in genres or []:
+            masks.setdefault(genre, np.zeros(order.size, dtype=bool))[row] = True
+    cols = users.to_pydict()
+    states = [UserState(int(u), _ids(r), _ids(p), tuple(g or ()))
+              for u, r, p, g in zip(cols["userId"], cols["rated"], cols["recent"], cols["genres"], strict=True)]
+    return RetrievalData(folder, test_start, Prior(order, masks), states, [_ids(r) for r in cols["relevant"]],
+                         movie_rows)
+
+
+@torch.inference_mode()
+def item_vectors(loaded: LoadedModel, movie_rows: pa.Table) -> tuple[IdArray, NDArray[np.float32]]:
+    """The model's unit item vectors (movie-side partials of the first MLP layer, L2-normalized, as the
+    service's ``Snapshot.unit``) of the movies in ``movie_rows`` (sample rows holding the item-side columns).
+
+    Returns:
+        ((V,) movie ids, (V, H) float32 unit vectors).
+    """
+    model = loaded.model.eval()
+    item_columns = tuple(f.name for f in loaded.spec.features if f.side == "item")
+    stacked = model.stack(loaded.encoder.transform(movie_rows, only=item_columns))   # (V, S)
+    _, p = model.first_layer_split().item_partial(stacked)                             # (V, H)
+    unit = torch.nn.functional.normalize(p, dim=1).numpy().astype(np.float32)
+    return _ids(movie_rows.column("movieId").to_numpy()), unit
+
+
+def build_channels(data: RetrievalData, loaded: LoadedModel | None = None) -> dict[str, Channel]:
+    """The channels available today: ``popularity``, ``genres``, and with a model ``emb`` and ``merged``
+    (round-robin of emb, genres, popularity); without a model ``merged`` is genres + popularity."""
+    channels = {"popularity": popularity_channel(data.prior), "genres": genre_channel(data.prior)}
+    if loaded is not None:
+        channels["emb"] = emb_channel(data.prior, *item_vectors(loaded, data.movie_rows))
+    channels["merged"] = merge_channels([channels[c] for c in ("emb", "genres", "popularity") if c in channels])
+    return channels
+
+
+def evaluate_retrieval(data: RetrievalData, channels: Mapping[str, Channel], ks: Sequence[int]) -> dict[str, Any]:
+    """Recall@K and coverage@K of every channel (each asked once per user for max(ks) movies).
+
+    Returns:
+        A JSON-ready report: ``channels`` -> ``{recall: {K: r}, coverage: {K: c}, seconds}``, user counts, the
+        catalogue size, ``test_start`` and the protocol in words.
+    """
+    ks = tuple(sorted(set(ks)))
+    top = max(ks)
+    out: dict[str, Any] = {}
+    result = None
+    for name, channel in channels.items():
+        started = time.perf_counter()
+        ranked = [channel(user, top) for user in data.users]
+        result = recall_at_ks(ranked, data.relevant, ks)
+        out[name] = {"recall": {str(k): v for k, v in result.recall.items()},
+                     "coverage": {str(k): v for k, v in
+                                  coverage_at_ks(ranked, ks, data.prior.popular.size).items()},
+                     "seconds": round(time.perf_counter() - started, 3)}
+    n_users = result.n_users if result is not None else sum(1 for r in data.relevant if r.size)
+    return {"kind": REPORT_KIND, "samples": str(data.samples), "test_start": data.test_start, "ks": list(ks),
+            "n_test_users": len(data.users), "n_users": n_users, "n_skipped": len(data.users) - n_users,
+            "catalogue_size": int(data.prior.popular.size), "channels": out,
+            "protocol": "relevant = movies a test user rated positively in the test period and had not rated "
+                        "before it; channels see only ratings before test_start and leave out rated movies; "
+                        "recall averaged over users with >= 1 relevant movie; coverage = distinct recalled "
+                        "movies / catalogue"}

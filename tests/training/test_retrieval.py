@@ -1,0 +1,245 @@
+"""Retrieval evaluation: Recall@K / coverage@K against hand counts and a plain-Python reference, each channel
+on a tiny hand-made log (exact rankings), rated-movie exclusion, no test leakage, and `evaluate --retrieval`."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from deepcrossing.errors import InputError
+from deepcrossing.training.retrieval import Prior, UserState, coverage_at_ks, emb_channel, genre_channel, \
+    merge_channels, parse_ks, popularity_channel, recall_at_ks
+from deepcrossing.training.retrieval_data import build_channels, evaluate_retrieval, load_retrieval_data
+
+NONE = np.zeros(0, dtype=np.int64)
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+
+
+def test_recall_and_coverage_exact() -> None:
+    ranked = [np.array([1, 2, 3, 4]), np.array([5, 1]), np.array([7, 8])]
+    relevant = [np.array([2, 4, 9]), np.array([1]), NONE]
+    r = recall_at_ks(ranked, relevant, (1, 2, 4))
+    assert r.n_users == 2 and r.n_skipped == 1
+    assert r.recall[1] == 0.0
+    assert r.recall[2] == pytest.approx((1 / 3 + 1) / 2)
+    assert r.recall[4] == pytest.approx((2 / 3 + 1) / 2)       # list of 2 shorter than K: counts what it has
+    assert coverage_at_ks(ranked, (1, 2, 4), catalogue_size=10) == {1: 0.3, 2: 0.5, 4: 0.7}
+
+
+def test_recall_edge_cases() -> None:
+    assert np.isnan(recall_at_ks([NONE], [NONE], (5,)).recall[5])
+    assert recall_at_ks([np.array([3, 3, 4])], [np.array([3, 4])], (2,)).recall[2] == 0.5   # a repeat counts once
+    with pytest.raises(InputError):
+        recall_at_ks([NONE], [], (5,))
+    with pytest.raises(InputError):
+        recall_at_ks([NONE], [NONE], (0,))
+
+
+def _reference_recall(ranked: list[list[int]], relevant: list[list[int]], k: int) -> float:
+    per_user = []
+    for items, rel in zip(ranked, relevant, strict=True):
+        if not rel:
+            continue
+        per_user.append(len(set(items[:k]) & set(rel)) / len(set(rel)))
+    return sum(per_user) / len(per_user)
+
+
+def test_recall_matches_plain_python() -> None:
+    rng = random.Random(3)
+    for _ in range(30):
+        ranked = [[rng.randrange(60) for _ in range(rng.randint(0, 40))] for _ in range(12)]  # repeats too
+        relevant = [rng.sample(range(60), rng.randint(0, 8)) for _ in range(12)]
+        relevant[0] = [1]
+        got = recall_at_ks([np.array(r, dtype=np.int64) for r in ranked],
+                           [np.array(r, dtype=np.int64) for r in relevant], (1, 5, 20, 50))
+        for k in (1, 5, 20, 50):
+            assert got.recall[k] == pytest.approx(_reference_recall(ranked, relevant, k))
+
+
+def test_parse_ks() -> None:
+    assert parse_ks("800,50, 100") == (50, 100, 800)
+    for bad in ("", "a", "0", "-5,10", "1.5"):
+        with pytest.raises(InputError, match="positive integers"):
+            parse_ks(bad)
+
+
+# ------------------------------------------------------------------------------------ tiny samples folder
+
+T0 = 1_000
+TEST_START = 2_000
+GENRES = {1: ["Drama"], 2: ["Comedy"], 3: ["Drama", "Comedy"], 4: ["Drama"], 5: ["Horror"], 6: ["Comedy"],
+          7: ["Horror"]}
+# (user, movie, rating, timestamp): before TEST_START -> train/valid; after -> test
+PRIOR = [(1, 1, 5.0, T0), (1, 3, 4.0, T0 + 1), (1, 2, 2.0, T0 + 2),
+         (2, 1, 4.0, T0 + 3), (2, 2, 4.0, T0 + 4), (3, 1, 3.0, T0 + 5), (3, 2, 5.0, T0 + 6), (3, 4, 4.0, T0 + 7),
+         (4, 5, 5.0, T0 + 8)]
+TEST = [(1, 4, 5.0, TEST_START), (1, 5, 2.0, TEST_START + 1), (2, 6, 4.0, TEST_START + 2),
+        (2, 3, 5.0, TEST_START + 3), (5, 1, 4.0, TEST_START + 4), (4, 7, 1.0, TEST_START + 5)]
+
+
+def _rows(rows: list[tuple[int, int, float, int]]) -> pa.Table:
+    return pa.table({"userId": pa.array([r[0] for r in rows], pa.int64()),
+                     "movieId": pa.array([r[1] for r in rows], pa.int64()),
+                     "rating": pa.array([r[2] for r in rows], pa.float64()),
+                     "timestamp": pa.array([r[3] for r in rows], pa.int64()),
+                     "label": pa.array([int(r[2] >= 3.5) for r in rows], pa.int8())})
+
+
+def _write_samples(folder: Path, test: list[tuple[int, int, float, int]]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(_rows(PRIOR[:6]), folder / "train.parquet")
+    pq.write_table(_rows(PRIOR[6:]), folder / "valid.parquet")
+    pq.write_table(_rows(test), folder / "test.parquet")
+    pq.write_table(pa.table({"item_id": pa.array(list(GENRES), pa.int64()),
+                             "genres": pa.array(list(GENRES.values()), pa.list_(pa.string()))}),
+                   folder / "items.parquet")
+    (folder / "manifest.json").write_text(json.dumps({"split": {"test_start": TEST_START},
+                                                      "config": {"recent_n": 2}}))
+    return folder
+
+
+def test_tiny_log_state_and_channels(tmp_path: Path) -> None:
+    data = load_retrieval_data(_write_samples(tmp_path / "s", TEST))
+    # counts: 1 -> 3 ratings (avg 4), 2 -> 3 (avg 11/3), then 3, 4, 5 one each (avg 4, 4, 5), 6 and 7 unrated
+    assert data.prior.popular.tolist() == [1, 2, 5, 3, 4, 6, 7]
+    by_user = {u.user_id: u for u in data.users}
+    assert list(by_user) == [1, 2, 4, 5]
+    u1 = by_user[1]
+    assert u1.rated.tolist() == [1, 2, 3] and u1.recent_positives.tolist() == [3, 1]
+    assert u1.top_genres == ("Drama", "Comedy")               # Drama 2 (movies 1, 3), Comedy 1 (3)
+    assert by_user[5].rated.tolist() == [] and by_user[5].top_genres == ()
+    # relevant: test positives not rated before (user 2's movie 3 is new to them; user 4 has none)
+    assert [r.tolist() for r in data.relevant] == [[4], [3, 6], [], [1]]
+
+    pop = popularity_channel(data.prior)
+    assert pop(u1, 10).tolist() == [5, 4, 6, 7]              # rated 1, 2, 3 left out
+    assert pop(by_user[5], 2).tolist() == [1, 2]
+    genres = genre_channel(data.prior)
+    assert genres(u1, 10).tolist() == [4, 6]                 # Drama or Comedy, popularity order, unrated
+    assert genres(by_user[5], 10).tolist() == []
+    merged = merge_channels([genres, pop])
+    assert merged(u1, 10).tolist() == [4, 5, 6, 7]
+
+    report = evaluate_retrieval(data, {"popularity": pop, "genres": genres}, (1, 2))
+    assert report["n_users"] == 3 and report["n_skipped"] == 1 and report["catalogue_size"] == 7
+    # popularity: u1 [5, 4] (hit 4 at 2: 1/1), u2 [5, 3] (hit 3 at 2: 1/2), u5 [1, 2] (hit 1 at 1: 1/1)
+    assert report["channels"]["popularity"]["recall"] == {"1": pytest.approx(1 / 3), "2": pytest.approx(2.5 / 3)}
+    # top 2 over the four users: {5, 4}, {5, 3}, {1, 2} (user 4 rated 5), {1, 2} -> 5 distinct of 7
+    assert report["channels"]["popularity"]["coverage"]["2"] == pytest.approx(5 / 7)
+
+
+def test_emb_channel_exact_and_fallback() -> None:
+    prior = Prior(np.array([4, 1, 2, 3]))
+    ids = np.array([1, 2, 3, 4])
+    unit = np.array([[1, 0], [0, 1], [0.8, 0.6], [0.6, 0.8]], dtype=np.float32)
+    emb = emb_channel(prior, ids, unit)
+    user = UserState(1, np.array([1]), np.array([1, 99]), ())      # 99 has no vector: ignored
+    assert emb(user, 10).tolist() == [3, 4, 2]                      # cosine to (1, 0), movie 1 rated
+    both = UserState(1, np.array([1, 2]), np.array([1, 2]), ())
+    assert emb(both, 10).tolist() == [3, 4]                         # tie on the mean direction: smaller id
+    cold = UserState(2, np.array([4]), NONE, ())
+    assert emb(cold, 2).tolist() == [1, 2]                          # popularity, minus rated
+
+
+def test_channels_do_not_see_the_test_period(tmp_path: Path) -> None:
+    before = load_retrieval_data(_write_samples(tmp_path / "a", TEST))
+    changed = [(u, m, 6.0 - r, t) for u, m, r, t in TEST] + [(1, 7, 5.0, TEST_START + 9), (2, 7, 5.0, TEST_START)]
+    after = load_retrieval_data(_write_samples(tmp_path / "b", changed))
+    assert before.prior.popular.tolist() == after.prior.popular.tolist()
+    assert before.movie_rows.equals(after.movie_rows)
+    users = {u.user_id: u for u in after.users}
+    for user in before.users:
+        for name, channel in build_channels(before).items():
+            assert channel(user, 10).tolist() == build_channels(after)[name](users[user.user_id], 10).tolist(), name
+
+
+def test_random_split_is_refused(tmp_path: Path) -> None:
+    folder = _write_samples(tmp_path / "s", TEST)
+    (folder / "manifest.json").write_text(json.dumps({"split": {"kind": "random"}}))
+    with pytest.raises(InputError, match="time split"):
+        load_retrieval_data(folder)
+
+
+# ------------------------------------------------------------------------- real model, CLI end to end
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from typer.testing import CliRunner
+
+    from deepcrossing.cli import app
+
+    root = tmp_path_factory.mktemp("retrieval")
+    release = root / "ml-latest-small"
+    release.mkdir()
+    rng = random.Random(0)
+    lines = [f"{u},{m},{rng.choice([1.0, 2.5, 4.0, 5.0])},{964982703 + 100 * j + u}"   # users interleaved in time
+             for u in range(1, 41) for j, m in enumerate(rng.sample(range(1, 31), 12))]
+    (release / "ratings.csv").write_text("userId,movieId,rating,timestamp\n" + "\n".join(lines) + "\n")
+    kinds = ["Drama", "Comedy", "Horror", "Action"]
+    (release / "movies.csv").write_text("movieId,title,genres\n" + "".join(
+        f"{i},M{i} (199{i % 10}),{kinds[i % 4]}|{kinds[(i // 4) % 4]}\n" for i in range(1, 31)))
+    samples, model = root / "samples", root / "model"
+    res = CliRunner().invoke(app, ["prepare", "--data", str(release), "--out", str(samples)])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, ["train", "--samples", str(samples), "--out", str(model), "--epochs", "1",
+                                   "--device", "cpu", "--seed", "0"])
+    assert res.exit_code == 0, res.output
+    return samples, model
+
+
+def test_evaluate_retrieval_cli(tiny_model: tuple[Path, Path], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from deepcrossing.cli import app
+
+    samples, model = tiny_model
+    out = tmp_path / "r.json"
+    res = CliRunner().invoke(app, ["evaluate", "--retrieval", "--model", str(model), "--samples", str(samples),
+                                   "--k", "5,10", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    report = json.loads(out.read_text())
+    assert report["kind"] == "deepcrossing.retrieval" and report["ks"] == [5, 10]
+    assert set(report["channels"]) == {"popularity", "genres", "emb", "merged"}
+    for row in report["channels"].values():
+        assert 0.0 <= row["recall"]["5"] <= row["recall"]["10"] <= 1.0
+        assert 0.0 < row["coverage"]["5"] <= row["coverage"]["10"] <= 1.0
+    assert "merged" in res.output and "R@10" in res.output
+    # a second run replaces its own report; a file that is not ours is refused
+    assert CliRunner().invoke(app, ["evaluate", "--retrieval", "--model", str(model), "--samples", str(samples),
+                                    "--out", str(out)]).exit_code == 0
+    other = tmp_path / "notes.json"
+    other.write_text("{}")
+    res = CliRunner().invoke(app, ["evaluate", "--retrieval", "--model", str(model), "--samples", str(samples),
+                                   "--out", str(other)])
+    assert res.exit_code != 0 and other.read_text() == "{}"
+
+
+def test_emb_channel_ignores_test_period_with_a_real_model(tiny_model: tuple[Path, Path], tmp_path: Path) -> None:
+    import shutil
+
+    from deepcrossing.training.artifact import load
+
+    samples, model = tiny_model
+    copy = tmp_path / "samples"
+    shutil.copytree(samples, copy)
+    test = pq.read_table(copy / "test.parquet")
+    flipped = test.set_column(test.schema.get_field_index("label"), "label",
+                              pa.array((1 - test.column("label").to_numpy()).astype(np.int8)))
+    pq.write_table(flipped, copy / "test.parquet")
+    loaded = load(model)
+    a, b = load_retrieval_data(samples), load_retrieval_data(copy)
+    emb_a, emb_b = build_channels(a, loaded)["emb"], build_channels(b, loaded)["emb"]
+    assert [u.user_id for u in a.users] == [u.user_id for u in b.users]
+    for ua, ub in zip(a.users, b.users, strict=True):
+        got = emb_a(ua, 20)
+        assert got.tolist() == emb_b(ub, 20).tolist()
+        assert not np.isin(got, ua.rated).any()
