@@ -101,7 +101,7 @@ def _write_samples(folder: Path, test: list[tuple[int, int, float, int]]) -> Pat
     pq.write_table(pa.table({"item_id": pa.array(list(GENRES), pa.int64()),
                              "genres": pa.array(list(GENRES.values()), pa.list_(pa.string()))}),
                    folder / "items.parquet")
-    (folder / "manifest.json").write_text(json.dumps({"split": {"test_start": TEST_START},
+    (folder / "manifest.json").write_text(json.dumps({"split": {"valid_start": T0 + 6, "test_start": TEST_START},
                                                       "config": {"recent_n": 2}}))
     return folder
 
@@ -124,16 +124,27 @@ def test_tiny_log_state_and_channels(tmp_path: Path) -> None:
     assert pop(by_user[5], 2).tolist() == [1, 2]
     genres = genre_channel(data.prior)
     assert genres(u1, 10).tolist() == [4, 6]                 # Drama or Comedy, popularity order, unrated
-    assert genres(by_user[5], 10).tolist() == []
+    assert genres(by_user[5], 10).tolist() == [1, 2, 5, 3, 4, 6, 7]   # no positive history: popularity
     merged = merge_channels([genres, pop])
     assert merged(u1, 10).tolist() == [4, 5, 6, 7]
 
     report = evaluate_retrieval(data, {"popularity": pop, "genres": genres}, (1, 2))
     assert report["n_users"] == 3 and report["n_skipped"] == 1 and report["catalogue_size"] == 7
+    assert report["n_warm_users"] == 2                         # users 1 and 2 (user 5 is new; 4 has no relevant)
+    assert report["channels"]["popularity"]["recall_warm"] == {"1": 0.0, "2": pytest.approx(0.75)}
     # popularity: u1 [5, 4] (hit 4 at 2: 1/1), u2 [5, 3] (hit 3 at 2: 1/2), u5 [1, 2] (hit 1 at 1: 1/1)
     assert report["channels"]["popularity"]["recall"] == {"1": pytest.approx(1 / 3), "2": pytest.approx(2.5 / 3)}
     # top 2 over the four users: {5, 4}, {5, 3}, {1, 2} (user 4 rated 5), {1, 2} -> 5 distinct of 7
     assert report["channels"]["popularity"]["coverage"]["2"] == pytest.approx(5 / 7)
+
+
+def test_valid_split_stands_at_valid_start(tmp_path: Path) -> None:
+    data = load_retrieval_data(_write_samples(tmp_path / "s", TEST), split="valid")
+    assert data.test_start == T0 + 6
+    assert [u.user_id for u in data.users] == [3, 4]
+    assert [r.tolist() for r in data.relevant] == [[2, 4], [5]]     # user 3 had rated 1 (3.0) in train only
+    assert data.users[0].rated.tolist() == [1] and data.users[0].recent_positives.tolist() == []
+    assert data.prior.popular.tolist()[:3] == [1, 2, 3]            # train counts only: 1 x3, 2 x2, 3 x1
 
 
 def test_emb_channel_exact_and_fallback() -> None:

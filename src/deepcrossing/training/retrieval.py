@@ -191,7 +191,7 @@ def popularity_channel(prior: Prior) -> Channel:
 
 def genre_channel(prior: Prior, top_n: int = 3) -> Channel:
     """The popular movies of the user's ``top_n`` genres (a movie with any of them), unrated, by popularity;
-    an empty list for a user with no positive history (the merge then takes the other channels).
+    a user with no positive history (no genre) gets :func:`popularity_channel`'s list, as ``emb`` does.
 
     Example:
         >>> prior = Prior(np.array([5, 7, 3]), {"Drama": np.array([True, False, True]),
@@ -199,12 +199,14 @@ def genre_channel(prior: Prior, top_n: int = 3) -> Channel:
         >>> user = UserState(1, np.array([5]), np.array([5]), ("Drama",))
         >>> genre_channel(prior)(user, 10).tolist()
         [3]
+        >>> genre_channel(prior)(UserState(2, np.array([7]), np.array([], dtype=np.int64), ()), 10).tolist()
+        [5, 3]
     """
 
     def recall(user: UserState, n: int) -> IdArray:
         masks = [prior.genres[g] for g in user.top_genres[:top_n] if g in prior.genres]
         if not masks:
-            return np.zeros(0, dtype=np.int64)
+            return _unrated(prior.popular, user.rated, n)
         return _unrated(prior.popular[np.logical_or.reduce(masks)], user.rated, n)
 
     return recall

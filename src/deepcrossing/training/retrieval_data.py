@@ -64,12 +64,14 @@ def _ids(values: Any) -> IdArray:
     return np.asarray(values if values is not None else [], dtype=np.int64)
 
 
-def load_retrieval_data(samples: str | Path, *, recent_n: int | None = None) -> RetrievalData:
+def load_retrieval_data(samples: str | Path, *, recent_n: int | None = None, split: str = "test") -> RetrievalData:
     """Read a Parquet samples folder (``train``/``valid``/``test.parquet``, ``items.parquet``, manifest).
 
     Args:
         samples: folder written by ``deepcrossing prepare`` with the time split.
         recent_n: recent positives per user (default: the manifest's ``recent_n``, else 10).
+        split: ``test`` (stand at ``test_start``: train + valid known, test relevant), or ``valid`` for tuning
+            (stand at ``valid_start``: train known, valid relevant; ``test_start`` then means ``valid_start``).
 
     Raises:
         InputError: a missing file, or a random split (no test start to stand at).
@@ -80,17 +82,21 @@ def load_retrieval_data(samples: str | Path, *, recent_n: int | None = None) -> 
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot read the samples manifest: {exc}", path=manifest_path) from None
-    test_start = (manifest.get("split") or {}).get("test_start") if isinstance(manifest, dict) else None
+    if split not in ("test", "valid"):
+        raise InputError(f"split must be test or valid, not {split!r}")
+    test_start = (manifest.get("split") or {}).get(f"{split}_start") if isinstance(manifest, dict) else None
     if not isinstance(test_start, int):
-        raise InputError("retrieval evaluation needs a time split (prepare's default): the manifest has no "
-                         "split.test_start", path=manifest_path, field="split")
+        raise InputError(f"retrieval evaluation needs a time split (prepare's default): the manifest has no "
+                         f"split.{split}_start", path=manifest_path, field="split")
     files = {name: folder / f"{name}.parquet" for name in ("train", "valid", "test", "items")}
     for path in files.values():
         if not path.is_file():
             raise InputError("missing file (retrieval evaluation reads a Parquet samples folder)", path=path)
     n = int(recent_n if recent_n is not None else (manifest.get("config") or {}).get("recent_n", 10))
-    prior_sql = (f"SELECT * FROM read_parquet([{sql_str(files['train'])}, {sql_str(files['valid'])}], "
-                 f"union_by_name = true) WHERE timestamp < {test_start}")
+    known = [files["train"], files["valid"]] if split == "test" else [files["train"]]
+    target = files[split]
+    prior_sql = (f"SELECT * FROM read_parquet([{', '.join(sql_str(f) for f in known)}], union_by_name = true) "
+                 f"WHERE timestamp < {test_start}")
     with connection() as con:
         con.execute(f"CREATE TEMP VIEW prior AS {prior_sql}")
         con.execute(f"CREATE TEMP VIEW items AS SELECT item_id, genres FROM read_parquet({sql_str(files['items'])})")
@@ -99,11 +105,11 @@ def load_retrieval_data(samples: str | Path, *, recent_n: int | None = None) -> 
             "FROM prior GROUP BY movieId) s ON s.movieId = i.item_id "
             "ORDER BY COALESCE(s.n, 0) DESC, s.avg DESC NULLS LAST, i.item_id").to_arrow_table()
         users = con.sql(f"""
-            WITH t AS (SELECT DISTINCT userId FROM read_parquet({sql_str(files['test'])})),
+            WITH t AS (SELECT DISTINCT userId FROM read_parquet({sql_str(target)})),
             rel AS (SELECT userId, list(DISTINCT movieId ORDER BY movieId) AS relevant
-                    FROM read_parquet({sql_str(files['test'])}) x
-                    WHERE label = 1 AND NOT EXISTS (SELECT 1 FROM prior p WHERE p.userId = x.userId
-                                                    AND p.movieId = x.movieId)
+                    FROM read_parquet({sql_str(target)}) x
+                    WHERE label = 1 AND timestamp >= {test_start}
+                      AND NOT EXISTS (SELECT 1 FROM prior p WHERE p.userId = x.userId AND p.movieId = x.movieId)
                     GROUP BY userId),
             rated AS (SELECT userId, list(DISTINCT movieId ORDER BY movieId) AS rated FROM prior GROUP BY userId),
             pos AS (SELECT userId, list(movieId ORDER BY timestamp DESC, movieId)[1:{n}] AS recent
@@ -160,26 +166,32 @@ def evaluate_retrieval(data: RetrievalData, channels: Mapping[str, Channel], ks:
     """Recall@K and coverage@K of every channel (each asked once per user for max(ks) movies).
 
     Returns:
-        A JSON-ready report: ``channels`` -> ``{recall: {K: r}, coverage: {K: c}, seconds}``, user counts, the
+        A JSON-ready report: ``channels`` -> ``{recall: {K: r}, recall_warm: {K: r}, coverage: {K: c}, seconds}``
+        (``recall_warm``: over the ``n_warm_users`` with a positive before the test start), user counts, the
         catalogue size, ``test_start`` and the protocol in words.
     """
     ks = tuple(sorted(set(ks)))
     top = max(ks)
     out: dict[str, Any] = {}
     result = None
+    warm = [i for i, user in enumerate(data.users) if user.recent_positives.size]
     for name, channel in channels.items():
         started = time.perf_counter()
         ranked = [channel(user, top) for user in data.users]
         result = recall_at_ks(ranked, data.relevant, ks)
+        on_warm = recall_at_ks([ranked[i] for i in warm], [data.relevant[i] for i in warm], ks)
         out[name] = {"recall": {str(k): v for k, v in result.recall.items()},
+                     "recall_warm": {str(k): v for k, v in on_warm.recall.items()},
                      "coverage": {str(k): v for k, v in
                                   coverage_at_ks(ranked, ks, data.prior.popular.size).items()},
                      "seconds": round(time.perf_counter() - started, 3)}
     n_users = result.n_users if result is not None else sum(1 for r in data.relevant if r.size)
+    n_warm = sum(1 for i in warm if data.relevant[i].size)
     return {"kind": REPORT_KIND, "samples": str(data.samples), "test_start": data.test_start, "ks": list(ks),
             "n_test_users": len(data.users), "n_users": n_users, "n_skipped": len(data.users) - n_users,
+            "n_warm_users": n_warm,
             "catalogue_size": int(data.prior.popular.size), "channels": out,
             "protocol": "relevant = movies a test user rated positively in the test period and had not rated "
                         "before it; channels see only ratings before test_start and leave out rated movies; "
-                        "recall averaged over users with >= 1 relevant movie; coverage = distinct recalled "
-                        "movies / catalogue"}
+                        "recall averaged over users with >= 1 relevant movie (recall_warm: over those of them "
+                        "with >= 1 positive before test_start); coverage = distinct recalled movies / catalogue"}
