@@ -97,6 +97,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     for name, row in report["channels"].items():
         ax.plot(ks, [row["recall"][str(k)] for k in ks], marker="o", label=name)
     ax.set_xscale("log")
+    ax.minorticks_off()
     ax.set_xticks(ks, [str(k) for k in ks])
     ax.set_xlabel("K (candidates)")
     ax.set_ylabel("Recall@K")
