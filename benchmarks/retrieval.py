@@ -4,9 +4,10 @@ split of ml-latest-small, side by side with popularity, and a PNG of the Recall@
 Protocol: :mod:`deepcrossing.training.retrieval_data` (relevant = a test user's positives in the test
 period not rated before it; channels see only train + valid; rated movies left out). Channels: popularity,
 the user's top genres, ``emb`` (the Deep Crossing model's unit item vectors, as the service's ``model=emb``),
-their round-robin merge, and, when the ``implicit`` library can be imported (``--implicit-path`` adds a
-folder to ``sys.path``; it is not a dependency of the project), ALS as a peer: fitted on the positives before
-the test start, its factor count chosen by Recall@100 on the validation split (fit on train only).
+their round-robin merge, and ALS from the ``implicit`` library as a peer (in the ``bench`` extra: ``pip install
+-c constraints.txt -e '.[bench]'``; ``--implicit-path`` adds a folder holding it to ``sys.path`` instead):
+fitted on the positives before the test start, its factor count chosen by Recall@100 on the validation split
+(fit on train only).
 
 Usage::
 
