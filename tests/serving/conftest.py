@@ -230,3 +230,28 @@ class ServerThread:
 def server_thread():
     """The :class:`ServerThread` class."""
     return ServerThread
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """A headless Debian Chromium driven by selenium (skipped locally when absent; a failure under CI)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    if chromium is None or driver_path is None:
+        if IN_CI:
+            pytest.fail("chromium/chromedriver missing, but CI installs them (apt-get install chromium "
+                        "chromium-driver)")
+        pytest.skip("chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage",
+                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
