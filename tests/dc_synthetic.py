@@ -5,8 +5,11 @@ The label depends on the features (user taste vs movie quality, genre overlap), 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
+import torch
 
 from deepcrossing.config import Feature, FeatureSpec
 
@@ -73,3 +76,16 @@ def numeric_spec() -> FeatureSpec:
         Feature("userRatingCount", "numeric", "user", transform="periodic", n_frequencies=2, sigma=0.3),
         Feature("userId", "numeric", "user", transform="standardize"),
     ))
+
+
+def exported_scores(path: Path, fmt: str, inputs: list[torch.Tensor], input_names: list[str]) -> np.ndarray:
+    """Scores of an exported model file on its flat inputs: TorchScript, or ONNX Runtime (whose session must
+    take exactly ``input_names``, in order)."""
+    if fmt == "torchscript":
+        return torch.jit.load(str(path))(*inputs).detach().numpy()
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    assert names == input_names
+    return session.run(None, {n: x.numpy() for n, x in zip(names, inputs, strict=True)})[0]

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from dc_synthetic import sample_table, small_spec
+from dc_synthetic import exported_scores, sample_table, small_spec
 from safetensors.torch import load_file, save_file
 
 import deepcrossing
@@ -114,15 +114,7 @@ def test_export_parity(saved, tmp_path, fmt):
     inputs = flat_inputs(batch, layout(loaded))
     meta = json.loads(path.with_name(path.name + ".json").read_text())
     assert meta["bag_names"] == ["userRecentPositives", "movieGenres", "userGenreCounts"]
-    if fmt == "torchscript":
-        got = torch.jit.load(str(path))(*inputs).detach().numpy()
-    else:
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        names = [i.name for i in session.get_inputs()]
-        assert names == meta["inputs"]
-        got = session.run(None, {n: x.numpy() for n, x in zip(names, inputs, strict=True)})[0]
+    got = exported_scores(path, fmt, inputs, meta["inputs"])
     assert got.shape == (257,)
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
 

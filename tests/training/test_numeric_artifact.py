@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from dc_synthetic import numeric_spec, sample_table
+from dc_synthetic import exported_scores, numeric_spec, sample_table
 
 import deepcrossing
 from deepcrossing.config import ModelConfig, TrainConfig
@@ -79,15 +79,7 @@ def test_export_parity_with_numeric_embeddings(saved, tmp_path, fmt):
     meta = json.loads(path.with_name(path.name + ".json").read_text())
     assert meta["numeric_names"] == ["userAvgRating", "movieAvgRating", "movieRatingCount", "userRatingCount"]
     assert meta["inputs"][-4:] == [f"numeric_{n}" for n in meta["numeric_names"]]
-    if fmt == "torchscript":
-        got = torch.jit.load(str(path))(*inputs).detach().numpy()
-    else:
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        names = [i.name for i in session.get_inputs()]
-        assert names == meta["inputs"]
-        got = session.run(None, {n: x.numpy() for n, x in zip(names, inputs, strict=True)})[0]
+    got = exported_scores(path, fmt, inputs, meta["inputs"])
     assert got.shape == (257,)
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
     assert np.std(got) > 1e-4
