@@ -34,6 +34,12 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    swap_dir(tmp, target)
+
+
+def swap_dir(tmp: Path, target: Path) -> None:
+    """Put the folder ``tmp`` in place of ``target`` (which may not exist) by two renames; the old folder is
+    removed after. A kill between the renames leaves it as ``.NAME.old-PID`` (see ``outputs``' cleanup)."""
     old = None
     if target.exists():
         old = target.parent / f".{target.name}.old-{os.getpid()}"

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deepcrossing.atomic import swap_dir
 from deepcrossing.errors import InputError
 
 
@@ -206,16 +207,13 @@ class Reservation:
     def _commit(self, tmp: Path) -> None:
         target = self.target
         check_output_dir(target, self.kind, overwrite=self.overwrite)  # nothing changed under the lock
-        if not target.exists():
-            os.replace(tmp, target)
-            return
-        owned = self.kind.owned_names(target) or set()
-        foreign = {p.name for p in target.iterdir()} - owned
+        owned: set[str] = set()
+        foreign: set[str] = set()
+        if target.exists():
+            owned = self.kind.owned_names(target) or set()
+            foreign = {p.name for p in target.iterdir()} - owned
         if not foreign:
-            old = self.sibling(f"old-{os.getpid()}")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
+            swap_dir(tmp, target)
             return
         new = {p.name for p in tmp.iterdir()}
         clash = sorted(new & foreign)
