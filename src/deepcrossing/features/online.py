@@ -49,6 +49,11 @@ from deepcrossing.features.inputs import (
 )
 from deepcrossing.features.sql import assemble, feature_sql
 
+#: The popularity order of movies: ``items i`` left-joined to per-movie stats ``s(n, avg)``: most rated, then
+#: best average (unrated last), then smaller id. The candidates follow it, and so does retrieval's
+#: popularity channel (:mod:`deepcrossing.training.retrieval_data`).
+POPULARITY_ORDER = "COALESCE(s.n, 0) DESC, s.avg DESC NULLS LAST, i.item_id"
+
 DEFAULT_HISTORY_N = 20
 DEFAULT_MAX_CANDIDATES = 5000
 DEFAULT_USER_RATINGS_N = 1000   # ratings per user kept for display (SparrowRecSys's /getuser), most recent first
@@ -141,7 +146,7 @@ def online_records(
         movie_info = con.sql(_movie_info_sql(con, dataset)).to_arrow_table()
         candidates = [int(r[0]) for r in con.execute(
             "SELECT i.item_id FROM items_src i LEFT JOIN movie_stats s USING (item_id) "
-            f"ORDER BY COALESCE(s.n, 0) DESC, s.avg DESC NULLS LAST, i.item_id LIMIT {max_candidates}"
+            f"ORDER BY {POPULARITY_ORDER} LIMIT {max_candidates}"
         ).fetchall()]
     histories = per_user.select(["userId", "history", "rated"])
     user_info = per_user.select(["userId", "ratings", "ratingCount", "averageRating", "highestRating",

@@ -29,6 +29,7 @@ from numpy.typing import NDArray
 
 from deepcrossing.duck import connection, sql_str
 from deepcrossing.errors import InputError
+from deepcrossing.features.online import POPULARITY_ORDER
 from deepcrossing.training.artifact import LoadedModel
 from deepcrossing.training.retrieval import Channel, IdArray, Prior, UserState, coverage_at_ks, emb_channel, \
     genre_channel, merge_channels, popularity_channel, recall_at_ks
@@ -103,7 +104,7 @@ def load_retrieval_data(samples: str | Path, *, recent_n: int | None = None, spl
         popular = con.sql(
             "SELECT i.item_id, i.genres FROM items i LEFT JOIN (SELECT movieId, COUNT(*) AS n, AVG(rating) AS avg "
             "FROM prior GROUP BY movieId) s ON s.movieId = i.item_id "
-            "ORDER BY COALESCE(s.n, 0) DESC, s.avg DESC NULLS LAST, i.item_id").to_arrow_table()
+            f"ORDER BY {POPULARITY_ORDER}").to_arrow_table()
         users = con.sql(f"""
             WITH t AS (SELECT DISTINCT userId FROM read_parquet({sql_str(target)})),
             rel AS (SELECT userId, list(DISTINCT movieId ORDER BY movieId) AS relevant
