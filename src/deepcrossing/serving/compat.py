@@ -61,11 +61,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
-from deepcrossing.serving.engine import Engine, UserRead
+from deepcrossing.serving.engine import Engine, UserRead, sorted_contains
 from deepcrossing.serving.snapshot import Snapshot
 from deepcrossing.serving.store import Record, StoreError
+from deepcrossing.training.retrieval import cosine_order
 
 __all__ = ["MAX_SIZE", "SORT_BY", "Catalog", "Compat", "display_title", "emb_recall", "movie_json", "user_json"]
 
@@ -187,15 +187,13 @@ def emb_recall(snap: Snapshot, record: Record | None, size: int) -> list[int]:
     pool = snap.candidate_rows
     rated = record.get("rated")
     if rated:
-        pool = pool[~np.isin(snap.movie_ids[pool], np.asarray(rated, dtype=np.int64))]
+        pool = pool[~sorted_contains(np.asarray(rated, dtype=np.int64), snap.movie_ids[pool])]
     positives = (record.get("features") or {}).get("userRecentPositives") or []
     rows = [snap.row_of[m] for m in positives if m in snap.row_of]
     if not rows or len(pool) == 0:
         return [int(m) for m in snap.movie_ids[pool[:size]]]
-    user = snap.unit[torch.as_tensor(rows)].mean(dim=0)                  # (H,)
-    sims = (snap.unit[torch.as_tensor(pool)] @ user).numpy()             # (C',): the ranking of the cosine
-    top = np.lexsort((snap.movie_ids[pool], -sims))[:size]
-    return [int(m) for m in snap.movie_ids[pool[top]]]
+    unit = snap.unit.numpy()                                              # (M, H), no copy
+    return [int(m) for m in cosine_order(unit[pool], snap.movie_ids[pool], unit[rows].mean(axis=0))[:size]]
 
 
 Recaller = Callable[[Snapshot, Record | None, int], list[int]]

@@ -39,7 +39,7 @@ from deepcrossing.serving.scorer import Scorer, UserPart, join_user_movies
 from deepcrossing.serving.snapshot import Snapshot, build_snapshot, empty_features, rescore_snapshot
 from deepcrossing.serving.store import FeatureStore, Record, StoreError, StoreUnavailable, VersionGone, open_store
 
-__all__ = ["Engine", "State", "UserRead", "check_id", "empty_features", "model_fingerprint"]
+__all__ = ["Engine", "State", "UserRead", "check_id", "empty_features", "model_fingerprint", "sorted_contains"]
 
 USER_CACHE_SIZE = 100_000  # user partials kept per state (H floats each); cleared when full
 INT64 = (-(2**63), 2**63 - 1)
@@ -79,12 +79,12 @@ def _check_finite(loaded: Any, model_dir: Path) -> None:
                              field=name)
 
 
-def _contains(haystack: np.ndarray, needles: np.ndarray) -> np.ndarray:
+def sorted_contains(haystack: np.ndarray, needles: np.ndarray) -> np.ndarray:
     """``np.isin(needles, haystack)`` by binary search (no sort of both arrays per request: 20x faster for a
     user with thousands of ratings); ``haystack`` is sorted when published, sorted here otherwise.
 
     Example:
-        >>> _contains(np.array([2, 5, 9]), np.array([9, 1, 5, 10])).tolist()
+        >>> sorted_contains(np.array([2, 5, 9]), np.array([9, 1, 5, 10])).tolist()
         [True, False, True, False]
     """
     if len(haystack) == 0:
@@ -317,7 +317,7 @@ class Engine:
         state, snap, record = read
         rows = snap.candidate_rows[:candidates]
         if record and record.get("rated"):
-            rows = rows[~_contains(np.asarray(record["rated"], dtype=np.int64), snap.movie_ids[rows])]
+            rows = rows[~sorted_contains(np.asarray(record["rated"], dtype=np.int64), snap.movie_ids[rows])]
         if plain:
             user_table = self._user_table(snap, user_id, record)
             logits = state.scorer.plain(join_user_movies(user_table, snap.movie_table.take(pa.array(rows))))

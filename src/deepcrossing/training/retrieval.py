@@ -37,7 +37,7 @@ IdArray = NDArray[np.int64]
 DEFAULT_KS = (50, 100, 200, 800)
 
 __all__ = ["DEFAULT_KS", "Channel", "Prior", "RecallResult", "UserState", "coverage_at_ks", "emb_channel",
-           "genre_channel", "merge_channels", "parse_ks", "popularity_channel", "recall_at_ks"]
+           "cosine_order", "genre_channel", "merge_channels", "parse_ks", "popularity_channel", "recall_at_ks"]
 
 
 def parse_ks(text: str) -> tuple[int, ...]:
@@ -235,11 +235,25 @@ def emb_channel(prior: Prior, movie_ids: IdArray, unit: NDArray[np.float32]) -> 
         rows = [row_of[int(m)] for m in user.recent_positives if int(m) in row_of]
         if not rows:
             return fallback(user, n)
-        sims = unit @ unit[rows].mean(axis=0)                              # (V,)
-        order = movie_ids[np.lexsort((movie_ids, -sims))]
-        return _unrated(order, user.rated, n)
+        return _unrated(cosine_order(unit, movie_ids, unit[rows].mean(axis=0)), user.rated, n)
 
     return recall
+
+
+def cosine_order(unit: NDArray[np.float32], ids: IdArray, query: NDArray[np.float32]) -> IdArray:
+    """``ids`` by descending ``unit @ query`` (cosine, for unit rows), ties by smaller id: the ``emb`` ranking
+    of this channel and of the service's ``model=emb`` recall.
+
+    Args:
+        unit: (N, H) unit item vectors; ids: (N,) their movie ids; query: (H,) the user vector.
+
+    Example:
+        >>> cosine_order(np.array([[1, 0], [0, 1], [1, 0]], dtype=np.float32), np.array([7, 8, 5]),
+        ...              np.array([1, 0], dtype=np.float32)).tolist()
+        [5, 7, 8]
+    """
+    sims = unit @ query                                                   # (N,)
+    return ids[np.lexsort((ids, -sims))]
 
 
 def merge_channels(channels: Sequence[Channel]) -> Channel:
