@@ -24,13 +24,13 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import torch
 from numpy.typing import NDArray
 
 from deepcrossing.duck import connection, sql_str
 from deepcrossing.errors import InputError
 from deepcrossing.features.online import POPULARITY_ORDER
 from deepcrossing.training.artifact import LoadedModel
+from deepcrossing.training.emb_vectors import EmbVectors
 from deepcrossing.training.retrieval import Channel, IdArray, Prior, UserState, coverage_at_ks, emb_channel, \
     genre_channel, merge_channels, popularity_channel, recall_at_ks
 
@@ -137,20 +137,15 @@ def load_retrieval_data(samples: str | Path, *, recent_n: int | None = None, spl
                          movie_rows)
 
 
-@torch.inference_mode()
 def item_vectors(loaded: LoadedModel, movie_rows: pa.Table) -> tuple[IdArray, NDArray[np.float32]]:
-    """The model's unit item vectors (movie-side partials of the first MLP layer, L2-normalized, as the
-    service's ``Snapshot.unit``) of the movies in ``movie_rows`` (sample rows holding the item-side columns).
+    """The model's unit item vectors (:class:`~deepcrossing.training.emb_vectors.EmbVectors`, as the
+    service's ``emb`` channel) of the movies in ``movie_rows`` (sample rows holding the item-side columns).
 
     Returns:
         ((V,) movie ids, (V, H) float32 unit vectors).
     """
-    model = loaded.model.eval()
-    item_columns = tuple(f.name for f in loaded.spec.features if f.side == "item")
-    stacked = model.stack(loaded.encoder.transform(movie_rows, only=item_columns))   # (V, S)
-    _, p = model.first_layer_split().item_partial(stacked)                             # (V, H)
-    unit = torch.nn.functional.normalize(p, dim=1).numpy().astype(np.float32)
-    return _ids(movie_rows.column("movieId").to_numpy()), unit
+    emb = EmbVectors(loaded).fit(movie_rows)
+    return emb.ids_, emb.unit_
 
 
 def build_channels(data: RetrievalData, loaded: LoadedModel | None = None) -> dict[str, Channel]:

@@ -3,16 +3,21 @@
 What a published version holds (all values JSON, never pickle):
 
 * users: ``user_id -> record``; a record is ``{"features": {userId, userRatingCount, ...}, "history":
-  [[movie_id, rating, timestamp], ...] (most recent first, bounded), "rated": [movie_id, ...]}``, and for
-  display (newer versions) ``"ratings"`` (like history, at most 1,000), ``"ratingCount"``,
-  ``"averageRating"``, ``"highestRating"``, ``"lowestRating"``.
+  [[movie_id, rating, timestamp], ...] (most recent first, bounded), "rated": [movie_id, ...]}`` (versions
+  published before the ``displays`` kind also hold the display keys below);
+* displays (newer versions, read only by ``/getuser``, so a ranking request never parses them): ``user_id ->
+  {"ratings": [[movie_id, rating, timestamp], ...] (most recent first, at most 1,000), "ratingCount",
+  "averageRating", "highestRating", "lowestRating"}``;
 * movies: ``movie_id -> record``; ``{"features": {movieId, releaseYear, movieGenres, ...}, "title": str,
   "genres": [str], "year": int|None}``, and for display (newer versions) ``"imdbId"``, ``"tmdbId"`` (str or
   None), ``"ratingNumber"``, ``"averageRating"``, ``"topRatings"`` (``[[user_id, rating, timestamp], ...]``,
   at most 10, highest first).
 * candidates: movie ids, most popular / best rated first (see :mod:`deepcrossing.serving.publish`).
+* blobs: ``name -> bytes`` (the recall channels' item vectors and ANN indexes, :mod:`..ann`), each with its
+  SHA-256 in ``meta["blobs"]``; :meth:`FeatureStore.blob` checks it on every read, so bytes that differ from
+  what was published are never used;
 * meta: JSON object with at least ``version``, ``id``, ``n_users``, ``n_movies``, ``n_candidates`` and
-  ``checksum``.
+  ``checksum`` (``n_displays`` and ``blobs`` when the version has them).
 
 Identity, not numbers: each published version is named by a :class:`Ref`, its version number (for people;
 it restarts at 1 when the store is recreated) and a fresh ``uuid4`` (``meta["id"]``). Every table or key of a
@@ -36,19 +41,20 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import json
-import math
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, NamedTuple, TypeVar
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
 
 from deepcrossing.errors import DeepCrossingError, InputError
+from deepcrossing.serving.store.codec import Checksum, batches, clean, dumps, encode_record
+
+__all__ = ["FORMAT", "FeatureStore", "Record", "Ref", "StoreConfigError", "StoreError", "StoreUnavailable",
+           "VersionGone", "batches", "clean", "dumps", "encode_record"]
 
 FORMAT = "deepcrossing-feature-store/2"
 Record = dict[str, Any]
-T = TypeVar("T")
 _TAG = re.compile(r"^v(\d+)_([0-9a-f]{32})$")
 
 
@@ -92,92 +98,6 @@ class Ref(NamedTuple):
 
     def __str__(self) -> str:
         return f"version {self.version} (id {self.uid[:8]})"
-
-
-def dumps(value: Any) -> str:
-    """Canonical JSON (sorted keys, no NaN) so that checksums are stable across backends.
-
-    Example:
-        >>> dumps({"b": 1, "a": (2, 3)})
-        '{"a":[2,3],"b":1}'
-    """
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False, default=_json_default)
-
-
-def _json_default(value: Any) -> Any:
-    # numpy scalars and similar: anything with .item() becomes a Python scalar.
-    if hasattr(value, "item"):
-        return value.item()
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    raise TypeError(f"{type(value).__name__} is not JSON-serializable")
-
-
-def clean(value: Any) -> Any:
-    """Turn NaN/inf into None recursively (JSON has no NaN); maps given as (key, value) pairs become dicts.
-
-    Example:
-        >>> clean({"a": float("nan"), "b": [1.5, float("inf")]})
-        {'a': None, 'b': [1.5, None]}
-    """
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [clean(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        return clean(value.item())
-    return value
-
-
-def encode_record(record: Any) -> str:
-    """``dumps(clean(record))``, without walking the record when it holds no NaN/inf (the common case:
-    :func:`dumps` refuses NaN, and only then is the record cleaned).
-
-    Example:
-        >>> encode_record({"a": 1.5, "b": [2]}), encode_record({"a": float("nan")})
-        ('{"a":1.5,"b":[2]}', '{"a":null}')
-    """
-    try:
-        return dumps(record)
-    except ValueError:  # NaN or inf somewhere (allow_nan=False)
-        return dumps(clean(record))
-
-
-class _Checksum:
-    """Order-independent SHA-256 over (kind, id, json) entries, via sorted per-kind digests."""
-
-    def __init__(self) -> None:
-        self._parts: dict[str, list[bytes]] = {}
-
-    def add(self, kind: str, key: int | str, payload: str) -> None:
-        self._parts.setdefault(kind, []).append(hashlib.sha256(f"{key}\x00{payload}".encode()).digest())
-
-    def hexdigest(self) -> str:
-        total = hashlib.sha256()
-        for kind in sorted(self._parts):
-            total.update(kind.encode())
-            for digest in sorted(self._parts[kind]):
-                total.update(digest)
-        return total.hexdigest()
-
-
-def batches(rows: Iterable[T], size: int) -> Iterator[list[T]]:
-    """``rows`` in lists of at most ``size``.
-
-    Example:
-        >>> list(batches(range(5), 2))
-        [[0, 1], [2, 3], [4]]
-    """
-    batch: list[T] = []
-    for row in rows:
-        batch.append(row)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 class FeatureStore(ABC):
@@ -226,6 +146,34 @@ class FeatureStore(ABC):
         """Every user of a version as ``(user_id, record)`` (order unspecified)."""
 
     @abstractmethod
+    def get_displays(self, user_ids: Sequence[int], *, version: Ref) -> list[Record | None]:
+        """Users' display records (``/getuser``), in the given order (``None`` for unknown ids)."""
+
+    @abstractmethod
+    def iter_displays(self, *, version: Ref) -> Iterator[tuple[int, Record]]:
+        """Every display record of a version (order unspecified)."""
+
+    @abstractmethod
+    def _read_blob(self, ref: Ref, name: str) -> bytes | None:
+        """The stored bytes of blob ``name`` (``None`` when absent)."""
+
+    def blob(self, ref: Ref, name: str, meta: Record | None = None) -> bytes:
+        """Blob ``name`` of version ``ref``, checked against the SHA-256 in its meta.
+
+        Raises:
+            StoreError: the blob is missing or its bytes differ from what was published (never served).
+        """
+        meta = self.meta(version=ref) if meta is None else meta
+        expected = (meta.get("blobs") or {}).get(name)
+        data = self._read_blob(ref, name)
+        if expected is None or data is None:
+            raise StoreError(f"{self.url} {ref}: blob {name} is missing; this version will not be served")
+        if hashlib.sha256(data).hexdigest() != expected:
+            raise StoreError(f"{self.url} {ref}: blob {name} does not match its SHA-256 in the version's meta "
+                             "(stored bytes differ from what was published); this version will not be served")
+        return data
+
+    @abstractmethod
     def get_candidates(self, n: int | None = None, *, version: Ref | None = None) -> list[int]:
         """The first ``n`` candidate movie ids (all when ``None``), most popular first."""
 
@@ -261,6 +209,8 @@ class FeatureStore(ABC):
         candidates: Sequence[int],
         meta: Record | None = None,
         *,
+        displays: Iterable[tuple[int, Record]] = (),
+        blobs: Mapping[str, bytes] | None = None,
         batch_size: int = 5000,
         keep_previous_s: float = 0.0,
     ) -> Ref:
@@ -270,8 +220,10 @@ class FeatureStore(ABC):
             users: ``(user_id, record)`` pairs (any iterable; consumed once, in batches).
             movies: ``(movie_id, record)`` pairs.
             candidates: movie ids, most popular first; each must be one of ``movies``.
-            meta: extra JSON-ready meta (model, data source, ...); ``version``, ``id``, counts and
-                ``checksum`` are added here.
+            meta: extra JSON-ready meta (model, data source, ...); ``version``, ``id``, counts,
+                ``checksum`` and the blobs' SHA-256 are added here.
+            displays: ``(user_id, display record)`` pairs (``/getuser``'s data, apart from the user records).
+            blobs: ``name -> bytes`` (item vectors, ANN indexes), each checked by SHA-256 on every read.
             batch_size: rows per write batch.
             keep_previous_s: seconds to wait after the switch before deleting the previous version, so that
                 a service still reading it (it polls the pointer) moves over first.
@@ -284,10 +236,11 @@ class FeatureStore(ABC):
         """
         meta = dict(meta or {})
         ref = self._new_version()
-        checksum = _Checksum()
-        counts = {"users": 0, "movies": 0}
+        checksum = Checksum()
+        counts = {"users": 0, "movies": 0, "displays": 0}
+        blob_sums = {name: hashlib.sha256(data).hexdigest() for name, data in (blobs or {}).items()}
         try:
-            for kind, rows in (("users", users), ("movies", movies)):
+            for kind, rows in (("users", users), ("movies", movies), ("displays", displays)):
                 for batch in batches(rows, batch_size):
                     encoded = []
                     for key, record in batch:
@@ -296,11 +249,17 @@ class FeatureStore(ABC):
                         encoded.append((int(key), payload))
                     self._write_rows(ref, kind, encoded)
                     counts[kind] += len(encoded)
+            for name, data in (blobs or {}).items():
+                self._write_blob(ref, name, data)
             ids = [int(c) for c in candidates]
             checksum.add("candidates", 0, dumps(ids))
             meta.update(format=FORMAT, version=ref.version, id=ref.uid, n_users=counts["users"],
                         n_movies=counts["movies"], n_candidates=len(ids), checksum=checksum.hexdigest(),
                         published_at=time.time())
+            if counts["displays"]:
+                meta["n_displays"] = counts["displays"]
+            if blob_sums:
+                meta["blobs"] = blob_sums
             self._write_candidates_and_meta(ref, ids, dumps(meta))
             self.verify(ref)
         except BaseException:
@@ -320,9 +279,12 @@ class FeatureStore(ABC):
             StoreError: naming what differs (id, count or checksum).
         """
         meta = self.meta(version=ref)
-        checksum = _Checksum()
+        checksum = Checksum()
         counts = {}
-        for kind, rows in (("users", self.iter_users(version=ref)), ("movies", self.iter_movies(version=ref))):
+        kinds = [("users", self.iter_users(version=ref)), ("movies", self.iter_movies(version=ref))]
+        if "n_displays" in meta:
+            kinds.append(("displays", self.iter_displays(version=ref)))
+        for kind, rows in kinds:
             n = 0
             for key, record in rows:
                 checksum.add(kind, int(key), dumps(record))
@@ -333,7 +295,7 @@ class FeatureStore(ABC):
         if meta.get("id") != ref.uid or meta.get("version") != ref.version:
             raise StoreError(f"{self.url} {ref}: its meta names version {meta.get('version')} id "
                              f"{meta.get('id')}; this version will not be served")
-        for kind in ("users", "movies"):
+        for kind in counts:
             if counts[kind] != meta.get(f"n_{kind}"):
                 raise StoreError(f"{self.url} {ref}: {counts[kind]} {kind} stored, meta says "
                                  f"{meta.get(f'n_{kind}')}; this version will not be served")
@@ -343,6 +305,8 @@ class FeatureStore(ABC):
         if checksum.hexdigest() != meta.get("checksum"):
             raise StoreError(f"{self.url} {ref}: checksum mismatch (stored data differs from what "
                              "was published); this version will not be served")
+        for name in meta.get("blobs") or {}:
+            self.blob(ref, name, meta)
         return meta
 
     def versions_present(self) -> list[int]:
@@ -358,6 +322,9 @@ class FeatureStore(ABC):
 
     @abstractmethod
     def _write_rows(self, ref: Ref, kind: str, rows: list[tuple[int, str]]) -> None: ...
+
+    @abstractmethod
+    def _write_blob(self, ref: Ref, name: str, data: bytes) -> None: ...
 
     @abstractmethod
     def _write_candidates_and_meta(self, ref: Ref, candidates: list[int], meta_json: str) -> None: ...

@@ -1,8 +1,9 @@
 """The shared backend: a Redis server (redis-py), one key prefix per version.
 
 Keys (``P`` is the prefix, ``deepcrossing`` by default): ``P:current`` (the pointer: a :attr:`Ref.tag`),
-``P:counter``, and per version ``P:{tag}:users`` / ``P:{tag}:movies`` (hashes id -> JSON), ``P:{tag}:meta``
-(JSON) and ``P:{tag}:candidates`` (JSON list). A flushed and republished Redis holds new tags (new uuids), so
+``P:counter``, and per version ``P:{tag}:users`` / ``P:{tag}:movies`` / ``P:{tag}:displays`` (hashes id ->
+JSON), ``P:{tag}:blobs`` (hash name -> bytes), ``P:{tag}:meta`` (JSON) and ``P:{tag}:candidates`` (JSON list).
+A flushed and republished Redis holds new tags (new uuids), so
 a reader that resolved an old version gets :class:`VersionGone`, never the new version's records.
 
 Short socket timeouts and no retries: when Redis is down or hung every call fails within ``timeout`` seconds
@@ -34,7 +35,7 @@ if not tag then return {false, false} end
 local data = redis.call('HGET', ARGV[1] .. ':' .. tag .. ':users', ARGV[2])
 return {tag, data}
 """
-_WHAT = ("users", "movies", "meta", "candidates")
+_WHAT = ("users", "movies", "meta", "candidates", "displays", "blobs")
 
 
 class RedisStore(FeatureStore):
@@ -131,6 +132,16 @@ class RedisStore(FeatureStore):
     def get_movies(self, movie_ids: Sequence[int], *, version: Ref | None = None) -> list[Record | None]:
         return self._get_many("movies", movie_ids, version)
 
+    def get_displays(self, user_ids: Sequence[int], *, version: Ref) -> list[Record | None]:
+        return self._get_many("displays", user_ids, version)
+
+    def iter_displays(self, *, version: Ref) -> Iterator[tuple[int, Record]]:
+        return self._iter("displays", version)
+
+    def _read_blob(self, ref: Ref, name: str) -> bytes | None:
+        data: bytes | None = self._call(self.client.hget, self._k(ref, "blobs"), name)
+        return data
+
     def _iter(self, kind: str, version: Ref | None) -> Iterator[tuple[int, Record]]:
         ref = self._resolve(version)
 
@@ -186,6 +197,9 @@ class RedisStore(FeatureStore):
 
     def _write_rows(self, ref: Ref, kind: str, rows: list[tuple[int, str]]) -> None:
         self._call(self.client.hset, self._k(ref, kind), mapping=dict(rows))
+
+    def _write_blob(self, ref: Ref, name: str, data: bytes) -> None:
+        self._call(self.client.hset, self._k(ref, "blobs"), name, data)
 
     def _write_candidates_and_meta(self, ref: Ref, candidates: list[int], meta_json: str) -> None:
         pipe = self.client.pipeline(transaction=True)

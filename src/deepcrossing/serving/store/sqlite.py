@@ -1,7 +1,8 @@
 """The embedded backend: one SQLite file (WAL mode), one table set per version.
 
 Tables: ``dc_current(id=1, version, uid)`` (the one pointer), ``dc_counter(id=1, last)``, and per version
-``dc_users_{tag}(id, data)``, ``dc_movies_{tag}(id, data)``, ``dc_meta_{tag}(id=1, meta, candidates)`` where
+``dc_users_{tag}(id, data)``, ``dc_movies_{tag}(id, data)``, ``dc_displays_{tag}(id, data)``,
+``dc_blobs_{tag}(name, data BLOB)``, ``dc_meta_{tag}(id=1, meta, candidates)`` where
 ``tag`` is :attr:`Ref.tag` (number and uuid). Each thread gets its own connection; a request's reads run in
 one read transaction or name their version, and WAL gives every read transaction a consistent snapshot
 while a publisher writes.
@@ -42,7 +43,7 @@ from typing import Any
 from deepcrossing.errors import InputError
 from deepcrossing.serving.store.base import FeatureStore, Record, Ref, StoreError, VersionGone, dumps
 
-_KINDS = ("users", "movies", "meta")
+_KINDS = ("users", "movies", "meta", "displays", "blobs")
 
 
 @contextlib.contextmanager
@@ -214,6 +215,16 @@ class SQLiteStore(FeatureStore):
     def get_movies(self, movie_ids: Sequence[int], *, version: Ref | None = None) -> list[Record | None]:
         return self._get_many("movies", movie_ids, version)
 
+    def get_displays(self, user_ids: Sequence[int], *, version: Ref) -> list[Record | None]:
+        return self._get_many("displays", user_ids, version)
+
+    def iter_displays(self, *, version: Ref) -> Iterator[tuple[int, Record]]:
+        return self._iter("displays", version)
+
+    def _read_blob(self, ref: Ref, name: str) -> bytes | None:
+        rows = self._run(self._conn(), f"SELECT data FROM dc_blobs_{ref.tag} WHERE name = ?", (name,))
+        return bytes(rows[0][0]) if rows else None
+
     def _iter(self, kind: str, version: Ref | None) -> Iterator[tuple[int, Record]]:
         _, rows = self._select(version, f"SELECT id, data FROM dc_{kind}_{{t}}")
         return ((int(i), json.loads(d)) for i, d in rows)
@@ -256,8 +267,9 @@ class SQLiteStore(FeatureStore):
             row = conn.execute("SELECT last FROM dc_counter WHERE id = 1").fetchone()
             ref = Ref(max([row[0] if row else 0, *self.versions_present()]) + 1, uuid.uuid4().hex)
             conn.execute("INSERT OR REPLACE INTO dc_counter (id, last) VALUES (1, ?)", (ref.version,))
-            for kind in ("users", "movies"):
+            for kind in ("users", "movies", "displays"):
                 conn.execute(f"CREATE TABLE dc_{kind}_{ref.tag} (id INTEGER PRIMARY KEY, data TEXT NOT NULL)")
+            conn.execute(f"CREATE TABLE dc_blobs_{ref.tag} (name TEXT PRIMARY KEY, data BLOB NOT NULL)")
             conn.execute(f"CREATE TABLE dc_meta_{ref.tag} (id INTEGER PRIMARY KEY CHECK (id = 1), "
                          "meta TEXT NOT NULL, candidates TEXT NOT NULL)")
         return ref
@@ -266,6 +278,11 @@ class SQLiteStore(FeatureStore):
         conn = self._conn()
         with transaction(conn, write=True):
             conn.executemany(f"INSERT INTO dc_{kind}_{ref.tag} (id, data) VALUES (?, ?)", rows)
+
+    def _write_blob(self, ref: Ref, name: str, data: bytes) -> None:
+        conn = self._conn()
+        with transaction(conn, write=True):
+            conn.execute(f"INSERT INTO dc_blobs_{ref.tag} (name, data) VALUES (?, ?)", (name, sqlite3.Binary(data)))
 
     def _write_candidates_and_meta(self, ref: Ref, candidates: list[int], meta_json: str) -> None:
         conn = self._conn()
