@@ -24,10 +24,18 @@ def publish_cmd(
     keep_previous: Annotated[float, typer.Option(
         min=0, help="Seconds the previous version stays readable after the switch (running services move "
                     "over).")] = 2.0,
+    emb: Annotated[bool, typer.Option(
+        "--emb/--no-emb", help="Index the model's own item vectors (the emb recall channel) into the version.")] = True,
+    recall: Annotated[Path | None, typer.Option(
+        "--recall", callback=existing_folder,
+        help="A recall folder from `deepcrossing train-recall`: its channels (two_tower, item2vec) are indexed "
+             "into the version too; serve it with the same --recall.")] = None,
 ) -> None:
-    """Compute each user's and movie's latest features and publish them as a new store version."""
+    """Compute each user's and movie's latest features and publish them as a new store version, with the ANN
+    index of every vector recall channel."""
     import time
 
+    from deepcrossing.serving.channels import load_recall_folder
     from deepcrossing.serving.publish import default_store_url, publish_for_model
 
     url = store or default_store_url(model)
@@ -35,12 +43,17 @@ def publish_cmd(
         out.print(f"store: {url} (default; pass --store redis://host:port/db for Redis)", highlight=False,
                   soft_wrap=True)
     started = time.perf_counter()
-    meta = publish_for_model(model, data, url, max_candidates=candidates, keep_previous_s=keep_previous)
+    folder = None if recall is None else load_recall_folder(recall)
+    meta = publish_for_model(model, data, url, max_candidates=candidates, keep_previous_s=keep_previous, emb=emb,
+                             recall=folder)
+    channels = ", ".join(f"{name} ({info['index']})" for name, info in meta.get("vector_channels", {}).items())
     out.print(f"published version {meta['version']} to {url}: {meta['n_users']:,} users, {meta['n_movies']:,} "
-              f"movies, {meta['n_candidates']:,} candidates, checksum {meta['checksum'][:12]}, "
+              f"movies, {meta['n_candidates']:,} candidates, vector channels: {channels or 'none'}, "
+              f"checksum {meta['checksum'][:12]}, "
               f"in {time.perf_counter() - started:.1f} s (feature config {meta['feature_config_source']})",
               highlight=False, soft_wrap=True)
-    out.print(f"serve it: deepcrossing serve --model {model} --store {url}", highlight=False, soft_wrap=True)
+    again = f" --recall {recall}" if recall is not None else ""
+    out.print(f"serve it: deepcrossing serve --model {model} --store {url}{again}", highlight=False, soft_wrap=True)
 
 # [serve]
 
@@ -89,6 +102,9 @@ def serve_cmd(
         callback=existing_folder,
         help="A folder of static pages to serve at / beside the API (e.g. your copy of SparrowRecSys's "
              "webroot: its pages call /getrecforyou, /getmovie, ...).")] = None,
+    recall: Annotated[Path | None, typer.Option(
+        "--recall", callback=existing_folder,
+        help="The recall folder the store was published with (`publish --recall`).")] = None,
 ) -> None:
     """Run the ranking service (FastAPI + uvicorn): /recommend, /score, /users, /movies, /metrics, web page,
     and the SparrowRecSys-compatible /getrecommendation, /getrecforyou, /getsimilarmovie, /getmovie, /getuser."""
@@ -107,7 +123,8 @@ def serve_cmd(
     control_dir = Path(tempfile.mkdtemp(prefix="deepcrossing-serve-")) if workers > 1 else None
     settings = ServingSettings(model_dir=model.resolve(), store_url=url, host=host, admin_token=admin_token,
                                backend=backend, threads=threads, workers=workers, control_dir=control_dir,
-                               score_in_threads=score_in_threads, user_cache=user_cache, webroot=webroot)
+                               score_in_threads=score_in_threads, user_cache=user_cache, webroot=webroot,
+                               recall_dir=None if recall is None else recall.resolve())
     procs = f" in {workers} worker processes" if workers > 1 else ""
     pages = f"{webroot} at /, web page: /ui/" if webroot else "web page: /ui/"
     out.print(f"serving {model} with store {url} on http://{host}:{port}/{procs} ({pages}, metrics: /metrics)",
@@ -139,22 +156,32 @@ def recommend_cmd(
     k: Annotated[int, typer.Option("-k", "--k", min=1, help="How many movies to list.")] = 10,
     store: Annotated[str | None, typer.Option(
         "--store", help="sqlite:///path.db or redis://host:port/db (default: sqlite:///MODEL/features.db).")] = None,
-    candidates: Annotated[int, typer.Option(min=1, help="How many popular movies to rank.")] = 800,
+    candidates: Annotated[int, typer.Option(min=1, help="How many movies to recall and rank.")] = 800,
+    channels: Annotated[str | None, typer.Option(
+        help="Recall channels and sizes, e.g. emb:300,genres:200,popularity:300 (default: as the service).")] = None,
+    recall: Annotated[Path | None, typer.Option(
+        "--recall", callback=existing_folder,
+        help="The recall folder the store was published with (`publish --recall`).")] = None,
 ) -> None:
-    """Print the same top-k list the service returns, offline (no HTTP)."""
+    """Print the same top-k list the service returns, offline (no HTTP): recall, then ranking."""
+    from deepcrossing.serving.channels import load_recall_folder
     from deepcrossing.serving.engine import Engine
     from deepcrossing.serving.publish import default_store_url
+    from deepcrossing.serving.recall import parse_channels
 
     set_threads(1)
     url = store or default_store_url(model)
-    engine = Engine.open(model, url)
+    engine = Engine.open(model, url, recall=None if recall is None else load_recall_folder(recall))
     try:
-        result = engine.recommend(user, k=k, candidates=candidates)
+        plan = None if channels is None else parse_channels(channels, engine.channel_names(), 100_000)
+        result = engine.recommend(user, k=k, candidates=candidates, channels=plan)
     finally:
         engine.store.close()
     who = "known user" if result["known"] else "unknown user: cold start"
+    recalled = ", ".join(f"{name} {n}" for name, n in result["channels"].items())
     out.print(f"top {len(result['items'])} for user {user} ({who}; model {result['modelVersion']}, store "
-              f"version {result['storeVersion']}, {result['candidates']} candidates)", highlight=False, soft_wrap=True)
+              f"version {result['storeVersion']}, {result['candidates']} candidates: {recalled})", highlight=False,
+              soft_wrap=True)
     for rank, item in enumerate(result["items"], 1):
         out.print(f"{rank:>3}. {item['score']:.4f}  {item['movieId']:>7}  {item['title']}  "
-                  f"[{', '.join(item['genres'])}]", highlight=False, soft_wrap=True)
+                  f"[{', '.join(item['genres'])}]  ({item['channel']})", highlight=False, soft_wrap=True)

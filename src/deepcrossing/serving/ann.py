@@ -118,7 +118,8 @@ class VectorIndex:
             return np.zeros(0, dtype=np.int64)
         self.graph.set_ef(max(EF_SEARCH, k))   # ef >= k; per call (ef is the graph's, calls are short)
         labels, _ = self.graph.knn_query(query[None], k=k, num_threads=1)
-        return labels[0].astype(np.int64)
+        found: NDArray[np.int64] = np.asarray(labels[0], dtype=np.int64)
+        return found
 
     def exact(self, query: NDArray[np.float32], k: int) -> NDArray[np.int64]:
         """The reference: one matrix product, ties by smaller row; zero rows never returned."""
@@ -129,7 +130,8 @@ class VectorIndex:
         top = np.argpartition(-sims, k - 1)[:k] if k < len(sims) else np.arange(len(sims))
         top = top[np.lexsort((top, -sims[top]))]
         known = np.abs(self.vectors[top]).sum(axis=1) > 0
-        return top[known].astype(np.int64)
+        found: NDArray[np.int64] = np.asarray(top[known], dtype=np.int64)
+        return found
 
     def to_blobs(self) -> dict[str, bytes]:
         """``ids.npy``, ``vectors.npy`` and (with a graph) ``hnsw.bin``: what the store version keeps."""

@@ -33,6 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deepcrossing.errors import DeepCrossingError, InputError
+from deepcrossing.serving.channels import load_recall_folder
 from deepcrossing.serving.compat import Compat
 from deepcrossing.serving.control import Control
 from deepcrossing.serving.engine import Engine
@@ -134,7 +135,9 @@ def create_app(settings: ServingSettings, *, loader: Callable[[Path], Any] | Non
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # read-only: the service never creates an empty database, and reports a missing file as not ready
         store = open_store(settings.store_url, readonly=True, timeout=settings.store_timeout_s)
-        eng = Engine(store, loader=loader, backend=settings.backend, user_cache=settings.user_cache)
+        recall = None if settings.recall_dir is None else await run_in_threadpool(load_recall_folder,
+                                                                                  settings.recall_dir)
+        eng = Engine(store, loader=loader, backend=settings.backend, user_cache=settings.user_cache, recall=recall)
         control = Control(settings.control_dir) if settings.control_dir is not None else None
         wanted = control.read() if control is not None else None   # a reload that happened before we started
         app.state.control = control

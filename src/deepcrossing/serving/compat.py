@@ -62,7 +62,8 @@ from typing import Any
 
 import numpy as np
 
-from deepcrossing.serving.engine import Engine, UserRead, sorted_contains
+from deepcrossing.serving.engine import Engine, UserRead
+from deepcrossing.serving.recall import sorted_contains
 from deepcrossing.serving.snapshot import Snapshot
 from deepcrossing.serving.store import Record, StoreError
 from deepcrossing.training.retrieval import cosine_order
@@ -258,8 +259,15 @@ class Compat:
         return [] if info is None else self._movies(catalog, (n["movieId"] for n in info["neighbours"]))
 
     def user(self, read: UserRead, user_id: int) -> dict[str, Any] | None:
-        """``/getuser``: the User, ``None`` when unknown."""
-        return None if read.record is None else user_json(user_id, read.record)
+        """``/getuser``: the User, ``None`` when unknown. Its ratings are the version's ``displays`` record
+        (a store read: call it through the store-call hand-off), apart from the user record that every
+        ranking request parses; a version published before that kind has them in the user record."""
+        if read.record is None:
+            return None
+        display = None
+        if "n_displays" in read.snapshot.meta:
+            display = self.engine.store.get_displays([user_id], version=read.snapshot.ref)[0]
+        return user_json(user_id, read.record | (display or {}))
 
     def rec_for_you(self, catalog: Catalog, read: UserRead, user_id: int, size: int,
                     model: str | None) -> list[dict[str, Any]]:

@@ -34,7 +34,9 @@ import pyarrow as pa
 import torch
 
 from deepcrossing.errors import InputError
-from deepcrossing.hashing import files_sha256
+from deepcrossing.serving.channels import RecallFolder
+from deepcrossing.serving.models import check_finite, load_model_dir, model_fingerprint
+from deepcrossing.serving.recall import BUILTIN, Plan, default_plan, recall_rows, sorted_contains
 from deepcrossing.serving.scorer import Scorer, UserPart, join_user_movies
 from deepcrossing.serving.snapshot import Snapshot, build_snapshot, empty_features, rescore_snapshot
 from deepcrossing.serving.store import FeatureStore, Record, StoreError, StoreUnavailable, VersionGone, open_store
@@ -62,48 +64,9 @@ def check_id(value: int, what: str) -> int:
     return int(value)
 
 
-def _load_model_dir(model_dir: Path) -> Any:
-    from deepcrossing.training.artifact import load
-
-    return load(model_dir)  # checks that it is a model folder (training.artifact.require_model_dir)
-
-
-def _check_finite(loaded: Any, model_dir: Path) -> None:
-    """Refuse a model whose weights hold NaN or inf (it would answer NaN scores to every request)."""
-    model = getattr(loaded, "model", None)
-    if not isinstance(model, torch.nn.Module):
-        return
-    for name, tensor in model.state_dict().items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise InputError(f"weight {name} holds NaN or inf; this model is not served", path=model_dir,
-                             field=name)
-
-
-def sorted_contains(haystack: np.ndarray, needles: np.ndarray) -> np.ndarray:
-    """``np.isin(needles, haystack)`` by binary search (no sort of both arrays per request: 20x faster for a
-    user with thousands of ratings); ``haystack`` is sorted when published, sorted here otherwise.
-
-    Example:
-        >>> sorted_contains(np.array([2, 5, 9]), np.array([9, 1, 5, 10])).tolist()
-        [True, False, True, False]
-    """
-    if len(haystack) == 0:
-        return np.zeros(len(needles), dtype=bool)
-    if len(haystack) > 1 and (haystack[1:] < haystack[:-1]).any():
-        haystack = np.sort(haystack)
-    pos = np.minimum(np.searchsorted(haystack, needles), len(haystack) - 1)
-    found: np.ndarray = haystack[pos] == needles
-    return found
-
-
 def _sigmoid(x: torch.Tensor) -> np.ndarray:
     out: np.ndarray = torch.sigmoid(x).numpy().astype(np.float64)
     return out
-
-
-def model_fingerprint(model_dir: Path) -> str:
-    """Short SHA-256 of the model files: the model version shown in /metrics and responses."""
-    return files_sha256(Path(model_dir) / name for name in ("manifest.json", "model.safetensors"))[:12]
 
 
 @dataclass(frozen=True)
@@ -139,16 +102,19 @@ class Engine:
         loader: model folder -> loaded model (default :func:`deepcrossing.load`).
         backend: scorer backend, ``torch`` or ``onnx`` (see :class:`Scorer`).
         user_cache: user partials kept per state (0: compute every request's user part afresh, ~0.8 ms).
+        recall: the recall folder whose channels this service answers (``serve --recall``); a store version
+            built from another one is not served.
     """
 
     def __init__(self, store: FeatureStore, *, verify: bool = True,
                  loader: Callable[[Path], Any] | None = None, backend: str = "torch",
-                 user_cache: int = USER_CACHE_SIZE) -> None:
+                 user_cache: int = USER_CACHE_SIZE, recall: RecallFolder | None = None) -> None:
+        self.recall = recall
         self.store = store
         self.backend = backend
         self.user_cache = user_cache
         self.verify = verify
-        self.loader = loader or _load_model_dir
+        self.loader = loader or load_model_dir
         self.state: State | None = None
         self.last_error: str | None = None
         self._lock = threading.Lock()  # one swap at a time (store refresh or model load)
@@ -157,11 +123,11 @@ class Engine:
     @classmethod
     def open(cls, model_dir: str | Path, store: FeatureStore | str, *, verify: bool = True,
              loader: Callable[[Path], Any] | None = None, backend: str = "torch",
-             user_cache: int = USER_CACHE_SIZE) -> Engine:
+             user_cache: int = USER_CACHE_SIZE, recall: RecallFolder | None = None) -> Engine:
         """Load the model and the current store version (raises :class:`StoreError` when the store has nothing
         published; a store URL is opened read-only, so a missing SQLite file is reported, not created)."""
         engine = cls(open_store(store, readonly=True) if isinstance(store, str) else store, verify=verify,
-                     loader=loader, backend=backend, user_cache=user_cache)
+                     loader=loader, backend=backend, user_cache=user_cache, recall=recall)
         engine.load_model(model_dir)
         engine.refresh(strict=True)
         return engine
@@ -176,7 +142,7 @@ class Engine:
         """
         model_dir = Path(model_dir)
         loaded = self.loader(model_dir)
-        _check_finite(loaded, model_dir)
+        check_finite(loaded, model_dir)
         scorer = Scorer(loaded, backend=self.backend)
         fingerprint = model_fingerprint(model_dir)
         with self._lock:
@@ -223,7 +189,8 @@ class Engine:
             state = self.state
             if state.snapshot is not None and state.snapshot.ref == ref:
                 return False
-            snapshot = build_snapshot(self.store, state.scorer, ref, verify=self.verify)
+            snapshot = build_snapshot(self.store, state.scorer, ref, verify=self.verify,
+                                      model_version=state.model_version, recall=self.recall)
             self.state = State(state.scorer, state.model_dir, state.model_version, snapshot)
             self.last_error = None
             return True
@@ -242,6 +209,12 @@ class Engine:
         return None
 
     # ---- requests ----
+    def channel_names(self) -> tuple[str, ...]:
+        """The recall channels a request may name now: the served version's vector channels + built-ins."""
+        state = self.state
+        vectors = () if state is None or state.snapshot is None else tuple(state.snapshot.channels)
+        return (*vectors, *BUILTIN)
+
     def _take(self) -> tuple[State, Snapshot]:
         state = self.state
         if state is None or state.snapshot is None:
@@ -297,39 +270,52 @@ class Engine:
         return self.fetch_user(user_id) if fetched is None else fetched
 
     def recommend(self, user_id: int, k: int = 10, candidates: int = 800, *, plain: bool = False,
-                  fetched: UserRead | None = None) -> dict[str, Any]:
-        """Top ``k`` of the first ``candidates`` candidates minus what the user rated, best first.
+                  fetched: UserRead | None = None, channels: Plan | None = None) -> dict[str, Any]:
+        """Top ``k`` of the recalled candidates (:mod:`~deepcrossing.serving.recall`) ranked by the model.
 
         Args:
             user_id: any 64-bit integer; unknown users get cold-start features.
             k: list length (>= 1).
-            candidates: how many of the most popular movies to rank (>= 1).
+            candidates: how many movies to recall when ``channels`` is not given (>= 1): the default plan
+                over the version's channels (:func:`~deepcrossing.serving.recall.default_plan`); a version
+                without vector channels ranks the ``candidates`` most popular movies minus those rated.
             plain: use the full forward pass per candidate instead of the split fast path.
             fetched: the user's record read earlier by :meth:`fetch_user` (read here when ``None``).
+            channels: ``(channel, size)`` pairs (:func:`~deepcrossing.serving.recall.parse_channels`).
 
         Returns:
-            ``{"userId", "known", "storeVersion", "modelVersion", "candidates", "items": [{movieId, title,
-            genres, year, score}]}``.
+            ``{"userId", "known", "storeVersion", "modelVersion", "candidates", "channels", "items": [{movieId,
+            title, genres, year, score, channel}]}``.
         """
         if k < 1 or candidates < 1:
             raise InputError(f"k and candidates must be >= 1, not {k} and {candidates}", field="k")
         read = self._read(user_id, fetched)
         state, snap, record = read
-        rows = snap.candidate_rows[:candidates]
-        if record and record.get("rated"):
-            rows = rows[~sorted_contains(np.asarray(record["rated"], dtype=np.int64), snap.movie_ids[rows])]
-        if plain:
+        if channels is None and not snap.channels:   # today's list: the popular candidates, minus rated
+            plan: Plan = (("popularity", candidates),)
+            rows = snap.candidate_rows[:candidates]
+            if record and record.get("rated"):
+                rows = rows[~sorted_contains(np.asarray(record["rated"], dtype=np.int64), snap.movie_ids[rows])]
+            labels = np.zeros(len(rows), dtype=np.int8)
+        else:
+            plan = channels or default_plan(tuple(snap.channels), candidates)
+            rows, labels = recall_rows(snap, record, plan, lambda: self._user_table(snap, user_id, record))
+        if len(rows) == 0:
+            scores = np.zeros(0)
+        elif plain:
             user_table = self._user_table(snap, user_id, record)
             logits = state.scorer.plain(join_user_movies(user_table, snap.movie_table.take(pa.array(rows))))
+            scores = _sigmoid(logits)
         else:
-            logits = state.scorer.fast(self._user_part(read, user_id), snap.items, rows)
-        scores = _sigmoid(logits)
+            scores = _sigmoid(state.scorer.fast(self._user_part(read, user_id), snap.items, rows))
         k = min(k, len(rows))
         top = np.argpartition(-scores, k - 1)[:k] if 0 < k < len(rows) else np.arange(len(rows))
         top = top[np.lexsort((snap.movie_ids[rows[top]], -scores[top]))][:k]
         return {"userId": int(user_id), "known": record is not None, "storeVersion": snap.version,
                 "modelVersion": state.model_version, "candidates": int(len(rows)),
-                "items": [self._movie_out(snap, int(rows[i]), scores[i]) for i in top]}
+                "channels": {name: int((labels == j).sum()) for j, (name, _) in enumerate(plan)},
+                "items": [self._movie_out(snap, int(rows[i]), scores[i]) | {"channel": plan[labels[i]][0]}
+                          for i in top]}
 
     def score(self, user_id: int, movie_ids: list[int], *, fetched: UserRead | None = None) -> dict[str, Any]:
         """Scores of the user against ``movie_ids``, in the given order; unknown movies get the OOV row."""

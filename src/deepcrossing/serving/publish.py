@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,11 @@ import pyarrow.ipc
 from deepcrossing.data.schema import Dataset
 from deepcrossing.features import FeatureConfig, online_records
 from deepcrossing.features.online import DEFAULT_HISTORY_N, DEFAULT_MAX_CANDIDATES, OnlineRecords
+from deepcrossing.serving.channels import RecallFolder, channel_blobs
 from deepcrossing.serving.store import FeatureStore, open_store
+from deepcrossing.training.vectors import ItemVectors
 
-__all__ = ["DEFAULT_HISTORY_N", "DEFAULT_MAX_CANDIDATES", "build_records", "default_store_url",
+__all__ = ["DEFAULT_HISTORY_N", "DEFAULT_MAX_CANDIDATES", "build_records", "default_store_url", "displays_for_store",
            "feature_config_of", "publish_dataset", "publish_for_model", "publish_records", "records_for_store",
            "schema_from_json"]
 
@@ -79,21 +82,18 @@ def records_for_store(records: OnlineRecords) -> tuple[list[Record], list[Record
         records: from :func:`deepcrossing.features.online_records`.
 
     Returns:
-        ``users``: ``(user_id, {"features", "history": [[movie_id, rating, timestamp], ...], "rated",
-        "ratings": [[movie_id, rating, timestamp], ...], "ratingCount", "averageRating", "highestRating",
-        "lowestRating"})``; ``movies``: ``(movie_id, {"features", "title", "year", "genres", "imdbId",
-        "tmdbId", "ratingNumber", "averageRating", "topRatings": [[user_id, rating, timestamp], ...]})``;
-        the candidate ids. The display keys after ``rated`` / ``genres`` are there when the records have
-        them (:attr:`OnlineRecords.user_info`, the newer ``movie_info`` columns).
+        ``users``: ``(user_id, {"features", "history": [[movie_id, rating, timestamp], ...], "rated"})``
+        (the display data is apart: :func:`displays_for_store`); ``movies``: ``(movie_id, {"features",
+        "title", "year", "genres", "imdbId", "tmdbId", "ratingNumber", "averageRating", "topRatings":
+        [[user_id, rating, timestamp], ...]})``; the candidate ids. The display keys after ``genres`` are
+        there when the records have them (the newer ``movie_info`` columns).
     """
-    n_users, n_movies = records.users.num_rows, records.movies.num_rows
+    n_movies = records.movies.num_rows
     history = _triples(records.histories.column("history"), ("movieId", "rating", "timestamp"))
     rated = records.histories.column("rated").to_pylist()
-    user_extra = _display(records.user_info, {"ratings": ("movieId", "rating", "timestamp")},
-                          ("ratingCount", "averageRating", "highestRating", "lowestRating"), n_users)
     users: list[Record] = [
-        (int(features["userId"]), {"features": features, "history": h, "rated": r} | extra)
-        for features, h, r, extra in zip(_feature_dicts(records.users), history, rated, user_extra, strict=True)]
+        (int(features["userId"]), {"features": features, "history": h, "rated": r})
+        for features, h, r in zip(_feature_dicts(records.users), history, rated, strict=True)]
     info = records.movie_info
     movie_extra = _display(info, {"topRatings": ("userId", "rating", "timestamp")},
                            ("imdbId", "tmdbId", "ratingNumber", "averageRating"), n_movies)
@@ -104,6 +104,18 @@ def records_for_store(records: OnlineRecords) -> tuple[list[Record], list[Record
             _feature_dicts(records.movies), info.column("title").to_pylist(), info.column("year").to_pylist(),
             info.column("genres").to_pylist(), movie_extra, strict=True)]
     return users, movies, list(records.candidates)
+
+
+def displays_for_store(records: OnlineRecords) -> list[Record]:
+    """Per user, the ``/getuser`` data (the store's ``displays`` kind, read by nothing else): ``(user_id,
+    {"ratings": [[movie_id, rating, timestamp], ...], "ratingCount", "averageRating", "highestRating",
+    "lowestRating"})``; empty when the records have no :attr:`OnlineRecords.user_info`."""
+    info = records.user_info
+    if info is None or info.num_rows == 0 or "userId" not in info.column_names:
+        return []
+    extra = _display(info, {"ratings": ("movieId", "rating", "timestamp")},
+                     ("ratingCount", "averageRating", "highestRating", "lowestRating"), info.num_rows)
+    return [(int(u), e) for u, e in zip(info.column("userId").to_pylist(), extra, strict=True) if e]
 
 
 def build_records(
@@ -158,6 +170,8 @@ def publish_dataset(
     history_n: int = DEFAULT_HISTORY_N,
     max_candidates: int = DEFAULT_MAX_CANDIDATES,
     keep_previous_s: float = 0.0,
+    vectors: Mapping[str, ItemVectors] | None = None,
+    sources: Mapping[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Compute and publish one new store version; return its meta (version, counts, checksum, ...).
 
@@ -170,19 +184,21 @@ def publish_dataset(
         max_candidates: length of the candidate list.
         keep_previous_s: seconds the previous version stays readable after the switch (services poll the
             pointer and move over within their poll interval).
+        vectors, sources: vector recall channels to index into the version (see :func:`publish_records`).
     """
     target = open_store(store) if isinstance(store, str) else store  # a bad URL fails before the work
     try:
         records = online_records(dataset, feature_config, history_n=history_n, max_candidates=max_candidates)
         return publish_records(records, target, meta=_dataset_meta(dataset, feature_config) | (extra_meta or {}),
-                               keep_previous_s=keep_previous_s)
+                               keep_previous_s=keep_previous_s, vectors=vectors, sources=sources)
     finally:
         if target is not store:
             target.close()
 
 
 def publish_records(records: OnlineRecords, store: FeatureStore | str, *, meta: dict[str, Any] | None = None,
-                    keep_previous_s: float = 0.0) -> dict[str, Any]:
+                    keep_previous_s: float = 0.0, vectors: Mapping[str, ItemVectors] | None = None,
+                    sources: Mapping[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Write online records as one new store version (verified, then switched to); return its meta.
 
     Args:
@@ -191,12 +207,20 @@ def publish_records(records: OnlineRecords, store: FeatureStore | str, *, meta: 
         meta: more JSON-ready meta (dataset, model folder, ...); the example users and the feature schemas
             are added here.
         keep_previous_s: seconds the previous version stays readable after the switch.
+        vectors: name -> :class:`~deepcrossing.training.vectors.ItemVectors`: each channel's vectors of every
+            movie and its index are stored in the version (:func:`deepcrossing.serving.channels.channel_blobs`).
+        sources: name -> what built the channel (``{"kind": "emb", "model"}`` or ``{"kind": "recall", "path",
+            "manifest_sha256"}``), checked by the service before it serves the version.
     """
     users, movies, candidates = records_for_store(records)
     full = (meta or {}) | _records_meta(records, users)
+    blobs: dict[str, bytes] = {}
+    if vectors:
+        blobs, full["vector_channels"] = channel_blobs(vectors, records.movies, sources or {})
     target = open_store(store) if isinstance(store, str) else store
     try:
         version = target.publish(users, movies, candidates, meta=json.loads(json.dumps(full, default=str)),
+                                 displays=displays_for_store(records), blobs=blobs,
                                  keep_previous_s=keep_previous_s)
         published: dict[str, Any] = target.meta(version=version)
         return published
@@ -240,6 +264,8 @@ def publish_for_model(
     *,
     max_candidates: int = DEFAULT_MAX_CANDIDATES,
     keep_previous_s: float = 2.0,
+    emb: bool = True,
+    recall: RecallFolder | None = None,
 ) -> dict[str, Any]:
     """What ``deepcrossing publish`` does: read the logs, compute latest features, publish a version.
 
@@ -249,6 +275,8 @@ def publish_for_model(
         store_url: ``sqlite:///...`` or ``redis://...``; default :func:`default_store_url`.
         max_candidates: length of the candidate list.
         keep_previous_s: seconds the previous version stays readable after the switch.
+        emb: index the model's own ``emb`` vectors (the movie-side partials) into the version.
+        recall: a loaded recall folder (``--recall``): its channels are indexed too.
 
     Returns:
         The new version's meta, plus ``store`` (the URL) and ``feature_config_source``.
@@ -261,9 +289,22 @@ def publish_for_model(
     model_dir = require_model_dir(model_dir)
     store_url = store_url or default_store_url(model_dir)
     config, source = feature_config_of(model_dir)
+    vectors: dict[str, ItemVectors] = {}
+    sources: dict[str, dict[str, Any]] = {}
+    if emb:
+        from deepcrossing.serving.models import load_model_dir, model_fingerprint
+        from deepcrossing.training.emb_vectors import EmbVectors
+
+        vectors["emb"] = EmbVectors(load_model_dir(model_dir))
+        sources["emb"] = {"kind": "emb", "model": model_fingerprint(model_dir)}
+    if recall is not None:
+        for name, channel in recall.channels.items():
+            vectors[name] = channel
+            sources[name] = {"kind": "recall", "path": str(recall.path), "manifest_sha256": recall.checksum}
     with tempfile.TemporaryDirectory(prefix="deepcrossing-publish-") as work:
         dataset = load_dataset(data, workdir=work)
         meta = publish_dataset(dataset, store_url, feature_config=config,
                                extra_meta={"model_dir": str(model_dir.resolve()), "data": str(data)},
-                               max_candidates=max_candidates, keep_previous_s=keep_previous_s)
+                               max_candidates=max_candidates, keep_previous_s=keep_previous_s,
+                               vectors=vectors, sources=sources)
     return meta | {"store": store_url, "feature_config_source": source}

@@ -36,9 +36,11 @@ class Movie(_Strict):
 
 
 class ScoredMovie(Movie):
-    """A recommended movie and its click probability."""
+    """A recommended movie, its click probability and the recall channel that produced it (``emb``,
+    ``genres``, ``popularity``, ...: the first one in the request's channel order)."""
 
     score: float
+    channel: str
 
 
 class Recommendation(_Strict):
@@ -49,6 +51,7 @@ class Recommendation(_Strict):
     storeVersion: int
     modelVersion: str
     candidates: int
+    channels: dict[str, int]
     items: list[ScoredMovie]
 
 
@@ -116,6 +119,8 @@ class Info(_Served):
     """GET /info: what is being served (``storeId``: the unique id of the store version)."""
 
     exampleUsers: list[int] = []
+    genres: list[str] = []
+    channels: list[str] = []
 
 
 class Ready(_Served):

@@ -47,6 +47,8 @@ class ServingSettings(StrictConfig):
             workers are summed from files there. ``None`` for a single process.
         webroot: a folder of static pages served at ``/`` beside the API (e.g. a copy of SparrowRecSys's
             webroot, whose pages call the compat routes); ``None``: ``/`` leads to the service's own page.
+        recall_dir: a recall folder (``deepcrossing train-recall``) whose channels the store versions were
+            published with (``publish --recall``); a version built from another folder is not served.
 
     Example:
         >>> ServingSettings(Path("model"), "sqlite:///f.db").max_k
@@ -70,6 +72,7 @@ class ServingSettings(StrictConfig):
     workers: Positive = 1
     control_dir: Annotated[Path | None, AS_PATH] = None
     webroot: Annotated[Path | None, AS_PATH] = None
+    recall_dir: Annotated[Path | None, AS_PATH] = None
 
     def to_json(self) -> str:
         """The settings as JSON (how ``deepcrossing serve --workers N`` hands them to each worker)."""

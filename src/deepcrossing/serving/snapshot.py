@@ -20,6 +20,7 @@ import pyarrow as pa
 import torch
 
 from deepcrossing.features.columns import cold_features, side_of
+from deepcrossing.serving.channels import RecallFolder, VectorChannel, emb_channel, load_channels
 from deepcrossing.serving.publish import schema_from_json
 from deepcrossing.serving.scorer import ItemPart, Scorer
 from deepcrossing.serving.store import FeatureStore, Record, Ref
@@ -54,6 +55,9 @@ class Snapshot:
         unit: (M, H) L2-normalized ``items.p`` rows, for similar-movie neighbours.
         user_schema, movie_schema: Arrow schemas of the published features.
         row_of: movie id -> row.
+        channels: the version's vector recall channels (name -> :class:`VectorChannel`; empty when it was
+            published without vectors).
+        genre_masks: genre -> (C,) bool mask over ``candidate_rows`` (the ``genres`` channel).
     """
 
     ref: Ref
@@ -69,6 +73,8 @@ class Snapshot:
     user_schema: pa.Schema
     movie_schema: pa.Schema
     row_of: dict[int, int] = field(repr=False, default_factory=dict)
+    channels: dict[str, VectorChannel] = field(repr=False, default_factory=dict)
+    genre_masks: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
 
     @property
     def version(self) -> int:
@@ -76,11 +82,27 @@ class Snapshot:
         return self.ref.version
 
 
-def build_snapshot(store: FeatureStore, scorer: Scorer, ref: Ref, *, verify: bool) -> Snapshot:
-    """Read version ``ref`` whole (verified first when ``verify``) and compute its movie-side partials.
+def _genre_masks(genres: list[list[str]], candidate_rows: np.ndarray) -> dict[str, np.ndarray]:
+    masks: dict[str, np.ndarray] = {}
+    for i, row in enumerate(candidate_rows.tolist()):
+        for genre in genres[row]:
+            masks.setdefault(genre, np.zeros(len(candidate_rows), dtype=bool))[i] = True
+    return masks
+
+
+def build_snapshot(store: FeatureStore, scorer: Scorer, ref: Ref, *, verify: bool, model_version: str | None = None,
+                   recall: RecallFolder | None = None) -> Snapshot:
+    """Read version ``ref`` whole (verified first when ``verify``) and compute its movie-side partials; load
+    its vector channels (blobs checked by SHA-256 always, :func:`~deepcrossing.serving.channels.load_channels`).
+
+    Args:
+        model_version: the served model's fingerprint (a version's ``emb`` vectors of another model are
+            rebuilt from this model's partials).
+        recall: the recall folder the service loaded (a version built from another one is refused).
 
     Raises:
-        StoreError: the version fails verification; VersionGone: it was deleted while we read it.
+        StoreError: the version fails verification, a blob's checksum or the recall folder's identity;
+            VersionGone: it was deleted while we read it.
     """
     meta = store.verify(ref) if verify else store.meta(version=ref)
     user_schema = schema_from_json(meta["user_schema"])
@@ -93,16 +115,25 @@ def build_snapshot(store: FeatureStore, scorer: Scorer, ref: Ref, *, verify: boo
     candidates = store.get_candidates(version=ref)
     candidate_rows = np.fromiter((row_of[c] for c in candidates if c in row_of), dtype=np.int64)
     unit = torch.nn.functional.normalize(items.p, dim=1)
+    channels = load_channels(store, ref, meta, row_of, model_version=model_version, recall=recall,
+                             emb_fallback=lambda: emb_channel(movie_ids, unit.numpy(), row_of))
+    genres = [r.get("genres") or [] for _, r in records]
     return Snapshot(
         ref=ref, meta=meta, movie_ids=movie_ids,
-        titles=[r.get("title") for _, r in records], genres=[r.get("genres") or [] for _, r in records],
+        titles=[r.get("title") for _, r in records], genres=genres,
         years=[r.get("year") for _, r in records], movie_table=movie_table, candidate_rows=candidate_rows,
         items=items, unit=unit, user_schema=user_schema, movie_schema=movie_schema, row_of=row_of,
+        channels=channels, genre_masks=_genre_masks(genres, candidate_rows),
     )
 
 
 def rescore_snapshot(snapshot: Snapshot, scorer: Scorer) -> Snapshot:
     """The same store version's snapshot for another model: the movie-side partials are recomputed from the
-    rows already in memory (no store read, so a model reload never depends on the store)."""
+    rows already in memory (no store read, so a model reload never depends on the store), and the ``emb``
+    channel from them (its vectors are the model's)."""
     items = scorer.items(snapshot.movie_table)
-    return replace(snapshot, items=items, unit=torch.nn.functional.normalize(items.p, dim=1))
+    unit = torch.nn.functional.normalize(items.p, dim=1)
+    channels = dict(snapshot.channels)
+    if "emb" in channels:
+        channels["emb"] = emb_channel(snapshot.movie_ids, unit.numpy(), snapshot.row_of)
+    return replace(snapshot, items=items, unit=unit, channels=channels)

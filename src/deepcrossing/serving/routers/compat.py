@@ -103,7 +103,7 @@ async def get_user(
     calls: StoreCalls = Depends(get_store_calls),
 ) -> JSONResponse:
     """The user and their ratings (404 when unknown)."""
-    user = compat.user(await _user(engine, calls, user_id), user_id)
+    user = await calls.run(compat.user, await _user(engine, calls, user_id), user_id)
     if user is None:
         raise HTTPException(404, f"user {user_id} is not in the store")
     return JSONResponse(user)

@@ -38,11 +38,14 @@ async def readyz(engine: Engine = Depends(get_engine), calls: StoreCalls = Depen
 
 @router.get("/info", response_model=Info)
 async def info(engine: Engine = Depends(get_engine)) -> JSONResponse:
-    """Model and store versions, and a few example users for the web page."""
+    """Model and store versions, and for the web page a few example users, the genres (most candidates
+    first) and the recall channels a request may name."""
     out = engine.info()
     state = engine.state
     snap = None if state is None else state.snapshot
     out["exampleUsers"] = [] if snap is None else snap.meta.get("example_users", [])
+    out["genres"] = [] if snap is None else sorted(snap.genre_masks, key=lambda g: (-int(snap.genre_masks[g].sum()), g))
+    out["channels"] = list(engine.channel_names())
     return JSONResponse(out)
 
 

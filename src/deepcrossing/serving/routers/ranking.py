@@ -15,10 +15,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from deepcrossing.errors import InputError
 from deepcrossing.serving.dependencies import get_engine, get_metrics, get_settings, get_store_calls
 from deepcrossing.serving.engine import Engine
 from deepcrossing.serving.metrics import ServiceMetrics
 from deepcrossing.serving.offload import StoreCalls
+from deepcrossing.serving.recall import parse_channels
 from deepcrossing.serving.schemas import ERRORS, Recommendation, Scores
 from deepcrossing.serving.settings import ServingSettings
 
@@ -31,21 +33,34 @@ ID = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 async def recommend(
     user_id: Annotated[int, Path(ge=-(2**63), le=2**63 - 1)],
     k: Annotated[int, Query(ge=1, le=2**31, description="list length")] = 10,
-    candidates: Annotated[int, Query(ge=1, le=2**31, description="how many popular movies to rank")] = 800,
+    candidates: Annotated[int, Query(ge=1, le=2**31, description="how many movies to recall and rank (the "
+                                                                 "default channel plan's total)")] = 800,
     scorer: Annotated[str, Query(pattern="^(fast|plain)$")] = "fast",
+    channels: Annotated[str | None, Query(max_length=400, description=(
+        "recall channels and sizes, e.g. emb:300,genres:200,popularity:300 (default: every vector channel of "
+        "the store version with half of `candidates`, genres a quarter, popularity the rest; popularity "
+        "alone when the version has no vector channel)"))] = None,
     engine: Engine = Depends(get_engine),
     settings: ServingSettings = Depends(get_settings),
     metrics: ServiceMetrics = Depends(get_metrics),
     calls: StoreCalls = Depends(get_store_calls),
 ) -> JSONResponse:
-    """Top ``k`` of the ``candidates`` most popular movies the user has not rated, ranked by the model."""
+    """Top ``k`` of the movies the recall channels give (none the user rated), ranked by the model; each item
+    says which channel produced it."""
     if k > settings.max_k:
         raise HTTPException(422, f"k must be <= {settings.max_k}, not {k}")
     if candidates > settings.max_candidates:
         raise HTTPException(422, f"candidates must be <= {settings.max_candidates}, not {candidates}")
+    plan = None
+    if channels is not None:
+        try:
+            plan = parse_channels(channels, engine.channel_names(), settings.max_candidates)
+        except InputError as exc:
+            return JSONResponse({"error": "invalid_request", "detail": [{"loc": ["query", "channels"],
+                                                                          "msg": exc.message}]}, status_code=422)
     fetched = await calls.run(engine.fetch_user, user_id)
     call = functools.partial(engine.recommend, user_id, k=k, candidates=candidates, plain=scorer == "plain",
-                             fetched=fetched)
+                             fetched=fetched, channels=plan)
     result = await run_in_threadpool(call) if settings.score_in_threads else call()
     metrics.candidates.observe(result["candidates"])
     return JSONResponse(result)
