@@ -51,12 +51,15 @@ def paths(draw: st.DrawFn) -> str:
 @st.composite
 def queries(draw: st.DrawFn) -> str:
     keys = st.one_of(st.sampled_from(["k", "candidates", "scorer", "neighbours", "user_id", "id", "size", "genre",
-                                      "sortby", "model", "movieId"]), text)
+                                      "sortby", "model", "movieId", "channels"]), text)
     pairs = draw(st.lists(st.tuples(keys, scalars), max_size=4))
     query = "&".join(f"{quote(k)}={quote(v)}" for k, v in pairs)
     odd = draw(st.sampled_from(["", "&", "&&==", "k", "k=", "=1", "k=1&k=2", "scorer=plain", "scorer=fast&k=5",
                                 "id=1&size=3", "genre=Drama&size=3&sortby=releaseYear", "model=emb", "model=nerualcf",
-                                "sortby=rating", "size=1000", "size=1001", "movieId=1&size=2", "genre=Drama"]))
+                                "sortby=rating", "size=1000", "size=1001", "movieId=1&size=2", "genre=Drama",
+                                "channels=popularity:5", "channels=genres:3,popularity:2", "channels=emb:5",
+                                "channels=bogus:1", "channels=popularity:0", "channels=popularity:99999",
+                                "channels=genres", "channels=,", "channels=popularity:2,popularity:3"]))
     return "&".join(p for p in (query, odd) if p)
 
 
