@@ -52,3 +52,51 @@ def test_page_shows_history_recommendations_and_movie(browser, models, sqlite_ur
         assert len(browser.find_elements(By.CSS_SELECTOR, "#recommendations li")) == 10
         assert browser.find_element(By.CSS_SELECTOR, "#history li").text == "No ratings yet."
     expected.store.close()
+
+
+def test_page_shows_genre_rows_channels_and_similar_movies(browser, models, synth_data, server_thread,
+                                                           tmp_path_factory):
+    """With a store published with the emb vectors: the home page's genre collections are the compat
+    /getrecommendation lists, each recommendation shows the channel that recalled it, and the movie page shows
+    /getsimilarmovie's cards."""
+    import httpx
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from deepcrossing.serving.publish import publish_for_model
+
+    model = models["root"] / "m0"
+    url = f"sqlite:///{tmp_path_factory.mktemp('page_emb') / 'f.db'}"
+    publish_for_model(model, synth_data["raw"], url, keep_previous_s=0)
+    expected = Engine.open(model, url)
+    user = expected.state.snapshot.meta["example_users"][0]
+    recs = expected.recommend(user, k=10)["items"]
+    assert len({r["channel"] for r in recs}) >= 1
+    app = create_app(ServingSettings(model, url))
+    with server_thread(app) as server:
+        genres = httpx.get(f"{server.url}/info").json()["genres"][:6]
+        first = httpx.get(f"{server.url}/getrecommendation",
+                          params={"genre": genres[0], "size": 8, "sortby": "rating"}).json()
+        wait = WebDriverWait(browser, 20)
+        browser.get(server.url + "/ui/#/")
+        wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "#genre-rows .genre-row .card")))
+        rows = browser.find_elements(By.CSS_SELECTOR, "#genre-rows .genre-row")
+        assert [r.find_element(By.TAG_NAME, "h3").text for r in rows] == genres
+        assert [a.text for a in rows[0].find_elements(By.CSS_SELECTOR, ".card a.title")] == \
+            [m["title"] for m in first]
+
+        browser.get(server.url + f"/ui/#/user/{user}")
+        wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "#recommendations li .channel")))
+        labels = [s.text for s in browser.find_elements(By.CSS_SELECTOR, "#recommendations li .channel")]
+        assert labels == [r["channel"] for r in recs]
+        assert "emb" in browser.find_element(By.ID, "recall-summary").text
+        assert browser.find_element(By.ID, "home-view").is_displayed() is False
+
+        movie = recs[0]["movieId"]
+        similar = httpx.get(f"{server.url}/getsimilarmovie", params={"movieId": movie, "size": 10}).json()
+        browser.get(server.url + f"/ui/#/movie/{movie}")
+        wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "#similar .card")))
+        assert [a.text for a in browser.find_elements(By.CSS_SELECTOR, "#similar .card a.title")] == \
+            [m["title"] for m in similar]
+    expected.store.close()
