@@ -19,6 +19,7 @@ def test_publish_then_recommend_offline(models, synth_data, tmp_path):
                             "--candidates", "500", "--keep-previous", "0"])
     assert r.exit_code == 0, r.output
     assert "published version 1" in r.output and "500 candidates" in r.output
+    assert "vector channels: emb (exact)" in r.output.replace("\n", " ")
     assert f"deepcrossing serve --model {model} --store {url}" in r.output
     assert open_store(url).meta()["n_candidates"] == 500
     r = runner.invoke(app, ["recommend", "--model", str(model), "--store", url, "--user", "1", "-k", "5"])
@@ -28,6 +29,18 @@ def test_publish_then_recommend_offline(models, synth_data, tmp_path):
     expected = Engine.open(model, url).recommend(1, k=5)["items"]
     for line, item in zip(lines, expected):
         assert str(item["movieId"]) in line and item["title"] in line and f"{item['score']:.4f}" in line
+        assert line.endswith(f"({item['channel']})")
+    # the channels flag: the same plan as the service's ?channels=, and a bad one is a one-line error
+    r = runner.invoke(app, ["recommend", "--model", str(model), "--store", url, "--user", "1", "-k", "5",
+                            "--channels", "emb:30,popularity:10"])
+    assert r.exit_code == 0, r.output
+    assert "40 candidates: emb 30, popularity 10" in r.output
+    expected = Engine.open(model, url).recommend(1, k=5, channels=(("emb", 30), ("popularity", 10)))["items"]
+    lines = [line for line in r.output.splitlines() if re.match(r"^\s*\d+\. ", line)]
+    assert [line.rsplit("(", 1)[1].rstrip(")") for line in lines] == [i["channel"] for i in expected]
+    r = runner.invoke(app, ["recommend", "--model", str(model), "--store", url, "--user", "1",
+                            "--channels", "bogus:3"])
+    assert r.exit_code != 0 and "unknown channel 'bogus'" in str(r.exception or r.output)
 
 
 def test_publish_defaults_to_sqlite_in_model_dir(models, synth_data, tmp_path):
