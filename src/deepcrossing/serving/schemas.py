@@ -44,7 +44,8 @@ class ScoredMovie(Movie):
 
 
 class Recommendation(_Strict):
-    """GET /recommend/{user_id}: the top-k list, best first."""
+    """GET /recommend/{user_id}: the top-k list, best first; ``candidates``: how many movies were recalled
+    and ranked, ``channels``: how many of them each recall channel produced."""
 
     userId: int
     known: bool
