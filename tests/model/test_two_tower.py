@@ -36,7 +36,8 @@ def _table(n: int = 6) -> pa.Table:
 def _cold_user() -> pa.Table:
     return pa.table({"userId": [99], "userRecentPositives": pa.array([[]], pa.list_(pa.int64())),
                      "userGenreCounts": pa.array([[]], GENRE_COUNTS), "userRatingCount": [0],
-                     "userAvgRating": pa.array([None], pa.float64()), "userPositiveRate": pa.array([None], pa.float64()),
+                     "userAvgRating": pa.array([None], pa.float64()),
+                     "userPositiveRate": pa.array([None], pa.float64()),
                      "userAvgReleaseYear": pa.array([None], pa.float64())})
 
 

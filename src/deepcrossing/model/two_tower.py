@@ -134,8 +134,9 @@ class TwoTower(nn.Module):
             dims = {n: d for n, d in self.embedding.dims.items() if n in names}
             side_dense = [f.name for f in dense if f.side == side]
             self._dense_index[side] = [i for i, f in enumerate(dense) if f.side == side]
-            self.stacks[side] = StackingLayer(dims, side_dense)
-            self.towers[side] = _tower(self.stacks[side].out_dim, config)
+            stack = StackingLayer(dims, side_dense)
+            self.stacks[side] = stack
+            self.towers[side] = _tower(stack.out_dim, config)
 
     def _side(self, batch: Batch, side: str, embedded: dict[str, Tensor] | None = None) -> Tensor:
         if embedded is None:

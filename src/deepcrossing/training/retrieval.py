@@ -11,7 +11,11 @@ folder), so the test period's ratings cannot leak into them.
 * :func:`emb_channel`: cosine between the movie's unit item vector and the mean of the unit vectors of the
   user's recent positives (the ``model=emb`` recall of the SparrowRecSys-compatible service); popularity
   for a user with no positives;
-* :func:`merge_channels`: round-robin over channels, first occurrence kept.
+* :func:`vector_channel`: a vector recall model (:class:`~deepcrossing.training.vectors.ItemVectors`:
+  two-tower, item2vec) as served: the user's vector against every movie's vector (dot or cosine);
+  popularity for a user whose vector is zero ("no opinion");
+* :func:`merge_channels`: round-robin over channels, first occurrence kept; :func:`weighted_merge`: each
+  channel's rank r scored (r + 1) / weight (round-robin with quotas), first occurrence kept.
 
 Example:
     >>> ranked = [np.array([1, 2, 3]), np.array([4, 5, 6])]
@@ -36,8 +40,9 @@ from deepcrossing.errors import InputError
 IdArray = NDArray[np.int64]
 DEFAULT_KS = (50, 100, 200, 800)
 
-__all__ = ["DEFAULT_KS", "Channel", "Prior", "RecallResult", "UserState", "coverage_at_ks", "emb_channel",
-           "cosine_order", "genre_channel", "merge_channels", "parse_ks", "popularity_channel", "recall_at_ks"]
+__all__ = ["DEFAULT_KS", "Channel", "Prior", "RecallResult", "UserState", "choose_merge", "cosine_order",
+           "coverage_at_ks", "emb_channel", "genre_channel", "merge_channels", "parse_ks", "popularity_channel",
+           "recall_at_ks", "vector_channel", "weighted_merge"]
 
 
 def parse_ks(text: str) -> tuple[int, ...]:
@@ -281,3 +286,104 @@ def merge_channels(channels: Sequence[Channel]) -> Channel:
         return flat[np.sort(first)][:n]
 
     return recall
+
+
+def vector_channel(prior: Prior, movie_ids: IdArray, items: NDArray[np.float32],
+                   users: Mapping[int, NDArray[np.float32]], metric: str = "dot") -> Channel:
+    """Recall by vectors: movies by descending ``items @ user`` (rows normalized first for ``cosine``), ties
+    by smaller id, rated ones left out; zero item rows are never recalled; a user with no vector or a zero
+    vector gets :func:`popularity_channel`'s list.
+
+    Args:
+        prior: for the fallback order.
+        movie_ids: (V,) movies; items: (V, D) their vectors (``ItemVectors.item_vectors``).
+        users: user id -> (D,) vector (``ItemVectors.user_vectors``, one row per user).
+        metric: ``dot`` or ``cosine``.
+
+    Example:
+        >>> items = np.array([[1, 0], [0, 2], [0, 0]], dtype=np.float32)
+        >>> ch = vector_channel(Prior(np.array([3, 2, 1])), np.array([1, 2, 3]), items,
+        ...                     {7: np.array([1, 1], dtype=np.float32), 8: np.zeros(2, dtype=np.float32)})
+        >>> none = np.zeros(0, dtype=np.int64)
+        >>> ch(UserState(7, none, none, ()), 5).tolist(), ch(UserState(8, none, none, ()), 2).tolist()
+        ([2, 1], [3, 2])
+    """
+    items = np.asarray(items, dtype=np.float32)
+    known = np.abs(items).sum(axis=1) > 0
+    ids, items = np.asarray(movie_ids, dtype=np.int64)[known], items[known]
+    if metric == "cosine":
+        items = items / np.linalg.norm(items, axis=1, keepdims=True)
+    fallback = popularity_channel(prior)
+
+    def recall(user: UserState, n: int) -> IdArray:
+        vec = users.get(user.user_id)
+        if vec is None or not np.any(vec):
+            return fallback(user, n)
+        sims = items @ np.asarray(vec, dtype=np.float32)                    # (V,)
+        return _unrated(ids[np.lexsort((ids, -sims))], user.rated, n)
+
+    return recall
+
+
+def weighted_merge(channels: Sequence[Channel], weights: Sequence[float]) -> Channel:
+    """Merge by quotas: the movie at rank r (0-based) of channel c gets the key ``(r + 1) / weights[c]``;
+    movies by ascending key (ties: earlier channel first), each once. Equal weights are
+    :func:`merge_channels`'s round-robin; a weight of 0 leaves the channel out; weights 2:1 take two
+    movies of the first channel for one of the second.
+
+    Example:
+        >>> a = popularity_channel(Prior(np.array([1, 2, 3, 4])))
+        >>> b = popularity_channel(Prior(np.array([9, 8, 7])))
+        >>> none = np.zeros(0, dtype=np.int64)
+        >>> weighted_merge([a, b], [2, 1])(UserState(1, none, none, ()), 6).tolist()
+        [1, 2, 9, 3, 4, 8]
+    """
+    if len(channels) != len(weights) or not any(w > 0 for w in weights):
+        raise InputError(f"weighted_merge needs one weight per channel, some > 0: {list(weights)}")
+    used = [(ch, float(w)) for ch, w in zip(channels, weights, strict=True) if w > 0]
+
+    def recall(user: UserState, n: int) -> IdArray:
+        lists = [np.asarray(ch(user, n), dtype=np.int64) for ch, _ in used]
+        keys = np.concatenate([(np.arange(x.size) + 1) / w for x, (_, w) in zip(lists, used, strict=True)])
+        source = np.concatenate([np.full(x.size, j) for j, x in enumerate(lists)])
+        flat = np.concatenate(lists) if lists else np.zeros(0, dtype=np.int64)
+        flat = flat[np.lexsort((source, keys))]
+        _, first = np.unique(flat, return_index=True)
+        return flat[np.sort(first)][:n]
+
+    return recall
+
+
+def choose_merge(users: Sequence[UserState], relevant: Sequence[IdArray], channels: Mapping[str, Channel],
+                 k: int = 100, grid: Sequence[float] = (0, 1, 2, 4)) -> tuple[dict[str, float], float]:
+    """The :func:`weighted_merge` weights (each from ``grid``, not all 0) with the best mean Recall@``k``
+    over ``users`` (use the VALIDATION split: the weights are then fixed for the test), each channel asked
+    once per user; ties go to the earlier weights in grid order.
+
+    Returns:
+        (channel -> weight, the best Recall@k).
+
+    Example:
+        >>> none = np.zeros(0, dtype=np.int64)
+        >>> good = popularity_channel(Prior(np.array([3, 1, 2])))
+        >>> bad = popularity_channel(Prior(np.array([1, 2, 3])))
+        >>> choose_merge([UserState(1, none, none, ())], [np.array([3])], {"bad": bad, "good": good}, k=1)
+        ({'bad': 0.0, 'good': 1.0}, 1.0)
+    """
+    import itertools
+
+    names = list(channels)
+    lists = {name: {u.user_id: np.asarray(ch(u, k), dtype=np.int64) for u in users} for name, ch in channels.items()}
+
+    def cached(name: str) -> Channel:
+        return lambda user, n: lists[name][user.user_id][:n]
+
+    best: tuple[dict[str, float], float] = (dict.fromkeys(names, 1.0), -1.0)
+    for weights in itertools.product(grid, repeat=len(names)):
+        if not any(w > 0 for w in weights):
+            continue
+        merged = weighted_merge([cached(n) for n in names], weights)
+        score = recall_at_ks([merged(u, k) for u in users], relevant, (k,)).recall[k]
+        if score > best[1]:
+            best = ({n: float(w) for n, w in zip(names, weights, strict=True)}, score)
+    return best
