@@ -24,6 +24,7 @@ def _table(n: int = 6) -> pa.Table:
         "movieRatingCount": list(range(n)),
         "movieAvgRating": [3.0 + 0.1 * i for i in range(n)],
         "moviePositiveRate": [0.5] * n,
+        "movieSecondsSinceFirstRating": [1000 * i for i in range(n)],
         "userRecentPositives": [[1 + (i + 1) % 4, 1 + (i + 2) % 4] for i in range(n)],
         "userGenreCounts": pa.array([[("Drama", i + 1)] for i in range(n)], GENRE_COUNTS),
         "userRatingCount": [i + 1 for i in range(n)],

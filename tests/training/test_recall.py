@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 from deepcrossing.cli import app
 from deepcrossing.errors import InputError
 from deepcrossing.training.item2vec import Item2Vec, Item2VecConfig, fit_item2vec
-from deepcrossing.training.retrieval import Prior, UserState, choose_merge, popularity_channel, vector_channel, \
-    weighted_merge
+from deepcrossing.training.retrieval import Prior, UserState, popularity_channel, vector_channel
+from deepcrossing.training.retrieval_merge import choose_merge, weighted_merge
 from deepcrossing.training.vectors import ItemVectors
 
 NONE = np.zeros(0, dtype=np.int64)
@@ -106,7 +106,8 @@ def test_recall_folder_loads_and_serves_one_row(trained: dict[str, Path]) -> Non
 
     manifest = read_manifest(trained["recall"])
     assert manifest["format"] == FORMAT and set(manifest["channels"]) == {"two_tower", "item2vec"}
-    assert set(manifest["merge"]["weights"]) == {"two_tower", "item2vec", "genres", "popularity"}
+    assert set(manifest["merge"]["weights"]) == {"two_tower", "item2vec", "genres", "trending",
+                                                      "popularity"}
     assert len(manifest["metrics"]["two_tower"]["history"]) <= 2
     recall = load_recall(trained["recall"])
     data = load_retrieval_data(trained["samples"])
@@ -162,7 +163,8 @@ def test_evaluate_with_recall_and_rerun(trained: dict[str, Path], tmp_path: Path
                                    "--out", str(out)])
     assert res.exit_code == 0, res.output
     report = json.loads(out.read_text())
-    assert set(report["channels"]) == {"popularity", "genres", "emb", "two_tower", "item2vec", "merged"}
+    assert set(report["channels"]) == {"popularity", "trending", "genres", "emb", "two_tower", "item2vec",
+                                       "merged"}
     for row in report["channels"].values():
         assert 0.0 <= row["recall"]["5"] <= row["recall"]["20"] <= 1.0
     # train-recall into its own previous folder replaces it; into the samples folder is refused

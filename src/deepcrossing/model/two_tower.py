@@ -17,6 +17,7 @@ Example:
     >>> spec = two_tower_spec()
     >>> table = pa.table({"movieId": [1, 2], "movieGenres": [["Drama"], ["Comedy"]], "releaseYear": [1999, 2001],
     ...     "movieRatingCount": [3, 0], "movieAvgRating": [4.0, None], "moviePositiveRate": [0.5, None],
+    ...     "movieSecondsSinceFirstRating": [86400, None],
     ...     "userRecentPositives": [[2], []], "userRatingCount": [1, 0],
     ...     "userGenreCounts": pa.array([[("Comedy", 1)], []], pa.map_(pa.string(), pa.int64())),
     ...     "userAvgRating": [4.0, None], "userPositiveRate": [1.0, None], "userAvgReleaseYear": [2001.0, None]})
@@ -64,7 +65,7 @@ def two_tower_spec(movie_dim: int = 32, genre_dim: int = 16, history: int = 10) 
         Feature("movieId", "categorical", "item", table="movie", dim=movie_dim),
         Feature("movieGenres", "multi_hot", "item", table="genre", dim=genre_dim),
         num("releaseYear", "item"), num("movieRatingCount", "item", log=True), num("movieAvgRating", "item"),
-        num("moviePositiveRate", "item"),
+        num("moviePositiveRate", "item"), num("movieSecondsSinceFirstRating", "item", log=True),
         Feature("userRecentPositives", "multi_hot", "user", table="movie", max_len=history),
         Feature("userGenreCounts", "multi_hot", "user", table="genre", weights_from="values"),
         num("userRatingCount", "user", log=True), num("userAvgRating", "user"), num("userPositiveRate", "user"),

@@ -39,6 +39,10 @@ __all__ = ["Item2Vec", "Item2VecConfig", "fit_item2vec", "positive_sequences"]
 class Item2VecConfig(StrictConfig):
     """gensim ``Word2Vec`` settings (skip-gram, negative sampling).
 
+    Defaults chosen on ml-latest-small's validation split (Recall@100; item2vec fitted on train): window 5,
+    5 negatives, 10 epochs 0.171 (7 s for two fits) vs window 20, 10 negatives, 20 epochs 0.170 (33 s per
+    fit); pooling the 3 most recent positives 0.182 vs 10: 0.171.
+
     Args:
         dim: vector width. window: context width on each side. epochs: passes. negative: negatives per
         pair. min_count: movies with fewer positives get no vector. sample: down-sampling of frequent
@@ -47,12 +51,12 @@ class Item2VecConfig(StrictConfig):
     """
 
     dim: Annotated[int, Field(ge=2, le=1024)] = 64
-    window: Annotated[int, Field(ge=1, le=1000)] = 20
-    epochs: Annotated[int, Field(ge=1, le=1000)] = 20
-    negative: Annotated[int, Field(ge=1, le=100)] = 10
+    window: Annotated[int, Field(ge=1, le=1000)] = 5
+    epochs: Annotated[int, Field(ge=1, le=1000)] = 10
+    negative: Annotated[int, Field(ge=1, le=100)] = 5
     min_count: Annotated[int, Field(ge=1)] = 1
     sample: Annotated[float, Field(ge=0.0, le=1.0)] = 1e-3
-    recent_n: Annotated[int, Field(ge=1, le=1000)] = 10
+    recent_n: Annotated[int, Field(ge=1, le=1000)] = 3
     seed: int = 0
 
 

@@ -37,7 +37,7 @@ from deepcrossing.hashing import file_sha256
 from deepcrossing.model.two_tower import TwoTower, TwoTowerConfig
 from deepcrossing.outputs import OutputKind
 from deepcrossing.training.item2vec import Item2Vec, Item2VecConfig, fit_item2vec, positive_sequences
-from deepcrossing.training.retrieval import choose_merge
+from deepcrossing.training.retrieval_merge import choose_merge
 from deepcrossing.training.retrieval_data import build_channels, load_retrieval_data, split_start
 from deepcrossing.training.two_tower import TwoTowerTrainConfig, TwoTowerVectors, train_two_tower, \
     validation_recall
@@ -209,7 +209,7 @@ def train_recall(samples: str | Path, channels: tuple[str, ...] = CHANNELS, *,
     ``two_tower``: trained on train's positives, early-stopped on the validation split's Recall@K.
     ``item2vec``: fitted on train's positives to measure it on validation, then again on every positive
     before the test start (train + valid) for the model kept. The merge weights (two-tower, item2vec, the
-    user's genres, popularity) are chosen by validation Recall@100 (:func:`choose_merge`).
+    user's genres, trending, popularity) are chosen by validation Recall@100 (:func:`choose_merge`).
 
     Returns:
         (channel -> model, merge ``{"weights", "k", "valid_recall"}``, metrics ``{"valid_recall": {...},
@@ -237,6 +237,6 @@ def train_recall(samples: str | Path, channels: tuple[str, ...] = CHANNELS, *,
             raise InputError(f"unknown recall channel {name!r} (known: {', '.join(CHANNELS)})", field="channels")
     base = build_channels(valid, None, on_valid)
     metrics["valid_recall"] = {name: validation_recall(v, valid, k) for name, v in on_valid.items()}
-    candidates = {name: base[name] for name in (*on_valid, "genres", "popularity")}
+    candidates = {name: base[name] for name in (*on_valid, "genres", "trending", "popularity")}
     weights, score = choose_merge(valid.users, valid.relevant, candidates, k=k)
     return models, {"weights": weights, "k": k, "valid_recall": score}, metrics

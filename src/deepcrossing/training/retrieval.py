@@ -7,6 +7,8 @@ folder), so the test period's ratings cannot leak into them.
 
 * :func:`popularity_channel`: most rated before the test start, then best average, then smaller id (the order
   of ``features.online``'s candidate list);
+* :func:`trending_channel`: most rated in a recent window before the test start (all-time popularity ranks
+  the catalogue's old head first, while new users ask for recent movies);
 * :func:`genre_channel`: the movies of the user's top genres (over their positive history), by popularity;
 * :func:`emb_channel`: cosine between the movie's unit item vector and the mean of the unit vectors of the
   user's recent positives (the ``model=emb`` recall of the SparrowRecSys-compatible service); popularity
@@ -14,8 +16,8 @@ folder), so the test period's ratings cannot leak into them.
 * :func:`vector_channel`: a vector recall model (:class:`~deepcrossing.training.vectors.ItemVectors`:
   two-tower, item2vec) as served: the user's vector against every movie's vector (dot or cosine);
   popularity for a user whose vector is zero ("no opinion");
-* :func:`merge_channels`: round-robin over channels, first occurrence kept; :func:`weighted_merge`: each
-  channel's rank r scored (r + 1) / weight (round-robin with quotas), first occurrence kept.
+* :func:`merge_channels`: round-robin over channels, first occurrence kept (quotas chosen on validation:
+  :mod:`deepcrossing.training.retrieval_merge`).
 
 Example:
     >>> ranked = [np.array([1, 2, 3]), np.array([4, 5, 6])]
@@ -40,9 +42,9 @@ from deepcrossing.errors import InputError
 IdArray = NDArray[np.int64]
 DEFAULT_KS = (50, 100, 200, 800)
 
-__all__ = ["DEFAULT_KS", "Channel", "Prior", "RecallResult", "UserState", "choose_merge", "cosine_order",
+__all__ = ["DEFAULT_KS", "Channel", "Prior", "RecallResult", "UserState", "cosine_order",
            "coverage_at_ks", "emb_channel", "genre_channel", "merge_channels", "parse_ks", "popularity_channel",
-           "recall_at_ks", "vector_channel", "weighted_merge"]
+           "recall_at_ks", "trending_channel", "vector_channel"]
 
 
 def parse_ks(text: str) -> tuple[int, ...]:
@@ -165,10 +167,13 @@ class Prior:
         popular: (M,) every catalogue movie, popularity order (rating count desc, average desc with unrated
             last, id asc).
         genres: genre -> (M,) bool mask over ``popular``: the movie carries the genre.
+        trending: (M,) every catalogue movie, by rating count in a recent window before the start (then the
+            same tie rules); empty: not computed (the trending channel is then popularity).
     """
 
     popular: IdArray
     genres: Mapping[str, NDArray[np.bool_]] = field(default_factory=dict)
+    trending: IdArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 Channel = Callable[[UserState, int], IdArray]
@@ -190,6 +195,23 @@ def popularity_channel(prior: Prior) -> Channel:
 
     def recall(user: UserState, n: int) -> IdArray:
         return _unrated(prior.popular, user.rated, n)
+
+    return recall
+
+
+def trending_channel(prior: Prior) -> Channel:
+    """The most rated movies of the recent window (``Prior.trending``) the user has not rated: what new users
+    ask for, since the catalogue's all-time head is old.
+
+    Example:
+        >>> ch = trending_channel(Prior(np.array([5, 7, 3]), trending=np.array([3, 7, 5])))
+        >>> ch(UserState(1, np.array([7]), np.array([], dtype=np.int64), ()), 2).tolist()
+        [3, 5]
+    """
+    order = prior.trending if prior.trending.size else prior.popular
+
+    def recall(user: UserState, n: int) -> IdArray:
+        return _unrated(order, user.rated, n)
 
     return recall
 
@@ -323,67 +345,3 @@ def vector_channel(prior: Prior, movie_ids: IdArray, items: NDArray[np.float32],
         return _unrated(ids[np.lexsort((ids, -sims))], user.rated, n)
 
     return recall
-
-
-def weighted_merge(channels: Sequence[Channel], weights: Sequence[float]) -> Channel:
-    """Merge by quotas: the movie at rank r (0-based) of channel c gets the key ``(r + 1) / weights[c]``;
-    movies by ascending key (ties: earlier channel first), each once. Equal weights are
-    :func:`merge_channels`'s round-robin; a weight of 0 leaves the channel out; weights 2:1 take two
-    movies of the first channel for one of the second.
-
-    Example:
-        >>> a = popularity_channel(Prior(np.array([1, 2, 3, 4])))
-        >>> b = popularity_channel(Prior(np.array([9, 8, 7])))
-        >>> none = np.zeros(0, dtype=np.int64)
-        >>> weighted_merge([a, b], [2, 1])(UserState(1, none, none, ()), 6).tolist()
-        [1, 2, 9, 3, 4, 8]
-    """
-    if len(channels) != len(weights) or not any(w > 0 for w in weights):
-        raise InputError(f"weighted_merge needs one weight per channel, some > 0: {list(weights)}")
-    used = [(ch, float(w)) for ch, w in zip(channels, weights, strict=True) if w > 0]
-
-    def recall(user: UserState, n: int) -> IdArray:
-        lists = [np.asarray(ch(user, n), dtype=np.int64) for ch, _ in used]
-        keys = np.concatenate([(np.arange(x.size) + 1) / w for x, (_, w) in zip(lists, used, strict=True)])
-        source = np.concatenate([np.full(x.size, j) for j, x in enumerate(lists)])
-        flat = np.concatenate(lists) if lists else np.zeros(0, dtype=np.int64)
-        flat = flat[np.lexsort((source, keys))]
-        _, first = np.unique(flat, return_index=True)
-        return flat[np.sort(first)][:n]
-
-    return recall
-
-
-def choose_merge(users: Sequence[UserState], relevant: Sequence[IdArray], channels: Mapping[str, Channel],
-                 k: int = 100, grid: Sequence[float] = (0, 1, 2, 4)) -> tuple[dict[str, float], float]:
-    """The :func:`weighted_merge` weights (each from ``grid``, not all 0) with the best mean Recall@``k``
-    over ``users`` (use the VALIDATION split: the weights are then fixed for the test), each channel asked
-    once per user; ties go to the earlier weights in grid order.
-
-    Returns:
-        (channel -> weight, the best Recall@k).
-
-    Example:
-        >>> none = np.zeros(0, dtype=np.int64)
-        >>> good = popularity_channel(Prior(np.array([3, 1, 2])))
-        >>> bad = popularity_channel(Prior(np.array([1, 2, 3])))
-        >>> choose_merge([UserState(1, none, none, ())], [np.array([3])], {"bad": bad, "good": good}, k=1)
-        ({'bad': 0.0, 'good': 1.0}, 1.0)
-    """
-    import itertools
-
-    names = list(channels)
-    lists = {name: {u.user_id: np.asarray(ch(u, k), dtype=np.int64) for u in users} for name, ch in channels.items()}
-
-    def cached(name: str) -> Channel:
-        return lambda user, n: lists[name][user.user_id][:n]
-
-    best: tuple[dict[str, float], float] = (dict.fromkeys(names, 1.0), -1.0)
-    for weights in itertools.product(grid, repeat=len(names)):
-        if not any(w > 0 for w in weights):
-            continue
-        merged = weighted_merge([cached(n) for n in names], weights)
-        score = recall_at_ks([merged(u, k) for u in users], relevant, (k,)).recall[k]
-        if score > best[1]:
-            best = ({n: float(w) for n, w in zip(names, weights, strict=True)}, score)
-    return best
