@@ -1,18 +1,26 @@
 """Offline retrieval benchmark (issue 9, item 5): Recall@K and coverage@K of each recall channel on the time
-split of ml-latest-small, side by side with popularity, and a PNG of the Recall@K curves.
+split of ml-latest-small and ml-100k, side by side with popularity and the peers, the end-to-end top 10 of
+retrieval -> Deep Crossing vs popularity-800 -> Deep Crossing, and a PNG of the Recall@K curves per dataset.
 
 Protocol: :mod:`deepcrossing.training.retrieval_data` (relevant = a test user's positives in the test
 period not rated before it; channels see only train + valid; rated movies left out). Channels: popularity,
-the user's top genres, ``emb`` (the Deep Crossing model's unit item vectors, as the service's ``model=emb``),
-their round-robin merge, and ALS from the ``implicit`` library as a peer (in the ``bench`` extra: ``pip install
--c constraints.txt -e '.[bench]'``; ``--implicit-path`` adds a folder holding it to ``sys.path`` instead):
-fitted on the positives before the test start, its factor count chosen by Recall@100 on the validation split
-(fit on train only).
+trending (most rated in the 180 days before the test start), the user's top genres, ``emb`` (the Deep
+Crossing model's unit item vectors, as the service's ``model=emb``), the recall folder's ``two_tower`` and
+``item2vec`` (``deepcrossing train-recall``: item2vec is also the issue's named peer), their ``merged`` list
+(quotas chosen on the validation split by ``train-recall``), and ALS from the ``implicit`` library as a peer
+(in the ``bench`` extra: ``pip install -c constraints.txt -e '.[bench]'``; ``--implicit-path`` adds a folder
+holding it to ``sys.path`` instead): fitted on the positives before the test start, its factor count chosen
+by Recall@100 on the validation split (fit on train only).
+
+End to end: for each test user with a relevant movie, the first 800 of a channel are scored by the Deep
+Crossing model (user features as of the test start, each movie's latest features before it), the top 10 kept;
+NDCG@10 / Recall@10 / HitRate@10 with ``deepcrossing.metrics`` over ALL the user's relevant movies (those
+not recalled count as misses).
 
 Usage::
 
-    .venv/bin/python benchmarks/retrieval.py --work /tmp/retrieval        # prepare + train 2 epochs + evaluate
-    .venv/bin/python benchmarks/retrieval.py --samples S --model M --out report.json --plot recall.png
+    .venv/bin/python benchmarks/retrieval.py --work /tmp/retrieval        # both datasets: prepare, train, evaluate
+    .venv/bin/python benchmarks/retrieval.py --dataset ml-latest-small --samples S --model M --recall R
 """
 
 from __future__ import annotations
@@ -30,8 +38,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-ML_SMALL = Path(os.environ.get("DEEPCROSSING_SHARED_DATA", ROOT.parent / "shared" / "data")) / "ml-latest-small"
+DATA = Path(os.environ.get("DEEPCROSSING_SHARED_DATA", ROOT.parent / "shared" / "data"))
+DATASETS = ("ml-latest-small", "ml-100k")
 KS = (50, 100, 200, 800)
+E2E_CANDIDATES, E2E_K = 800, 10
 
 
 def cli(*args: str) -> None:
@@ -87,6 +97,40 @@ def tune_als(samples: Path) -> tuple[int, dict[int, float]]:
     return max(scores, key=lambda f: scores[f]), scores
 
 
+def end_to_end(data: Any, loaded: Any, channels: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Top-10 NDCG / Recall / HitRate of ``channel -> Deep Crossing`` over the users with a relevant movie."""
+    import pyarrow as pa
+
+    from deepcrossing.features.columns import movie_side_columns, user_side_columns
+    from deepcrossing.metrics import hit_rate_at_k, ndcg_at_k, recall_at_k
+
+    movie_ids = data.movie_rows.column("movieId").to_numpy()
+    row_of = {int(m): i for i, m in enumerate(movie_ids)}
+    movies = data.movie_rows.select([c for c in movie_side_columns() if c in data.movie_rows.column_names])
+    user_cols = [c for c in user_side_columns() if c in data.user_rows.column_names and c != "userId"]
+    users = data.user_rows.select(user_cols)
+    out = {}
+    for name, channel in channels.items():
+        groups, labels, scores = [], [], []
+        for i, user in enumerate(data.users):
+            rel = data.relevant[i]
+            if rel.size == 0:
+                continue
+            cands = [int(m) for m in channel(user, E2E_CANDIDATES) if int(m) in row_of]
+            table = movies.take(pa.array([row_of[m] for m in cands], pa.int64()))
+            for col in user_cols:
+                table = table.append_column(col, users.column(col).take(pa.array([i] * len(cands), pa.int64())))
+            probs = loaded.predict(table) if cands else np.zeros(0, dtype=np.float32)
+            missed = np.setdiff1d(rel, np.array(cands, dtype=np.int64))       # relevant, never recalled
+            groups.append(np.full(len(cands) + missed.size, i))
+            labels.append(np.concatenate([np.isin(np.array(cands, dtype=np.int64), rel), np.ones(missed.size, bool)]))
+            scores.append(np.concatenate([probs.astype(np.float64), np.full(missed.size, -1.0)]))
+        g, y, s = np.concatenate(groups), np.concatenate(labels), np.concatenate(scores)
+        out[name] = {"ndcg@10": ndcg_at_k(g, y, s, E2E_K).value, "recall@10": recall_at_k(g, y, s, E2E_K).value,
+                     "hitrate@10": hit_rate_at_k(g, y, s, E2E_K).value}
+    return out
+
+
 def plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -102,44 +146,42 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ax.set_xticks(ks, [str(k) for k in ks])
     ax.set_xlabel("K (candidates)")
     ax.set_ylabel("Recall@K")
-    ax.set_title(f"retrieval on the time split: {report['n_users']} test users")
+    ax.set_title(f"{report['dataset']}, time split: {report['n_users']} test users")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, default=Path("/tmp/deepcrossing-retrieval"),
-                        help="folder for the samples and model made here when --samples/--model are not given")
-    parser.add_argument("--samples", type=Path)
-    parser.add_argument("--model", type=Path)
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--out", type=Path, help="JSON report (default WORK/retrieval.json)")
-    parser.add_argument("--plot", type=Path, help="PNG of the Recall@K curves (default WORK/recall_at_k.png)")
-    parser.add_argument("--implicit-path", type=Path, help="a folder holding the implicit package (ALS peer)")
-    args = parser.parse_args()
-    args.work.mkdir(parents=True, exist_ok=True)
-    samples = args.samples or args.work / "samples"
+def run_dataset(name: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Prepare, train (Deep Crossing, recall models), evaluate one dataset; print its tables."""
+    work.mkdir(parents=True, exist_ok=True)
+    samples = args.samples or work / "samples"
     if args.samples is None and not (samples / "manifest.json").exists():
-        print(f"prepare {ML_SMALL} -> {samples}", flush=True)
-        cli("prepare", "--data", str(ML_SMALL), "--out", str(samples))
-    model = args.model or args.work / "model"
+        print(f"prepare {DATA / name} -> {samples}", flush=True)
+        cli("prepare", "--data", str(DATA / name), "--out", str(samples))
+    model = args.model or work / "model"
     if args.model is None and not (model / "manifest.json").exists():
         print(f"train {args.epochs} epoch(s) -> {model}", flush=True)
         cli("train", "--samples", str(samples), "--out", str(model), "--epochs", str(args.epochs), "--device", "cpu",
             "--seed", "0")
-    if args.implicit_path is not None:
-        sys.path.insert(0, str(args.implicit_path))
+    recall_dir = args.recall or work / "recall"
+    if args.recall is None and not (recall_dir / "manifest.json").exists():
+        print(f"train-recall -> {recall_dir}", flush=True)
+        started = time.perf_counter()
+        cli("train-recall", "--samples", str(samples), "--out", str(recall_dir), "--seed", "0")
+        print(f"  train-recall took {time.perf_counter() - started:.1f} s", flush=True)
 
     from deepcrossing.training.artifact import load
+    from deepcrossing.training.recall_model import load_recall, read_manifest
     from deepcrossing.training.retrieval_data import build_channels, evaluate_retrieval, load_retrieval_data
 
     started = time.perf_counter()
     data = load_retrieval_data(samples)
-    channels = build_channels(data, load(model))
+    loaded = load(model)
+    manifest = read_manifest(recall_dir)
+    channels = build_channels(data, loaded, load_recall(recall_dir), manifest["merge"]["weights"])
     extra: dict[str, Any] = {}
     try:
         import implicit  # noqa: F401
@@ -151,33 +193,63 @@ def main() -> None:
         extra["als"] = {"factors": factors, "valid_recall@100_by_factors": by_factors,
                         "regularization": 0.05, "iterations": 15, "fit_on": "positives before test_start"}
     report = evaluate_retrieval(data, channels, KS)
-    report.update(model_dir=str(model), peers=extra, seconds=round(time.perf_counter() - started, 2))
+    report["end_to_end"] = end_to_end(data, loaded, {"popularity-800": channels["popularity"],
+                                                     "merged-800": channels["merged"]})
+    report.update(dataset=name, model_dir=str(model), recall_dir=str(recall_dir), peers=extra,
+                  merge=manifest["merge"], recall_training=manifest["metrics"],
+                  seconds=round(time.perf_counter() - started, 2))
     pop = report["channels"]["popularity"]["recall"]
 
-    head = "channel     " + "".join(f"  R@{k:<4} (x pop)" for k in KS) + "".join(f"  cov@{k:<4}" for k in KS)
-    print(f"{samples}: {report['n_users']} test users with a relevant movie ({report['n_skipped']} skipped), "
-          f"catalogue {report['catalogue_size']:,}")
-    print(head)
-    for name, row in report["channels"].items():
+    print(f"\n{name} ({samples}): {report['n_users']} test users with a relevant movie ({report['n_skipped']} "
+          f"skipped), catalogue {report['catalogue_size']:,}")
+    print("channel     " + "".join(f"  R@{k:<4} (x pop)" for k in KS) + "".join(f"  cov@{k:<4}" for k in KS))
+    for ch, row in report["channels"].items():
         rec = "".join(f"  {row['recall'][str(k)]:.4f} ({row['recall'][str(k)] / pop[str(k)]:.2f}x)" for k in KS)
         cov = "".join(f"  {row['coverage'][str(k)]:8.4f}" for k in KS)
-        print(f"{name:<12}{rec}{cov}")
+        print(f"{ch:<12}{rec}{cov}")
     warm = report["channels"]["popularity"]["recall_warm"]
     print(f"warm users only ({report['n_warm_users']} with a positive before the test start):")
-    for name, row in report["channels"].items():
+    for ch, row in report["channels"].items():
         values = [(row["recall_warm"][str(k)], row["recall_warm"][str(k)] / warm[str(k)]) for k in KS]
-        print(f"{name:<12}" + "".join(f"  {v:.4f} ({x:.2f}x)" for v, x in values))
+        print(f"{ch:<12}" + "".join(f"  {v:.4f} ({x:.2f}x)" for v, x in values))
+    print("end to end (800 candidates -> Deep Crossing -> top 10):")
+    for ch, row in report["end_to_end"].items():
+        print(f"  {ch:<16}" + "  ".join(f"{m} {v:.4f}" for m, v in row.items()))
+    weights = ", ".join(f"{k} {v:g}" for k, v in manifest["merge"]["weights"].items())
+    print(f"merge weights (valid Recall@100 {manifest['merge']['valid_recall']:.4f}): {weights}")
     if isinstance(extra.get("als"), str):
         print(extra["als"])
     elif "als" in extra:
-        tuned = extra["als"]
-        by = tuned["valid_recall@100_by_factors"]
-        print(f"als: {tuned['factors']} factors (valid Recall@100 by factors: {by})")
+        print(f"als: {extra['als']['factors']} factors (valid Recall@100 by factors: "
+              f"{extra['als']['valid_recall@100_by_factors']})")
+    plot(report, work / "recall_at_k.png")
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/deepcrossing-retrieval"),
+                        help="folder for what is made here (one subfolder per dataset)")
+    parser.add_argument("--dataset", choices=(*DATASETS, "both"), default="both")
+    parser.add_argument("--samples", type=Path, help="(one dataset) an existing samples folder")
+    parser.add_argument("--model", type=Path, help="(one dataset) an existing Deep Crossing model folder")
+    parser.add_argument("--recall", type=Path, help="(one dataset) an existing recall folder")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--out", type=Path, help="JSON report (default WORK/retrieval.json)")
+    parser.add_argument("--implicit-path", type=Path, help="a folder holding the implicit package (ALS peer)")
+    args = parser.parse_args()
+    names = DATASETS if args.dataset == "both" else (args.dataset,)
+    if len(names) > 1 and (args.samples or args.model or args.recall):
+        parser.error("--samples/--model/--recall need one --dataset")
+    if args.implicit_path is not None:
+        sys.path.insert(0, str(args.implicit_path))
+    started = time.perf_counter()
+    reports = {name: run_dataset(name, args.work / name, args) for name in names}
     out = args.out or args.work / "retrieval.json"
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    png = args.plot or args.work / "recall_at_k.png"
-    plot(report, png)
-    print(f"wrote {out} and {png} ({report['seconds']} s)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(reports, indent=2) + "\n")
+    print(f"\nwrote {out} and {', '.join(str(args.work / n / 'recall_at_k.png') for n in names)} "
+          f"({time.perf_counter() - started:.1f} s in all)")
 
 
 if __name__ == "__main__":

@@ -219,7 +219,7 @@ def test_evaluate_retrieval_cli(tiny_model: tuple[Path, Path], tmp_path: Path) -
     assert res.exit_code == 0, res.output
     report = json.loads(out.read_text())
     assert report["kind"] == "deepcrossing.retrieval" and report["ks"] == [5, 10]
-    assert set(report["channels"]) == {"popularity", "genres", "emb", "merged"}
+    assert set(report["channels"]) == {"popularity", "trending", "genres", "emb", "merged"}
     for row in report["channels"].values():
         assert 0.0 <= row["recall"]["5"] <= row["recall"]["10"] <= 1.0
         assert 0.0 < row["coverage"]["5"] <= row["coverage"]["10"] <= 1.0

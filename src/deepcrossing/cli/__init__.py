@@ -2,8 +2,8 @@
 progress bars. Nothing imports this package; every verb calls into the library and prints what it did.
 
 One module per pipeline stage, in the order data flows:
-  data (download, synth, info) -> prepare -> train (train, evaluate, export) -> serve (publish, serve,
-  recommend); quickstart runs them end to end.
+  data (download, synth, info) -> prepare -> train (train, evaluate, export), recall (train-recall) -> serve
+  (publish, serve, recommend); quickstart runs them end to end.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 import typer
 from rich.markup import escape
 
-from deepcrossing.cli import data, prepare, quickstart, serve, train  # noqa: F401  (registers the verbs)
+from deepcrossing.cli import data, prepare, quickstart, recall, serve, train  # noqa: F401  (registers the verbs)
 from deepcrossing.cli.common import app, console
 from deepcrossing.errors import DeepCrossingError
 

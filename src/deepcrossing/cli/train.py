@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from deepcrossing.cli.common import DEVICES, TRAIN_CONFIG, app, checked_by, console, model_folder, not_a_file, \
-    one_of, out, pick_device, positive_ints, seed_everything, set_threads
+from deepcrossing.cli.common import DEVICES, TRAIN_CONFIG, app, checked_by, console, existing_folder, model_folder, \
+    not_a_file, one_of, out, pick_device, positive_ints, seed_everything, set_threads
 from deepcrossing.errors import DeepCrossingError
 
 if TYPE_CHECKING:
@@ -168,6 +168,10 @@ def evaluate(
         "--retrieval", help="Evaluate candidate retrieval instead (Recall@K and coverage of each recall channel "
                             "on the time split's test period; needs --samples; default --out "
                             "MODEL/retrieval.json).")] = False,
+    recall: Annotated[Path | None, typer.Option(
+        "--recall", callback=existing_folder,
+        help="With --retrieval: a recall folder from `deepcrossing train-recall` (adds its channels, and its "
+             "merge chosen on validation).")] = None,
     overwrite: Annotated[bool, typer.Option(
         help="Replace an --out file that is not a metrics report of ours (never an input).")] = False,
 ) -> None:
@@ -189,8 +193,10 @@ def evaluate(
         if samples is None or file is not None:
             raise DeepCrossingError("--retrieval needs --samples DIR (a Parquet samples folder with the time split), "
                                     "not --file")
-        _evaluate_retrieval(model, samples, k or "50,100,200,800", out_path, overwrite)
+        _evaluate_retrieval(model, samples, k or "50,100,200,800", out_path, overwrite, recall)
         return
+    if recall is not None:
+        raise DeepCrossingError("--recall goes with --retrieval")
     if k is not None and "," in k:
         raise DeepCrossingError(f"--k takes one cut-off without --retrieval, not {k[:40]!r}")
     cutoff = int(k) if k is not None else 10
@@ -226,7 +232,8 @@ def evaluate(
     console.print(f"wrote {target}", highlight=False)
 
 
-def _evaluate_retrieval(model: Path, samples: Path, ks_text: str, out_path: Path | None, overwrite: bool) -> None:
+def _evaluate_retrieval(model: Path, samples: Path, ks_text: str, out_path: Path | None, overwrite: bool,
+                        recall: Path | None = None) -> None:
     """``evaluate --retrieval``: print the channel x K table and write the JSON report."""
     import json
 
@@ -243,12 +250,19 @@ def _evaluate_retrieval(model: Path, samples: Path, ks_text: str, out_path: Path
     target = out_path or Path(model) / "retrieval.json"
     check_output_file(target, is_ours=_is_report, what="metrics report", overwrite=overwrite,
                       inputs=[*(Path(samples) / f"{s}.parquet" for s in ("train", "valid", "test", "items")),
-                              Path(model) / MANIFEST, Path(model) / WEIGHTS])
+                              Path(model) / MANIFEST, Path(model) / WEIGHTS,
+                              *([] if recall is None else [p for p in Path(recall).iterdir() if p.is_file()])])
     data = load_retrieval_data(samples)
     loaded = load_model(model)
+    vectors, merge = None, None
+    if recall is not None:
+        from deepcrossing.training.recall_model import load_recall, read_manifest
+
+        vectors, merge = load_recall(recall), read_manifest(recall)["merge"]["weights"]
     with console.status(f"recalling for {len(data.users):,} test users"):
-        report = evaluate_retrieval(data, build_channels(data, loaded), ks)
+        report = evaluate_retrieval(data, build_channels(data, loaded, vectors, merge), ks)
     report["model_dir"] = str(model)
+    report["recall_dir"] = None if recall is None else str(recall)
     view = Table(title=f"{samples}: {report['n_users']:,} test users with a relevant movie "
                        f"({report['n_skipped']:,} skipped), catalogue {report['catalogue_size']:,}")
     view.add_column("channel", no_wrap=True)

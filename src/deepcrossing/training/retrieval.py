@@ -7,11 +7,17 @@ folder), so the test period's ratings cannot leak into them.
 
 * :func:`popularity_channel`: most rated before the test start, then best average, then smaller id (the order
   of ``features.online``'s candidate list);
+* :func:`trending_channel`: most rated in a recent window before the test start (all-time popularity ranks
+  the catalogue's old head first, while new users ask for recent movies);
 * :func:`genre_channel`: the movies of the user's top genres (over their positive history), by popularity;
 * :func:`emb_channel`: cosine between the movie's unit item vector and the mean of the unit vectors of the
   user's recent positives (the ``model=emb`` recall of the SparrowRecSys-compatible service); popularity
   for a user with no positives;
-* :func:`merge_channels`: round-robin over channels, first occurrence kept.
+* :func:`vector_channel`: a vector recall model (:class:`~deepcrossing.training.vectors.ItemVectors`:
+  two-tower, item2vec) as served: the user's vector against every movie's vector (dot or cosine);
+  popularity for a user whose vector is zero ("no opinion");
+* :func:`merge_channels`: round-robin over channels, first occurrence kept (quotas chosen on validation:
+  :mod:`deepcrossing.training.retrieval_merge`).
 
 Example:
     >>> ranked = [np.array([1, 2, 3]), np.array([4, 5, 6])]
@@ -36,8 +42,9 @@ from deepcrossing.errors import InputError
 IdArray = NDArray[np.int64]
 DEFAULT_KS = (50, 100, 200, 800)
 
-__all__ = ["DEFAULT_KS", "Channel", "Prior", "RecallResult", "UserState", "coverage_at_ks", "emb_channel",
-           "cosine_order", "genre_channel", "merge_channels", "parse_ks", "popularity_channel", "recall_at_ks"]
+__all__ = ["DEFAULT_KS", "Channel", "Prior", "RecallResult", "UserState", "cosine_order",
+           "coverage_at_ks", "emb_channel", "genre_channel", "merge_channels", "parse_ks", "popularity_channel",
+           "recall_at_ks", "trending_channel", "vector_channel"]
 
 
 def parse_ks(text: str) -> tuple[int, ...]:
@@ -160,10 +167,13 @@ class Prior:
         popular: (M,) every catalogue movie, popularity order (rating count desc, average desc with unrated
             last, id asc).
         genres: genre -> (M,) bool mask over ``popular``: the movie carries the genre.
+        trending: (M,) every catalogue movie, by rating count in a recent window before the start (then the
+            same tie rules); empty: not computed (the trending channel is then popularity).
     """
 
     popular: IdArray
     genres: Mapping[str, NDArray[np.bool_]] = field(default_factory=dict)
+    trending: IdArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 Channel = Callable[[UserState, int], IdArray]
@@ -185,6 +195,23 @@ def popularity_channel(prior: Prior) -> Channel:
 
     def recall(user: UserState, n: int) -> IdArray:
         return _unrated(prior.popular, user.rated, n)
+
+    return recall
+
+
+def trending_channel(prior: Prior) -> Channel:
+    """The most rated movies of the recent window (``Prior.trending``) the user has not rated: what new users
+    ask for, since the catalogue's all-time head is old.
+
+    Example:
+        >>> ch = trending_channel(Prior(np.array([5, 7, 3]), trending=np.array([3, 7, 5])))
+        >>> ch(UserState(1, np.array([7]), np.array([], dtype=np.int64), ()), 2).tolist()
+        [3, 5]
+    """
+    order = prior.trending if prior.trending.size else prior.popular
+
+    def recall(user: UserState, n: int) -> IdArray:
+        return _unrated(order, user.rated, n)
 
     return recall
 
@@ -279,5 +306,42 @@ def merge_channels(channels: Sequence[Channel]) -> Channel:
         flat = grid.ravel()[valid.ravel()]
         _, first = np.unique(flat, return_index=True)
         return flat[np.sort(first)][:n]
+
+    return recall
+
+
+def vector_channel(prior: Prior, movie_ids: IdArray, items: NDArray[np.float32],
+                   users: Mapping[int, NDArray[np.float32]], metric: str = "dot") -> Channel:
+    """Recall by vectors: movies by descending ``items @ user`` (rows normalized first for ``cosine``), ties
+    by smaller id, rated ones left out; zero item rows are never recalled; a user with no vector or a zero
+    vector gets :func:`popularity_channel`'s list.
+
+    Args:
+        prior: for the fallback order.
+        movie_ids: (V,) movies; items: (V, D) their vectors (``ItemVectors.item_vectors``).
+        users: user id -> (D,) vector (``ItemVectors.user_vectors``, one row per user).
+        metric: ``dot`` or ``cosine``.
+
+    Example:
+        >>> items = np.array([[1, 0], [0, 2], [0, 0]], dtype=np.float32)
+        >>> ch = vector_channel(Prior(np.array([3, 2, 1])), np.array([1, 2, 3]), items,
+        ...                     {7: np.array([1, 1], dtype=np.float32), 8: np.zeros(2, dtype=np.float32)})
+        >>> none = np.zeros(0, dtype=np.int64)
+        >>> ch(UserState(7, none, none, ()), 5).tolist(), ch(UserState(8, none, none, ()), 2).tolist()
+        ([2, 1], [3, 2])
+    """
+    items = np.asarray(items, dtype=np.float32)
+    known = np.abs(items).sum(axis=1) > 0
+    ids, items = np.asarray(movie_ids, dtype=np.int64)[known], items[known]
+    if metric == "cosine":
+        items = items / np.linalg.norm(items, axis=1, keepdims=True)
+    fallback = popularity_channel(prior)
+
+    def recall(user: UserState, n: int) -> IdArray:
+        vec = users.get(user.user_id)
+        if vec is None or not np.any(vec):
+            return fallback(user, n)
+        sims = items @ np.asarray(vec, dtype=np.float32)                    # (V,)
+        return _unrated(ids[np.lexsort((ids, -sims))], user.rated, n)
 
     return recall

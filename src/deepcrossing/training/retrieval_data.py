@@ -26,18 +26,24 @@ import numpy as np
 import pyarrow as pa
 from numpy.typing import NDArray
 
-from deepcrossing.duck import connection, sql_str
+from deepcrossing.duck import connection, ident, sql_str
 from deepcrossing.errors import InputError
+from deepcrossing.features.columns import user_side_columns
 from deepcrossing.features.online import POPULARITY_ORDER
 from deepcrossing.training.artifact import LoadedModel
 from deepcrossing.training.emb_vectors import EmbVectors
 from deepcrossing.training.retrieval import Channel, IdArray, Prior, UserState, coverage_at_ks, emb_channel, \
-    genre_channel, merge_channels, popularity_channel, recall_at_ks
+    genre_channel, merge_channels, popularity_channel, recall_at_ks, trending_channel, vector_channel
+from deepcrossing.training.retrieval_merge import weighted_merge
+from deepcrossing.training.vectors import ItemVectors
 
 REPORT_KIND = "deepcrossing.retrieval"
+#: The window of the ``trending`` channel, chosen on ml-latest-small's validation split (Recall@100 of 30, 90,
+#: 180, 365 and 730 days: 0.186, 0.304, 0.301, 0.301, 0.286; all-time popularity 0.190).
+TRENDING_DAYS = 180
 
-__all__ = ["REPORT_KIND", "RetrievalData", "build_channels", "evaluate_retrieval", "item_vectors",
-           "load_retrieval_data"]
+__all__ = ["REPORT_KIND", "TRENDING_DAYS", "RetrievalData", "build_channels", "evaluate_retrieval", "item_vectors",
+           "load_retrieval_data", "recall_channel", "split_start"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,9 @@ class RetrievalData:
         users: per test user (by id), their :class:`UserState` at ``test_start``.
         relevant: per test user (same order), (R_u,) sorted relevant movie ids.
         movie_rows: one sample row per movie rated before ``test_start`` (its latest one), for item vectors.
+        user_rows: per test user (same order as ``users``), the user-side columns of their first row in the
+            evaluated split: features from their ratings before it, i.e. before ``test_start`` (the row a
+            recall model's ``user_vectors`` gets, as the service's user record).
     """
 
     samples: Path
@@ -59,13 +68,42 @@ class RetrievalData:
     users: list[UserState]
     relevant: list[IdArray]
     movie_rows: pa.Table
+    user_rows: pa.Table
 
 
 def _ids(values: Any) -> IdArray:
     return np.asarray(values if values is not None else [], dtype=np.int64)
 
 
-def load_retrieval_data(samples: str | Path, *, recent_n: int | None = None, split: str = "test") -> RetrievalData:
+def _manifest(folder: Path) -> dict[str, Any]:
+    manifest_path = folder / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read the samples manifest: {exc}", path=manifest_path) from None
+    if not isinstance(manifest, dict):
+        raise InputError("the samples manifest must be a JSON object", path=manifest_path)
+    return manifest
+
+
+def split_start(samples: str | Path, split: str) -> int:
+    """The first second of the ``test`` or ``valid`` period of a time-split samples folder.
+
+    Raises:
+        InputError: an unreadable manifest, another split name, or a random split (no start).
+    """
+    if split not in ("test", "valid"):
+        raise InputError(f"split must be test or valid, not {split!r}")
+    manifest_path = Path(samples) / "manifest.json"
+    start = (_manifest(Path(samples)).get("split") or {}).get(f"{split}_start")
+    if not isinstance(start, int):
+        raise InputError(f"retrieval evaluation needs a time split (prepare's default): the manifest has no "
+                         f"split.{split}_start", path=manifest_path, field="split")
+    return start
+
+
+def load_retrieval_data(samples: str | Path, *, recent_n: int | None = None, split: str = "test",
+                        trending_days: int = TRENDING_DAYS) -> RetrievalData:
     """Read a Parquet samples folder (``train``/``valid``/``test.parquet``, ``items.parquet``, manifest).
 
     Args:
@@ -73,22 +111,14 @@ def load_retrieval_data(samples: str | Path, *, recent_n: int | None = None, spl
         recent_n: recent positives per user (default: the manifest's ``recent_n``, else 10).
         split: ``test`` (stand at ``test_start``: train + valid known, test relevant), or ``valid`` for tuning
             (stand at ``valid_start``: train known, valid relevant; ``test_start`` then means ``valid_start``).
+        trending_days: the window of ``Prior.trending`` (most rated in the last so many days).
 
     Raises:
         InputError: a missing file, or a random split (no test start to stand at).
     """
     folder = Path(samples)
-    manifest_path = folder / "manifest.json"
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read the samples manifest: {exc}", path=manifest_path) from None
-    if split not in ("test", "valid"):
-        raise InputError(f"split must be test or valid, not {split!r}")
-    test_start = (manifest.get("split") or {}).get(f"{split}_start") if isinstance(manifest, dict) else None
-    if not isinstance(test_start, int):
-        raise InputError(f"retrieval evaluation needs a time split (prepare's default): the manifest has no "
-                         f"split.{split}_start", path=manifest_path, field="split")
+    manifest = _manifest(folder)
+    test_start = split_start(folder, split)
     files = {name: folder / f"{name}.parquet" for name in ("train", "valid", "test", "items")}
     for path in files.values():
         if not path.is_file():
@@ -105,6 +135,10 @@ def load_retrieval_data(samples: str | Path, *, recent_n: int | None = None, spl
             "SELECT i.item_id, i.genres FROM items i LEFT JOIN (SELECT movieId, COUNT(*) AS n, AVG(rating) AS avg "
             "FROM prior GROUP BY movieId) s ON s.movieId = i.item_id "
             f"ORDER BY {POPULARITY_ORDER}").to_arrow_table()
+        trending = con.sql(
+            "SELECT i.item_id FROM items i LEFT JOIN (SELECT movieId, COUNT(*) AS n, AVG(rating) AS avg FROM prior "
+            f"WHERE timestamp >= {test_start - 86400 * int(trending_days)} GROUP BY movieId) s "
+            f"ON s.movieId = i.item_id ORDER BY {POPULARITY_ORDER}").fetchnumpy()["item_id"]
         users = con.sql(f"""
             WITH t AS (SELECT DISTINCT userId FROM read_parquet({sql_str(target)})),
             rel AS (SELECT userId, list(DISTINCT movieId ORDER BY movieId) AS relevant
@@ -125,6 +159,10 @@ def load_retrieval_data(samples: str | Path, *, recent_n: int | None = None, spl
         movie_rows = con.sql("SELECT * FROM prior QUALIFY row_number() OVER "
                              "(PARTITION BY movieId ORDER BY timestamp DESC, userId DESC) = 1 "
                              "ORDER BY movieId").to_arrow_table()
+        present = set(con.sql(f"SELECT * FROM read_parquet({sql_str(target)}) LIMIT 0").columns)
+        user_cols = ", ".join(ident(c) for c in user_side_columns() if c in present)
+        user_rows = con.sql(f"SELECT {user_cols} FROM read_parquet({sql_str(target)}) QUALIFY row_number() OVER "
+                            "(PARTITION BY userId ORDER BY timestamp, movieId) = 1 ORDER BY userId").to_arrow_table()
     order = _ids(popular.column("item_id").to_numpy())
     masks: dict[str, NDArray[np.bool_]] = {}
     for row, genres in enumerate(popular.column("genres").to_pylist()):
@@ -133,8 +171,8 @@ def load_retrieval_data(samples: str | Path, *, recent_n: int | None = None, spl
     cols = users.to_pydict()
     states = [UserState(int(u), _ids(r), _ids(p), tuple(g or ()))
               for u, r, p, g in zip(cols["userId"], cols["rated"], cols["recent"], cols["genres"], strict=True)]
-    return RetrievalData(folder, test_start, Prior(order, masks), states, [_ids(r) for r in cols["relevant"]],
-                         movie_rows)
+    prior = Prior(order, masks, _ids(trending))
+    return RetrievalData(folder, test_start, prior, states, [_ids(r) for r in cols["relevant"]], movie_rows, user_rows)
 
 
 def item_vectors(loaded: LoadedModel, movie_rows: pa.Table) -> tuple[IdArray, NDArray[np.float32]]:
@@ -148,13 +186,39 @@ def item_vectors(loaded: LoadedModel, movie_rows: pa.Table) -> tuple[IdArray, ND
     return emb.ids_, emb.unit_
 
 
-def build_channels(data: RetrievalData, loaded: LoadedModel | None = None) -> dict[str, Channel]:
-    """The channels available today: ``popularity``, ``genres``, and with a model ``emb`` and ``merged``
-    (round-robin of emb, genres, popularity); without a model ``merged`` is genres + popularity."""
-    channels = {"popularity": popularity_channel(data.prior), "genres": genre_channel(data.prior)}
+def recall_channel(data: RetrievalData, vectors: ItemVectors) -> Channel:
+    """A vector recall model as a channel, through its two served calls: ``item_vectors`` of every movie
+    row and ``user_vectors`` of every test user's row (:func:`~deepcrossing.training.retrieval.vector_channel`)."""
+    ids = _ids(data.movie_rows.column("movieId").to_numpy())
+    users = vectors.user_vectors(data.user_rows)                                     # (U, D)
+    by_user = {u.user_id: users[i] for i, u in enumerate(data.users)}
+    return vector_channel(data.prior, ids, vectors.item_vectors(data.movie_rows), by_user, vectors.metric)
+
+
+def build_channels(data: RetrievalData, loaded: LoadedModel | None = None,
+                   recall: Mapping[str, ItemVectors] | None = None,
+                   merge: Mapping[str, float] | None = None) -> dict[str, Channel]:
+    """The channels: ``popularity``, ``trending``, ``genres``, with a model ``emb``, one per recall model of ``recall``
+    (``two_tower``, ``item2vec``, ...), and ``merged``.
+
+    ``merged`` is :func:`~deepcrossing.training.retrieval.weighted_merge` with ``merge`` (channel -> weight,
+    chosen on the validation split by ``train-recall``) when given, else the round-robin of emb, the recall
+    models, genres and popularity.
+    """
+    channels = {"popularity": popularity_channel(data.prior), "trending": trending_channel(data.prior),
+                "genres": genre_channel(data.prior)}
     if loaded is not None:
         channels["emb"] = emb_channel(data.prior, *item_vectors(loaded, data.movie_rows))
-    channels["merged"] = merge_channels([channels[c] for c in ("emb", "genres", "popularity") if c in channels])
+    for name, vectors in (recall or {}).items():
+        channels[name] = recall_channel(data, vectors)
+    if merge:
+        missing = sorted(set(merge) - set(channels))
+        if missing:
+            raise InputError(f"the merge names channel(s) {missing} that are not built here")
+        channels["merged"] = weighted_merge([channels[c] for c in merge], list(merge.values()))
+    else:
+        order = ["emb", *(recall or {}), "genres", "trending", "popularity"]
+        channels["merged"] = merge_channels([channels[c] for c in order if c in channels])
     return channels
 
 

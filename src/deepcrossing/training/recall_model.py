@@ -1,0 +1,242 @@
+"""The recall folder (``deepcrossing train-recall``): vector recall models, safetensors + JSON, loaded strictly.
+
+Files: ``manifest.json`` (``format: "deepcrossing.recall/1"``, one entry per channel, the merge weights
+chosen on validation, the metrics) and one ``<channel>.safetensors`` per channel, whose SHA-256 the
+manifest records. :func:`load_recall` gives channel name -> an
+:class:`~deepcrossing.training.vectors.ItemVectors`; the service calls ``item_vectors`` at publish and
+``user_vectors`` per request.
+
+Channels:
+    ``two_tower``: tensors = the towers' state dict; entry: ``spec``, ``config``, ``encoder`` (fitted state).
+    ``item2vec``: tensors ``movie_ids`` (V,) int64 and ``vectors`` (V, D) float32; entry: ``config``.
+
+Example:
+    >>> recall = load_recall("recall")                                   # doctest: +SKIP
+    >>> recall["two_tower"].user_vectors(user_table).shape               # doctest: +SKIP
+    (1, 64)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from deepcrossing.atomic import write_text_atomic
+from deepcrossing.config import FeatureSpec
+from deepcrossing.encoding.encoder import Encoder
+from deepcrossing.errors import InputError
+from deepcrossing.hashing import file_sha256
+from deepcrossing.model.two_tower import TwoTower, TwoTowerConfig
+from deepcrossing.outputs import OutputKind
+from deepcrossing.training.item2vec import Item2Vec, Item2VecConfig, fit_item2vec, positive_sequences
+from deepcrossing.training.retrieval_merge import choose_merge
+from deepcrossing.training.retrieval_data import build_channels, load_retrieval_data, split_start
+from deepcrossing.training.two_tower import TwoTowerTrainConfig, TwoTowerVectors, train_two_tower, \
+    validation_recall
+from deepcrossing.training.vectors import ItemVectors
+
+FORMAT = "deepcrossing.recall/1"
+MANIFEST = "manifest.json"
+CHANNELS = ("two_tower", "item2vec")
+MANIFEST_KEYS = {"format", "package_version", "channels", "merge", "metrics", "samples"}
+ENTRY_KEYS = {"two_tower": {"file", "sha256", "spec", "config", "encoder"},
+              "item2vec": {"file", "sha256", "config"}}
+#: A recall folder, recognised by its manifest's ``format``; it owns its manifest, weights and metrics.
+RECALL_OUTPUT = OutputKind("recall folder", MANIFEST, lambda m: m.get("format") == FORMAT,
+                           lambda m: ("*.safetensors", "metrics.json", "recall_at_k.png"))
+
+__all__ = ["CHANNELS", "FORMAT", "RECALL_OUTPUT", "load_recall", "read_manifest", "save_recall", "train_recall"]
+
+
+def _tensors(vectors: ItemVectors) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors, manifest entry without file/sha256) of a recall model."""
+    if isinstance(vectors, TwoTowerVectors):
+        state = {k: v.detach().cpu().contiguous() for k, v in vectors.model.state_dict().items()}
+        return state, {"spec": vectors.model.spec.to_dict(), "config": vectors.model.config.to_dict(),
+                       "encoder": vectors.encoder.state()}
+    if isinstance(vectors, Item2Vec):
+        return ({"movie_ids": torch.from_numpy(vectors.movie_ids.copy()),
+                 "vectors": torch.from_numpy(vectors.vectors.copy())},
+                {"config": vectors.config.to_dict()})
+    raise TypeError(f"cannot save a recall model of type {type(vectors).__name__}")
+
+
+def save_recall(folder: str | Path, channels: dict[str, ItemVectors], *, merge: dict[str, Any],
+                metrics: dict[str, Any], samples: dict[str, Any]) -> Path:
+    """Write the channels' ``.safetensors`` and the manifest (last) into ``folder`` (a reserved temp folder).
+
+    Args:
+        folder: where to write (``outputs.reserve(...).write()``'s folder).
+        channels: name (one of :data:`CHANNELS`) -> model.
+        merge: ``{"weights": {channel: weight}, "valid_recall": float, "k": int}``.
+        metrics: JSON-ready training and validation figures.
+        samples: what it was trained on (paths, checksums).
+    """
+    from deepcrossing._version import __version__
+
+    folder = Path(folder)
+    entries = {}
+    for name, vectors in channels.items():
+        if name not in CHANNELS:
+            raise ValueError(f"unknown recall channel {name!r}")
+        tensors, entry = _tensors(vectors)
+        path = folder / f"{name}.safetensors"
+        save_file(tensors, str(path), metadata={"format": FORMAT})
+        entries[name] = {"file": path.name, "sha256": file_sha256(path), **entry}
+    manifest = {"format": FORMAT, "package_version": __version__, "channels": entries, "merge": merge,
+                "metrics": metrics, "samples": samples}
+    write_text_atomic(folder / MANIFEST, json.dumps(manifest, indent=1, allow_nan=False))
+    return folder
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The recall folder's manifest, checked for its format and exact keys.
+
+    Raises:
+        InputError: not a recall folder, unreadable JSON, missing or extra keys (naming file and key).
+    """
+    manifest_path = Path(path) / MANIFEST
+    if not manifest_path.is_file():
+        raise InputError("not a recall folder (no manifest.json); write one with `deepcrossing train-recall`",
+                         path=manifest_path)
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"not valid JSON: {exc}", path=manifest_path) from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise InputError(f"not a recall folder: format is not {FORMAT!r}", path=manifest_path, field="format")
+    _exact(manifest, MANIFEST_KEYS, manifest_path, "")
+    if not isinstance(manifest["channels"], dict):
+        raise InputError("channels must be an object", path=manifest_path, field="channels")
+    for name, entry in manifest["channels"].items():
+        if name not in CHANNELS:
+            raise InputError(f"unknown channel {name!r} (known: {', '.join(CHANNELS)})", path=manifest_path,
+                             field=f"channels.{name}")
+        _exact(entry, ENTRY_KEYS[name], manifest_path, f"channels.{name}.")
+    return manifest
+
+
+def _exact(obj: Any, keys: set[str], path: Path, prefix: str) -> None:
+    if not isinstance(obj, dict):
+        raise InputError("must be an object", path=path, field=prefix.rstrip(".") or None)
+    missing, extra = keys - set(obj), set(obj) - keys
+    if missing or extra:
+        bad = sorted(missing or extra)[0]
+        raise InputError(f"{'lacks' if missing else 'has unknown'} key(s) {sorted(missing or extra)}", path=path,
+                         field=prefix + bad)
+
+
+def _load_tensors(folder: Path, entry: dict[str, Any]) -> dict[str, torch.Tensor]:
+    path = folder / str(entry["file"])
+    if path.name != entry["file"] or not path.is_file():
+        raise InputError("the recall folder lacks this weights file", path=path)
+    if file_sha256(path) != entry["sha256"]:
+        raise InputError("the weights do not match the manifest's sha256 (a half-written or tampered folder); "
+                         "run train-recall again", path=path)
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(f"cannot read the weights: {exc}", path=path) from None
+
+
+def _two_tower(folder: Path, entry: dict[str, Any]) -> TwoTowerVectors:
+    spec = FeatureSpec.from_dict(entry["spec"])
+    encoder = Encoder.from_state(spec, entry["encoder"])
+    model = TwoTower(spec, TwoTowerConfig.from_dict(entry["config"], "config."), encoder.cardinalities)
+    state, path = _load_tensors(folder, entry), folder / entry["file"]
+    expected = model.state_dict()
+    if set(state) != set(expected):
+        raise InputError(f"tensor names do not match the two-tower model: {sorted(set(state) ^ set(expected))[:3]}",
+                         path=path)
+    for name, tensor in expected.items():
+        if state[name].shape != tensor.shape or state[name].dtype != tensor.dtype:
+            raise InputError(f"tensor {name} has shape {tuple(state[name].shape)}, the model needs "
+                             f"{tuple(tensor.shape)}", path=path, field=name)
+    model.load_state_dict(state, strict=True)
+    return TwoTowerVectors(model, encoder)
+
+
+def _item2vec(folder: Path, entry: dict[str, Any]) -> Item2Vec:
+    config = Item2VecConfig.from_dict(entry["config"], "config.")
+    state, path = _load_tensors(folder, entry), folder / entry["file"]
+    if set(state) != {"movie_ids", "vectors"}:
+        raise InputError(f"item2vec tensors must be movie_ids and vectors, not {sorted(state)}", path=path)
+    ids, vecs = state["movie_ids"], state["vectors"]
+    if (ids.dtype != torch.int64 or vecs.dtype != torch.float32 or ids.ndim != 1 or vecs.ndim != 2
+            or vecs.shape != (ids.shape[0], config.dim) or bool(torch.unique(ids).numel() != ids.numel())):
+        raise InputError(f"item2vec tensors have shapes {tuple(ids.shape)} and {tuple(vecs.shape)}; expected (V,) "
+                         f"distinct int64 ids and (V, {config.dim}) float32", path=path)
+    return Item2Vec(ids.numpy(), vecs.numpy().astype(np.float32), config)
+
+
+def load_recall(path: str | Path) -> dict[str, ItemVectors]:
+    """Rebuild every channel of a recall folder, strictly (manifest keys, checksums, tensor names and shapes).
+
+    Returns:
+        channel name -> :class:`~deepcrossing.training.vectors.ItemVectors`.
+
+    Raises:
+        InputError: naming the file and the key that is wrong.
+    """
+    folder = Path(path)
+    manifest = read_manifest(folder)
+    out: dict[str, ItemVectors] = {}
+    for name, entry in manifest["channels"].items():
+        try:
+            out[name] = _two_tower(folder, entry) if name == "two_tower" else _item2vec(folder, entry)
+        except InputError as exc:
+            raise InputError(exc.message, path=exc.path or folder / MANIFEST, field=exc.field) from None
+        except (TypeError, KeyError, ValueError) as exc:
+            raise InputError(f"the manifest's {name} entry is malformed: {exc!r}", path=folder / MANIFEST,
+                             field=f"channels.{name}") from None
+    return out
+
+
+def train_recall(samples: str | Path, channels: tuple[str, ...] = CHANNELS, *,
+                 two_tower: TwoTowerTrainConfig | None = None, item2vec: Item2VecConfig | None = None,
+                 on_epoch: Callable[[dict[str, Any]], None] | None = None
+                 ) -> tuple[dict[str, ItemVectors], dict[str, Any], dict[str, Any]]:
+    """Train the recall models of a samples folder (time split) and choose their merge on validation.
+
+    ``two_tower``: trained on train's positives, early-stopped on the validation split's Recall@K.
+    ``item2vec``: fitted on train's positives to measure it on validation, then again on every positive
+    before the test start (train + valid) for the model kept. The merge weights (two-tower, item2vec, the
+    user's genres, trending, popularity) are chosen by validation Recall@100 (:func:`choose_merge`).
+
+    Returns:
+        (channel -> model, merge ``{"weights", "k", "valid_recall"}``, metrics ``{"valid_recall": {...},
+        "two_tower": {best_epoch, history}}``).
+    """
+    folder = Path(samples)
+    valid = load_retrieval_data(folder, split="valid")
+    test_start = split_start(folder, "test")
+    models: dict[str, ItemVectors] = {}
+    on_valid: dict[str, ItemVectors] = {}
+    metrics: dict[str, Any] = {}
+    k = (two_tower or TwoTowerTrainConfig()).k
+    for name in channels:
+        if name == "two_tower":
+            result = train_two_tower(pq.read_table(folder / "train.parquet"), valid, train_config=two_tower,
+                                     on_epoch=on_epoch)
+            models[name] = on_valid[name] = result.vectors
+            metrics["two_tower"] = {"best_epoch": result.best_epoch, "history": result.history}
+        elif name == "item2vec":
+            config = item2vec or Item2VecConfig()
+            on_valid[name] = fit_item2vec(positive_sequences([folder / "train.parquet"], valid.test_start), config)
+            models[name] = fit_item2vec(positive_sequences([folder / "train.parquet", folder / "valid.parquet"],
+                                                           test_start), config)
+        else:
+            raise InputError(f"unknown recall channel {name!r} (known: {', '.join(CHANNELS)})", field="channels")
+    base = build_channels(valid, None, on_valid)
+    metrics["valid_recall"] = {name: validation_recall(v, valid, k) for name, v in on_valid.items()}
+    candidates = {name: base[name] for name in (*on_valid, "genres", "trending", "popularity")}
+    weights, score = choose_merge(valid.users, valid.relevant, candidates, k=k)
+    return models, {"weights": weights, "k": k, "valid_recall": score}, metrics

@@ -1,0 +1,178 @@
+"""Recall models: item2vec's vectors (exact pooling, cold users, reproducible fits), the vector channel and
+the quota merge on hand-made inputs, and `train-recall` end to end on a tiny MovieLens release: the recall
+folder loads strictly, serves one user row, refuses tampering, and `evaluate --retrieval --recall` measures
+its channels through the same two calls the service makes."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from typer.testing import CliRunner
+
+from deepcrossing.cli import app
+from deepcrossing.errors import InputError
+from deepcrossing.training.item2vec import Item2Vec, Item2VecConfig, fit_item2vec
+from deepcrossing.training.retrieval import Prior, UserState, popularity_channel, vector_channel
+from deepcrossing.training.retrieval_merge import choose_merge, weighted_merge
+from deepcrossing.training.vectors import ItemVectors
+
+NONE = np.zeros(0, dtype=np.int64)
+
+
+def test_item2vec_user_vector_is_the_mean_of_unit_vectors() -> None:
+    model = Item2Vec(np.array([7, 3, 5]), np.array([[3, 4], [0, 2], [1, 0]], dtype=np.float32),
+                     Item2VecConfig(dim=2, recent_n=2))
+    assert isinstance(model, ItemVectors)
+    items = model.item_vectors(pa.table({"movieId": [3, 9, 7]}))
+    assert items.tolist() == [[0, 1], [0, 0], [pytest.approx(0.6), pytest.approx(0.8)]]
+    users = pa.table({"userId": [1, 2, 3, 4],
+                      "userRecentPositives": pa.array([[7, 3, 5], [9], [], None], pa.list_(pa.int64()))})
+    vecs = model.user_vectors(users)
+    assert vecs[0].tolist() == [pytest.approx(0.3), pytest.approx(0.9)]   # only the 2 most recent: 7 and 3
+    assert not vecs[1:].any()                                               # unknown, empty, NULL: zero rows
+
+
+def test_item2vec_fit_is_reproducible() -> None:
+    seqs = [[1, 2, 3, 4], [2, 3, 5], [1, 5, 4, 3], [6, 2]]
+    a, b = (fit_item2vec(seqs, Item2VecConfig(dim=8, epochs=3, window=3)) for _ in range(2))
+    assert np.array_equal(a.movie_ids, b.movie_ids) and np.array_equal(a.vectors, b.vectors)
+    assert sorted(a.movie_ids.tolist()) == [1, 2, 3, 4, 5, 6]
+    empty = fit_item2vec([], Item2VecConfig(dim=4))
+    assert empty.item_vectors(pa.table({"movieId": [1]})).tolist() == [[0, 0, 0, 0]]
+
+
+def test_vector_channel_dot_cosine_and_fallback() -> None:
+    prior = Prior(np.array([4, 3, 2, 1]))
+    items = np.array([[2, 0], [0, 1], [1, 1], [0, 0]], dtype=np.float32)     # movie 4 has no vector
+    users = {1: np.array([1, 0.9], dtype=np.float32), 2: np.zeros(2, dtype=np.float32)}
+    dot = vector_channel(prior, np.array([1, 2, 3, 4]), items, users, "dot")
+    cos = vector_channel(prior, np.array([1, 2, 3, 4]), items, users, "cosine")
+    u1 = UserState(1, np.array([2]), NONE, ())
+    assert dot(u1, 5).tolist() == [1, 3]                    # 2.0, 1.9; 2 rated; 4 never
+    assert cos(u1, 5).tolist() == [3, 1]                    # cosine prefers the diagonal
+    assert dot(UserState(2, np.array([4]), NONE, ()), 2).tolist() == [3, 2]   # zero vector: popularity
+    assert dot(UserState(9, NONE, NONE, ()), 1).tolist() == [4]               # unknown user: popularity
+
+
+def test_weighted_merge_and_choice() -> None:
+    a = popularity_channel(Prior(np.array([1, 2, 3, 4])))
+    b = popularity_channel(Prior(np.array([3, 9, 8])))
+    user = UserState(1, NONE, NONE, ())
+    assert weighted_merge([a, b], [1, 1])(user, 10).tolist() == [1, 3, 2, 9, 8, 4]   # round-robin, 3 once
+    assert weighted_merge([a, b], [0, 1])(user, 10).tolist() == [3, 9, 8]
+    assert weighted_merge([a, b], [1, 3])(user, 4).tolist() == [3, 9, 1, 8]   # keys 1/3, 2/3, then 1 and 1
+    with pytest.raises(InputError):
+        weighted_merge([a, b], [0, 0])
+    users = [UserState(1, NONE, NONE, ()), UserState(2, NONE, NONE, ())]
+    weights, score = choose_merge(users, [np.array([1]), np.array([3])], {"a": a, "b": b}, k=2)
+    assert score == 1.0 and weights == {"a": 1.0, "b": 1.0}      # a alone [1, 2], b alone [3, 9]: 0.5 each
+
+
+# --------------------------------------------------------------------------------- train-recall, end to end
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("recall")
+    release = root / "ml-latest-small"
+    release.mkdir()
+    rng = random.Random(1)
+    lines = [f"{u},{m},{rng.choice([2.0, 4.0, 4.5, 5.0])},{964982703 + 100 * j + u}"
+             for u in range(1, 61) for j, m in enumerate(rng.sample(range(1, 41), 12))]
+    (release / "ratings.csv").write_text("userId,movieId,rating,timestamp\n" + "\n".join(lines) + "\n")
+    kinds = ["Drama", "Comedy", "Horror", "Action"]
+    (release / "movies.csv").write_text("movieId,title,genres\n" + "".join(
+        f"{i},M{i} (199{i % 10}),{kinds[i % 4]}|{kinds[(i // 4) % 4]}\n" for i in range(1, 41)))
+    samples, recall, model = root / "samples", root / "recall", root / "model"
+    runner = CliRunner()
+    for argv in (["prepare", "--data", str(release), "--out", str(samples)],
+                 ["train-recall", "--samples", str(samples), "--out", str(recall), "--epochs", "2"],
+                 ["train", "--samples", str(samples), "--out", str(model), "--epochs", "1", "--device", "cpu"]):
+        res = runner.invoke(app, argv)
+        assert res.exit_code == 0, res.output
+    return {"samples": samples, "recall": recall, "model": model, "root": root}
+
+
+def test_recall_folder_loads_and_serves_one_row(trained: dict[str, Path]) -> None:
+    from deepcrossing.features.columns import cold_features
+    from deepcrossing.training.recall_model import FORMAT, load_recall, read_manifest
+    from deepcrossing.training.retrieval_data import load_retrieval_data
+
+    manifest = read_manifest(trained["recall"])
+    assert manifest["format"] == FORMAT and set(manifest["channels"]) == {"two_tower", "item2vec"}
+    assert set(manifest["merge"]["weights"]) == {"two_tower", "item2vec", "genres", "trending",
+                                                      "popularity"}
+    assert len(manifest["metrics"]["two_tower"]["history"]) <= 2
+    recall = load_recall(trained["recall"])
+    data = load_retrieval_data(trained["samples"])
+    for name, model in recall.items():
+        assert isinstance(model, ItemVectors) and model.name == name
+        items = model.item_vectors(data.movie_rows)
+        users = model.user_vectors(data.user_rows)
+        assert items.dtype == np.float32 and items.shape[0] == data.movie_rows.num_rows
+        assert users.shape == (data.user_rows.num_rows, items.shape[1]) and np.isfinite(users).all()
+        # one row at a time (as the service asks) gives the batch's rows
+        one = model.user_vectors(data.user_rows.slice(0, 1))
+        assert np.allclose(one[0], users[0], atol=1e-6)
+    # a cold user (the service's empty record): a finite two-tower vector; item2vec has no opinion (zeros)
+    cold = cold_features("user", 12345)
+    schema = data.user_rows.schema
+    row = pa.Table.from_pylist([{c: cold[c] for c in schema.names}], schema=schema)
+    tt = recall["two_tower"].user_vectors(row)
+    assert np.isfinite(tt).all() and np.linalg.norm(tt) == pytest.approx(1.0, abs=1e-5)
+    assert not recall["item2vec"].user_vectors(row).any()
+    started = time.perf_counter()
+    for _ in range(200):
+        recall["two_tower"].user_vectors(row)
+    assert (time.perf_counter() - started) / 200 < 0.02           # generous: the machine is shared
+
+
+def test_recall_folder_refuses_tampering(trained: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    from deepcrossing.training.recall_model import load_recall
+
+    copy = tmp_path / "r"
+    shutil.copytree(trained["recall"], copy)
+    weights = copy / "item2vec.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="sha256"):
+        load_recall(copy)
+    shutil.copy(trained["recall"] / "item2vec.safetensors", weights)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["channels"]["two_tower"]["extra"] = 1
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match="extra"):
+        load_recall(copy)
+    with pytest.raises(InputError, match="not a recall folder"):
+        load_recall(trained["samples"])
+
+
+def test_evaluate_with_recall_and_rerun(trained: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    res = CliRunner().invoke(app, ["evaluate", "--retrieval", "--model", str(trained["model"]), "--samples",
+                                   str(trained["samples"]), "--recall", str(trained["recall"]), "--k", "5,20",
+                                   "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    report = json.loads(out.read_text())
+    assert set(report["channels"]) == {"popularity", "trending", "genres", "emb", "two_tower", "item2vec",
+                                       "merged"}
+    for row in report["channels"].values():
+        assert 0.0 <= row["recall"]["5"] <= row["recall"]["20"] <= 1.0
+    # train-recall into its own previous folder replaces it; into the samples folder is refused
+    res = CliRunner().invoke(app, ["train-recall", "--samples", str(trained["samples"]), "--out",
+                                   str(trained["recall"]), "--channels", "item2vec"])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in trained["recall"].iterdir()) == ["item2vec.safetensors", "manifest.json",
+                                                                    "metrics.json"]
+    res = CliRunner().invoke(app, ["train-recall", "--samples", str(trained["samples"]), "--out",
+                                   str(trained["samples"])])
+    assert res.exit_code != 0
