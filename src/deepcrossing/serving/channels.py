@@ -57,21 +57,18 @@ class RecallFolder:
 
 
 def load_recall_folder(path: str | Path) -> RecallFolder:
-    """Load a recall folder through ``deepcrossing.training.recall_model.load_recall``.
+    """Load a recall folder (``deepcrossing train-recall``) through ``training.recall_model.load_recall``.
 
     Raises:
-        InputError: no ``manifest.json`` there, or this installation has no recall models.
+        InputError: no ``manifest.json`` there, or a folder ``load_recall`` refuses.
     """
     folder = Path(path)
     manifest = folder / "manifest.json"
     if not manifest.is_file():
         raise InputError("not a recall folder (no manifest.json); make one with `deepcrossing train-recall`",
                          path=folder, field="recall")
-    try:
-        from deepcrossing.training.recall_model import load_recall  # type: ignore[import-not-found,import-untyped,unused-ignore]
-    except ImportError:
-        raise InputError("this deepcrossing has no recall models (training.recall_model)", path=folder,
-                         field="recall") from None
+    from deepcrossing.training.recall_model import load_recall
+
     channels: Mapping[str, ItemVectors] = load_recall(folder)
     return RecallFolder(folder.resolve(), file_sha256(manifest), dict(channels))
 
