@@ -63,11 +63,12 @@ def pick_device(name: str | None) -> str:
     return name
 
 
-def set_threads(threads: int | None) -> None:
-    """Use one intra-op thread per core (2 here) unless told otherwise; more only adds contention."""
+def set_threads(threads: int | None, world_size: int = 1) -> None:
+    """Use one intra-op thread per core (2 here) unless told otherwise; more only adds contention. Under
+    data-parallel training the cores are shared: ``cores // world_size`` per rank."""
     import torch
 
-    n = threads or max(1, min(os.cpu_count() or 1, 8))
+    n = threads or max(1, min(os.cpu_count() or 1, 8) // world_size)
     torch.set_num_threads(n)
 
 
