@@ -194,6 +194,7 @@ def _train(tables: dict[str, pa.Table], config: ExperimentConfig, reservation: R
     _require_finite(results, sources)
     results["train_seconds"] = round(sum(r["train_seconds"] for r in fit.history), 3)
     results["n_train"] = fit.samples_per_epoch
+    results["ranks"] = 1 if run.dist is None else run.dist.world_size
     samples: dict[str, Any] = {"files": dict(sources)}
     manifest_path = Path(sources["train"]).parent / "manifest.json" if "train" in sources else None
     if manifest_path is not None and manifest_path.exists():
