@@ -7,8 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from deepcrossing.cli.common import DEVICES, TRAIN_CONFIG, app, checked_by, console, model_folder, not_a_file, \
-    one_of, out, pick_device, positive_ints
+from deepcrossing.cli.common import DEVICES, TRAIN_CONFIG, app, byte_size, checked_by, console, model_folder, \
+    not_a_file, one_of, out, parse_size, pick_device, positive_ints
 from deepcrossing.errors import DeepCrossingError
 
 @app.command()
@@ -53,8 +53,9 @@ def train(
         "--stream", help="Read the Parquet train file a few row groups at a time instead of holding it "
                          "(automatic when it exceeds --memory-budget).")] = False,
     memory_budget: Annotated[str | None, typer.Option(
-        "--memory-budget", help="Stream the train file when its uncompressed size exceeds this (e.g. 4G, 512M; "
-                                "default: a quarter of the physical memory).")] = None,
+        "--memory-budget", callback=byte_size,
+        help="Stream the train file when its uncompressed size exceeds this (e.g. 4G, 512M; default: a quarter "
+             "of the physical memory).")] = None,
 ) -> None:
     """Train the Deep Crossing model; early stopping on validation AUC; write the model folder."""
     import dataclasses
@@ -93,7 +94,7 @@ def train(
                                      model=dataclasses.replace(config.model, **model_over))
     except InputError as exc:
         raise InputError(exc.message, field=f"--{(exc.field or '').replace('_', '-')}") from None
-    budget = train_run.parse_size(memory_budget) if memory_budget is not None else train_run.default_budget()
+    budget = parse_size(memory_budget) if memory_budget is not None else train_run.default_budget()
     if stream and files["train"].suffix.lower() != ".parquet":
         raise InputError("--stream reads Parquet samples (row groups); this train file is not .parquet",
                          path=files["train"])

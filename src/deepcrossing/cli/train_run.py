@@ -8,35 +8,17 @@ and trains on its shard (see :mod:`deepcrossing.training.distributed`).
 from __future__ import annotations
 
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deepcrossing.cli.common import console, out, seed_everything, set_threads
-from deepcrossing.errors import DeepCrossingError
 
 if TYPE_CHECKING:
     from deepcrossing.config import ExperimentConfig
     from deepcrossing.training.distributed import DistContext
     from deepcrossing.training.trainer import StepInfo
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
-
-
-def parse_size(text: str) -> int:
-    """``"2G"``, ``"512M"``, ``"1.5GiB"``, ``"1000000"`` -> bytes (powers of 1024).
-
-    Example:
-        >>> parse_size("1.5G"), parse_size("512m")
-        (1610612736, 536870912)
-    """
-    m = _SIZE.match(text)
-    if m is None:
-        raise DeepCrossingError(f"--memory-budget must be a size like 4G or 512M, not {text[:40]!r}")
-    return int(float(m.group(1)) * 1024 ** " kmgt".index((m.group(2) or " ").lower()))
-
 
 def default_budget() -> int:
     """A quarter of the machine's physical memory: encoded samples take ~2-3x their Parquet size in memory."""
@@ -127,4 +109,4 @@ def run(job: TrainJob, ctx: DistContext | None) -> None:
               f"roc.png in {summary['seconds']:.1f} s", highlight=False)
 
 
-__all__ = ["TrainJob", "default_budget", "parse_size", "run", "run_rank"]
+__all__ = ["TrainJob", "default_budget", "run", "run_rank"]
