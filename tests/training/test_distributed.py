@@ -214,3 +214,20 @@ def test_a_killed_rank_fails_the_run_and_resume_finishes_it(ml_samples, tmp_path
     import deepcrossing
 
     assert deepcrossing.load(out).manifest["metrics"]["epochs_run"] == len(history)
+
+
+@pytest.mark.slow
+def test_the_same_command_runs_under_torchrun(ml_samples, tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        if IN_CI:
+            pytest.fail(f"{torchrun} is missing, but CI must run the DDP tests")
+        pytest.skip(f"{torchrun} is missing")
+    out = tmp_path / "model"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "deepcrossing.cli", "train",
+                           "--samples", str(ml_samples), "--out", str(out), "--epochs", "1", "--device", "cpu"],
+                          capture_output=True, text=True, env=env, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / "metrics.json").read_text())["ranks"] == 2
+    assert proc.stdout.count("best epoch 1 of 1") == 1  # rank 0 alone reports

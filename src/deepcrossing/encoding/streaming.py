@@ -23,7 +23,7 @@ Example:
     >>> chunks = [pa.table({"movieId": [1, 2], "x": [1.0, 2.0]}), pa.table({"movieId": [2], "x": [3.0]})]
     >>> fit = StreamingFit(spec)
     >>> for chunk in chunks:
-    ...     fit.update(chunk)
+    ...     _ = fit.update(chunk)
     >>> enc = fit.finish()
     >>> enc.tables_["movieId"].vocab_, round(enc.normalizers_["x"].mean_, 6)
     ([2, 1], 2.0)
