@@ -160,3 +160,23 @@ def test_a_streamed_epoch_stays_under_a_memory_cap_smaller_than_the_file(tmp_pat
             f"file {in_memory / 2**20:.0f} MiB")
     assert report["peak_rss"] < cap, what
     assert report["peak_rss"] - report["imports"] < growth_cap, what  # the data's share: under half the file
+
+
+@pytest.mark.slow
+def test_train_streams_past_the_memory_budget_and_matches_the_in_memory_run(ml_train, tmp_path):
+    from typer.testing import CliRunner
+
+    import deepcrossing
+    from deepcrossing.cli import app
+
+    samples = ml_train.parent
+    common = ["train", "--samples", str(samples), "--epochs", "1", "--seed", "0", "--device", "cpu"]
+    memory = CliRunner().invoke(app, [*common, "--out", str(tmp_path / "memory")])
+    assert memory.exit_code == 0, memory.output
+    streamed = CliRunner().invoke(app, [*common, "--out", str(tmp_path / "stream"), "--memory-budget", "1M"])
+    assert streamed.exit_code == 0, streamed.output
+    assert "train streamed from" in streamed.output  # the file is over the 1 MiB budget: streamed by itself
+    got, want = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("stream", "memory"))
+    assert got["n_train"] == want["n_train"] == pq.ParquetFile(ml_train).metadata.num_rows
+    assert abs(got["valid"]["auc"] - want["valid"]["auc"]) < 0.005  # same encoder; another shuffle order
+    deepcrossing.load(tmp_path / "stream")

@@ -84,11 +84,11 @@ def train_model(tables: dict[str, pa.Table], config: ExperimentConfig, out_dir: 
             is empty or has one class, a metric that is not finite. The previous model is then untouched.
     """
     run = _Run(device, resume, sources or {}, on_step, on_epoch, dist, stream)
+    if dist is not None and not dist.is_main:  # rank 0 owns the output; the others only train
+        target = out_dir.target if isinstance(out_dir, Reservation) else Path(out_dir)
+        return _train(tables, config, target.parent / f".{target.name}.work", run)
     if isinstance(out_dir, Reservation):
         return _train(tables, config, out_dir, run)
-    if dist is not None and not dist.is_main:  # rank 0 owns the output; the others only train
-        target = Path(out_dir)
-        return _train(tables, config, target.parent / f".{target.name}.work", run)
     with reserve(out_dir, artifact.MODEL_OUTPUT, inputs=list((sources or {}).values()),
                  overwrite=overwrite) as reservation:
         return _train(tables, config, reservation, run)
