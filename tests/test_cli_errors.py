@@ -52,6 +52,8 @@ CASES = [
     (["train", "--lr", "nan", "--samples", "{samples}"], 2, "'--lr'"),
     (["train", "--mlp", "deep", "--samples", "{samples}"], 2, "'--mlp': must be one of residual, plain"),
     (["train", "--device", "tpu", "--samples", "{samples}"], 2, "'--device': must be one of cpu, cuda, auto"),
+    (["train", "--nproc", "0", "--samples", "{samples}"], 2, "'--nproc'"),
+    (["train", "--memory-budget", "lots", "--samples", "{samples}"], 2, "'--memory-budget': must be a size like 4G"),
     (["evaluate", "--split", "holdout", "--model", "{model}"], 2, "'--split': must be one of train, valid, test"),
     (["evaluate", "--k", "0", "--model", "{model}"], 2, "'--k'"),
     (["evaluate", "--retrieval", "--k", "50,x", "--model", "{model}"], 2, "'--k': must be positive integers"),

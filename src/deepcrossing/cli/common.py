@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -63,11 +64,12 @@ def pick_device(name: str | None) -> str:
     return name
 
 
-def set_threads(threads: int | None) -> None:
-    """Use one intra-op thread per core (2 here) unless told otherwise; more only adds contention."""
+def set_threads(threads: int | None, world_size: int = 1) -> None:
+    """Use one intra-op thread per core (2 here) unless told otherwise; more only adds contention. Under
+    data-parallel training the cores are shared: ``cores // world_size`` per rank."""
     import torch
 
-    n = threads or max(1, min(os.cpu_count() or 1, 8))
+    n = threads or max(1, min(os.cpu_count() or 1, 8) // world_size)
     torch.set_num_threads(n)
 
 
@@ -177,6 +179,32 @@ def positive_ints(value: str | None) -> str | None:
             parse_ks(value)
         except InputError as exc:
             raise typer.BadParameter(exc.message) from None
+    return value
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """``"2G"``, ``"512M"``, ``"1.5GiB"``, ``"1000000"`` -> bytes (powers of 1024).
+
+    Example:
+        >>> parse_size("1.5G"), parse_size("512m")
+        (1610612736, 536870912)
+    """
+    m = _SIZE.match(text)
+    if m is None:
+        raise DeepCrossingError(f"must be a size like 4G or 512M, not {text[:40]!r}")
+    return int(float(m.group(1)) * 1024 ** " kmgt".index((m.group(2) or " ").lower()))
+
+
+def byte_size(value: str | None) -> str | None:
+    """A typer callback for a memory size (``--memory-budget 4G``), checked by :func:`parse_size`."""
+    if value is not None:
+        try:
+            parse_size(value)
+        except DeepCrossingError as exc:
+            raise typer.BadParameter(str(exc)) from None
     return value
 
 

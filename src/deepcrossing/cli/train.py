@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
-from deepcrossing.cli.common import DEVICES, TRAIN_CONFIG, app, checked_by, console, existing_folder, model_folder, \
-    not_a_file, one_of, out, pick_device, positive_ints, seed_everything, set_threads
+from deepcrossing.cli.common import DEVICES, TRAIN_CONFIG, app, byte_size, checked_by, console, existing_folder, \
+    model_folder, not_a_file, one_of, out, parse_size, pick_device, positive_ints
 from deepcrossing.errors import DeepCrossingError
-
-if TYPE_CHECKING:
-    from deepcrossing.training.trainer import StepInfo
 
 @app.command()
 def train(
@@ -49,20 +45,27 @@ def train(
     overwrite: Annotated[bool, typer.Option(
         help="Write into a folder of other files; they are kept (a file of the same name is never replaced).")]
         = False,
+    nproc: Annotated[int, typer.Option(
+        min=1, max=256, help="Data-parallel ranks on this machine (DistributedDataParallel: gloo on CPU, NCCL on "
+                             "GPU); for several machines start `python -m deepcrossing.cli train` under torchrun "
+                             "instead (see the README).")] = 1,
+    stream: Annotated[bool, typer.Option(
+        "--stream", help="Read the Parquet train file a few row groups at a time instead of holding it "
+                         "(automatic when it exceeds --memory-budget).")] = False,
+    memory_budget: Annotated[str | None, typer.Option(
+        "--memory-budget", callback=byte_size,
+        help="Stream the train file when its uncompressed size exceeds this (e.g. 4G, 512M; default: a quarter "
+             "of the physical memory).")] = None,
 ) -> None:
     """Train the Deep Crossing model; early stopping on validation AUC; write the model folder."""
     import dataclasses
-    import time
 
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
+    from deepcrossing.cli import train_run
     from deepcrossing.config import load_builtin, load_config
     from deepcrossing.errors import InputError
-    from deepcrossing.features import read_samples
     from deepcrossing.outputs import check_output_dir
     from deepcrossing.training.artifact import MODEL_OUTPUT
     from deepcrossing.training.evaluate import find_split_file
-    from deepcrossing.training.pipeline import train_model
 
     if samples is not None:
         files = {"train": find_split_file(samples, "train"), "valid": find_split_file(samples, "valid")}
@@ -91,40 +94,21 @@ def train(
                                      model=dataclasses.replace(config.model, **model_over))
     except InputError as exc:
         raise InputError(exc.message, field=f"--{(exc.field or '').replace('_', '-')}") from None
-    seed_everything(config.train.seed)
+    budget = parse_size(memory_budget) if memory_budget is not None else train_run.default_budget()
+    if stream and files["train"].suffix.lower() != ".parquet":
+        raise InputError("--stream reads Parquet samples (row groups); this train file is not .parquet",
+                         path=files["train"])
     dev = pick_device(device)
-    set_threads(threads or None)
-    started = time.perf_counter()
-    tables = {name: read_samples(path) for name, path in files.items()}
-    out.print(f"read {', '.join(f'{n} {t.num_rows:,}' for n, t in tables.items())} samples "
-              f"({time.perf_counter() - started:.1f} s); device {dev}, {threads or os.cpu_count()} thread(s)",
-              highlight=False)
+    job = train_run.TrainJob(files, config, out_dir, dev, threads, resume, overwrite, stream, budget)
+    from deepcrossing.training import distributed
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
-                  TimeElapsedColumn(), console=console, transient=True) as progress:
-        task = progress.add_task("epoch", total=None, info="")
-
-        def on_step(info: StepInfo) -> None:
-            progress.update(task, description=f"epoch {info.epoch}/{config.train.epochs}", total=info.steps,
-                            completed=info.step, info=f"loss {info.loss:.4f}  {info.samples_per_s:,.0f} samples/s")
-
-        def on_epoch(r: dict[str, Any]) -> None:
-            progress.console.print(
-                f"epoch {r['epoch']}: train loss {r['train_loss']:.4f}  valid AUC {r['valid_auc']:.4f}  "
-                f"logloss {r['valid_logloss']:.4f}  ({r['samples_per_s']:,.0f} samples/s, {r['train_seconds']:.1f} s)",
-                highlight=False)
-
-        summary = train_model(tables, config, out_dir, device=dev, resume=resume, overwrite=overwrite,
-                              sources={k: str(v) for k, v in files.items()}, on_step=on_step, on_epoch=on_epoch)
-    best = summary["best_epoch"]
-    out.print(f"best epoch {best} of {summary['epochs_run']}"
-              + (" (stopped early)" if summary["stopped_early"] else "")
-              + f": valid AUC {summary['valid']['auc']:.4f}  logloss {summary['valid']['logloss']:.4f}",
-              highlight=False)
-    if "test" in summary:
-        out.print(f"test AUC {summary['test']['auc']:.4f}  logloss {summary['test']['logloss']:.4f}", highlight=False)
-    out.print(f"wrote {out_dir}: model.safetensors, manifest.json, metrics.jsonl, metrics.json, curves.png, "
-              f"roc.png in {summary['seconds']:.1f} s", highlight=False)
+    ctx = distributed.from_env(dev)
+    if ctx is not None and nproc > 1:
+        raise DeepCrossingError("--nproc starts local ranks itself; under torchrun (WORLD_SIZE is set) leave it out")
+    if ctx is None and nproc > 1:
+        distributed.launch(nproc, train_run.run_rank, job, backend="nccl" if dev == "cuda" else "gloo")
+    else:
+        train_run.run(job, ctx)
 
 
 # [evaluate]

@@ -70,11 +70,17 @@ class Vocabulary:
     def fit(self, values: Any) -> Vocabulary:
         """Count ``values`` (array-like; NULLs ignored) and keep those seen ``>= min_count`` times."""
         arr = _as_arrow(values).drop_null()
-        kind = _kind_of(arr) if len(arr) else "int"
         counts = pc.value_counts(arr) if len(arr) else pa.StructArray.from_arrays(
             [pa.array([], pa.int64()), pa.array([], pa.int64())], ["values", "counts"])
-        vals = counts.field("values").to_numpy(zero_copy_only=False)
-        cnts = counts.field("counts").to_numpy(zero_copy_only=False)
+        return self.fit_counts(counts.field("values") if len(arr) else arr, counts.field("counts"))
+
+    def fit_counts(self, values: pa.Array, counts: pa.Array) -> Vocabulary:
+        """Fit from distinct ``values`` (N,) and how often each was seen, ``counts`` (N,) (e.g. summed over the
+        chunks of a file too large to hold; :mod:`deepcrossing.encoding.streaming`). Same result as ``fit``
+        on the values repeated so often."""
+        kind = _kind_of(values) if len(values) else "int"
+        vals = values.to_numpy(zero_copy_only=False)
+        cnts = counts.to_numpy(zero_copy_only=False)
         keep = cnts >= self.min_count
         vals, cnts = vals[keep], cnts[keep]
         order = np.lexsort((vals, -cnts))  # count desc, then value asc: deterministic

@@ -26,6 +26,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,8 @@ from deepcrossing.model.train_module import DeepCrossingTrain
 from deepcrossing.outputs import Reservation, reserve
 from deepcrossing.training import artifact
 from deepcrossing.training.checkpoint import fingerprint
+from deepcrossing.training.distributed import DistContext, shard_rows
+from deepcrossing.training.stream import ParquetStream, StreamOptions, fit_streaming
 from deepcrossing.training.plots import plot_history, plot_roc
 from deepcrossing.training.trainer import StepInfo, Trainer, evaluate_batch, predict_logits
 
@@ -53,7 +56,8 @@ def train_model(tables: dict[str, pa.Table], config: ExperimentConfig, out_dir: 
                 sources: dict[str, str] | None = None,
                 on_step: Callable[[StepInfo], None] | None = None,
                 on_epoch: Callable[[dict[str, Any]], None] | None = None,
-                *, overwrite: bool = False) -> dict[str, Any]:
+                *, overwrite: bool = False, dist: DistContext | None = None,
+                stream: StreamOptions | None = None) -> dict[str, Any]:
     """Train a DeepCrossing model on ``tables["train"]``, early-stopped on ``tables["valid"]``.
 
     Args:
@@ -66,6 +70,11 @@ def train_model(tables: dict[str, pa.Table], config: ExperimentConfig, out_dir: 
         sources: split -> file name, for error messages and the manifest (and never an output).
         on_step, on_epoch: progress callbacks (see :class:`Trainer`).
         overwrite: write into a folder of other files (they are kept; a name clash is refused).
+        dist: this rank of a data-parallel run (see :mod:`training.distributed`): every rank fits the encoder
+            on the whole train file (refused if the ranks' fits differ) and trains on its shard; only rank 0
+            reserves and writes the model folder (the others return ``{}``).
+        stream: read the train file incrementally (``tables["train"]`` is then not needed, ``sources["train"]``
+            is read; see :mod:`training.stream`).
 
     Returns:
         Summary dict: ``history``, ``best_epoch``, ``valid``/``test`` metrics, ``files``, ``seconds``.
@@ -74,11 +83,28 @@ def train_model(tables: dict[str, pa.Table], config: ExperimentConfig, out_dir: 
         InputError: the output may not be written (see :mod:`deepcrossing.outputs`), a validation split that
             is empty or has one class, a metric that is not finite. The previous model is then untouched.
     """
+    run = _Run(device, resume, sources or {}, on_step, on_epoch, dist, stream)
+    if dist is not None and not dist.is_main:  # rank 0 owns the output; the others only train
+        target = out_dir.target if isinstance(out_dir, Reservation) else Path(out_dir)
+        return _train(tables, config, target.parent / f".{target.name}.work", run)
     if isinstance(out_dir, Reservation):
-        return _train(tables, config, out_dir, device, resume, sources or {}, on_step, on_epoch)
+        return _train(tables, config, out_dir, run)
     with reserve(out_dir, artifact.MODEL_OUTPUT, inputs=list((sources or {}).values()),
                  overwrite=overwrite) as reservation:
-        return _train(tables, config, reservation, device, resume, sources or {}, on_step, on_epoch)
+        return _train(tables, config, reservation, run)
+
+
+@dataclass(frozen=True)
+class _Run:
+    """How one call of :func:`train_model` runs (its keyword arguments, passed on as one)."""
+
+    device: str
+    resume: bool
+    sources: dict[str, str]
+    on_step: Callable[[StepInfo], None] | None
+    on_epoch: Callable[[dict[str, Any]], None] | None
+    dist: DistContext | None
+    stream: StreamOptions | None
 
 
 def _require_two_classes(batch: Batch, source: str | None) -> None:
@@ -99,26 +125,46 @@ def _require_finite(results: dict[str, Any], sources: dict[str, str]) -> None:
                                  "model was not saved, the previous one is untouched", path=sources.get(split))
 
 
-def _train(tables: dict[str, pa.Table], config: ExperimentConfig, reservation: Reservation, device: str,
-           resume: bool, sources: dict[str, str], on_step: Callable[[StepInfo], None] | None,
-           on_epoch: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    out_dir = reservation.target
-    work = reservation.sibling("work")  # kept after a kill, for --resume
-    checkpoints = work / "checkpoints"
-    if not resume and work.exists():
-        shutil.rmtree(work)
-    legacy = out_dir / "checkpoints"  # where versions before the work folder kept them
-    if resume and not checkpoints.exists() and (legacy / "last").is_dir():
-        shutil.copytree(legacy, checkpoints)
-    work.mkdir(parents=True, exist_ok=True)
-    encoder = Encoder(config.spec).fit(tables["train"], source=sources.get("train"))
+def _fit_encoder(tables: dict[str, pa.Table], config: ExperimentConfig, run: _Run
+                 ) -> tuple[Encoder, dict[str, Batch], Batch | ParquetStream]:
+    """The encoder (fitted on the whole train file), the encoded valid/test, and this rank's train data."""
+    sources, dist = run.sources, run.dist
+    if run.stream is not None:
+        encoder = fit_streaming(Path(sources["train"]), config.spec, run.stream)
+    else:
+        encoder = Encoder(config.spec).fit(tables["train"], source=sources.get("train"))
+    if dist is not None:
+        dist.require_same("encoder vocabularies and statistics", encoder.state())
     encoded = {name: encoder.transform(t, source=sources.get(name)) for name, t in tables.items()
-               if t is not None}
+               if t is not None and name != "train"}
+    if run.stream is not None:
+        return encoder, encoded, ParquetStream(Path(sources["train"]), encoder, dist, run.stream)
+    train = tables["train"]
+    if dist is not None:
+        train = train.take(shard_rows(train.num_rows, dist).numpy())
+    return encoder, encoded, encoder.transform(train, source=sources.get("train"))
+
+
+def _train(tables: dict[str, pa.Table], config: ExperimentConfig, reservation: Reservation | Path,
+           run: _Run) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    device, resume, sources, on_epoch = run.device, run.resume, run.sources, run.on_epoch
+    main = not isinstance(reservation, Path)
+    work = reservation.sibling("work") if isinstance(reservation, Reservation) else reservation
+    checkpoints = work / "checkpoints"  # kept after a kill, for --resume
+    if main and not resume and work.exists():
+        shutil.rmtree(work)
+    if isinstance(reservation, Reservation):
+        legacy = reservation.target / "checkpoints"  # where versions before the work folder kept them
+        if resume and not checkpoints.exists() and (legacy / "last").is_dir():
+            shutil.copytree(legacy, checkpoints)
+        work.mkdir(parents=True, exist_ok=True)
+    encoder, encoded, train_data = _fit_encoder(tables, config, run)
     _require_two_classes(encoded["valid"], sources.get("valid"))
     cfg_train = config.train
-    model = DeepCrossing(config.spec, config.model, encoder.cardinalities,
-                         sparse=cfg_train.optimizer == "sparse_adam").to(device)
+    # NCCL has no sparse all-reduce: on GPUs under DDP the tables get dense gradients (and the dense Adam)
+    sparse = cfg_train.optimizer == "sparse_adam" and (run.dist is None or run.dist.backend == "gloo")
+    model = DeepCrossing(config.spec, config.model, encoder.cardinalities, sparse=sparse).to(device)
     history_lines: list[dict[str, Any]] = []
 
     def epoch_done(record: dict[str, Any]) -> None:
@@ -128,10 +174,15 @@ def _train(tables: dict[str, pa.Table], config: ExperimentConfig, reservation: R
             on_epoch(record)
 
     provenance = fingerprint([sources[k] for k in ("train", "valid") if k in sources], config.to_dict())
-    trainer = Trainer(DeepCrossingTrain(model), cfg_train, device, checkpoints, fingerprint=provenance)
+    # under DDP every rank resumes from rank 0's checkpoint; only rank 0 writes one
+    trainer = Trainer(DeepCrossingTrain(model), cfg_train, device, checkpoints, fingerprint=provenance,
+                      dist=run.dist)
     if resume and (checkpoints / "last" / "state.json").exists():
         history_lines.extend(json.loads((checkpoints / "last" / "state.json").read_text())["history"])
-    fit = trainer.fit(encoded["train"], encoded["valid"], resume=resume, on_step=on_step, on_epoch=epoch_done)
+    fit = trainer.fit(train_data, encoded["valid"], resume=resume, on_step=run.on_step, on_epoch=epoch_done)
+    if not isinstance(reservation, Reservation):
+        return {}
+    out_dir = reservation.target
     model = model.cpu().eval()
     results: dict[str, Any] = {"best_epoch": fit.best_epoch, "epochs_run": len(fit.history),
                                "stopped_early": fit.stopped_early,
@@ -142,7 +193,8 @@ def _train(tables: dict[str, pa.Table], config: ExperimentConfig, reservation: R
         roc_split = "test"
     _require_finite(results, sources)
     results["train_seconds"] = round(sum(r["train_seconds"] for r in fit.history), 3)
-    results["n_train"] = len(encoded["train"])
+    results["n_train"] = fit.samples_per_epoch
+    results["ranks"] = 1 if run.dist is None else run.dist.world_size
     samples: dict[str, Any] = {"files": dict(sources)}
     manifest_path = Path(sources["train"]).parent / "manifest.json" if "train" in sources else None
     if manifest_path is not None and manifest_path.exists():

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,8 +41,9 @@ from deepcrossing.config import TrainConfig
 from deepcrossing.encoding.batch import Batch
 from deepcrossing.errors import InputError
 from deepcrossing.model.train_module import ParameterGroups
-from deepcrossing.training import checkpoint
+from deepcrossing.training import checkpoint, distributed
 from deepcrossing.training.checkpoint import TrainingState
+from deepcrossing.training.distributed import DistContext
 from deepcrossing.training.optim import lr_at, make_optimizers, set_lr
 
 
@@ -60,12 +61,14 @@ class StepInfo:
 
 @dataclass
 class FitResult:
-    """Outcome of :meth:`Trainer.fit`: per-epoch records, the best epoch (1-based) and its valid AUC."""
+    """Outcome of :meth:`Trainer.fit`: per-epoch records, the best epoch (1-based) and its valid AUC, and the
+    samples trained on per epoch (all ranks; under DDP up to ``world_size - 1`` fewer than the train rows)."""
 
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int = 0
     best_auc: float = float("nan")
     stopped_early: bool = False
+    samples_per_epoch: int = 0
 
 
 @torch.no_grad()
@@ -113,6 +116,19 @@ class TrainModule(Protocol):
         ...
 
 
+class BatchStream(Protocol):
+    """Train samples read incrementally (:class:`~deepcrossing.training.stream.ParquetStream`), not held whole."""
+
+    @property
+    def rows(self) -> int:
+        """Rows this rank can read per epoch."""
+        ...
+
+    def batches(self, epoch: int, batch_size: int, rows: int, generator: torch.Generator) -> Iterator[Batch]:
+        """The first ``rows`` rows of this rank's epoch ``epoch``, shuffled, as CPU batches of ``batch_size``."""
+        ...
+
+
 class Trainer:
     """Trains a :class:`TrainModule` (a model wrapped with its loss and parameter groups).
 
@@ -123,13 +139,18 @@ class Trainer:
         checkpoint_dir: where the per-epoch checkpoint goes (None: no checkpoints, no resume).
         fingerprint: provenance of the run (:func:`training.checkpoint.fingerprint`), recorded in every
             checkpoint; ``fit(resume=True)`` refuses a checkpoint with another one. None: not recorded.
+        dist: this rank of a data-parallel run (:mod:`training.distributed`; the process group joined), or
+            None for one process. Each rank gets its own shard as ``train``; the steps go through
+            DistributedDataParallel with local batches of ``batch_size // world_size`` rows; rank 0
+            evaluates, checkpoints and reports (see the module docstring of :mod:`training.distributed`).
 
     Attributes:
         model: ``module.model``, which holds the best weights after :meth:`fit`.
     """
 
     def __init__(self, module: TrainModule, config: TrainConfig, device: str | torch.device = "cpu",
-                 checkpoint_dir: str | Path | None = None, fingerprint: Mapping[str, str] | None = None) -> None:
+                 checkpoint_dir: str | Path | None = None, fingerprint: Mapping[str, str] | None = None,
+                 dist: DistContext | None = None) -> None:
         self.module = module
         self.model = module.model
         self.config = config
@@ -138,14 +159,16 @@ class Trainer:
         self.fingerprint = None if fingerprint is None else dict(fingerprint)
         self.optimizers = make_optimizers(module.parameter_groups(), config)
         self.ema_state: dict[str, Tensor] = {}
+        self.dist = dist if dist is not None and dist.world_size > 1 else None
 
-    def fit(self, train: Batch, valid: Batch, resume: bool = False,
+    def fit(self, train: Batch | BatchStream, valid: Batch, resume: bool = False,
             on_step: Callable[[StepInfo], None] | None = None,
             on_epoch: Callable[[dict[str, Any]], None] | None = None) -> FitResult:
         """Train up to ``config.epochs`` epochs; keep the weights of the best validation AUC.
 
         Args:
-            train: encoded train samples (CPU or ``device``), labels (N,).
+            train: encoded train samples (CPU or ``device``), labels (N,), or a :class:`BatchStream`; under
+                DDP this rank's shard.
             valid: encoded validation samples.
             resume: continue from ``checkpoint_dir/last`` if it exists.
             on_step: called after every step (progress bars).
@@ -159,10 +182,19 @@ class Trainer:
                 :func:`training.checkpoint.load`).
         """
         c = self.config
-        n = len(train)
-        if n == 0:
+        ctx, world = self.dist, 1 if self.dist is None else self.dist.world_size
+        if isinstance(train, Batch):
+            train = train.to(self.device)
+        rows = len(train) if isinstance(train, Batch) else train.rows
+        local_batch = c.batch_size
+        if ctx is not None:  # equal rows and equal local batches on every rank: same steps, global mean loss
+            rows = int(ctx.all_reduce([float(rows)], "min")[0])
+            local_batch = c.batch_size // world
+            if local_batch < 1:
+                raise InputError(f"batch_size {c.batch_size} is smaller than the {world} ranks", field="batch_size")
+        if rows == 0:
             raise InputError("there are no training samples")
-        train = train.to(self.device)
+        n = rows * world  # samples per epoch, all ranks
         generator = torch.Generator().manual_seed(c.seed)
         # EMA of the floating-point weights and buffers: (shadow, live) pairs, lerped after every step
         live = {k: v for k, v in self.model.state_dict().items() if v.is_floating_point()}
@@ -172,20 +204,24 @@ class Trainer:
         progress = checkpoint.Progress()
         if resume and self.checkpoint_dir is not None and checkpoint.exists(self.checkpoint_dir):
             progress = checkpoint.load(self.checkpoint_dir, state, c, self.fingerprint)
-        steps = math.ceil(n / c.batch_size)
+        # under DDP the loss goes through DDP's forward, which syncs the gradients in backward
+        step_module = self.module if ctx is None else distributed.wrap(self.module, ctx)  # type: ignore[arg-type]
+        is_main = ctx is None or ctx.is_main
+        steps = math.ceil(rows / local_batch)
         self.module.train()
         for epoch in range(progress.epochs_done, c.epochs):
             if progress.stopped_early:
                 break
+            if ctx is not None:  # per-epoch seeds: a resumed rank draws what it would have drawn
+                generator.manual_seed(distributed.epoch_seed(c.seed, ctx.rank, epoch))
+                torch.manual_seed(distributed.epoch_seed(c.seed + 1, ctx.rank, epoch))
             t0 = time.perf_counter()
-            perm = torch.randperm(n, generator=generator).to(self.device)
             total_loss = torch.zeros((), device=self.device)
             seen = 0
-            for step in range(steps):
+            for step, batch in enumerate(self._batches(train, epoch, rows, local_batch, generator)):
                 set_lr(self.optimizers, lr_at(c, epoch, step, steps))
-                idx = perm[step * c.batch_size:(step + 1) * c.batch_size]
-                batch = train.take(idx)
-                objective, loss = self.module(batch)
+                batch = batch.to(self.device, non_blocking=True) if not isinstance(train, Batch) else batch
+                objective, loss = step_module(batch)
                 for opt in self.optimizers:
                     opt.zero_grad(set_to_none=True)
                 torch.autograd.backward(objective)
@@ -194,20 +230,28 @@ class Trainer:
                 if c.ema > 0:
                     with torch.no_grad():
                         torch._foreach_lerp_(ema_pairs[0], ema_pairs[1], 1.0 - c.ema)
-                total_loss += loss * len(idx)
-                seen += len(idx)
-                if on_step is not None and (step % 20 == 0 or step == steps - 1):
+                total_loss += loss * len(batch)
+                seen += len(batch)
+                if on_step is not None and is_main and (step % 20 == 0 or step == steps - 1):
                     elapsed = time.perf_counter() - t0
-                    on_step(StepInfo(epoch + 1, step + 1, steps, seen, float(total_loss) / seen,
-                                     seen / max(elapsed, 1e-9)))
+                    on_step(StepInfo(epoch + 1, step + 1, steps, seen * world, float(total_loss) / seen,
+                                     seen * world / max(elapsed, 1e-9)))
+            epoch_loss = float(total_loss)
+            if ctx is not None:
+                epoch_loss = ctx.all_reduce([epoch_loss])[0]
             train_seconds = time.perf_counter() - t0
+            if not is_main:  # rank 0 evaluates and checkpoints; the others wait for its verdict
+                assert ctx is not None
+                progress.epochs_done = epoch + 1
+                progress.stopped_early = ctx.broadcast_flag(False)
+                continue
             if c.ema > 0:  # evaluate (and keep as best) the averaged weights
                 current = {k: v.detach().clone() for k, v in live.items()}
                 self.model.load_state_dict(self.ema_state, strict=False)
             scores = evaluate_batch(self.model, valid, self.device)
             record = {
                 "epoch": epoch + 1,
-                "train_loss": float(total_loss) / n,
+                "train_loss": epoch_loss / n,
                 "valid_auc": scores["auc"],
                 "valid_logloss": scores["logloss"],
                 "lr": lr_at(c, epoch, steps - 1, steps),
@@ -232,8 +276,21 @@ class Trainer:
             progress.epochs_done = epoch + 1
             if self.checkpoint_dir is not None:
                 checkpoint.save(self.checkpoint_dir, state, progress, c, self.fingerprint)
-        if progress.best_state is not None:
+            if ctx is not None:
+                ctx.broadcast_flag(progress.stopped_early)
+        if progress.best_state is not None and is_main:
             self.model.load_state_dict(progress.best_state)
         self.model.eval()
         return FitResult(history=progress.history, best_epoch=progress.best_epoch, best_auc=progress.best_auc,
-                         stopped_early=progress.stopped_early)
+                         stopped_early=progress.stopped_early, samples_per_epoch=n)
+
+    def _batches(self, train: Batch | BatchStream, epoch: int, rows: int, batch_size: int,
+                 generator: torch.Generator) -> Iterator[Batch]:
+        """One epoch's minibatches: a fresh permutation of the encoded rows (its first ``rows``: equal counts
+        on every rank), or the stream's shuffled batches."""
+        if not isinstance(train, Batch):
+            yield from train.batches(epoch, batch_size, rows, generator)
+            return
+        perm = torch.randperm(len(train), generator=generator).to(self.device)
+        for step in range(math.ceil(rows / batch_size)):
+            yield train.take(perm[step * batch_size:min((step + 1) * batch_size, rows)])

@@ -1,0 +1,112 @@
+"""The body of `deepcrossing train` once its flags are checked: one process, one local rank of
+``--nproc N``, or one rank started by ``torchrun`` (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` in the environment).
+
+Rank 0 draws the progress bars and prints the summary; every rank reads the samples, fits the same encoder
+and trains on its shard (see :mod:`deepcrossing.training.distributed`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from deepcrossing.cli.common import console, out, seed_everything, set_threads
+
+if TYPE_CHECKING:
+    from deepcrossing.config import ExperimentConfig
+    from deepcrossing.training.distributed import DistContext
+    from deepcrossing.training.trainer import StepInfo
+
+def default_budget() -> int:
+    """A quarter of the machine's physical memory: encoded samples take ~2-3x their Parquet size in memory."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4)
+    except (ValueError, OSError):  # pragma: no cover - every Linux has these
+        return 4 * 1024**3
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """Everything a training process needs (picklable: it is handed to spawned ranks)."""
+
+    files: dict[str, Path]
+    config: ExperimentConfig
+    out_dir: Path
+    device: str
+    threads: int
+    resume: bool
+    overwrite: bool
+    stream: bool
+    budget: int | None
+    window: int = 4
+
+
+def run_rank(ctx: DistContext, job: TrainJob) -> None:
+    """Entry point of one local rank spawned by ``train --nproc N``."""
+    run(job, ctx)
+
+
+def run(job: TrainJob, ctx: DistContext | None) -> None:
+    """Train (as one process, or as rank ``ctx``) and, on rank 0, print the summary."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from deepcrossing.features import read_samples
+    from deepcrossing.training import distributed
+    from deepcrossing.training.pipeline import train_model
+    from deepcrossing.training.stream import StreamOptions, should_stream
+
+    config, world = job.config, 1 if ctx is None else ctx.world_size
+    device = job.device if ctx is None or job.device != "cuda" else f"cuda:{ctx.local_rank}"
+    if ctx is not None:
+        distributed.init(ctx)
+    main = ctx is None or ctx.is_main
+    seed_everything(config.train.seed)
+    set_threads(job.threads or None, world)
+    started = time.perf_counter()
+    stream = job.stream or should_stream(job.files["train"], job.budget)
+    tables = {name: read_samples(path) for name, path in job.files.items() if not (stream and name == "train")}
+    if main:
+        how = f"train streamed from {job.files['train']}" if stream else ""
+        sizes = ", ".join([how] * bool(how) + [f"{n} {t.num_rows:,}" for n, t in tables.items()])
+        ranks = f", {world} ranks ({'nccl' if ctx and ctx.backend == 'nccl' else 'gloo'})" if world > 1 else ""
+        out.print(f"read {sizes} samples ({time.perf_counter() - started:.1f} s); device {job.device}, "
+                  f"{job.threads or max(1, (os.cpu_count() or 1) // world)} thread(s){' per rank' * (world > 1)}"
+                  f"{ranks}", highlight=False)
+    options = StreamOptions(window=job.window) if stream else None
+    sources = {k: str(v) for k, v in job.files.items()}
+    if not main:
+        train_model(tables, config, job.out_dir, device=device, resume=job.resume, overwrite=job.overwrite,
+                    sources=sources, dist=ctx, stream=options)
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                  TimeElapsedColumn(), console=console, transient=True) as progress:
+        task = progress.add_task("epoch", total=None, info="")
+
+        def on_step(info: StepInfo) -> None:
+            progress.update(task, description=f"epoch {info.epoch}/{config.train.epochs}", total=info.steps,
+                            completed=info.step, info=f"loss {info.loss:.4f}  {info.samples_per_s:,.0f} samples/s")
+
+        def on_epoch(r: dict[str, Any]) -> None:
+            progress.console.print(
+                f"epoch {r['epoch']}: train loss {r['train_loss']:.4f}  valid AUC {r['valid_auc']:.4f}  "
+                f"logloss {r['valid_logloss']:.4f}  ({r['samples_per_s']:,.0f} samples/s, {r['train_seconds']:.1f} s)",
+                highlight=False)
+
+        summary = train_model(tables, config, job.out_dir, device=device, resume=job.resume,
+                              overwrite=job.overwrite, sources=sources, on_step=on_step, on_epoch=on_epoch,
+                              dist=ctx, stream=options)
+    best = summary["best_epoch"]
+    out.print(f"best epoch {best} of {summary['epochs_run']}"
+              + (" (stopped early)" if summary["stopped_early"] else "")
+              + f": valid AUC {summary['valid']['auc']:.4f}  logloss {summary['valid']['logloss']:.4f}",
+              highlight=False)
+    if "test" in summary:
+        out.print(f"test AUC {summary['test']['auc']:.4f}  logloss {summary['test']['logloss']:.4f}", highlight=False)
+    out.print(f"wrote {job.out_dir}: model.safetensors, manifest.json, metrics.jsonl, metrics.json, curves.png, "
+              f"roc.png in {summary['seconds']:.1f} s", highlight=False)
+
+
+__all__ = ["TrainJob", "default_budget", "run", "run_rank"]

@@ -1,0 +1,158 @@
+"""Out-of-core training samples (``train --stream``): a Parquet train file read a few row groups at a time.
+
+Memory holds one window of ``window`` row groups (read with ``pre_buffer=False``, only the spec's columns and
+the label), encoded, plus the rows carried over to the next window; never the file. Per epoch the order of
+the row groups is shuffled, and the rows within each window (an approximation of a full shuffle whose
+quality grows with the window; rows of one row group were written close in time). Under DDP the row groups
+are dealt round-robin to the ranks (group i to rank i mod W) and every rank reads as many rows as the rank
+with the fewest, so all run the same number of steps.
+
+The encoder is fitted in one streaming pass before training (:func:`fit_streaming`; exactness in
+:mod:`deepcrossing.encoding.streaming`).
+
+:func:`should_stream` decides the automatic switch: the train file's uncompressed size (from the Parquet
+footer) over the memory budget.
+
+Example:
+    >>> stream = ParquetStream("train.parquet", encoder, None, StreamOptions(window=4))   # doctest: +SKIP
+    >>> for batch in stream.batches(epoch=0, batch_size=1024, rows=stream.rows, generator=g):  # doctest: +SKIP
+    ...     ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from deepcrossing.config import FeatureSpec
+from deepcrossing.encoding.batch import Batch
+from deepcrossing.encoding.encoder import Encoder
+from deepcrossing.encoding.streaming import DEFAULT_SAMPLE_ROWS, StreamingFit
+from deepcrossing.errors import InputError
+from deepcrossing.training.distributed import DistContext
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """How the train file is streamed.
+
+    Attributes:
+        window: row groups read, encoded and shuffled together.
+        sample_rows: train rows sampled for the quantile-based fits (see :mod:`deepcrossing.encoding.streaming`).
+    """
+
+    window: int = 4
+    sample_rows: int = DEFAULT_SAMPLE_ROWS
+
+
+def _open(path: str | Path) -> pq.ParquetFile:
+    path = Path(path)
+    if path.suffix.lower() != ".parquet":
+        raise InputError("--stream reads Parquet samples (row groups); this file is not .parquet", path=path)
+    try:
+        return pq.ParquetFile(path, pre_buffer=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read the Parquet footer: {exc}", path=path) from None
+
+
+def _columns(spec: FeatureSpec, pf: pq.ParquetFile, path: Path) -> list[str]:
+    names = set(pf.schema_arrow.names)
+    missing = [c for c in spec.columns if c not in names]
+    if missing:
+        raise InputError(f"the sample file has no column {missing[0]!r}, which the feature spec needs",
+                         path=path, field=missing[0])
+    return [*spec.columns, *(["label"] if "label" in names else [])]
+
+
+def uncompressed_bytes(path: Path) -> int:
+    """The train file's size in memory as Arrow would roughly hold it (the row groups' uncompressed bytes)."""
+    md = _open(path).metadata
+    return sum(md.row_group(i).total_byte_size for i in range(md.num_row_groups))
+
+
+def should_stream(path: Path, budget_bytes: int | None) -> bool:
+    """True when ``path`` is Parquet and its uncompressed size exceeds ``budget_bytes`` (None: never)."""
+    return budget_bytes is not None and path.suffix.lower() == ".parquet" and uncompressed_bytes(path) > budget_bytes
+
+
+def fit_streaming(path: str | Path, spec: FeatureSpec, options: StreamOptions) -> Encoder:
+    """An encoder fitted in one pass over ``path``, one row group at a time (``iter_batches`` reads ahead:
+    measured 2x the peak memory of row group by row group reads)."""
+    pf = _open(path)
+    fit = StreamingFit(spec, sample_rows=options.sample_rows, source=path)
+    columns = _columns(spec, pf, Path(path))
+    for i in range(pf.num_row_groups):
+        fit.update(pf.read_row_group(i, columns=columns))
+    return fit.finish()
+
+
+def _cat(parts: list[Batch]) -> Batch:
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    return Batch(
+        dense=torch.cat([p.dense for p in parts]),
+        sparse={k: torch.cat([p.sparse[k] for p in parts]) for k in first.sparse},
+        bags={k: torch.cat([p.bags[k] for p in parts]) for k in first.bags},
+        bag_weights={k: torch.cat([p.bag_weights[k] for p in parts]) for k in first.bag_weights},
+        labels=None if first.labels is None else torch.cat([p.labels for p in parts if p.labels is not None]),
+        numeric={k: torch.cat([p.numeric[k] for p in parts]) for k in first.numeric},
+    )
+
+
+class ParquetStream:
+    """This rank's row groups of a Parquet train file, encoded window by window (a :class:`BatchStream`).
+
+    Args:
+        path: the train file (Parquet).
+        encoder: the fitted encoder.
+        dist: this rank of a data-parallel run, or None.
+        options: window size.
+
+    Attributes:
+        rows: rows this rank reads per epoch (under DDP: the fewest of any rank).
+    """
+
+    def __init__(self, path: str | Path, encoder: Encoder, dist: DistContext | None, options: StreamOptions) -> None:
+        self.path = Path(path)
+        self.encoder = encoder
+        self.options = options
+        pf = _open(self.path)
+        self.columns = _columns(encoder.spec, pf, self.path)
+        md = pf.metadata
+        world, rank = (1, 0) if dist is None else (dist.world_size, dist.rank)
+        self.groups = list(range(rank, md.num_row_groups, world))
+        per_rank = [sum(md.row_group(i).num_rows for i in range(r, md.num_row_groups, world)) for r in range(world)]
+        self.rows = min(per_rank)
+
+    def batches(self, epoch: int, batch_size: int, rows: int, generator: torch.Generator) -> Iterator[Batch]:
+        """The first ``rows`` rows of this epoch (row groups in a shuffled order, rows shuffled per window)."""
+        pf = _open(self.path)
+        order = [self.groups[i] for i in torch.randperm(len(self.groups), generator=generator).tolist()]
+        carry: list[Batch] = []
+        left = rows
+        w = max(1, self.options.window)
+        for start in range(0, len(order), w):
+            if left <= 0:
+                break
+            table = pf.read_row_groups(order[start:start + w], columns=self.columns)
+            encoded = self.encoder.transform(table, source=self.path)
+            del table
+            pa.default_memory_pool().release_unused()  # give the window's Arrow buffers back (mimalloc keeps them)
+            window = _cat([*carry, encoded.take(torch.randperm(len(encoded), generator=generator))])
+            usable = min(len(window), left)
+            full = usable - usable % batch_size if usable < left else usable
+            for s in range(0, full, batch_size):
+                yield window.slice(s, min(s + batch_size, full))
+            left -= full
+            carry = [window.slice(full, usable)] if full < usable else []
+        if carry and left > 0:
+            yield carry[0]
+
+
+__all__ = ["ParquetStream", "StreamOptions", "fit_streaming", "should_stream",
+           "uncompressed_bytes"]
