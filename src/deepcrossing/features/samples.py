@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 2  # 2: the random split hashes with md5 (the same in DuckDB and Spark), not DuckDB's hash()
 SPLIT_NAMES = ("train", "valid", "test")
 FORMATS = ("parquet", "sparrow")
+ENGINES = ("duckdb", "spark")
 KIND = "deepcrossing.samples"
 #: A samples folder: its manifest.json says ``"kind": "deepcrossing.samples"`` and lists the files it wrote.
 SAMPLES_OUTPUT = OutputKind(
