@@ -11,6 +11,8 @@ The differences it covers:
 * empty list literals, string literals (Spark reads ``\`` as an escape), ``UNNEST`` vs ``explode``;
 * hashing: DuckDB's ``hash()`` and Spark's ``hash()`` / ``xxhash64()`` differ, so the random split hashes
   with ``md5`` of a text key (the same in both engines) and reads its first 12 hex digits as an integer;
+* the k-th smallest value (the time split's boundaries): ``LIMIT 1 OFFSET k`` in DuckDB, a running count in
+  Spark (an OFFSET collects k rows into one task there);
 * views: ``CREATE VIEW`` vs ``CREATE OR REPLACE TEMPORARY VIEW`` (DuckDB's ``COPY``, ``read_csv`` and temp
   tables are not used by the shared SQL at all).
 
@@ -97,6 +99,19 @@ class Dialect:
         number = (f"CAST('0x' || {head} AS BIGINT)" if self.name == "duckdb"
                   else f"CAST(conv({head}, 16, 10) AS BIGINT)")
         return f"({number} % {int(buckets)})"
+
+    def kth_smallest(self, column: str, relation: str, k: int) -> str:
+        """A query of one row, one value: ``column`` of row ``k`` (0-based) of ``relation`` sorted by ``column``.
+
+        DuckDB: ``ORDER BY ... LIMIT 1 OFFSET k`` (a top-k heap; the fastest there). Spark would gather the
+        k rows into one task for an OFFSET, so it counts rows per distinct value and takes the first value whose
+        running count exceeds k.
+        """
+        if self.name == "duckdb":
+            return f"SELECT {column} FROM {relation} ORDER BY {column} LIMIT 1 OFFSET {int(k)}"
+        return (f"SELECT MIN(CASE WHEN cum > {int(k)} THEN {column} END) FROM (SELECT {column}, SUM(n) OVER "
+                f"(ORDER BY {column} ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS cum FROM "
+                f"(SELECT {column}, COUNT(*) AS n FROM {relation} GROUP BY {column}) g) c")
 
     def create_view(self, name: str, select: str) -> str:
         """A statement that (re)defines view ``name`` for this connection / session."""

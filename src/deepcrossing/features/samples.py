@@ -72,14 +72,14 @@ def _split_expr(engine: SqlEngine, config: FeatureConfig) -> tuple[str, dict[str
                     f"round((train + valid) * {SPLIT_BUCKETS}) valid, else test (the same in DuckDB and Spark)",
             "seed": config.seed}
     lo, hi, n = fetch_one(engine, "SELECT MIN(timestamp), MAX(timestamp), COUNT(*) FROM ratings_src")
-    # the boundary is the timestamp of the k-th row (0-based) in time order: the first timestamp whose
-    # cumulative count exceeds k (one pass over the distinct timestamps; no OFFSET, which Spark collects)
-    ks = [int(math.floor(q * n + 1e-9)) for q in (f_train, f_train + f_valid)]
-    found = fetch_one(engine, "SELECT " + ", ".join(f"MIN(CASE WHEN cum > {k} THEN timestamp END)" for k in ks)
-                      + " FROM (SELECT timestamp, SUM(n) OVER (ORDER BY timestamp ROWS BETWEEN UNBOUNDED PRECEDING "
-                        "AND CURRENT ROW) AS cum FROM (SELECT timestamp, COUNT(*) AS n FROM ratings_src "
-                        "GROUP BY timestamp) t) c")
-    b1, b2 = (int(hi) + 1 if k >= n else int(t) for k, t in zip(ks, found, strict=True))
+    cuts = []
+    for q in (f_train, f_train + f_valid):
+        k = int(math.floor(q * n + 1e-9))  # the boundary is the timestamp of the k-th row (0-based) in time order
+        if k >= n:
+            cuts.append(int(hi) + 1)
+        else:
+            cuts.append(int(fetch_one(engine, engine.dialect.kth_smallest("timestamp", "ratings_src", k))[0]))
+    b1, b2 = cuts
     expr = time_split_sql(b1, b2)
 
     def iso(t: int) -> str:
