@@ -225,8 +225,8 @@ def flat_columns(n_genres: int, recent_n: int, genre_bits: int = 31) -> list[str
     """The columns :func:`feature_sql` selects before ``is_probe``, in order (what :func:`assemble` reads).
 
     Example:
-        >>> flat_columns(2, 5)[-7:]
-        ['movieSecondsSinceFirstRating', '_npos', '_rp0', '_rp1', '_rp2', '_rp3', '_rp4']
+        >>> flat_columns(2, 5)[-8:]
+        ['movieSecondsSinceFirstRating', '_npos', '_rp0', '_rp1', '_rp2', '_rp3', '_rp4', '_gp0']
     """
     packs = _genre_packs(n_genres, genre_bits)
     return ([c for c in SAMPLE_COLUMNS if c not in NESTED_COLUMNS] + ["_npos"]
