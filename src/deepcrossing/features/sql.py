@@ -8,9 +8,12 @@ ROW``; ``RANGE BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING`` only for the latest
 positives" and genre counts come from a per-user numbered stream of positive events (``pos_rank``) computed
 with ``LAG`` / cumulative ``SUM`` windows once per positive event and joined back on ``(user, number of
 earlier positives)``: no ASOF JOIN and no O(n^2) window. The nested columns are assembled from flat state
-columns by :func:`assemble` (vectorized Arrow/numpy; the Spark equivalents are in :func:`feature_sql`).
+columns by :func:`assemble` (vectorized Arrow/numpy, the same for every engine).
 The query is rendered for DuckDB or Spark SQL by a :class:`~deepcrossing.features.dialect.Dialect` (list
-indexing, types, literals); every feature is written here once.
+indexing, types, literals); every feature is written here once. To add a column: declare it in
+:data:`~deepcrossing.features.columns.COLUMNS` (type in DuckDB spelling) and compute it here in portable SQL,
+with a ``Dialect`` method for anything the engines spell differently (add one there if needed); the engine
+equality test (tests/features/test_spark_equality.py) then proves both engines agree on it.
 
 Relations the query expects in the connection:
     events(user_id BIGINT, item_id BIGINT, rating DOUBLE, label TINYINT, timestamp BIGINT, is_probe BOOLEAN)
@@ -73,10 +76,8 @@ def feature_sql(genres: list[str], *, label_threshold: float, recent_n: int,
     counts several genres (20 genre windows were the costliest part of the query). That state is computed
     once per positive event and joined to the samples on (user, k); :func:`assemble` then turns it into the
     nested columns (:data:`NESTED_COLUMNS`) with vectorized Arrow/numpy code instead of per-row list
-    functions, which were most of the run time (building and exporting lists of 20M rows). Spark equivalents
-    of that step:
-    ``slice(array(_rp0, ...), 1, least(_npos, N))``, ``sort_array(array(_g0 * G + (G-1-0), ...), false)``
-    and ``map_from_entries(filter(array(struct(...)), x -> x.value > 0))``.
+    functions, which were most of the run time (building and exporting lists of 20M rows). Every engine's
+    flat rows go through that same :func:`assemble` (Spark's too), so the nested columns have one definition.
 
     Args:
         genres: the genre vocabulary (sorted distinct genres of the items); one cumulative count per genre.
