@@ -8,7 +8,9 @@ and go through the same :func:`~deepcrossing.features.sql.assemble` and writer a
 samples folder (one file per split, manifest, ``--format sparrow``) is the same.
 
 pyspark is the optional extra ``pip install 'deepcrossing[spark]'`` and needs a Java 17 runtime;
-:func:`require_spark` says which is missing before any work.
+:func:`require_spark` says which is missing before any work. With a cluster master (not ``local[...]``) the
+normalized files and the output folder must be on a file system that the driver and every executor see at
+the same path (NFS, a mounted bucket): Spark reads the inputs and writes its part files there.
 
 Example:
     >>> SparkOptions(master="local[2]", conf=(("spark.sql.shuffle.partitions", "4"),)).settings()[
