@@ -100,18 +100,23 @@ class Dialect:
                   else f"CAST(conv({head}, 16, 10) AS BIGINT)")
         return f"({number} % {int(buckets)})"
 
-    def kth_smallest(self, column: str, relation: str, k: int) -> str:
-        """A query of one row, one value: ``column`` of row ``k`` (0-based) of ``relation`` sorted by ``column``.
+    def kth_smallest(self, column: str, relation: str, ks: list[int]) -> str:
+        """A query of one row: for each k of ``ks``, ``column`` of row k (0-based) of ``relation`` in ``column`` order.
 
-        DuckDB: ``ORDER BY ... LIMIT 1 OFFSET k`` (a top-k heap; the fastest there). Spark would gather the
-        k rows into one task for an OFFSET, so it counts rows per distinct value and takes the first value whose
-        running count exceeds k.
+        DuckDB: one ``ORDER BY ... LIMIT 1 OFFSET k`` per k (a top-k heap; the fastest there). Spark would
+        gather the k rows into one task for an OFFSET, so it counts the rows per distinct value once and takes,
+        for each k, the first value whose running count exceeds k.
+
+        Example:
+            >>> print(DUCKDB.kth_smallest("t", "r", [3]))
+            SELECT (SELECT t FROM r ORDER BY t LIMIT 1 OFFSET 3)
         """
         if self.name == "duckdb":
-            return f"SELECT {column} FROM {relation} ORDER BY {column} LIMIT 1 OFFSET {int(k)}"
-        return (f"SELECT MIN(CASE WHEN cum > {int(k)} THEN {column} END) FROM (SELECT {column}, SUM(n) OVER "
-                f"(ORDER BY {column} ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS cum FROM "
-                f"(SELECT {column}, COUNT(*) AS n FROM {relation} GROUP BY {column}) g) c")
+            return "SELECT " + ", ".join(f"(SELECT {column} FROM {relation} ORDER BY {column} LIMIT 1 OFFSET {int(k)})"
+                                         for k in ks)
+        return ("SELECT " + ", ".join(f"MIN(CASE WHEN cum > {int(k)} THEN {column} END)" for k in ks)
+                + f" FROM (SELECT {column}, SUM(n) OVER (ORDER BY {column} ROWS BETWEEN UNBOUNDED PRECEDING AND "
+                f"CURRENT ROW) AS cum FROM (SELECT {column}, COUNT(*) AS n FROM {relation} GROUP BY {column}) g) c")
 
     def create_view(self, name: str, select: str) -> str:
         """A statement that (re)defines view ``name`` for this connection / session."""

@@ -72,13 +72,12 @@ def _split_expr(engine: SqlEngine, config: FeatureConfig) -> tuple[str, dict[str
                     f"round((train + valid) * {SPLIT_BUCKETS}) valid, else test (the same in DuckDB and Spark)",
             "seed": config.seed}
     lo, hi, n = fetch_one(engine, "SELECT MIN(timestamp), MAX(timestamp), COUNT(*) FROM ratings_src")
-    cuts = []
-    for q in (f_train, f_train + f_valid):
-        k = int(math.floor(q * n + 1e-9))  # the boundary is the timestamp of the k-th row (0-based) in time order
-        if k >= n:
-            cuts.append(int(hi) + 1)
-        else:
-            cuts.append(int(fetch_one(engine, engine.dialect.kth_smallest("timestamp", "ratings_src", k))[0]))
+    # the boundary is the timestamp of the k-th row (0-based) in time order; past the end: after the last row
+    ks = [int(math.floor(q * n + 1e-9)) for q in (f_train, f_train + f_valid)]
+    inside = [k for k in ks if k < n]
+    found = dict(zip(inside, fetch_one(engine, engine.dialect.kth_smallest("timestamp", "ratings_src", inside))
+                     if inside else (), strict=True))
+    cuts = [int(found[k]) if k < n else int(hi) + 1 for k in ks]
     b1, b2 = cuts
     expr = time_split_sql(b1, b2)
 
