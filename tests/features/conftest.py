@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -69,3 +72,45 @@ def ml_small_samples(ml_small_dataset: Dataset, tmp_path_factory: pytest.TempPat
 
     out = tmp_path_factory.mktemp("ml_small_samples") / "samples"
     return out, build_samples(ml_small_dataset, FeatureConfig(), out)
+
+
+IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def spark_missing() -> str | None:
+    """Why Spark cannot run here (no pyspark, no Java), or None."""
+    from deepcrossing.errors import DeepCrossingError
+    from deepcrossing.features.spark import require_spark
+
+    try:
+        require_spark()
+    except DeepCrossingError as exc:
+        return str(exc)
+    return None
+
+
+@pytest.fixture(scope="session")
+def spark_session() -> Iterator[Any]:
+    """One local[2] SparkSession for every Spark test (UI off, 2 shuffle partitions, UTC), stopped at the end.
+
+    Without pyspark or Java the Spark tests skip on a developer's machine and FAIL under CI (a skipped
+    Spark test would hide a broken CI setup: .ci/run installs both).
+    """
+    reason = spark_missing()
+    if reason is not None:
+        if IN_CI:
+            pytest.fail(f"Spark tests cannot run under CI: {reason}")
+        pytest.skip(f"Spark tests skipped: {reason}")
+    from pyspark.sql import SparkSession
+
+    from deepcrossing.features.spark import SparkOptions
+
+    builder = SparkSession.builder.master("local[2]").appName("deepcrossing-tests")
+    settings = SparkOptions(master="local[2]", conf=(("spark.sql.shuffle.partitions", "2"),),
+                            driver_memory="1g").settings()
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()

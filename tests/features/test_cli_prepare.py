@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -41,3 +42,42 @@ def test_prepare_errors_exit_2(tmp_path):
                 "--item-col", "i", "--rating-col", "r", "--time-col", "t", "--fractions", "0.5,0,0.5")
     assert done.returncode == 0, done.stderr
     assert "train           1 rows" in done.stdout and "test            1 rows" in done.stdout
+
+
+_BLOCK_PYSPARK = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "pyspark" or name.startswith("pyspark."):
+            raise ImportError("No module named 'pyspark'")
+        return None
+sys.meta_path.insert(0, Block())
+from deepcrossing.cli import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("missing", ["java", "pyspark"])
+def test_engine_spark_without_java_or_pyspark_says_what_to_install(tmp_path, missing):
+    """One error line naming what to install, exit 2, before any work: no output folder, no Spark started."""
+    env = {k: v for k, v in os.environ.items() if k != "JAVA_HOME"}
+    args = ["prepare", "--data", str(tmp_path), "--out", str(tmp_path / "s"), "--engine", "spark"]
+    if missing == "java":
+        (tmp_path / "bin").mkdir()
+        env["PATH"] = str(tmp_path / "bin")  # no java anywhere (python itself runs by its full path)
+        command = [sys.executable, "-m", "deepcrossing.cli", *args]
+    else:
+        command = [sys.executable, "-c", _BLOCK_PYSPARK, *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    expected = "openjdk-17-jre-headless" if missing == "java" else "pip install 'deepcrossing[spark]'"
+    assert len(lines) == 1 and lines[0].startswith("error: --engine spark needs") and expected in lines[0], lines
+    assert not (tmp_path / "s").exists() and done.stdout == ""
+
+
+def test_spark_conf_must_be_key_value(tmp_path):
+    done = _run("--data", str(tmp_path), "--out", str(tmp_path / "s"), "--engine", "spark", "--spark-conf", "x")
+    assert done.returncode == 2 and "--spark-conf needs key=value, not 'x'" in done.stderr
+    done = _run("--data", str(tmp_path), "--out", str(tmp_path / "s"), "--engine", "flink")
+    assert done.returncode == 2 and "must be one of duckdb, spark" in done.stderr

@@ -117,7 +117,7 @@ def test_time_split_boundaries_and_manifest(ml_small_samples):
     assert [f["name"] for f in manifest["features"]] == list(SAMPLE_COLUMNS)
     kinds = {f["name"]: f["type"] for f in manifest["features"]}
     assert kinds["userGenreCounts"] == "MAP(VARCHAR, BIGINT)" and kinds["userRecentPositives"] == "BIGINT[]"
-    assert manifest["config"]["label_threshold"] == 3.5 and manifest["format_version"] == 1
+    assert manifest["config"]["label_threshold"] == 3.5 and manifest["format_version"] == 2
     assert manifest["dataset"]["ratings"] == 100_836 and manifest["dataset"]["sources"]
     train_max = pq.read_table(out / "train.parquet", columns=["timestamp"]).column(0).to_pylist()
     test_min = pq.read_table(out / "test.parquet", columns=["timestamp"]).column(0).to_pylist()

@@ -42,6 +42,15 @@ def prepare_cmd(
     overwrite: Annotated[bool, typer.Option(
         help="Write into a folder of other files; they are kept (a file of the same name is never replaced).")]
         = False,
+    engine: Annotated[str, typer.Option(
+        "--engine", callback=one_of(source="deepcrossing.features.samples:ENGINES"),
+        help="SQL engine of the features: duckdb (one machine) or spark (pyspark; same samples).")] = "duckdb",
+    spark_master: Annotated[str, typer.Option(
+        help="--engine spark: the Spark master (local[*], spark://host:7077, yarn, k8s://...).")] = "local[*]",
+    spark_conf: Annotated[list[str] | None, typer.Option(
+        "--spark-conf", help="--engine spark: any Spark setting as key=value (repeatable).")] = None,
+    spark_driver_memory: Annotated[str | None, typer.Option(
+        help="--engine spark: spark.driver.memory, e.g. 4g (when this command starts Spark).")] = None,
 ) -> None:
     """Rating logs -> leakage-free train/valid/test samples + items.parquet + manifest.json."""
     import time
@@ -52,6 +61,13 @@ def prepare_cmd(
     from deepcrossing.outputs import reserve
 
     started = time.perf_counter()
+    spark = None
+    if engine == "spark":  # a bad setting or a missing Java / pyspark stops here, before any work
+        from deepcrossing.features.spark import SparkOptions, require_spark
+
+        spark = SparkOptions(master=spark_master, conf=SparkOptions.parse_conf(spark_conf or []),
+                             driver_memory=spark_driver_memory)
+        require_spark()
     try:
         shares = tuple(float(x) for x in fractions.split(","))
     except ValueError:
@@ -71,7 +87,7 @@ def prepare_cmd(
     with reserve(out_dir, SAMPLES_OUTPUT, inputs=inputs, overwrite=overwrite) as target, target.scratch() as work:
         dataset = load_dataset(data, workdir=work, columns=columns, items_path=items, skip_bad_rows=skip_bad_rows)
         loaded = time.perf_counter() - started
-        manifest = build_samples(dataset, config, target, fmt=fmt)
+        manifest = build_samples(dataset, config, target, fmt=fmt, spark=spark)
     def say(text: str) -> None:
         out.print(text, soft_wrap=True, highlight=False)
 
@@ -91,4 +107,5 @@ def prepare_cmd(
     unseen = manifest["unseen_users"]["test_users_not_in_train_share"]
     if unseen is not None:
         say(f"test users never seen in train: {unseen:.1%} (their features come from earlier ratings)")
-    say(f"wrote {out_dir} (manifest.json, items.parquet) in {time.perf_counter() - started:.1f} s")
+    say(f"wrote {out_dir} (manifest.json, items.parquet) with {manifest['engine']['name']} "
+        f"in {time.perf_counter() - started:.1f} s")

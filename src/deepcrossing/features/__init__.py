@@ -2,7 +2,9 @@
 
 Public API:
     FeatureConfig                  label threshold, N of recent positives, split kind/fractions/seed
-    build_samples(dataset, config, out_dir, fmt)   train/valid/test files + items.parquet + manifest.json
+    build_samples(dataset, config, out_dir, fmt, spark=None)   train/valid/test files + items.parquet +
+                                   manifest.json, with DuckDB or (spark=SparkOptions(...)) Apache Spark
+    SparkOptions                   Spark master, settings and driver memory for build_samples
     online_records(dataset, config, history_n=, max_candidates=) -> OnlineRecords
                                    latest user/movie features (same SQL as the samples), histories, rated
                                    sets, candidates and cold-start records: everything the service stores
@@ -29,6 +31,7 @@ from deepcrossing.features.columns import (
 from deepcrossing.features.config import FeatureConfig
 from deepcrossing.features.online import OnlineRecords, latest_features, online_records
 from deepcrossing.features.samples import build_samples, compute_samples
+from deepcrossing.features.spark import SparkOptions
 from deepcrossing.features.sparrow import SPARROW_COLUMNS, read_samples
 from deepcrossing.features.sql import feature_sql
 
@@ -36,6 +39,7 @@ __all__ = [
     "COLUMNS",
     "SAMPLE_COLUMNS",
     "SPARROW_COLUMNS",
+    "SparkOptions",
     "Column",
     "FeatureConfig",
     "OnlineRecords",

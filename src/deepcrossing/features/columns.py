@@ -22,6 +22,8 @@ from __future__ import annotations
 import copy
 from typing import Any, Literal, NamedTuple
 
+import pyarrow as pa
+
 Side = Literal["user", "movie", "event"]
 SIDES: tuple[Side, ...] = ("user", "movie", "event")
 KEYS: dict[Side, str] = {"user": "userId", "movie": "movieId"}
@@ -107,6 +109,29 @@ ID_COLUMNS = ("userId", "movieId", "rating", "timestamp", "label")
 FEATURE_COLUMNS = tuple(c for c in SAMPLE_COLUMNS if c not in ID_COLUMNS)
 USER_SIDE = tuple(name for name, c in COLUMNS.items() if c.side == "user")
 MOVIE_SIDE = tuple(name for name, c in COLUMNS.items() if c.side == "movie")
+
+
+def arrow_type(duck_type: str) -> pa.DataType:
+    """The Arrow type of a column type given in DuckDB spelling (what DuckDB's Arrow export gives).
+
+    Raises:
+        ValueError: for a type not listed here (add it once; the Spark dialect has the same table).
+
+    Example:
+        >>> arrow_type("MAP(VARCHAR, BIGINT)"), arrow_type("BIGINT[]")
+        (MapType(map<string, int64>), ListType(list<item: int64>))
+    """
+    t = duck_type.strip().upper()
+    if t.endswith("[]"):
+        return pa.list_(arrow_type(t[:-2]))
+    if t.startswith("MAP(") and t.endswith(")"):
+        key, value = (part.strip() for part in t[4:-1].split(",", 1))
+        return pa.map_(arrow_type(key), arrow_type(value))
+    scalars = {"BIGINT": pa.int64(), "INTEGER": pa.int32(), "TINYINT": pa.int8(), "DOUBLE": pa.float64(),
+               "VARCHAR": pa.string(), "BOOLEAN": pa.bool_()}
+    if t not in scalars:
+        raise ValueError(f"no Arrow type for column type {duck_type!r}")
+    return scalars[t]
 
 
 def user_side_columns() -> tuple[str, ...]:

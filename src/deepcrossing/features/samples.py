@@ -2,20 +2,23 @@
 
 ``build_samples`` runs :func:`deepcrossing.features.sql.feature_sql` once over all ratings (so features of
 valid/test rows see every earlier rating, test period included, up to the sample), assigns each row to
-train/valid/test and writes the files with DuckDB's ``COPY`` into a temporary folder that replaces ``out_dir``
-only when complete. The online records (features as of now) are in :mod:`deepcrossing.features.online`.
+train/valid/test and streams the rows into one Parquet file per split in a temporary folder that replaces
+``out_dir`` only when complete. The SQL runs on DuckDB (default) or on Apache Spark
+(:mod:`deepcrossing.features.spark`): both render the same query and feed the same writer. The online
+records (features as of now) are in :mod:`deepcrossing.features.online`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pyarrow as pa
@@ -27,46 +30,56 @@ from deepcrossing.duck import sql_str
 from deepcrossing.errors import InputError
 from deepcrossing.features.columns import EXTRA_COLUMNS, MOVIE_SIDE, SAMPLE_COLUMNS, USER_SIDE
 from deepcrossing.features.config import FeatureConfig
+from deepcrossing.features.inputs import DuckEngine, SqlEngine
 from deepcrossing.features.inputs import connect as _connect
 from deepcrossing.features.inputs import events_genre_bits as _genre_bits
 from deepcrossing.features.inputs import fetch_one
 from deepcrossing.features.inputs import genre_vocabulary as _genres
 from deepcrossing.features.inputs import register_inputs as _register_inputs
-from deepcrossing.features.sql import assemble, feature_sql
+from deepcrossing.features.sql import (
+    SPLIT_BUCKETS,
+    assemble,
+    feature_sql,
+    flat_columns,
+    flat_schema,
+    random_split_sql,
+    time_split_sql,
+)
 from deepcrossing.outputs import OutputKind, Reservation, owned_dir
 
-FORMAT_VERSION = 1
+if TYPE_CHECKING:
+    from deepcrossing.features.spark import SparkOptions
+
+FORMAT_VERSION = 2  # 2: the random split hashes with md5 (the same in DuckDB and Spark), not DuckDB's hash()
 SPLIT_NAMES = ("train", "valid", "test")
 FORMATS = ("parquet", "sparrow")
+ENGINES = ("duckdb", "spark")
 KIND = "deepcrossing.samples"
 #: A samples folder: its manifest.json says ``"kind": "deepcrossing.samples"`` and lists the files it wrote.
 SAMPLES_OUTPUT = OutputKind(
     "samples folder", "manifest.json", lambda m: m.get("kind") == KIND,
     lambda m: [str(name) for name in m["files"].values()] + [".parts"])
-_BATCH_ROWS = 1 << 17
 _ROW_GROUP = 1 << 17
 
 
-def _split_expr(con: duckdb.DuckDBPyConnection, config: FeatureConfig) -> tuple[str, dict[str, Any]]:
-    """SQL expression naming each row's split, and the boundaries for the manifest."""
+def _split_expr(engine: SqlEngine, config: FeatureConfig) -> tuple[str, dict[str, Any]]:
+    """SQL expression naming each row's split (rendered for the engine), and the boundaries for the manifest."""
     f_train, f_valid, _ = config.fractions
     if config.split == "random":
-        # DuckDB: hash() (Spark: xxhash64); a seeded per-rating coin in [0, 1)
-        coin = f"(hash(userId, movieId, timestamp, {int(config.seed)}) % 1000000) / 1000000.0"
-        expr = (f"CASE WHEN {coin} < {f_train!r} THEN 'train' "
-                f"WHEN {coin} < {f_train + f_valid!r} THEN 'valid' ELSE 'test' END")
-        return expr, {"rule": "seeded hash of (user, movie, timestamp, seed) per rating", "seed": config.seed}
-    lo, hi, n = fetch_one(con, "SELECT MIN(timestamp), MAX(timestamp), COUNT(*) FROM ratings_src")
-    cuts = []
-    for q in (f_train, f_train + f_valid):
-        k = int(math.floor(q * n + 1e-9))  # the boundary is the timestamp of the k-th row (0-based) in time order
-        if k >= n:
-            cuts.append(int(hi) + 1)
-        else:
-            cuts.append(int(fetch_one(con, f"SELECT timestamp FROM ratings_src ORDER BY timestamp "
-                                           f"LIMIT 1 OFFSET {k}")[0]))
+        return random_split_sql(config.seed, config.fractions, engine.dialect), {
+            "rule": "md5 of 'userId:movieId:timestamp:seed' per rating: its first 12 hex digits as an integer, "
+                    f"modulo {SPLIT_BUCKETS}, below round(train * {SPLIT_BUCKETS}) is train, below "
+                    f"round((train + valid) * {SPLIT_BUCKETS}) valid, else test (the same in DuckDB and Spark)",
+            "seed": config.seed}
+    lo, hi, n = fetch_one(engine, "SELECT MIN(timestamp), MAX(timestamp), COUNT(*) FROM ratings_src")
+    # the boundary is the timestamp of the k-th row (0-based) in time order; past the end: after the last row
+    ks = [int(math.floor(q * n + 1e-9)) for q in (f_train, f_train + f_valid)]
+    inside = [k for k in ks if k < n]
+    found = dict(zip(inside, fetch_one(engine, engine.dialect.kth_smallest("timestamp", "ratings_src", inside))
+                     if inside else (), strict=True))
+    cuts = [int(found[k]) if k < n else int(hi) + 1 for k in ks]
     b1, b2 = cuts
-    expr = f"CASE WHEN timestamp < {b1} THEN 'train' WHEN timestamp < {b2} THEN 'valid' ELSE 'test' END"
+    expr = time_split_sql(b1, b2)
 
     def iso(t: int) -> str:
         return dt.datetime.fromtimestamp(t, dt.UTC).isoformat()
@@ -88,6 +101,7 @@ def build_samples(
     fmt: str = "parquet",
     *,
     overwrite: bool = False,
+    spark: SparkOptions | None = None,
 ) -> dict[str, Any]:
     """Write train/valid/test samples, ``items.parquet`` and ``manifest.json`` into ``out_dir``.
 
@@ -104,6 +118,9 @@ def build_samples(
         fmt: ``"parquet"`` (``train.parquet`` ... with :data:`SAMPLE_COLUMNS`) or ``"sparrow"``
             (``train.csv`` ... in SparrowRecSys's 27-column layout).
         overwrite: write into a folder of other files (they are kept; a name clash is refused).
+        spark: run the feature SQL on Apache Spark with these options (None: DuckDB, the default). The files,
+            their schema and every value are the same (floats to rounding); needs ``pip install
+            'deepcrossing[spark]'`` and a Java 17 runtime.
 
     Returns:
         The manifest dict (also written to ``manifest.json``): rows and positive rate per split, split
@@ -120,23 +137,35 @@ def build_samples(
         raise InputError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}", field="format")
     started = time.perf_counter()
     target = out_dir if isinstance(out_dir, Reservation) else Path(out_dir)
-    with _connect(config) as con, owned_dir(
-            target, SAMPLES_OUTPUT, inputs=(dataset.ratings, dataset.items), overwrite=overwrite) as tmp:
-        n_ratings = _register_inputs(con, dataset)
-        genres = _genres(con)
-        split_expr, boundaries = _split_expr(con, config)
-        con.execute("CREATE VIEW events AS SELECT user_id, item_id, rating, label, timestamp, "
-                    "FALSE AS is_probe FROM ratings_src")
-        bits = _genre_bits(con)
+    with contextlib.ExitStack() as stack:
+        # DuckDB runs the feature SQL, or with Spark only reads the written files back (statistics, CSVs)
+        con = stack.enter_context(_connect(config))
+        engine: SqlEngine = DuckEngine(con)
+        if spark is not None:
+            from deepcrossing.features.spark import spark_engine
+
+            engine = stack.enter_context(spark_engine(spark))
+        tmp = stack.enter_context(owned_dir(target, SAMPLES_OUTPUT, inputs=(dataset.ratings, dataset.items),
+                                            overwrite=overwrite))
+        n_ratings = _register_inputs(engine, dataset)
+        genres = _genres(engine)
+        split_expr, boundaries = _split_expr(engine, config)
+        engine.execute(engine.dialect.create_view("events", "SELECT user_id, item_id, rating, label, timestamp, "
+                                                            "FALSE AS is_probe FROM ratings_src"))
+        bits = _genre_bits(engine)
         query = feature_sql(genres, label_threshold=config.label_threshold, recent_n=config.recent_n,
-                            genre_bits=bits)
+                            genre_bits=bits, dialect=engine.dialect)
         parts = tmp / ".parts"
         parts.mkdir()
         files = {name: (tmp if fmt == "parquet" else parts) / f"{name}.parquet" for name in SPLIT_NAMES}
         # no global ORDER BY: sorting every wide row would double the work and spill at 20M rows; the rows of
         # a file are the same on every run, their order is not (sort by timestamp when it matters)
-        _write_splits(con, f"SELECT * EXCLUDE (is_probe), {split_expr} AS split FROM ({query})", files,
-                      lambda batch: assemble(batch, genres, config.recent_n, bits))
+        flat = flat_columns(len(genres), config.recent_n, bits)
+        scratch = parts / "engine"
+        scratch.mkdir()
+        batches = engine.batches(f"SELECT {', '.join(flat)}, {split_expr} AS split FROM ({query}) q", scratch,
+                                 flat_schema(len(genres), config.recent_n, bits))
+        _write_splits(batches, files, lambda batch: assemble(batch, genres, config.recent_n, bits))
         stats = _split_stats(con, files)
         if fmt == "sparrow":
             from deepcrossing.features.sparrow import write_sparrow_csv
@@ -150,6 +179,7 @@ def build_samples(
             "kind": KIND,
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "format": fmt,
+            "engine": engine.describe(),
             "files": {name: f"{name}.{'parquet' if fmt == 'parquet' else 'csv'}" for name in SPLIT_NAMES}
             | {"items": "items.parquet"},
             "dataset": {"name": dataset.name, "ratings": n_ratings, "sources": dict(dataset.sources),
@@ -173,17 +203,17 @@ def build_samples(
     return manifest
 
 
-def _write_splits(con: duckdb.DuckDBPyConnection, query: str, files: dict[str, Path],
+def _write_splits(batches: Iterable[pa.RecordBatch], files: dict[str, Path],
                   finish: Callable[[pa.RecordBatch], pa.RecordBatch]) -> None:
-    """Stream the query's Arrow batches into one Parquet file per split (bounded memory).
+    """Stream the engine's Arrow batches into one Parquet file per split (bounded memory).
 
-    DuckDB computes (2 threads) while this thread builds the nested user columns with ``finish``
-    (:func:`deepcrossing.features.sql.assemble`) and writes with pyarrow.
+    The engine computes (DuckDB: 2 threads) while this thread builds the nested user columns with ``finish``
+    (:func:`deepcrossing.features.sql.assemble`) and writes with pyarrow, the same for every engine.
     """
     writers: dict[str, pq.ParquetWriter] = {}
     schema = None
     try:
-        for batch in con.sql(query).to_arrow_reader(_BATCH_ROWS):
+        for batch in batches:
             batch = finish(batch)
             split = batch.column("split")
             batch = batch.drop_columns(["split"])

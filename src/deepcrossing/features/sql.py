@@ -8,8 +8,12 @@ ROW``; ``RANGE BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING`` only for the latest
 positives" and genre counts come from a per-user numbered stream of positive events (``pos_rank``) computed
 with ``LAG`` / cumulative ``SUM`` windows once per positive event and joined back on ``(user, number of
 earlier positives)``: no ASOF JOIN and no O(n^2) window. The nested columns are assembled from flat state
-columns by :func:`assemble` (vectorized Arrow/numpy; the Spark equivalents are in :func:`feature_sql`).
-DuckDB list indexing ``genres[1]`` is 1-based (Spark: ``element_at(genres, 1)``).
+columns by :func:`assemble` (vectorized Arrow/numpy, the same for every engine).
+The query is rendered for DuckDB or Spark SQL by a :class:`~deepcrossing.features.dialect.Dialect` (list
+indexing, types, literals); every feature is written here once. To add a column: declare it in
+:data:`~deepcrossing.features.columns.COLUMNS` (type in DuckDB spelling) and compute it here in portable SQL,
+with a ``Dialect`` method for anything the engines spell differently (add one there if needed); the engine
+equality test (tests/features/test_spark_equality.py) then proves both engines agree on it.
 
 Relations the query expects in the connection:
     events(user_id BIGINT, item_id BIGINT, rating DOUBLE, label TINYINT, timestamp BIGINT, is_probe BOOLEAN)
@@ -22,8 +26,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from deepcrossing.duck import sql_str
-from deepcrossing.features.columns import SAMPLE_COLUMNS
+from deepcrossing.features.columns import COLUMNS, SAMPLE_COLUMNS, arrow_type
+from deepcrossing.features.dialect import DUCKDB, Dialect
 
 
 def _stddev(n: str, s: str, ss: str) -> str:
@@ -62,7 +66,7 @@ def _genre_packs(n_genres: int, bits: int) -> list[list[int]]:
 
 
 def feature_sql(genres: list[str], *, label_threshold: float, recent_n: int,
-                genre_bits: int = 31) -> str:
+                genre_bits: int = 31, dialect: Dialect = DUCKDB) -> str:
     """The sample query over ``events`` and ``items_src``; one output row per event (probes included).
 
     The query computes everything as flat columns. The user's positive history at a sample is the state
@@ -72,10 +76,8 @@ def feature_sql(genres: list[str], *, label_threshold: float, recent_n: int,
     counts several genres (20 genre windows were the costliest part of the query). That state is computed
     once per positive event and joined to the samples on (user, k); :func:`assemble` then turns it into the
     nested columns (:data:`NESTED_COLUMNS`) with vectorized Arrow/numpy code instead of per-row list
-    functions, which were most of the run time (building and exporting lists of 20M rows). Spark equivalents
-    of that step:
-    ``slice(array(_rp0, ...), 1, least(_npos, N))``, ``sort_array(array(_g0 * G + (G-1-0), ...), false)``
-    and ``map_from_entries(filter(array(struct(...)), x -> x.value > 0))``.
+    functions, which were most of the run time (building and exporting lists of 20M rows). Every engine's
+    flat rows go through that same :func:`assemble` (Spark's too), so the nested columns have one definition.
 
     Args:
         genres: the genre vocabulary (sorted distinct genres of the items); one cumulative count per genre.
@@ -83,24 +85,27 @@ def feature_sql(genres: list[str], *, label_threshold: float, recent_n: int,
         recent_n: N of ``userRecentPositives``.
         genre_bits: bits per packed genre counter (:func:`genre_bits` of the largest number of events of one
             user); a user must have fewer than ``2**genre_bits`` positives.
+        dialect: the engine to render for (:data:`~deepcrossing.features.dialect.DUCKDB` or ``SPARK``).
 
     Returns:
-        SQL text selecting :data:`SAMPLE_COLUMNS` in order except :data:`NESTED_COLUMNS`, then ``_npos``,
-        ``_rp*``, ``_gp*`` and ``is_probe``.
+        SQL text selecting :func:`flat_columns` (:data:`SAMPLE_COLUMNS` in order except
+        :data:`NESTED_COLUMNS`, then ``_npos``, ``_rp*``, ``_gp*``) and ``is_probe``.
 
     Example:
         >>> "RANGE BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING" in feature_sql(["Drama"], label_threshold=3.5,
         ...                                                                     recent_n=10)
         True
     """
+    d = dialect
     lags = ",\n        ".join(
         f"LAG(item_id, {j}) OVER w_pos AS rp{j}" if j else "item_id AS rp0" for j in range(recent_n)
     )
     packs = _genre_packs(len(genres), genre_bits)
     # per item: its genres as 0/1 counters at bit offsets genre_bits * slot (plain integer arithmetic)
     item_packs = ",\n           ".join(
-        "CAST(" + " + ".join(f"CASE WHEN array_contains(genres, {sql_str(genres[g])}) THEN {1 << (genre_bits * slot)} "
-                             f"ELSE 0 END" for slot, g in enumerate(pack)) + f" AS BIGINT) AS gp{p}"
+        "CAST(" + " + ".join(f"CASE WHEN array_contains(genres, {d.str_lit(genres[g])}) "
+                             f"THEN {1 << (genre_bits * slot)} ELSE 0 END" for slot, g in enumerate(pack))
+        + f" AS BIGINT) AS gp{p}"
         for p, pack in enumerate(packs)
     ) or "0 AS gp_none"
     pos_packs = ", ".join(f"COALESCE(i.gp{p}, 0) AS gp{p}" for p in range(len(packs))) or "0 AS gp_none"
@@ -121,7 +126,8 @@ ev AS (
     SELECT e.user_id, e.item_id, e.rating, e.timestamp, e.is_probe,
            CAST(CASE WHEN e.is_probe THEN NULL
                      WHEN e.label IS NOT NULL THEN e.label
-                     WHEN e.rating >= {label_threshold!r} THEN 1 ELSE 0 END AS TINYINT) AS label,
+                     WHEN e.rating >= CAST({float(label_threshold)!r} AS DOUBLE) THEN 1 ELSE 0 END
+                AS TINYINT) AS label,
            CAST(i.year AS BIGINT) AS year
     FROM events e LEFT JOIN items_src i ON e.item_id = i.item_id
 ),
@@ -182,7 +188,7 @@ joined AS (
     FROM win LEFT JOIN state st ON win.user_id = st.user_id AND win.u_pos = st.pos_rank
 ),
 final AS (
-    SELECT joined.*, COALESCE(i.genres, CAST([] AS VARCHAR[])) AS genres
+    SELECT joined.*, COALESCE(i.genres, {d.empty_list('VARCHAR[]')}) AS genres
     FROM joined LEFT JOIN items_src i ON joined.item_id = i.item_id
 )
 SELECT
@@ -191,11 +197,11 @@ SELECT
     CAST(rating AS DOUBLE) AS rating,
     timestamp,
     label,
-    CAST(year AS INTEGER) AS releaseYear,
+    {d.cast("year", "INTEGER")} AS releaseYear,
     genres AS movieGenres,
-    genres[1] AS movieGenre1,
-    genres[2] AS movieGenre2,
-    genres[3] AS movieGenre3,
+    {d.list_get("genres", 1)} AS movieGenre1,
+    {d.list_get("genres", 2)} AS movieGenre2,
+    {d.list_get("genres", 3)} AS movieGenre3,
     m_n AS movieRatingCount,
     CASE WHEN m_nr > 0 THEN m_s / m_nr END AS movieAvgRating,
     {_stddev("m_nr", "m_s", "m_ss")} AS movieRatingStddev,
@@ -214,6 +220,59 @@ SELECT
     is_probe
 FROM final
 """
+
+
+def flat_columns(n_genres: int, recent_n: int, genre_bits: int = 31) -> list[str]:
+    """The columns :func:`feature_sql` selects before ``is_probe``, in order (what :func:`assemble` reads).
+
+    Example:
+        >>> flat_columns(2, 5)[-8:]
+        ['movieSecondsSinceFirstRating', '_npos', '_rp0', '_rp1', '_rp2', '_rp3', '_rp4', '_gp0']
+    """
+    packs = _genre_packs(n_genres, genre_bits)
+    return ([c for c in SAMPLE_COLUMNS if c not in NESTED_COLUMNS] + ["_npos"]
+            + [f"_rp{j}" for j in range(recent_n)] + [f"_gp{p}" for p in range(len(packs))])
+
+
+def flat_schema(n_genres: int, recent_n: int, genre_bits: int = 31) -> pa.Schema:
+    """Arrow types of :func:`flat_columns` (DuckDB's, from :data:`~deepcrossing.features.columns.COLUMNS`) plus
+    the ``split`` text column: what every engine's query result is cast to.
+
+    Example:
+        >>> flat_schema(2, 5).field("label").type, flat_schema(2, 5).field("_rp0").type
+        (DataType(int8), DataType(int64))
+    """
+    fields = [pa.field(c, arrow_type(COLUMNS[c].type) if c in COLUMNS else pa.int64())
+              for c in flat_columns(n_genres, recent_n, genre_bits)]
+    return pa.schema([*fields, pa.field("split", pa.string())])
+
+
+SPLIT_BUCKETS = 1_000_000
+"""The random split's resolution: a row's bucket in ``[0, SPLIT_BUCKETS)`` is compared with integer cuts."""
+
+
+def random_split_sql(seed: int, fractions: tuple[float, float, float], dialect: Dialect = DUCKDB) -> str:
+    """The split of each sample row (``'train'``/``'valid'``/``'test'``) by a seeded md5 coin per rating.
+
+    The bucket is md5 of ``"userId:movieId:timestamp:seed"`` (see
+    :meth:`~deepcrossing.features.dialect.Dialect.md5_bucket`), compared with integer cuts, so DuckDB and Spark
+    put every row in the same split (``hash()`` differs between the engines).
+
+    Example:
+        >>> random_split_sql(7, (0.8, 0.1, 0.1)).count("800000"), "md5(" in random_split_sql(7, (0.8, 0.1, 0.1))
+        (1, True)
+    """
+    bucket = dialect.md5_bucket(["userId", "movieId", "timestamp", str(int(seed))], SPLIT_BUCKETS)
+    cut_train = round(fractions[0] * SPLIT_BUCKETS)
+    cut_valid = round((fractions[0] + fractions[1]) * SPLIT_BUCKETS)
+    return (f"CASE WHEN {bucket} < {cut_train} THEN 'train' WHEN {bucket} < {cut_valid} THEN 'valid' "
+            "ELSE 'test' END")
+
+
+def time_split_sql(valid_start: int, test_start: int) -> str:
+    """The split of each sample row by time: train before ``valid_start``, test from ``test_start`` on."""
+    return (f"CASE WHEN timestamp < {int(valid_start)} THEN 'train' WHEN timestamp < {int(test_start)} "
+            "THEN 'valid' ELSE 'test' END")
 
 
 def assemble(batch: pa.RecordBatch | pa.Table, genres: list[str], recent_n: int,
