@@ -95,3 +95,33 @@ def test_service_recalls_the_validated_merge_as_measured(models, synth_data, ser
         cold = httpx.get(f"{server.url}/recommend/{users[3]}", params={"k": 10}).json()
         assert cold["known"] is False and len(cold["items"]) == 10
     engine.store.close()
+
+
+def test_compat_emb_and_similar_search_the_stored_channels(models, synth_data, served, server_thread):
+    """``/getrecforyou?model=emb`` searches the version's ``emb`` channel (the offline emb channel over the
+    same vectors); ``/getsimilarmovie`` searches item2vec (the version has it) by the movie's own vector."""
+    from deepcrossing.serving.app import create_app
+    from deepcrossing.serving.settings import ServingSettings
+    from deepcrossing.training.retrieval import emb_channel
+
+    recall, url, meta = served["recall"], served["url"], served["meta"]
+    engine = Engine.open(models["root"] / "m0", url, recall=recall)
+    snap = engine.state.snapshot
+    emb, i2v = snap.channels["emb"].index, snap.channels["item2vec"].index
+    offline = emb_channel(Prior(snap.movie_ids[snap.candidate_rows]), emb.ids, emb.vectors)
+    app_ = create_app(ServingSettings(models["root"] / "m0", url, recall_dir=recall.path))
+    with server_thread(app_) as server:
+        for user in [int(u) for u in meta["example_users"][:3]]:
+            record = engine.fetch_user(user).record
+            state = UserState(user, np.asarray(sorted(record["rated"]), dtype=np.int64),
+                              np.asarray(record["features"]["userRecentPositives"], dtype=np.int64), ())
+            got = httpx.get(f"{server.url}/getrecforyou", params={"id": user, "size": 20, "model": "emb"}).json()
+            assert [m["movieId"] for m in got] == offline(state, 20).tolist()
+        known = np.flatnonzero(np.abs(i2v.vectors).sum(axis=1) > 0)
+        for pos in known[:5].tolist():
+            movie = int(i2v.ids[pos])
+            sims = i2v.vectors @ i2v.vectors[pos]                         # unit rows: cosine
+            order = [int(i2v.ids[j]) for j in np.lexsort((i2v.ids, -sims)) if j != pos and j in set(known)][:10]
+            got = httpx.get(f"{server.url}/getsimilarmovie", params={"movieId": movie, "size": 10}).json()
+            assert [m["movieId"] for m in got] == order
+    engine.store.close()

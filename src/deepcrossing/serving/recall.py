@@ -43,8 +43,8 @@ from deepcrossing.training.retrieval import Channel, IdArray, Prior, UserState, 
     trending_channel
 from deepcrossing.training.retrieval_merge import merge_lists
 
-__all__ = ["BUILTIN", "Plan", "default_plan", "merged_rows", "parse_channels", "recall_rows", "sorted_contains",
-           "user_state"]
+__all__ = ["BUILTIN", "Plan", "default_plan", "index_channel", "merged_rows", "parse_channels", "recall_rows",
+           "sorted_contains", "user_state"]
 
 BUILTIN = ("genres", "popularity")
 TOP_GENRES = ("userGenre1", "userGenre2", "userGenre3")
@@ -185,9 +185,11 @@ def user_state(user_id: int, record: Record | None) -> UserState:
     return UserState(int(user_id), rated, recent, genres)
 
 
-def _index_channel(channel: Any, query: np.ndarray | None, prior: Prior) -> Channel:
-    """A vector channel's index as an offline channel: the ``n`` best unrated movies for ``query``, popularity
-    for a user without a vector (as :func:`deepcrossing.training.retrieval.vector_channel`)."""
+def index_channel(channel: Any, query: np.ndarray | None, prior: Prior) -> Channel:
+    """A served vector channel (:class:`~deepcrossing.serving.channels.VectorChannel`) as an offline channel:
+    the ``n`` best unrated movies for ``query`` by its index (exact or HNSW), popularity for a user without a
+    vector (as :func:`deepcrossing.training.retrieval.vector_channel`). The merged recall and the compat
+    ``model=emb`` recall both search through it."""
     fallback = popularity_channel(prior)
 
     def recall(user: UserState, n: int) -> IdArray:
@@ -220,7 +222,7 @@ def merged_rows(snap: Any, user_id: int, record: Record | None, total: int,
             channel = genre_channel(prior)
         else:
             vectors = snap.channels[name]
-            channel = _index_channel(vectors, vectors.user_vector(features, user_table), prior)
+            channel = index_channel(vectors, vectors.user_vector(features, user_table), prior)
         lists.append(np.asarray(channel(user, total), dtype=np.int64))
     ids, source = merge_lists(lists, [w for _, w in snap.merge], total)
     rows = np.searchsorted(snap.movie_ids, ids).astype(np.int64)       # movie_ids are sorted; every id is a movie
