@@ -97,6 +97,18 @@ def tune_als(samples: Path) -> tuple[int, dict[int, float]]:
     return max(scores, key=lambda f: scores[f]), scores
 
 
+def static_oracle(data: Any, k: int = 100) -> float:
+    """A bound, not a channel: Recall@``k`` of the one list of ``k`` movies (the same for every user) that the
+    TEST answers favour most (each relevant movie counts 1 / |relevant| of its user). Cold users (most test
+    users here) can only get a list like this, so the merged recall can beat it only through warm users."""
+    weight: dict[int, float] = {}
+    for rel in data.relevant:
+        for m in rel.tolist():
+            weight[m] = weight.get(m, 0.0) + 1.0 / rel.size
+    top = set(sorted(weight, key=lambda m: (-weight[m], m))[:k])
+    return float(np.mean([len(top & set(r.tolist())) / r.size for r in data.relevant if r.size]))
+
+
 def end_to_end(data: Any, loaded: Any, channels: dict[str, Any]) -> dict[str, dict[str, float]]:
     """Top-10 NDCG / Recall / HitRate of ``channel -> Deep Crossing`` over the users with a relevant movie."""
     import pyarrow as pa
@@ -195,6 +207,7 @@ def run_dataset(name: str, work: Path, args: argparse.Namespace) -> dict[str, An
     report = evaluate_retrieval(data, channels, KS)
     report["end_to_end"] = end_to_end(data, loaded, {"popularity-800": channels["popularity"],
                                                      "merged-800": channels["merged"]})
+    report["bounds"] = {"static_oracle@100": static_oracle(data)}
     report.update(dataset=name, model_dir=str(model), recall_dir=str(recall_dir), peers=extra,
                   merge=manifest["merge"], recall_training=manifest["metrics"],
                   seconds=round(time.perf_counter() - started, 2))
@@ -215,6 +228,8 @@ def run_dataset(name: str, work: Path, args: argparse.Namespace) -> dict[str, An
     print("end to end (800 candidates -> Deep Crossing -> top 10):")
     for ch, row in report["end_to_end"].items():
         print(f"  {ch:<16}" + "  ".join(f"{m} {v:.4f}" for m, v in row.items()))
+    print(f"bound (reads the test answers, not a channel): the best single list of 100 for every user "
+          f"{report['bounds']['static_oracle@100']:.4f}")
     weights = ", ".join(f"{k} {v:g}" for k, v in manifest["merge"]["weights"].items())
     print(f"merge weights (valid Recall@100 {manifest['merge']['valid_recall']:.4f}): {weights}")
     if isinstance(extra.get("als"), str):

@@ -54,6 +54,32 @@ from deepcrossing.features.sql import assemble, feature_sql
 #: popularity channel (:mod:`deepcrossing.training.retrieval_data`).
 POPULARITY_ORDER = "COALESCE(s.n, 0) DESC, s.avg DESC NULLS LAST, i.item_id"
 
+
+
+def trending_sql(ratings: str, items: str, *, since: int, until: int, item: str = "item_id") -> str:
+    """The one definition of the ``trending`` list: every movie of ``items`` (column ``item_id``) by its rating
+    count in ``[since, until)``, then :data:`POPULARITY_ORDER`'s tie rules (average, unrated last, id). The
+    service's list (``since`` = N days before the store's last rating) and retrieval's trending channel
+    (N days before the test start) both run it.
+
+    Args:
+        ratings: a relation with ``timestamp``, ``rating`` and the movie column ``item``; items: a relation
+            with ``item_id``; since, until: the window in seconds.
+
+    Example:
+        >>> import duckdb
+        >>> con = duckdb.connect()
+        >>> _ = con.execute("CREATE TABLE r AS SELECT * FROM (VALUES (1, 4.0, 10), (2, 3.0, 50), (2, 5.0, 60), "
+        ...                 "(1, 5.0, 61)) t(movieId, rating, timestamp)")
+        >>> _ = con.execute("CREATE TABLE i AS SELECT * FROM (VALUES (1), (2), (3)) t(item_id)")
+        >>> con.sql(trending_sql("r", "i", since=20, until=61, item="movieId")).fetchall()
+        [(2,), (1,), (3,)]
+    """
+    return (f"SELECT i.item_id FROM {items} i LEFT JOIN (SELECT {item} AS item_id, COUNT(*) AS n, AVG(rating) AS avg "
+            f"FROM {ratings} WHERE timestamp >= {int(since)} AND timestamp < {int(until)} GROUP BY {item}) s "
+            f"ON s.item_id = i.item_id ORDER BY {POPULARITY_ORDER}")
+
+
 DEFAULT_HISTORY_N = 20
 DEFAULT_MAX_CANDIDATES = 5000
 DEFAULT_USER_RATINGS_N = 1000   # ratings per user kept for display (SparrowRecSys's /getuser), most recent first
@@ -79,6 +105,8 @@ class OnlineRecords:
             ``history``, at most ``user_ratings_n``), ``ratingCount``, ``averageRating``, ``highestRating``,
             ``lowestRating`` (over all the user's ratings; null for label-only logs).
         candidates: (C,) movie ids, most popular first.
+        trending: (C,) movie ids by :func:`trending_sql` over the ``trending_days`` before ``t_end`` (empty:
+            not asked for).
         t_end: the "now" of the features: the last rating's time + 1 (relative columns count from it).
         cold_user: the features of an unknown user (``userId`` None: put the id asked for).
         cold_movie: the features of an unknown movie (``movieId`` None).
@@ -91,6 +119,7 @@ class OnlineRecords:
     candidates: list[int]
     t_end: int
     user_info: pa.Table = field(default_factory=lambda: pa.table({}))
+    trending: list[int] = field(default_factory=list)
     cold_user: dict[str, Any] = field(default_factory=lambda: cold_features("user"))
     cold_movie: dict[str, Any] = field(default_factory=lambda: cold_features("movie"))
 
@@ -102,6 +131,7 @@ def online_records(
     history_n: int = DEFAULT_HISTORY_N,
     max_candidates: int = DEFAULT_MAX_CANDIDATES,
     user_ratings_n: int = DEFAULT_USER_RATINGS_N,
+    trending_days: int | None = None,
 ) -> OnlineRecords:
     """Compute the online records of every user and movie as of the end of the data.
 
@@ -112,6 +142,8 @@ def online_records(
         max_candidates: length of the candidate list (>= 1).
         user_ratings_n: ratings kept per user for display in ``user_info`` (>= 0; the count and the mean,
             highest and lowest rating are over all of them).
+        trending_days: compute ``trending`` (the ``max_candidates`` most rated movies of the last so many
+            days, :func:`trending_sql`); ``None``: not computed.
 
     Returns:
         :class:`OnlineRecords`.
@@ -148,13 +180,17 @@ def online_records(
             "SELECT i.item_id FROM items_src i LEFT JOIN movie_stats s USING (item_id) "
             f"ORDER BY {POPULARITY_ORDER} LIMIT {max_candidates}"
         ).fetchall()]
+        trending = [] if trending_days is None else [int(r[0]) for r in con.execute(
+            trending_sql("ratings_src", "items_src", since=t_end - 86400 * int(trending_days), until=t_end)
+            + f" LIMIT {max_candidates}").fetchall()]
     histories = per_user.select(["userId", "history", "rated"])
     user_info = per_user.select(["userId", "ratings", "ratingCount", "averageRating", "highestRating",
                                  "lowestRating"])
     _check_aligned(users, histories, "userId")
     _check_aligned(movies, movie_info, "movieId")
     return OnlineRecords(users=users, histories=histories, movies=movies, movie_info=movie_info,
-                         candidates=candidates, t_end=t_end, user_info=user_info)
+                         candidates=candidates, t_end=t_end, user_info=user_info,
+                         trending=trending)
 
 
 def latest_features(dataset: Dataset, config: FeatureConfig | None = None) -> tuple[pa.Table, pa.Table]:

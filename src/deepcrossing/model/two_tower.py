@@ -86,7 +86,9 @@ class TwoTowerConfig(StrictConfig):
 
     dim: Annotated[int, Field(ge=2, le=1024)] = 64
     hidden: Annotated[tuple[Annotated[int, Field(ge=1, le=8192)], ...], AS_TUPLE] = (256,)
-    temperature: Annotated[float, Field(gt=0.0, le=10.0)] = 0.05
+    #: 0.1 with 2048-sample batches, chosen on the validation splits (Recall@100 of ml-latest-small / ml-100k:
+    #: 0.2478 / 0.4513 vs 0.2388 / 0.3859 for 0.05 with 512; benchmarks/retrieval.py)
+    temperature: Annotated[float, Field(gt=0.0, le=10.0)] = 0.1
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
 
 

@@ -23,7 +23,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +36,16 @@ from deepcrossing.hashing import file_sha256
 from deepcrossing.serving.ann import VectorIndex
 from deepcrossing.serving.store import FeatureStore, Record, Ref, StoreError
 from deepcrossing.training.emb_vectors import EmbVectors
+from deepcrossing.training.retrieval import Prior
+from deepcrossing.training.retrieval_data import TRENDING_DAYS
 from deepcrossing.training.vectors import ItemVectors
 
-__all__ = ["RecallFolder", "VectorChannel", "channel_blobs", "emb_channel", "load_channels", "load_recall_folder"]
+__all__ = ["TRENDING_BLOB", "RecallFolder", "VectorChannel", "channel_blobs", "emb_channel", "load_channels",
+           "load_merge", "load_recall_folder"]
 
 PREFIX = "vectors"
+Merge = tuple[tuple[str, float], ...]
+TRENDING_BLOB = "lists/trending"   # (C,) little-endian int64 movie ids, the trending order (features.online)
 
 
 @dataclass(frozen=True)
@@ -49,11 +54,16 @@ class RecallFolder:
 
     Attributes:
         path: the folder; checksum: SHA-256 of its ``manifest.json``; channels: name -> ItemVectors.
+        merge: channel -> weight, the manifest's ``merge.weights`` chosen on validation (the service's
+            default plan, :func:`deepcrossing.serving.recall.merged_rows`); trending_days: the window of its
+            ``trending`` channel (the manifest's ``merge.trending_days``).
     """
 
     path: Path
     checksum: str
     channels: Mapping[str, ItemVectors]
+    merge: Mapping[str, float] = field(default_factory=dict)
+    trending_days: int = TRENDING_DAYS
 
 
 def load_recall_folder(path: str | Path) -> RecallFolder:
@@ -67,10 +77,18 @@ def load_recall_folder(path: str | Path) -> RecallFolder:
     if not manifest.is_file():
         raise InputError("not a recall folder (no manifest.json); make one with `deepcrossing train-recall`",
                          path=folder, field="recall")
-    from deepcrossing.training.recall_model import load_recall
+    from deepcrossing.training.recall_model import load_recall, read_manifest
 
     channels: Mapping[str, ItemVectors] = load_recall(folder)
-    return RecallFolder(folder.resolve(), file_sha256(manifest), dict(channels))
+    merge = read_manifest(folder)["merge"]
+    weights = merge.get("weights") if isinstance(merge, dict) else None
+    days = merge.get("trending_days", TRENDING_DAYS) if isinstance(merge, dict) else TRENDING_DAYS
+    if (not isinstance(weights, dict) or not all(isinstance(w, int | float) and w >= 0 for w in weights.values())
+            or not isinstance(days, int) or days < 1):
+        raise InputError("merge.weights must map channels to weights >= 0 and merge.trending_days be an integer "
+                         ">= 1; run train-recall again", path=manifest, field="merge")
+    return RecallFolder(folder.resolve(), file_sha256(manifest), dict(channels),
+                        {str(c): float(w) for c, w in weights.items()}, days)
 
 
 def channel_blobs(channels: Mapping[str, ItemVectors], movies: pa.Table,
@@ -172,3 +190,30 @@ def load_channels(store: FeatureStore, ref: Ref, meta: Record, row_of: Mapping[i
                               else recall.channels[name])  # type: ignore[union-attr]
         out[name] = VectorChannel(name, index, _rows(index.ids, row_of), users)
     return out
+
+
+def load_merge(store: FeatureStore, ref: Ref, meta: Record, movie_ids: NDArray[np.int64],
+               candidate_rows: NDArray[np.int64], genre_masks: Mapping[str, NDArray[np.bool_]],
+               channels: Mapping[str, VectorChannel], recall: RecallFolder | None) -> tuple[Merge, Prior | None]:
+    """The recall folder's validated merge as the version can serve it, and the :class:`Prior` its built-in
+    channels read (popularity = the candidates, genres = their masks, trending = the version's list).
+
+    Returns:
+        ``((channel, weight > 0), ...)`` and the prior; ``((), None)`` when there is no recall folder or the
+        version lacks a channel the merge needs (published without ``--recall``): the default plan then
+        stays :func:`deepcrossing.serving.recall.default_plan`.
+
+    Raises:
+        StoreError: the trending list differs from what was published.
+    """
+    if recall is None or not recall.merge:
+        return (), None
+    used = tuple((name, float(w)) for name, w in recall.merge.items() if w > 0)
+    has_trending = TRENDING_BLOB in (meta.get("blobs") or {})
+    servable = {*channels, "genres", "popularity", *(("trending",) if has_trending else ())}
+    if not used or any(name not in servable for name, _ in used):
+        return (), None
+    trending = np.zeros(0, dtype=np.int64)
+    if has_trending:
+        trending = np.frombuffer(store.blob(ref, TRENDING_BLOB, meta), dtype="<i8").astype(np.int64)
+    return used, Prior(movie_ids[candidate_rows], dict(genre_masks), trending)

@@ -10,9 +10,9 @@ route (:mod:`deepcrossing.serving.routers.compat`)       answer
 ``/getrecforyou?id=U&size=N&model=M``                    ``M=emb``: embedding recall (below); any other value
                                                          (``nerualcf``, ``deepcrossing``, ...) or none: the
                                                          service's ranking (:meth:`Engine.recommend`): [Movie]
-``/getsimilarmovie?movieId=M&size=N&model=emb``          the movie's nearest movies by item vector, as
-                                                         :meth:`Engine.movie_info`'s neighbours (``model`` is
-                                                         accepted and ignored: there is one similarity): [Movie]
+``/getsimilarmovie?movieId=M&size=N&model=emb``          the movie's nearest movies by item vector: item2vec
+                                                         when the version has it, else ``emb`` (below;
+                                                         ``model`` is accepted and ignored): [Movie]
 ``/getmovie?id=M``                                       Movie
 ``/getuser?id=U``                                        User
 =======================================================  ==========================================================
@@ -26,12 +26,19 @@ Java's default), topRatings: [{"rating": Rating}] (at most 10: highest score fir
 of them); **Rating** ``{movieId: int, userId: int, score: number, timestamp: int}``.
 
 Embedding recall (``model=emb``), as SparrowRecSys does it: the user vector is the mean of the unit item
-vectors of the user's recent positive movies (``userRecentPositives``; the item vectors are the movie-side
-partials of the first MLP layer that :meth:`Engine.movie_info`'s neighbours use, :attr:`Snapshot.unit`); the
-answer is the top ``size`` candidates by cosine, ties by smaller id, leaving out every movie the user rated.
-A user with no positives (an unknown user too) gets the candidates in popularity order, minus what they rated.
-A retrieval stage plugs in as another entry of :attr:`Compat.recallers`; every other ``model`` goes through
-:meth:`Engine.recommend`, so it follows whatever the service's ranking does.
+vectors of the user's recent positive movies (``userRecentPositives``; :class:`~deepcrossing.training.
+emb_vectors.EmbVectors`, the item vectors being the movie-side partials of the first MLP layer), searched in
+the version's stored ``emb`` channel (its index, exact or HNSW: :func:`deepcrossing.serving.recall.
+index_channel`, the search the merged recall uses; a version published without vectors gets the channel
+from the served model's partials, exact): the top ``size`` movies, ties by smaller id, leaving out every movie
+the user rated. A user with no positives (an unknown user too) gets the candidates in popularity order,
+minus what they rated. Every other ``model`` goes through :meth:`Engine.recommend`, so it follows whatever
+the service's ranking does.
+
+Similar movies (``/getsimilarmovie``) search the same way from the movie's own vector, in the version's
+``item2vec`` channel when it has one and the movie has an item2vec vector (SparrowRecSys's similar movies
+are its item2vec embeddings: movies rated in the same sessions), else in the ``emb`` channel (movies the
+ranking model treats alike); the movie itself is left out.
 
 Bad and unknown input (never a 500):
 
@@ -62,13 +69,15 @@ from typing import Any
 
 import numpy as np
 
+from deepcrossing.serving.channels import VectorChannel, emb_channel
 from deepcrossing.serving.engine import Engine, UserRead
-from deepcrossing.serving.recall import sorted_contains
+from deepcrossing.serving.recall import index_channel, user_state
 from deepcrossing.serving.snapshot import Snapshot
 from deepcrossing.serving.store import Record, StoreError
-from deepcrossing.training.retrieval import cosine_order
+from deepcrossing.training.retrieval import Prior
 
-__all__ = ["MAX_SIZE", "SORT_BY", "Catalog", "Compat", "display_title", "emb_recall", "movie_json", "user_json"]
+__all__ = ["MAX_SIZE", "SORT_BY", "Catalog", "Compat", "display_title", "emb_recall", "movie_json", "similar_ids",
+           "user_json"]
 
 MAX_SIZE = 1000                       # the largest ``size`` a compat request may ask for
 SORT_BY = ("rating", "releaseYear")
@@ -142,11 +151,15 @@ class Catalog:
         snapshot: the served snapshot these come from (its ``ref`` names the store version).
         movies: movie id -> Movie object (JSON-ready; shared by every answer, never modified).
         by_genre: genre -> sortby (:data:`SORT_BY`) -> movie ids, in answer order.
+        emb: the ``emb`` channel searched by ``model=emb`` (the version's, else the served model's).
+        prior: the popularity order (the candidates) for a user without a vector.
     """
 
     snapshot: Snapshot
     movies: dict[int, dict[str, Any]]
     by_genre: dict[str, dict[str, np.ndarray]] = field(repr=False)
+    emb: VectorChannel = field(repr=False)
+    prior: Prior = field(repr=False)
 
 
 def build_catalog(engine: Engine, snapshot: Snapshot) -> Catalog:
@@ -169,35 +182,40 @@ def build_catalog(engine: Engine, snapshot: Snapshot) -> Catalog:
         inside = np.zeros(len(ids), dtype=bool)
         inside[rows] = True
         by_genre[genre] = {key: ids[order[inside[order]]] for key, order in orders.items()}
-    return Catalog(snapshot, movies, by_genre)
+    emb = snapshot.channels.get("emb") or emb_channel(snapshot.movie_ids, snapshot.unit.numpy(), snapshot.row_of)
+    return Catalog(snapshot, movies, by_genre, emb, Prior(snapshot.movie_ids[snapshot.candidate_rows]))
 
 
-def emb_recall(snap: Snapshot, record: Record | None, size: int) -> list[int]:
-    """SparrowRecSys's embedding recall: the top ``size`` candidates (minus rated) by cosine with the mean of
-    the unit vectors of the user's recent positives; popularity order for a user without any.
+def emb_recall(catalog: Catalog, record: Record | None, size: int) -> list[int]:
+    """SparrowRecSys's embedding recall through the ``emb`` channel's index (see the module docstring).
 
     Args:
-        snap: the served snapshot (``unit``: (M, H) unit item vectors; ``candidate_rows``: (C,)).
+        catalog: the served version's catalog (its ``emb`` channel and popularity order).
         record: the user's store record, ``None`` for an unknown user.
         size: list length.
 
     Returns:
         Movie ids, best first.
     """
-    record = record or {}
-    pool = snap.candidate_rows
-    rated = record.get("rated")
-    if rated:
-        pool = pool[~sorted_contains(np.asarray(rated, dtype=np.int64), snap.movie_ids[pool])]
-    positives = (record.get("features") or {}).get("userRecentPositives") or []
-    rows = [snap.row_of[m] for m in positives if m in snap.row_of]
-    if not rows or len(pool) == 0:
-        return [int(m) for m in snap.movie_ids[pool[:size]]]
-    unit = snap.unit.numpy()                                              # (M, H), no copy
-    return [int(m) for m in cosine_order(unit[pool], snap.movie_ids[pool], unit[rows].mean(axis=0))[:size]]
+    user = user_state(0, record)
+    query = catalog.emb.user_vector((record or {}).get("features") or {}, None)
+    return [int(m) for m in index_channel(catalog.emb, query, catalog.prior)(user, size)]
 
 
-Recaller = Callable[[Snapshot, Record | None, int], list[int]]
+def similar_ids(catalog: Catalog, movie_id: int, size: int) -> list[int]:
+    """The ``size`` movies nearest to ``movie_id`` in the version's ``item2vec`` channel when it has one
+    and knows the movie, else in the ``emb`` channel (the movie itself left out); ``[]`` when unknown."""
+    for channel in (catalog.snapshot.channels.get("item2vec"), catalog.emb):
+        if channel is None:
+            continue
+        at = np.flatnonzero(channel.index.ids == movie_id)
+        if at.size and np.any(channel.index.vectors[at[0]]):
+            found = channel.index.search(channel.index.vectors[at[0]], size + 1)
+            return [int(m) for m in channel.index.ids[found[found != at[0]][:size]]]
+    return []
+
+
+Recaller = Callable[[Catalog, Record | None, int], list[int]]
 
 
 class Compat:
@@ -207,7 +225,7 @@ class Compat:
         engine: the service's engine (model + store).
 
     Attributes:
-        recallers: ``model`` value -> recall function ``(snapshot, user record, size) -> movie ids`` for
+        recallers: ``model`` value -> recall function ``(catalog, user record, size) -> movie ids`` for
             ``getrecforyou``; any other value goes through :meth:`Engine.recommend`.
     """
 
@@ -254,9 +272,8 @@ class Compat:
         return catalog.movies.get(movie_id)
 
     def similar(self, catalog: Catalog, movie_id: int, size: int) -> list[dict[str, Any]]:
-        """``/getsimilarmovie``: the engine's ``size`` nearest movies; ``[]`` for an unknown movie."""
-        info = self.engine.movie_info(movie_id, size)
-        return [] if info is None else self._movies(catalog, (n["movieId"] for n in info["neighbours"]))
+        """``/getsimilarmovie``: :func:`similar_ids`; ``[]`` for an unknown movie."""
+        return self._movies(catalog, similar_ids(catalog, movie_id, size))
 
     def user(self, read: UserRead, user_id: int) -> dict[str, Any] | None:
         """``/getuser``: the User, ``None`` when unknown. Its ratings are the version's ``displays`` record
@@ -274,7 +291,7 @@ class Compat:
         """``/getrecforyou``: a recaller's list for ``model`` (``emb``), else the engine's ranking."""
         recall = self.recallers.get(model or "")
         if recall is not None:
-            ids = recall(read.snapshot, read.record, size)
+            ids = recall(catalog, read.record, size)
         else:
             ranked = self.engine.recommend(user_id, k=size, candidates=RANK_CANDIDATES, fetched=read)
             ids = [item["movieId"] for item in ranked["items"]]

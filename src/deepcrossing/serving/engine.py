@@ -36,7 +36,7 @@ import torch
 from deepcrossing.errors import InputError
 from deepcrossing.serving.channels import RecallFolder
 from deepcrossing.serving.models import check_finite, load_model_dir, model_fingerprint
-from deepcrossing.serving.recall import BUILTIN, Plan, default_plan, recall_rows, sorted_contains
+from deepcrossing.serving.recall import BUILTIN, Plan, default_plan, merged_rows, recall_rows, sorted_contains
 from deepcrossing.serving.scorer import Scorer, UserPart, join_user_movies
 from deepcrossing.serving.snapshot import Snapshot, build_snapshot, empty_features, rescore_snapshot
 from deepcrossing.serving.store import FeatureStore, Record, StoreError, StoreUnavailable, VersionGone, open_store
@@ -277,7 +277,9 @@ class Engine:
             user_id: any 64-bit integer; unknown users get cold-start features.
             k: list length (>= 1).
             candidates: how many movies to recall when ``channels`` is not given (>= 1): the default plan
-                over the version's channels (:func:`~deepcrossing.serving.recall.default_plan`); a version
+                over the version's channels (the recall folder's validated merge when the version holds its
+                channels, :func:`~deepcrossing.serving.recall.merged_rows`, else
+                :func:`~deepcrossing.serving.recall.default_plan`); a version
                 without vector channels ranks the ``candidates`` most popular movies minus those rated.
             plain: use the full forward pass per candidate instead of the split fast path.
             fetched: the user's record read earlier by :meth:`fetch_user` (read here when ``None``).
@@ -297,6 +299,9 @@ class Engine:
             if record and record.get("rated"):
                 rows = rows[~sorted_contains(np.asarray(record["rated"], dtype=np.int64), snap.movie_ids[rows])]
             labels = np.zeros(len(rows), dtype=np.int8)
+        elif channels is None and snap.merge:        # the recall folder's validated merge: served = measured
+            rows, labels, plan = merged_rows(snap, user_id, record, candidates,
+                                             lambda: self._user_table(snap, user_id, record))
         else:
             plan = channels or default_plan(tuple(snap.channels), candidates)
             rows, labels = recall_rows(snap, record, plan, lambda: self._user_table(snap, user_id, record))

@@ -18,13 +18,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.ipc
 
 from deepcrossing.data.schema import Dataset
 from deepcrossing.features import FeatureConfig, online_records
 from deepcrossing.features.online import DEFAULT_HISTORY_N, DEFAULT_MAX_CANDIDATES, OnlineRecords
-from deepcrossing.serving.channels import RecallFolder, channel_blobs
+from deepcrossing.serving.channels import TRENDING_BLOB, RecallFolder, channel_blobs
 from deepcrossing.serving.store import FeatureStore, open_store
 from deepcrossing.training.vectors import ItemVectors
 
@@ -172,6 +173,7 @@ def publish_dataset(
     keep_previous_s: float = 0.0,
     vectors: Mapping[str, ItemVectors] | None = None,
     sources: Mapping[str, dict[str, Any]] | None = None,
+    trending_days: int | None = None,
 ) -> dict[str, Any]:
     """Compute and publish one new store version; return its meta (version, counts, checksum, ...).
 
@@ -185,11 +187,15 @@ def publish_dataset(
         keep_previous_s: seconds the previous version stays readable after the switch (services poll the
             pointer and move over within their poll interval).
         vectors, sources: vector recall channels to index into the version (see :func:`publish_records`).
+        trending_days: store the ``trending`` list too (a recall folder's window, ``merge.trending_days``).
     """
     target = open_store(store) if isinstance(store, str) else store  # a bad URL fails before the work
     try:
-        records = online_records(dataset, feature_config, history_n=history_n, max_candidates=max_candidates)
-        return publish_records(records, target, meta=_dataset_meta(dataset, feature_config) | (extra_meta or {}),
+        records = online_records(dataset, feature_config, history_n=history_n, max_candidates=max_candidates,
+                                 trending_days=trending_days)
+        extra = {} if trending_days is None else {"trending_days": int(trending_days)}
+        return publish_records(records, target, meta=_dataset_meta(dataset, feature_config) | extra
+                               | (extra_meta or {}),
                                keep_previous_s=keep_previous_s, vectors=vectors, sources=sources)
     finally:
         if target is not store:
@@ -217,6 +223,8 @@ def publish_records(records: OnlineRecords, store: FeatureStore | str, *, meta: 
     blobs: dict[str, bytes] = {}
     if vectors:
         blobs, full["vector_channels"] = channel_blobs(vectors, records.movies, sources or {})
+    if records.trending:   # the served ``trending`` channel (serving.recall.merged_rows)
+        blobs[TRENDING_BLOB] = np.asarray(records.trending, dtype="<i8").tobytes()
     target = open_store(store) if isinstance(store, str) else store
     try:
         version = target.publish(users, movies, candidates, meta=json.loads(json.dumps(full, default=str)),
@@ -306,5 +314,6 @@ def publish_for_model(
         meta = publish_dataset(dataset, store_url, feature_config=config,
                                extra_meta={"model_dir": str(model_dir.resolve()), "data": str(data)},
                                max_candidates=max_candidates, keep_previous_s=keep_previous_s,
-                               vectors=vectors, sources=sources)
+                               vectors=vectors, sources=sources,
+                               trending_days=None if recall is None else recall.trending_days)
     return meta | {"store": store_url, "feature_config_source": source}

@@ -13,6 +13,13 @@ sizes are what each channel contributes and every movie carries the first channe
 channel with nothing to say for a user (a cold user has no vector and no genre) adds nothing; popularity
 always can.
 
+With a recall folder (``serve --recall``) whose channels the version holds, the default plan is instead
+the folder's **validated merge** (:func:`merged_rows`): each channel of its ``merge.weights`` ranks the
+unrated movies as the offline evaluation measured it (the same channel functions of
+:mod:`deepcrossing.training.retrieval`: popularity, trending, the user's genres, and the vector channels, with
+popularity for a user they have nothing for) and the lists are merged by the same quota rule
+(:func:`deepcrossing.training.retrieval_merge.merge_lists`), so what is served is what was measured.
+
 Example:
     >>> parse_channels("emb:300, popularity:500", ("emb", "genres", "popularity"), 800)
     (('emb', 300), ('popularity', 500))
@@ -32,8 +39,12 @@ import pyarrow as pa
 
 from deepcrossing.errors import InputError
 from deepcrossing.serving.store import Record
+from deepcrossing.training.retrieval import Channel, IdArray, Prior, UserState, genre_channel, popularity_channel, \
+    trending_channel
+from deepcrossing.training.retrieval_merge import merge_lists
 
-__all__ = ["BUILTIN", "Plan", "default_plan", "parse_channels", "recall_rows", "sorted_contains"]
+__all__ = ["BUILTIN", "Plan", "default_plan", "index_channel", "merged_rows", "parse_channels", "recall_rows",
+           "sorted_contains", "user_state"]
 
 BUILTIN = ("genres", "popularity")
 TOP_GENRES = ("userGenre1", "userGenre2", "userGenre3")
@@ -156,3 +167,64 @@ def recall_rows(snap: Any, record: Record | None, plan: Plan,
     if not parts:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int8)
     return np.concatenate(parts).astype(np.int64), np.concatenate(labels)
+
+
+def user_state(user_id: int, record: Record | None) -> UserState:
+    """The user as the offline channels see one (:class:`~deepcrossing.training.retrieval.UserState`), from the
+    store record: ``rated``, ``userRecentPositives``, the top genres ``userGenre1..5`` (empty when cold).
+
+    Example:
+        >>> user_state(7, {"rated": [3, 1], "features": {"userRecentPositives": [3], "userGenre1": "Drama",
+        ...                                                "userGenre2": None}}).top_genres
+        ('Drama',)
+    """
+    features = (record or {}).get("features") or {}
+    rated = np.unique(np.asarray((record or {}).get("rated") or (), dtype=np.int64))
+    recent = np.asarray(features.get("userRecentPositives") or (), dtype=np.int64)
+    genres = tuple(str(g) for g in (features.get(f"userGenre{i}") for i in range(1, 6)) if g)
+    return UserState(int(user_id), rated, recent, genres)
+
+
+def index_channel(channel: Any, query: np.ndarray | None, prior: Prior) -> Channel:
+    """A served vector channel (:class:`~deepcrossing.serving.channels.VectorChannel`) as an offline channel:
+    the ``n`` best unrated movies for ``query`` by its index (exact or HNSW), popularity for a user without a
+    vector (as :func:`deepcrossing.training.retrieval.vector_channel`). The merged recall and the compat
+    ``model=emb`` recall both search through it."""
+    fallback = popularity_channel(prior)
+
+    def recall(user: UserState, n: int) -> IdArray:
+        if query is None:
+            return fallback(user, n)
+        ids: IdArray = channel.index.ids[channel.index.search(query, n + len(user.rated))]
+        unrated: IdArray = ids[~sorted_contains(user.rated, ids)][:n]
+        return unrated
+
+    return recall
+
+
+def merged_rows(snap: Any, user_id: int, record: Record | None, total: int,
+                user_table: Callable[[], pa.Table] | None) -> tuple[np.ndarray, np.ndarray, Plan]:
+    """The recall folder's validated merge (``snap.merge``) for one user: each channel's ``total`` best unrated
+    movies, merged by :func:`~deepcrossing.training.retrieval_merge.merge_lists`.
+
+    Returns:
+        ((R,) int64 snapshot rows in merge order, (R,) int8 plan indexes, the plan ``((channel, count), ...)``).
+    """
+    prior, user = snap.prior, user_state(user_id, record)
+    features = (record or {}).get("features") or {}
+    lists = []
+    for name, _ in snap.merge:
+        if name == "popularity":
+            channel = popularity_channel(prior)
+        elif name == "trending":
+            channel = trending_channel(prior)
+        elif name == "genres":
+            channel = genre_channel(prior)
+        else:
+            vectors = snap.channels[name]
+            channel = index_channel(vectors, vectors.user_vector(features, user_table), prior)
+        lists.append(np.asarray(channel(user, total), dtype=np.int64))
+    ids, source = merge_lists(lists, [w for _, w in snap.merge], total)
+    rows = np.searchsorted(snap.movie_ids, ids).astype(np.int64)       # movie_ids are sorted; every id is a movie
+    plan = tuple((name, int((source == j).sum())) for j, (name, _) in enumerate(snap.merge))
+    return rows, source.astype(np.int8), plan

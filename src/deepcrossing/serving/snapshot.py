@@ -20,10 +20,11 @@ import pyarrow as pa
 import torch
 
 from deepcrossing.features.columns import cold_features, side_of
-from deepcrossing.serving.channels import RecallFolder, VectorChannel, emb_channel, load_channels
+from deepcrossing.serving.channels import RecallFolder, VectorChannel, emb_channel, load_channels, load_merge
 from deepcrossing.serving.publish import schema_from_json
 from deepcrossing.serving.scorer import ItemPart, Scorer
 from deepcrossing.serving.store import FeatureStore, Record, Ref
+from deepcrossing.training.retrieval import Prior
 
 
 def empty_features(schema: pa.Schema, id_name: str, id_value: int) -> dict[str, Any]:
@@ -58,6 +59,8 @@ class Snapshot:
         channels: the version's vector recall channels (name -> :class:`VectorChannel`; empty when it was
             published without vectors).
         genre_masks: genre -> (C,) bool mask over ``candidate_rows`` (the ``genres`` channel).
+        merge, prior: the recall folder's validated merge and what its built-in channels read
+            (:func:`~deepcrossing.serving.channels.load_merge`; ``()``: the default plan).
     """
 
     ref: Ref
@@ -75,6 +78,8 @@ class Snapshot:
     row_of: dict[int, int] = field(repr=False, default_factory=dict)
     channels: dict[str, VectorChannel] = field(repr=False, default_factory=dict)
     genre_masks: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+    merge: tuple[tuple[str, float], ...] = ()
+    prior: Prior | None = field(repr=False, default=None)
 
     @property
     def version(self) -> int:
@@ -118,12 +123,14 @@ def build_snapshot(store: FeatureStore, scorer: Scorer, ref: Ref, *, verify: boo
     channels = load_channels(store, ref, meta, row_of, model_version=model_version, recall=recall,
                              emb_fallback=lambda: emb_channel(movie_ids, unit.numpy(), row_of))
     genres = [r.get("genres") or [] for _, r in records]
+    genre_masks = _genre_masks(genres, candidate_rows)
+    merge, prior = load_merge(store, ref, meta, movie_ids, candidate_rows, genre_masks, channels, recall)
     return Snapshot(
         ref=ref, meta=meta, movie_ids=movie_ids,
         titles=[r.get("title") for _, r in records], genres=genres,
         years=[r.get("year") for _, r in records], movie_table=movie_table, candidate_rows=candidate_rows,
         items=items, unit=unit, user_schema=user_schema, movie_schema=movie_schema, row_of=row_of,
-        channels=channels, genre_masks=_genre_masks(genres, candidate_rows),
+        channels=channels, genre_masks=genre_masks, merge=merge, prior=prior,
     )
 
 

@@ -38,7 +38,7 @@ from deepcrossing.model.two_tower import TwoTower, TwoTowerConfig
 from deepcrossing.outputs import OutputKind
 from deepcrossing.training.item2vec import Item2Vec, Item2VecConfig, fit_item2vec, positive_sequences
 from deepcrossing.training.retrieval_merge import choose_merge
-from deepcrossing.training.retrieval_data import build_channels, load_retrieval_data, split_start
+from deepcrossing.training.retrieval_data import TRENDING_DAYS, build_channels, load_retrieval_data, split_start
 from deepcrossing.training.two_tower import TwoTowerTrainConfig, TwoTowerVectors, train_two_tower, \
     validation_recall
 from deepcrossing.training.vectors import ItemVectors
@@ -76,7 +76,8 @@ def save_recall(folder: str | Path, channels: dict[str, ItemVectors], *, merge: 
     Args:
         folder: where to write (``outputs.reserve(...).write()``'s folder).
         channels: name (one of :data:`CHANNELS`) -> model.
-        merge: ``{"weights": {channel: weight}, "valid_recall": float, "k": int}``.
+        merge: ``{"weights": {channel: weight}, "valid_recall": float, "k": int, "trending_days": int}`` (the
+            service's default plan: :func:`deepcrossing.serving.recall.merged_rows`).
         metrics: JSON-ready training and validation figures.
         samples: what it was trained on (paths, checksums).
     """
@@ -212,8 +213,8 @@ def train_recall(samples: str | Path, channels: tuple[str, ...] = CHANNELS, *,
     user's genres, trending, popularity) are chosen by validation Recall@100 (:func:`choose_merge`).
 
     Returns:
-        (channel -> model, merge ``{"weights", "k", "valid_recall"}``, metrics ``{"valid_recall": {...},
-        "two_tower": {best_epoch, history}}``).
+        (channel -> model, merge ``{"weights", "k", "valid_recall", "trending_days"}``, metrics
+        ``{"valid_recall": {...}, "two_tower": {best_epoch, history}}``).
     """
     folder = Path(samples)
     valid = load_retrieval_data(folder, split="valid")
@@ -239,4 +240,4 @@ def train_recall(samples: str | Path, channels: tuple[str, ...] = CHANNELS, *,
     metrics["valid_recall"] = {name: validation_recall(v, valid, k) for name, v in on_valid.items()}
     candidates = {name: base[name] for name in (*on_valid, "genres", "trending", "popularity")}
     weights, score = choose_merge(valid.users, valid.relevant, candidates, k=k)
-    return models, {"weights": weights, "k": k, "valid_recall": score}, metrics
+    return models, {"weights": weights, "k": k, "valid_recall": score, "trending_days": TRENDING_DAYS}, metrics

@@ -1,4 +1,4 @@
-"""Offline evaluation of candidate retrieval: Recall@K and coverage@K of recall channels (pure, numpy only).
+"""Offline evaluation of candidate retrieval: Recall@K and coverage@K of recall channels (pure functions).
 
 A **channel** maps a user's point-in-time state (as of the test period's start) to a ranked list of movie ids,
 best first, leaving out every movie the user rated before the test period. The channels here are built only
@@ -11,8 +11,8 @@ folder), so the test period's ratings cannot leak into them.
   the catalogue's old head first, while new users ask for recent movies);
 * :func:`genre_channel`: the movies of the user's top genres (over their positive history), by popularity;
 * :func:`emb_channel`: cosine between the movie's unit item vector and the mean of the unit vectors of the
-  user's recent positives (the ``model=emb`` recall of the SparrowRecSys-compatible service); popularity
-  for a user with no positives;
+  user's recent positives (:class:`~deepcrossing.training.emb_vectors.EmbVectors`' rule, the ``model=emb``
+  recall of the SparrowRecSys-compatible service); popularity for a user with no positives;
 * :func:`vector_channel`: a vector recall model (:class:`~deepcrossing.training.vectors.ItemVectors`:
   two-tower, item2vec) as served: the user's vector against every movie's vector (dot or cosine);
   popularity for a user whose vector is zero ("no opinion");
@@ -38,6 +38,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from deepcrossing.errors import InputError
+from deepcrossing.training.emb_vectors import EmbVectors
 
 IdArray = NDArray[np.int64]
 DEFAULT_KS = (50, 100, 200, 800)
@@ -255,14 +256,14 @@ def emb_channel(prior: Prior, movie_ids: IdArray, unit: NDArray[np.float32]) -> 
         >>> ch(UserState(9, np.array([2]), np.array([2]), ()), 5).tolist()
         [3, 1]
     """
-    row_of = {int(m): i for i, m in enumerate(movie_ids)}
+    emb = EmbVectors.from_unit(movie_ids, unit)          # the user-vector rule of the service's emb channel
     fallback = popularity_channel(prior)
 
     def recall(user: UserState, n: int) -> IdArray:
-        rows = [row_of[int(m)] for m in user.recent_positives if int(m) in row_of]
-        if not rows:
+        query = emb.user_vector(user.recent_positives.tolist())
+        if query is None:
             return fallback(user, n)
-        return _unrated(cosine_order(unit, movie_ids, unit[rows].mean(axis=0)), user.rated, n)
+        return _unrated(cosine_order(emb.unit_, emb.ids_, query), user.rated, n)
 
     return recall
 

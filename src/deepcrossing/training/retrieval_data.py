@@ -29,7 +29,7 @@ from numpy.typing import NDArray
 from deepcrossing.duck import connection, ident, sql_str
 from deepcrossing.errors import InputError
 from deepcrossing.features.columns import user_side_columns
-from deepcrossing.features.online import POPULARITY_ORDER
+from deepcrossing.features.online import POPULARITY_ORDER, trending_sql
 from deepcrossing.training.artifact import LoadedModel
 from deepcrossing.training.emb_vectors import EmbVectors
 from deepcrossing.training.retrieval import Channel, IdArray, Prior, UserState, coverage_at_ks, emb_channel, \
@@ -135,10 +135,8 @@ def load_retrieval_data(samples: str | Path, *, recent_n: int | None = None, spl
             "SELECT i.item_id, i.genres FROM items i LEFT JOIN (SELECT movieId, COUNT(*) AS n, AVG(rating) AS avg "
             "FROM prior GROUP BY movieId) s ON s.movieId = i.item_id "
             f"ORDER BY {POPULARITY_ORDER}").to_arrow_table()
-        trending = con.sql(
-            "SELECT i.item_id FROM items i LEFT JOIN (SELECT movieId, COUNT(*) AS n, AVG(rating) AS avg FROM prior "
-            f"WHERE timestamp >= {test_start - 86400 * int(trending_days)} GROUP BY movieId) s "
-            f"ON s.movieId = i.item_id ORDER BY {POPULARITY_ORDER}").fetchnumpy()["item_id"]
+        trending = con.sql(trending_sql("prior", "items", since=test_start - 86400 * int(trending_days),
+                                        until=test_start, item="movieId")).fetchnumpy()["item_id"]
         users = con.sql(f"""
             WITH t AS (SELECT DISTINCT userId FROM read_parquet({sql_str(target)})),
             rel AS (SELECT userId, list(DISTINCT movieId ORDER BY movieId) AS relevant

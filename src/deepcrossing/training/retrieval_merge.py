@@ -18,11 +18,38 @@ import itertools
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from numpy.typing import NDArray
 
 from deepcrossing.errors import InputError
 from deepcrossing.training.retrieval import Channel, IdArray, UserState
 
-__all__ = ["choose_merge", "weighted_merge"]
+__all__ = ["choose_merge", "merge_lists", "weighted_merge"]
+
+
+def merge_lists(lists: Sequence[IdArray], weights: Sequence[float], n: int) -> tuple[IdArray, NDArray[np.int64]]:
+    """The quota rule itself, on ranked lists: the id at rank r (0-based) of list c gets the key
+    ``(r + 1) / weights[c]`` (each weight > 0); ids by ascending key (ties: earlier list first), each once,
+    the first ``n``. The one implementation of the merge, offline (:func:`weighted_merge`) and in the service
+    (:func:`deepcrossing.serving.recall.merged_rows`).
+
+    Returns:
+        ((L,) the merged ids, (L,) for each the index of the list that gave it first).
+
+    Example:
+        >>> ids, src = merge_lists([np.array([1, 2, 3]), np.array([2, 9])], [1.0, 2.0], 4)
+        >>> ids.tolist(), src.tolist()
+        ([2, 1, 9, 3], [1, 0, 1, 0])
+    """
+    if not lists:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    keys = np.concatenate([(np.arange(len(x)) + 1) / float(w) for x, w in zip(lists, weights, strict=True)])
+    source = np.concatenate([np.full(len(x), j, dtype=np.int64) for j, x in enumerate(lists)])
+    flat = np.concatenate([np.asarray(x, dtype=np.int64) for x in lists])
+    order = np.lexsort((source, keys))
+    flat, source = flat[order], source[order]
+    _, first = np.unique(flat, return_index=True)
+    first = np.sort(first)[:n]
+    return flat[first], source[first]
 
 
 def weighted_merge(channels: Sequence[Channel], weights: Sequence[float]) -> Channel:
@@ -44,13 +71,8 @@ def weighted_merge(channels: Sequence[Channel], weights: Sequence[float]) -> Cha
     used = [(ch, float(w)) for ch, w in zip(channels, weights, strict=True) if w > 0]
 
     def recall(user: UserState, n: int) -> IdArray:
-        lists = [np.asarray(ch(user, n), dtype=np.int64) for ch, _ in used]
-        keys = np.concatenate([(np.arange(x.size) + 1) / w for x, (_, w) in zip(lists, used, strict=True)])
-        source = np.concatenate([np.full(x.size, j) for j, x in enumerate(lists)])
-        flat = np.concatenate(lists) if lists else np.zeros(0, dtype=np.int64)
-        flat = flat[np.lexsort((source, keys))]
-        _, first = np.unique(flat, return_index=True)
-        return flat[np.sort(first)][:n]
+        ids, _ = merge_lists([np.asarray(ch(user, n), dtype=np.int64) for ch, _ in used], [w for _, w in used], n)
+        return ids
 
     return recall
 

@@ -60,7 +60,7 @@ class TwoTowerTrainConfig(StrictConfig):
     """
 
     epochs: Annotated[int, Field(ge=1, le=1000)] = 20
-    batch_size: Annotated[int, Field(ge=2)] = 512
+    batch_size: Annotated[int, Field(ge=2)] = 2048   # more in-batch negatives: see TwoTowerConfig.temperature
     lr: Annotated[float, Field(gt=0.0, le=10.0)] = 2e-3
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
     patience: Annotated[int, Field(ge=1)] = 3

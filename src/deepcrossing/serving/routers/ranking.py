@@ -39,7 +39,8 @@ async def recommend(
     channels: Annotated[str | None, Query(max_length=400, description=(
         "recall channels and sizes, e.g. emb:300,genres:200,popularity:300 (default: every vector channel of "
         "the store version with half of `candidates`, genres a quarter, popularity the rest; popularity "
-        "alone when the version has no vector channel)"))] = None,
+        "alone when the version has no vector channel; with `serve --recall` and a version published with it: "
+        "the recall folder's merge chosen on validation, trending included)"))] = None,
     engine: Engine = Depends(get_engine),
     settings: ServingSettings = Depends(get_settings),
     metrics: ServiceMetrics = Depends(get_metrics),

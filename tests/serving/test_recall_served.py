@@ -1,0 +1,127 @@
+"""Served = measured: with a recall folder, the service's default recall is the folder's validated merge,
+computed by the offline channel functions and the one quota rule, so for the same store data and user state
+the offline merged channel and ``/recommend/{user}`` (real HTTP on loopback) recall the same movies in the
+same order, each labelled with the channel that gave it first."""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import pyarrow as pa
+import pytest
+from typer.testing import CliRunner
+
+from deepcrossing.cli import app
+from deepcrossing.features import FeatureConfig
+from deepcrossing.features.online import latest_features
+from deepcrossing.serving.channels import TRENDING_BLOB, load_recall_folder
+from deepcrossing.serving.engine import Engine
+from deepcrossing.serving.publish import publish_for_model
+from deepcrossing.serving.recall import merged_rows
+from deepcrossing.training.retrieval import Prior, UserState, genre_channel, popularity_channel, \
+    trending_channel, vector_channel
+from deepcrossing.training.retrieval_merge import merge_lists, weighted_merge
+
+
+@pytest.fixture(scope="module")
+def served(models, synth_data, tmp_path_factory):
+    """train-recall on the synthetic samples, then publish --recall into a fresh SQLite store."""
+    root = tmp_path_factory.mktemp("served")
+    res = CliRunner().invoke(app, ["train-recall", "--samples", str(synth_data["samples"]), "--out",
+                                   str(root / "recall"), "--epochs", "2"])
+    assert res.exit_code == 0, res.output
+    recall = load_recall_folder(root / "recall")
+    url = f"sqlite:///{root / 'f.db'}"
+    meta = publish_for_model(models["root"] / "m0", synth_data["raw"], url, keep_previous_s=0, recall=recall)
+    return {"recall": recall, "url": url, "meta": meta}
+
+
+def offline_merged(recall, dataset, store, ref, user_id: int, n: int) -> tuple[list[int], list[str]]:
+    """The offline merged channel (training.retrieval's channels + weighted_merge) on the store's data."""
+    users, movies = latest_features(dataset, FeatureConfig())
+    meta = store.meta(version=ref)
+    popular = np.asarray(store.get_candidates(version=ref), dtype=np.int64)
+    genres_of = {m: r.get("genres") or [] for m, r in store.iter_movies(version=ref)}
+    masks: dict[str, np.ndarray] = {}
+    for i, m in enumerate(popular.tolist()):
+        for g in genres_of[m]:
+            masks.setdefault(g, np.zeros(popular.size, dtype=bool))[i] = True
+    trending = np.frombuffer(store.blob(ref, TRENDING_BLOB, meta), dtype="<i8").astype(np.int64)
+    prior = Prior(popular, masks, trending)
+    row = users.filter(pa.compute.equal(users.column("userId"), user_id))
+    record = store.get_user(user_id, version=ref)
+    f = row.to_pylist()[0]
+    user = UserState(user_id, np.asarray(sorted(record["rated"]), dtype=np.int64),
+                     np.asarray(f["userRecentPositives"] or [], dtype=np.int64),
+                     tuple(g for g in (f[f"userGenre{i}"] for i in range(1, 6)) if g))
+    built = {"popularity": popularity_channel(prior), "trending": trending_channel(prior),
+             "genres": genre_channel(prior)}
+    ids = np.asarray(movies.column("movieId").to_numpy(), dtype=np.int64)
+    for name, vectors in recall.channels.items():
+        built[name] = vector_channel(prior, ids, vectors.item_vectors(movies),
+                                     {user_id: vectors.user_vectors(row)[0]}, vectors.metric)
+    used = [(c, w) for c, w in recall.merge.items() if w > 0]
+    merged = weighted_merge([built[c] for c, _ in used], [w for _, w in used])(user, n)
+    _, source = merge_lists([built[c](user, n) for c, _ in used], [w for _, w in used], n)
+    return merged.tolist(), [used[j][0] for j in source]
+
+
+def test_service_recalls_the_validated_merge_as_measured(models, synth_data, served, server_thread):
+    from deepcrossing.serving.app import create_app
+    from deepcrossing.serving.settings import ServingSettings
+
+    recall, url, meta = served["recall"], served["url"], served["meta"]
+    assert TRENDING_BLOB in meta["blobs"] and meta["trending_days"] == recall.trending_days
+    assert set(meta["vector_channels"]) == {"emb", "two_tower", "item2vec"}
+    engine = Engine.open(models["root"] / "m0", url, recall=recall)
+    snap = engine.state.snapshot
+    assert dict(snap.merge) == {c: w for c, w in recall.merge.items() if w > 0}
+    n = 300
+    users = [int(u) for u in meta["example_users"][:3]] + [10**9]           # three known users and a cold one
+    app_ = create_app(ServingSettings(models["root"] / "m0", url, recall_dir=recall.path, max_k=n))
+    with server_thread(app_) as server:
+        for user in users[:3]:
+            expected, labels = offline_merged(recall, synth_data["dataset"], engine.store, snap.ref, user, n)
+            record = engine.fetch_user(user).record
+            table = engine._user_table(snap, user, record)
+            rows, got_labels, plan = merged_rows(snap, user, record, n, lambda t=table: t)
+            assert snap.movie_ids[rows].tolist() == expected                 # same ids, same order
+            assert [plan[j][0] for j in got_labels] == labels
+            body = httpx.get(f"{server.url}/recommend/{user}", params={"k": n, "candidates": n}).json()
+            assert body["candidates"] == len(expected)
+            assert {i["movieId"]: i["channel"] for i in body["items"]} == dict(zip(expected, labels, strict=True))
+            assert body["channels"] == {c: labels.count(c) for c, _ in plan}
+        assert {"two_tower", "item2vec"} & {i["channel"] for i in body["items"]}
+        cold = httpx.get(f"{server.url}/recommend/{users[3]}", params={"k": 10}).json()
+        assert cold["known"] is False and len(cold["items"]) == 10
+    engine.store.close()
+
+
+def test_compat_emb_and_similar_search_the_stored_channels(models, synth_data, served, server_thread):
+    """``/getrecforyou?model=emb`` searches the version's ``emb`` channel (the offline emb channel over the
+    same vectors); ``/getsimilarmovie`` searches item2vec (the version has it) by the movie's own vector."""
+    from deepcrossing.serving.app import create_app
+    from deepcrossing.serving.settings import ServingSettings
+    from deepcrossing.training.retrieval import emb_channel
+
+    recall, url, meta = served["recall"], served["url"], served["meta"]
+    engine = Engine.open(models["root"] / "m0", url, recall=recall)
+    snap = engine.state.snapshot
+    emb, i2v = snap.channels["emb"].index, snap.channels["item2vec"].index
+    offline = emb_channel(Prior(snap.movie_ids[snap.candidate_rows]), emb.ids, emb.vectors)
+    app_ = create_app(ServingSettings(models["root"] / "m0", url, recall_dir=recall.path))
+    with server_thread(app_) as server:
+        for user in [int(u) for u in meta["example_users"][:3]]:
+            record = engine.fetch_user(user).record
+            state = UserState(user, np.asarray(sorted(record["rated"]), dtype=np.int64),
+                              np.asarray(record["features"]["userRecentPositives"], dtype=np.int64), ())
+            got = httpx.get(f"{server.url}/getrecforyou", params={"id": user, "size": 20, "model": "emb"}).json()
+            assert [m["movieId"] for m in got] == offline(state, 20).tolist()
+        known = np.flatnonzero(np.abs(i2v.vectors).sum(axis=1) > 0)
+        for pos in known[:5].tolist():
+            movie = int(i2v.ids[pos])
+            sims = i2v.vectors @ i2v.vectors[pos]                         # unit rows: cosine
+            order = [int(i2v.ids[j]) for j in np.lexsort((i2v.ids, -sims)) if j != pos and j in set(known)][:10]
+            got = httpx.get(f"{server.url}/getsimilarmovie", params={"movieId": movie, "size": 10}).json()
+            assert [m["movieId"] for m in got] == order
+    engine.store.close()
