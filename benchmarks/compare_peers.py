@@ -61,6 +61,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ml-latest-small"
+DATA_100K = ROOT.parent / "shared" / "data" / "ml-100k"
+# Sample columns no peer reads unless Deep Crossing's spec does: the user x movie (pair) columns are not in the
+# default spec (not served yet), so the peers do not get them either (same input columns for everyone).
+DEFAULT_EXCLUDE = "userGenreCosine,userGenreAvgRating"
 
 PEERS = ("avg_rating", "logreg", "lightgbm_ids", "lightgbm_noids", "deepctr_dnn", "deepcrossing",
          "deepcrossing_mlp")
@@ -93,7 +97,8 @@ class Features:
     """
 
     def __init__(self, train) -> None:
-        cols = train.column_names
+        excluded = {c for c in os.environ.get("PEERS_EXCLUDE", DEFAULT_EXCLUDE).split(",") if c}
+        cols = [c for c in train.column_names if c not in excluded]
         self.cat = {c: fam for c, fam in {**ID_COLUMNS, **GENRE_COLUMNS}.items() if c in cols}
         self.lists = {c: spec for c, spec in LIST_COLUMNS.items() if c in cols}
         self.numeric = [c for c in cols if c not in NOT_FEATURES and c not in self.cat and c not in self.lists
@@ -634,7 +639,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="SparrowRecSys-CSV samples folder; default: prepare --format sparrow of the same data")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="raw data for the default samples")
     ap.add_argument("--datasets", default="ml-latest-small,sparrow-csv",
-                    help="comma list of ml-latest-small, sparrow-csv")
+                    help="comma list of ml-latest-small, ml-100k, sparrow-csv")
+    ap.add_argument("--samples-100k", type=Path, help="ml-100k samples folder; default: prepare --data-100k")
+    ap.add_argument("--data-100k", type=Path, default=DATA_100K, help="raw ml-100k for the default samples")
+    ap.add_argument("--exclude-columns", default=DEFAULT_EXCLUDE,
+                    help="sample columns no peer reads (comma list; '' = none): keep the peers' inputs the "
+                         "columns the deepcrossing spec reads")
     ap.add_argument("--peers", default=",".join(PEERS), help="comma list of " + ", ".join(PEERS))
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="1 seed, one setting per peer, few epochs")
@@ -657,6 +667,7 @@ def main(argv: list[str] | None = None) -> int:
 
     seeds = list(range(1 if args.quick else args.seeds))
     os.environ["PEERS_GRID"] = args.grid                                # read by the child processes
+    os.environ["PEERS_EXCLUDE"] = args.exclude_columns
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]   # "" = none: only merge and render
     unknown = [p for p in peers if p not in PEERS]
     if unknown:
@@ -667,6 +678,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in [x.strip() for x in args.datasets.split(",") if x.strip()]:
         if name == "ml-latest-small":
             datasets[name] = args.samples or prepare(args.data, "parquet", tmp / "samples")
+        elif name == "ml-100k":
+            datasets[name] = args.samples_100k or prepare(args.data_100k, "parquet", tmp / "samples-100k")
         elif name == "sparrow-csv":
             datasets[name] = args.sparrow_samples or prepare(args.data, "sparrow", tmp / "sparrow")
         else:

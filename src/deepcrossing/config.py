@@ -289,6 +289,7 @@ class TrainConfig(StrictConfig):
         patience: stop after this many epochs without a better validation AUC (0 = never stop early).
         ema: decay of an exponential moving average of the weights, updated every step (0 = off). When on,
             validation, early stopping and the saved model use the averaged weights (less seed noise).
+        swa: average the weights of the last ``swa`` epochs (0 = off); kept only if its valid AUC is better.
         seed: seed of initialization, shuffling and dropout.
     """
 
@@ -302,6 +303,7 @@ class TrainConfig(StrictConfig):
     optimizer: Annotated[str, one_of(*OPTIMIZERS)] = "adam"
     patience: Annotated[int, Field(ge=0)] = 2
     ema: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    swa: Annotated[int, Field(ge=0)] = 0
     seed: int = 0
 
 

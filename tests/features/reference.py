@@ -52,6 +52,9 @@ def reference_samples(ratings: list[tuple], items: dict[int, tuple], threshold: 
     movie_rating = defaultdict(Running)
     movie_pos = defaultdict(int)
     movie_first = {}
+    movie_times = defaultdict(list)  # rating times of each movie, for the 7 / 30 day counts
+    user_genre_sum = defaultdict(lambda: defaultdict(float))  # over every rating (not only positives)
+    user_genre_n = defaultdict(lambda: defaultdict(int))
     out = {}
     events = sorted(ratings, key=lambda r: r[3])
     for t, group in groupby(events, key=lambda r: r[3]):
@@ -82,6 +85,18 @@ def reference_samples(ratings: list[tuple], items: dict[int, tuple], threshold: 
                 "moviePositiveRate": movie_pos[item] / mr.n if mr.n else None,
                 "movieSecondsSinceFirstRating": t - movie_first[item] if item in movie_first else None,
             }
+            counts = user_genres[user]
+            distinct = set(genres)
+            norm_user = math.sqrt(sum(c * c for c in counts.values()))
+            if norm_user > 0 and distinct:
+                dot = sum(counts.get(g, 0) for g in distinct)
+                row["userGenreCosine"] = dot / (norm_user * math.sqrt(len(distinct)))
+            else:
+                row["userGenreCosine"] = None
+            g_n = sum(user_genre_n[user][g] for g in genres)
+            row["userGenreAvgRating"] = sum(user_genre_sum[user][g] for g in genres) / g_n if g_n else None
+            row["movieLast7dRatingCount"] = sum(1 for s in movie_times[item] if t - 7 * 86400 <= s < t)
+            row["movieLast30dRatingCount"] = sum(1 for s in movie_times[item] if t - 30 * 86400 <= s < t)
             out[(user, item, t)] = row
         # now the whole second becomes history
         for user, item, rating, _ in sorted(group, key=lambda r: -r[1]):
@@ -96,6 +111,11 @@ def reference_samples(ratings: list[tuple], items: dict[int, tuple], threshold: 
             movie_rating[item].add(rating)
             movie_pos[item] += label
             movie_first.setdefault(item, t)
+            movie_times[item].append(t)
+            if rating is not None:
+                for g in genres:
+                    user_genre_sum[user][g] += rating
+                    user_genre_n[user][g] += 1
             if label:
                 user_positives[user].append(item)
                 for g in genres:

@@ -52,6 +52,23 @@ def test_tiny_log_hand_computed(tmp_path):
     assert later["userRecentPositives"] == [] and later["userGenre1"] is None and dict(later["userGenreCounts"]) == {}
     assert later["label"] == 0 and rows[(1, 5, 30)]["label"] == 1
     assert rows[(1, 4, 20)]["releaseYear"] == 1980 and rows[(1, 1, 10)]["movieGenre3"] is None
+    # user x movie: positive genre counts {Comedy 1, Drama 2, War 1} vs {Action, Comedy, Drama, Sci-Fi}
+    assert r["userGenreCosine"] == pytest.approx(3 / (6 ** 0.5 * 2))
+    # (movie, genre) pairs among movie 5's genres: 1 Comedy 4.0, 1 Drama 4.0, 2 Action 2.0, 4 Drama 5.0
+    assert r["userGenreAvgRating"] == pytest.approx(15 / 4)
+    assert later["userGenreCosine"] is None and later["userGenreAvgRating"] == 3.0  # its 3.0 of 5 (C, D)
+    assert rows[(1, 1, 10)]["userGenreAvgRating"] is None and later["movieLast7dRatingCount"] == 1
+
+
+def test_recent_movie_counts_window_edges(tmp_path):
+    day, t0 = 86_400, 1_000_000
+    ratings = [(1, 1, 4.0, t0), (2, 1, 3.0, t0 + 7 * day), (3, 1, 3.0, t0 + 7 * day + 1),
+               (4, 1, 3.0, t0 + 30 * day + 1), (5, 1, 3.0, t0 + 30 * day + 1)]
+    rows = _rows(compute_samples(write_dataset(tmp_path, ratings, ITEMS), FeatureConfig()))
+    at = {u: rows[(u, 1, t)] for u, _, _, t in ratings}
+    assert [at[u]["movieLast7dRatingCount"] for u in range(1, 6)] == [0, 1, 1, 0, 0]
+    # at t0 + 30 days + 1 the first rating is 1 s too old; the two same-second ratings do not see each other
+    assert [at[u]["movieLast30dRatingCount"] for u in range(1, 6)] == [0, 1, 2, 2, 2]
 
 
 event = st.tuples(st.integers(1, 3), st.integers(1, 5), st.sampled_from([0.5, 1.0, 2.5, 3.5, 4.0, 5.0]),

@@ -183,3 +183,26 @@ def test_train_model_resume_checks_the_sample_files_and_spec(tmp_path):
         train(folders["a"], other_spec, resume=True)
     again = train(folders["a"], config, resume=True)  # the second epoch from the checkpoint: the same history
     assert strip_times(again["history"]) == strip_times(first["history"])
+
+
+def test_swa_average_of_the_last_epochs_is_kept_only_when_valid_auc_improves(data):
+    enc, train, valid = data
+    epochs = []
+    config = TrainConfig(epochs=4, batch_size=128, lr=1e-2, patience=0, seed=0, swa=3)
+    torch.manual_seed(0)
+    model = DeepCrossing(small_spec(), MODEL, enc.cardinalities)
+    trainer = Trainer(DeepCrossingTrain(model), config)
+    # record each epoch's weights as the trainer sees them after the epoch
+    result = trainer.fit(train, valid, on_epoch=lambda r: epochs.append(
+        {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}))
+    record = trainer.swa_record
+    assert record["epochs"] == 3 and len(epochs) == 4
+    average = {k: torch.stack([e[k] for e in epochs[1:]]).mean(dim=0) for k in epochs[0]}
+    check = DeepCrossing(small_spec(), MODEL, enc.cardinalities)
+    check.load_state_dict(average, strict=False)
+    assert evaluate_batch(check, valid)["auc"] == pytest.approx(record["valid_auc"], abs=1e-12)
+    best_epoch_auc = max(r["valid_auc"] for r in result.history)
+    assert record["kept"] == (record["valid_auc"] > best_epoch_auc)
+    assert result.best_auc == max(best_epoch_auc, record["valid_auc"])
+    assert evaluate_batch(model, valid)["auc"] == pytest.approx(result.best_auc, abs=1e-12)
+    assert TrainConfig().swa == 0 and Trainer(DeepCrossingTrain(check), TrainConfig()).swa_record == {}

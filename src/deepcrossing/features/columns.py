@@ -24,8 +24,8 @@ from typing import Any, Literal, NamedTuple
 
 import pyarrow as pa
 
-Side = Literal["user", "movie", "event"]
-SIDES: tuple[Side, ...] = ("user", "movie", "event")
+Side = Literal["user", "movie", "event", "pair"]
+SIDES: tuple[Side, ...] = ("user", "movie", "event", "pair")
 KEYS: dict[Side, str] = {"user": "userId", "movie": "movieId"}
 """The id column of each entity side; it comes first among that side's columns."""
 
@@ -36,7 +36,8 @@ class Column(NamedTuple):
     Attributes:
         type: DuckDB type of the column.
         side: ``"user"`` (describes the user as of the sample time), ``"movie"`` (describes the movie) or
-            ``"event"`` (the rating itself: rating, time, label; no online value).
+            ``"event"`` (the rating itself: rating, time, label; no online value) or ``"pair"`` (user x movie:
+            a function of both as of the sample time; in the samples only, not in the online records).
         cold: its value for a user / movie with no earlier ratings (``None`` for keys and event columns).
         meaning: one line for the manifest and the docs.
     """
@@ -53,6 +54,10 @@ def _user(kind: str, cold: Any, meaning: str) -> Column:
 
 def _movie(kind: str, cold: Any, meaning: str) -> Column:
     return Column(kind, "movie", cold, meaning)
+
+
+def _pair(kind: str, cold: Any, meaning: str) -> Column:
+    return Column(kind, "pair", cold, meaning)
 
 
 # The output schema of the sample query, in order. The first block is docs/design.md section 2; the second
@@ -98,6 +103,14 @@ COLUMNS: dict[str, Column] = {
                                 "share of the movie's ratings before t that are positive; NULL when none"),
     "movieSecondsSinceFirstRating": _movie("BIGINT", None,
                                            "t minus the movie's first rating time before t; NULL when none"),
+    "movieLast7dRatingCount": _movie("BIGINT", 0, "ratings of the movie in [t - 7 days, t)"),
+    "movieLast30dRatingCount": _movie("BIGINT", 0, "ratings of the movie in [t - 30 days, t)"),
+    "userGenreCosine": _pair("DOUBLE", None,
+                             "cosine of userGenreCounts with the movie's 0/1 genre vector; NULL when either is "
+                             "empty"),
+    "userGenreAvgRating": _pair("DOUBLE", None,
+                                "the user's mean rating before t over (earlier movie, genre) pairs whose genre "
+                                "is one of this movie's; NULL when none"),
 }
 
 SAMPLE_COLUMNS: dict[str, tuple[str, str]] = {name: (c.type, c.meaning) for name, c in COLUMNS.items()}
@@ -107,6 +120,8 @@ DOCUMENTED_COLUMNS = tuple(list(SAMPLE_COLUMNS)[:30])
 EXTRA_COLUMNS = tuple(list(SAMPLE_COLUMNS)[30:])
 ID_COLUMNS = ("userId", "movieId", "rating", "timestamp", "label")
 FEATURE_COLUMNS = tuple(c for c in SAMPLE_COLUMNS if c not in ID_COLUMNS)
+PAIR_SIDE = tuple(name for name, c in COLUMNS.items() if c.side == "pair")
+"""User x movie columns: they depend on both records, so the online records hold neither (not served yet)."""
 USER_SIDE = tuple(name for name, c in COLUMNS.items() if c.side == "user")
 MOVIE_SIDE = tuple(name for name, c in COLUMNS.items() if c.side == "movie")
 

@@ -47,7 +47,8 @@ from deepcrossing.features.inputs import (
     genre_vocabulary,
     register_inputs,
 )
-from deepcrossing.features.sql import assemble, feature_sql
+from deepcrossing.features.nested import assemble
+from deepcrossing.features.sql import feature_sql
 
 #: The popularity order of movies: ``items i`` left-joined to per-movie stats ``s(n, avg)``: most rated, then
 #: best average (unrated last), then smaller id. The candidates follow it, and so does retrieval's

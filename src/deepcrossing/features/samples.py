@@ -36,9 +36,9 @@ from deepcrossing.features.inputs import events_genre_bits as _genre_bits
 from deepcrossing.features.inputs import fetch_one
 from deepcrossing.features.inputs import genre_vocabulary as _genres
 from deepcrossing.features.inputs import register_inputs as _register_inputs
+from deepcrossing.features.nested import assemble
 from deepcrossing.features.sql import (
     SPLIT_BUCKETS,
-    assemble,
     feature_sql,
     flat_columns,
     flat_schema,
@@ -208,7 +208,7 @@ def _write_splits(batches: Iterable[pa.RecordBatch], files: dict[str, Path],
     """Stream the engine's Arrow batches into one Parquet file per split (bounded memory).
 
     The engine computes (DuckDB: 2 threads) while this thread builds the nested user columns with ``finish``
-    (:func:`deepcrossing.features.sql.assemble`) and writes with pyarrow, the same for every engine.
+    (:func:`deepcrossing.features.nested.assemble`) and writes with pyarrow, the same for every engine.
     """
     writers: dict[str, pq.ParquetWriter] = {}
     schema = None

@@ -4,7 +4,7 @@
 (rendered with :data:`~deepcrossing.features.dialect.SPARK`) over the normalized ``ratings.parquet`` /
 ``items.parquet``. Spark writes the flat query result as Parquet part files into the samples folder's temporary
 space; they are streamed back batch by batch (bounded memory at any scale), cast to the DuckDB column types,
-and go through the same :func:`~deepcrossing.features.sql.assemble` and writer as DuckDB's batches, so the
+and go through the same :func:`~deepcrossing.features.nested.assemble` and writer as DuckDB's batches, so the
 samples folder (one file per split, manifest, ``--format sparrow``) is the same.
 
 pyspark is the optional extra ``pip install 'deepcrossing[spark]'`` and needs a Java 17 runtime;

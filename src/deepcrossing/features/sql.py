@@ -8,7 +8,7 @@ ROW``; ``RANGE BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING`` only for the latest
 positives" and genre counts come from a per-user numbered stream of positive events (``pos_rank``) computed
 with ``LAG`` / cumulative ``SUM`` windows once per positive event and joined back on ``(user, number of
 earlier positives)``: no ASOF JOIN and no O(n^2) window. The nested columns are assembled from flat state
-columns by :func:`assemble` (vectorized Arrow/numpy, the same for every engine).
+columns by ``features/nested.py``'s ``assemble`` (vectorized Arrow/numpy, the same for every engine).
 The query is rendered for DuckDB or Spark SQL by a :class:`~deepcrossing.features.dialect.Dialect` (list
 indexing, types, literals); every feature is written here once. To add a column: declare it in
 :data:`~deepcrossing.features.columns.COLUMNS` (type in DuckDB spelling) and compute it here in portable SQL,
@@ -39,7 +39,10 @@ def _stddev(n: str, s: str, ss: str) -> str:
 
 NESTED_COLUMNS = ("userRecentPositives", "userGenre1", "userGenre2", "userGenre3", "userGenre4", "userGenre5",
                   "userGenreCounts")
-"""The user-history columns that :func:`assemble` builds from the query's flat state columns."""
+"""The user-history columns that ``assemble`` builds from the query's flat state columns."""
+ASSEMBLED_COLUMNS = (*NESTED_COLUMNS, "userGenreCosine")
+"""Every column ``assemble`` builds (the nested ones, and the genre cosine from the same counts)."""
+DAY = 86_400
 
 
 def genre_bits(max_positives: int | None) -> int:
@@ -74,10 +77,10 @@ def feature_sql(genres: list[str], *, label_threshold: float, recent_n: int,
     (the last N positive movies, most recent first, NULL beyond k) and the cumulative count per genre of the
     sorted vocabulary, packed ``genre_bits`` bits per genre into ``_gp*`` BIGINTs so that one running SUM
     counts several genres (20 genre windows were the costliest part of the query). That state is computed
-    once per positive event and joined to the samples on (user, k); :func:`assemble` then turns it into the
+    once per positive event and joined to the samples on (user, k); ``assemble`` then turns it into the
     nested columns (:data:`NESTED_COLUMNS`) with vectorized Arrow/numpy code instead of per-row list
     functions, which were most of the run time (building and exporting lists of 20M rows). Every engine's
-    flat rows go through that same :func:`assemble` (Spark's too), so the nested columns have one definition.
+    flat rows go through that same ``assemble`` (Spark's too), so the nested columns have one definition.
 
     Args:
         genres: the genre vocabulary (sorted distinct genres of the items); one cumulative count per genre.
@@ -89,7 +92,7 @@ def feature_sql(genres: list[str], *, label_threshold: float, recent_n: int,
 
     Returns:
         SQL text selecting :func:`flat_columns` (:data:`SAMPLE_COLUMNS` in order except
-        :data:`NESTED_COLUMNS`, then ``_npos``, ``_rp*``, ``_gp*``) and ``is_probe``.
+        :data:`ASSEMBLED_COLUMNS`, then ``_npos``, ``_rp*``, ``_gp*``) and ``is_probe``.
 
     Example:
         >>> "RANGE BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING" in feature_sql(["Drama"], label_threshold=3.5,
@@ -149,7 +152,9 @@ win AS (
         CAST({_before("SUM(label)", "w_movie")} AS BIGINT) AS m_pos,
         -- the movie's first rating time if it is before t (the sort puts it first in the partition)
         CASE WHEN FIRST_VALUE(timestamp) OVER w_movie_upto < timestamp
-             THEN FIRST_VALUE(timestamp) OVER w_movie_upto END AS m_first
+             THEN FIRST_VALUE(timestamp) OVER w_movie_upto END AS m_first,
+        COUNT(*) OVER w_movie_7d AS m_n7,
+        COUNT(*) OVER w_movie_30d AS m_n30
     FROM ev
     -- "strictly before t" sums are (running sum up to t, same-second peers included) minus (the peers' sum):
     -- both frames come from one sort and are much cheaper than a RANGE ... 1 PRECEDING frame per aggregate,
@@ -161,7 +166,31 @@ win AS (
            w_user_peers AS (PARTITION BY user_id ORDER BY timestamp RANGE BETWEEN CURRENT ROW AND CURRENT ROW),
            w_movie_upto AS (PARTITION BY item_id ORDER BY timestamp
                             RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW),
-           w_movie_peers AS (PARTITION BY item_id ORDER BY timestamp RANGE BETWEEN CURRENT ROW AND CURRENT ROW)
+           w_movie_peers AS (PARTITION BY item_id ORDER BY timestamp RANGE BETWEEN CURRENT ROW AND CURRENT ROW),
+           w_movie_7d AS (PARTITION BY item_id ORDER BY timestamp
+                          RANGE BETWEEN {7 * DAY} PRECEDING AND 1 PRECEDING),
+           w_movie_30d AS (PARTITION BY item_id ORDER BY timestamp
+                           RANGE BETWEEN {30 * DAY} PRECEDING AND 1 PRECEDING)
+),
+ev_genre AS (
+    -- one row per (rating, genre of its movie): the user's running rating sum and count per genre
+    SELECT e.user_id, e.item_id, e.timestamp, e.rating, ig.genre
+    FROM ev e JOIN (SELECT item_id, {d.unnest("genres")} AS genre FROM items_src) ig ON e.item_id = ig.item_id
+    WHERE e.user_id IS NOT NULL
+),
+genre_before AS (
+    SELECT user_id, item_id, timestamp,
+        {_before("SUM(rating)", "w_ug")} AS gs,
+        {_before("COUNT(rating)", "w_ug")} AS gn
+    FROM ev_genre
+    WINDOW w_ug_upto AS (PARTITION BY user_id, genre ORDER BY timestamp
+                         RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW),
+           w_ug_peers AS (PARTITION BY user_id, genre ORDER BY timestamp RANGE BETWEEN CURRENT ROW AND CURRENT ROW)
+),
+genre_avg AS (
+    -- summed over the movie's genres (a duplicated rating doubles both sums: the ratio is unchanged)
+    SELECT user_id, item_id, timestamp, SUM(gs) AS ga_s, CAST(SUM(gn) AS BIGINT) AS ga_n
+    FROM genre_before GROUP BY user_id, item_id, timestamp
 ),
 pos AS (
     -- the user's positive events, numbered in time order; within one second larger movieId first, so that
@@ -188,8 +217,10 @@ joined AS (
     FROM win LEFT JOIN state st ON win.user_id = st.user_id AND win.u_pos = st.pos_rank
 ),
 final AS (
-    SELECT joined.*, COALESCE(i.genres, {d.empty_list('VARCHAR[]')}) AS genres
+    SELECT joined.*, COALESCE(i.genres, {d.empty_list('VARCHAR[]')}) AS genres, ga.ga_s, ga.ga_n
     FROM joined LEFT JOIN items_src i ON joined.item_id = i.item_id
+    LEFT JOIN genre_avg ga
+      ON joined.user_id = ga.user_id AND joined.item_id = ga.item_id AND joined.timestamp = ga.timestamp
 )
 SELECT
     user_id AS userId,
@@ -215,6 +246,9 @@ SELECT
     timestamp - u_prev AS userSecondsSincePrevRating,
     CASE WHEN m_n > 0 THEN CAST(m_pos AS DOUBLE) / m_n END AS moviePositiveRate,
     timestamp - m_first AS movieSecondsSinceFirstRating,
+    m_n7 AS movieLast7dRatingCount,
+    m_n30 AS movieLast30dRatingCount,
+    CASE WHEN ga_n > 0 THEN ga_s / ga_n END AS userGenreAvgRating,
     u_pos AS _npos,
     {out_state},
     is_probe
@@ -223,14 +257,14 @@ FROM final
 
 
 def flat_columns(n_genres: int, recent_n: int, genre_bits: int = 31) -> list[str]:
-    """The columns :func:`feature_sql` selects before ``is_probe``, in order (what :func:`assemble` reads).
+    """The columns :func:`feature_sql` selects before ``is_probe``, in order (what ``assemble`` reads).
 
     Example:
         >>> flat_columns(2, 5)[-8:]
-        ['movieSecondsSinceFirstRating', '_npos', '_rp0', '_rp1', '_rp2', '_rp3', '_rp4', '_gp0']
+        ['userGenreAvgRating', '_npos', '_rp0', '_rp1', '_rp2', '_rp3', '_rp4', '_gp0']
     """
     packs = _genre_packs(n_genres, genre_bits)
-    return ([c for c in SAMPLE_COLUMNS if c not in NESTED_COLUMNS] + ["_npos"]
+    return ([c for c in SAMPLE_COLUMNS if c not in ASSEMBLED_COLUMNS] + ["_npos"]
             + [f"_rp{j}" for j in range(recent_n)] + [f"_gp{p}" for p in range(len(packs))])
 
 
@@ -273,105 +307,3 @@ def time_split_sql(valid_start: int, test_start: int) -> str:
     """The split of each sample row by time: train before ``valid_start``, test from ``test_start`` on."""
     return (f"CASE WHEN timestamp < {int(valid_start)} THEN 'train' WHEN timestamp < {int(test_start)} "
             "THEN 'valid' ELSE 'test' END")
-
-
-def assemble(batch: pa.RecordBatch | pa.Table, genres: list[str], recent_n: int,
-             genre_bits: int = 31) -> pa.RecordBatch | pa.Table:
-    """Build :data:`NESTED_COLUMNS` from the flat state columns of :func:`feature_sql`; vectorized, no row loop.
-
-    Args:
-        batch: a record batch or table from :func:`feature_sql` (B rows; any extra columns such as ``split``
-            or ``is_probe`` are kept after the sample columns).
-        genres: the sorted genre vocabulary given to :func:`feature_sql` (G names).
-        recent_n: the N given to :func:`feature_sql`.
-        genre_bits: the ``genre_bits`` given to :func:`feature_sql`.
-
-    Returns:
-        The rows with the :data:`SAMPLE_COLUMNS` (those in ``batch`` and the built ones) in order
-        (``userRecentPositives`` ``list<int64>`` of ``min(_npos, N)`` items, ``userGenre1..5`` the top genres
-        by count desc then name, ``NULL`` past the genres seen, ``userGenreCounts`` ``map<string, int64>`` of
-        the genres seen, sorted by name), then the extra columns; the ``_npos``/``_rp*``/``_gp*`` helpers are dropped.
-
-    Example:
-        >>> import pyarrow as pa
-        >>> t = pa.table({"_npos": [2], **{f"_rp{j}": pa.array([[7, 3, None][j]], pa.int64()) for j in range(3)},
-        ...               "_gp0": [1 + (2 << 31)]})
-        >>> out = assemble(t, ["Action", "Drama"], 3)
-        >>> out.column("userRecentPositives").to_pylist(), out.column("userGenre1").to_pylist()
-        ([[7, 3]], ['Drama'])
-        >>> out.column("userGenreCounts").to_pylist()
-        [[('Action', 1), ('Drama', 2)]]
-    """
-    import numpy as np
-    import pyarrow as pa
-    is_table = isinstance(batch, pa.Table)
-    if is_table:
-        batch = batch.combine_chunks()
-
-    def col(name: str) -> pa.Array:
-        c = batch.column(name)
-        return c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
-
-    rows = batch.num_rows
-
-    def raw(name: str) -> np.ndarray:
-        # the int64 values as a zero-copy view, ignoring validity: _npos and _gp* are never NULL, and of the
-        # lags only the first k (never NULL) are read
-        c = col(name)
-        if c.type != pa.int64():
-            c = c.cast(pa.int64())
-        if rows == 0 or c.buffers()[1] is None:
-            return np.zeros(rows, np.int64)
-        return np.frombuffer(c.buffers()[1], dtype=np.int64)[c.offset:c.offset + rows]
-
-    n_genres = len(genres)
-    k = np.minimum(raw("_npos"), recent_n)
-    # userRecentPositives: the first k of the N lags (row-major order keeps each row's items together)
-    lags = np.stack([raw(f"_rp{j}") for j in range(recent_n)], axis=1)
-    keep = np.arange(recent_n)[None, :] < k[:, None]
-    offsets = np.zeros(rows + 1, np.int32)
-    np.cumsum(k, out=offsets[1:])
-    recent = pa.ListArray.from_arrays(pa.array(offsets), pa.array(lags[keep], pa.int64()))
-    # genre counts (B, G) in vocabulary order (sorted names)
-    counts = np.zeros((rows, n_genres), np.int64)
-    mask = (1 << genre_bits) - 1
-    for p, pack in enumerate(_genre_packs(n_genres, genre_bits)):
-        packed = raw(f"_gp{p}")
-        for slot, g in enumerate(pack):
-            counts[:, g] = (packed >> (genre_bits * slot)) & mask
-    names = pa.array(genres, pa.string())
-    seen = counts > 0
-    map_offsets = np.zeros(rows + 1, np.int32)
-    np.cumsum(seen.sum(axis=1), out=map_offsets[1:])
-    _, genre_index = np.nonzero(seen)
-    genre_map = pa.MapArray.from_arrays(pa.array(map_offsets), names.take(pa.array(genre_index, pa.int64())),
-                                        pa.array(counts[seen], pa.int64()))
-    # top genres: encode count * G + (G - 1 - index) so that one descending integer sort gives count desc,
-    # then name asc; decode the index back with %
-    width = max(n_genres, 1)
-    encoded = counts * width + (width - 1 - np.arange(n_genres))[None, :]
-    top = -np.sort(-encoded, axis=1)[:, :5] if n_genres else np.zeros((rows, 0), np.int64)
-    tops = []
-    for i in range(5):
-        if i < top.shape[1]:
-            valid = top[:, i] >= width
-            index = pa.array(width - 1 - top[:, i] % width, pa.int64(), mask=~valid)
-            tops.append(names.take(index))
-        else:
-            tops.append(pa.nulls(rows, pa.string()))
-    built = {"userRecentPositives": recent, "userGenreCounts": genre_map,
-             **{f"userGenre{i + 1}": tops[i] for i in range(5)}}
-    helpers = {"_npos", *(f"_rp{j}" for j in range(recent_n)),
-               *(f"_gp{p}" for p in range(len(_genre_packs(n_genres, genre_bits))))}
-    extra = [c for c in batch.schema.names if c not in SAMPLE_COLUMNS and c not in helpers]
-    arrays, fields = [], []
-    for name in list(SAMPLE_COLUMNS) + extra:
-        if name in built:
-            arrays.append(built[name])
-            fields.append(pa.field(name, built[name].type))
-        elif name in batch.schema.names:
-            arrays.append(col(name))
-            fields.append(batch.schema.field(name))
-    if is_table:
-        return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
-    return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))

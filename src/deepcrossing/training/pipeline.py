@@ -187,6 +187,8 @@ def _train(tables: dict[str, pa.Table], config: ExperimentConfig, reservation: R
     results: dict[str, Any] = {"best_epoch": fit.best_epoch, "epochs_run": len(fit.history),
                                "stopped_early": fit.stopped_early,
                                "valid": evaluate_batch(model, encoded["valid"])}
+    if trainer.swa_record:
+        results["swa"] = trainer.swa_record
     roc_split = "valid"
     if "test" in encoded:
         results["test"] = evaluate_batch(model, encoded["test"])

@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import math
+from collections import deque
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -159,6 +160,7 @@ class Trainer:
         self.fingerprint = None if fingerprint is None else dict(fingerprint)
         self.optimizers = make_optimizers(module.parameter_groups(), config)
         self.ema_state: dict[str, Tensor] = {}
+        self.swa_record: dict[str, Any] = {}  # the SWA average's valid scores and whether it was kept
         self.dist = dist if dist is not None and dist.world_size > 1 else None
 
     def fit(self, train: Batch | BatchStream, valid: Batch, resume: bool = False,
@@ -208,6 +210,7 @@ class Trainer:
         step_module = self.module if ctx is None else distributed.wrap(self.module, ctx)  # type: ignore[arg-type]
         is_main = ctx is None or ctx.is_main
         steps = math.ceil(rows / local_batch)
+        recent: deque[dict[str, Tensor]] = deque(maxlen=max(c.swa, 1))  # the last epochs' weights (SWA)
         self.module.train()
         for epoch in range(progress.epochs_done, c.epochs):
             if progress.stopped_early:
@@ -271,6 +274,8 @@ class Trainer:
                     progress.stopped_early = True
             if c.ema > 0:
                 self.model.load_state_dict(current, strict=False)
+            if c.swa > 0:
+                recent.append({k: v.detach().clone() for k, v in (self.ema_state or live).items()})
             if on_epoch is not None:
                 on_epoch(record)
             progress.epochs_done = epoch + 1
@@ -278,11 +283,26 @@ class Trainer:
                 checkpoint.save(self.checkpoint_dir, state, progress, c, self.fingerprint)
             if ctx is not None:
                 ctx.broadcast_flag(progress.stopped_early)
+        if c.swa > 1 and len(recent) > 1 and is_main:
+            self._try_swa(recent, valid, progress)
         if progress.best_state is not None and is_main:
             self.model.load_state_dict(progress.best_state)
         self.model.eval()
         return FitResult(history=progress.history, best_epoch=progress.best_epoch, best_auc=progress.best_auc,
                          stopped_early=progress.stopped_early, samples_per_epoch=n)
+
+    def _try_swa(self, recent: deque[dict[str, Tensor]], valid: Batch, progress: checkpoint.Progress) -> None:
+        """Average the weights of the last epochs (``len(recent)``, at most ``config.swa``); keep the average as
+        the best state only when its valid AUC beats the best epoch's (an extra record ``swa`` says which)."""
+        average = {k: torch.stack([r[k] for r in recent]).mean(dim=0) for k in recent[0]}
+        self.model.load_state_dict(average, strict=False)
+        scores = evaluate_batch(self.model, valid, self.device)
+        kept = not math.isnan(scores["auc"]) and (math.isnan(progress.best_auc) or scores["auc"] > progress.best_auc)
+        self.swa_record = {"epochs": len(recent), "valid_auc": scores["auc"], "valid_logloss": scores["logloss"],
+                           "kept": kept}
+        if kept:
+            progress.best_auc = scores["auc"]
+            progress.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
     def _batches(self, train: Batch | BatchStream, epoch: int, rows: int, batch_size: int,
                  generator: torch.Generator) -> Iterator[Batch]:
