@@ -111,16 +111,11 @@ def static_oracle(data: Any, k: int = 100) -> float:
 
 def end_to_end(data: Any, loaded: Any, channels: dict[str, Any]) -> dict[str, dict[str, float]]:
     """Top-10 NDCG / Recall / HitRate of ``channel -> Deep Crossing`` over the users with a relevant movie."""
-    import pyarrow as pa
-
-    from deepcrossing.features.columns import movie_side_columns, user_side_columns
     from deepcrossing.metrics import hit_rate_at_k, ndcg_at_k, recall_at_k
+    from deepcrossing.training.retrieval_data import ranker
 
-    movie_ids = data.movie_rows.column("movieId").to_numpy()
-    row_of = {int(m): i for i, m in enumerate(movie_ids)}
-    movies = data.movie_rows.select([c for c in movie_side_columns() if c in data.movie_rows.column_names])
-    user_cols = [c for c in user_side_columns() if c in data.user_rows.column_names and c != "userId"]
-    users = data.user_rows.select(user_cols)
+    rank = ranker(data, loaded)                       # as train-recall --model ranks the validation merge
+    known = set(data.movie_rows.column("movieId").to_numpy().tolist())
     out = {}
     for name, channel in channels.items():
         groups, labels, scores = [], [], []
@@ -128,11 +123,8 @@ def end_to_end(data: Any, loaded: Any, channels: dict[str, Any]) -> dict[str, di
             rel = data.relevant[i]
             if rel.size == 0:
                 continue
-            cands = [int(m) for m in channel(user, E2E_CANDIDATES) if int(m) in row_of]
-            table = movies.take(pa.array([row_of[m] for m in cands], pa.int64()))
-            for col in user_cols:
-                table = table.append_column(col, users.column(col).take(pa.array([i] * len(cands), pa.int64())))
-            probs = loaded.predict(table) if cands else np.zeros(0, dtype=np.float32)
+            cands = [int(m) for m in channel(user, E2E_CANDIDATES) if int(m) in known]
+            probs = rank(i, np.array(cands, dtype=np.int64))
             missed = np.setdiff1d(rel, np.array(cands, dtype=np.int64))       # relevant, never recalled
             groups.append(np.full(len(cands) + missed.size, i))
             labels.append(np.concatenate([np.isin(np.array(cands, dtype=np.int64), rel), np.ones(missed.size, bool)]))
@@ -182,7 +174,7 @@ def run_dataset(name: str, work: Path, args: argparse.Namespace) -> dict[str, An
     if args.recall is None and not (recall_dir / "manifest.json").exists():
         print(f"train-recall -> {recall_dir}", flush=True)
         started = time.perf_counter()
-        cli("train-recall", "--samples", str(samples), "--out", str(recall_dir), "--seed", "0")
+        cli("train-recall", "--samples", str(samples), "--out", str(recall_dir), "--seed", "0", "--model", str(model))
         print(f"  train-recall took {time.perf_counter() - started:.1f} s", flush=True)
 
     from deepcrossing.training.artifact import load
@@ -231,7 +223,10 @@ def run_dataset(name: str, work: Path, args: argparse.Namespace) -> dict[str, An
     print(f"bound (reads the test answers, not a channel): the best single list of 100 for every user "
           f"{report['bounds']['static_oracle@100']:.4f}")
     weights = ", ".join(f"{k} {v:g}" for k, v in manifest["merge"]["weights"].items())
-    print(f"merge weights (valid Recall@100 {manifest['merge']['valid_recall']:.4f}): {weights}")
+    ndcg = manifest["merge"].get("valid_ndcg@10")
+    chosen = (f"the best valid Recall@100 with end-to-end NDCG@10 >= popularity-800's: {ndcg:.4f} vs "
+              f"{manifest['merge']['valid_ndcg@10_popularity']:.4f}; " if ndcg is not None else "")
+    print(f"merge weights ({chosen}valid Recall@100 {manifest['merge']['valid_recall']:.4f}): {weights}")
     if isinstance(extra.get("als"), str):
         print(extra["als"])
     elif "als" in extra:

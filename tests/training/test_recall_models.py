@@ -74,6 +74,35 @@ def test_weighted_merge_and_choice() -> None:
     assert score == 1.0 and weights == {"a": 1.0, "b": 1.0}      # a alone [1, 2], b alone [3, 9]: 0.5 each
 
 
+def test_choice_through_the_ranking_model_keeps_rare_movies_out() -> None:
+    # the ml-100k regression in small: channel "tail" recalls more (Recall@2) but brings rare movies (ids >= 100)
+    # that the ranker scores highest, so they push the relevant popular movie out of the top 1
+    pop = popularity_channel(Prior(np.array([1, 2, 3, 4])))
+    tail = popularity_channel(Prior(np.array([100, 5, 101, 102])))
+    users = [UserState(1, NONE, NONE, ()), UserState(2, NONE, NONE, ())]
+    relevant = [np.array([5]), np.array([1, 5])]
+
+    def rank(i: int, ids: np.ndarray) -> np.ndarray:
+        assert ids.tolist() == sorted(set(ids.tolist()))          # each user's candidates scored once
+        return np.where(ids >= 100, 10.0, -ids.astype(np.float64))
+
+    by_recall, recall = choose_merge(users, relevant, {"pop": pop, "tail": tail}, k=2)
+    assert by_recall == {"pop": 0.0, "tail": 1.0} and recall == pytest.approx(0.75)   # [100, 5]: 1 and 1/2
+    by_rank, ndcg = choose_merge(users, relevant, {"pop": pop, "tail": tail}, k=2, rank=rank, candidates=2, top=1)
+    assert by_rank == {"pop": 1.0, "tail": 0.0}         # any merge with tail has 100 in its 2, ranked first
+    assert ndcg == pytest.approx(0.5)                   # pop's [1, 2] ranked: 1 first, user 2's hit
+    _, pop_ndcg = choose_merge(users, relevant, {"pop": pop}, k=2, rank=rank, candidates=2, top=1)
+    assert pop_ndcg == pytest.approx(0.5)
+    # with popularity's NDCG as the floor: the best Recall@2 among the merges that reach it (only pop alone)
+    assert choose_merge(users, relevant, {"pop": pop, "tail": tail}, k=2, rank=rank, candidates=2, top=1,
+                        floor=pop_ndcg) == ({"pop": 1.0, "tail": 0.0}, pop_ndcg)
+    # a floor no merge reaches: the best NDCG; a floor every merge reaches: the best Recall@2 (tail alone)
+    assert choose_merge(users, relevant, {"pop": pop, "tail": tail}, k=2, rank=rank, candidates=2, top=1,
+                        floor=0.9)[0] == {"pop": 1.0, "tail": 0.0}
+    assert choose_merge(users, relevant, {"pop": pop, "tail": tail}, k=2, rank=rank, candidates=2, top=1,
+                        floor=0.0) == ({"pop": 0.0, "tail": 1.0}, 0.0)
+
+
 # --------------------------------------------------------------------------------- train-recall, end to end
 
 
@@ -154,6 +183,22 @@ def test_recall_folder_refuses_tampering(trained: dict[str, Path], tmp_path: Pat
         load_recall(copy)
     with pytest.raises(InputError, match="not a recall folder"):
         load_recall(trained["samples"])
+
+
+def test_train_recall_with_model_chooses_the_merge_end_to_end(trained: dict[str, Path], tmp_path: Path) -> None:
+    from deepcrossing.training.recall_model import read_manifest
+
+    out = tmp_path / "r"
+    res = CliRunner().invoke(app, ["train-recall", "--samples", str(trained["samples"]), "--out", str(out),
+                                   "--epochs", "1", "--model", str(trained["model"])])
+    assert res.exit_code == 0, res.output
+    assert "end to end (valid NDCG@10" in res.output
+    merge = read_manifest(out)["merge"]
+    assert 0.0 <= merge["valid_ndcg@10_popularity"] <= merge["valid_ndcg@10"] <= 1.0
+    assert 0.0 <= merge["valid_recall"] <= 1.0 and any(w > 0 for w in merge["weights"].values())
+    res = CliRunner().invoke(app, ["train-recall", "--samples", str(trained["samples"]), "--out",
+                                   str(tmp_path / "x"), "--model", str(tmp_path / "missing")])
+    assert res.exit_code == 2 and "'--model'" in res.output
 
 
 def test_evaluate_with_recall_and_rerun(trained: dict[str, Path], tmp_path: Path) -> None:

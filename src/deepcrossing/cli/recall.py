@@ -36,6 +36,11 @@ def train_recall(
     channels: Annotated[str, typer.Option(
         "--channels", callback=recall_channels, help="Recall models to train: two_tower, item2vec.")]
         = "two_tower,item2vec",
+    model_dir: Annotated[Path | None, typer.Option(
+        "--model", callback=existing_folder,
+        help="Deep Crossing model folder the service ranks with: the merge is the best on validation "
+             "Recall@100 among those whose end-to-end NDCG@10 (800 ranked by it) is not below popularity-800's.")]
+        = None,
     epochs: Annotated[int, typer.Option(min=1, max=1000, help="Two-tower: at most so many epochs.")] = 20,
     seed: Annotated[int, typer.Option(help="Seed of both models (initialization, shuffling, word2vec).")] = 0,
     threads: Annotated[int, typer.Option(min=0, help="Intra-op threads (0 = one per core).")] = 1,
@@ -56,6 +61,9 @@ def train_recall(
     from deepcrossing.training.two_tower import TwoTowerTrainConfig
 
     assert samples is not None  # required option
+    from deepcrossing.training.artifact import load
+
+    ranking = load(model_dir) if model_dir is not None else None
     names = tuple(c.strip() for c in channels.split(","))
     inputs = [samples / f"{s}.parquet" for s in ("train", "valid", "test", "items")] + [samples / "manifest.json"]
     with reserve(out_dir, RECALL_OUTPUT, inputs=inputs, overwrite=overwrite) as reservation:
@@ -68,7 +76,8 @@ def train_recall(
                           f"{row['valid_recall']:.4f} ({row['seconds']:.1f} s)", highlight=False)
 
         models, merge, metrics = fit(samples, names, two_tower=TwoTowerTrainConfig(epochs=epochs, seed=seed),
-                                     item2vec=Item2VecConfig(seed=seed), on_epoch=on_epoch)
+                                     item2vec=Item2VecConfig(seed=seed), on_epoch=on_epoch,
+                                     model=ranking)
         metrics["seconds"] = round(time.perf_counter() - started, 2)
         with reservation.write() as tmp:
             save_recall(tmp, models, merge=merge, metrics=metrics,
@@ -78,6 +87,10 @@ def train_recall(
     for name, value in metrics["valid_recall"].items():
         console.print(f"{name}: valid Recall@{merge['k']} {value:.4f}", highlight=False)
     weights = ", ".join(f"{k} {v:g}" for k, v in merge["weights"].items())
-    console.print(f"merge (chosen on valid Recall@{merge['k']} {merge['valid_recall']:.4f}): {weights}",
+    chosen = " with end-to-end NDCG@10 >= popularity-800's" if "valid_ndcg@10" in merge else ""
+    console.print(f"merge (chosen on valid Recall@{merge['k']}{chosen}: {merge['valid_recall']:.4f}): {weights}",
                   highlight=False)
+    if "valid_ndcg@10" in merge:
+        console.print(f"end to end (valid NDCG@10 through {model_dir}): merged {merge['valid_ndcg@10']:.4f}, "
+                      f"popularity-800 {merge['valid_ndcg@10_popularity']:.4f}", highlight=False)
     console.print(f"wrote {out_dir} in {metrics['seconds']:.1f} s", highlight=False)

@@ -36,9 +36,12 @@ from deepcrossing.errors import InputError
 from deepcrossing.hashing import file_sha256
 from deepcrossing.model.two_tower import TwoTower, TwoTowerConfig
 from deepcrossing.outputs import OutputKind
+from deepcrossing.training.artifact import LoadedModel
 from deepcrossing.training.item2vec import Item2Vec, Item2VecConfig, fit_item2vec, positive_sequences
-from deepcrossing.training.retrieval_merge import choose_merge
-from deepcrossing.training.retrieval_data import TRENDING_DAYS, build_channels, load_retrieval_data, split_start
+from deepcrossing.training.retrieval import recall_at_ks
+from deepcrossing.training.retrieval_merge import choose_merge, weighted_merge
+from deepcrossing.training.retrieval_data import TRENDING_DAYS, build_channels, load_retrieval_data, ranker, \
+    split_start
 from deepcrossing.training.two_tower import TwoTowerTrainConfig, TwoTowerVectors, train_two_tower, \
     validation_recall
 from deepcrossing.training.vectors import ItemVectors
@@ -203,17 +206,21 @@ def load_recall(path: str | Path) -> dict[str, ItemVectors]:
 
 def train_recall(samples: str | Path, channels: tuple[str, ...] = CHANNELS, *,
                  two_tower: TwoTowerTrainConfig | None = None, item2vec: Item2VecConfig | None = None,
-                 on_epoch: Callable[[dict[str, Any]], None] | None = None
+                 on_epoch: Callable[[dict[str, Any]], None] | None = None, model: LoadedModel | None = None
                  ) -> tuple[dict[str, ItemVectors], dict[str, Any], dict[str, Any]]:
     """Train the recall models of a samples folder (time split) and choose their merge on validation.
 
     ``two_tower``: trained on train's positives, early-stopped on the validation split's Recall@K.
     ``item2vec``: fitted on train's positives to measure it on validation, then again on every positive
     before the test start (train + valid) for the model kept. The merge weights (two-tower, item2vec, the
-    user's genres, trending, popularity) are chosen by validation Recall@100 (:func:`choose_merge`).
+    user's genres, trending, popularity) are chosen on validation (:func:`choose_merge`): with ``model`` (the
+    Deep Crossing model the service ranks with), the best Recall@100 among the weights whose end-to-end
+    NDCG@10 (the merged 800 ranked by it) is at least popularity-800's (popularity alone is one of them,
+    so the served merge is never below popularity-800 end to end on validation); without, by Recall@100.
 
     Returns:
-        (channel -> model, merge ``{"weights", "k", "valid_recall", "trending_days"}``, metrics
+        (channel -> model, merge ``{"weights", "k", "valid_recall", "trending_days"}`` (+ ``"valid_ndcg@10"``
+        and ``"valid_ndcg@10_popularity"`` with ``model``), metrics
         ``{"valid_recall": {...}, "two_tower": {best_epoch, history}}``).
     """
     folder = Path(samples)
@@ -240,4 +247,14 @@ def train_recall(samples: str | Path, channels: tuple[str, ...] = CHANNELS, *,
     metrics["valid_recall"] = {name: validation_recall(v, valid, k) for name, v in on_valid.items()}
     candidates = {name: base[name] for name in (*on_valid, "genres", "trending", "popularity")}
     weights, score = choose_merge(valid.users, valid.relevant, candidates, k=k)
-    return models, {"weights": weights, "k": k, "valid_recall": score, "trending_days": TRENDING_DAYS}, metrics
+    merge: dict[str, Any] = {"weights": weights, "k": k, "valid_recall": score, "trending_days": TRENDING_DAYS}
+    if model is not None:
+        rank = ranker(valid, model)
+        pop, pop_ndcg = choose_merge(valid.users, valid.relevant, {"popularity": base["popularity"]}, k=k,
+                                     rank=rank)
+        weights, ndcg = choose_merge(valid.users, valid.relevant, candidates, k=k, rank=rank, floor=pop_ndcg)
+        merged = weighted_merge([base[c] for c in weights], list(weights.values()))
+        recall = recall_at_ks([merged(u, k) for u in valid.users], valid.relevant, (k,)).recall[k]
+        merge.update(weights=weights, valid_recall=recall, **{"valid_ndcg@10": ndcg,
+                                                              "valid_ndcg@10_popularity": pop_ndcg})
+    return models, merge, metrics

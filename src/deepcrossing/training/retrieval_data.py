@@ -28,13 +28,13 @@ from numpy.typing import NDArray
 
 from deepcrossing.duck import connection, ident, sql_str
 from deepcrossing.errors import InputError
-from deepcrossing.features.columns import user_side_columns
+from deepcrossing.features.columns import movie_side_columns, user_side_columns
 from deepcrossing.features.online import POPULARITY_ORDER, trending_sql
 from deepcrossing.training.artifact import LoadedModel
 from deepcrossing.training.emb_vectors import EmbVectors
 from deepcrossing.training.retrieval import Channel, IdArray, Prior, UserState, coverage_at_ks, emb_channel, \
     genre_channel, merge_channels, popularity_channel, recall_at_ks, trending_channel, vector_channel
-from deepcrossing.training.retrieval_merge import weighted_merge
+from deepcrossing.training.retrieval_merge import Ranker, weighted_merge
 from deepcrossing.training.vectors import ItemVectors
 
 REPORT_KIND = "deepcrossing.retrieval"
@@ -43,7 +43,7 @@ REPORT_KIND = "deepcrossing.retrieval"
 TRENDING_DAYS = 180
 
 __all__ = ["REPORT_KIND", "TRENDING_DAYS", "RetrievalData", "build_channels", "evaluate_retrieval", "item_vectors",
-           "load_retrieval_data", "recall_channel", "split_start"]
+           "load_retrieval_data", "ranker", "recall_channel", "split_start"]
 
 
 @dataclass(frozen=True)
@@ -182,6 +182,35 @@ def item_vectors(loaded: LoadedModel, movie_rows: pa.Table) -> tuple[IdArray, ND
     """
     emb = EmbVectors(loaded).fit(movie_rows)
     return emb.ids_, emb.unit_
+
+
+def ranker(data: RetrievalData, loaded: LoadedModel) -> Ranker:
+    """The ranking model as ``(i, movie ids) -> scores`` for ``data.users[i]``: the user's row of
+    ``data.user_rows`` (features as of the start) beside each movie's latest row, through ``loaded.predict``
+    (as the service ranks its candidates); a movie without a row (never rated before the start) scores ``-inf``.
+
+    Example:
+        >>> rank = ranker(load_retrieval_data("samples", split="valid"), load("model"))   # doctest: +SKIP
+        >>> rank(0, np.array([1, 2, 3])).shape                                           # doctest: +SKIP
+        (3,)
+    """
+    row_of = {int(m): i for i, m in enumerate(data.movie_rows.column("movieId").to_numpy())}
+    movies = data.movie_rows.select([c for c in movie_side_columns() if c in data.movie_rows.column_names])
+    user_cols = [c for c in user_side_columns() if c in data.user_rows.column_names and c != "userId"]
+    users = data.user_rows.select(user_cols)
+
+    def rank(i: int, ids: IdArray) -> NDArray[np.float64]:
+        out = np.full(len(ids), -np.inf)
+        known = np.array([int(m) in row_of for m in ids], dtype=bool)
+        if known.any():
+            table = movies.take(pa.array([row_of[int(m)] for m in ids[known]], pa.int64()))
+            repeat = pa.array(np.full(int(known.sum()), i, dtype=np.int64))
+            for col in user_cols:
+                table = table.append_column(col, users.column(col).take(repeat))
+            out[known] = np.asarray(loaded.predict(table), dtype=np.float64)
+        return out
+
+    return rank
 
 
 def recall_channel(data: RetrievalData, vectors: ItemVectors) -> Channel:

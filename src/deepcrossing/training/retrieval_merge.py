@@ -2,7 +2,8 @@
 
 :func:`weighted_merge` keys the movie at rank r of channel c by ``(r + 1) / w_c`` (equal weights: the
 round-robin of :func:`~deepcrossing.training.retrieval.merge_channels`); :func:`choose_merge` picks the
-weights with the best validation Recall@K over a small grid.
+weights over a small grid on the validation split: by Recall@K, or, given the ranking model as a ``Ranker``,
+also measuring the end-to-end NDCG@10 of the merged candidates ranked by it (what the service shows).
 
 Example:
     >>> from deepcrossing.training.retrieval import Prior, UserState, popularity_channel
@@ -15,7 +16,7 @@ Example:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
@@ -23,7 +24,11 @@ from numpy.typing import NDArray
 from deepcrossing.errors import InputError
 from deepcrossing.training.retrieval import Channel, IdArray, UserState
 
-__all__ = ["choose_merge", "merge_lists", "weighted_merge"]
+__all__ = ["Ranker", "choose_merge", "merge_lists", "weighted_merge"]
+
+#: ``(user index, (C,) candidate ids) -> (C,) scores`` of the ranking model (higher first), e.g.
+#: :func:`deepcrossing.training.retrieval_data.ranker`; a movie it cannot score gets ``-inf``.
+Ranker = Callable[[int, "IdArray"], NDArray[np.float64]]
 
 
 def merge_lists(lists: Sequence[IdArray], weights: Sequence[float], n: int) -> tuple[IdArray, NDArray[np.int64]]:
@@ -77,14 +82,40 @@ def weighted_merge(channels: Sequence[Channel], weights: Sequence[float]) -> Cha
     return recall
 
 
+def _grid(names: Sequence[str], grid: Sequence[float]) -> list[tuple[float, ...]]:
+    """The weight vectors of ``grid`` (not all 0), in grid order, one per ratio (2:2 merges as 1:1)."""
+    seen, out = set(), []
+    for weights in itertools.product(grid, repeat=len(names)):
+        top = max(weights)
+        ratio = tuple(round(w / top, 9) for w in weights) if top > 0 else None
+        if ratio is not None and ratio not in seen:
+            seen.add(ratio)
+            out.append(tuple(float(w) for w in weights))
+    return out
+
+
+def _ndcg(hits: NDArray[np.bool_], n_relevant: int, k: int) -> float:
+    """NDCG@k of one ranked list of hits (binary gains, at most ``k``) with ``n_relevant`` relevant movies in
+    all (:func:`deepcrossing.metrics.ndcg_at_k`'s rule: the relevant movies not recalled count as misses)."""
+    discount = 1.0 / np.log2(np.arange(2, k + 2))
+    return float((discount[:hits.size] * hits).sum() / discount[:min(n_relevant, k)].sum())
+
+
 def choose_merge(users: Sequence[UserState], relevant: Sequence[IdArray], channels: Mapping[str, Channel],
-                 k: int = 100, grid: Sequence[float] = (0, 1, 2, 4)) -> tuple[dict[str, float], float]:
+                 k: int = 100, grid: Sequence[float] = (0, 1, 2, 4), *, rank: Ranker | None = None,
+                 candidates: int = 800, top: int = 10, floor: float | None = None) -> tuple[dict[str, float], float]:
     """The :func:`weighted_merge` weights (each from ``grid``, not all 0) with the best mean Recall@``k``
     over ``users`` (use the VALIDATION split: the weights are then fixed for the test), each channel asked
     once per user; ties go to the earlier weights in grid order.
 
+    With ``rank`` (the ranking model), each weighting is also measured end to end: NDCG@``top`` of the first
+    ``candidates`` merged movies ranked by ``rank`` (each user's candidates are scored once, whatever the
+    weights). Without ``floor``: the best NDCG (ties by Recall@``k``, then grid order). With ``floor`` (e.g.
+    popularity-``candidates``'s NDCG, which popularity alone in the grid reaches): the best Recall@``k`` among
+    the weights whose NDCG is at least ``floor``; if none is, the best NDCG.
+
     Returns:
-        (channel -> weight, the best Recall@k).
+        (channel -> weight, its Recall@k; with ``rank``, its NDCG@top).
 
     Example:
         >>> from deepcrossing.training.retrieval import Prior, popularity_channel
@@ -93,24 +124,41 @@ def choose_merge(users: Sequence[UserState], relevant: Sequence[IdArray], channe
         >>> bad = popularity_channel(Prior(np.array([1, 2, 3])))
         >>> choose_merge([UserState(1, none, none, ())], [np.array([3])], {"bad": bad, "good": good}, k=1)
         ({'bad': 0.0, 'good': 1.0}, 1.0)
+        >>> by_id = lambda i, ids: -ids.astype(np.float64)          # a ranker that prefers low ids
+        >>> choose_merge([UserState(1, none, none, ())], [np.array([1])], {"bad": bad, "good": good}, k=1,
+        ...              rank=by_id, candidates=1, top=1)           # bad's first (1) ranks best
+        ({'bad': 1.0, 'good': 0.0}, 1.0)
     """
     names = list(channels)
-    scored = [(u, np.unique(np.asarray(r, dtype=np.int64))) for u, r in zip(users, relevant, strict=True)
-              if np.asarray(r).size]                          # users without a relevant movie are skipped
-    lists = {name: {u.user_id: np.asarray(ch(u, k), dtype=np.int64) for u, _ in scored}
-             for name, ch in channels.items()}
-
-    def cached(name: str) -> Channel:
-        return lambda user, n: lists[name][user.user_id][:n]
-
-    best: tuple[dict[str, float], float] = (dict.fromkeys(names, 1.0), -1.0)
-    for weights in itertools.product(grid, repeat=len(names)):
-        if not any(w > 0 for w in weights):
-            continue
-        merged = weighted_merge([cached(n) for n in names], weights)
-        # the merged list holds distinct movies: Recall@k = |top k & relevant| / |relevant|, as recall_at_ks
-        hits = [np.isin(merged(u, k), rel).sum() / rel.size for u, rel in scored]
-        score = float(np.mean(hits)) if hits else -1.0
-        if score > best[1]:
-            best = ({n: float(w) for n, w in zip(names, weights, strict=True)}, score)
-    return best
+    used = [(i, u, np.unique(np.asarray(r, dtype=np.int64))) for i, (u, r) in enumerate(zip(users, relevant,
+            strict=True)) if np.asarray(r).size]                  # users without a relevant movie are skipped
+    n_relevant = [rel.size for _, _, rel in used]
+    n = k if rank is None else max(k, candidates)
+    lists = [[np.asarray(channels[name](u, n), dtype=np.int64) for name in names] for _, u, _ in used]
+    scores: list[NDArray[np.float64]] = []
+    if rank is not None:          # per user: the union of the lists, scored once; lists become its positions
+        for j, (i, user, rel) in enumerate(used):
+            union = np.unique(np.concatenate(lists[j])) if lists[j] else np.zeros(0, dtype=np.int64)
+            scores.append(np.asarray(rank(i, union), dtype=np.float64))
+            lists[j] = [np.searchsorted(union, x) for x in lists[j]]
+            used[j] = (i, user, np.flatnonzero(np.isin(union, rel)))
+    best: tuple[tuple[float, ...], tuple[float, float, float], float] = (tuple(1.0 for _ in names),
+                                                                         (-1.0, -1.0, -1.0), -1.0)
+    for weights in _grid(names, grid):
+        on = [c for c, w in enumerate(weights) if w > 0]
+        recall, ndcg = [], []
+        for j, (_, _, rel) in enumerate(used):
+            ids, _ = merge_lists([lists[j][c] for c in on], [weights[c] for c in on], n)
+            # the merged list holds distinct movies: Recall@k = |top k & relevant| / |relevant|, as recall_at_ks
+            recall.append(np.isin(ids[:k], rel).sum() / n_relevant[j])
+            if rank is not None:
+                first = ids[:candidates]
+                ranked = first[np.argsort(-scores[j][first], kind="stable")[:top]]
+                ndcg.append(_ndcg(np.isin(ranked, rel), n_relevant[j], top))
+        r = float(np.mean(recall)) if recall else -1.0
+        e = float(np.mean(ndcg)) if ndcg else -1.0
+        key = ((0.0, r, r) if rank is None else (0.0, e, r) if floor is None
+               else (1.0, r, e) if e >= floor else (0.0, e, r))
+        if key > best[1]:
+            best = (weights, key, r if rank is None else e)
+    return {name: float(w) for name, w in zip(names, best[0], strict=True)}, best[2]
