@@ -30,7 +30,7 @@ import io
 import os
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -74,6 +74,11 @@ class VectorIndex:
     ids: NDArray[np.int64]
     vectors: NDArray[np.float32]
     graph: Any = None
+    known: NDArray[np.bool_] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # (N,) the rows the channel knows (non-zero), once per index, not per request
+        object.__setattr__(self, "known", np.abs(self.vectors).sum(axis=1) > 0)
 
     @property
     def kind(self) -> str:
@@ -136,8 +141,7 @@ class VectorIndex:
         top = torch.topk(sims_t, k, sorted=False).indices.numpy()    # (k,)
         sims = sims_t.numpy()                                         # (N,), no copy
         top = top[np.lexsort((top, -sims[top]))]
-        known = np.abs(self.vectors[top]).sum(axis=1) > 0
-        found: NDArray[np.int64] = np.asarray(top[known], dtype=np.int64)
+        found: NDArray[np.int64] = np.asarray(top[self.known[top]], dtype=np.int64)
         return found
 
     def to_blobs(self) -> dict[str, bytes]:
