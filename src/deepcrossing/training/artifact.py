@@ -30,6 +30,7 @@ from deepcrossing.config import FeatureSpec, ModelConfig, TrainConfig
 from deepcrossing.encoding.batch import Batch
 from deepcrossing.encoding.encoder import Encoder
 from deepcrossing.errors import InputError
+from deepcrossing.jsonfile import read_json_object
 from deepcrossing.hashing import file_sha256
 from deepcrossing.model.deep_crossing import DeepCrossing
 from deepcrossing.outputs import OutputKind
@@ -153,12 +154,7 @@ def load(model_dir: str | Path) -> LoadedModel:
         if not path.is_file():
             raise InputError(f"the model folder has no {path.name}; is it a folder written by "
                              "`deepcrossing train`?", path=path)
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"not valid JSON: {exc}", path=manifest_path) from None
-    if not isinstance(manifest, dict):
-        raise InputError("the manifest must be a JSON object", path=manifest_path)
+    manifest = read_json_object(manifest_path)
     missing, extra = MANIFEST_KEYS - set(manifest), set(manifest) - MANIFEST_KEYS
     if missing:
         raise InputError(f"the manifest lacks key(s) {sorted(missing)}", path=manifest_path,

@@ -33,6 +33,7 @@ from deepcrossing.atomic import write_text_atomic
 from deepcrossing.config import FeatureSpec
 from deepcrossing.encoding.encoder import Encoder
 from deepcrossing.errors import InputError
+from deepcrossing.jsonfile import read_json_object
 from deepcrossing.hashing import file_sha256
 from deepcrossing.model.two_tower import TwoTower, TwoTowerConfig
 from deepcrossing.outputs import OutputKind
@@ -111,11 +112,8 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     if not manifest_path.is_file():
         raise InputError("not a recall folder (no manifest.json); write one with `deepcrossing train-recall`",
                          path=manifest_path)
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"not valid JSON: {exc}", path=manifest_path) from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    manifest = read_json_object(manifest_path)
+    if manifest.get("format") != FORMAT:
         raise InputError(f"not a recall folder: format is not {FORMAT!r}", path=manifest_path, field="format")
     _exact(manifest, MANIFEST_KEYS, manifest_path, "")
     if not isinstance(manifest["channels"], dict):

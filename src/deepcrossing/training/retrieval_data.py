@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from numpy.typing import NDArray
 
 from deepcrossing.duck import connection, ident, sql_str
 from deepcrossing.errors import InputError
+from deepcrossing.jsonfile import read_json_object
 from deepcrossing.features.columns import movie_side_columns, user_side_columns
 from deepcrossing.features.online import POPULARITY_ORDER, trending_sql
 from deepcrossing.training.artifact import LoadedModel
@@ -76,14 +76,7 @@ def _ids(values: Any) -> IdArray:
 
 
 def _manifest(folder: Path) -> dict[str, Any]:
-    manifest_path = folder / "manifest.json"
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read the samples manifest: {exc}", path=manifest_path) from None
-    if not isinstance(manifest, dict):
-        raise InputError("the samples manifest must be a JSON object", path=manifest_path)
-    return manifest
+    return read_json_object(folder / "manifest.json")
 
 
 def split_start(samples: str | Path, split: str) -> int:
