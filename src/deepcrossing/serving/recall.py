@@ -156,6 +156,7 @@ def recall_rows(snap: Any, record: Record | None, plan: Plan,
                 rows = found[found >= 0]
         if rows is None or len(rows) == 0:
             continue
+        rows = rows[: size + n_taken + len(rated)]   # enough: at most n_taken are taken and len(rated) rated
         rows = rows[~taken[rows]]
         if len(rated):
             rows = rows[~sorted_contains(rated, snap.movie_ids[rows])]
