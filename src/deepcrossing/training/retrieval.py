@@ -182,7 +182,8 @@ Channel = Callable[[UserState, int], IdArray]
 
 def _unrated(order: IdArray, rated: IdArray, n: int) -> IdArray:
     """The first ``n`` of ``order`` that are not in ``rated``."""
-    return order[~np.isin(order, rated)][:n]
+    head = order[: n + len(rated)]   # enough: at most len(rated) of them are rated (ids are distinct)
+    return head[~np.isin(head, rated)][:n]
 
 
 def popularity_channel(prior: Prior) -> Channel:
