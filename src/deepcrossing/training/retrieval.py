@@ -270,8 +270,8 @@ def emb_channel(prior: Prior, movie_ids: IdArray, unit: NDArray[np.float32]) -> 
 
 
 def cosine_order(unit: NDArray[np.float32], ids: IdArray, query: NDArray[np.float32]) -> IdArray:
-    """``ids`` by descending ``unit @ query`` (cosine, for unit rows), ties by smaller id: the ``emb`` ranking
-    of this channel and of the service's ``model=emb`` recall.
+    """``ids`` by descending ``unit @ query`` (cosine, for unit rows; an inner product for others), ties by
+    smaller id: the ranking of every offline vector channel and of the service's exact ``model=emb`` recall.
 
     Args:
         unit: (N, H) unit item vectors; ids: (N,) their movie ids; query: (H,) the user vector.
@@ -343,7 +343,6 @@ def vector_channel(prior: Prior, movie_ids: IdArray, items: NDArray[np.float32],
         vec = users.get(user.user_id)
         if vec is None or not np.any(vec):
             return fallback(user, n)
-        sims = items @ np.asarray(vec, dtype=np.float32)                    # (V,)
-        return _unrated(ids[np.lexsort((ids, -sims))], user.rated, n)
+        return _unrated(cosine_order(items, ids, np.asarray(vec, dtype=np.float32)), user.rated, n)
 
     return recall
