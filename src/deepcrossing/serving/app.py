@@ -158,13 +158,16 @@ def create_app(settings: ServingSettings, *, loader: Callable[[Path], Any] | Non
         # generations so that collections during requests stay short (fewer latency spikes).
         gc.collect()
         gc.freeze()
-        poller = asyncio.create_task(_poll(app, eng, metrics, settings.poll_interval_s))
+        stop = asyncio.Event()
+        poller = asyncio.create_task(_poll(app, eng, metrics, settings.poll_interval_s, stop))
         try:
             yield
         finally:
-            poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await poller
+            # Let a poll in flight finish before the store closes: cancelling the task would not stop its
+            # worker thread, and closing a SQLite connection that thread is using crashes the process.
+            stop.set()
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(poller, timeout=2 * settings.store_timeout_s + 1.0)
             calls.close()
             eng.store.close()
             metrics.worker_exit()
@@ -232,12 +235,16 @@ def _add_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
         app.add_exception_handler(kind, handler)
 
 
-async def _poll(app: FastAPI, engine: Engine, metrics: ServiceMetrics, interval: float) -> None:
+async def _poll(app: FastAPI, engine: Engine, metrics: ServiceMetrics, interval: float,
+                stop: asyncio.Event) -> None:
     """Adopt newly published store versions (verified first), notice a store that was recreated or whose
     file is gone, and, with several workers, the model another worker was told to reload; keep serving the
     old ones on any error that leaves them valid."""
     while True:
-        await asyncio.sleep(interval)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval)
+        if stop.is_set():
+            return
         try:
             if await run_in_threadpool(engine.refresh):
                 log.info("serving store %s", engine.info()["storeVersion"])
