@@ -125,21 +125,21 @@ def _top_genre_rows(snap: Any, features: Record) -> np.ndarray | None:
 
 def user_query(channel: Any, features: Record, user_table: Callable[[], pa.Table] | None,
                memo: dict[str, Any] | None) -> np.ndarray | None:
-    """``channel.user_vector(features, user_table)``, kept in ``memo`` (the engine's per-version, per-user
-    cache, like its user partials: a version's records never change, so the vector is the same each time;
-    a two-tower user vector encodes the user table and runs the tower, ~5 ms on a loaded 2-core machine)."""
-    if memo is None:
-        query: np.ndarray | None = channel.user_vector(features, user_table)
-        return query
-    if channel.name not in memo:
-        memo[channel.name] = channel.user_vector(features, user_table)
-    cached: np.ndarray | None = memo[channel.name]
-    return cached
+    """``channel.user_vector(features, user_table)``, kept in ``memo`` (see :func:`user_memo`)."""
+    query: np.ndarray | None = _memo(memo, f"vector/{channel.name}",
+                                     lambda: channel.user_vector(features, user_table))
+    return query
 
 
 def user_memo(cache: dict[int, dict[str, Any]], user_id: int, limit: int) -> dict[str, Any] | None:
     """``cache[user_id]`` (made empty when new; the whole cache cleared when it holds ``limit`` users), or
     ``None`` when ``limit`` is 0 (no cache).
+
+    The memo is what the recall derives from the user's record alone: the vector of each channel
+    (:func:`user_query`; a two-tower user vector encodes the one-row user table and runs the tower, ~5 ms
+    per request on a loaded 2-core machine), the ``rated`` array, the top genres' rows and the
+    :class:`UserState`. The engine keeps one per user in its per-(model, store version) state, beside the
+    user partials: a version's records never change, so what is kept is what would be computed.
 
     Example:
         >>> cache: dict[int, dict[str, Any]] = {}
@@ -154,6 +154,15 @@ def user_memo(cache: dict[int, dict[str, Any]], user_id: int, limit: int) -> dic
             cache.clear()
         memo = cache[user_id] = {}
     return memo
+
+
+def _memo(memo: dict[str, Any] | None, key: str, make: Callable[[], Any]) -> Any:
+    """``memo[key]``, made by ``make()`` when missing (``make()`` each time without a memo)."""
+    if memo is None:
+        return make()
+    if key not in memo:
+        memo[key] = make()
+    return memo[key]
 
 
 def recall_rows(snap: Any, record: Record | None, plan: Plan, user_table: Callable[[], pa.Table] | None,
@@ -171,7 +180,7 @@ def recall_rows(snap: Any, record: Record | None, plan: Plan, user_table: Callab
         ((R,) int64 rows, (R,) int8 plan indexes).
     """
     features = (record or {}).get("features") or {}
-    rated = np.asarray((record or {}).get("rated") or (), dtype=np.int64)
+    rated = _memo(memo, "rated", lambda: np.asarray((record or {}).get("rated") or (), dtype=np.int64))
     taken = np.zeros(len(snap.movie_ids), dtype=bool)
     parts: list[np.ndarray] = []
     labels: list[np.ndarray] = []
@@ -180,7 +189,7 @@ def recall_rows(snap: Any, record: Record | None, plan: Plan, user_table: Callab
         if name == "popularity":
             rows = snap.candidate_rows
         elif name == "genres":
-            rows = _top_genre_rows(snap, features)
+            rows = _memo(memo, "genre_rows", lambda: _top_genre_rows(snap, features))
         else:
             channel = snap.channels[name]
             query = user_query(channel, features, user_table, memo)
@@ -247,7 +256,7 @@ def merged_rows(snap: Any, user_id: int, record: Record | None, total: int,
     Returns:
         ((R,) int64 snapshot rows in merge order, (R,) int8 plan indexes, the plan ``((channel, count), ...)``).
     """
-    prior, user = snap.prior, user_state(user_id, record)
+    prior, user = snap.prior, _memo(memo, "user_state", lambda: user_state(user_id, record))
     features = (record or {}).get("features") or {}
     lists = []
     for name, _ in snap.merge:
