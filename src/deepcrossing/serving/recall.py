@@ -20,6 +20,10 @@ unrated movies as the offline evaluation measured it (the same channel functions
 popularity for a user they have nothing for) and the lists are merged by the same quota rule
 (:func:`deepcrossing.training.retrieval_merge.merge_lists`), so what is served is what was measured.
 
+What both derive from the user's record alone (the channels' user vectors, the ``rated`` array, ...) is kept
+in a per-user memo (:func:`user_memo`) that the engine holds per (model, store version), beside its user
+partials: the same answers, without a two-tower user tower run per request.
+
 Example:
     >>> parse_channels("emb:300, popularity:500", ("emb", "genres", "popularity"), 800)
     (('emb', 300), ('popularity', 500))
@@ -174,7 +178,8 @@ def recall_rows(snap: Any, record: Record | None, plan: Plan, user_table: Callab
         record: the user's store record (``None``: unknown user, cold start).
         plan: ``(channel, size)`` pairs, in order of precedence.
         user_table: builds the one-row user table (for a recall folder's user side).
-        memo: the user's vectors by channel name, read and filled here (:func:`user_query`; ``None``: none).
+        memo: what the recall derived from this user's record before, read and filled here
+            (:func:`user_memo`; ``None``: nothing kept).
 
     Returns:
         ((R,) int64 rows, (R,) int8 plan indexes).
