@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 from deepcrossing.data.schema import Dataset
 from deepcrossing.duck import sql_str
 from deepcrossing.errors import InputError
-from deepcrossing.features.columns import MOVIE_SIDE, USER_SIDE, cold_features
+from deepcrossing.features.columns import MOVIE_SIDE, ONLINE_USER_SIDE, USER_SIDE, cold_features
 from deepcrossing.features.config import FeatureConfig
 from deepcrossing.features.inputs import (
     connect,
@@ -92,7 +92,9 @@ class OnlineRecords:
     """Every user's and movie's online record as of ``t_end``, as Arrow tables (U users, M movies).
 
     Attributes:
-        users: (U rows) :func:`~deepcrossing.features.user_side_columns`, sorted by ``userId``.
+        users: (U rows) :data:`~deepcrossing.features.columns.ONLINE_USER_SIDE` (the user-side sample
+            columns, then the per-genre rating sums and counts the pair columns are computed from), sorted by
+            ``userId``.
         histories: (U rows, the order of ``users``) ``userId``, ``history`` (``list<struct<movieId int64,
             rating double, timestamp int64>>``, at most ``history_n``, most recent first, then smaller
             movieId) and ``rated`` (``list<int64>``, every movie the user rated, sorted, distinct).
@@ -240,10 +242,36 @@ def _latest(con: duckdb.DuckDBPyConnection, config: FeatureConfig) -> tuple[pa.T
                 + ") WHERE is_probe")
     users = assemble(con.sql("SELECT * FROM probes WHERE userId IS NOT NULL ORDER BY userId").to_arrow_table(),
                      genres, config.recent_n, bits).select(list(USER_SIDE))
+    users = _with_genre_ratings(con, users)
     movies = assemble(con.sql("SELECT * FROM probes WHERE movieId IS NOT NULL ORDER BY movieId")
                       .to_arrow_table(), genres, config.recent_n, bits).select(list(MOVIE_SIDE))
     assert isinstance(users, pa.Table) and isinstance(movies, pa.Table)
     return users, movies, t_end
+
+
+# ---- online-only user columns (issue 11): what the pair columns are computed from at request time ----
+def _with_genre_ratings(con: duckdb.DuckDBPyConnection, users: pa.Table) -> pa.Table:
+    """``users`` with ``userGenreRatingSums`` / ``userGenreRatingCounts``: per genre, the sum and number of the
+    user's non-NULL ratings (all of them: ``t_end`` is after the last) of movies of that genre, a genre listed
+    twice counting twice, exactly the ``genre_before`` sums of :func:`~deepcrossing.features.sql.feature_sql`
+    at ``t_end``; genres sorted by name, ``{}`` for a user with none."""
+    con.register("_online_users", users.select(["userId"]))
+    maps = con.sql(
+        "WITH g AS (SELECT r.user_id, ig.genre, SUM(r.rating) AS s, COUNT(r.rating) AS n FROM ratings_src r "
+        "JOIN (SELECT item_id, UNNEST(genres) AS genre FROM items_src) ig ON r.item_id = ig.item_id "
+        "WHERE r.user_id IS NOT NULL AND r.rating IS NOT NULL AND ig.genre IS NOT NULL GROUP BY r.user_id, ig.genre), "
+        "m AS (SELECT user_id, MAP(list(genre ORDER BY genre), list(s ORDER BY genre)) AS sums, "
+        "MAP(list(genre ORDER BY genre), list(n ORDER BY genre)) AS counts FROM g GROUP BY user_id) "
+        "SELECT COALESCE(m.sums, MAP(CAST([] AS VARCHAR[]), CAST([] AS DOUBLE[]))) AS userGenreRatingSums, "
+        "COALESCE(m.counts, MAP(CAST([] AS VARCHAR[]), CAST([] AS BIGINT[]))) AS userGenreRatingCounts "
+        "FROM _online_users u LEFT JOIN m ON u.userId = m.user_id ORDER BY u.userId"
+    ).to_arrow_table()
+    con.unregister("_online_users")
+    out = users
+    for name, kind in (("userGenreRatingSums", pa.float64()), ("userGenreRatingCounts", pa.int64())):
+        typed = pa.map_(pa.string(), kind)
+        out = out.append_column(pa.field(name, typed), maps.column(name).cast(typed))
+    return out.select(list(ONLINE_USER_SIDE))
 
 
 def _movie_info_sql(con: duckdb.DuckDBPyConnection, dataset: Dataset) -> str:
