@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -103,6 +104,31 @@ def user_vectors(user: Mapping[str, Any], names: Sequence[str]) -> tuple[np.ndar
     return c, s, n, user_sq
 
 
+def pair_values(vectors: tuple[np.ndarray, np.ndarray, np.ndarray, int], occ: np.ndarray,
+                onehot: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The two pair columns as (B,) float64 arrays, NaN where the sample SQL gives NULL (the serving hot path:
+    no Arrow; :func:`pair_features` is the same with nulls).
+
+    Args:
+        vectors: :func:`user_vectors` of the user over ``occ``'s vocabulary.
+        occ: (B, G) :func:`genre_occurrences` of the movies.
+        onehot: ``(occ > 0)`` as int64, when already computed.
+
+    Returns:
+        ``(userGenreCosine, userGenreAvgRating)``.
+    """
+    c, s, n, user_sq = vectors
+    onehot = (occ > 0).astype(np.int64) if onehot is None else onehot
+    movie_k = onehot.sum(axis=1)
+    valid = (user_sq > 0) & (movie_k > 0)
+    norms = math.sqrt(float(user_sq)) * np.sqrt(movie_k.astype(np.float64))
+    cosine = np.divide((onehot @ c).astype(np.float64), norms, out=np.full(len(occ), np.nan), where=valid)
+    denominator = occ @ n
+    avg = np.divide(occ.astype(np.float64) @ s, denominator.astype(np.float64), out=np.full(len(occ), np.nan),
+                    where=denominator > 0)
+    return cosine, avg
+
+
 def pair_features(user: Mapping[str, Any], occ: np.ndarray, names: Sequence[str],
                   vectors: tuple[np.ndarray, np.ndarray, np.ndarray, int] | None = None) -> dict[str, pa.Array]:
     """The pair columns of one user against a batch of movies, NULL where the sample SQL gives NULL.
@@ -116,11 +142,6 @@ def pair_features(user: Mapping[str, Any], occ: np.ndarray, names: Sequence[str]
     Returns:
         ``{"userGenreCosine": (B,) float64, "userGenreAvgRating": (B,) float64}`` (Arrow, with nulls).
     """
-    c, s, n, user_sq = vectors if vectors is not None else user_vectors(user, names)
-    onehot = (occ > 0).astype(np.int64)
-    cosine = cosine_of(onehot @ c, np.full(occ.shape[0], user_sq, np.int64), onehot.sum(axis=1))
-    denominator = occ @ n
-    valid = denominator > 0
-    avg = np.divide(occ.astype(np.float64) @ s, denominator.astype(np.float64), out=np.zeros(occ.shape[0]),
-                    where=valid)
-    return {"userGenreCosine": cosine, "userGenreAvgRating": pa.array(avg, pa.float64(), mask=~valid)}
+    cosine, avg = pair_values(vectors if vectors is not None else user_vectors(user, names), occ)
+    return {"userGenreCosine": pa.array(cosine, pa.float64(), from_pandas=True),
+            "userGenreAvgRating": pa.array(avg, pa.float64(), from_pandas=True)}

@@ -42,7 +42,7 @@ Example (``deepcrossing.load(model_dir)`` gives ``loaded``; here a tiny untraine
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from deepcrossing.encoding.numeric import is_dense, is_numeric_embedding
 from deepcrossing.errors import DeepCrossingError
 from deepcrossing.features.columns import PAIR_SIDE
-from deepcrossing.features.pair import PAIR_INPUTS, genre_occurrences, pair_features
+from deepcrossing.features.pair import PAIR_INPUTS, genre_occurrences, pair_features, pair_values, user_vectors
 from deepcrossing.model.deep_crossing import DeepCrossing
 
 CHUNK = 512  # rows per pass of the per-candidate network when ranking many candidates
@@ -68,12 +68,14 @@ class ItemPart:
         p: (M, H) ``x @ W^T``: the item share of the first layer's pre-activation.
         occ: (M, G) genre occurrences of each movie (:func:`~deepcrossing.features.pair.genre_occurrences`)
             over ``genre_names``; ``None`` for a model without pair features.
+        onehot: (M, G) int64 ``occ > 0`` (``None`` likewise).
         genre_names: (G,) the sorted genres of these movies (the store version's vocabulary).
     """
 
     x: Tensor
     p: Tensor
     occ: np.ndarray | None = None
+    onehot: np.ndarray | None = None
     genre_names: tuple[str, ...] = ()
 
 
@@ -85,6 +87,7 @@ class UserPart:
     x: Tensor
     p: Tensor
     pair: dict[str, Any] | None = None
+    vectors: dict[tuple[str, ...], Any] = field(default_factory=dict, repr=False, compare=False)
 
 
 class Scorer:
@@ -149,7 +152,8 @@ class Scorer:
         genres = table.column("movieGenres") if "movieGenres" in table.column_names else \
             pa.nulls(table.num_rows, pa.list_(pa.string()))
         names = tuple(sorted({g for row in genres.to_pylist() for g in (row or ()) if g is not None}))
-        return ItemPart(x=x, p=p, occ=genre_occurrences(genres, pa.array(names, pa.string())), genre_names=names)
+        occ = genre_occurrences(genres, pa.array(names, pa.string()))
+        return ItemPart(x=x, p=p, occ=occ, onehot=(occ > 0).astype(np.int64), genre_names=names)
 
     @torch.inference_mode()
     def user(self, table: pa.Table) -> UserPart:
@@ -184,22 +188,41 @@ class Scorer:
         self._pair_ways = {n: ("dense", dense.index(n)) if is_dense(features[n]) else
                            ("numeric", 0) if is_numeric_embedding(features[n]) else ("stack", 0) for n in order}
 
+    def _pair_inputs(self, user: UserPart, items: ItemPart, rows: Tensor) -> dict[str, np.ndarray]:
+        """{pair column: (n,) float64, NaN for NULL} of the user against movies ``rows`` of ``items``."""
+        names = items.genre_names
+        vectors = user.vectors.get(names)
+        if vectors is None:   # once per (user part, store version's vocabulary)
+            vectors = user.vectors.setdefault(names, user_vectors(user.pair or {}, names))
+        if items.occ is None or items.onehot is None:
+            occ = onehot = np.zeros((len(rows), 0), np.int64)
+        else:
+            index = rows.numpy()
+            occ, onehot = items.occ[index], items.onehot[index]
+        cosine, avg = pair_values(vectors, occ, onehot)
+        return {"userGenreCosine": cosine, "userGenreAvgRating": avg}
+
     def pair_table(self, user: UserPart, items: ItemPart, rows: Tensor) -> pa.Table:
         """The pair columns of the user against movies ``rows`` of ``items`` (n rows, Arrow, with nulls)."""
-        occ = items.occ if items.occ is not None else np.zeros((len(items.x), 0), np.int64)
-        values = pair_features(user.pair or {}, occ[rows.numpy()], items.genre_names)
-        return pa.table({name: values[name] for name in self.pair_columns})
+        values = self._pair_inputs(user, items, rows)
+        return pa.table({name: pa.array(values[name], pa.float64(), from_pandas=True) for name in self.pair_columns})
 
     def _pair_x(self, user: UserPart, items: ItemPart, rows: Tensor) -> Tensor:
-        """(n, P) the stacked vector's pair columns (``pair_idx`` order) for movies ``rows``."""
-        batch = self.encoder.transform(self.pair_table(user, items, rows), only=self.pair_columns)
+        """(n, P) the stacked vector's pair columns (``pair_idx`` order) for movies ``rows``: the encoder's
+        fitted transforms on the values (NaN is NULL to them, imputed as in training), then the model's
+        numeric embedding modules."""
         if any(way == "stack" for way, _ in self._pair_ways.values()):
+            batch = self.encoder.transform(self.pair_table(user, items, rows), only=self.pair_columns)
             return self.model.stack(batch)[:, self.pair_idx]
-        parts = []
+        values = self._pair_inputs(user, items, rows)
+        n, parts = len(rows), []
         for name in self._pair_order:
-            way, j = self._pair_ways[name]
-            parts.append(batch.dense[:, j:j + 1] if way == "dense" else
-                         self.model.numeric.embeddings[name](batch.numeric[name]))
+            way, _ = self._pair_ways[name]
+            if way == "dense":
+                parts.append(torch.from_numpy(self.encoder.normalizers_[name].transform(values[name])).view(n, 1))
+            else:
+                encoded = np.asarray(self.encoder.numeric_[name].transform(values[name]), dtype=np.float32)
+                parts.append(self.model.numeric.embeddings[name](torch.from_numpy(encoded.reshape(n, -1))))
         return torch.cat(parts, dim=1)
 
     @torch.inference_mode()
@@ -218,7 +241,7 @@ class Scorer:
         x = items.x.index_select(0, rows) + user.x if self.residual else pre[:, :0]  # (n, S) for the skip
         if self.pair_idx is not None:
             x_pair = self._pair_x(user, items, rows)                             # (n, P)
-            pre = pre + x_pair @ self.pair_weight
+            pre = pre.addmm_(x_pair, self.pair_weight)
             if self.residual:
                 x[:, self.pair_idx] = x_pair
         if self._ort is not None:
