@@ -309,8 +309,7 @@ class Engine:
             scores = np.zeros(0)
         elif plain:
             user_table = self._user_table(snap, user_id, record)
-            logits = state.scorer.plain(join_user_movies(user_table, snap.movie_table.take(pa.array(rows)),
-                                                         pair=bool(state.scorer.pair_columns)))
+            logits = state.scorer.plain(join_user_movies(user_table, snap.movie_table.take(pa.array(rows))))
             scores = _sigmoid(logits)
         else:
             scores = _sigmoid(state.scorer.fast(self._user_part(read, user_id), snap.items, rows))

@@ -306,16 +306,17 @@ def _onnx_session(tail: _Tail, hidden: int, width: int, residual: bool) -> Any:
     return ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
 
 
-def join_user_movies(user_table: pa.Table, movie_table: pa.Table, pair: bool = False) -> pa.Table:
+def join_user_movies(user_table: pa.Table, movie_table: pa.Table, pair: bool = True) -> pa.Table:
     """One row per movie of ``movie_table`` with the single row of ``user_table`` repeated beside it; with
-    ``pair`` also the pair columns (:func:`~deepcrossing.features.pair.pair_features` of the user row against
-    each movie's ``movieGenres``: the plain path's own computation, vocabulary from these movies alone)."""
+    ``pair`` (and a ``movieGenres`` column) also the pair columns (:func:`~deepcrossing.features.pair.
+    pair_features` of the user row against each movie's genres: the plain path's own computation, vocabulary
+    from these movies alone), unless the tables already hold them."""
     repeated = user_table.take(pa.array(np.zeros(movie_table.num_rows, dtype=np.int64)))
     columns = {name: movie_table.column(name) for name in movie_table.column_names}
     for name in repeated.column_names:
         if name not in columns:
             columns[name] = repeated.column(name)
-    if pair:
+    if pair and "movieGenres" in columns and not any(c in columns for c in PAIR_SIDE):
         genres = movie_table.column("movieGenres")
         names = sorted({g for row in genres.to_pylist() for g in (row or ()) if g is not None})
         record = user_table.slice(0, 1).select([c for c in PAIR_INPUTS if c in user_table.column_names])
