@@ -150,5 +150,5 @@ def test_shipped_specs_agree_with_the_column_sides(spec):
         column = COLUMNS.get(feature["name"])
         if column is None:
             continue  # not a sample column (a derived or context feature)
-        expected = {"user": "user", "movie": "item", "event": "context"}[column.side]
+        expected = {"user": "user", "movie": "item", "event": "context", "pair": "context"}[column.side]
         assert feature.get("side", "context") == expected, (spec, feature["name"])
