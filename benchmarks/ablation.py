@@ -11,8 +11,8 @@ Variants:
 
 * ``default``           the spec before issue 11 (the shipped one minus the features below)
 * ``+recent counts``    movieLast7dRatingCount, movieLast30dRatingCount (item side, log1p + standardize)
-* ``+user x movie``     userGenreCosine, userGenreAvgRating (context side; not served: the service's
-                        first-layer split has no per-candidate user x movie input yet)
+* ``+user x movie``     userGenreCosine, userGenreAvgRating (context side; served per candidate by the
+                        scorer's pair part: the default since issue 11's serving step)
 * ``+EMA 0.98/0.99``    weights averaged every step (training.ema), on the best served row above
 * ``+SWA 3``            the average of the last 3 epochs' weights, kept when its valid AUC is better
 
@@ -52,7 +52,7 @@ def _features(names: list[tuple[str, str]], transform: dict[str, str]) -> str:
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {"add": [], "ema": 0.0, "served": True},
     "+recent counts": {"add": RECENT, "ema": 0.0, "served": True},
-    "+user x movie": {"add": RECENT + PAIR, "ema": 0.0, "served": False},
+    "+user x movie": {"add": RECENT + PAIR, "ema": 0.0, "served": True},
     "+recent counts +EMA 0.98": {"add": RECENT, "ema": 0.98, "served": True},
     "+recent counts +EMA 0.99": {"add": RECENT, "ema": 0.99, "served": True},
     "+recent counts +SWA 3": {"add": RECENT, "ema": 0.0, "swa": 3, "served": True},

@@ -17,7 +17,7 @@ from deepcrossing.features import (
     online_records,
     user_side_columns,
 )
-from deepcrossing.features.columns import KEYS, SIDES, side_of
+from deepcrossing.features.columns import KEYS, ONLINE_USER_SIDE, SIDES, side_of
 
 from .conftest import write_dataset
 
@@ -67,7 +67,8 @@ def test_cold_records_are_fresh_copies():
     a["userRecentPositives"].append(9)
     a["userGenreCounts"]["Drama"] = 1
     assert b["userRecentPositives"] == [] and b["userGenreCounts"] == {} and COLUMNS["userGenreCounts"].cold == {}
-    assert list(a) == list(user_side_columns()) and (a["userId"], b["userId"]) == (1, 2)
+    assert list(a) == list(ONLINE_USER_SIDE) and (a["userId"], b["userId"]) == (1, 2)
+    assert a["userGenreRatingSums"] == {} and a["userGenreRatingCounts"] == {}
     assert cold_features("movie")["movieId"] is None
 
 
@@ -83,7 +84,8 @@ def test_cold_start_equals_the_sample_sql_on_a_first_rating(tmp_path):
         first_of_movie.setdefault(row["movieId"], row)
     assert sorted(first_of_user) == [1, 2, 3, 4, 5]
     for uid, row in first_of_user.items():
-        assert _plain({c: row[c] for c in user_side_columns()}) == cold_features("user", uid)
+        cold = cold_features("user", uid)
+        assert _plain({c: row[c] for c in user_side_columns()}) == {c: cold[c] for c in user_side_columns()}
     unknown = first_of_movie[9]
     assert _plain({c: unknown[c] for c in movie_side_columns()}) == cold_features("movie", 9)
     # a later rating is not cold: the test can fail
@@ -148,5 +150,5 @@ def test_shipped_specs_agree_with_the_column_sides(spec):
         column = COLUMNS.get(feature["name"])
         if column is None:
             continue  # not a sample column (a derived or context feature)
-        expected = {"user": "user", "movie": "item", "event": "context"}[column.side]
+        expected = {"user": "user", "movie": "item", "event": "context", "pair": "context"}[column.side]
         assert feature.get("side", "context") == expected, (spec, feature["name"])

@@ -19,7 +19,7 @@ from deepcrossing.features import (
     movie_side_columns,
     user_side_columns,
 )
-from deepcrossing.features.columns import FEATURE_COLUMNS
+from deepcrossing.features.columns import FEATURE_COLUMNS, ONLINE_USER_SIDE
 
 from .conftest import write_dataset
 
@@ -180,7 +180,7 @@ def test_latest_features_equal_a_probe_sample_at_t_end(tmp_path):
                (2, 1, 1.0, 40), (3, 2, 5.0, 41)]
     ds = write_dataset(tmp_path / "d", ratings, ITEMS)
     users, movies = latest_features(ds, FeatureConfig())
-    assert users.column_names == list(user_side_columns()) and movies.column_names == list(movie_side_columns())
+    assert users.column_names == list(ONLINE_USER_SIDE) and movies.column_names == list(movie_side_columns())
     assert users.column("userId").to_pylist() == [1, 2, 3]
     assert movies.column("movieId").to_pylist() == [1, 2, 3, 4, 5]  # movie 3 was never rated
     # a real sample for every (user, movie) pair at t_end = 42 must carry exactly these values
@@ -189,7 +189,7 @@ def test_latest_features_equal_a_probe_sample_at_t_end(tmp_path):
     for user in users.to_pylist():
         for m in (1, 2, 3, 4, 5):
             row = sampled[(user["userId"], m, 42)]
-            assert {c: row[c] for c in user_side_columns()} == user
+            assert {c: row[c] for c in user_side_columns()} == {c: user[c] for c in user_side_columns()}
     for movie in movies.to_pylist():
         row = sampled[(1, movie["movieId"], 42)]
         assert {c: row[c] for c in movie_side_columns()} == movie

@@ -51,7 +51,7 @@ def test_trained_model_has_every_numeric_embedding(trained):
     transforms = {f.transform for f in loaded.spec.features if f.kind == "numeric"}
     assert transforms == set(TRANSFORMS)
     sides = {(f.side, f.transform) for f in loaded.spec.features if f.kind == "numeric"}
-    assert {s for s, _ in sides} == {"user", "item"}
+    assert {s for s, _ in sides} == {"user", "item", "context"}   # context: the user x movie (pair) columns
     assert loaded.manifest["metrics"]["valid"]["auc"] > 0.5
 
 

@@ -121,8 +121,23 @@ EXTRA_COLUMNS = tuple(list(SAMPLE_COLUMNS)[30:])
 ID_COLUMNS = ("userId", "movieId", "rating", "timestamp", "label")
 FEATURE_COLUMNS = tuple(c for c in SAMPLE_COLUMNS if c not in ID_COLUMNS)
 PAIR_SIDE = tuple(name for name, c in COLUMNS.items() if c.side == "pair")
-"""User x movie columns: they depend on both records, so the online records hold neither (not served yet)."""
+"""User x movie columns: they depend on both records, so the online records hold neither; the service computes
+them per candidate from the user record and the movie's genres (:func:`deepcrossing.features.pair.pair_features`)."""
 USER_SIDE = tuple(name for name, c in COLUMNS.items() if c.side == "user")
+
+# ---- online-only user columns (issue 11, serving the pair columns) ----
+# Not sample columns: the online user record carries them so that the service can compute the pair columns
+# (:data:`PAIR_SIDE`) for any candidate at request time (:mod:`deepcrossing.features.pair`). Their values at
+# ``t_end`` are what the sample SQL's ``userGenreAvgRating`` sums over (tests/features/test_pair.py).
+ONLINE_USER_COLUMNS: dict[str, Column] = {
+    "userGenreRatingSums": _user("MAP(VARCHAR, DOUBLE)", {},
+                                 "genre -> sum of the user's ratings before t of movies of that genre"),
+    "userGenreRatingCounts": _user("MAP(VARCHAR, BIGINT)", {},
+                                   "genre -> number of those ratings (non-NULL ratings only)"),
+}
+ONLINE_USER_SIDE = (*USER_SIDE, *ONLINE_USER_COLUMNS)
+"""The columns of an online user record: the sample's user-side columns, then :data:`ONLINE_USER_COLUMNS`."""
+_ALL_COLUMNS: dict[str, Column] = {**COLUMNS, **ONLINE_USER_COLUMNS}
 MOVIE_SIDE = tuple(name for name, c in COLUMNS.items() if c.side == "movie")
 
 
@@ -180,7 +195,7 @@ def side_of(name: str) -> Side:
         ('movie', 'user', 'event')
     """
     try:
-        return COLUMNS[name].side
+        return _ALL_COLUMNS[name].side
     except KeyError:
         raise KeyError(f"{name!r} is not a sample column") from None
 
@@ -194,7 +209,7 @@ def cold_features(side: Side, key: int | None = None) -> dict[str, Any]:
 
     Returns:
         ``{column: cold value}`` for every column of the side, in column order (fresh lists and dicts on
-        every call, so a caller may change them).
+        every call, so a caller may change them); the user side includes :data:`ONLINE_USER_COLUMNS`.
 
     Example:
         >>> cold = cold_features("user", 42)
@@ -203,6 +218,6 @@ def cold_features(side: Side, key: int | None = None) -> dict[str, Any]:
     """
     if side not in KEYS:
         raise ValueError(f"side must be 'user' or 'movie', not {side!r}")
-    out = {name: copy.copy(c.cold) for name, c in COLUMNS.items() if c.side == side}
+    out = {name: copy.copy(c.cold) for name, c in _ALL_COLUMNS.items() if c.side == side}
     out[KEYS[side]] = None if key is None else int(key)
     return out

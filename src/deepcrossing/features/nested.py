@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from deepcrossing.features.columns import SAMPLE_COLUMNS
+from deepcrossing.features.pair import cosine_of, genre_occurrences
 from deepcrossing.features.sql import _genre_packs
 
 
@@ -31,22 +32,8 @@ def genre_cosine(counts: np.ndarray, movie_genres: pa.Array, names: pa.Array) ->
         >>> genre_cosine(np.array([[3, 4], [0, 0]]), pa.array([["B"], ["A"]]), pa.array(["A", "B"])).to_pylist()
         [0.8, None]
     """
-    import pyarrow.compute as pc
-
-    rows = counts.shape[0]
-    onehot = np.zeros(counts.shape, bool)
-    if rows and counts.shape[1]:
-        flat = movie_genres.flatten()
-        parent = np.asarray(pc.list_parent_indices(movie_genres))
-        index = pc.index_in(flat, value_set=names).to_numpy(zero_copy_only=False)
-        known = ~np.isnan(index.astype(np.float64))
-        onehot[parent[known], index[known].astype(np.int64)] = True
-    dot = (counts * onehot).sum(axis=1).astype(np.float64)
-    norm_user = np.sqrt((counts * counts).sum(axis=1).astype(np.float64))
-    norm_movie = np.sqrt(onehot.sum(axis=1).astype(np.float64))
-    valid = (norm_user > 0) & (norm_movie > 0)
-    cosine = np.divide(dot, norm_user * norm_movie, out=np.zeros(rows), where=valid)
-    return pa.array(cosine, pa.float64(), mask=~valid)
+    onehot = (genre_occurrences(movie_genres, names) > 0).astype(np.int64)
+    return cosine_of((counts * onehot).sum(axis=1), (counts * counts).sum(axis=1), onehot.sum(axis=1))
 
 
 def assemble(batch: pa.RecordBatch | pa.Table, genres: list[str], recent_n: int,

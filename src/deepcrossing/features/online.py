@@ -36,9 +36,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from deepcrossing.data.schema import Dataset
-from deepcrossing.duck import sql_str
+from deepcrossing.duck import ident, sql_str
 from deepcrossing.errors import InputError
-from deepcrossing.features.columns import MOVIE_SIDE, USER_SIDE, cold_features
+from deepcrossing.features.columns import MOVIE_SIDE, ONLINE_USER_SIDE, USER_SIDE, cold_features
 from deepcrossing.features.config import FeatureConfig
 from deepcrossing.features.inputs import (
     connect,
@@ -92,7 +92,9 @@ class OnlineRecords:
     """Every user's and movie's online record as of ``t_end``, as Arrow tables (U users, M movies).
 
     Attributes:
-        users: (U rows) :func:`~deepcrossing.features.user_side_columns`, sorted by ``userId``.
+        users: (U rows) :data:`~deepcrossing.features.columns.ONLINE_USER_SIDE` (the user-side sample
+            columns, then the per-genre rating sums and counts the pair columns are computed from), sorted by
+            ``userId``.
         histories: (U rows, the order of ``users``) ``userId``, ``history`` (``list<struct<movieId int64,
             rating double, timestamp int64>>``, at most ``history_n``, most recent first, then smaller
             movieId) and ``rated`` (``list<int64>``, every movie the user rated, sorted, distinct).
@@ -240,10 +242,42 @@ def _latest(con: duckdb.DuckDBPyConnection, config: FeatureConfig) -> tuple[pa.T
                 + ") WHERE is_probe")
     users = assemble(con.sql("SELECT * FROM probes WHERE userId IS NOT NULL ORDER BY userId").to_arrow_table(),
                      genres, config.recent_n, bits).select(list(USER_SIDE))
+    users = with_genre_ratings(con, users).select(list(ONLINE_USER_SIDE))
     movies = assemble(con.sql("SELECT * FROM probes WHERE movieId IS NOT NULL ORDER BY movieId")
                       .to_arrow_table(), genres, config.recent_n, bits).select(list(MOVIE_SIDE))
     assert isinstance(users, pa.Table) and isinstance(movies, pa.Table)
     return users, movies, t_end
+
+
+# ---- online-only user columns (issue 11): what the pair columns are computed from at request time ----
+def with_genre_ratings(con: duckdb.DuckDBPyConnection, users: pa.Table, ratings: str = "ratings_src",
+                       items: str = "items_src", user: str = "user_id", item: str = "item_id") -> pa.Table:
+    """``users`` (a ``userId`` column, any order) with ``userGenreRatingSums`` / ``userGenreRatingCounts``
+    appended: per genre, the sum and number of the user's non-NULL ratings in ``ratings`` (columns ``user``,
+    ``item``, ``rating``) of movies of that genre (``items``: ``item_id``, ``genres``), a genre listed twice
+    counting twice, exactly the ``genre_before`` sums of :func:`~deepcrossing.features.sql.feature_sql` after
+    the last of them; genres sorted by name, ``{}`` for a user with none. The online records call it at
+    ``t_end``; retrieval's offline ranker at the split start."""
+    user, item = ident(user), ident(item)
+    con.register("_online_users", pa.table({"userId": users.column("userId"),
+                                            "_pos": pa.array(range(users.num_rows), pa.int64())}))
+    maps = con.sql(
+        f"WITH g AS (SELECT r.{user} AS user_id, ig.genre, SUM(r.rating) AS s, COUNT(r.rating) AS n FROM {ratings} r "
+        f"JOIN (SELECT item_id, UNNEST(genres) AS genre FROM {items}) ig ON r.{item} = ig.item_id "
+        f"WHERE r.{user} IS NOT NULL AND r.rating IS NOT NULL AND ig.genre IS NOT NULL GROUP BY r.{user}, ig.genre), "
+        "m AS (SELECT user_id, MAP(list(genre ORDER BY genre), list(s ORDER BY genre)) AS sums, "
+        "MAP(list(genre ORDER BY genre), list(n ORDER BY genre)) AS counts FROM g GROUP BY user_id) "
+        "SELECT COALESCE(m.sums, MAP(CAST([] AS VARCHAR[]), CAST([] AS DOUBLE[]))) AS userGenreRatingSums, "
+        "COALESCE(m.counts, MAP(CAST([] AS VARCHAR[]), CAST([] AS BIGINT[]))) AS userGenreRatingCounts "
+        "FROM _online_users u "
+        "LEFT JOIN m ON u.userId = m.user_id ORDER BY u._pos"
+    ).to_arrow_table()
+    con.unregister("_online_users")
+    out = users
+    for name, kind in (("userGenreRatingSums", pa.float64()), ("userGenreRatingCounts", pa.int64())):
+        typed = pa.map_(pa.string(), kind)
+        out = out.append_column(pa.field(name, typed), maps.column(name).cast(typed))
+    return out
 
 
 def _movie_info_sql(con: duckdb.DuckDBPyConnection, dataset: Dataset) -> str:

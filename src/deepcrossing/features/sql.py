@@ -176,7 +176,7 @@ ev_genre AS (
     -- one row per (rating, genre of its movie): the user's running rating sum and count per genre
     SELECT e.user_id, e.item_id, e.timestamp, e.rating, ig.genre
     FROM ev e JOIN (SELECT item_id, {d.unnest("genres")} AS genre FROM items_src) ig ON e.item_id = ig.item_id
-    WHERE e.user_id IS NOT NULL
+    WHERE e.user_id IS NOT NULL AND ig.genre IS NOT NULL
 ),
 genre_before AS (
     SELECT user_id, item_id, timestamp,

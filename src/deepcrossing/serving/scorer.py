@@ -14,6 +14,12 @@ stacked vector itself is needed again for the skip connection; it is rebuilt as 
 (disjoint columns, zeros elsewhere). :meth:`Scorer.plain` is the full forward pass of the model on a joined
 table, the reference the fast path is tested against.
 
+A model with user x movie features (:data:`~deepcrossing.features.columns.PAIR_SIDE`, any spec side) has a
+third part, per candidate: ``pre = P_item[c] + p_user + x_pair(c) W_pair^T``, where ``x_pair(c)`` are the
+stacked vector's pair columns only, from :func:`~deepcrossing.features.pair.pair_features` (the user record
+against the candidates' genre occurrences, :attr:`ItemPart.occ`) encoded by the model's own transforms. A
+model without them does exactly the work it did before.
+
 Shapes: M movies, S stacked width, H first-layer width, n candidates.
 
 Example (``deepcrossing.load(model_dir)`` gives ``loaded``; here a tiny untrained model):
@@ -36,7 +42,7 @@ Example (``deepcrossing.load(model_dir)`` gives ``loaded``; here a tiny untraine
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -44,7 +50,10 @@ import pyarrow as pa
 import torch
 from torch import Tensor, nn
 
+from deepcrossing.encoding.numeric import is_dense, is_numeric_embedding
 from deepcrossing.errors import DeepCrossingError
+from deepcrossing.features.columns import PAIR_SIDE
+from deepcrossing.features.pair import PAIR_INPUTS, genre_occurrences, pair_features, pair_values, user_vectors
 from deepcrossing.model.deep_crossing import DeepCrossing
 
 CHUNK = 512  # rows per pass of the per-candidate network when ranking many candidates
@@ -57,18 +66,28 @@ class ItemPart:
     Attributes:
         x: (M, S) stacked vectors with only the item-side columns filled (zeros elsewhere).
         p: (M, H) ``x @ W^T``: the item share of the first layer's pre-activation.
+        occ: (M, G) genre occurrences of each movie (:func:`~deepcrossing.features.pair.genre_occurrences`)
+            over ``genre_names``; ``None`` for a model without pair features.
+        onehot: (M, G) int64 ``occ > 0`` (``None`` likewise).
+        genre_names: (G,) the sorted genres of these movies (the store version's vocabulary).
     """
 
     x: Tensor
     p: Tensor
+    occ: np.ndarray | None = None
+    onehot: np.ndarray | None = None
+    genre_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class UserPart:
-    """Per-request partial results: (S,) user/context columns of the stacked vector, (H,) ``W x + b``."""
+    """Per-request partial results: (S,) user/context columns of the stacked vector, (H,) ``W x + b``, and for
+    a model with pair features the record's :data:`~deepcrossing.features.pair.PAIR_INPUTS` (else ``None``)."""
 
     x: Tensor
     p: Tensor
+    pair: dict[str, Any] | None = None
+    vectors: dict[tuple[str, ...], Any] = field(default_factory=dict, repr=False, compare=False)
 
 
 class Scorer:
@@ -101,11 +120,15 @@ class Scorer:
         self.spec = loaded.spec
         self.columns = tuple(self.spec.columns() if callable(getattr(self.spec, "columns", None))
                              else (f.name for f in self.spec.features))
-        self.item_columns = tuple(f.name for f in self.spec.features if f.side == "item")
-        self.request_columns = tuple(f.name for f in self.spec.features if f.side != "item")
+        self.pair_columns = tuple(f.name for f in self.spec.features if f.name in PAIR_SIDE)
+        self.item_columns = tuple(f.name for f in self.spec.features
+                                  if f.side == "item" and f.name not in self.pair_columns)
+        self.request_columns = tuple(f.name for f in self.spec.features
+                                     if f.side != "item" and f.name not in self.pair_columns)
         self.split = self.model.first_layer_split()
         self.residual = self.split.needs_stacked
         self.item_mask = self.split.item_mask                    # (S,) True on item-side columns
+        self._pair_setup()
         self._ort = (_onnx_session(_Tail(self.model), self.split.weight.shape[0], self.split.item_mask.shape[0],
                                    self.residual) if backend == "onnx" else None)
 
@@ -118,15 +141,89 @@ class Scorer:
 
     @torch.inference_mode()
     def items(self, table: pa.Table) -> ItemPart:
-        """Item-side partials of every row of ``table`` (a movie table: the item-side columns are read)."""
-        x, p = self.split.item_partial(self.stacked(table, self.item_columns))   # (M, S), (M, H)
-        return ItemPart(x=x, p=p)
+        """Item-side partials of every row of ``table`` (a movie table: the item-side columns are read; with
+        pair features also ``movieGenres``)."""
+        stacked = self.stacked(table, self.item_columns)
+        if self.pair_idx is not None:
+            stacked = stacked.masked_fill(self.pair_mask, 0.0)
+        x, p = self.split.item_partial(stacked)   # (M, S), (M, H)
+        if self.pair_idx is None:
+            return ItemPart(x=x, p=p)
+        genres = table.column("movieGenres") if "movieGenres" in table.column_names else \
+            pa.nulls(table.num_rows, pa.list_(pa.string()))
+        names = tuple(sorted({g for row in genres.to_pylist() for g in (row or ()) if g is not None}))
+        occ = genre_occurrences(genres, pa.array(names, pa.string()))
+        return ItemPart(x=x, p=p, occ=occ, onehot=(occ > 0).astype(np.int64), genre_names=names)
 
     @torch.inference_mode()
     def user(self, table: pa.Table) -> UserPart:
-        """User/context partial of a one-row table (a user table: the request-side columns are read)."""
-        x, p = self.split.request_partial(self.stacked(table, self.request_columns)[0])  # (S,), (H,)
-        return UserPart(x=x, p=p)
+        """User/context partial of a one-row table (a user table: the request-side columns are read; with pair
+        features also the record's :data:`~deepcrossing.features.pair.PAIR_INPUTS`, missing ones empty)."""
+        stacked = self.stacked(table, self.request_columns)[0]
+        if self.pair_idx is None:
+            x, p = self.split.request_partial(stacked)  # (S,), (H,)
+            return UserPart(x=x, p=p)
+        x, p = self.split.request_partial(stacked.masked_fill(self.pair_mask, 0.0))
+        row = table.slice(0, 1).select([c for c in PAIR_INPUTS if c in table.column_names]).to_pylist()
+        return UserPart(x=x, p=p, pair=row[0] if row else {})
+
+    # ---- the pair part: x_pair(c) W_pair^T per candidate ----
+    def _pair_setup(self) -> None:
+        """Column indexes, weights and encoders of the pair features (``pair_idx`` None: the model has none)."""
+        self.pair_idx: Tensor | None = None
+        if not self.pair_columns:
+            return
+        slices = self.model.feature_slices
+        order = sorted(self.pair_columns, key=lambda name: slices[name].start)
+        self._pair_order = tuple(order)
+        self.pair_idx = torch.cat([torch.arange(slices[n].start, slices[n].stop) for n in order])  # (P,)
+        self.pair_mask = torch.zeros(self.item_mask.shape[0], dtype=torch.bool)
+        self.pair_mask[self.pair_idx] = True
+        self.item_mask = self.item_mask & ~self.pair_mask
+        self.pair_weight = self.split.weight.detach()[:, self.pair_idx].T.contiguous()   # (P, H)
+        dense = list(self.encoder.dense_names)
+        features = {f.name: f for f in self.spec.features}
+        # dense columns are copied from Batch.dense, numeric embeddings run their own module; anything else
+        # (a bucketed or embedded pair column) goes through the whole stacking, masked (slower, still exact)
+        self._pair_ways = {n: ("dense", dense.index(n)) if is_dense(features[n]) else
+                           ("numeric", 0) if is_numeric_embedding(features[n]) else ("stack", 0) for n in order}
+
+    def _pair_inputs(self, user: UserPart, items: ItemPart, rows: Tensor) -> dict[str, np.ndarray]:
+        """{pair column: (n,) float64, NaN for NULL} of the user against movies ``rows`` of ``items``."""
+        names = items.genre_names
+        vectors = user.vectors.get(names)
+        if vectors is None:   # once per (user part, store version's vocabulary)
+            vectors = user.vectors.setdefault(names, user_vectors(user.pair or {}, names))
+        if items.occ is None or items.onehot is None:
+            occ = onehot = np.zeros((len(rows), 0), np.int64)
+        else:
+            index = rows.numpy()
+            occ, onehot = items.occ[index], items.onehot[index]
+        cosine, avg = pair_values(vectors, occ, onehot)
+        return {"userGenreCosine": cosine, "userGenreAvgRating": avg}
+
+    def pair_table(self, user: UserPart, items: ItemPart, rows: Tensor) -> pa.Table:
+        """The pair columns of the user against movies ``rows`` of ``items`` (n rows, Arrow, with nulls)."""
+        values = self._pair_inputs(user, items, rows)
+        return pa.table({name: pa.array(values[name], pa.float64(), from_pandas=True) for name in self.pair_columns})
+
+    def _pair_x(self, user: UserPart, items: ItemPart, rows: Tensor) -> Tensor:
+        """(n, P) the stacked vector's pair columns (``pair_idx`` order) for movies ``rows``: the encoder's
+        fitted transforms on the values (NaN is NULL to them, imputed as in training), then the model's
+        numeric embedding modules."""
+        if any(way == "stack" for way, _ in self._pair_ways.values()):
+            batch = self.encoder.transform(self.pair_table(user, items, rows), only=self.pair_columns)
+            return self.model.stack(batch)[:, self.pair_idx]
+        values = self._pair_inputs(user, items, rows)
+        n, parts = len(rows), []
+        for name in self._pair_order:
+            way, _ = self._pair_ways[name]
+            if way == "dense":
+                parts.append(torch.from_numpy(self.encoder.normalizers_[name].transform(values[name])).view(n, 1))
+            else:
+                encoded = np.asarray(self.encoder.numeric_[name].transform(values[name]), dtype=np.float32)
+                parts.append(self.model.numeric.embeddings[name](torch.from_numpy(encoded.reshape(n, -1))))
+        return torch.cat(parts, dim=1)
 
     @torch.inference_mode()
     def fast(self, user: UserPart, items: ItemPart, rows: Tensor | np.ndarray) -> Tensor:
@@ -142,6 +239,11 @@ class Scorer:
             return torch.cat([self.fast(user, items, rows[i:i + CHUNK]) for i in range(0, len(rows), CHUNK)])
         pre = items.p.index_select(0, rows) + user.p                            # (n, H) pre-activation
         x = items.x.index_select(0, rows) + user.x if self.residual else pre[:, :0]  # (n, S) for the skip
+        if self.pair_idx is not None:
+            x_pair = self._pair_x(user, items, rows)                             # (n, P)
+            pre = pre.addmm_(x_pair, self.pair_weight)
+            if self.residual:
+                x[:, self.pair_idx] = x_pair
         if self._ort is not None:
             feeds = {"pre": pre.numpy(), "x": x.numpy()} if self.residual else {"pre": pre.numpy()}
             return torch.from_numpy(self._ort.run(None, feeds)[0])
@@ -204,11 +306,21 @@ def _onnx_session(tail: _Tail, hidden: int, width: int, residual: bool) -> Any:
     return ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
 
 
-def join_user_movies(user_table: pa.Table, movie_table: pa.Table) -> pa.Table:
-    """One row per movie of ``movie_table`` with the single row of ``user_table`` repeated beside it."""
+def join_user_movies(user_table: pa.Table, movie_table: pa.Table, pair: bool = True) -> pa.Table:
+    """One row per movie of ``movie_table`` with the single row of ``user_table`` repeated beside it; with
+    ``pair`` (and a ``movieGenres`` column) also the pair columns (:func:`~deepcrossing.features.pair.
+    pair_features` of the user row against each movie's genres: the plain path's own computation, vocabulary
+    from these movies alone), unless the tables already hold them."""
     repeated = user_table.take(pa.array(np.zeros(movie_table.num_rows, dtype=np.int64)))
     columns = {name: movie_table.column(name) for name in movie_table.column_names}
     for name in repeated.column_names:
         if name not in columns:
             columns[name] = repeated.column(name)
+    if pair and "movieGenres" in columns and not any(c in columns for c in PAIR_SIDE):
+        genres = movie_table.column("movieGenres")
+        names = sorted({g for row in genres.to_pylist() for g in (row or ()) if g is not None})
+        record = user_table.slice(0, 1).select([c for c in PAIR_INPUTS if c in user_table.column_names])
+        values = pair_features((record.to_pylist() or [{}])[0],
+                               genre_occurrences(genres, pa.array(names, pa.string())), names)
+        columns.update(values)
     return pa.table(columns)

@@ -28,8 +28,9 @@ from numpy.typing import NDArray
 from deepcrossing.duck import connection, ident, sql_str
 from deepcrossing.errors import InputError
 from deepcrossing.jsonfile import read_json_object
-from deepcrossing.features.columns import movie_side_columns, user_side_columns
-from deepcrossing.features.online import POPULARITY_ORDER, trending_sql
+from deepcrossing.features.columns import PAIR_SIDE, movie_side_columns, user_side_columns
+from deepcrossing.features.online import POPULARITY_ORDER, trending_sql, with_genre_ratings
+from deepcrossing.features.pair import PAIR_INPUTS, genre_occurrences, pair_features
 from deepcrossing.training.artifact import LoadedModel
 from deepcrossing.training.emb_vectors import EmbVectors
 from deepcrossing.training.retrieval import Channel, IdArray, Prior, UserState, coverage_at_ks, emb_channel, \
@@ -154,6 +155,8 @@ def load_retrieval_data(samples: str | Path, *, recent_n: int | None = None, spl
         user_cols = ", ".join(ident(c) for c in user_side_columns() if c in present)
         user_rows = con.sql(f"SELECT {user_cols} FROM read_parquet({sql_str(target)}) QUALIFY row_number() OVER "
                             "(PARTITION BY userId ORDER BY timestamp, movieId) = 1 ORDER BY userId").to_arrow_table()
+        # the per-genre rating sums the pair columns need (as the online record has them; issue 11)
+        user_rows = with_genre_ratings(con, user_rows, "prior", "items", "userId", "movieId")
     order = _ids(popular.column("item_id").to_numpy())
     masks: dict[str, NDArray[np.bool_]] = {}
     for row, genres in enumerate(popular.column("genres").to_pylist()):
@@ -191,6 +194,9 @@ def ranker(data: RetrievalData, loaded: LoadedModel) -> Ranker:
     movies = data.movie_rows.select([c for c in movie_side_columns() if c in data.movie_rows.column_names])
     user_cols = [c for c in user_side_columns() if c in data.user_rows.column_names and c != "userId"]
     users = data.user_rows.select(user_cols)
+    pair = any(f.name in PAIR_SIDE for f in loaded.spec.features)
+    names = sorted({g for gs in movies.column("movieGenres").to_pylist() for g in (gs or ()) if g is not None}) \
+        if pair and "movieGenres" in movies.column_names else []
 
     def rank(i: int, ids: IdArray) -> NDArray[np.float64]:
         out = np.full(len(ids), -np.inf)
@@ -200,6 +206,11 @@ def ranker(data: RetrievalData, loaded: LoadedModel) -> Ranker:
             repeat = pa.array(np.full(int(known.sum()), i, dtype=np.int64))
             for col in user_cols:
                 table = table.append_column(col, users.column(col).take(repeat))
+            if pair and "movieGenres" in table.column_names:   # the user x movie columns, as the service has them
+                record = data.user_rows.slice(i, 1).select([c for c in PAIR_INPUTS if c in data.user_rows.column_names])
+                occ = genre_occurrences(table.column("movieGenres"), pa.array(names, pa.string()))
+                for col, values in pair_features(record.to_pylist()[0], occ, names).items():
+                    table = table.append_column(col, values)
             out[known] = np.asarray(loaded.predict(table), dtype=np.float64)
         return out
 
