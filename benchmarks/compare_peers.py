@@ -65,9 +65,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ml-latest-small"
 DATA_100K = ROOT.parent / "shared" / "data" / "ml-100k"
-# Sample columns no peer reads unless Deep Crossing's spec does: the user x movie (pair) columns are not in the
-# default spec (not served yet), so the peers do not get them either (same input columns for everyone).
-DEFAULT_EXCLUDE = "userGenreCosine,userGenreAvgRating"
+# Sample columns no peer reads (same input columns for everyone): none since the user x movie (pair) columns
+# are served and in Deep Crossing's default spec; `--exclude-columns` compares without some.
+DEFAULT_EXCLUDE = ""
 
 PEERS = ("avg_rating", "logreg", "lightgbm_ids", "lightgbm_noids", "deepctr_dnn", "deepcrossing",
          "deepcrossing_mlp")
