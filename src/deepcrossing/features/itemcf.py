@@ -144,6 +144,11 @@ icf AS (
 )"""
 
 
+COOCCURRENCE_SCHEMA = pa.schema([("movieId", pa.int64()), ("positives", pa.int64()),
+                                 ("neighbours", pa.list_(pa.int64())), ("co", pa.list_(pa.int64()))])
+"""The columns of :func:`cooccurrence_sql` (``OnlineRecords.cooccurrence``)."""
+
+
 def cooccurrence_sql(positives: str, window: int) -> str:
     """Every movie's co-occurrence list over all of ``positives`` (DuckDB): what the service stores.
 
