@@ -33,7 +33,7 @@ class Running:
 
 def reference_samples(ratings: list[tuple], items: dict[int, tuple], threshold: float = 3.5,
                       recent_n: int = 10, *, itemcf: bool = False, itemcf_window: int = 10,
-                      itemcf_history: int = 20, prior: float = 10.0) -> dict[tuple, dict]:
+                      itemcf_history: int = 20, prior: float = 3.0) -> dict[tuple, dict]:
     """Features of every rating.
 
     Args:

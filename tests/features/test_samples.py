@@ -64,7 +64,7 @@ def test_itemcf_score_and_shrunk_movie_average_by_hand(tmp_path):
     ratings = [(1, 1, 4.0, 10), (1, 2, 2.0, 20), (1, 4, 5.0, 20), (1, 5, 4.5, 30), (2, 5, 3.0, 30),
                (2, 1, 1.0, 40), (2, 4, 4.0, 50), (3, 1, 5.0, 60), (3, 4, 3.0, 70), (3, 5, 2.0, 80)]
     ds = write_dataset(tmp_path, ratings, ITEMS)
-    rows = _rows(compute_samples(ds, FeatureConfig(itemcf=True)))
+    rows = _rows(compute_samples(ds, FeatureConfig(itemcf=True, movie_prior_weight=10)))
     # positives in order: user 1: 1 (10), 4 (20), 5 (30); user 2: 4 (50); user 3: 1 (60)
     # pairs (both directions, at the later positive): 1-4 at 20, 1-5 and 4-5 at 30
     assert rows[(2, 1, 40)]["userItemCFScore"] == 3.0  # history [5: 3.0]; co(1, 5) = 1, n_5 = 1

@@ -38,7 +38,8 @@ class FeatureConfig(StrictConfig):
         itemcf_window: ``userItemCFScore``: each positive co-occurs with the user's previous so many positives.
         itemcf_history: ``userItemCFScore``: the user's last so many ratings are scored against the movie
             (the service's stored history must hold at least as many: ``DEFAULT_HISTORY_N``).
-        movie_prior_weight: m of ``movieBayesAvgRating`` (prior weight, in ratings, of the global mean).
+        movie_prior_weight: m of ``movieBayesAvgRating`` (prior weight, in ratings, of the global mean; 3: the
+            best valid AUC of the feature alone among 0, 1, 3, 10, 30, 100 on ml-latest-small and ml-100k).
 
     Example:
         >>> FeatureConfig(split="random", fractions=(0.7, 0.15, 0.15), seed=7).recent_n
@@ -55,7 +56,7 @@ class FeatureConfig(StrictConfig):
     itemcf: bool = False
     itemcf_window: Annotated[int, Field(ge=1, le=100)] = 10
     itemcf_history: Annotated[int, Field(ge=1, le=1000)] = 20
-    movie_prior_weight: Annotated[float, Field(ge=0)] = 10.0
+    movie_prior_weight: Annotated[float, Field(ge=0)] = 3.0
 
     def sql_settings(self) -> dict[str, Any]:
         """The keyword arguments of :func:`~deepcrossing.features.sql.feature_sql` this config sets besides the

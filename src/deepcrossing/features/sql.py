@@ -79,7 +79,7 @@ def _genre_packs(n_genres: int, bits: int) -> list[list[int]]:
 
 def feature_sql(genres: list[str], *, label_threshold: float, recent_n: int,
                 genre_bits: int = 31, dialect: Dialect = DUCKDB, itemcf: bool = False, itemcf_window: int = 10,
-                itemcf_history: int = 20, movie_prior_weight: float = 10.0) -> str:
+                itemcf_history: int = 20, movie_prior_weight: float = 3.0) -> str:
     """The sample query over ``events`` and ``items_src``; one output row per event (probes included).
 
     The query computes everything as flat columns. The user's positive history at a sample is the state
@@ -233,7 +233,7 @@ joined AS (
 -- issue 11 (itemcf slice): the global mean of the ratings before t, per second (movieBayesAvgRating)
 g_sec AS (SELECT timestamp, COALESCE(SUM(rating), 0) AS s, COUNT(rating) AS n FROM ev GROUP BY timestamp),
 g_before AS (
-    SELECT timestamp, SUM(s) OVER w_g - s AS g_s, SUM(n) OVER w_g - n AS g_n FROM g_sec
+    SELECT timestamp, (SUM(s) OVER w_g) - s AS g_s, (SUM(n) OVER w_g) - n AS g_n FROM g_sec
     WINDOW w_g AS (ORDER BY timestamp ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
 ){itemcf_ctes(itemcf_window, itemcf_history, d) if itemcf else ""},
 final AS (
@@ -286,8 +286,8 @@ def flat_columns(n_genres: int, recent_n: int, genre_bits: int = 31) -> list[str
     """The columns :func:`feature_sql` selects before ``is_probe``, in order (what ``assemble`` reads).
 
     Example:
-        >>> flat_columns(2, 5)[-8:]
-        ['userGenreAvgRating', '_npos', '_rp0', '_rp1', '_rp2', '_rp3', '_rp4', '_gp0']
+        >>> flat_columns(2, 5)[-7:]
+        ['_npos', '_rp0', '_rp1', '_rp2', '_rp3', '_rp4', '_gp0']
     """
     packs = _genre_packs(n_genres, genre_bits)
     return ([c for c in SAMPLE_COLUMNS if c not in ASSEMBLED_COLUMNS] + ["_npos"]
