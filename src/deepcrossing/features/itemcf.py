@@ -14,12 +14,12 @@ future can enter):
   value is skipped); NULL when no j has ``co(i, j) > 0``. ``sqrt(n_i)`` cancels, so the weight computed is
   ``co(i, j) / sqrt(n_j)`` (SQL and :func:`itemcf_scores` alike).
 
-Why no similarity snapshots: a per-cutoff neighbour table costs one full similarity matrix per cutoff (73 s
-on ml-latest-small with 30-day cutoffs), while the running counts above cost two window sorts over the pairs
-and the (sample, history item) lookups, and are exact at every t. The service computes the same value at
-``t_end`` from the user's stored history and the movies' stored co-occurrence lists
-(:func:`cooccurrence_sql`, :class:`CoOccurrence`): all neighbours are kept (no top-M cut), so online equals
-offline.
+Why no similarity snapshots: a per-cutoff neighbour table costs one full similarity matrix per cutoff (a
+first try with 30-day cutoffs and top-20 neighbours took 73 s on ml-latest-small on a loaded machine), while
+the running counts above cost two window sorts over the pairs and the (sample, history item) lookups, and
+are exact at every t. The service computes the same value at ``t_end`` from the user's stored history and
+the movies' stored co-occurrence lists (:func:`cooccurrence_sql`, :class:`CoOccurrence`): all neighbours are
+kept (no top-M cut), so online equals offline.
 
 SQL fragments here are rendered by :mod:`deepcrossing.features.sql` for DuckDB and Spark alike.
 """
