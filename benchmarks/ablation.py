@@ -13,6 +13,8 @@ Variants:
 * ``+recent counts``    movieLast7dRatingCount, movieLast30dRatingCount (item side, log1p + standardize)
 * ``+user x movie``     userGenreCosine, userGenreAvgRating (context side; served per candidate by the
                         scorer's pair part: the default since issue 11's serving step)
+* ``+bayes avg``        movieBayesAvgRating (item side): the movie mean shrunk toward the global mean
+* ``+itemCF``           userItemCFScore (context side, not served yet; samples built with itemcf on)
 * ``+EMA 0.98/0.99``    weights averaged every step (training.ema), on the best served row above
 * ``+SWA 3``            the average of the last 3 epochs' weights, kept when its valid AUC is better
 
@@ -42,6 +44,8 @@ DEFAULT_SPEC = ROOT / "src" / "deepcrossing" / "specs" / "movielens.toml"
 
 RECENT = [("movieLast7dRatingCount", "item"), ("movieLast30dRatingCount", "item")]
 PAIR = [("userGenreCosine", "context"), ("userGenreAvgRating", "context")]
+BAYES = [("movieBayesAvgRating", "item")]
+ITEMCF = [("userItemCFScore", "context")]   # needs samples prepared with FeatureConfig(itemcf=True)
 
 
 def _features(names: list[tuple[str, str]], transform: dict[str, str]) -> str:
@@ -53,6 +57,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "default": {"add": [], "ema": 0.0, "served": True},
     "+recent counts": {"add": RECENT, "ema": 0.0, "served": True},
     "+user x movie": {"add": RECENT + PAIR, "ema": 0.0, "served": True},
+    "+recent counts +bayes avg": {"add": RECENT + BAYES, "ema": 0.0, "served": True},
+    "+user x movie +itemCF": {"add": RECENT + PAIR + ITEMCF, "ema": 0.0, "served": False},
     "+recent counts +EMA 0.98": {"add": RECENT, "ema": 0.98, "served": True},
     "+recent counts +EMA 0.99": {"add": RECENT, "ema": 0.99, "served": True},
     "+recent counts +SWA 3": {"add": RECENT, "ema": 0.0, "swa": 3, "served": True},

@@ -32,12 +32,15 @@ class Running:
 
 
 def reference_samples(ratings: list[tuple], items: dict[int, tuple], threshold: float = 3.5,
-                      recent_n: int = 10) -> dict[tuple, dict]:
+                      recent_n: int = 10, *, itemcf: bool = False, itemcf_window: int = 10,
+                      itemcf_history: int = 20, prior: float = 3.0) -> dict[tuple, dict]:
     """Features of every rating.
 
     Args:
         ratings: (user_id, item_id, rating, timestamp) tuples.
         items: item_id -> (year or None, genres list).
+        itemcf, itemcf_window, itemcf_history, prior: the FeatureConfig settings of userItemCFScore and
+            movieBayesAvgRating (the CF score is None when ``itemcf`` is off).
 
     Returns:
         (user_id, item_id, timestamp) -> {column: value} for every sample column.
@@ -55,6 +58,11 @@ def reference_samples(ratings: list[tuple], items: dict[int, tuple], threshold: 
     movie_times = defaultdict(list)  # rating times of each movie, for the 7 / 30 day counts
     user_genre_sum = defaultdict(lambda: defaultdict(float))  # over every rating (not only positives)
     user_genre_n = defaultdict(lambda: defaultdict(int))
+    # movieBayesAvgRating: every rating so far; userItemCFScore: windowed co-occurrence counts of positive
+    # pairs, and each user's ratings in the order they happened (same second: larger id first)
+    global_sum, global_n = 0.0, 0
+    co: dict[tuple, int] = defaultdict(int)
+    user_history = defaultdict(list)
     out = {}
     events = sorted(ratings, key=lambda r: r[3])
     for t, group in groupby(events, key=lambda r: r[3]):
@@ -97,6 +105,15 @@ def reference_samples(ratings: list[tuple], items: dict[int, tuple], threshold: 
             row["userGenreAvgRating"] = sum(user_genre_sum[user][g] for g in genres) / g_n if g_n else None
             row["movieLast7dRatingCount"] = sum(1 for s in movie_times[item] if t - 7 * 86400 <= s < t)
             row["movieLast30dRatingCount"] = sum(1 for s in movie_times[item] if t - 30 * 86400 <= s < t)
+            row["movieBayesAvgRating"] = ((mr.n * mr.mean + prior * global_sum / global_n) / (mr.n + prior)
+                                          if mr.n else None)
+            num = den = 0.0
+            for j, r_j in list(reversed(user_history[user]))[:itemcf_history]:
+                if r_j is not None and co.get((item, j), 0) > 0:
+                    w = co[(item, j)] / math.sqrt(movie_pos[j])
+                    num += w * r_j
+                    den += w
+            row["userItemCFScore"] = num / den if itemcf and den > 0 else None
             out[(user, item, t)] = row
         # now the whole second becomes history
         for user, item, rating, _ in sorted(group, key=lambda r: -r[1]):
@@ -112,11 +129,19 @@ def reference_samples(ratings: list[tuple], items: dict[int, tuple], threshold: 
             movie_pos[item] += label
             movie_first.setdefault(item, t)
             movie_times[item].append(t)
+            user_history[user].append((item, rating))
+            if rating is not None:
+                global_sum += rating
+                global_n += 1
             if rating is not None:
                 for g in genres:
                     user_genre_sum[user][g] += rating
                     user_genre_n[user][g] += 1
             if label:
+                for previous in user_positives[user][-itemcf_window:]:
+                    if previous != item:
+                        co[(item, previous)] += 1
+                        co[(previous, item)] += 1
                 user_positives[user].append(item)
                 for g in genres:
                     user_genres[user][g] += 1

@@ -52,7 +52,8 @@ def test_every_column_has_a_side_and_a_cold_value_of_its_type():
     events = tuple(n for n, c in COLUMNS.items() if c.side == "event")
     assert user[0] == "userId" and movie[0] == "movieId" and events == ("rating", "timestamp", "label")
     pairs = tuple(n for n, c in COLUMNS.items() if c.side == "pair")
-    assert pairs == ("userGenreCosine", "userGenreAvgRating")  # user x movie: samples only, not online records
+    # user x movie: samples only, not online records
+    assert pairs == ("userGenreCosine", "userGenreAvgRating", "userItemCFScore")
     assert sorted(user + movie + events + pairs) == sorted(COLUMNS)
     assert all(n.startswith("user") for n in user) and "releaseYear" in movie
     assert side_of("userGenreCounts") == "user"

@@ -111,6 +111,15 @@ COLUMNS: dict[str, Column] = {
     "userGenreAvgRating": _pair("DOUBLE", None,
                                 "the user's mean rating before t over (earlier movie, genre) pairs whose genre "
                                 "is one of this movie's; NULL when none"),
+    # issue 11, itemcf slice: the shrunk movie average and the item-CF score (features/itemcf.py)
+    "movieBayesAvgRating": _movie("DOUBLE", None,
+                                  "(n * movieAvgRating + m * mu) / (n + m): the movie's mean shrunk toward mu, the "
+                                  "mean of all ratings before t (m: FeatureConfig.movie_prior_weight); NULL when "
+                                  "n = 0"),
+    "userItemCFScore": _pair("DOUBLE", None,
+                             "sum_j sim(movie, j) * r_uj / sum_j sim(movie, j) over the user's last "
+                             "itemcf_history ratings before t, sim the windowed co-occurrence cosine before t; "
+                             "NULL when no j co-occurs"),
 }
 
 SAMPLE_COLUMNS: dict[str, tuple[str, str]] = {name: (c.type, c.meaning) for name, c in COLUMNS.items()}

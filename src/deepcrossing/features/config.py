@@ -33,6 +33,13 @@ class FeatureConfig(StrictConfig):
         seed: seed of the random split (unused by the time split).
         threads: DuckDB worker threads (does not change results).
         memory_limit: DuckDB memory limit, e.g. ``"4GB"``; beyond it DuckDB spills to a temp folder.
+        itemcf: compute ``userItemCFScore`` (off: the column is NULL; it costs ~2-3x the rest of the query on
+            ml-latest-small, so it is opt-in).
+        itemcf_window: ``userItemCFScore``: each positive co-occurs with the user's previous so many positives.
+        itemcf_history: ``userItemCFScore``: the user's last so many ratings are scored against the movie
+            (the service's stored history must hold at least as many: ``DEFAULT_HISTORY_N``).
+        movie_prior_weight: m of ``movieBayesAvgRating`` (prior weight, in ratings, of the global mean; 3: the
+            best valid AUC of the feature alone among 0, 1, 3, 10, 30, 100 on ml-latest-small and ml-100k).
 
     Example:
         >>> FeatureConfig(split="random", fractions=(0.7, 0.15, 0.15), seed=7).recent_n
@@ -46,6 +53,21 @@ class FeatureConfig(StrictConfig):
     seed: int = 0
     threads: Annotated[int, Field(ge=1)] = 2
     memory_limit: str = "4GB"
+    itemcf: bool = False
+    itemcf_window: Annotated[int, Field(ge=1, le=100)] = 10
+    itemcf_history: Annotated[int, Field(ge=1, le=1000)] = 20
+    movie_prior_weight: Annotated[float, Field(ge=0)] = 3.0
+
+    def sql_settings(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`~deepcrossing.features.sql.feature_sql` this config sets besides the
+        threshold and N (the item-CF and prior settings).
+
+        Example:
+            >>> FeatureConfig().sql_settings()["itemcf_history"]
+            20
+        """
+        return {"itemcf": self.itemcf, "itemcf_window": self.itemcf_window, "itemcf_history": self.itemcf_history,
+                "movie_prior_weight": self.movie_prior_weight}
 
     def __post_init__(self) -> None:
         train = self.fractions[0]

@@ -8,7 +8,8 @@ The differences it covers:
   ``MAP<K, V>`` in Spark;
 * list indexing: DuckDB's ``l[i]`` is 1-based and NULL past the end; Spark's ``l[i]`` is 0-based and, with
   ANSI mode (Spark 4's default), an error past the end, so Spark uses ``try_element_at(l, i)`` (1-based, NULL);
-* empty list literals, string literals (Spark reads ``\`` as an escape), ``UNNEST`` vs ``explode``;
+* empty list literals, string literals (Spark reads ``\`` as an escape), ``UNNEST`` vs ``explode``, a range
+  of integers (``range(a, b)``: column ``range`` in DuckDB, ``id`` in Spark);
 * hashing: DuckDB's ``hash()`` and Spark's ``hash()`` / ``xxhash64()`` differ, so the random split hashes
   with ``md5`` of a text key (the same in both engines) and reads its first 12 hex digits as an integer;
 * the k-th smallest value (the time split's boundaries): ``LIMIT 1 OFFSET k`` in DuckDB, a running count in
@@ -87,6 +88,17 @@ class Dialect:
     def unnest(self, expr: str) -> str:
         """One row per element of a list column (in a SELECT list)."""
         return f"UNNEST({expr})" if self.name == "duckdb" else f"explode({expr})"
+
+    def integers(self, lo: int, hi: int, name: str) -> str:
+        """A one-column relation (``name`` BIGINT) of the integers ``lo .. hi - 1``, in parentheses.
+
+        Example:
+            >>> print(DUCKDB.integers(0, 3, "o"), SPARK.integers(0, 3, "o"))
+            (SELECT CAST(range AS BIGINT) AS o FROM range(0, 3)) (SELECT id AS o FROM range(0, 3))
+        """
+        if self.name == "duckdb":
+            return f"(SELECT CAST(range AS BIGINT) AS {name} FROM range({int(lo)}, {int(hi)}))"
+        return f"(SELECT id AS {name} FROM range({int(lo)}, {int(hi)}))"
 
     def md5_bucket(self, parts: list[str], buckets: int) -> str:
         """An integer in ``[0, buckets)`` from md5 of the parts joined by ``:``, identical in every engine.

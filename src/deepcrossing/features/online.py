@@ -47,6 +47,7 @@ from deepcrossing.features.inputs import (
     genre_vocabulary,
     register_inputs,
 )
+from deepcrossing.features.itemcf import COOCCURRENCE_SCHEMA, cooccurrence_sql
 from deepcrossing.features.nested import assemble
 from deepcrossing.features.sql import feature_sql
 
@@ -113,6 +114,10 @@ class OnlineRecords:
         t_end: the "now" of the features: the last rating's time + 1 (relative columns count from it).
         cold_user: the features of an unknown user (``userId`` None: put the id asked for).
         cold_movie: the features of an unknown movie (``movieId`` None).
+        cooccurrence: (one row per movie with a positive; empty unless ``config.itemcf``) ``movieId``,
+            ``positives``, ``neighbours``, ``co``: :func:`deepcrossing.features.itemcf.cooccurrence_sql` at
+            ``t_end``; with ``histories`` it gives ``userItemCFScore`` online
+            (:func:`deepcrossing.features.itemcf.itemcf_scores`).
     """
 
     users: pa.Table
@@ -125,6 +130,7 @@ class OnlineRecords:
     trending: list[int] = field(default_factory=list)
     cold_user: dict[str, Any] = field(default_factory=lambda: cold_features("user"))
     cold_movie: dict[str, Any] = field(default_factory=lambda: cold_features("movie"))
+    cooccurrence: pa.Table = field(default_factory=lambda: COOCCURRENCE_SCHEMA.empty_table())
 
 
 def online_records(
@@ -186,6 +192,11 @@ def online_records(
         trending = [] if trending_days is None else [int(r[0]) for r in con.execute(
             trending_sql("ratings_src", "items_src", since=t_end - 86400 * int(trending_days), until=t_end)
             + f" LIMIT {max_candidates}").fetchall()]
+        cooccurrence = (con.sql(cooccurrence_sql(
+            "(SELECT user_id, item_id, timestamp FROM ratings_src WHERE COALESCE(label, CASE WHEN rating >= "
+            f"CAST({float(config.label_threshold)!r} AS DOUBLE) THEN 1 ELSE 0 END) = 1)",
+            config.itemcf_window)).to_arrow_table().cast(COOCCURRENCE_SCHEMA)
+            if config.itemcf else COOCCURRENCE_SCHEMA.empty_table())
     histories = per_user.select(["userId", "history", "rated"])
     user_info = per_user.select(["userId", "ratings", "ratingCount", "averageRating", "highestRating",
                                  "lowestRating"])
@@ -193,7 +204,7 @@ def online_records(
     _check_aligned(movies, movie_info, "movieId")
     return OnlineRecords(users=users, histories=histories, movies=movies, movie_info=movie_info,
                          candidates=candidates, t_end=t_end, user_info=user_info,
-                         trending=trending)
+                         trending=trending, cooccurrence=cooccurrence)
 
 
 def latest_features(dataset: Dataset, config: FeatureConfig | None = None) -> tuple[pa.Table, pa.Table]:
@@ -238,7 +249,7 @@ def _latest(con: duckdb.DuckDBPyConnection, config: FeatureConfig) -> tuple[pa.T
     bits = events_genre_bits(con)
     con.execute("CREATE TEMP TABLE probes AS SELECT * FROM ("
                 + feature_sql(genres, label_threshold=config.label_threshold, recent_n=config.recent_n,
-                              genre_bits=bits)
+                              genre_bits=bits, **config.sql_settings())
                 + ") WHERE is_probe")
     users = assemble(con.sql("SELECT * FROM probes WHERE userId IS NOT NULL ORDER BY userId").to_arrow_table(),
                      genres, config.recent_n, bits).select(list(USER_SIDE))

@@ -154,7 +154,7 @@ def build_samples(
                                                             "FALSE AS is_probe FROM ratings_src"))
         bits = _genre_bits(engine)
         query = feature_sql(genres, label_threshold=config.label_threshold, recent_n=config.recent_n,
-                            genre_bits=bits, dialect=engine.dialect)
+                            genre_bits=bits, dialect=engine.dialect, **config.sql_settings())
         parts = tmp / ".parts"
         parts.mkdir()
         files = {name: (tmp if fmt == "parquet" else parts) / f"{name}.parquet" for name in SPLIT_NAMES}
@@ -280,7 +280,7 @@ def compute_samples(dataset: Dataset, config: FeatureConfig | None = None) -> pa
                     "FALSE AS is_probe FROM ratings_src")
         genres, bits = _genres(con), _genre_bits(con)
         query = feature_sql(genres, label_threshold=config.label_threshold, recent_n=config.recent_n,
-                            genre_bits=bits)
+                            genre_bits=bits, **config.sql_settings())
         table = con.sql(f"SELECT * EXCLUDE (is_probe) FROM ({query}) "
                         "ORDER BY timestamp, userId, movieId").to_arrow_table()
         return assemble(table, genres, config.recent_n, bits)

@@ -28,6 +28,7 @@ import pyarrow as pa
 
 from deepcrossing.features.columns import COLUMNS, SAMPLE_COLUMNS, arrow_type
 from deepcrossing.features.dialect import DUCKDB, Dialect
+from deepcrossing.features.itemcf import itemcf_ctes
 
 
 def _stddev(n: str, s: str, ss: str) -> str:
@@ -43,6 +44,14 @@ NESTED_COLUMNS = ("userRecentPositives", "userGenre1", "userGenre2", "userGenre3
 ASSEMBLED_COLUMNS = (*NESTED_COLUMNS, "userGenreCosine")
 """Every column ``assemble`` builds (the nested ones, and the genre cosine from the same counts)."""
 DAY = 86_400
+
+
+_ICF_JOIN = ("LEFT JOIN icf ON joined.user_id = icf.user_id AND joined.item_id = icf.item_id "
+             "AND joined.timestamp = icf.timestamp")
+
+
+def _prior(weight: float) -> str:
+    return f"CAST({float(weight)!r} AS DOUBLE)"
 
 
 def genre_bits(max_positives: int | None) -> int:
@@ -69,7 +78,8 @@ def _genre_packs(n_genres: int, bits: int) -> list[list[int]]:
 
 
 def feature_sql(genres: list[str], *, label_threshold: float, recent_n: int,
-                genre_bits: int = 31, dialect: Dialect = DUCKDB) -> str:
+                genre_bits: int = 31, dialect: Dialect = DUCKDB, itemcf: bool = False, itemcf_window: int = 10,
+                itemcf_history: int = 20, movie_prior_weight: float = 3.0) -> str:
     """The sample query over ``events`` and ``items_src``; one output row per event (probes included).
 
     The query computes everything as flat columns. The user's positive history at a sample is the state
@@ -89,6 +99,10 @@ def feature_sql(genres: list[str], *, label_threshold: float, recent_n: int,
         genre_bits: bits per packed genre counter (:func:`genre_bits` of the largest number of events of one
             user); a user must have fewer than ``2**genre_bits`` positives.
         dialect: the engine to render for (:data:`~deepcrossing.features.dialect.DUCKDB` or ``SPARK``).
+        itemcf: compute ``userItemCFScore`` (False: NULL).
+        itemcf_window, itemcf_history: ``userItemCFScore``'s co-occurrence window and history length
+            (:mod:`deepcrossing.features.itemcf`).
+        movie_prior_weight: m of ``movieBayesAvgRating``.
 
     Returns:
         SQL text selecting :func:`flat_columns` (:data:`SAMPLE_COLUMNS` in order except
@@ -216,11 +230,20 @@ joined AS (
     SELECT win.*, {state_cols}
     FROM win LEFT JOIN state st ON win.user_id = st.user_id AND win.u_pos = st.pos_rank
 ),
+-- issue 11 (itemcf slice): the global mean of the ratings before t, per second (movieBayesAvgRating)
+g_sec AS (SELECT timestamp, COALESCE(SUM(rating), 0) AS s, COUNT(rating) AS n FROM ev GROUP BY timestamp),
+g_before AS (
+    SELECT timestamp, (SUM(s) OVER w_g) - s AS g_s, (SUM(n) OVER w_g) - n AS g_n FROM g_sec
+    WINDOW w_g AS (ORDER BY timestamp ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+){itemcf_ctes(itemcf_window, itemcf_history, d) if itemcf else ""},
 final AS (
-    SELECT joined.*, COALESCE(i.genres, {d.empty_list('VARCHAR[]')}) AS genres, ga.ga_s, ga.ga_n
+    SELECT joined.*, COALESCE(i.genres, {d.empty_list('VARCHAR[]')}) AS genres, ga.ga_s, ga.ga_n,
+           gb.g_s, gb.g_n, {"icf.icf_score" if itemcf else "CAST(NULL AS DOUBLE) AS icf_score"}
     FROM joined LEFT JOIN items_src i ON joined.item_id = i.item_id
     LEFT JOIN genre_avg ga
       ON joined.user_id = ga.user_id AND joined.item_id = ga.item_id AND joined.timestamp = ga.timestamp
+    LEFT JOIN g_before gb ON joined.timestamp = gb.timestamp
+    {_ICF_JOIN if itemcf else ""}
 )
 SELECT
     user_id AS userId,
@@ -249,6 +272,9 @@ SELECT
     m_n7 AS movieLast7dRatingCount,
     m_n30 AS movieLast30dRatingCount,
     CASE WHEN ga_n > 0 THEN ga_s / ga_n END AS userGenreAvgRating,
+    CASE WHEN m_nr > 0 THEN (m_s + {_prior(movie_prior_weight)} * (g_s / g_n)) / (m_nr + {_prior(movie_prior_weight)})
+         END AS movieBayesAvgRating,
+    icf_score AS userItemCFScore,
     u_pos AS _npos,
     {out_state},
     is_probe
@@ -260,8 +286,8 @@ def flat_columns(n_genres: int, recent_n: int, genre_bits: int = 31) -> list[str
     """The columns :func:`feature_sql` selects before ``is_probe``, in order (what ``assemble`` reads).
 
     Example:
-        >>> flat_columns(2, 5)[-8:]
-        ['userGenreAvgRating', '_npos', '_rp0', '_rp1', '_rp2', '_rp3', '_rp4', '_gp0']
+        >>> flat_columns(2, 5)[-7:]
+        ['_npos', '_rp0', '_rp1', '_rp2', '_rp3', '_rp4', '_gp0']
     """
     packs = _genre_packs(n_genres, genre_bits)
     return ([c for c in SAMPLE_COLUMNS if c not in ASSEMBLED_COLUMNS] + ["_npos"]
