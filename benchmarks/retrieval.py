@@ -182,9 +182,9 @@ def run_dataset(name: str, work: Path, args: argparse.Namespace) -> dict[str, An
     from deepcrossing.training.retrieval_data import build_channels, evaluate_retrieval, load_retrieval_data
 
     started = time.perf_counter()
-    data = load_retrieval_data(samples)
-    loaded = load(model)
     manifest = read_manifest(recall_dir)
+    data = load_retrieval_data(samples, trending_half_life_days=manifest["merge"].get("trending_half_life_days"))
+    loaded = load(model)
     channels = build_channels(data, loaded, load_recall(recall_dir), manifest["merge"]["weights"])
     extra: dict[str, Any] = {}
     try:

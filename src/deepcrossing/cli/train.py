@@ -236,13 +236,14 @@ def _evaluate_retrieval(model: Path, samples: Path, ks_text: str, out_path: Path
                       inputs=[*(Path(samples) / f"{s}.parquet" for s in ("train", "valid", "test", "items")),
                               Path(model) / MANIFEST, Path(model) / WEIGHTS,
                               *([] if recall is None else [p for p in Path(recall).iterdir() if p.is_file()])])
-    data = load_retrieval_data(samples)
     loaded = load_model(model)
-    vectors, merge = None, None
+    vectors, merge, half_life = None, None, None
     if recall is not None:
         from deepcrossing.training.recall_model import load_recall, read_manifest
 
-        vectors, merge = load_recall(recall), read_manifest(recall)["merge"]["weights"]
+        manifest = read_manifest(recall)["merge"]
+        vectors, merge, half_life = load_recall(recall), manifest["weights"], manifest.get("trending_half_life_days")
+    data = load_retrieval_data(samples, trending_half_life_days=half_life)   # the folder's trending, as served
     with console.status(f"recalling for {len(data.users):,} test users"):
         report = evaluate_retrieval(data, build_channels(data, loaded, vectors, merge), ks)
     report["model_dir"] = str(model)

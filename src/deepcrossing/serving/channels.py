@@ -56,7 +56,8 @@ class RecallFolder:
         path: the folder; checksum: SHA-256 of its ``manifest.json``; channels: name -> ItemVectors.
         merge: channel -> weight, the manifest's ``merge.weights`` chosen on validation (the service's
             default plan, :func:`deepcrossing.serving.recall.merged_rows`); trending_days: the window of its
-            ``trending`` channel (the manifest's ``merge.trending_days``).
+            ``trending`` channel (the manifest's ``merge.trending_days``); trending_half_life_days: its score's
+            half-life (``merge.trending_half_life_days``; ``None``: the count).
     """
 
     path: Path
@@ -64,6 +65,7 @@ class RecallFolder:
     channels: Mapping[str, ItemVectors]
     merge: Mapping[str, float] = field(default_factory=dict)
     trending_days: int = TRENDING_DAYS
+    trending_half_life_days: float | None = None
 
 
 def load_recall_folder(path: str | Path) -> RecallFolder:
@@ -83,12 +85,15 @@ def load_recall_folder(path: str | Path) -> RecallFolder:
     merge = read_manifest(folder)["merge"]
     weights = merge.get("weights") if isinstance(merge, dict) else None
     days = merge.get("trending_days", TRENDING_DAYS) if isinstance(merge, dict) else TRENDING_DAYS
+    half = merge.get("trending_half_life_days") if isinstance(merge, dict) else None
     if (not isinstance(weights, dict) or not all(isinstance(w, int | float) and w >= 0 for w in weights.values())
-            or not isinstance(days, int) or days < 1):
-        raise InputError("merge.weights must map channels to weights >= 0 and merge.trending_days be an integer "
-                         ">= 1; run train-recall again", path=manifest, field="merge")
+            or not isinstance(days, int) or days < 1
+            or not (half is None or (isinstance(half, int | float) and not isinstance(half, bool) and half > 0))):
+        raise InputError("merge.weights must map channels to weights >= 0, merge.trending_days be an integer >= 1 "
+                         "and merge.trending_half_life_days null or > 0; run train-recall again", path=manifest,
+                         field="merge")
     return RecallFolder(folder.resolve(), file_sha256(manifest), dict(channels),
-                        {str(c): float(w) for c, w in weights.items()}, days)
+                        {str(c): float(w) for c, w in weights.items()}, days, None if half is None else float(half))
 
 
 def channel_blobs(channels: Mapping[str, ItemVectors], movies: pa.Table,
