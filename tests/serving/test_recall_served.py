@@ -5,6 +5,10 @@ same order, each labelled with the channel that gave it first."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import shutil
+
 import httpx
 import numpy as np
 import pyarrow as pa
@@ -13,10 +17,12 @@ from typer.testing import CliRunner
 
 from deepcrossing.cli import app
 from deepcrossing.features import FeatureConfig
-from deepcrossing.features.online import latest_features
+from deepcrossing.errors import InputError
+from deepcrossing.features.online import latest_features, online_records
 from deepcrossing.serving.channels import TRENDING_BLOB, load_recall_folder
 from deepcrossing.serving.engine import Engine
 from deepcrossing.serving.publish import publish_for_model
+from deepcrossing.serving.store import open_store
 from deepcrossing.serving.recall import merged_rows
 from deepcrossing.training.retrieval import Prior, UserState, genre_channel, popularity_channel, \
     trending_channel, vector_channel
@@ -72,6 +78,7 @@ def test_service_recalls_the_validated_merge_as_measured(models, synth_data, ser
 
     recall, url, meta = served["recall"], served["url"], served["meta"]
     assert TRENDING_BLOB in meta["blobs"] and meta["trending_days"] == recall.trending_days
+    assert meta["trending_half_life_days"] == recall.trending_half_life_days
     assert set(meta["vector_channels"]) == {"emb", "two_tower", "item2vec"}
     engine = Engine.open(models["root"] / "m0", url, recall=recall)
     snap = engine.state.snapshot
@@ -125,3 +132,38 @@ def test_compat_emb_and_similar_search_the_stored_channels(models, synth_data, s
             got = httpx.get(f"{server.url}/getsimilarmovie", params={"movieId": movie, "size": 10}).json()
             assert [m["movieId"] for m in got] == order
     engine.store.close()
+
+
+def test_published_trending_is_the_folders_decayed_score(models, synth_data, served, tmp_path):
+    """publish --recall stores the trending list of the folder's window and half-life (trending_sql, as the
+    offline channel), not the plain count."""
+    recall = dataclasses.replace(served["recall"], trending_half_life_days=7.0)
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    meta = publish_for_model(models["root"] / "m0", synth_data["raw"], url, keep_previous_s=0, recall=recall)
+    store = open_store(url)
+    try:
+        ref = store.current()
+        assert ref is not None
+        stored = np.frombuffer(store.blob(ref, TRENDING_BLOB), dtype="<i8").tolist()
+    finally:
+        store.close()
+    assert meta["trending_half_life_days"] == 7.0
+    decayed = online_records(synth_data["dataset"], trending_days=recall.trending_days, trending_half_life_days=7.0)
+    count = online_records(synth_data["dataset"], trending_days=recall.trending_days)
+    assert stored == decayed.trending[: len(stored)] and stored != count.trending[: len(stored)]
+
+
+@pytest.mark.parametrize("value, ok", [(None, True), (30, True), (0, False), (-2.0, False), ("7", False),
+                                       (True, False)])
+def test_recall_folder_trending_half_life_is_checked(served, tmp_path, value, ok):
+    folder = tmp_path / "recall"
+    shutil.copytree(served["recall"].path, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["merge"]["trending_half_life_days"] = value
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    if ok:
+        assert load_recall_folder(folder).trending_half_life_days == value
+    else:
+        with pytest.raises(InputError, match="trending_half_life_days") as err:
+            load_recall_folder(folder)
+        assert err.value.field == "merge"
