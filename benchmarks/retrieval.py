@@ -185,7 +185,8 @@ def run_dataset(name: str, work: Path, args: argparse.Namespace) -> dict[str, An
     manifest = read_manifest(recall_dir)
     data = load_retrieval_data(samples, trending_half_life_days=manifest["merge"].get("trending_half_life_days"))
     loaded = load(model)
-    channels = build_channels(data, loaded, load_recall(recall_dir), manifest["merge"]["weights"])
+    channels = build_channels(data, loaded, load_recall(recall_dir), manifest["merge"]["weights"],
+                              manifest["merge"].get("head_weights"), manifest["merge"]["k"])
     extra: dict[str, Any] = {}
     try:
         import implicit  # noqa: F401
@@ -223,6 +224,9 @@ def run_dataset(name: str, work: Path, args: argparse.Namespace) -> dict[str, An
     print(f"bound (reads the test answers, not a channel): the best single list of 100 for every user "
           f"{report['bounds']['static_oracle@100']:.4f}")
     weights = ", ".join(f"{k} {v:g}" for k, v in manifest["merge"]["weights"].items())
+    if manifest["merge"].get("head_weights"):
+        weights += "; the first {} by {}".format(manifest["merge"]["k"], ", ".join(
+            f"{k} {v:g}" for k, v in manifest["merge"]["head_weights"].items()))
     ndcg = manifest["merge"].get("valid_ndcg@10")
     chosen = (f"the best valid Recall@100 with end-to-end NDCG@10 >= popularity-800's: {ndcg:.4f} vs "
               f"{manifest['merge']['valid_ndcg@10_popularity']:.4f}; " if ndcg is not None else "")

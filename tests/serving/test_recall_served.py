@@ -66,10 +66,13 @@ def offline_merged(recall, dataset, store, ref, user_id: int, n: int) -> tuple[l
     for name, vectors in recall.channels.items():
         built[name] = vector_channel(prior, ids, vectors.item_vectors(movies),
                                      {user_id: vectors.user_vectors(row)[0]}, vectors.metric)
-    used = [(c, w) for c, w in recall.merge.items() if w > 0]
-    merged = weighted_merge([built[c] for c, _ in used], [w for _, w in used])(user, n)
-    _, source = merge_lists([built[c](user, n) for c, _ in used], [w for _, w in used], n)
-    return merged.tolist(), [used[j][0] for j in source]
+    names = [c for c in dict.fromkeys([*recall.merge, *recall.head_weights])
+             if recall.merge.get(c, 0) > 0 or recall.head_weights.get(c, 0) > 0]
+    weights = [recall.merge.get(c, 0.0) for c in names]
+    head = [recall.head_weights.get(c, 0.0) for c in names] if recall.head else None
+    merged = weighted_merge([built[c] for c in names], weights, head=recall.head, head_weights=head)(user, n)
+    _, source = merge_lists([built[c](user, n) for c in names], weights, n, head=recall.head, head_weights=head)
+    return merged.tolist(), [names[j] for j in source]
 
 
 def test_service_recalls_the_validated_merge_as_measured(models, synth_data, served, server_thread):
@@ -82,7 +85,7 @@ def test_service_recalls_the_validated_merge_as_measured(models, synth_data, ser
     assert set(meta["vector_channels"]) == {"emb", "two_tower", "item2vec"}
     engine = Engine.open(models["root"] / "m0", url, recall=recall)
     snap = engine.state.snapshot
-    assert dict(snap.merge) == {c: w for c, w in recall.merge.items() if w > 0}
+    assert dict(snap.merge) == {c: w for c, w in recall.merge.items() if w > 0} and snap.merge_head == (0, ())
     n = 300
     users = [int(u) for u in meta["example_users"][:3]] + [10**9]           # three known users and a cold one
     app_ = create_app(ServingSettings(models["root"] / "m0", url, recall_dir=recall.path, max_k=n))
@@ -167,3 +170,24 @@ def test_recall_folder_trending_half_life_is_checked(served, tmp_path, value, ok
         with pytest.raises(InputError, match="trending_half_life_days") as err:
             load_recall_folder(folder)
         assert err.value.field == "merge"
+
+
+def test_served_merge_with_a_head_is_the_offline_one(models, synth_data, served):
+    """A folder whose first movies come by other weights (``merge.head_weights``, one channel only there):
+    the service's merged_rows equals the offline weighted_merge with the same head."""
+    base = served["recall"]
+    tail = {c: (1.0 if c == "two_tower" else 0.0) for c in base.merge}
+    recall = dataclasses.replace(base, merge=tail, head_weights={"trending": 2.0, "popularity": 1.0}, head=40)
+    engine = Engine.open(models["root"] / "m0", served["url"], recall=recall)
+    snap = engine.state.snapshot
+    assert snap.merge == (("two_tower", 1.0), ("trending", 0.0), ("popularity", 0.0))
+    assert snap.merge_head == (40, (0.0, 2.0, 1.0))
+    for user in [int(u) for u in served["meta"]["example_users"][:3]]:
+        expected, labels = offline_merged(recall, synth_data["dataset"], engine.store, snap.ref, user, 120)
+        record = engine.fetch_user(user).record
+        table = engine._user_table(snap, user, record)
+        rows, got_labels, plan = merged_rows(snap, user, record, 120, lambda t=table: t)
+        assert snap.movie_ids[rows].tolist() == expected
+        assert [plan[j][0] for j in got_labels] == labels
+        assert set(labels[:40]) <= {"trending", "popularity"} and set(labels[40:]) == {"two_tower"}
+    engine.store.close()

@@ -237,15 +237,16 @@ def _evaluate_retrieval(model: Path, samples: Path, ks_text: str, out_path: Path
                               Path(model) / MANIFEST, Path(model) / WEIGHTS,
                               *([] if recall is None else [p for p in Path(recall).iterdir() if p.is_file()])])
     loaded = load_model(model)
-    vectors, merge, half_life = None, None, None
+    vectors = None
+    manifest: dict[str, Any] = {}       # the recall folder's merge: its trending and weights, as served
     if recall is not None:
         from deepcrossing.training.recall_model import load_recall, read_manifest
 
-        manifest = read_manifest(recall)["merge"]
-        vectors, merge, half_life = load_recall(recall), manifest["weights"], manifest.get("trending_half_life_days")
-    data = load_retrieval_data(samples, trending_half_life_days=half_life)   # the folder's trending, as served
+        vectors, manifest = load_recall(recall), read_manifest(recall)["merge"]
+    data = load_retrieval_data(samples, trending_half_life_days=manifest.get("trending_half_life_days"))
     with console.status(f"recalling for {len(data.users):,} test users"):
-        report = evaluate_retrieval(data, build_channels(data, loaded, vectors, merge), ks)
+        report = evaluate_retrieval(data, build_channels(data, loaded, vectors, manifest.get("weights"),
+                                                     manifest.get("head_weights"), int(manifest.get("k", 100))), ks)
     report["model_dir"] = str(model)
     report["recall_dir"] = None if recall is None else str(recall)
     view = Table(title=f"{samples}: {report['n_users']:,} test users with a relevant movie "

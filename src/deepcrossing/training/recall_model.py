@@ -81,7 +81,8 @@ def save_recall(folder: str | Path, channels: dict[str, ItemVectors], *, merge: 
         folder: where to write (``outputs.reserve(...).write()``'s folder).
         channels: name (one of :data:`CHANNELS`) -> model.
         merge: ``{"weights": {channel: weight}, "valid_recall": float, "k": int, "trending_days": int,
-            "trending_half_life_days": float | None, ...}`` (the service's default plan:
+            "trending_half_life_days": float | None, "head_weights": {channel: weight} | None, ...}`` (the
+            first ``k`` merged by ``head_weights``; the service's default plan:
             :func:`deepcrossing.serving.recall.merged_rows`).
         metrics: JSON-ready training and validation figures.
         samples: what it was trained on (paths, checksums).
@@ -220,10 +221,12 @@ def train_recall(samples: str | Path, channels: tuple[str, ...] = CHANNELS, *,
     Deep Crossing model the service ranks with), the best Recall@100 among the weights whose end-to-end
     NDCG@10 (the merged 800 ranked by it) is at least popularity-800's (popularity alone is one of them,
     so the served merge is never below popularity-800 end to end on validation); without, by Recall@100.
+    With ``model``, the first ``k`` movies may then come by other weights (``head_weights``, ``None``: the
+    same), the best Recall@``k`` whose whole merged list keeps that NDCG floor (:func:`choose_merge`'s ``tail``).
 
     Returns:
         (channel -> model, merge ``{"weights", "k", "valid_recall", "trending_days", "trending_half_life_days"}``
-        (+ ``"valid_ndcg@10"`` and ``"valid_ndcg@10_popularity"`` with ``model``), metrics
+        (+ ``"head_weights"``, ``"valid_ndcg@10"`` and ``"valid_ndcg@10_popularity"`` with ``model``), metrics
         ``{"trending_valid_recall": {half-life: R@K}, "valid_recall": {...}, "two_tower": {best_epoch, history}}``).
     """
     folder = Path(samples)
@@ -258,8 +261,12 @@ def train_recall(samples: str | Path, channels: tuple[str, ...] = CHANNELS, *,
         pop, pop_ndcg = choose_merge(valid.users, valid.relevant, {"popularity": base["popularity"]}, k=k,
                                      rank=rank)
         weights, ndcg = choose_merge(valid.users, valid.relevant, candidates, k=k, rank=rank, floor=pop_ndcg)
-        merged = weighted_merge([base[c] for c in weights], list(weights.values()))
+        head, ndcg = choose_merge(valid.users, valid.relevant, candidates, k=k, rank=rank, floor=pop_ndcg,
+                                  tail=weights)                   # the first k by other weights, same floor
+        head_weights = None if head == weights else head
+        merged = weighted_merge([base[c] for c in weights], list(weights.values()), head=k,
+                                head_weights=None if head_weights is None else [head[c] for c in weights])
         recall = recall_at_ks([merged(u, k) for u in valid.users], valid.relevant, (k,)).recall[k]
-        merge.update(weights=weights, valid_recall=recall, **{"valid_ndcg@10": ndcg,
-                                                              "valid_ndcg@10_popularity": pop_ndcg})
+        merge.update(weights=weights, head_weights=head_weights, valid_recall=recall,
+                     **{"valid_ndcg@10": ndcg, "valid_ndcg@10_popularity": pop_ndcg})
     return models, merge, metrics

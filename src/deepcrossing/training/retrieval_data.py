@@ -259,13 +259,15 @@ def recall_channel(data: RetrievalData, vectors: ItemVectors) -> Channel:
 
 def build_channels(data: RetrievalData, loaded: LoadedModel | None = None,
                    recall: Mapping[str, ItemVectors] | None = None,
-                   merge: Mapping[str, float] | None = None) -> dict[str, Channel]:
+                   merge: Mapping[str, float] | None = None, head_weights: Mapping[str, float] | None = None,
+                   head: int = 100) -> dict[str, Channel]:
     """The channels: ``popularity``, ``trending``, ``genres``, with a model ``emb``, one per recall model of ``recall``
     (``two_tower``, ``item2vec``, ...), and ``merged``.
 
     ``merged`` is :func:`~deepcrossing.training.retrieval.weighted_merge` with ``merge`` (channel -> weight,
-    chosen on the validation split by ``train-recall``) when given, else the round-robin of emb, the recall
-    models, genres and popularity.
+    chosen on the validation split by ``train-recall``) when given, its first ``head`` movies by
+    ``head_weights`` when given (the manifest's ``merge.head_weights`` and ``merge.k``), else the round-robin
+    of emb, the recall models, genres and popularity.
     """
     channels = {"popularity": popularity_channel(data.prior), "trending": trending_channel(data.prior),
                 "genres": genre_channel(data.prior)}
@@ -274,10 +276,13 @@ def build_channels(data: RetrievalData, loaded: LoadedModel | None = None,
     for name, vectors in (recall or {}).items():
         channels[name] = recall_channel(data, vectors)
     if merge:
-        missing = sorted(set(merge) - set(channels))
+        names = list(dict.fromkeys([*merge, *(head_weights or {})]))
+        missing = sorted(set(names) - set(channels))
         if missing:
             raise InputError(f"the merge names channel(s) {missing} that are not built here")
-        channels["merged"] = weighted_merge([channels[c] for c in merge], list(merge.values()))
+        channels["merged"] = weighted_merge(
+            [channels[c] for c in names], [float(merge.get(c, 0.0)) for c in names], head=head,
+            head_weights=None if head_weights is None else [float(head_weights.get(c, 0.0)) for c in names])
     else:
         order = ["emb", *(recall or {}), "genres", "trending", "popularity"]
         channels["merged"] = merge_channels([channels[c] for c in order if c in channels])
