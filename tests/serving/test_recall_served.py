@@ -191,3 +191,20 @@ def test_served_merge_with_a_head_is_the_offline_one(models, synth_data, served)
         assert [plan[j][0] for j in got_labels] == labels
         assert set(labels[:40]) <= {"trending", "popularity"} and set(labels[40:]) == {"two_tower"}
     engine.store.close()
+
+
+@pytest.mark.parametrize("value, ok", [(None, True), ({"trending": 2, "popularity": 1.5}, True),
+                                       ({"trending": -1}, False), ([1, 2], False), ("x", False)])
+def test_recall_folder_head_weights_are_checked(served, tmp_path, value, ok):
+    folder = tmp_path / "recall"
+    shutil.copytree(served["recall"].path, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["merge"]["head_weights"] = value
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    if ok:
+        loaded = load_recall_folder(folder)
+        assert loaded.head_weights == (value or {}) and loaded.head == (manifest["merge"]["k"] if value else 0)
+    else:
+        with pytest.raises(InputError, match="head_weights") as err:
+            load_recall_folder(folder)
+        assert err.value.field == "merge"

@@ -93,8 +93,8 @@ def load_recall_folder(path: str | Path) -> RecallFolder:
     half = merge.get("trending_half_life_days") if isinstance(merge, dict) else None
     head = (merge.get("head_weights") or {}) if isinstance(merge, dict) else {}
     k = merge.get("k", 100) if isinstance(merge, dict) else 100
-    if (not all(isinstance(x, dict) and all(isinstance(w, int | float) and w >= 0 for w in x.values())
-                for x in (weights, head))
+    if (not isinstance(weights, dict) or not isinstance(head, dict)
+            or not all(isinstance(w, int | float) and w >= 0 for x in (weights, head) for w in x.values())
             or not isinstance(days, int) or days < 1 or not isinstance(k, int) or k < 1
             or not (half is None or (isinstance(half, int | float) and not isinstance(half, bool) and half > 0))):
         raise InputError("merge.weights and merge.head_weights must map channels to weights >= 0, "
