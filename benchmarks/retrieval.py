@@ -4,10 +4,12 @@ retrieval -> Deep Crossing vs popularity-800 -> Deep Crossing, and a PNG of the 
 
 Protocol: :mod:`deepcrossing.training.retrieval_data` (relevant = a test user's positives in the test
 period not rated before it; channels see only train + valid; rated movies left out). Channels: popularity,
-trending (most rated in the 180 days before the test start), the user's top genres, ``emb`` (the Deep
+trending (the 180 days before the test start, scored by the recall folder's trending rule: a count, or
+ratings decayed with the half-life ``train-recall`` chose on validation), the user's top genres, ``emb`` (the Deep
 Crossing model's unit item vectors, as the service's ``model=emb``), the recall folder's ``two_tower`` and
 ``item2vec`` (``deepcrossing train-recall``: item2vec is also the issue's named peer), their ``merged`` list
-(quotas chosen on the validation split by ``train-recall``), and ALS from the ``implicit`` library as a peer
+(quotas chosen on the validation split by ``train-recall``, the first 100 by its head weights when it has
+them), and ALS from the ``implicit`` library as a peer
 (in the ``bench`` extra: ``pip install -c constraints.txt -e '.[bench]'``; ``--implicit-path`` adds a folder
 holding it to ``sys.path`` instead): fitted on the positives before the test start, its factor count chosen
 by Recall@100 on the validation split (fit on train only).
