@@ -17,7 +17,9 @@ Peers (each in its own child process, so that its peak RSS is its own):
                       movieGenres and userRecentPositives as mean-pooled VarLenSparseFeat, z-scored numerics
                       (+ missing indicators) as DenseFeat. Trained epoch by epoch, the best valid-AUC epoch
                       kept (patience 2); dropout / embedding L2 / learning rate / batch size tuned on valid.
-* ``deepcrossing``    our model, default spec, through ``deepcrossing train`` in a subprocess.
+* ``deepcrossing``    our model, default spec, through ``deepcrossing train`` in a subprocess; MLP dropout,
+                      embedding dropout and learning rate tuned on valid with the same budget as LightGBM
+                      and DeepCTR (8 settings, 2 with ``--grid small``; the spec's own setting is one of them).
 * ``deepcrossing_mlp`` our model as SparrowRecSys's plain MLP 128-128 (embedding 10).
 
 Every peer gets the same columns of the sample file (ids, genres, numerics, the list columns where it can
@@ -45,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import itertools
 import json
 import os
@@ -437,15 +440,58 @@ def peer_deepctr_dnn(d: Data, params: dict, seed: int, quick: bool = False) -> d
             "info": {**g, "best_epoch": best_epoch, "epochs_run": epochs, "grid_size": len(grid)}}
 
 
+def _dc_grid(params: dict, quick: bool, mlp: bool) -> list[dict]:
+    """Deep Crossing's tuning grid, the same budget as LightGBM's and DeepCTR's (8 full, 2 small, 1 quick):
+    MLP dropout x embedding dropout x learning rate; ``{}`` is the spec's own setting. The plain-MLP variant
+    (SparrowRecSys's network) is not tuned."""
+    if params or quick or mlp:   # a later seed (the setting chosen on seed 0), or not tuned
+        return [{k: v for k, v in params.items() if k in ("dropout", "embedding_dropout", "lr")}]
+    if os.environ.get("PEERS_GRID") == "small":
+        return [{}, {"dropout": 0.4, "embedding_dropout": 0.3, "lr": 0.001}]
+    return [{"dropout": dr, "embedding_dropout": ed, "lr": lr}
+            for dr, ed, lr in itertools.product((0.2, 0.4), (0.1, 0.3), (0.002, 0.001))]
+
+
+def _dc_spec(d: Data, setting: dict, mlp: bool, folder: Path) -> str | None:
+    """The spec file of one grid setting: the base spec (``DC_PEER_SPEC`` or the built-in one for the samples'
+    format) with the setting's model dropouts and learning rate, as JSON in ``folder``; None: the default."""
+    from deepcrossing.config import builtin_spec_path, load_config, save_config
+
+    spec = os.environ.get("DC_PEER_SPEC_MLP" if mlp else "DC_PEER_SPEC")
+    if not setting:
+        return spec
+    base = load_config(spec or builtin_spec_path("sparrow" if (Path(d.samples) / "train.csv").exists()
+                                                  else "movielens"))
+    model = dataclasses.replace(base.model, **{k: v for k, v in setting.items() if k != "lr"})
+    train = dataclasses.replace(base.train, lr=setting.get("lr", base.train.lr))
+    path = folder / f"spec-{len(list(folder.glob('spec-*')))}.json"
+    save_config(dataclasses.replace(base, model=model, train=train), path)
+    return str(path)
+
+
 def _deepcrossing(d: Data, params: dict, seed: int, quick: bool, mlp: bool) -> dict:
-    """Train through the CLI in a subprocess (what a user runs), then score with ``deepcrossing.load``."""
+    """Tune on valid over :func:`_dc_grid` (seed 0; later seeds get the chosen setting in ``params``), each
+    setting trained through the CLI in a subprocess (what a user runs) and scored with ``deepcrossing.load``."""
+    grid = _dc_grid(params, quick, mlp)
+    best: dict | None = None
+    for setting in grid:
+        run = _deepcrossing_once(d, setting, seed, quick, mlp)
+        run["tuned"] = setting or {"default": True}
+        run["info"]["grid_size"] = len(grid)
+        if best is None or _auc(d.y["valid"], run["valid"]) > _auc(d.y["valid"], best["valid"]):
+            best = run
+    assert best is not None
+    return best
+
+
+def _deepcrossing_once(d: Data, setting: dict, seed: int, quick: bool, mlp: bool) -> dict:
     import deepcrossing
 
     with tempfile.TemporaryDirectory(prefix="dc-peer-") as tmp:
         model_dir = Path(tmp) / "model"
         cmd = [sys.executable, "-m", "deepcrossing.cli", "train", "--samples", str(d.samples),
                "--out", str(model_dir), "--seed", str(seed), "--device", "cpu"]
-        spec = os.environ.get("DC_PEER_SPEC_MLP" if mlp else "DC_PEER_SPEC")
+        spec = _dc_spec(d, setting, mlp, Path(tmp))
         if spec:
             cmd += ["--spec", spec]
         if mlp:

@@ -123,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=None, help="distinct users (default: rows / 150)")
     parser.add_argument("--buckets", type=int, default=1 << 20, help="hash buckets of the hashed userId run")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
-    parser.add_argument("--skip", default="", help="comma-separated steps to skip: spark,stream,nproc,hashed")
+    parser.add_argument("--skip", default="",
+                        help="comma-separated steps to skip: synth (reuse --workdir's synth), duckdb (reuse its "
+                             "samples), spark, memory, stream, nproc, hashed")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -134,34 +136,46 @@ def main(argv: list[str] | None = None) -> int:
     steps: list[dict[str, Any]] = []
     load = os.getloadavg()
 
+    def record(step: dict[str, Any]) -> None:
+        """Keep a finished step: one line on stdout now, the JSON rewritten (a killed run keeps its steps)."""
+        steps.append(step)
+        print(json.dumps({k: v for k, v in step.items() if k != "output_tail"}), flush=True)
+        if args.json:
+            args.json.write_text(json.dumps({"config": {k: str(v) for k, v in vars(args).items()},
+                                             "load_avg": load, "steps": steps, "partial": True}, indent=1))
+
     users = f", n_users={args.users}" if args.users else ""
-    steps.append(run_step("synth", [sys.executable, "-c", "from deepcrossing.data.synth import generate; "
-                                    f"generate({args.rows}, {str(work / 'synth')!r}, overwrite=True{users})"]))
-    steps.append(run_step("prepare duckdb", _cli("prepare", "--data", str(work / "synth"), "--out",
-                                                 str(work / "samples"), "--overwrite")))
+    if "synth" not in skip:
+        record(run_step("synth", [sys.executable, "-c", "from deepcrossing.data.synth import generate; "
+                                  f"generate({args.rows}, {str(work / 'synth')!r}, overwrite=True{users})"]))
+    if "duckdb" not in skip:
+        record(run_step("prepare duckdb", _cli("prepare", "--data", str(work / "synth"), "--out",
+                                               str(work / "samples"), "--overwrite")))
     if "spark" not in skip and _has_spark_engine():
-        steps.append(run_step("prepare spark local[2]", _cli(
+        record(run_step("prepare spark local[2]", _cli(
             "prepare", "--data", str(work / "synth"), "--out", str(work / "samples-spark"), "--overwrite",
             "--engine", "spark", "--spark-master", "local[2]", "--spark-conf", "spark.driver.memory=4g")))
     elif "spark" not in skip:
-        steps.append({"step": "prepare spark local[2]", "skipped": "this checkout has no `prepare --engine spark`"})
+        record({"step": "prepare spark local[2]", "skipped": "this checkout has no `prepare --engine spark`"})
     samples = work / "samples"
     common = ["train", "--samples", str(samples), "--epochs", "1", "--device", args.device, "--overwrite"]
-    runs = [("train in memory", []), ("train --stream", ["--stream"]), ("train --nproc 2", ["--nproc", "2"])]
-    for name, extra in runs:
-        if ("stream" in name and "stream" in skip) or ("nproc" in name and "nproc" in skip):
+    runs = [("train in memory", [], "memory"), ("train --stream", ["--stream"], "stream"),
+            ("train --nproc 2", ["--nproc", "2"], "nproc")]
+    for name, extra, key in runs:
+        if key in skip:
             continue
-        model = work / f"model-{len(steps)}"
-        steps.append(_train_record(run_step(name, _cli(*common, "--out", str(model), *extra)), model))
+        model = work / f"model-{key}"
+        record(_train_record(run_step(name, _cli(*common, "--out", str(model), *extra)), model))
     if "hashed" not in skip:
         spec = _hashed_spec(work / "hashed.toml", args.buckets)
         model = work / "model-hashed"
-        steps.append(_train_record(run_step(f"train --stream, hashed userId ({args.buckets:,} buckets)", _cli(
-            *common, "--out", str(model), "--stream", "--spec", str(spec))), model))
         import pyarrow.parquet as pq
 
-        steps[-1]["distinct_users"] = len(pq.read_table(samples / "train.parquet", columns=["userId"])
-                                          .column(0).unique())
+        hashed = _train_record(run_step(f"train --stream, hashed userId ({args.buckets:,} buckets)", _cli(
+            *common, "--out", str(model), "--stream", "--spec", str(spec))), model)
+        hashed["distinct_users"] = len(pq.read_table(samples / "train.parquet", columns=["userId"])
+                                       .column(0).unique())
+        record(hashed)
 
     by = {s["step"]: s for s in steps}
     lines = [f"scale benchmark: {args.rows:,} synthetic ratings, device {args.device}, {os.cpu_count()} cores, "
@@ -176,11 +190,11 @@ def main(argv: list[str] | None = None) -> int:
                      f"{s['peak_rss_jvm'] / GIB:.2f} | {s.get('samples_per_s', float('nan')):,.0f} | "
                      f"{s.get('valid_auc', float('nan')):.4f} |")
     ratios = {}
-    if "wall_s" in by.get("prepare spark local[2]", {}):
+    if "wall_s" in by.get("prepare spark local[2]", {}) and "prepare duckdb" in by:
         ratios["spark / duckdb wall"] = by["prepare spark local[2]"]["wall_s"] / by["prepare duckdb"]["wall_s"]
-    base = by["train in memory"]
+    base = by.get("train in memory")
     for name in ("train --stream", "train --nproc 2"):
-        if name in by:
+        if name in by and base is not None:
             ratios[f"{name} / in memory samples/s"] = by[name]["samples_per_s"] / base["samples_per_s"]
             ratios[f"{name} / in memory peak RSS"] = by[name]["peak_rss_python"] / base["peak_rss_python"]
             ratios[f"{name} valid AUC - in memory"] = by[name]["valid_auc"] - base["valid_auc"]

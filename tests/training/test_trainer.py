@@ -25,11 +25,12 @@ def data():
     return enc, enc.transform(train), enc.transform(valid)
 
 
-def run(data, config, checkpoint_dir=None, resume=False, on_epoch=None, fingerprint=None):
+def run(data, config, checkpoint_dir=None, resume=False, on_epoch=None, fingerprint=None, autocast=None):
     enc, train, valid = data
     torch.manual_seed(config.seed)  # the CLI's job; here the test plays the CLI
     model = DeepCrossing(small_spec(), MODEL, enc.cardinalities, sparse=config.optimizer == "sparse_adam")
-    trainer = Trainer(DeepCrossingTrain(model), config, "cpu", checkpoint_dir, fingerprint=fingerprint)
+    trainer = Trainer(DeepCrossingTrain(model), config, "cpu", checkpoint_dir, fingerprint=fingerprint,
+                      autocast=autocast)
     result = trainer.fit(train, valid, resume=resume, on_epoch=on_epoch)
     return model, result
 
@@ -206,3 +207,16 @@ def test_swa_average_of_the_last_epochs_is_kept_only_when_valid_auc_improves(dat
     assert result.best_auc == max(best_epoch_auc, record["valid_auc"])
     assert evaluate_batch(model, valid)["auc"] == pytest.approx(result.best_auc, abs=1e-12)
     assert TrainConfig().swa == 0 and Trainer(DeepCrossingTrain(check), TrainConfig()).swa_record == {}
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sparse_adam"])
+def test_bf16_autocast_of_the_forward_pass_learns_like_fp32(data, optimizer):
+    # autocast wraps the forward pass and loss only: wrapping backward and the optimizer steps too left the
+    # loss stuck at log 2 with sparse Adam (benchmarks/throughput.py --bf16 before the Trainer option)
+    config = TrainConfig(epochs=3, batch_size=128, lr=1e-2, patience=0, seed=3, optimizer=optimizer)
+    fp32_model, fp32 = run(data, config)
+    bf16_model, bf16 = run(data, config, autocast=torch.bfloat16)
+    assert bf16.best_auc > 0.75 and abs(bf16.best_auc - fp32.best_auc) < 0.03
+    assert bf16.history[-1]["train_loss"] < bf16.history[0]["train_loss"] < 0.69
+    assert all(p.dtype == torch.float32 for p in bf16_model.parameters())  # weights stay fp32
+    assert not all(torch.equal(a, b) for a, b in zip(fp32_model.parameters(), bf16_model.parameters()))

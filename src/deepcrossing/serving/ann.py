@@ -60,6 +60,24 @@ def _from_npy(data: bytes, what: str) -> NDArray[Any]:
     return array
 
 
+def _best(sims: NDArray[np.float32], k: int) -> NDArray[np.int64]:
+    """Positions of the ``k`` (<= len) largest of ``sims``, largest first, ties by smaller position.
+
+    Example:
+        >>> _best(np.array([0.5, 0.9, 0.5, 0.1, 0.5], dtype=np.float32), 3).tolist()
+        [1, 0, 2]
+    """
+    if k < len(sims):
+        kth = sims[np.argpartition(-sims, k - 1)[k - 1]]          # the k-th largest value
+        above = np.flatnonzero(sims > kth)
+        tied = np.flatnonzero(sims == kth)[: k - len(above)]       # at the k-th place: the smaller positions
+        top = np.concatenate([above, tied])
+    else:
+        top = np.arange(len(sims))
+    ordered: NDArray[np.int64] = top[np.lexsort((top, -sims[top]))].astype(np.int64)
+    return ordered
+
+
 @dataclass(frozen=True)
 class VectorIndex:
     """Item vectors and how they are searched.
@@ -129,19 +147,22 @@ class VectorIndex:
         return found
 
     def exact(self, query: NDArray[np.float32], k: int) -> NDArray[np.int64]:
-        """The reference: one matrix product, ties by smaller row; zero rows never returned.
+        """The reference: one matrix product, the ``k`` best rows by similarity, ties by smaller row (also at
+        the ``k``-th place); zero rows never returned.
 
-        Through torch, on the intra-op threads the caller set (the service: one): numpy's OpenBLAS would
-        start its own threads, whose spinning after each call slowed the ranking that follows by 10x on a
-        loaded 2-core machine (measured: 39 vs 3.4 ms per request)."""
+        The product runs through torch (``torch.mv``), on the intra-op threads the caller set (the service:
+        one): numpy's OpenBLAS would start its own threads, whose spinning after each call slowed the ranking
+        that follows by 10x on a loaded 2-core machine (measured: 39 vs 3.4 ms per request). The selection is
+        numpy's ``argpartition`` on the product's buffer (no copy): 7x cheaper than ``torch.topk`` over 9.7k
+        rows (0.07 vs 0.5 ms) and deterministic at the ``k``-th place, where ``topk`` keeps any of the tied rows.
+        """
         k = min(k, len(self.vectors))
         if k <= 0:
             return np.zeros(0, dtype=np.int64)
-        sims_t = torch.mv(torch.from_numpy(self.vectors), torch.from_numpy(np.ascontiguousarray(query, np.float32)))
-        top = torch.topk(sims_t, k, sorted=False).indices.numpy()    # (k,)
-        sims = sims_t.numpy()                                         # (N,), no copy
-        top = top[np.lexsort((top, -sims[top]))]
-        found: NDArray[np.int64] = np.asarray(top[self.known[top]], dtype=np.int64)
+        sims: NDArray[np.float32] = torch.mv(torch.from_numpy(self.vectors),
+                                             torch.from_numpy(np.ascontiguousarray(query, np.float32))).numpy()
+        top = _best(sims, k)
+        found: NDArray[np.int64] = top[self.known[top]]
         return found
 
     def to_blobs(self) -> dict[str, bytes]:

@@ -36,7 +36,8 @@ import torch
 from deepcrossing.errors import InputError
 from deepcrossing.serving.channels import RecallFolder
 from deepcrossing.serving.models import check_finite, load_model_dir, model_fingerprint
-from deepcrossing.serving.recall import BUILTIN, Plan, default_plan, merged_rows, recall_rows, sorted_contains
+from deepcrossing.serving.recall import BUILTIN, Plan, default_plan, merged_rows, recall_rows, sorted_contains, \
+    user_memo
 from deepcrossing.serving.scorer import Scorer, UserPart, join_user_movies
 from deepcrossing.serving.snapshot import Snapshot, build_snapshot, empty_features, rescore_snapshot
 from deepcrossing.serving.store import FeatureStore, Record, StoreError, StoreUnavailable, VersionGone, open_store
@@ -75,7 +76,8 @@ class State:
 
     ``user_parts`` caches each user's per-request partial (:class:`UserPart`) for this (model, store version
     ref): a version's records never change, so the cache is exact, and it dies with the state on a reload or
-    a publish. The record itself is still read from the store on every request.
+    a publish. The record itself is still read from the store on every request. ``user_vectors`` caches each
+    user's recall vectors by channel the same way (:func:`~deepcrossing.serving.recall.user_query`).
     """
 
     scorer: Scorer
@@ -83,6 +85,7 @@ class State:
     model_version: str
     snapshot: Snapshot | None
     user_parts: dict[int, UserPart] = field(default_factory=dict, repr=False, compare=False)
+    user_vectors: dict[int, dict[str, Any]] = field(default_factory=dict, repr=False, compare=False)
 
 
 class UserRead(NamedTuple):
@@ -158,7 +161,7 @@ class Engine:
         """Stop serving the snapshot held: the store can no longer serve it."""
         state = self.state
         if state is not None and state.snapshot is not None:
-            self.state = replace(state, snapshot=None, user_parts={})
+            self.state = replace(state, snapshot=None, user_parts={}, user_vectors={})
         self.last_error = reason
 
     def refresh(self, *, strict: bool = False) -> bool:
@@ -301,10 +304,12 @@ class Engine:
             labels = np.zeros(len(rows), dtype=np.int8)
         elif channels is None and snap.merge:        # the recall folder's validated merge: served = measured
             rows, labels, plan = merged_rows(snap, user_id, record, candidates,
-                                             lambda: self._user_table(snap, user_id, record))
+                                             lambda: self._user_table(snap, user_id, record),
+                                             user_memo(state.user_vectors, user_id, self.user_cache))
         else:
             plan = channels or default_plan(tuple(snap.channels), candidates)
-            rows, labels = recall_rows(snap, record, plan, lambda: self._user_table(snap, user_id, record))
+            rows, labels = recall_rows(snap, record, plan, lambda: self._user_table(snap, user_id, record),
+                                       user_memo(state.user_vectors, user_id, self.user_cache))
         if len(rows) == 0:
             scores = np.zeros(0)
         elif plain:

@@ -20,6 +20,10 @@ unrated movies as the offline evaluation measured it (the same channel functions
 popularity for a user they have nothing for) and the lists are merged by the same quota rule
 (:func:`deepcrossing.training.retrieval_merge.merge_lists`), so what is served is what was measured.
 
+What both derive from the user's record alone (the channels' user vectors, the ``rated`` array, ...) is kept
+in a per-user memo (:func:`user_memo`) that the engine holds per (model, store version), beside its user
+partials: the same answers, without a two-tower user tower run per request.
+
 Example:
     >>> parse_channels("emb:300, popularity:500", ("emb", "genres", "popularity"), 800)
     (('emb', 300), ('popularity', 500))
@@ -44,7 +48,7 @@ from deepcrossing.training.retrieval import Channel, IdArray, Prior, UserState, 
 from deepcrossing.training.retrieval_merge import merge_lists
 
 __all__ = ["BUILTIN", "Plan", "default_plan", "index_channel", "merged_rows", "parse_channels", "recall_rows",
-           "sorted_contains", "user_state"]
+           "sorted_contains", "user_memo", "user_query", "user_state"]
 
 BUILTIN = ("genres", "popularity")
 TOP_GENRES = ("userGenre1", "userGenre2", "userGenre3")
@@ -123,8 +127,50 @@ def _top_genre_rows(snap: Any, features: Record) -> np.ndarray | None:
     return rows
 
 
-def recall_rows(snap: Any, record: Record | None, plan: Plan,
-                user_table: Callable[[], pa.Table] | None) -> tuple[np.ndarray, np.ndarray]:
+def user_query(channel: Any, features: Record, user_table: Callable[[], pa.Table] | None,
+               memo: dict[str, Any] | None) -> np.ndarray | None:
+    """``channel.user_vector(features, user_table)``, kept in ``memo`` (see :func:`user_memo`)."""
+    query: np.ndarray | None = _memo(memo, f"vector/{channel.name}",
+                                     lambda: channel.user_vector(features, user_table))
+    return query
+
+
+def user_memo(cache: dict[int, dict[str, Any]], user_id: int, limit: int) -> dict[str, Any] | None:
+    """``cache[user_id]`` (made empty when new; the whole cache cleared when it holds ``limit`` users), or
+    ``None`` when ``limit`` is 0 (no cache).
+
+    The memo is what the recall derives from the user's record alone: the vector of each channel
+    (:func:`user_query`; a two-tower user vector encodes the one-row user table and runs the tower, ~5 ms
+    per request on a loaded 2-core machine), the ``rated`` array, the top genres' rows and the
+    :class:`UserState`. The engine keeps one per user in its per-(model, store version) state, beside the
+    user partials: a version's records never change, so what is kept is what would be computed.
+
+    Example:
+        >>> cache: dict[int, dict[str, Any]] = {}
+        >>> user_memo(cache, 7, 2) is cache[7], user_memo(cache, 7, 0)
+        (True, None)
+    """
+    if limit <= 0:
+        return None
+    memo = cache.get(user_id)
+    if memo is None:
+        if len(cache) >= limit:
+            cache.clear()
+        memo = cache[user_id] = {}
+    return memo
+
+
+def _memo(memo: dict[str, Any] | None, key: str, make: Callable[[], Any]) -> Any:
+    """``memo[key]``, made by ``make()`` when missing (``make()`` each time without a memo)."""
+    if memo is None:
+        return make()
+    if key not in memo:
+        memo[key] = make()
+    return memo[key]
+
+
+def recall_rows(snap: Any, record: Record | None, plan: Plan, user_table: Callable[[], pa.Table] | None,
+                memo: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The snapshot rows to rank and, per row, the index in ``plan`` of the channel that produced it.
 
     Args:
@@ -132,12 +178,14 @@ def recall_rows(snap: Any, record: Record | None, plan: Plan,
         record: the user's store record (``None``: unknown user, cold start).
         plan: ``(channel, size)`` pairs, in order of precedence.
         user_table: builds the one-row user table (for a recall folder's user side).
+        memo: what the recall derived from this user's record before, read and filled here
+            (:func:`user_memo`; ``None``: nothing kept).
 
     Returns:
         ((R,) int64 rows, (R,) int8 plan indexes).
     """
     features = (record or {}).get("features") or {}
-    rated = np.asarray((record or {}).get("rated") or (), dtype=np.int64)
+    rated = _memo(memo, "rated", lambda: np.asarray((record or {}).get("rated") or (), dtype=np.int64))
     taken = np.zeros(len(snap.movie_ids), dtype=bool)
     parts: list[np.ndarray] = []
     labels: list[np.ndarray] = []
@@ -146,10 +194,10 @@ def recall_rows(snap: Any, record: Record | None, plan: Plan,
         if name == "popularity":
             rows = snap.candidate_rows
         elif name == "genres":
-            rows = _top_genre_rows(snap, features)
+            rows = _memo(memo, "genre_rows", lambda: _top_genre_rows(snap, features))
         else:
             channel = snap.channels[name]
-            query = channel.user_vector(features, user_table)
+            query = user_query(channel, features, user_table, memo)
             rows = None
             if query is not None:
                 found = channel.rows[channel.index.search(query, size + n_taken + len(rated))]
@@ -204,14 +252,16 @@ def index_channel(channel: Any, query: np.ndarray | None, prior: Prior) -> Chann
 
 
 def merged_rows(snap: Any, user_id: int, record: Record | None, total: int,
-                user_table: Callable[[], pa.Table] | None) -> tuple[np.ndarray, np.ndarray, Plan]:
+                user_table: Callable[[], pa.Table] | None,
+                memo: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray, Plan]:
     """The recall folder's validated merge (``snap.merge``, its head ``snap.merge_head``) for one user: each
-    channel's ``total`` best unrated movies, merged by :func:`~deepcrossing.training.retrieval_merge.merge_lists`.
+    channel's ``total`` best unrated movies, merged by :func:`~deepcrossing.training.retrieval_merge.merge_lists`
+    (``memo``: as :func:`recall_rows`).
 
     Returns:
         ((R,) int64 snapshot rows in merge order, (R,) int8 plan indexes, the plan ``((channel, count), ...)``).
     """
-    prior, user = snap.prior, user_state(user_id, record)
+    prior, user = snap.prior, _memo(memo, "user_state", lambda: user_state(user_id, record))
     features = (record or {}).get("features") or {}
     lists = []
     for name, _ in snap.merge:
@@ -223,7 +273,7 @@ def merged_rows(snap: Any, user_id: int, record: Record | None, total: int,
             channel = genre_channel(prior)
         else:
             vectors = snap.channels[name]
-            channel = index_channel(vectors, vectors.user_vector(features, user_table), prior)
+            channel = index_channel(vectors, user_query(vectors, features, user_table, memo), prior)
         lists.append(np.asarray(channel(user, total), dtype=np.int64))
     size, head = snap.merge_head
     ids, source = merge_lists(lists, [w for _, w in snap.merge], total, head=size, head_weights=head or None)

@@ -144,6 +144,10 @@ class Trainer:
             None for one process. Each rank gets its own shard as ``train``; the steps go through
             DistributedDataParallel with local batches of ``batch_size // world_size`` rows; rank 0
             evaluates, checkpoints and reports (see the module docstring of :mod:`training.distributed`).
+        autocast: a reduced-precision dtype (``torch.bfloat16``) for the forward pass and the loss only, under
+            ``torch.autocast`` on ``device``; backward and the optimizer steps stay outside it, as PyTorch's
+            autocast docs ask (wrapping the whole loop stalled training with sparse Adam: loss stuck at
+            log 2). Weights, optimizer state and validation stay fp32. None (default): fp32 throughout.
 
     Attributes:
         model: ``module.model``, which holds the best weights after :meth:`fit`.
@@ -151,8 +155,9 @@ class Trainer:
 
     def __init__(self, module: TrainModule, config: TrainConfig, device: str | torch.device = "cpu",
                  checkpoint_dir: str | Path | None = None, fingerprint: Mapping[str, str] | None = None,
-                 dist: DistContext | None = None) -> None:
+                 dist: DistContext | None = None, autocast: torch.dtype | None = None) -> None:
         self.module = module
+        self.autocast = autocast
         self.model = module.model
         self.config = config
         self.device = torch.device(device)
@@ -224,7 +229,12 @@ class Trainer:
             for step, batch in enumerate(self._batches(train, epoch, rows, local_batch, generator)):
                 set_lr(self.optimizers, lr_at(c, epoch, step, steps))
                 batch = batch.to(self.device, non_blocking=True) if not isinstance(train, Batch) else batch
-                objective, loss = step_module(batch)
+                if self.autocast is None:
+                    objective, loss = step_module(batch)
+                else:  # forward + loss only (PyTorch's autocast recipe); backward and steps in fp32
+                    with torch.autocast(self.device.type, dtype=self.autocast):
+                        objective, loss = step_module(batch)
+                    objective, loss = objective.float(), loss.float()
                 for opt in self.optimizers:
                     opt.zero_grad(set_to_none=True)
                 torch.autograd.backward(objective)
