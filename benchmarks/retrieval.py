@@ -4,10 +4,12 @@ retrieval -> Deep Crossing vs popularity-800 -> Deep Crossing, and a PNG of the 
 
 Protocol: :mod:`deepcrossing.training.retrieval_data` (relevant = a test user's positives in the test
 period not rated before it; channels see only train + valid; rated movies left out). Channels: popularity,
-trending (most rated in the 180 days before the test start), the user's top genres, ``emb`` (the Deep
+trending (the 180 days before the test start, scored by the recall folder's trending rule: a count, or
+ratings decayed with the half-life ``train-recall`` chose on validation), the user's top genres, ``emb`` (the Deep
 Crossing model's unit item vectors, as the service's ``model=emb``), the recall folder's ``two_tower`` and
 ``item2vec`` (``deepcrossing train-recall``: item2vec is also the issue's named peer), their ``merged`` list
-(quotas chosen on the validation split by ``train-recall``), and ALS from the ``implicit`` library as a peer
+(quotas chosen on the validation split by ``train-recall``, the first 100 by its head weights when it has
+them), and ALS from the ``implicit`` library as a peer
 (in the ``bench`` extra: ``pip install -c constraints.txt -e '.[bench]'``; ``--implicit-path`` adds a folder
 holding it to ``sys.path`` instead): fitted on the positives before the test start, its factor count chosen
 by Recall@100 on the validation split (fit on train only).
@@ -182,10 +184,11 @@ def run_dataset(name: str, work: Path, args: argparse.Namespace) -> dict[str, An
     from deepcrossing.training.retrieval_data import build_channels, evaluate_retrieval, load_retrieval_data
 
     started = time.perf_counter()
-    data = load_retrieval_data(samples)
-    loaded = load(model)
     manifest = read_manifest(recall_dir)
-    channels = build_channels(data, loaded, load_recall(recall_dir), manifest["merge"]["weights"])
+    data = load_retrieval_data(samples, trending_half_life_days=manifest["merge"].get("trending_half_life_days"))
+    loaded = load(model)
+    channels = build_channels(data, loaded, load_recall(recall_dir), manifest["merge"]["weights"],
+                              manifest["merge"].get("head_weights"), manifest["merge"]["k"])
     extra: dict[str, Any] = {}
     try:
         import implicit  # noqa: F401
@@ -223,6 +226,9 @@ def run_dataset(name: str, work: Path, args: argparse.Namespace) -> dict[str, An
     print(f"bound (reads the test answers, not a channel): the best single list of 100 for every user "
           f"{report['bounds']['static_oracle@100']:.4f}")
     weights = ", ".join(f"{k} {v:g}" for k, v in manifest["merge"]["weights"].items())
+    if manifest["merge"].get("head_weights"):
+        weights += "; the first {} by {}".format(manifest["merge"]["k"], ", ".join(
+            f"{k} {v:g}" for k, v in manifest["merge"]["head_weights"].items()))
     ndcg = manifest["merge"].get("valid_ndcg@10")
     chosen = (f"the best valid Recall@100 with end-to-end NDCG@10 >= popularity-800's: {ndcg:.4f} vs "
               f"{manifest['merge']['valid_ndcg@10_popularity']:.4f}; " if ndcg is not None else "")

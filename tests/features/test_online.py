@@ -153,3 +153,19 @@ def test_shipped_specs_agree_with_the_column_sides(spec):
             continue  # not a sample column (a derived or context feature)
         expected = {"user": "user", "movie": "item", "event": "context", "pair": "context"}[column.side]
         assert feature.get("side", "context") == expected, (spec, feature["name"])
+
+
+def test_trending_half_life_weighs_recent_high_ratings(tmp_path):
+    """``trending_sql``'s decayed score, by hand: each rating weighs rating * 2^(-age / half-life) at t_end."""
+    ds = write_dataset(tmp_path, RATINGS, ITEMS)
+    plain = online_records(ds, history_n=0, max_candidates=5, trending_days=1)
+    assert plain.trending == [5, 2, 1, 4, 3]                  # the count (= popularity: every rating in the window)
+    decayed = online_records(ds, history_n=0, max_candidates=5, trending_days=1, trending_half_life_days=20 / 86400)
+    score: dict[int, float] = {}
+    for _, movie, rating, t in RATINGS:                       # t_end = 42; half-life 20 s
+        score[movie] = score.get(movie, 0.0) + rating * 2 ** (-(42 - t) / 20)
+    assert decayed.trending == sorted(score, key=lambda m: -score[m]) == [2, 5, 3, 4, 1]
+    for bad in (0, -1.0):
+        with pytest.raises(InputError, match="half-life") as err:
+            online_records(ds, trending_days=1, trending_half_life_days=bad)
+        assert err.value.field == "trending_half_life_days"

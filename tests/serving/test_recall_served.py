@@ -5,6 +5,10 @@ same order, each labelled with the channel that gave it first."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import shutil
+
 import httpx
 import numpy as np
 import pyarrow as pa
@@ -13,10 +17,12 @@ from typer.testing import CliRunner
 
 from deepcrossing.cli import app
 from deepcrossing.features import FeatureConfig
-from deepcrossing.features.online import latest_features
+from deepcrossing.errors import InputError
+from deepcrossing.features.online import latest_features, online_records
 from deepcrossing.serving.channels import TRENDING_BLOB, load_recall_folder
 from deepcrossing.serving.engine import Engine
 from deepcrossing.serving.publish import publish_for_model
+from deepcrossing.serving.store import open_store
 from deepcrossing.serving.recall import merged_rows
 from deepcrossing.training.retrieval import Prior, UserState, genre_channel, popularity_channel, \
     trending_channel, vector_channel
@@ -60,10 +66,13 @@ def offline_merged(recall, dataset, store, ref, user_id: int, n: int) -> tuple[l
     for name, vectors in recall.channels.items():
         built[name] = vector_channel(prior, ids, vectors.item_vectors(movies),
                                      {user_id: vectors.user_vectors(row)[0]}, vectors.metric)
-    used = [(c, w) for c, w in recall.merge.items() if w > 0]
-    merged = weighted_merge([built[c] for c, _ in used], [w for _, w in used])(user, n)
-    _, source = merge_lists([built[c](user, n) for c, _ in used], [w for _, w in used], n)
-    return merged.tolist(), [used[j][0] for j in source]
+    names = [c for c in dict.fromkeys([*recall.merge, *recall.head_weights])
+             if recall.merge.get(c, 0) > 0 or recall.head_weights.get(c, 0) > 0]
+    weights = [recall.merge.get(c, 0.0) for c in names]
+    head = [recall.head_weights.get(c, 0.0) for c in names] if recall.head else None
+    merged = weighted_merge([built[c] for c in names], weights, head=recall.head, head_weights=head)(user, n)
+    _, source = merge_lists([built[c](user, n) for c in names], weights, n, head=recall.head, head_weights=head)
+    return merged.tolist(), [names[j] for j in source]
 
 
 def test_service_recalls_the_validated_merge_as_measured(models, synth_data, served, server_thread):
@@ -72,10 +81,11 @@ def test_service_recalls_the_validated_merge_as_measured(models, synth_data, ser
 
     recall, url, meta = served["recall"], served["url"], served["meta"]
     assert TRENDING_BLOB in meta["blobs"] and meta["trending_days"] == recall.trending_days
+    assert meta["trending_half_life_days"] == recall.trending_half_life_days
     assert set(meta["vector_channels"]) == {"emb", "two_tower", "item2vec"}
     engine = Engine.open(models["root"] / "m0", url, recall=recall)
     snap = engine.state.snapshot
-    assert dict(snap.merge) == {c: w for c, w in recall.merge.items() if w > 0}
+    assert dict(snap.merge) == {c: w for c, w in recall.merge.items() if w > 0} and snap.merge_head == (0, ())
     n = 300
     users = [int(u) for u in meta["example_users"][:3]] + [10**9]           # three known users and a cold one
     app_ = create_app(ServingSettings(models["root"] / "m0", url, recall_dir=recall.path, max_k=n))
@@ -125,3 +135,76 @@ def test_compat_emb_and_similar_search_the_stored_channels(models, synth_data, s
             got = httpx.get(f"{server.url}/getsimilarmovie", params={"movieId": movie, "size": 10}).json()
             assert [m["movieId"] for m in got] == order
     engine.store.close()
+
+
+def test_published_trending_is_the_folders_decayed_score(models, synth_data, served, tmp_path):
+    """publish --recall stores the trending list of the folder's window and half-life (trending_sql, as the
+    offline channel), not the plain count."""
+    recall = dataclasses.replace(served["recall"], trending_half_life_days=7.0)
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    meta = publish_for_model(models["root"] / "m0", synth_data["raw"], url, keep_previous_s=0, recall=recall)
+    store = open_store(url)
+    try:
+        ref = store.current()
+        assert ref is not None
+        stored = np.frombuffer(store.blob(ref, TRENDING_BLOB), dtype="<i8").tolist()
+    finally:
+        store.close()
+    assert meta["trending_half_life_days"] == 7.0
+    decayed = online_records(synth_data["dataset"], trending_days=recall.trending_days, trending_half_life_days=7.0)
+    count = online_records(synth_data["dataset"], trending_days=recall.trending_days)
+    assert stored == decayed.trending[: len(stored)] and stored != count.trending[: len(stored)]
+
+
+@pytest.mark.parametrize("value, ok", [(None, True), (30, True), (0, False), (-2.0, False), ("7", False),
+                                       (True, False)])
+def test_recall_folder_trending_half_life_is_checked(served, tmp_path, value, ok):
+    folder = tmp_path / "recall"
+    shutil.copytree(served["recall"].path, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["merge"]["trending_half_life_days"] = value
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    if ok:
+        assert load_recall_folder(folder).trending_half_life_days == value
+    else:
+        with pytest.raises(InputError, match="trending_half_life_days") as err:
+            load_recall_folder(folder)
+        assert err.value.field == "merge"
+
+
+def test_served_merge_with_a_head_is_the_offline_one(models, synth_data, served):
+    """A folder whose first movies come by other weights (``merge.head_weights``, one channel only there):
+    the service's merged_rows equals the offline weighted_merge with the same head."""
+    base = served["recall"]
+    tail = {c: (1.0 if c == "two_tower" else 0.0) for c in base.merge}
+    recall = dataclasses.replace(base, merge=tail, head_weights={"trending": 2.0, "popularity": 1.0}, head=40)
+    engine = Engine.open(models["root"] / "m0", served["url"], recall=recall)
+    snap = engine.state.snapshot
+    assert snap.merge == (("two_tower", 1.0), ("trending", 0.0), ("popularity", 0.0))
+    assert snap.merge_head == (40, (0.0, 2.0, 1.0))
+    for user in [int(u) for u in served["meta"]["example_users"][:3]]:
+        expected, labels = offline_merged(recall, synth_data["dataset"], engine.store, snap.ref, user, 120)
+        record = engine.fetch_user(user).record
+        table = engine._user_table(snap, user, record)
+        rows, got_labels, plan = merged_rows(snap, user, record, 120, lambda t=table: t)
+        assert snap.movie_ids[rows].tolist() == expected
+        assert [plan[j][0] for j in got_labels] == labels
+        assert set(labels[:40]) <= {"trending", "popularity"} and set(labels[40:]) == {"two_tower"}
+    engine.store.close()
+
+
+@pytest.mark.parametrize("value, ok", [(None, True), ({"trending": 2, "popularity": 1.5}, True),
+                                       ({"trending": -1}, False), ([1, 2], False), ("x", False)])
+def test_recall_folder_head_weights_are_checked(served, tmp_path, value, ok):
+    folder = tmp_path / "recall"
+    shutil.copytree(served["recall"].path, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["merge"]["head_weights"] = value
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    if ok:
+        loaded = load_recall_folder(folder)
+        assert loaded.head_weights == (value or {}) and loaded.head == (manifest["merge"]["k"] if value else 0)
+    else:
+        with pytest.raises(InputError, match="head_weights") as err:
+            load_recall_folder(folder)
+        assert err.value.field == "merge"

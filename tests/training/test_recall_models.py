@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from deepcrossing.cli import app
 from deepcrossing.errors import InputError
 from deepcrossing.training.item2vec import Item2Vec, Item2VecConfig, fit_item2vec
-from deepcrossing.training.retrieval import Prior, UserState, popularity_channel, vector_channel
+from deepcrossing.training.retrieval import Prior, UserState, popularity_channel, recall_at_ks, vector_channel
 from deepcrossing.training.retrieval_merge import choose_merge, weighted_merge
 from deepcrossing.training.vectors import ItemVectors
 
@@ -101,6 +101,32 @@ def test_choice_through_the_ranking_model_keeps_rare_movies_out() -> None:
                         floor=0.9)[0] == {"pop": 1.0, "tail": 0.0}
     assert choose_merge(users, relevant, {"pop": pop, "tail": tail}, k=2, rank=rank, candidates=2, top=1,
                         floor=0.0) == ({"pop": 0.0, "tail": 1.0}, 0.0)
+
+
+def test_head_weights_are_chosen_over_the_floored_tail() -> None:
+    """The first k by other weights (choose_merge's ``tail``): more Recall@k, the whole list keeps the floor."""
+    pop = popularity_channel(Prior(np.array([1, 2, 3, 4])))
+    tail = popularity_channel(Prior(np.array([100, 5, 101, 102])))
+    users = [UserState(1, NONE, NONE, ()), UserState(2, NONE, NONE, ())]
+    relevant = [np.array([5]), np.array([1, 5])]
+
+    def rank(i: int, ids: np.ndarray) -> np.ndarray:            # prefers low ids: 1 is always ranked first
+        return -ids.astype(np.float64)
+
+    _, floor = choose_merge(users, relevant, {"pop": pop}, k=2, rank=rank, candidates=4, top=1)
+    assert floor == pytest.approx(0.5)                          # user 2's 1 first, user 1 never
+    head, ndcg = choose_merge(users, relevant, {"pop": pop, "tail": tail}, k=2, rank=rank, candidates=4, top=1,
+                              floor=floor, tail={"pop": 1.0, "tail": 0.0})
+    assert head == {"pop": 0.0, "tail": 1.0} and ndcg == pytest.approx(floor)
+    merged = weighted_merge([pop, tail], [1, 0], head=2, head_weights=[0, 1])
+    assert merged(users[0], 4).tolist() == [100, 5, 1, 2]       # the head's 2, then the tail's
+    assert recall_at_ks([merged(u, 2) for u in users], relevant, (2,)).recall[2] == pytest.approx(0.75)
+    assert recall_at_ks([weighted_merge([pop, tail], [1, 0])(u, 2) for u in users], relevant,
+                        (2,)).recall[2] == pytest.approx(0.25)
+    # a head whose whole list falls below the floor is not taken: the tail's own weights are
+    bad = lambda i, ids: np.where(ids >= 100, 10.0, -ids.astype(np.float64))  # noqa: E731
+    assert choose_merge(users, relevant, {"pop": pop, "tail": tail}, k=2, rank=bad, candidates=4, top=1,
+                        floor=floor, tail={"pop": 1.0, "tail": 0.0})[0] == {"pop": 1.0, "tail": 0.0}
 
 
 # --------------------------------------------------------------------------------- train-recall, end to end

@@ -15,7 +15,8 @@ import pytest
 from deepcrossing.errors import InputError
 from deepcrossing.training.retrieval import Prior, UserState, coverage_at_ks, emb_channel, genre_channel, \
     merge_channels, parse_ks, popularity_channel, recall_at_ks
-from deepcrossing.training.retrieval_data import build_channels, evaluate_retrieval, load_retrieval_data
+from deepcrossing.training.retrieval_data import build_channels, choose_trending, evaluate_retrieval, \
+    load_retrieval_data, trending_order
 
 NONE = np.zeros(0, dtype=np.int64)
 
@@ -145,6 +146,28 @@ def test_valid_split_stands_at_valid_start(tmp_path: Path) -> None:
     assert [r.tolist() for r in data.relevant] == [[2, 4], [5]]     # user 3 had rated 1 (3.0) in train only
     assert data.users[0].rated.tolist() == [1] and data.users[0].recent_positives.tolist() == []
     assert data.prior.popular.tolist()[:3] == [1, 2, 3]            # train counts only: 1 x3, 2 x2, 3 x1
+
+
+def test_trending_half_life_by_hand_and_chosen_on_the_split(tmp_path: Path) -> None:
+    folder = _write_samples(tmp_path / "s", TEST)
+    half = 2 / 86400                                                # 2 seconds
+    data = load_retrieval_data(folder, trending_half_life_days=half)
+    score: dict[int, float] = {}
+    for _, movie, rating, t in PRIOR:                               # every rating before TEST_START
+        score[movie] = score.get(movie, 0.0) + rating * 2 ** (-(TEST_START - t) / 2)
+    by_hand = sorted(score, key=lambda m: -score[m]) + [6, 7]       # unrated last, by id
+    assert data.prior.trending.tolist() == by_hand == [5, 2, 4, 1, 3, 6, 7]
+    assert load_retrieval_data(folder).prior.trending.tolist()[:2] == [1, 2]       # the count: 3 ratings each
+    assert trending_order(data, half_life_days=half).tolist() == by_hand
+    for k in (1, 2, 3):             # the best Recall@k of the trending channel alone; ties to the earlier
+        chosen, scores, with_it = choose_trending(data, k, (None, half))
+        assert set(scores) == {"None", str(half)}
+        best = max(scores.values())
+        assert chosen == [None, half][[scores["None"], scores[str(half)]].index(best)]
+        assert with_it.prior.trending.tolist() == trending_order(data, half_life_days=chosen).tolist()
+        got = build_channels(with_it)["trending"]
+        assert recall_at_ks([got(u, k) for u in data.users], data.relevant, (k,)).recall[k] == best
+    assert choose_trending(data, 1, (half, None))[0] is None        # only the count ranks 1 first, as user 5 wants
 
 
 def test_emb_channel_exact_and_fallback() -> None:

@@ -87,6 +87,10 @@ def train_recall(
     for name, value in metrics["valid_recall"].items():
         console.print(f"{name}: valid Recall@{merge['k']} {value:.4f}", highlight=False)
     weights = ", ".join(f"{k} {v:g}" for k, v in merge["weights"].items())
+    if merge.get("head_weights"):
+        weights += f"; the first {merge['k']} by " + ", ".join(f"{k} {v:g}" for k, v in merge["head_weights"].items())
+    if merge.get("trending_half_life_days"):
+        weights += f"; trending half-life {merge['trending_half_life_days']:g} days"
     chosen = " with end-to-end NDCG@10 >= popularity-800's" if "valid_ndcg@10" in merge else ""
     console.print(f"merge (chosen on valid Recall@{merge['k']}{chosen}: {merge['valid_recall']:.4f}): {weights}",
                   highlight=False)

@@ -236,15 +236,17 @@ def _evaluate_retrieval(model: Path, samples: Path, ks_text: str, out_path: Path
                       inputs=[*(Path(samples) / f"{s}.parquet" for s in ("train", "valid", "test", "items")),
                               Path(model) / MANIFEST, Path(model) / WEIGHTS,
                               *([] if recall is None else [p for p in Path(recall).iterdir() if p.is_file()])])
-    data = load_retrieval_data(samples)
     loaded = load_model(model)
-    vectors, merge = None, None
+    vectors = None
+    manifest: dict[str, Any] = {}       # the recall folder's merge: its trending and weights, as served
     if recall is not None:
         from deepcrossing.training.recall_model import load_recall, read_manifest
 
-        vectors, merge = load_recall(recall), read_manifest(recall)["merge"]["weights"]
+        vectors, manifest = load_recall(recall), read_manifest(recall)["merge"]
+    data = load_retrieval_data(samples, trending_half_life_days=manifest.get("trending_half_life_days"))
     with console.status(f"recalling for {len(data.users):,} test users"):
-        report = evaluate_retrieval(data, build_channels(data, loaded, vectors, merge), ks)
+        report = evaluate_retrieval(data, build_channels(data, loaded, vectors, manifest.get("weights"),
+                                                     manifest.get("head_weights"), int(manifest.get("k", 100))), ks)
     report["model_dir"] = str(model)
     report["recall_dir"] = None if recall is None else str(recall)
     view = Table(title=f"{samples}: {report['n_users']:,} test users with a relevant movie "

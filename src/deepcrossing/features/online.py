@@ -58,26 +58,40 @@ POPULARITY_ORDER = "COALESCE(s.n, 0) DESC, s.avg DESC NULLS LAST, i.item_id"
 
 
 
-def trending_sql(ratings: str, items: str, *, since: int, until: int, item: str = "item_id") -> str:
-    """The one definition of the ``trending`` list: every movie of ``items`` (column ``item_id``) by its rating
-    count in ``[since, until)``, then :data:`POPULARITY_ORDER`'s tie rules (average, unrated last, id). The
-    service's list (``since`` = N days before the store's last rating) and retrieval's trending channel
-    (N days before the test start) both run it.
+def trending_sql(ratings: str, items: str, *, since: int, until: int, item: str = "item_id",
+                 half_life_days: float | None = None) -> str:
+    """The one definition of the ``trending`` list: every movie of ``items`` (column ``item_id``) by its score
+    over the ratings in ``[since, until)``, then :data:`POPULARITY_ORDER`'s tie rules (average, unrated last,
+    id). The score is the rating count, or with ``half_life_days`` a time-decayed sum of the ratings: each
+    rating weighs ``rating * 2 ** (-(until - timestamp) / half_life)`` (``label`` for a rating-less log), so
+    a recent 5 counts most. The service's list (``since`` = N days before the store's last rating) and
+    retrieval's trending channel (N days before the test start) both run it; ``train-recall`` chooses the
+    half-life on the validation split.
 
     Args:
-        ratings: a relation with ``timestamp``, ``rating`` and the movie column ``item``; items: a relation
-            with ``item_id``; since, until: the window in seconds.
+        ratings: a relation with ``timestamp``, ``rating`` (and ``label`` for ``half_life_days``) and the movie
+            column ``item``; items: a relation with ``item_id``; since, until: the window in seconds;
+        half_life_days: ``None`` (count) or > 0.
 
     Example:
         >>> import duckdb
         >>> con = duckdb.connect()
-        >>> _ = con.execute("CREATE TABLE r AS SELECT * FROM (VALUES (1, 4.0, 10), (2, 3.0, 50), (2, 5.0, 60), "
-        ...                 "(1, 5.0, 61)) t(movieId, rating, timestamp)")
-        >>> _ = con.execute("CREATE TABLE i AS SELECT * FROM (VALUES (1), (2), (3)) t(item_id)")
+        >>> _ = con.execute("CREATE TABLE r AS SELECT * FROM (VALUES (1, 4.0, 1, 10), (2, 3.0, 0, 50), "
+        ...                 "(2, 5.0, 1, 60), (1, 5.0, 1, 61), (3, 1.0, 0, 60)) t(movieId, rating, label, timestamp)")
+        >>> _ = con.execute("CREATE TABLE i AS SELECT * FROM (VALUES (1), (2), (3), (4)) t(item_id)")
         >>> con.sql(trending_sql("r", "i", since=20, until=61, item="movieId")).fetchall()
-        [(2,), (1,), (3,)]
+        [(2,), (3,), (1,), (4,)]
+        >>> con.sql(trending_sql("r", "i", since=0, until=61, item="movieId", half_life_days=1)).fetchall()
+        [(2,), (1,), (3,), (4,)]
     """
-    return (f"SELECT i.item_id FROM {items} i LEFT JOIN (SELECT {item} AS item_id, COUNT(*) AS n, AVG(rating) AS avg "
+    score = "COUNT(*)"
+    if half_life_days is not None:
+        if not half_life_days > 0:
+            raise InputError(f"the trending half-life must be > 0 days, not {half_life_days!r}",
+                             field="trending_half_life_days")
+        score = (f"SUM(COALESCE(rating, label) * pow(2.0, -({int(until)} - timestamp) / "
+                 f"{86400.0 * float(half_life_days)!r}))")
+    return (f"SELECT i.item_id FROM {items} i LEFT JOIN (SELECT {item} AS item_id, {score} AS n, AVG(rating) AS avg "
             f"FROM {ratings} WHERE timestamp >= {int(since)} AND timestamp < {int(until)} GROUP BY {item}) s "
             f"ON s.item_id = i.item_id ORDER BY {POPULARITY_ORDER}")
 
@@ -141,6 +155,7 @@ def online_records(
     max_candidates: int = DEFAULT_MAX_CANDIDATES,
     user_ratings_n: int = DEFAULT_USER_RATINGS_N,
     trending_days: int | None = None,
+    trending_half_life_days: float | None = None,
 ) -> OnlineRecords:
     """Compute the online records of every user and movie as of the end of the data.
 
@@ -153,6 +168,7 @@ def online_records(
             highest and lowest rating are over all of them).
         trending_days: compute ``trending`` (the ``max_candidates`` most rated movies of the last so many
             days, :func:`trending_sql`); ``None``: not computed.
+        trending_half_life_days: the trending score's half-life (:func:`trending_sql`; ``None``: the count).
 
     Returns:
         :class:`OnlineRecords`.
@@ -190,7 +206,8 @@ def online_records(
             f"ORDER BY {POPULARITY_ORDER} LIMIT {max_candidates}"
         ).fetchall()]
         trending = [] if trending_days is None else [int(r[0]) for r in con.execute(
-            trending_sql("ratings_src", "items_src", since=t_end - 86400 * int(trending_days), until=t_end)
+            trending_sql("ratings_src", "items_src", since=t_end - 86400 * int(trending_days), until=t_end,
+                         half_life_days=trending_half_life_days)
             + f" LIMIT {max_candidates}").fetchall()]
         cooccurrence = (con.sql(cooccurrence_sql(
             "(SELECT user_id, item_id, timestamp FROM ratings_src WHERE COALESCE(label, CASE WHEN rating >= "

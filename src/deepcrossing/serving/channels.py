@@ -40,11 +40,12 @@ from deepcrossing.training.retrieval import Prior
 from deepcrossing.training.retrieval_data import TRENDING_DAYS
 from deepcrossing.training.vectors import ItemVectors
 
-__all__ = ["TRENDING_BLOB", "RecallFolder", "VectorChannel", "channel_blobs", "emb_channel", "load_channels",
-           "load_merge", "load_recall_folder"]
+__all__ = ["TRENDING_BLOB", "Head", "Merge", "RecallFolder", "VectorChannel", "channel_blobs", "emb_channel",
+           "load_channels", "load_merge", "load_recall_folder"]
 
 PREFIX = "vectors"
 Merge = tuple[tuple[str, float], ...]
+Head = tuple[int, tuple[float, ...]]   # (size, head weight per merge entry): the first size movies by them
 TRENDING_BLOB = "lists/trending"   # (C,) little-endian int64 movie ids, the trending order (features.online)
 
 
@@ -56,7 +57,10 @@ class RecallFolder:
         path: the folder; checksum: SHA-256 of its ``manifest.json``; channels: name -> ItemVectors.
         merge: channel -> weight, the manifest's ``merge.weights`` chosen on validation (the service's
             default plan, :func:`deepcrossing.serving.recall.merged_rows`); trending_days: the window of its
-            ``trending`` channel (the manifest's ``merge.trending_days``).
+            ``trending`` channel (the manifest's ``merge.trending_days``); trending_half_life_days: its score's
+            half-life (``merge.trending_half_life_days``; ``None``: the count); head_weights, head: the
+            first ``head`` merged movies by these weights instead (``merge.head_weights``, ``merge.k``; empty:
+            none).
     """
 
     path: Path
@@ -64,6 +68,9 @@ class RecallFolder:
     channels: Mapping[str, ItemVectors]
     merge: Mapping[str, float] = field(default_factory=dict)
     trending_days: int = TRENDING_DAYS
+    trending_half_life_days: float | None = None
+    head_weights: Mapping[str, float] = field(default_factory=dict)
+    head: int = 0
 
 
 def load_recall_folder(path: str | Path) -> RecallFolder:
@@ -83,12 +90,19 @@ def load_recall_folder(path: str | Path) -> RecallFolder:
     merge = read_manifest(folder)["merge"]
     weights = merge.get("weights") if isinstance(merge, dict) else None
     days = merge.get("trending_days", TRENDING_DAYS) if isinstance(merge, dict) else TRENDING_DAYS
-    if (not isinstance(weights, dict) or not all(isinstance(w, int | float) and w >= 0 for w in weights.values())
-            or not isinstance(days, int) or days < 1):
-        raise InputError("merge.weights must map channels to weights >= 0 and merge.trending_days be an integer "
-                         ">= 1; run train-recall again", path=manifest, field="merge")
+    half = merge.get("trending_half_life_days") if isinstance(merge, dict) else None
+    head = (merge.get("head_weights") or {}) if isinstance(merge, dict) else {}
+    k = merge.get("k", 100) if isinstance(merge, dict) else 100
+    if (not isinstance(weights, dict) or not isinstance(head, dict)
+            or not all(isinstance(w, int | float) and w >= 0 for x in (weights, head) for w in x.values())
+            or not isinstance(days, int) or days < 1 or not isinstance(k, int) or k < 1
+            or not (half is None or (isinstance(half, int | float) and not isinstance(half, bool) and half > 0))):
+        raise InputError("merge.weights and merge.head_weights must map channels to weights >= 0, "
+                         "merge.trending_days and merge.k be integers >= 1 and merge.trending_half_life_days null "
+                         "or > 0; run train-recall again", path=manifest, field="merge")
     return RecallFolder(folder.resolve(), file_sha256(manifest), dict(channels),
-                        {str(c): float(w) for c, w in weights.items()}, days)
+                        {str(c): float(w) for c, w in weights.items()}, days, None if half is None else float(half),
+                        {str(c): float(w) for c, w in head.items()}, k if head else 0)
 
 
 def channel_blobs(channels: Mapping[str, ItemVectors], movies: pa.Table,
@@ -194,26 +208,31 @@ def load_channels(store: FeatureStore, ref: Ref, meta: Record, row_of: Mapping[i
 
 def load_merge(store: FeatureStore, ref: Ref, meta: Record, movie_ids: NDArray[np.int64],
                candidate_rows: NDArray[np.int64], genre_masks: Mapping[str, NDArray[np.bool_]],
-               channels: Mapping[str, VectorChannel], recall: RecallFolder | None) -> tuple[Merge, Prior | None]:
+               channels: Mapping[str, VectorChannel], recall: RecallFolder | None
+               ) -> tuple[Merge, Prior | None, Head]:
     """The recall folder's validated merge as the version can serve it, and the :class:`Prior` its built-in
     channels read (popularity = the candidates, genres = their masks, trending = the version's list).
 
     Returns:
-        ``((channel, weight > 0), ...)`` and the prior; ``((), None)`` when there is no recall folder or the
-        version lacks a channel the merge needs (published without ``--recall``): the default plan then
-        stays :func:`deepcrossing.serving.recall.default_plan`.
+        ``((channel, weight), ...)`` (every channel with a weight or a head weight > 0), the prior, and the
+        head ``(size, (head weight per merge entry, ...))`` (``(0, ())``: none); ``((), None, (0, ()))`` when
+        there is no recall folder or the version lacks a channel the merge needs (published without
+        ``--recall``): the default plan then stays :func:`deepcrossing.serving.recall.default_plan`.
 
     Raises:
         StoreError: the trending list differs from what was published.
     """
     if recall is None or not recall.merge:
-        return (), None
-    used = tuple((name, float(w)) for name, w in recall.merge.items() if w > 0)
+        return (), None, (0, ())
+    names = [n for n in dict.fromkeys([*recall.merge, *recall.head_weights])
+             if recall.merge.get(n, 0) > 0 or recall.head_weights.get(n, 0) > 0]
+    used = tuple((name, float(recall.merge.get(name, 0.0))) for name in names)
+    head: Head = (recall.head, tuple(float(recall.head_weights.get(n, 0.0)) for n in names)) if recall.head else (0, ())
     has_trending = TRENDING_BLOB in (meta.get("blobs") or {})
     servable = {*channels, "genres", "popularity", *(("trending",) if has_trending else ())}
     if not used or any(name not in servable for name, _ in used):
-        return (), None
+        return (), None, (0, ())
     trending = np.zeros(0, dtype=np.int64)
     if has_trending:
         trending = np.frombuffer(store.blob(ref, TRENDING_BLOB, meta), dtype="<i8").astype(np.int64)
-    return used, Prior(movie_ids[candidate_rows], dict(genre_masks), trending)
+    return used, Prior(movie_ids[candidate_rows], dict(genre_masks), trending), head

@@ -174,6 +174,7 @@ def publish_dataset(
     vectors: Mapping[str, ItemVectors] | None = None,
     sources: Mapping[str, dict[str, Any]] | None = None,
     trending_days: int | None = None,
+    trending_half_life_days: float | None = None,
 ) -> dict[str, Any]:
     """Compute and publish one new store version; return its meta (version, counts, checksum, ...).
 
@@ -187,13 +188,15 @@ def publish_dataset(
         keep_previous_s: seconds the previous version stays readable after the switch (services poll the
             pointer and move over within their poll interval).
         vectors, sources: vector recall channels to index into the version (see :func:`publish_records`).
-        trending_days: store the ``trending`` list too (a recall folder's window, ``merge.trending_days``).
+        trending_days: store the ``trending`` list too (a recall folder's window, ``merge.trending_days``);
+            trending_half_life_days: its score's half-life (``merge.trending_half_life_days``).
     """
     target = open_store(store) if isinstance(store, str) else store  # a bad URL fails before the work
     try:
         records = online_records(dataset, feature_config, history_n=history_n, max_candidates=max_candidates,
-                                 trending_days=trending_days)
-        extra = {} if trending_days is None else {"trending_days": int(trending_days)}
+                                 trending_days=trending_days, trending_half_life_days=trending_half_life_days)
+        extra = {} if trending_days is None else {"trending_days": int(trending_days),
+                                                  "trending_half_life_days": trending_half_life_days}
         return publish_records(records, target, meta=_dataset_meta(dataset, feature_config) | extra
                                | (extra_meta or {}),
                                keep_previous_s=keep_previous_s, vectors=vectors, sources=sources)
@@ -315,5 +318,6 @@ def publish_for_model(
                                extra_meta={"model_dir": str(model_dir.resolve()), "data": str(data)},
                                max_candidates=max_candidates, keep_previous_s=keep_previous_s,
                                vectors=vectors, sources=sources,
-                               trending_days=None if recall is None else recall.trending_days)
+                               trending_days=None if recall is None else recall.trending_days,
+                               trending_half_life_days=None if recall is None else recall.trending_half_life_days)
     return meta | {"store": store_url, "feature_config_source": source}

@@ -254,9 +254,9 @@ def index_channel(channel: Any, query: np.ndarray | None, prior: Prior) -> Chann
 def merged_rows(snap: Any, user_id: int, record: Record | None, total: int,
                 user_table: Callable[[], pa.Table] | None,
                 memo: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray, Plan]:
-    """The recall folder's validated merge (``snap.merge``) for one user: each channel's ``total`` best unrated
-    movies, merged by :func:`~deepcrossing.training.retrieval_merge.merge_lists` (``memo``: as
-    :func:`recall_rows`).
+    """The recall folder's validated merge (``snap.merge``, its head ``snap.merge_head``) for one user: each
+    channel's ``total`` best unrated movies, merged by :func:`~deepcrossing.training.retrieval_merge.merge_lists`
+    (``memo``: as :func:`recall_rows`).
 
     Returns:
         ((R,) int64 snapshot rows in merge order, (R,) int8 plan indexes, the plan ``((channel, count), ...)``).
@@ -275,7 +275,8 @@ def merged_rows(snap: Any, user_id: int, record: Record | None, total: int,
             vectors = snap.channels[name]
             channel = index_channel(vectors, user_query(vectors, features, user_table, memo), prior)
         lists.append(np.asarray(channel(user, total), dtype=np.int64))
-    ids, source = merge_lists(lists, [w for _, w in snap.merge], total)
+    size, head = snap.merge_head
+    ids, source = merge_lists(lists, [w for _, w in snap.merge], total, head=size, head_weights=head or None)
     rows = np.searchsorted(snap.movie_ids, ids).astype(np.int64)       # movie_ids are sorted; every id is a movie
     plan = tuple((name, int((source == j).sum())) for j, (name, _) in enumerate(snap.merge))
     return rows, source.astype(np.int8), plan

@@ -59,8 +59,8 @@ class Snapshot:
         channels: the version's vector recall channels (name -> :class:`VectorChannel`; empty when it was
             published without vectors).
         genre_masks: genre -> (C,) bool mask over ``candidate_rows`` (the ``genres`` channel).
-        merge, prior: the recall folder's validated merge and what its built-in channels read
-            (:func:`~deepcrossing.serving.channels.load_merge`; ``()``: the default plan).
+        merge, prior, merge_head: the recall folder's validated merge, what its built-in channels read and
+            its head (:func:`~deepcrossing.serving.channels.load_merge`; ``()``: the default plan).
     """
 
     ref: Ref
@@ -79,6 +79,7 @@ class Snapshot:
     channels: dict[str, VectorChannel] = field(repr=False, default_factory=dict)
     genre_masks: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
     merge: tuple[tuple[str, float], ...] = ()
+    merge_head: tuple[int, tuple[float, ...]] = (0, ())
     prior: Prior | None = field(repr=False, default=None)
 
     @property
@@ -124,13 +125,13 @@ def build_snapshot(store: FeatureStore, scorer: Scorer, ref: Ref, *, verify: boo
                              emb_fallback=lambda: emb_channel(movie_ids, unit.numpy(), row_of))
     genres = [r.get("genres") or [] for _, r in records]
     genre_masks = _genre_masks(genres, candidate_rows)
-    merge, prior = load_merge(store, ref, meta, movie_ids, candidate_rows, genre_masks, channels, recall)
+    merge, prior, merge_head = load_merge(store, ref, meta, movie_ids, candidate_rows, genre_masks, channels, recall)
     return Snapshot(
         ref=ref, meta=meta, movie_ids=movie_ids,
         titles=[r.get("title") for _, r in records], genres=genres,
         years=[r.get("year") for _, r in records], movie_table=movie_table, candidate_rows=candidate_rows,
         items=items, unit=unit, user_schema=user_schema, movie_schema=movie_schema, row_of=row_of,
-        channels=channels, genre_masks=genre_masks, merge=merge, prior=prior,
+        channels=channels, genre_masks=genre_masks, merge=merge, prior=prior, merge_head=merge_head,
     )
 
 

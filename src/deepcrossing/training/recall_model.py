@@ -41,8 +41,8 @@ from deepcrossing.training.artifact import LoadedModel
 from deepcrossing.training.item2vec import Item2Vec, Item2VecConfig, fit_item2vec, positive_sequences
 from deepcrossing.training.retrieval import recall_at_ks
 from deepcrossing.training.retrieval_merge import choose_merge, weighted_merge
-from deepcrossing.training.retrieval_data import TRENDING_DAYS, build_channels, load_retrieval_data, ranker, \
-    split_start
+from deepcrossing.training.retrieval_data import TRENDING_DAYS, build_channels, choose_trending, \
+    load_retrieval_data, ranker, split_start
 from deepcrossing.training.two_tower import TwoTowerTrainConfig, TwoTowerVectors, train_two_tower, \
     validation_recall
 from deepcrossing.training.vectors import ItemVectors
@@ -80,8 +80,10 @@ def save_recall(folder: str | Path, channels: dict[str, ItemVectors], *, merge: 
     Args:
         folder: where to write (``outputs.reserve(...).write()``'s folder).
         channels: name (one of :data:`CHANNELS`) -> model.
-        merge: ``{"weights": {channel: weight}, "valid_recall": float, "k": int, "trending_days": int}`` (the
-            service's default plan: :func:`deepcrossing.serving.recall.merged_rows`).
+        merge: ``{"weights": {channel: weight}, "valid_recall": float, "k": int, "trending_days": int,
+            "trending_half_life_days": float | None, "head_weights": {channel: weight} | None, ...}`` (the
+            first ``k`` merged by ``head_weights``; the service's default plan:
+            :func:`deepcrossing.serving.recall.merged_rows`).
         metrics: JSON-ready training and validation figures.
         samples: what it was trained on (paths, checksums).
     """
@@ -208,6 +210,10 @@ def train_recall(samples: str | Path, channels: tuple[str, ...] = CHANNELS, *,
                  ) -> tuple[dict[str, ItemVectors], dict[str, Any], dict[str, Any]]:
     """Train the recall models of a samples folder (time split) and choose their merge on validation.
 
+    ``trending``: its score's half-life (:data:`~deepcrossing.training.retrieval_data.TRENDING_HALF_LIVES`,
+    or the plain count) is the one with the best validation Recall@K of the trending channel alone
+    (:func:`~deepcrossing.training.retrieval_data.choose_trending`); the merge below uses that list.
+
     ``two_tower``: trained on train's positives, early-stopped on the validation split's Recall@K.
     ``item2vec``: fitted on train's positives to measure it on validation, then again on every positive
     before the test start (train + valid) for the model kept. The merge weights (two-tower, item2vec, the
@@ -215,19 +221,22 @@ def train_recall(samples: str | Path, channels: tuple[str, ...] = CHANNELS, *,
     Deep Crossing model the service ranks with), the best Recall@100 among the weights whose end-to-end
     NDCG@10 (the merged 800 ranked by it) is at least popularity-800's (popularity alone is one of them,
     so the served merge is never below popularity-800 end to end on validation); without, by Recall@100.
+    With ``model``, the first ``k`` movies may then come by other weights (``head_weights``, ``None``: the
+    same), the best Recall@``k`` whose whole merged list keeps that NDCG floor (:func:`choose_merge`'s ``tail``).
 
     Returns:
-        (channel -> model, merge ``{"weights", "k", "valid_recall", "trending_days"}`` (+ ``"valid_ndcg@10"``
-        and ``"valid_ndcg@10_popularity"`` with ``model``), metrics
-        ``{"valid_recall": {...}, "two_tower": {best_epoch, history}}``).
+        (channel -> model, merge ``{"weights", "k", "valid_recall", "trending_days", "trending_half_life_days"}``
+        (+ ``"head_weights"``, ``"valid_ndcg@10"`` and ``"valid_ndcg@10_popularity"`` with ``model``), metrics
+        ``{"trending_valid_recall": {half-life: R@K}, "valid_recall": {...}, "two_tower": {best_epoch, history}}``).
     """
     folder = Path(samples)
     valid = load_retrieval_data(folder, split="valid")
     test_start = split_start(folder, "test")
+    k = (two_tower or TwoTowerTrainConfig()).k
+    half_life, by_half_life, valid = choose_trending(valid, k)        # the trending score, on validation
     models: dict[str, ItemVectors] = {}
     on_valid: dict[str, ItemVectors] = {}
-    metrics: dict[str, Any] = {}
-    k = (two_tower or TwoTowerTrainConfig()).k
+    metrics: dict[str, Any] = {"trending_valid_recall": by_half_life}
     for name in channels:
         if name == "two_tower":
             result = train_two_tower(pq.read_table(folder / "train.parquet"), valid, train_config=two_tower,
@@ -245,14 +254,19 @@ def train_recall(samples: str | Path, channels: tuple[str, ...] = CHANNELS, *,
     metrics["valid_recall"] = {name: validation_recall(v, valid, k) for name, v in on_valid.items()}
     candidates = {name: base[name] for name in (*on_valid, "genres", "trending", "popularity")}
     weights, score = choose_merge(valid.users, valid.relevant, candidates, k=k)
-    merge: dict[str, Any] = {"weights": weights, "k": k, "valid_recall": score, "trending_days": TRENDING_DAYS}
+    merge: dict[str, Any] = {"weights": weights, "k": k, "valid_recall": score, "trending_days": TRENDING_DAYS,
+                             "trending_half_life_days": half_life}
     if model is not None:
         rank = ranker(valid, model)
         pop, pop_ndcg = choose_merge(valid.users, valid.relevant, {"popularity": base["popularity"]}, k=k,
                                      rank=rank)
         weights, ndcg = choose_merge(valid.users, valid.relevant, candidates, k=k, rank=rank, floor=pop_ndcg)
-        merged = weighted_merge([base[c] for c in weights], list(weights.values()))
+        head, ndcg = choose_merge(valid.users, valid.relevant, candidates, k=k, rank=rank, floor=pop_ndcg,
+                                  tail=weights)                   # the first k by other weights, same floor
+        head_weights = None if head == weights else head
+        merged = weighted_merge([base[c] for c in weights], list(weights.values()), head=k,
+                                head_weights=None if head_weights is None else [head[c] for c in weights])
         recall = recall_at_ks([merged(u, k) for u in valid.users], valid.relevant, (k,)).recall[k]
-        merge.update(weights=weights, valid_recall=recall, **{"valid_ndcg@10": ndcg,
-                                                              "valid_ndcg@10_popularity": pop_ndcg})
+        merge.update(weights=weights, head_weights=head_weights, valid_recall=recall,
+                     **{"valid_ndcg@10": ndcg, "valid_ndcg@10_popularity": pop_ndcg})
     return models, merge, metrics

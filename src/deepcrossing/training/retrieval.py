@@ -7,8 +7,9 @@ folder), so the test period's ratings cannot leak into them.
 
 * :func:`popularity_channel`: most rated before the test start, then best average, then smaller id (the order
   of ``features.online``'s candidate list);
-* :func:`trending_channel`: most rated in a recent window before the test start (all-time popularity ranks
-  the catalogue's old head first, while new users ask for recent movies);
+* :func:`trending_channel`: most rated in a recent window before the test start, or by a time-decayed rating
+  score (``features.online.trending_sql``; all-time popularity ranks the catalogue's old head first, while
+  new users ask for recent movies);
 * :func:`genre_channel`: the movies of the user's top genres (over their positive history), by popularity;
 * :func:`emb_channel`: cosine between the movie's unit item vector and the mean of the unit vectors of the
   user's recent positives (:class:`~deepcrossing.training.emb_vectors.EmbVectors`' rule, the ``model=emb``

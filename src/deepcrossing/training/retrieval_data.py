@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +42,13 @@ REPORT_KIND = "deepcrossing.retrieval"
 #: The window of the ``trending`` channel, chosen on ml-latest-small's validation split (Recall@100 of 30, 90,
 #: 180, 365 and 730 days: 0.186, 0.304, 0.301, 0.301, 0.286; all-time popularity 0.190).
 TRENDING_DAYS = 180
+#: The half-lives (days) ``train-recall`` tries for the trending score on the validation split (``None``: the
+#: plain count of :func:`~deepcrossing.features.online.trending_sql`); the best is kept in the recall folder.
+TRENDING_HALF_LIVES: tuple[float | None, ...] = (None, 15.0, 30.0, 45.0, 60.0, 90.0, 120.0)
 
-__all__ = ["REPORT_KIND", "TRENDING_DAYS", "RetrievalData", "build_channels", "evaluate_retrieval", "item_vectors",
-           "load_retrieval_data", "ranker", "recall_channel", "split_start"]
+__all__ = ["REPORT_KIND", "TRENDING_DAYS", "TRENDING_HALF_LIVES", "RetrievalData", "build_channels", "choose_trending",
+           "evaluate_retrieval", "item_vectors", "load_retrieval_data", "ranker", "recall_channel", "split_start",
+           "trending_order"]
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,8 @@ def split_start(samples: str | Path, split: str) -> int:
 
 
 def load_retrieval_data(samples: str | Path, *, recent_n: int | None = None, split: str = "test",
-                        trending_days: int = TRENDING_DAYS) -> RetrievalData:
+                        trending_days: int = TRENDING_DAYS, trending_half_life_days: float | None = None
+                        ) -> RetrievalData:
     """Read a Parquet samples folder (``train``/``valid``/``test.parquet``, ``items.parquet``, manifest).
 
     Args:
@@ -106,6 +111,8 @@ def load_retrieval_data(samples: str | Path, *, recent_n: int | None = None, spl
         split: ``test`` (stand at ``test_start``: train + valid known, test relevant), or ``valid`` for tuning
             (stand at ``valid_start``: train known, valid relevant; ``test_start`` then means ``valid_start``).
         trending_days: the window of ``Prior.trending`` (most rated in the last so many days).
+        trending_half_life_days: its score's half-life (``None``: the count; a recall folder's
+            ``merge.trending_half_life_days``, :func:`~deepcrossing.features.online.trending_sql`).
 
     Raises:
         InputError: a missing file, or a random split (no test start to stand at).
@@ -130,7 +137,8 @@ def load_retrieval_data(samples: str | Path, *, recent_n: int | None = None, spl
             "FROM prior GROUP BY movieId) s ON s.movieId = i.item_id "
             f"ORDER BY {POPULARITY_ORDER}").to_arrow_table()
         trending = con.sql(trending_sql("prior", "items", since=test_start - 86400 * int(trending_days),
-                                        until=test_start, item="movieId")).fetchnumpy()["item_id"]
+                                        until=test_start, item="movieId",
+                                        half_life_days=trending_half_life_days)).fetchnumpy()["item_id"]
         users = con.sql(f"""
             WITH t AS (SELECT DISTINCT userId FROM read_parquet({sql_str(target)})),
             rel AS (SELECT userId, list(DISTINCT movieId ORDER BY movieId) AS relevant
@@ -167,6 +175,40 @@ def load_retrieval_data(samples: str | Path, *, recent_n: int | None = None, spl
               for u, r, p, g in zip(cols["userId"], cols["rated"], cols["recent"], cols["genres"], strict=True)]
     prior = Prior(order, masks, _ids(trending))
     return RetrievalData(folder, test_start, prior, states, [_ids(r) for r in cols["relevant"]], movie_rows, user_rows)
+
+
+def trending_order(data: RetrievalData, *, days: int = TRENDING_DAYS, half_life_days: float | None = None) -> IdArray:
+    """(M,) the catalogue in :func:`~deepcrossing.features.online.trending_sql`'s order as of ``data``'s start
+    (the ratings of its samples folder before it), for another window or half-life than ``data.prior``'s."""
+    folder, start = data.samples, data.test_start
+    files = ", ".join(sql_str(folder / f"{name}.parquet") for name in ("train", "valid"))
+    with connection() as con:
+        con.execute(f"CREATE TEMP VIEW prior AS SELECT * FROM read_parquet([{files}], union_by_name = true) "
+                    f"WHERE timestamp < {start}")
+        con.execute(f"CREATE TEMP VIEW items AS SELECT item_id FROM read_parquet({sql_str(folder / 'items.parquet')})")
+        order = con.sql(trending_sql("prior", "items", since=start - 86400 * int(days), until=start, item="movieId",
+                                     half_life_days=half_life_days)).fetchnumpy()["item_id"]
+    return _ids(order)
+
+
+def choose_trending(data: RetrievalData, k: int = 100, grid: Sequence[float | None] = TRENDING_HALF_LIVES, *,
+                    days: int = TRENDING_DAYS) -> tuple[float | None, dict[str, float], RetrievalData]:
+    """The trending half-life of ``grid`` with the best Recall@``k`` of the trending channel alone over ``data``
+    (use the VALIDATION split; ties go to the earlier in ``grid``).
+
+    Returns:
+        (the half-life, ``{str(half-life): Recall@k}`` of the grid, ``data`` with that trending list).
+    """
+    best: tuple[float, float | None, IdArray] = (-1.0, None, data.prior.trending)
+    scores: dict[str, float] = {}
+    for half_life in grid:
+        order = trending_order(data, days=days, half_life_days=half_life)
+        channel = trending_channel(replace(data.prior, trending=order))
+        recall = recall_at_ks([channel(u, k) for u in data.users], data.relevant, (k,)).recall[k]
+        scores[str(half_life)] = recall
+        if recall > best[0]:
+            best = (recall, half_life, order)
+    return best[1], scores, replace(data, prior=replace(data.prior, trending=best[2]))
 
 
 def item_vectors(loaded: LoadedModel, movie_rows: pa.Table) -> tuple[IdArray, NDArray[np.float32]]:
@@ -228,13 +270,15 @@ def recall_channel(data: RetrievalData, vectors: ItemVectors) -> Channel:
 
 def build_channels(data: RetrievalData, loaded: LoadedModel | None = None,
                    recall: Mapping[str, ItemVectors] | None = None,
-                   merge: Mapping[str, float] | None = None) -> dict[str, Channel]:
+                   merge: Mapping[str, float] | None = None, head_weights: Mapping[str, float] | None = None,
+                   head: int = 100) -> dict[str, Channel]:
     """The channels: ``popularity``, ``trending``, ``genres``, with a model ``emb``, one per recall model of ``recall``
     (``two_tower``, ``item2vec``, ...), and ``merged``.
 
     ``merged`` is :func:`~deepcrossing.training.retrieval.weighted_merge` with ``merge`` (channel -> weight,
-    chosen on the validation split by ``train-recall``) when given, else the round-robin of emb, the recall
-    models, genres and popularity.
+    chosen on the validation split by ``train-recall``) when given, its first ``head`` movies by
+    ``head_weights`` when given (the manifest's ``merge.head_weights`` and ``merge.k``), else the round-robin
+    of emb, the recall models, genres and popularity.
     """
     channels = {"popularity": popularity_channel(data.prior), "trending": trending_channel(data.prior),
                 "genres": genre_channel(data.prior)}
@@ -243,10 +287,13 @@ def build_channels(data: RetrievalData, loaded: LoadedModel | None = None,
     for name, vectors in (recall or {}).items():
         channels[name] = recall_channel(data, vectors)
     if merge:
-        missing = sorted(set(merge) - set(channels))
+        names = list(dict.fromkeys([*merge, *(head_weights or {})]))
+        missing = sorted(set(names) - set(channels))
         if missing:
             raise InputError(f"the merge names channel(s) {missing} that are not built here")
-        channels["merged"] = weighted_merge([channels[c] for c in merge], list(merge.values()))
+        channels["merged"] = weighted_merge(
+            [channels[c] for c in names], [float(merge.get(c, 0.0)) for c in names], head=head,
+            head_weights=None if head_weights is None else [float(head_weights.get(c, 0.0)) for c in names])
     else:
         order = ["emb", *(recall or {}), "genres", "trending", "popularity"]
         channels["merged"] = merge_channels([channels[c] for c in order if c in channels])

@@ -31,11 +31,29 @@ __all__ = ["Ranker", "choose_merge", "merge_lists", "weighted_merge"]
 Ranker = Callable[[int, "IdArray"], NDArray[np.float64]]
 
 
-def merge_lists(lists: Sequence[IdArray], weights: Sequence[float], n: int) -> tuple[IdArray, NDArray[np.int64]]:
+def _merge(lists: Sequence[IdArray], weights: Sequence[float], n: int) -> tuple[IdArray, NDArray[np.int64]]:
+    """:func:`merge_lists` without a head: one quota rule over the lists of weight > 0."""
+    on = [j for j, w in enumerate(weights) if w > 0]
+    if not on:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    keys = np.concatenate([(np.arange(len(lists[j])) + 1) / float(weights[j]) for j in on])
+    source = np.concatenate([np.full(len(lists[j]), j, dtype=np.int64) for j in on])
+    flat = np.concatenate([np.asarray(lists[j], dtype=np.int64) for j in on])
+    order = np.lexsort((source, keys))
+    flat, source = flat[order], source[order]
+    _, first = np.unique(flat, return_index=True)
+    first = np.sort(first)[:n]
+    return flat[first], source[first]
+
+
+def merge_lists(lists: Sequence[IdArray], weights: Sequence[float], n: int, *, head: int = 0,
+                head_weights: Sequence[float] | None = None) -> tuple[IdArray, NDArray[np.int64]]:
     """The quota rule itself, on ranked lists: the id at rank r (0-based) of list c gets the key
-    ``(r + 1) / weights[c]`` (each weight > 0); ids by ascending key (ties: earlier list first), each once,
-    the first ``n``. The one implementation of the merge, offline (:func:`weighted_merge`) and in the service
-    (:func:`deepcrossing.serving.recall.merged_rows`).
+    ``(r + 1) / weights[c]`` (a weight of 0 leaves the list out); ids by ascending key (ties: earlier list
+    first), each once, the first ``n``. With ``head_weights``, the first ``head`` ids are merged by them
+    instead, and the rest by ``weights`` (each id once): the head is what Recall@head measures, the whole what
+    the ranking model ranks. The one implementation of the merge, offline (:func:`weighted_merge`) and in the
+    service (:func:`deepcrossing.serving.recall.merged_rows`).
 
     Returns:
         ((L,) the merged ids, (L,) for each the index of the list that gave it first).
@@ -44,24 +62,30 @@ def merge_lists(lists: Sequence[IdArray], weights: Sequence[float], n: int) -> t
         >>> ids, src = merge_lists([np.array([1, 2, 3]), np.array([2, 9])], [1.0, 2.0], 4)
         >>> ids.tolist(), src.tolist()
         ([2, 1, 9, 3], [1, 0, 1, 0])
+        >>> merge_lists([np.array([1, 2, 3]), np.array([2, 9])], [1.0, 0.0], 4, head=2,
+        ...             head_weights=[0.0, 1.0])[0].tolist()
+        [2, 9, 1, 3]
     """
-    if not lists:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    keys = np.concatenate([(np.arange(len(x)) + 1) / float(w) for x, w in zip(lists, weights, strict=True)])
-    source = np.concatenate([np.full(len(x), j, dtype=np.int64) for j, x in enumerate(lists)])
-    flat = np.concatenate([np.asarray(x, dtype=np.int64) for x in lists])
-    order = np.lexsort((source, keys))
-    flat, source = flat[order], source[order]
-    _, first = np.unique(flat, return_index=True)
-    first = np.sort(first)[:n]
-    return flat[first], source[first]
+    if len(lists) != len(weights) or (head_weights is not None and len(head_weights) != len(lists)):
+        raise InputError(f"merge_lists needs one weight per list: {len(lists)} lists, weights {list(weights)}, "
+                         f"head weights {head_weights}")
+    if head_weights is None or head <= 0:
+        return _merge(lists, weights, n)
+    first, first_source = _merge(lists, head_weights, min(head, n))
+    rest, rest_source = _merge(lists, weights, n)
+    ids, source = np.concatenate([first, rest]), np.concatenate([first_source, rest_source])
+    _, keep = np.unique(ids, return_index=True)
+    keep = np.sort(keep)[:n]
+    return ids[keep], source[keep]
 
 
-def weighted_merge(channels: Sequence[Channel], weights: Sequence[float]) -> Channel:
+def weighted_merge(channels: Sequence[Channel], weights: Sequence[float], *, head: int = 0,
+                   head_weights: Sequence[float] | None = None) -> Channel:
     """Merge by quotas: the movie at rank r (0-based) of channel c gets the key ``(r + 1) / weights[c]``;
     movies by ascending key (ties: earlier channel first), each once. Equal weights are
     :func:`merge_channels`'s round-robin; a weight of 0 leaves the channel out; weights 2:1 take two
-    movies of the first channel for one of the second.
+    movies of the first channel for one of the second. ``head``, ``head_weights``: the first ``head`` movies
+    by other weights (:func:`merge_lists`).
 
     Example:
         >>> from deepcrossing.training.retrieval import Prior, popularity_channel
@@ -70,13 +94,18 @@ def weighted_merge(channels: Sequence[Channel], weights: Sequence[float]) -> Cha
         >>> none = np.zeros(0, dtype=np.int64)
         >>> weighted_merge([a, b], [2, 1])(UserState(1, none, none, ()), 6).tolist()
         [1, 2, 9, 3, 4, 8]
+        >>> weighted_merge([a, b], [1, 0], head=2, head_weights=[0, 1])(UserState(1, none, none, ()), 4).tolist()
+        [9, 8, 1, 2]
     """
-    if len(channels) != len(weights) or not any(w > 0 for w in weights):
+    heads = list(head_weights) if head_weights is not None and head > 0 else [0.0] * len(weights)
+    if len(channels) != len(weights) or len(heads) != len(weights) or not any(w > 0 for w in weights):
         raise InputError(f"weighted_merge needs one weight per channel, some > 0: {list(weights)}")
-    used = [(ch, float(w)) for ch, w in zip(channels, weights, strict=True) if w > 0]
+    used = [(ch, float(w), float(h)) for ch, w, h in zip(channels, weights, heads, strict=True) if w > 0 or h > 0]
 
     def recall(user: UserState, n: int) -> IdArray:
-        ids, _ = merge_lists([np.asarray(ch(user, n), dtype=np.int64) for ch, _ in used], [w for _, w in used], n)
+        lists = [np.asarray(ch(user, n), dtype=np.int64) for ch, _, _ in used]
+        ids, _ = merge_lists(lists, [w for _, w, _ in used], n, head=head,
+                             head_weights=[h for _, _, h in used] if head_weights is not None else None)
         return ids
 
     return recall
@@ -103,7 +132,8 @@ def _ndcg(hits: NDArray[np.bool_], n_relevant: int, k: int) -> float:
 
 def choose_merge(users: Sequence[UserState], relevant: Sequence[IdArray], channels: Mapping[str, Channel],
                  k: int = 100, grid: Sequence[float] = (0, 1, 2, 4), *, rank: Ranker | None = None,
-                 candidates: int = 800, top: int = 10, floor: float | None = None) -> tuple[dict[str, float], float]:
+                 candidates: int = 800, top: int = 10, floor: float | None = None,
+                 tail: Mapping[str, float] | None = None) -> tuple[dict[str, float], float]:
     """The :func:`weighted_merge` weights (each from ``grid``, not all 0) with the best mean Recall@``k``
     over ``users`` (use the VALIDATION split: the weights are then fixed for the test), each channel asked
     once per user; ties go to the earlier weights in grid order.
@@ -113,6 +143,11 @@ def choose_merge(users: Sequence[UserState], relevant: Sequence[IdArray], channe
     weights). Without ``floor``: the best NDCG (ties by Recall@``k``, then grid order). With ``floor`` (e.g.
     popularity-``candidates``'s NDCG, which popularity alone in the grid reaches): the best Recall@``k`` among
     the weights whose NDCG is at least ``floor``; if none is, the best NDCG.
+
+    With ``tail`` (channel -> weight, e.g. the weights chosen with the floor), the grid's weights are the
+    **head** weights instead: the merge is the first ``k`` movies by them, then the rest by ``tail``
+    (:func:`merge_lists`' ``head``), judged by the same rules (Recall@``k`` is the head's; the NDCG is of the
+    whole list's first ``candidates``, what the ranking model ranks).
 
     Returns:
         (channel -> weight, its Recall@k; with ``rank``, its NDCG@top).
@@ -144,11 +179,14 @@ def choose_merge(users: Sequence[UserState], relevant: Sequence[IdArray], channe
             used[j] = (i, user, np.flatnonzero(np.isin(union, rel)))
     best: tuple[tuple[float, ...], tuple[float, float, float], float] = (tuple(1.0 for _ in names),
                                                                          (-1.0, -1.0, -1.0), -1.0)
+    tail_weights = None if tail is None else [float(tail.get(name, 0.0)) for name in names]
     for weights in _grid(names, grid):
-        on = [c for c, w in enumerate(weights) if w > 0]
         recall, ndcg = [], []
         for j, (_, _, rel) in enumerate(used):
-            ids, _ = merge_lists([lists[j][c] for c in on], [weights[c] for c in on], n)
+            if tail_weights is None:
+                ids, _ = merge_lists(lists[j], weights, n)
+            else:
+                ids, _ = merge_lists(lists[j], tail_weights, n, head=k, head_weights=weights)
             # the merged list holds distinct movies: Recall@k = |top k & relevant| / |relevant|, as recall_at_ks
             recall.append(np.isin(ids[:k], rel).sum() / n_relevant[j])
             if rank is not None:
