@@ -130,8 +130,10 @@ EXTRA_COLUMNS = tuple(list(SAMPLE_COLUMNS)[30:])
 ID_COLUMNS = ("userId", "movieId", "rating", "timestamp", "label")
 FEATURE_COLUMNS = tuple(c for c in SAMPLE_COLUMNS if c not in ID_COLUMNS)
 PAIR_SIDE = tuple(name for name, c in COLUMNS.items() if c.side == "pair")
-"""User x movie columns: they depend on both records, so the online records hold neither; the service computes
-them per candidate from the user record and the movie's genres (:func:`deepcrossing.features.pair.pair_features`)."""
+"""User x movie columns: they depend on both records, so the online records hold neither."""
+SERVED_PAIR = ("userGenreCosine", "userGenreAvgRating")
+"""The pair columns the service computes per candidate from the user record and the movie's genres
+(:func:`deepcrossing.features.pair.pair_features`); the others (``userItemCFScore``) are samples-only so far."""
 USER_SIDE = tuple(name for name, c in COLUMNS.items() if c.side == "user")
 
 # ---- online-only user columns (issue 11, serving the pair columns) ----

@@ -52,7 +52,7 @@ from torch import Tensor, nn
 
 from deepcrossing.encoding.numeric import is_dense, is_numeric_embedding
 from deepcrossing.errors import DeepCrossingError
-from deepcrossing.features.columns import PAIR_SIDE
+from deepcrossing.features.columns import PAIR_SIDE, SERVED_PAIR
 from deepcrossing.features.pair import PAIR_INPUTS, genre_occurrences, pair_features, pair_values, user_vectors
 from deepcrossing.model.deep_crossing import DeepCrossing
 
@@ -104,7 +104,8 @@ class Scorer:
             benchmarks/serve.py.
 
     Raises:
-        DeepCrossingError: an unknown backend, or a model that is not a DeepCrossing.
+        DeepCrossingError: an unknown backend, a model that is not a DeepCrossing, or one reading a user x
+            movie column the service cannot compute (not in :data:`~deepcrossing.features.columns.SERVED_PAIR`).
     """
 
     def __init__(self, loaded: Any, backend: str = "torch") -> None:
@@ -121,6 +122,10 @@ class Scorer:
         self.columns = tuple(self.spec.columns() if callable(getattr(self.spec, "columns", None))
                              else (f.name for f in self.spec.features))
         self.pair_columns = tuple(f.name for f in self.spec.features if f.name in PAIR_SIDE)
+        unserved = [name for name in self.pair_columns if name not in SERVED_PAIR]
+        if unserved:
+            raise DeepCrossingError(f"the model reads {', '.join(unserved)}: user x movie column(s) the service "
+                                    f"cannot compute yet (served: {', '.join(SERVED_PAIR)})")
         self.item_columns = tuple(f.name for f in self.spec.features
                                   if f.side == "item" and f.name not in self.pair_columns)
         self.request_columns = tuple(f.name for f in self.spec.features
@@ -316,7 +321,7 @@ def join_user_movies(user_table: pa.Table, movie_table: pa.Table, pair: bool = T
     for name in repeated.column_names:
         if name not in columns:
             columns[name] = repeated.column(name)
-    if pair and "movieGenres" in columns and not any(c in columns for c in PAIR_SIDE):
+    if pair and "movieGenres" in columns and not any(c in columns for c in SERVED_PAIR):
         genres = movie_table.column("movieGenres")
         names = sorted({g for row in genres.to_pylist() for g in (row or ()) if g is not None})
         record = user_table.slice(0, 1).select([c for c in PAIR_INPUTS if c in user_table.column_names])

@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 from deepcrossing.duck import connection, ident, sql_str
 from deepcrossing.errors import InputError
 from deepcrossing.jsonfile import read_json_object
-from deepcrossing.features.columns import PAIR_SIDE, movie_side_columns, user_side_columns
+from deepcrossing.features.columns import SERVED_PAIR, movie_side_columns, user_side_columns
 from deepcrossing.features.online import POPULARITY_ORDER, trending_sql, with_genre_ratings
 from deepcrossing.features.pair import PAIR_INPUTS, genre_occurrences, pair_features
 from deepcrossing.training.artifact import LoadedModel
@@ -236,7 +236,7 @@ def ranker(data: RetrievalData, loaded: LoadedModel) -> Ranker:
     movies = data.movie_rows.select([c for c in movie_side_columns() if c in data.movie_rows.column_names])
     user_cols = [c for c in user_side_columns() if c in data.user_rows.column_names and c != "userId"]
     users = data.user_rows.select(user_cols)
-    pair = any(f.name in PAIR_SIDE for f in loaded.spec.features)
+    pair = any(f.name in SERVED_PAIR for f in loaded.spec.features)
     names = sorted({g for gs in movies.column("movieGenres").to_pylist() for g in (gs or ()) if g is not None}) \
         if pair and "movieGenres" in movies.column_names else []
 
