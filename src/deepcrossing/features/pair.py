@@ -38,6 +38,17 @@ PAIR_INPUTS = ("userGenreCounts", "userGenreRatingSums", "userGenreRatingCounts"
 """The user-record columns :func:`pair_features` reads."""
 
 
+def genre_names(movie_genres: pa.Array | pa.ChunkedArray) -> tuple[str, ...]:
+    """The sorted distinct genres of a ``list<string>`` column (NULL lists and elements left out): the
+    vocabulary of :func:`genre_occurrences` over those movies.
+
+    Example:
+        >>> genre_names(pa.array([["B", "A"], None, ["B", None]]))
+        ('A', 'B')
+    """
+    return tuple(sorted({g for row in movie_genres.to_pylist() for g in (row or ()) if g is not None}))
+
+
 def genre_occurrences(movie_genres: pa.Array | pa.ChunkedArray, names: pa.Array) -> np.ndarray:
     """(B, G) int64: how often each vocabulary genre is listed for each row's movie (genres outside ``names``
     and NULL elements are ignored; a NULL list is no genre).

@@ -53,7 +53,8 @@ from torch import Tensor, nn
 from deepcrossing.encoding.numeric import is_dense, is_numeric_embedding
 from deepcrossing.errors import DeepCrossingError
 from deepcrossing.features.columns import PAIR_SIDE, SERVED_PAIR
-from deepcrossing.features.pair import PAIR_INPUTS, genre_occurrences, pair_features, pair_values, user_vectors
+from deepcrossing.features.pair import PAIR_INPUTS, genre_names, genre_occurrences, pair_features, pair_values, \
+    user_vectors
 from deepcrossing.model.deep_crossing import DeepCrossing
 
 CHUNK = 512  # rows per pass of the per-candidate network when ranking many candidates
@@ -156,7 +157,7 @@ class Scorer:
             return ItemPart(x=x, p=p)
         genres = table.column("movieGenres") if "movieGenres" in table.column_names else \
             pa.nulls(table.num_rows, pa.list_(pa.string()))
-        names = tuple(sorted({g for row in genres.to_pylist() for g in (row or ()) if g is not None}))
+        names = genre_names(genres)
         occ = genre_occurrences(genres, pa.array(names, pa.string()))
         return ItemPart(x=x, p=p, occ=occ, onehot=(occ > 0).astype(np.int64), genre_names=names)
 
@@ -186,12 +187,11 @@ class Scorer:
         self.pair_mask[self.pair_idx] = True
         self.item_mask = self.item_mask & ~self.pair_mask
         self.pair_weight = self.split.weight.detach()[:, self.pair_idx].T.contiguous()   # (P, H)
-        dense = list(self.encoder.dense_names)
         features = {f.name: f for f in self.spec.features}
         # dense columns are copied from Batch.dense, numeric embeddings run their own module; anything else
         # (a bucketed or embedded pair column) goes through the whole stacking, masked (slower, still exact)
-        self._pair_ways = {n: ("dense", dense.index(n)) if is_dense(features[n]) else
-                           ("numeric", 0) if is_numeric_embedding(features[n]) else ("stack", 0) for n in order}
+        self._pair_ways = {n: "dense" if is_dense(features[n]) else
+                           "numeric" if is_numeric_embedding(features[n]) else "stack" for n in order}
 
     def _pair_inputs(self, user: UserPart, items: ItemPart, rows: Tensor) -> dict[str, np.ndarray]:
         """{pair column: (n,) float64, NaN for NULL} of the user against movies ``rows`` of ``items``."""
@@ -216,14 +216,13 @@ class Scorer:
         """(n, P) the stacked vector's pair columns (``pair_idx`` order) for movies ``rows``: the encoder's
         fitted transforms on the values (NaN is NULL to them, imputed as in training), then the model's
         numeric embedding modules."""
-        if any(way == "stack" for way, _ in self._pair_ways.values()):
+        if "stack" in self._pair_ways.values():
             batch = self.encoder.transform(self.pair_table(user, items, rows), only=self.pair_columns)
             return self.model.stack(batch)[:, self.pair_idx]
         values = self._pair_inputs(user, items, rows)
         n, parts = len(rows), []
         for name in self._pair_order:
-            way, _ = self._pair_ways[name]
-            if way == "dense":
+            if self._pair_ways[name] == "dense":
                 parts.append(torch.from_numpy(self.encoder.normalizers_[name].transform(values[name])).view(n, 1))
             else:
                 encoded = np.asarray(self.encoder.numeric_[name].transform(values[name]), dtype=np.float32)
@@ -323,7 +322,7 @@ def join_user_movies(user_table: pa.Table, movie_table: pa.Table, pair: bool = T
             columns[name] = repeated.column(name)
     if pair and "movieGenres" in columns and not any(c in columns for c in SERVED_PAIR):
         genres = movie_table.column("movieGenres")
-        names = sorted({g for row in genres.to_pylist() for g in (row or ()) if g is not None})
+        names = genre_names(genres)
         record = user_table.slice(0, 1).select([c for c in PAIR_INPUTS if c in user_table.column_names])
         values = pair_features((record.to_pylist() or [{}])[0],
                                genre_occurrences(genres, pa.array(names, pa.string())), names)

@@ -30,7 +30,7 @@ from deepcrossing.errors import InputError
 from deepcrossing.jsonfile import read_json_object
 from deepcrossing.features.columns import SERVED_PAIR, movie_side_columns, user_side_columns
 from deepcrossing.features.online import POPULARITY_ORDER, trending_sql, with_genre_ratings
-from deepcrossing.features.pair import PAIR_INPUTS, genre_occurrences, pair_features
+from deepcrossing.features.pair import PAIR_INPUTS, genre_names, genre_occurrences, pair_features
 from deepcrossing.training.artifact import LoadedModel
 from deepcrossing.training.emb_vectors import EmbVectors
 from deepcrossing.training.retrieval import Channel, IdArray, Prior, UserState, coverage_at_ks, emb_channel, \
@@ -237,8 +237,7 @@ def ranker(data: RetrievalData, loaded: LoadedModel) -> Ranker:
     user_cols = [c for c in user_side_columns() if c in data.user_rows.column_names and c != "userId"]
     users = data.user_rows.select(user_cols)
     pair = any(f.name in SERVED_PAIR for f in loaded.spec.features)
-    names = sorted({g for gs in movies.column("movieGenres").to_pylist() for g in (gs or ()) if g is not None}) \
-        if pair and "movieGenres" in movies.column_names else []
+    names = list(genre_names(movies.column("movieGenres"))) if pair and "movieGenres" in movies.column_names else []
 
     def rank(i: int, ids: IdArray) -> NDArray[np.float64]:
         out = np.full(len(ids), -np.inf)
