@@ -44,7 +44,7 @@ DEFAULT_SPEC = ROOT / "src" / "deepcrossing" / "specs" / "movielens.toml"
 
 RECENT = [("movieLast7dRatingCount", "item"), ("movieLast30dRatingCount", "item")]
 PAIR = [("userGenreCosine", "context"), ("userGenreAvgRating", "context")]
-BAYES = [("movieBayesAvgRating", "item")]
+BAYES = [("movieBayesAvgRating", "item")]  # needs samples prepared with FeatureConfig(movie_bayes=True)
 ITEMCF = [("userItemCFScore", "context")]   # needs samples prepared with FeatureConfig(itemcf=True)
 
 

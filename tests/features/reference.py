@@ -33,14 +33,14 @@ class Running:
 
 def reference_samples(ratings: list[tuple], items: dict[int, tuple], threshold: float = 3.5,
                       recent_n: int = 10, *, itemcf: bool = False, itemcf_window: int = 10,
-                      itemcf_history: int = 20, prior: float = 3.0) -> dict[tuple, dict]:
+                      itemcf_history: int = 20, bayes: bool = False, prior: float = 3.0) -> dict[tuple, dict]:
     """Features of every rating.
 
     Args:
         ratings: (user_id, item_id, rating, timestamp) tuples.
         items: item_id -> (year or None, genres list).
-        itemcf, itemcf_window, itemcf_history, prior: the FeatureConfig settings of userItemCFScore and
-            movieBayesAvgRating (the CF score is None when ``itemcf`` is off).
+        itemcf, itemcf_window, itemcf_history, bayes, prior: the FeatureConfig settings of userItemCFScore and
+            movieBayesAvgRating (the CF score is None when ``itemcf`` is off, the average when ``bayes`` is).
 
     Returns:
         (user_id, item_id, timestamp) -> {column: value} for every sample column.
@@ -106,7 +106,7 @@ def reference_samples(ratings: list[tuple], items: dict[int, tuple], threshold: 
             row["movieLast7dRatingCount"] = sum(1 for s in movie_times[item] if t - 7 * 86400 <= s < t)
             row["movieLast30dRatingCount"] = sum(1 for s in movie_times[item] if t - 30 * 86400 <= s < t)
             row["movieBayesAvgRating"] = ((mr.n * mr.mean + prior * global_sum / global_n) / (mr.n + prior)
-                                          if mr.n else None)
+                                          if bayes and mr.n else None)
             num = den = 0.0
             for j, r_j in list(reversed(user_history[user]))[:itemcf_history]:
                 if r_j is not None and co.get((item, j), 0) > 0:

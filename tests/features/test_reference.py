@@ -72,8 +72,10 @@ def test_sql_matches_reference_with_itemcf_on_a_slice_of_ml_latest_small(ml_smal
               if e[0] <= 120]
     used = {e[1] for e in events}
     ds = write_dataset(tmp_path, events, [(i, y, g) for i, (y, g) in item_map.items() if i in used])
-    config = FeatureConfig(itemcf=True, itemcf_window=5, itemcf_history=15, movie_prior_weight=3.0)
-    expected = reference_samples(events, item_map, itemcf=True, itemcf_window=5, itemcf_history=15, prior=3.0)
+    config = FeatureConfig(itemcf=True, itemcf_window=5, itemcf_history=15, movie_bayes=True,
+                           movie_prior_weight=3.0)
+    expected = reference_samples(events, item_map, itemcf=True, itemcf_window=5, itemcf_history=15, bayes=True,
+                                 prior=3.0)
     table = compute_samples(ds, config).to_pydict()
     scored = 0
     for i in range(len(table["userId"])):

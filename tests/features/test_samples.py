@@ -64,7 +64,7 @@ def test_itemcf_score_and_shrunk_movie_average_by_hand(tmp_path):
     ratings = [(1, 1, 4.0, 10), (1, 2, 2.0, 20), (1, 4, 5.0, 20), (1, 5, 4.5, 30), (2, 5, 3.0, 30),
                (2, 1, 1.0, 40), (2, 4, 4.0, 50), (3, 1, 5.0, 60), (3, 4, 3.0, 70), (3, 5, 2.0, 80)]
     ds = write_dataset(tmp_path, ratings, ITEMS)
-    rows = _rows(compute_samples(ds, FeatureConfig(itemcf=True, movie_prior_weight=10)))
+    rows = _rows(compute_samples(ds, FeatureConfig(itemcf=True, movie_bayes=True, movie_prior_weight=10)))
     # positives in order: user 1: 1 (10), 4 (20), 5 (30); user 2: 4 (50); user 3: 1 (60)
     # pairs (both directions, at the later positive): 1-4 at 20, 1-5 and 4-5 at 30
     assert rows[(2, 1, 40)]["userItemCFScore"] == 3.0  # history [5: 3.0]; co(1, 5) = 1, n_5 = 1
@@ -79,7 +79,7 @@ def test_itemcf_score_and_shrunk_movie_average_by_hand(tmp_path):
     assert rows[(3, 5, 80)]["movieBayesAvgRating"] == pytest.approx((7.5 + 10 * 31.5 / 9) / 12)
     assert rows[(1, 5, 30)]["movieBayesAvgRating"] is None  # no earlier rating of the movie
     # off (the default): NULL everywhere; m = 0: the plain average
-    off = _rows(compute_samples(ds, FeatureConfig(movie_prior_weight=0)))
+    off = _rows(compute_samples(ds, FeatureConfig(movie_bayes=True, movie_prior_weight=0)))
     assert all(r["userItemCFScore"] is None for r in off.values())
     assert all(r["movieBayesAvgRating"] == r["movieAvgRating"] for r in off.values())
 
@@ -132,7 +132,8 @@ def test_future_changes_never_change_features(tmp_path_factory, events, cut, dat
     changed = _dedupe(changed)
     folder = tmp_path_factory.mktemp("prop")
     # every feature on, with small windows so that the item-CF window and history limits are reached
-    config = FeatureConfig(itemcf=True, itemcf_window=2, itemcf_history=3, movie_prior_weight=2.0)
+    config = FeatureConfig(itemcf=True, itemcf_window=2, itemcf_history=3, movie_bayes=True,
+                           movie_prior_weight=2.0)
     before = _rows(compute_samples(write_dataset(folder / "a", events, ITEMS), config))
     after = _rows(compute_samples(write_dataset(folder / "b", changed, ITEMS), config)) if changed else {}
     untouched = set(events) & set(changed)

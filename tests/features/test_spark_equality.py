@@ -103,7 +103,7 @@ def _both(dataset: Dataset, config: FeatureConfig, out: Path, fmt: str = "parque
 def test_hand_made_log_same_samples_and_random_split(spark_session: Any, tmp_path: Path) -> None:
     ds = _hand_made(tmp_path / "data")
     config = FeatureConfig(split="random", fractions=(0.6, 0.2, 0.2), seed=5, recent_n=5, itemcf=True,
-                           itemcf_window=3, itemcf_history=4, movie_prior_weight=2.5)
+                           itemcf_window=3, itemcf_history=4, movie_bayes=True, movie_prior_weight=2.5)
     duck, spark = _both(ds, config, tmp_path)
     rows = _assert_same_samples(duck, spark)
     assert sum(rows.values()) == 260 and min(rows.values()) > 20  # every split has rows to compare
@@ -126,7 +126,7 @@ def test_hand_made_log_same_sparrow_csv(spark_session: Any, tmp_path: Path) -> N
 
 def test_ml_latest_small_slice_same_samples(spark_session: Any, ml_small_dataset: Dataset, tmp_path: Path) -> None:
     ds = _user_slice(ml_small_dataset, tmp_path / "data", users=100)
-    config = FeatureConfig(itemcf=True)
+    config = FeatureConfig(itemcf=True, movie_bayes=True)
     duck, spark = _both(ds, config, tmp_path)
     rows = _assert_same_samples(duck, spark)
     assert sum(rows.values()) == pq.read_metadata(ds.ratings).num_rows > 10_000

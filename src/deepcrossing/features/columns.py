@@ -115,7 +115,7 @@ COLUMNS: dict[str, Column] = {
     "movieBayesAvgRating": _movie("DOUBLE", None,
                                   "(n * movieAvgRating + m * mu) / (n + m): the movie's mean shrunk toward mu, the "
                                   "mean of all ratings before t (m: FeatureConfig.movie_prior_weight); NULL when "
-                                  "n = 0"),
+                                  "n = 0 or FeatureConfig.movie_bayes is off (opt-in)"),
     "userItemCFScore": _pair("DOUBLE", None,
                              "sum_j sim(movie, j) * r_uj / sum_j sim(movie, j) over the user's last "
                              "itemcf_history ratings before t, sim the windowed co-occurrence cosine before t; "

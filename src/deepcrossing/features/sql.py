@@ -77,9 +77,19 @@ def _genre_packs(n_genres: int, bits: int) -> list[list[int]]:
     return [list(range(i, min(i + per, n_genres))) for i in range(0, n_genres, per)]
 
 
+_BAYES_CTES = """,
+-- movieBayesAvgRating's global mean of the ratings before t, per second (opt-in: FeatureConfig.movie_bayes)
+g_sec AS (SELECT timestamp, COALESCE(SUM(rating), 0) AS s, COUNT(rating) AS n FROM ev GROUP BY timestamp),
+g_before AS (
+    SELECT timestamp, (SUM(s) OVER w_g) - s AS g_s, (SUM(n) OVER w_g) - n AS g_n FROM g_sec
+    WINDOW w_g AS (ORDER BY timestamp ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+)"""
+
+
 def feature_sql(genres: list[str], *, label_threshold: float, recent_n: int,
                 genre_bits: int = 31, dialect: Dialect = DUCKDB, itemcf: bool = False, itemcf_window: int = 10,
-                itemcf_history: int = 20, movie_prior_weight: float = 3.0) -> str:
+                itemcf_history: int = 20, movie_bayes: bool = False,
+                movie_prior_weight: float = 3.0) -> str:
     """The sample query over ``events`` and ``items_src``; one output row per event (probes included).
 
     The query computes everything as flat columns. The user's positive history at a sample is the state
@@ -102,6 +112,7 @@ def feature_sql(genres: list[str], *, label_threshold: float, recent_n: int,
         itemcf: compute ``userItemCFScore`` (False: NULL).
         itemcf_window, itemcf_history: ``userItemCFScore``'s co-occurrence window and history length
             (:mod:`deepcrossing.features.itemcf`).
+        movie_bayes: compute ``movieBayesAvgRating`` (False: NULL).
         movie_prior_weight: m of ``movieBayesAvgRating``.
 
     Returns:
@@ -229,20 +240,15 @@ joined AS (
     -- samples with no earlier positive (u_pos = 0) find no state row: NULL lags, zero counts
     SELECT win.*, {state_cols}
     FROM win LEFT JOIN state st ON win.user_id = st.user_id AND win.u_pos = st.pos_rank
-),
--- issue 11 (itemcf slice): the global mean of the ratings before t, per second (movieBayesAvgRating)
-g_sec AS (SELECT timestamp, COALESCE(SUM(rating), 0) AS s, COUNT(rating) AS n FROM ev GROUP BY timestamp),
-g_before AS (
-    SELECT timestamp, (SUM(s) OVER w_g) - s AS g_s, (SUM(n) OVER w_g) - n AS g_n FROM g_sec
-    WINDOW w_g AS (ORDER BY timestamp ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
-){itemcf_ctes(itemcf_window, itemcf_history, d) if itemcf else ""},
+){_BAYES_CTES if movie_bayes else ""}{itemcf_ctes(itemcf_window, itemcf_history, d) if itemcf else ""},
 final AS (
     SELECT joined.*, COALESCE(i.genres, {d.empty_list('VARCHAR[]')}) AS genres, ga.ga_s, ga.ga_n,
-           gb.g_s, gb.g_n, {"icf.icf_score" if itemcf else "CAST(NULL AS DOUBLE) AS icf_score"}
+           {"gb.g_s, gb.g_n" if movie_bayes else "CAST(NULL AS DOUBLE) AS g_s, CAST(NULL AS BIGINT) AS g_n"},
+           {"icf.icf_score" if itemcf else "CAST(NULL AS DOUBLE) AS icf_score"}
     FROM joined LEFT JOIN items_src i ON joined.item_id = i.item_id
     LEFT JOIN genre_avg ga
       ON joined.user_id = ga.user_id AND joined.item_id = ga.item_id AND joined.timestamp = ga.timestamp
-    LEFT JOIN g_before gb ON joined.timestamp = gb.timestamp
+    {"LEFT JOIN g_before gb ON joined.timestamp = gb.timestamp" if movie_bayes else ""}
     {_ICF_JOIN if itemcf else ""}
 )
 SELECT
@@ -272,7 +278,8 @@ SELECT
     m_n7 AS movieLast7dRatingCount,
     m_n30 AS movieLast30dRatingCount,
     CASE WHEN ga_n > 0 THEN ga_s / ga_n END AS userGenreAvgRating,
-    CASE WHEN m_nr > 0 THEN (m_s + {_prior(movie_prior_weight)} * (g_s / g_n)) / (m_nr + {_prior(movie_prior_weight)})
+    CASE WHEN m_nr > 0 AND g_n > 0
+         THEN (m_s + {_prior(movie_prior_weight)} * (g_s / g_n)) / (m_nr + {_prior(movie_prior_weight)})
          END AS movieBayesAvgRating,
     icf_score AS userItemCFScore,
     u_pos AS _npos,
