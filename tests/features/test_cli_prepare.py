@@ -44,6 +44,26 @@ def test_prepare_errors_exit_2(tmp_path):
     assert "train           1 rows" in done.stdout and "test            1 rows" in done.stdout
 
 
+def test_prepare_itemcf_and_movie_bayes_flags_fill_their_columns(tmp_path):
+    """Off by default (NULL columns); --itemcf / --movie-bayes compute them and the manifest records it."""
+    import pyarrow.parquet as pq
+
+    rows = ["u,i,r,t"] + [f"{u},{i},{4.0 if (u + i) % 3 else 2.0},{10 * u + i}" for u in range(1, 9)
+                         for i in range(1, 6)]
+    (tmp_path / "log.csv").write_text("\n".join(rows) + "\n")
+    mapping = ["--user-col", "u", "--item-col", "i", "--rating-col", "r", "--time-col", "t"]
+    for flags, name in (([], "off"), (["--itemcf", "--movie-bayes"], "on")):
+        done = _run("--data", str(tmp_path / "log.csv"), "--out", str(tmp_path / name), *mapping, *flags)
+        assert done.returncode == 0, done.stderr
+    manifests = {n: json.loads((tmp_path / n / "manifest.json").read_text())["config"] for n in ("off", "on")}
+    assert (manifests["off"]["itemcf"], manifests["off"]["movie_bayes"]) == (False, False)
+    assert (manifests["on"]["itemcf"], manifests["on"]["movie_bayes"]) == (True, True)
+    for name in ("off", "on"):
+        table = pq.read_table(tmp_path / name / "train.parquet", columns=["userItemCFScore", "movieBayesAvgRating"])
+        nulls = [table.column(c).null_count for c in table.column_names]
+        assert (nulls == [table.num_rows] * 2) == (name == "off"), (name, nulls, table.num_rows)
+
+
 _BLOCK_PYSPARK = """
 import importlib.abc, sys
 class Block(importlib.abc.MetaPathFinder):

@@ -31,6 +31,11 @@ def prepare_cmd(
         callback=checked_by(FEATURE_CONFIG, "fractions", parse_fractions),
         help="train,valid,test shares.")] = "0.8,0.1,0.1",
     seed: Annotated[int, typer.Option(help="Seed of the random split.")] = 0,
+    itemcf: Annotated[bool, typer.Option(
+        help="Compute userItemCFScore (item-CF score of the movie against the user's last ratings; costs more "
+             "time; off: the column is NULL).")] = False,
+    movie_bayes: Annotated[bool, typer.Option(
+        help="Compute movieBayesAvgRating (the movie mean shrunk toward the global mean; off: NULL).")] = False,
     skip_bad_rows: Annotated[bool, typer.Option(help="Skip and count bad input rows instead of failing.")] = False,
     user_col: Annotated[str | None, typer.Option(help="Your log: user id column.")] = None,
     item_col: Annotated[str | None, typer.Option(help="Your log: item id column.")] = None,
@@ -73,7 +78,8 @@ def prepare_cmd(
     except ValueError:
         raise DeepCrossingError(f"--fractions must be three numbers like 0.8,0.1,0.1, not {fractions!r}") from None
     config = FeatureConfig(label_threshold=label_threshold, recent_n=recent_n, split=split,
-                           fractions=shares, seed=seed)  # type: ignore[arg-type]
+                           fractions=shares, seed=seed, itemcf=itemcf,  # type: ignore[arg-type]
+                           movie_bayes=movie_bayes)
     columns = None
     if any(v is not None for v in (user_col, item_col, rating_col, label_col, time_col)):
         missing = [name for name, v in (("--user-col", user_col), ("--item-col", item_col),
