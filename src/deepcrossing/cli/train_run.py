@@ -67,10 +67,15 @@ def run(job: TrainJob, ctx: DistContext | None) -> None:
     set_threads(job.threads or None, world)
     started = time.perf_counter()
     stream = job.stream or should_stream(job.files["train"], job.budget)
-    tables = {name: read_samples(path) for name, path in job.files.items() if not (stream and name == "train")}
+    # only the spec's columns are read; streamed, the Parquet splits are read row group by row group
+    streamed = {name for name, path in job.files.items()
+                if stream and (name == "train" or Path(path).suffix.lower() == ".parquet")}
+    tables = {name: read_samples(path, [*config.spec.columns, "label"]) for name, path in job.files.items()
+              if name not in streamed}
     if main:
         how = f"train streamed from {job.files['train']}" if stream else ""
-        sizes = ", ".join([how] * bool(how) + [f"{n} {t.num_rows:,}" for n, t in tables.items()])
+        sizes = ", ".join([how] * bool(how) + [f"{n} {t.num_rows:,}" for n, t in tables.items()]
+                          + [f"{n} streamed" for n in ("valid", "test") if n in streamed])
         ranks = f", {world} ranks ({'nccl' if ctx and ctx.backend == 'nccl' else 'gloo'})" if world > 1 else ""
         out.print(f"read {sizes} samples ({time.perf_counter() - started:.1f} s); device {job.device}, "
                   f"{job.threads or max(1, (os.cpu_count() or 1) // world)} thread(s){' per rank' * (world > 1)}"

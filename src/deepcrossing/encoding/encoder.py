@@ -100,6 +100,26 @@ def _pad(rows: np.ndarray, lengths: np.ndarray, width: int, weights: np.ndarray 
     return out, wout
 
 
+
+def encode_labels(table: pa.Table, source: str | Path | None = None) -> torch.Tensor:
+    """(B,) float32 0/1 labels of ``table``'s ``label`` column (zeros when it has none), as :meth:`Encoder.transform`
+    gives them.
+
+    Raises:
+        InputError: a label that is null or not 0/1 (naming ``source`` and the field).
+
+    Example:
+        >>> encode_labels(pa.table({"label": [1, 0]})).tolist(), encode_labels(pa.table({"x": [7]})).tolist()
+        ([1.0, 0.0], [0.0])
+    """
+    if "label" not in table.column_names:
+        return torch.zeros(table.num_rows, dtype=torch.float32)
+    lab = pc.cast(_column(table, "label", source), pa.float32()).to_numpy(zero_copy_only=False)
+    if np.isnan(lab).any() or not np.isin(lab, (0.0, 1.0)).all():
+        bad = int((~np.isin(lab, (0.0, 1.0))).sum())
+        raise InputError(f"{bad} labels are not 0 or 1", path=source, field="label")
+    return torch.from_numpy(lab.copy())
+
 class Encoder:
     """Fits the spec's transformers on train and encodes sample tables into :class:`Batch` es.
 
@@ -221,13 +241,7 @@ class Encoder:
                                      path=source, field=f.name)
                 sparse[f.name] = torch.from_numpy(self._rows(tr, arr, f, source))
         dense = (np.stack(dense_cols, axis=1) if dense_cols else np.zeros((n, 0), np.float32)).astype(np.float32)
-        labels = torch.zeros(n, dtype=torch.float32)
-        if "label" in table.column_names:
-            lab = pc.cast(_column(table, "label", source), pa.float32()).to_numpy(zero_copy_only=False)
-            if np.isnan(lab).any() or not np.isin(lab, (0.0, 1.0)).all():
-                bad = int((~np.isin(lab, (0.0, 1.0))).sum())
-                raise InputError(f"{bad} labels are not 0 or 1", path=source, field="label")
-            labels = torch.from_numpy(lab.copy())
+        labels = encode_labels(table, source)
         return Batch(torch.from_numpy(np.ascontiguousarray(dense)), sparse, bags, bag_weights, labels, numeric)
 
     @staticmethod

@@ -9,6 +9,7 @@ columns are absent.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import duckdb
@@ -105,12 +106,15 @@ def _read_sparrow(path: Path) -> pa.Table:
         con.close()
 
 
-def read_samples(path: str | Path) -> pa.Table:
+def read_samples(path: str | Path, columns: Sequence[str] | None = None) -> pa.Table:
     """Read a sample file, ours (Parquet) or SparrowRecSys's (CSV), into our sample schema.
 
     Args:
         path: ``train.parquet`` etc. written by :func:`build_samples`, or a SparrowRecSys sample CSV such as
             ``testSamples.csv`` (or one written by ``prepare --format sparrow``).
+        columns: read only these columns of a Parquet file (those it has; ``userId``, ``movieId`` and
+            ``label`` always), e.g. the feature spec's: the other columns are never loaded. CSV files are read
+            whole.
 
     Returns:
         A pyarrow Table with the columns of :data:`deepcrossing.features.sql.SAMPLE_COLUMNS` that the file
@@ -126,13 +130,14 @@ def read_samples(path: str | Path) -> pa.Table:
         raise InputError("sample file not found", path=path)
     if path.suffix == ".parquet":
         try:
-            table = pq.read_table(path)
+            names = pq.read_schema(path).names
+            for c in ("userId", "movieId", "label"):
+                if c not in names:
+                    raise InputError(f"not a sample file: column {c!r} is missing", path=path, field=c)
+            wanted = None if columns is None else [c for c in names if c in {*columns, "userId", "movieId", "label"}]
+            return pq.read_table(path, columns=wanted)
         except pa.ArrowInvalid as exc:
             raise InputError(f"not a Parquet file: {exc}", path=path) from exc
-        for c in ("userId", "movieId", "label"):
-            if c not in table.column_names:
-                raise InputError(f"not a sample file: column {c!r} is missing", path=path, field=c)
-        return table
     if path.suffix in (".csv", ".txt"):
         return _read_sparrow(path)
     raise InputError("unknown sample file type; expected .parquet or a SparrowRecSys .csv", path=path)

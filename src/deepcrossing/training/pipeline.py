@@ -25,7 +25,7 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,12 +46,12 @@ from deepcrossing.outputs import Reservation, reserve
 from deepcrossing.training import artifact
 from deepcrossing.training.checkpoint import fingerprint
 from deepcrossing.training.distributed import DistContext, shard_rows
-from deepcrossing.training.stream import ParquetStream, StreamOptions, fit_streaming
+from deepcrossing.training.stream import ParquetSplit, ParquetStream, StreamOptions, fit_streaming
 from deepcrossing.training.plots import plot_history, plot_roc
 from deepcrossing.training.trainer import StepInfo, Trainer, evaluate_batch, predict_logits
 
 
-def train_model(tables: dict[str, pa.Table], config: ExperimentConfig, out_dir: str | Path | Reservation,
+def train_model(tables: Mapping[str, pa.Table | None], config: ExperimentConfig, out_dir: str | Path | Reservation,
                 device: str = "cpu", resume: bool = False,
                 sources: dict[str, str] | None = None,
                 on_step: Callable[[StepInfo], None] | None = None,
@@ -74,7 +74,8 @@ def train_model(tables: dict[str, pa.Table], config: ExperimentConfig, out_dir: 
             on the whole train file (refused if the ranks' fits differ) and trains on its shard; only rank 0
             reserves and writes the model folder (the others return ``{}``).
         stream: read the train file incrementally (``tables["train"]`` is then not needed, ``sources["train"]``
-            is read; see :mod:`training.stream`).
+            is read; see :mod:`training.stream`); a valid/test split with a Parquet source and no table is
+            then scored row group by row group (:class:`~deepcrossing.training.stream.ParquetSplit`).
 
     Returns:
         Summary dict: ``history``, ``best_epoch``, ``valid``/``test`` metrics, ``files``, ``seconds``.
@@ -107,7 +108,7 @@ class _Run:
     stream: StreamOptions | None
 
 
-def _require_two_classes(batch: Batch, source: str | None) -> None:
+def _require_two_classes(batch: Batch | ParquetSplit, source: str | None) -> None:
     labels = batch.labels
     n_pos = 0 if labels is None else int(labels.sum().item())
     n = len(batch)
@@ -125,27 +126,40 @@ def _require_finite(results: dict[str, Any], sources: dict[str, str]) -> None:
                                  "model was not saved, the previous one is untouched", path=sources.get(split))
 
 
-def _fit_encoder(tables: dict[str, pa.Table], config: ExperimentConfig, run: _Run
-                 ) -> tuple[Encoder, dict[str, Batch], Batch | ParquetStream]:
-    """The encoder (fitted on the whole train file), the encoded valid/test, and this rank's train data."""
+def _train_table(tables: Mapping[str, pa.Table | None]) -> pa.Table:
+    train = tables.get("train")
+    if train is None:
+        raise InputError("no train samples to train on (only train --stream reads the train file itself)")
+    return train
+
+
+def _fit_encoder(tables: Mapping[str, pa.Table | None], config: ExperimentConfig, run: _Run
+                 ) -> tuple[Encoder, dict[str, Batch | ParquetSplit], Batch | ParquetStream]:
+    """The encoder (fitted on the whole train file), the encoded valid/test (streamed: a valid/test split
+    given as a Parquet source without a table is scored row group by row group), and this rank's train data."""
     sources, dist = run.sources, run.dist
     if run.stream is not None:
         encoder = fit_streaming(Path(sources["train"]), config.spec, run.stream)
     else:
-        encoder = Encoder(config.spec).fit(tables["train"], source=sources.get("train"))
+        encoder = Encoder(config.spec).fit(_train_table(tables), source=sources.get("train"))
     if dist is not None:
         dist.require_same("encoder vocabularies and statistics", encoder.state())
-    encoded = {name: encoder.transform(t, source=sources.get(name)) for name, t in tables.items()
-               if t is not None and name != "train"}
+    encoded: dict[str, Batch | ParquetSplit] = {}
+    for name in ("valid", "test"):
+        table = tables.get(name)
+        if table is not None:
+            encoded[name] = encoder.transform(table, source=sources.get(name))
+        elif run.stream is not None and name in sources:
+            encoded[name] = ParquetSplit(sources[name], encoder)
     if run.stream is not None:
         return encoder, encoded, ParquetStream(Path(sources["train"]), encoder, dist, run.stream)
-    train = tables["train"]
+    train = _train_table(tables)
     if dist is not None:
         train = train.take(shard_rows(train.num_rows, dist).numpy())
     return encoder, encoded, encoder.transform(train, source=sources.get("train"))
 
 
-def _train(tables: dict[str, pa.Table], config: ExperimentConfig, reservation: Reservation | Path,
+def _train(tables: Mapping[str, pa.Table | None], config: ExperimentConfig, reservation: Reservation | Path,
            run: _Run) -> dict[str, Any]:
     t0 = time.perf_counter()
     device, resume, sources, on_epoch = run.device, run.resume, run.sources, run.on_epoch

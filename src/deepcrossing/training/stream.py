@@ -31,7 +31,7 @@ import torch
 
 from deepcrossing.config import FeatureSpec
 from deepcrossing.encoding.batch import Batch
-from deepcrossing.encoding.encoder import Encoder
+from deepcrossing.encoding.encoder import Encoder, encode_labels
 from deepcrossing.encoding.streaming import DEFAULT_SAMPLE_ROWS, StreamingFit
 from deepcrossing.errors import InputError
 from deepcrossing.training.distributed import DistContext
@@ -154,5 +154,43 @@ class ParquetStream:
             yield carry[0]
 
 
-__all__ = ["ParquetStream", "StreamOptions", "fit_streaming", "should_stream",
+class ParquetSplit:
+    """A labelled Parquet valid/test file scored without holding it (an
+    :class:`~deepcrossing.training.trainer.EvalSource`): every pass reads and encodes one row group at a time
+    (only the spec's columns); only the labels stay in memory. ``train --stream`` evaluates this way, so its
+    peak memory does not grow with the valid and test files either.
+
+    Args:
+        path: the sample file (Parquet).
+        encoder: the fitted encoder.
+
+    Example:
+        >>> valid = ParquetSplit("valid.parquet", encoder)                    # doctest: +SKIP
+        >>> evaluate_batch(model, valid)["auc"]                              # doctest: +SKIP
+    """
+
+    def __init__(self, path: str | Path, encoder: Encoder) -> None:
+        self.path = Path(path)
+        self.encoder = encoder
+        pf = _open(self.path)
+        self.columns = [c for c in _columns(encoder.spec, pf, self.path) if c != "label"]
+        self.rows = int(pf.metadata.num_rows)
+        self.labels: torch.Tensor | None = (
+            encode_labels(pf.read(columns=["label"]), self.path) if "label" in pf.schema_arrow.names else None)
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def pieces(self) -> Iterator[Batch]:
+        """Each row group encoded, in file order."""
+        pf = _open(self.path)
+        for i in range(pf.num_row_groups):
+            table = pf.read_row_group(i, columns=self.columns)
+            encoded = self.encoder.transform(table, source=self.path)
+            del table
+            pa.default_memory_pool().release_unused()
+            yield encoded
+
+
+__all__ = ["ParquetSplit", "ParquetStream", "StreamOptions", "fit_streaming", "should_stream",
            "uncompressed_bytes"]

@@ -72,25 +72,41 @@ class FitResult:
     samples_per_epoch: int = 0
 
 
+class EvalSource(Protocol):
+    """Labelled samples scored piece by piece instead of held encoded (:class:`training.stream.ParquetSplit`:
+    a valid/test file of ``train --stream``). ``labels``: (B,) float32, or None without a label column."""
+
+    labels: Tensor | None
+
+    def __len__(self) -> int: ...
+
+    def pieces(self) -> Iterator[Batch]:
+        """The encoded rows, in file order, a few thousand at a time."""
+        ...
+
+
 @torch.no_grad()
-def predict_logits(model: nn.Module, batch: Batch, device: str | torch.device = "cpu",
+def predict_logits(model: nn.Module, batch: Batch | EvalSource, device: str | torch.device = "cpu",
                    chunk: int = 65536) -> Tensor:
-    """(B,) logits of ``model`` over ``batch`` in eval mode, ``chunk`` rows at a time (CPU result)."""
+    """(B,) logits of ``model`` over ``batch`` (or each piece of an :class:`EvalSource`) in eval mode, ``chunk``
+    rows at a time (CPU result)."""
     was_training = model.training
     model.eval()
     out = []
-    for start in range(0, len(batch), chunk):
-        part = batch.slice(start, min(start + chunk, len(batch))).to(device)
-        out.append(model(part).float().cpu())
+    for piece in [batch] if isinstance(batch, Batch) else batch.pieces():
+        for start in range(0, len(piece), chunk):
+            part = piece.slice(start, min(start + chunk, len(piece))).to(device)
+            out.append(model(part).float().cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0)
 
 
-def evaluate_batch(model: nn.Module, batch: Batch, device: str | torch.device = "cpu") -> dict[str, float]:
-    """AUC and logloss of ``model`` on an encoded, labelled batch."""
-    logits = predict_logits(model, batch, device)
+def evaluate_batch(model: nn.Module, batch: Batch | EvalSource, device: str | torch.device = "cpu"
+                   ) -> dict[str, float]:
+    """AUC and logloss of ``model`` on an encoded, labelled batch (or an :class:`EvalSource`)."""
     if batch.labels is None:
         raise InputError("the samples to evaluate have no label column", field="label")
+    logits = predict_logits(model, batch, device)
     probs = torch.sigmoid(logits).numpy().astype(np.float64)
     labels = batch.labels.numpy()
     return {"auc": metrics.auc(labels, probs), "logloss": metrics.logloss(labels, probs)}
@@ -168,7 +184,7 @@ class Trainer:
         self.swa_record: dict[str, Any] = {}  # the SWA average's valid scores and whether it was kept
         self.dist = dist if dist is not None and dist.world_size > 1 else None
 
-    def fit(self, train: Batch | BatchStream, valid: Batch, resume: bool = False,
+    def fit(self, train: Batch | BatchStream, valid: Batch | EvalSource, resume: bool = False,
             on_step: Callable[[StepInfo], None] | None = None,
             on_epoch: Callable[[dict[str, Any]], None] | None = None) -> FitResult:
         """Train up to ``config.epochs`` epochs; keep the weights of the best validation AUC.
@@ -176,7 +192,7 @@ class Trainer:
         Args:
             train: encoded train samples (CPU or ``device``), labels (N,), or a :class:`BatchStream`; under
                 DDP this rank's shard.
-            valid: encoded validation samples.
+            valid: encoded validation samples (or an :class:`EvalSource` that encodes them per pass).
             resume: continue from ``checkpoint_dir/last`` if it exists.
             on_step: called after every step (progress bars).
             on_epoch: called with each epoch's record (also in ``FitResult.history``).
@@ -301,7 +317,8 @@ class Trainer:
         return FitResult(history=progress.history, best_epoch=progress.best_epoch, best_auc=progress.best_auc,
                          stopped_early=progress.stopped_early, samples_per_epoch=n)
 
-    def _try_swa(self, recent: deque[dict[str, Tensor]], valid: Batch, progress: checkpoint.Progress) -> None:
+    def _try_swa(self, recent: deque[dict[str, Tensor]], valid: Batch | EvalSource,
+                 progress: checkpoint.Progress) -> None:
         """Average the weights of the last epochs (``len(recent)``, at most ``config.swa``); keep the average as
         the best state only when its valid AUC beats the best epoch's (an extra record ``swa`` says which)."""
         average = {k: torch.stack([r[k] for r in recent]).mean(dim=0) for k in recent[0]}
