@@ -185,7 +185,8 @@ def run_dataset(name: str, work: Path, args: argparse.Namespace) -> dict[str, An
 
     started = time.perf_counter()
     manifest = read_manifest(recall_dir)
-    data = load_retrieval_data(samples, trending_half_life_days=manifest["merge"].get("trending_half_life_days"))
+    data = load_retrieval_data(samples, trending_days=manifest["merge"]["trending_days"],
+                               trending_half_life_days=manifest["merge"].get("trending_half_life_days"))
     loaded = load(model)
     channels = build_channels(data, loaded, load_recall(recall_dir), manifest["merge"]["weights"],
                               manifest["merge"].get("head_weights"), manifest["merge"]["k"])
