@@ -182,8 +182,8 @@ def trending_orders(samples: str | Path, start: int, pairs: Sequence[tuple[int, 
     files = ", ".join(sql_str(folder / f"{name}.parquet") for name in ("train", "valid"))
     out: dict[tuple[int, float | None], IdArray] = {}
     with connection() as con:
-        con.execute(f"CREATE TEMP VIEW prior AS SELECT * FROM read_parquet([{files}], union_by_name = true) "
-                    f"WHERE timestamp < {int(start)}")
+        con.execute("CREATE TEMP TABLE prior AS SELECT movieId, rating, label, timestamp FROM "   # read once
+                    f"read_parquet([{files}], union_by_name = true) WHERE timestamp < {int(start)}")
         con.execute(f"CREATE TEMP VIEW items AS SELECT item_id FROM read_parquet({sql_str(folder / 'items.parquet')})")
         for days, half in pairs:
             out[(days, half)] = _ids(con.sql(trending_sql(
