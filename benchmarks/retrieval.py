@@ -4,8 +4,9 @@ retrieval -> Deep Crossing vs popularity-800 -> Deep Crossing, and a PNG of the 
 
 Protocol: :mod:`deepcrossing.training.retrieval_data` (relevant = a test user's positives in the test
 period not rated before it; channels see only train + valid; rated movies left out). Channels: popularity,
-trending (the 180 days before the test start, scored by the recall folder's trending rule: a count, or
-ratings decayed with the half-life ``train-recall`` chose on validation), the user's top genres, ``emb`` (the Deep
+trending (the recall folder's window before the test start, its ratings decayed with the folder's half-life:
+``train-recall`` chooses both by backtesting on the validation period and the periods of its length before
+it), the user's top genres, ``emb`` (the Deep
 Crossing model's unit item vectors, as the service's ``model=emb``), the recall folder's ``two_tower`` and
 ``item2vec`` (``deepcrossing train-recall``: item2vec is also the issue's named peer), their ``merged`` list
 (quotas chosen on the validation split by ``train-recall``, the first 100 by its head weights when it has
@@ -185,7 +186,8 @@ def run_dataset(name: str, work: Path, args: argparse.Namespace) -> dict[str, An
 
     started = time.perf_counter()
     manifest = read_manifest(recall_dir)
-    data = load_retrieval_data(samples, trending_half_life_days=manifest["merge"].get("trending_half_life_days"))
+    data = load_retrieval_data(samples, trending_days=manifest["merge"]["trending_days"],
+                               trending_half_life_days=manifest["merge"].get("trending_half_life_days"))
     loaded = load(model)
     channels = build_channels(data, loaded, load_recall(recall_dir), manifest["merge"]["weights"],
                               manifest["merge"].get("head_weights"), manifest["merge"]["k"])
@@ -233,6 +235,10 @@ def run_dataset(name: str, work: Path, args: argparse.Namespace) -> dict[str, An
     chosen = (f"the best valid Recall@100 with end-to-end NDCG@10 >= popularity-800's: {ndcg:.4f} vs "
               f"{manifest['merge']['valid_ndcg@10_popularity']:.4f}; " if ndcg is not None else "")
     print(f"merge weights ({chosen}valid Recall@100 {manifest['merge']['valid_recall']:.4f}): {weights}")
+    half = manifest["merge"].get("trending_half_life_days")
+    print(f"trending: the last {manifest['merge']['trending_days']} days, " + (f"half-life {half:g} days" if half else
+          "counted") + f" (chosen by backtesting on {len(manifest['metrics'].get('trending_periods', [1]))} "
+          "period(s) before the test start)")
     if isinstance(extra.get("als"), str):
         print(extra["als"])
     elif "als" in extra:

@@ -140,7 +140,7 @@ def test_compat_emb_and_similar_search_the_stored_channels(models, synth_data, s
 def test_published_trending_is_the_folders_decayed_score(models, synth_data, served, tmp_path):
     """publish --recall stores the trending list of the folder's window and half-life (trending_sql, as the
     offline channel), not the plain count."""
-    recall = dataclasses.replace(served["recall"], trending_half_life_days=7.0)
+    recall = dataclasses.replace(served["recall"], trending_days=3650, trending_half_life_days=7.0)  # a backtest's
     url = f"sqlite:///{tmp_path / 'f.db'}"
     meta = publish_for_model(models["root"] / "m0", synth_data["raw"], url, keep_previous_s=0, recall=recall)
     store = open_store(url)
@@ -150,7 +150,7 @@ def test_published_trending_is_the_folders_decayed_score(models, synth_data, ser
         stored = np.frombuffer(store.blob(ref, TRENDING_BLOB), dtype="<i8").tolist()
     finally:
         store.close()
-    assert meta["trending_half_life_days"] == 7.0
+    assert meta["trending_half_life_days"] == 7.0 and meta["trending_days"] == 3650
     decayed = online_records(synth_data["dataset"], trending_days=recall.trending_days, trending_half_life_days=7.0)
     count = online_records(synth_data["dataset"], trending_days=recall.trending_days)
     assert stored == decayed.trending[: len(stored)] and stored != count.trending[: len(stored)]

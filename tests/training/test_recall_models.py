@@ -164,6 +164,16 @@ def test_recall_folder_loads_and_serves_one_row(trained: dict[str, Path]) -> Non
     assert set(manifest["merge"]["weights"]) == {"two_tower", "item2vec", "genres", "trending",
                                                       "popularity"}
     assert len(manifest["metrics"]["two_tower"]["history"]) <= 2
+    # the trending window and half-life: the best pooled Recall@100 of the grid over the backtest periods
+    from deepcrossing.training.retrieval_trending import TRENDING_HALF_LIVES, TRENDING_WINDOWS
+
+    merge, metrics = manifest["merge"], manifest["metrics"]
+    scores = metrics["trending_valid_recall"]
+    assert set(scores) == {f"{d}d/{h}" for d in TRENDING_WINDOWS for h in TRENDING_HALF_LIVES}
+    assert scores[f"{merge['trending_days']}d/{merge['trending_half_life_days']}"] == max(
+        v for v in scores.values() if v is not None)
+    periods = metrics["trending_periods"]
+    assert 1 <= len(periods) <= 4 and all(end > start for start, end, _ in periods)
     recall = load_recall(trained["recall"])
     data = load_retrieval_data(trained["samples"])
     for name, model in recall.items():

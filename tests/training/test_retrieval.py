@@ -15,8 +15,9 @@ import pytest
 from deepcrossing.errors import InputError
 from deepcrossing.training.retrieval import Prior, UserState, coverage_at_ks, emb_channel, genre_channel, \
     merge_channels, parse_ks, popularity_channel, recall_at_ks
-from deepcrossing.training.retrieval_data import build_channels, choose_trending, evaluate_retrieval, \
-    load_retrieval_data, trending_order
+from deepcrossing.training.retrieval_data import build_channels, evaluate_retrieval, load_retrieval_data, \
+    trending_order
+from deepcrossing.training.retrieval_trending import backtest_periods, choose_trending
 
 NONE = np.zeros(0, dtype=np.int64)
 
@@ -160,14 +161,41 @@ def test_trending_half_life_by_hand_and_chosen_on_the_split(tmp_path: Path) -> N
     assert load_retrieval_data(folder).prior.trending.tolist()[:2] == [1, 2]       # the count: 3 ratings each
     assert trending_order(data, half_life_days=half).tolist() == by_hand
     for k in (1, 2, 3):             # the best Recall@k of the trending channel alone; ties to the earlier
-        chosen, scores, with_it = choose_trending(data, k, (None, half))
-        assert set(scores) == {"None", str(half)}
-        best = max(scores.values())
-        assert chosen == [None, half][[scores["None"], scores[str(half)]].index(best)]
+        choice = choose_trending(data, k, (None, half))
+        chosen, scores, with_it = choice.half_life_days, choice.scores, choice.data
+        assert set(scores) == {"180d/None", f"180d/{half}"} and choice.days == 180
+        best = max(v for v in scores.values() if v is not None)
+        assert chosen == [None, half][[scores["180d/None"], scores[f"180d/{half}"]].index(best)]
         assert with_it.prior.trending.tolist() == trending_order(data, half_life_days=chosen).tolist()
         got = build_channels(with_it)["trending"]
         assert recall_at_ks([got(u, k) for u in data.users], data.relevant, (k,)).recall[k] == best
-    assert choose_trending(data, 1, (half, None))[0] is None        # only the count ranks 1 first, as user 5 wants
+    assert choose_trending(data, 1, (half, None)).half_life_days is None   # only the count ranks 1 first (user 5)
+
+
+def test_trending_backtest_periods_and_pooled_choice(tmp_path: Path) -> None:
+    """The periods before the validation start (each as of its own start, from train only) by hand, and their
+    pooled Recall@1 changing the choice: the count and a 2-second half-life tie on the validation users alone."""
+    folder = _write_samples(tmp_path / "s", TEST)
+    valid = load_retrieval_data(folder, split="valid")              # start T0 + 6: users 3 and 4
+    periods = backtest_periods(valid, 4, length=3)
+    assert [(p.start, p.end) for p in periods] == [(T0 + 6, T0 + 9), (T0 + 3, T0 + 6), (T0, T0 + 3)]  # T0 - 3: none
+    assert [[u.user_id for u in p.users] for p in periods] == [[3, 4], [2], [1]]
+    assert [[r.tolist() for r in p.relevant] for p in periods] == [[[2, 4], [5]], [[1, 2]], [[1, 3]]]
+    assert [u.rated.tolist() for u in periods[1].users] == [[]] and periods[0].users[0].rated.tolist() == [1]
+    half = 2 / 86400
+    # Recall@1 by hand. Count: at T0+6 order 1,2,3 (user 3 gets 2: 1/2, user 4 gets 1: 0); at T0+3 one rating
+    # each, by average 1,3,2 (user 2 gets 1: 1/2); at T0 nothing, by id (user 1 gets 1: 1/2) -> 1.5 / 4.
+    # Half-life 2 s: the same at T0+6 and T0; at T0+3 movie 3 (4 * 2^-1 = 2) beats 1 (5 * 2^-1.5) -> 1 / 4.
+    alone = choose_trending(valid, 1, (half, None))
+    assert alone.scores == {f"180d/{half}": 0.25, "180d/None": 0.25} and alone.half_life_days == half
+    pooled = choose_trending(valid, 1, (half, None), periods=4, length=3)
+    assert pooled.scores == {f"180d/{half}": 0.25, "180d/None": 0.375} and pooled.half_life_days is None
+    assert pooled.periods == [[T0 + 6, T0 + 9, 2], [T0 + 3, T0 + 6, 1], [T0, T0 + 3, 1]]
+    assert pooled.data.prior.trending.tolist() == trending_order(valid).tolist()
+    windows = choose_trending(valid, 1, (None,), windows=(180, 365), periods=4, length=3)
+    assert windows.days == 180 and set(windows.scores) == {"180d/None", "365d/None"}   # a tie: the earlier window
+    with pytest.raises(InputError, match="periods"):
+        backtest_periods(valid, 2)
 
 
 def test_emb_channel_exact_and_fallback() -> None:

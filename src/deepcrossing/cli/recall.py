@@ -89,8 +89,8 @@ def train_recall(
     weights = ", ".join(f"{k} {v:g}" for k, v in merge["weights"].items())
     if merge.get("head_weights"):
         weights += f"; the first {merge['k']} by " + ", ".join(f"{k} {v:g}" for k, v in merge["head_weights"].items())
-    if merge.get("trending_half_life_days"):
-        weights += f"; trending half-life {merge['trending_half_life_days']:g} days"
+    half = merge.get("trending_half_life_days")
+    weights += f"; trending: the last {merge['trending_days']} days" + (f", half-life {half:g} days" if half else "")
     chosen = " with end-to-end NDCG@10 >= popularity-800's" if "valid_ndcg@10" in merge else ""
     console.print(f"merge (chosen on valid Recall@{merge['k']}{chosen}: {merge['valid_recall']:.4f}): {weights}",
                   highlight=False)

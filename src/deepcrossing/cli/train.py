@@ -228,7 +228,8 @@ def _evaluate_retrieval(model: Path, samples: Path, ks_text: str, out_path: Path
     from deepcrossing.training.artifact import MANIFEST, WEIGHTS
     from deepcrossing.training.artifact import load as load_model
     from deepcrossing.training.retrieval import parse_ks
-    from deepcrossing.training.retrieval_data import build_channels, evaluate_retrieval, load_retrieval_data
+    from deepcrossing.training.retrieval_data import TRENDING_DAYS, build_channels, evaluate_retrieval, \
+        load_retrieval_data
 
     ks = parse_ks(ks_text)
     target = out_path or Path(model) / "retrieval.json"
@@ -243,7 +244,8 @@ def _evaluate_retrieval(model: Path, samples: Path, ks_text: str, out_path: Path
         from deepcrossing.training.recall_model import load_recall, read_manifest
 
         vectors, manifest = load_recall(recall), read_manifest(recall)["merge"]
-    data = load_retrieval_data(samples, trending_half_life_days=manifest.get("trending_half_life_days"))
+    data = load_retrieval_data(samples, trending_days=int(manifest.get("trending_days", TRENDING_DAYS)),
+                               trending_half_life_days=manifest.get("trending_half_life_days"))
     with console.status(f"recalling for {len(data.users):,} test users"):
         report = evaluate_retrieval(data, build_channels(data, loaded, vectors, manifest.get("weights"),
                                                      manifest.get("head_weights"), int(manifest.get("k", 100))), ks)

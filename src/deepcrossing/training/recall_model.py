@@ -41,8 +41,8 @@ from deepcrossing.training.artifact import LoadedModel
 from deepcrossing.training.item2vec import Item2Vec, Item2VecConfig, fit_item2vec, positive_sequences
 from deepcrossing.training.retrieval import recall_at_ks
 from deepcrossing.training.retrieval_merge import choose_merge, weighted_merge
-from deepcrossing.training.retrieval_data import TRENDING_DAYS, build_channels, choose_trending, \
-    load_retrieval_data, ranker, split_start
+from deepcrossing.training.retrieval_data import build_channels, load_retrieval_data, ranker, split_start
+from deepcrossing.training.retrieval_trending import TRENDING_BACKTESTS, TRENDING_WINDOWS, choose_trending
 from deepcrossing.training.two_tower import TwoTowerTrainConfig, TwoTowerVectors, train_two_tower, \
     validation_recall
 from deepcrossing.training.vectors import ItemVectors
@@ -210,9 +210,11 @@ def train_recall(samples: str | Path, channels: tuple[str, ...] = CHANNELS, *,
                  ) -> tuple[dict[str, ItemVectors], dict[str, Any], dict[str, Any]]:
     """Train the recall models of a samples folder (time split) and choose their merge on validation.
 
-    ``trending``: its score's half-life (:data:`~deepcrossing.training.retrieval_data.TRENDING_HALF_LIVES`,
-    or the plain count) is the one with the best validation Recall@K of the trending channel alone
-    (:func:`~deepcrossing.training.retrieval_data.choose_trending`); the merge below uses that list.
+    ``trending``: its window (:data:`~deepcrossing.training.retrieval_trending.TRENDING_WINDOWS`) and its score's
+    half-life (:data:`~deepcrossing.training.retrieval_trending.TRENDING_HALF_LIVES`, or the plain count) are the
+    pair with the best Recall@K of the trending channel alone over the validation period's users and those of
+    the periods of its length before it (:func:`~deepcrossing.training.retrieval_trending.choose_trending`,
+    ``TRENDING_BACKTESTS`` periods in all); the merge below uses that list.
 
     ``two_tower``: trained on train's positives, early-stopped on the validation split's Recall@K.
     ``item2vec``: fitted on train's positives to measure it on validation, then again on every positive
@@ -227,16 +229,19 @@ def train_recall(samples: str | Path, channels: tuple[str, ...] = CHANNELS, *,
     Returns:
         (channel -> model, merge ``{"weights", "k", "valid_recall", "trending_days", "trending_half_life_days"}``
         (+ ``"head_weights"``, ``"valid_ndcg@10"`` and ``"valid_ndcg@10_popularity"`` with ``model``), metrics
-        ``{"trending_valid_recall": {half-life: R@K}, "valid_recall": {...}, "two_tower": {best_epoch, history}}``).
+        ``{"trending_valid_recall": {"<days>d/<half-life>": pooled R@K}, "trending_periods": [[start, end, users],
+        ...], "valid_recall": {...}, "two_tower": {best_epoch, history}}``).
     """
     folder = Path(samples)
     valid = load_retrieval_data(folder, split="valid")
     test_start = split_start(folder, "test")
     k = (two_tower or TwoTowerTrainConfig()).k
-    half_life, by_half_life, valid = choose_trending(valid, k)        # the trending score, on validation
+    trending = choose_trending(valid, k, windows=TRENDING_WINDOWS, periods=TRENDING_BACKTESTS,
+                               length=test_start - valid.test_start)   # before the test start only
+    valid = trending.data
     models: dict[str, ItemVectors] = {}
     on_valid: dict[str, ItemVectors] = {}
-    metrics: dict[str, Any] = {"trending_valid_recall": by_half_life}
+    metrics: dict[str, Any] = {"trending_valid_recall": trending.scores, "trending_periods": trending.periods}
     for name in channels:
         if name == "two_tower":
             result = train_two_tower(pq.read_table(folder / "train.parquet"), valid, train_config=two_tower,
@@ -254,8 +259,8 @@ def train_recall(samples: str | Path, channels: tuple[str, ...] = CHANNELS, *,
     metrics["valid_recall"] = {name: validation_recall(v, valid, k) for name, v in on_valid.items()}
     candidates = {name: base[name] for name in (*on_valid, "genres", "trending", "popularity")}
     weights, score = choose_merge(valid.users, valid.relevant, candidates, k=k)
-    merge: dict[str, Any] = {"weights": weights, "k": k, "valid_recall": score, "trending_days": TRENDING_DAYS,
-                             "trending_half_life_days": half_life}
+    merge: dict[str, Any] = {"weights": weights, "k": k, "valid_recall": score, "trending_days": trending.days,
+                             "trending_half_life_days": trending.half_life_days}
     if model is not None:
         rank = ranker(valid, model)
         pop, pop_ndcg = choose_merge(valid.users, valid.relevant, {"popularity": base["popularity"]}, k=k,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,16 +39,12 @@ from deepcrossing.training.retrieval_merge import Ranker, weighted_merge
 from deepcrossing.training.vectors import ItemVectors
 
 REPORT_KIND = "deepcrossing.retrieval"
-#: The window of the ``trending`` channel, chosen on ml-latest-small's validation split (Recall@100 of 30, 90,
-#: 180, 365 and 730 days: 0.186, 0.304, 0.301, 0.301, 0.286; all-time popularity 0.190).
+#: The default window of the ``trending`` channel (a recall folder's ``merge.trending_days`` replaces it:
+#: ``train-recall`` chooses window and half-life, :mod:`deepcrossing.training.retrieval_trending`).
 TRENDING_DAYS = 180
-#: The half-lives (days) ``train-recall`` tries for the trending score on the validation split (``None``: the
-#: plain count of :func:`~deepcrossing.features.online.trending_sql`); the best is kept in the recall folder.
-TRENDING_HALF_LIVES: tuple[float | None, ...] = (None, 15.0, 30.0, 45.0, 60.0, 90.0, 120.0)
 
-__all__ = ["REPORT_KIND", "TRENDING_DAYS", "TRENDING_HALF_LIVES", "RetrievalData", "build_channels", "choose_trending",
-           "evaluate_retrieval", "item_vectors", "load_retrieval_data", "ranker", "recall_channel", "split_start",
-           "trending_order"]
+__all__ = ["REPORT_KIND", "TRENDING_DAYS", "RetrievalData", "build_channels", "evaluate_retrieval", "item_vectors",
+           "load_retrieval_data", "ranker", "recall_channel", "split_start", "trending_order", "trending_orders"]
 
 
 @dataclass(frozen=True)
@@ -177,38 +173,29 @@ def load_retrieval_data(samples: str | Path, *, recent_n: int | None = None, spl
     return RetrievalData(folder, test_start, prior, states, [_ids(r) for r in cols["relevant"]], movie_rows, user_rows)
 
 
+def trending_orders(samples: str | Path, start: int, pairs: Sequence[tuple[int, float | None]]
+                    ) -> dict[tuple[int, float | None], IdArray]:
+    """For each ``(days, half-life)`` of ``pairs``, (M,) the catalogue in
+    :func:`~deepcrossing.features.online.trending_sql`'s order as of ``start``, from the ratings of the samples
+    folder's train and valid files before ``start`` (one connection for all)."""
+    folder = Path(samples)
+    files = ", ".join(sql_str(folder / f"{name}.parquet") for name in ("train", "valid"))
+    out: dict[tuple[int, float | None], IdArray] = {}
+    with connection() as con:
+        con.execute("CREATE TEMP TABLE prior AS SELECT movieId, rating, label, timestamp FROM "   # read once
+                    f"read_parquet([{files}], union_by_name = true) WHERE timestamp < {int(start)}")
+        con.execute(f"CREATE TEMP VIEW items AS SELECT item_id FROM read_parquet({sql_str(folder / 'items.parquet')})")
+        for days, half in pairs:
+            out[(days, half)] = _ids(con.sql(trending_sql(
+                "prior", "items", since=int(start) - 86400 * int(days), until=int(start), item="movieId",
+                half_life_days=half)).fetchnumpy()["item_id"])
+    return out
+
+
 def trending_order(data: RetrievalData, *, days: int = TRENDING_DAYS, half_life_days: float | None = None) -> IdArray:
     """(M,) the catalogue in :func:`~deepcrossing.features.online.trending_sql`'s order as of ``data``'s start
     (the ratings of its samples folder before it), for another window or half-life than ``data.prior``'s."""
-    folder, start = data.samples, data.test_start
-    files = ", ".join(sql_str(folder / f"{name}.parquet") for name in ("train", "valid"))
-    with connection() as con:
-        con.execute(f"CREATE TEMP VIEW prior AS SELECT * FROM read_parquet([{files}], union_by_name = true) "
-                    f"WHERE timestamp < {start}")
-        con.execute(f"CREATE TEMP VIEW items AS SELECT item_id FROM read_parquet({sql_str(folder / 'items.parquet')})")
-        order = con.sql(trending_sql("prior", "items", since=start - 86400 * int(days), until=start, item="movieId",
-                                     half_life_days=half_life_days)).fetchnumpy()["item_id"]
-    return _ids(order)
-
-
-def choose_trending(data: RetrievalData, k: int = 100, grid: Sequence[float | None] = TRENDING_HALF_LIVES, *,
-                    days: int = TRENDING_DAYS) -> tuple[float | None, dict[str, float], RetrievalData]:
-    """The trending half-life of ``grid`` with the best Recall@``k`` of the trending channel alone over ``data``
-    (use the VALIDATION split; ties go to the earlier in ``grid``).
-
-    Returns:
-        (the half-life, ``{str(half-life): Recall@k}`` of the grid, ``data`` with that trending list).
-    """
-    best: tuple[float, float | None, IdArray] = (-1.0, None, data.prior.trending)
-    scores: dict[str, float] = {}
-    for half_life in grid:
-        order = trending_order(data, days=days, half_life_days=half_life)
-        channel = trending_channel(replace(data.prior, trending=order))
-        recall = recall_at_ks([channel(u, k) for u in data.users], data.relevant, (k,)).recall[k]
-        scores[str(half_life)] = recall
-        if recall > best[0]:
-            best = (recall, half_life, order)
-    return best[1], scores, replace(data, prior=replace(data.prior, trending=best[2]))
+    return trending_orders(data.samples, data.test_start, [(days, half_life_days)])[(days, half_life_days)]
 
 
 def item_vectors(loaded: LoadedModel, movie_rows: pa.Table) -> tuple[IdArray, NDArray[np.float32]]:
