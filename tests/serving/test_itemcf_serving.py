@@ -289,3 +289,32 @@ def test_export_parity_with_itemcf(icf, tmp_path, fmt):
     assert "userItemCFScore" in meta["numeric_names"]
     got = exported_scores(path, fmt, list(flat_inputs(batch, layout(loaded))), meta["inputs"])
     np.testing.assert_allclose(got, loaded.logits(batch).numpy(), atol=1e-5, rtol=0)
+
+
+def test_offline_ranker_computes_itemcf_as_the_service_at_the_split_start(icf, synth_data, tmp_path):
+    """``evaluate --retrieval``'s ranker of a model reading userItemCFScore: the co-occurrence lists and
+    histories as of the valid start equal the online records of the ratings before it (what a store published
+    then would hold), and the ranker scores with them."""
+    import deepcrossing
+    from deepcrossing.features import online_records
+    from deepcrossing.features.itemcf import CoOccurrence
+    from deepcrossing.training.retrieval_data import _itemcf_at_start, load_retrieval_data, ranker
+
+    data = load_retrieval_data(icf.samples, split="valid")
+    table, n, histories = _itemcf_at_start(data)
+    ratings = pq.read_table(synth_data["dataset"].ratings)
+    cut = ratings.filter(pa.compute.less(ratings.column("timestamp"), data.test_start))
+    pq.write_table(cut, tmp_path / "cut.parquet")
+    records = online_records(Dataset(name="cut", ratings=tmp_path / "cut.parquet", items=synth_data["dataset"].items,
+                                     sources={}), ICF, history_n=ICF.itemcf_history)
+    online = CoOccurrence.from_table(records.cooccurrence)
+    assert n == ICF.itemcf_history and len(table.co) > 1000
+    for name in ARRAYS:
+        np.testing.assert_array_equal(getattr(table, name), getattr(online, name))
+    for row in records.histories.to_pylist():
+        movies, ratings_j = histories[row["userId"]]
+        assert movies.tolist() == [h["movieId"] for h in row["history"]]
+        np.testing.assert_array_equal(ratings_j, [h["rating"] for h in row["history"]])
+    rank = ranker(data, deepcrossing.load(save_model(icf, "dense-residual", TRANSFORMS["dense"])))
+    scores = rank(0, data.prior.popular[:300])
+    assert np.isfinite(scores).sum() > 200
