@@ -216,7 +216,7 @@ def test_a_model_without_itemcf_reads_no_itemcf_blob_and_a_reload_loads_it(icf, 
         engine.recommend(engine.store.meta()["example_users"][0], k=5)
         # a reload to a model reading it: the blobs are read then, once, and the engine serves it exactly
         engine.reload(save_model(icf, "dense-residual", TRANSFORMS["dense"]))
-        assert sorted(n for n in read if n.startswith("itemcf/")) == sorted(f"itemcf/{a}" for a in ARRAYS)
+        assert sorted(n for n in read if n.startswith("itemcf/")) == sorted(f"itemcf/{a}/0" for a in ARRAYS)
         assert engine.state.snapshot.itemcf is not None
         check_fast_equals_plain(engine)
     finally:
@@ -234,8 +234,8 @@ def test_store_without_itemcf_data_is_refused_in_one_line(icf, sqlite_url, tmp_p
     db.write_bytes((icf.root / "features.db").read_bytes())
     with sqlite3.connect(db) as conn:
         table = conn.execute("SELECT name FROM sqlite_master WHERE name LIKE 'dc_blobs_%'").fetchone()[0]
-        conn.execute(f"UPDATE {table} SET data = zeroblob(length(data)) WHERE name = 'itemcf/co'")
-    with pytest.raises(StoreError, match="itemcf/co does not match its SHA-256"):
+        conn.execute(f"UPDATE {table} SET data = zeroblob(length(data)) WHERE name = 'itemcf/co/0'")
+    with pytest.raises(StoreError, match="itemcf/co/0 does not match its SHA-256"):
         Engine.open(model, f"sqlite:///{db}")
 
 
@@ -318,3 +318,24 @@ def test_offline_ranker_computes_itemcf_as_the_service_at_the_split_start(icf, s
     rank = ranker(data, deepcrossing.load(save_model(icf, "dense-residual", TRANSFORMS["dense"])))
     scores = rank(0, data.prior.popular[:300])
     assert np.isfinite(scores).sum() > 200
+
+
+def test_arrays_split_into_parts_load_back_whole(tmp_path, monkeypatch):
+    import deepcrossing.serving.itemcf as itemcf_module
+    from features.conftest import write_dataset
+
+    ratings, items = hand_log()
+    dataset = write_dataset(tmp_path / "log", ratings, items)
+    tables = []
+    for part_bytes in (itemcf_module.PART_BYTES, 20):   # 20 bytes: parts that split an int64
+        monkeypatch.setattr(itemcf_module, "PART_BYTES", part_bytes)
+        url = f"sqlite:///{tmp_path / f'p{part_bytes}.db'}"
+        meta = publish_dataset(dataset, url, feature_config=FeatureConfig(itemcf=True, itemcf_window=2))
+        store = open_store(url, readonly=True)
+        try:
+            tables.append(load_itemcf(store, store.current(), meta).table)
+        finally:
+            store.close()
+    assert meta["itemcf"]["parts"]["neighbours"] == -(-8 * meta["itemcf"]["edges"] // 20) > 1
+    for name in ARRAYS:
+        np.testing.assert_array_equal(getattr(tables[0], name), getattr(tables[1], name))

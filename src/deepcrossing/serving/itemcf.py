@@ -3,9 +3,10 @@
 ``userItemCFScore`` (:mod:`deepcrossing.features.itemcf`) of a (user, candidate) pair needs the co-occurrence
 rows of the user's last ``itemcf_history`` rated movies, for any candidate. They are stored as five flat
 little-endian int64 arrays (the CSR of :class:`~deepcrossing.features.itemcf.CoOccurrence`: ``movies``,
-``positives``, ``offsets``, ``neighbours``, ``co``), blobs ``itemcf/<array>`` with their SHA-256 in the meta
-(checked on every read, like the vector channels), and ``meta["itemcf"]`` records the ``history`` and
-``window`` the samples used and the sizes. Why blobs and not per-movie records: the service needs the whole
+``positives``, ``offsets``, ``neighbours``, ``co``), blobs ``itemcf/<array>/<k>`` (parts of at most
+:data:`PART_BYTES`: a Redis value holds at most 512 MiB) with their SHA-256 in the meta (checked on every read,
+like the vector channels), and ``meta["itemcf"]`` records the ``history`` and ``window`` the samples used, the
+sizes and the number of parts of each array. Why blobs and not per-movie records: the service needs the whole
 table in memory anyway (any history movie may be asked for), and five byte strings load in one read each
 and become numpy arrays without parsing (``np.frombuffer``), where ~10,000 JSON records would be parsed one
 by one; the memory is bounded by the edges (16 bytes each: 838,032 edges, 13 MB, on ml-latest-small).
@@ -18,8 +19,8 @@ Example:
     >>> t = pa.table({"movieId": [1, 2], "positives": [1, 4], "neighbours": [[2], [1]], "co": [[1], [1]]},
     ...              schema=COOCCURRENCE_SCHEMA)
     >>> blobs, meta = itemcf_blobs(t, history=20, window=10)
-    >>> sorted(blobs), meta["edges"]
-    (['itemcf/co', 'itemcf/movies', 'itemcf/neighbours', 'itemcf/offsets', 'itemcf/positives'], 2)
+    >>> sorted(blobs)[:2], meta["edges"], meta["parts"]["co"]
+    (['itemcf/co/0', 'itemcf/movies/0'], 2, 1)
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ __all__ = ["ARRAYS", "ItemCF", "history_arrays", "itemcf_blobs", "load_itemcf"]
 
 PREFIX = "itemcf"
 ARRAYS = ("movies", "positives", "offsets", "neighbours", "co")
-"""The :class:`CoOccurrence` arrays, one blob each (``itemcf/<name>``, little-endian int64)."""
+"""The :class:`CoOccurrence` arrays, stored as blobs ``itemcf/<name>/<k>`` (little-endian int64)."""
+PART_BYTES = 1 << 27   # 128 MiB per blob (ml-latest-small's largest array: 6.7 MB, one part)
 
 
 @dataclass(frozen=True, eq=False)
@@ -59,9 +61,14 @@ def itemcf_blobs(cooccurrence: pa.Table, *, history: int, window: int) -> tuple[
         history, window: the samples' ``FeatureConfig.itemcf_history`` / ``itemcf_window``.
     """
     table = CoOccurrence.from_table(cooccurrence)
-    blobs = {f"{PREFIX}/{name}": np.ascontiguousarray(getattr(table, name), dtype="<i8").tobytes() for name in ARRAYS}
+    blobs: dict[str, bytes] = {}
+    parts: dict[str, int] = {}
+    for name in ARRAYS:
+        data = np.ascontiguousarray(getattr(table, name), dtype="<i8").tobytes()
+        parts[name] = max(1, -(-len(data) // PART_BYTES))
+        blobs |= {f"{PREFIX}/{name}/{k}": data[k * PART_BYTES:(k + 1) * PART_BYTES] for k in range(parts[name])}
     meta = {"history": int(history), "window": int(window), "movies": int(len(table.movies)),
-            "edges": int(len(table.neighbours))}
+            "edges": int(len(table.neighbours)), "parts": parts}
     return blobs, meta
 
 
@@ -76,7 +83,9 @@ def load_itemcf(store: FeatureStore, ref: Ref, meta: Record) -> ItemCF:
     if not isinstance(info, dict):
         raise StoreError(f"{store.url} {ref}: the model reads userItemCFScore but this store version has no item-CF "
                          "data; build the model's samples with FeatureConfig(itemcf=True), train, and publish again")
-    arrays = {name: np.frombuffer(store.blob(ref, f"{PREFIX}/{name}", meta), dtype="<i8").astype(np.int64)
+    parts = info.get("parts") or {}
+    arrays = {name: np.frombuffer(b"".join(store.blob(ref, f"{PREFIX}/{name}/{k}", meta)
+                                           for k in range(int(parts.get(name, 1)))), dtype="<i8").astype(np.int64)
               for name in ARRAYS}
     m, e = int(info.get("movies", -1)), int(info.get("edges", -1))
     sizes = {"movies": m, "positives": m, "offsets": m + 1, "neighbours": e, "co": e}
