@@ -323,6 +323,9 @@ def publish_for_model(
 
     Returns:
         The new version's meta, plus ``store`` (the URL) and ``feature_config_source``.
+
+    Raises:
+        DeepCrossingError: the model reads ``userItemCFScore`` but its samples were prepared with itemcf off.
     """
     import tempfile
 
