@@ -120,7 +120,7 @@ def test_served_score_equals_the_sample_sql_on_ml_latest_small(ml_small_dir, tmp
 
 def hand_log() -> tuple[list[tuple], list[tuple]]:
     """4 users, movies 1..6 in the items file (6 never rated), 7 rated but not in the items file, 5 rated only
-    negatively (no co-occurrence), same-second ratings, a rating-less row."""
+    negatively (no co-occurrence), same-second ratings."""
     items = [(i, 1990 + i, ["Drama"] if i % 2 else ["Comedy"]) for i in range(1, 7)]
     ratings = [(1, 1, 4.0, 10), (1, 2, 5.0, 20), (1, 3, 4.5, 20), (1, 5, 1.0, 25), (1, 7, 4.0, 30),
                (2, 2, 4.0, 10), (2, 1, 3.5, 15), (2, 7, 5.0, 40), (2, 5, 2.0, 45),
