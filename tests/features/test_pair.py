@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 
 from deepcrossing.data.schema import Dataset
 from deepcrossing.features import FeatureConfig, cold_features, compute_samples, online_records
-from deepcrossing.features.columns import ONLINE_USER_SIDE, SERVED_PAIR
-from deepcrossing.features.pair import genre_occurrences, pair_features
+from deepcrossing.features.columns import ONLINE_USER_SIDE
+from deepcrossing.features.pair import GENRE_PAIR, genre_occurrences, pair_features
 
 from .conftest import write_dataset
 
@@ -47,7 +47,7 @@ def _served(records, users: list[int], movies: list[int]) -> dict[tuple[int, int
         record = by_user.get(user, cold_features("user", user))
         values = pair_features(record, occ, names)
         for j, movie in enumerate(movies):
-            out[(user, movie)] = {c: values[c][j].as_py() for c in SERVED_PAIR}
+            out[(user, movie)] = {c: values[c][j].as_py() for c in GENRE_PAIR}
     return out
 
 
@@ -62,7 +62,7 @@ def _check(tmp_path, ratings, items, users, movies, t_end=None):
     served = _served(records, users, movies)
     nulls = 0
     for key, want in served.items():
-        for column in SERVED_PAIR:
+        for column in GENRE_PAIR:
             assert _same(sampled[key][column], want[column]), (key, column, sampled[key][column], want[column])
             nulls += want[column] is None
     return served, nulls

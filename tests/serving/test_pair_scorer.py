@@ -13,7 +13,7 @@ import torch
 
 from deepcrossing.config import Feature, FeatureSpec, ModelConfig, load_builtin
 from deepcrossing.encoding.encoder import Encoder
-from deepcrossing.features.columns import SERVED_PAIR
+from deepcrossing.features.pair import GENRE_PAIR
 from deepcrossing.model.deep_crossing import DeepCrossing
 from deepcrossing.serving.engine import empty_features
 from deepcrossing.serving.publish import build_records, schema_from_json
@@ -32,7 +32,7 @@ PAIRS = {
 
 
 def build(samples, pairs, mlp: str, seed: int = 0, steps: int = 20):
-    base = tuple(f for f in load_builtin("movielens").spec.features if f.name not in SERVED_PAIR)
+    base = tuple(f for f in load_builtin("movielens").spec.features if f.name not in GENRE_PAIR)
     spec = FeatureSpec(base + (Feature("movieId", "categorical", "item", min_count=2, dim=4),) + tuple(pairs))
     train = pq.read_table(samples / "train.parquet")
     encoder = Encoder(spec).fit(train)
@@ -64,7 +64,7 @@ def records(synth_data):
 @pytest.mark.parametrize("kind", list(PAIRS))
 def test_fast_path_with_pair_features_equals_plain_forward(synth_data, records, kind, mlp):
     scorer = Scorer(build(synth_data["samples"], PAIRS[kind], mlp))
-    assert scorer.pair_columns == SERVED_PAIR and scorer.pair_idx is not None
+    assert scorer.pair_columns == GENRE_PAIR and scorer.pair_idx is not None
     items = scorer.items(records.movies)
     assert items.occ is not None and items.occ.shape[0] == records.movies.num_rows
     rows = np.array([3, 0, 1999, 17, 17, 500, 42, 1234])
@@ -78,7 +78,7 @@ def test_fast_path_with_pair_features_equals_plain_forward(synth_data, records, 
         fast = scorer.fast(part, items, rows)
         joined = join_user_movies(user, records.movies.take(pa.array(rows)), pair=True)
         torch.testing.assert_close(fast, scorer.plain(joined), atol=1e-5, rtol=0)
-        pair_values.append(joined.select(list(SERVED_PAIR)))
+        pair_values.append(joined.select(list(GENRE_PAIR)))
         # many candidates (the chunked path) agree too
         everything = scorer.fast(part, items, np.arange(records.movies.num_rows))
         torch.testing.assert_close(everything[rows], fast, atol=1e-5, rtol=0)
@@ -88,7 +88,7 @@ def test_fast_path_with_pair_features_equals_plain_forward(synth_data, records, 
     assert pair_values[1].column("userGenreCosine").null_count == len(rows)
     part = scorer.user(known)
     without = scorer.plain(join_user_movies(known, records.movies.take(pa.array(rows)), pair=True)
-                           .drop(list(SERVED_PAIR)).append_column("userGenreCosine", pa.nulls(len(rows), pa.float64()))
+                           .drop(list(GENRE_PAIR)).append_column("userGenreCosine", pa.nulls(len(rows), pa.float64()))
                            .append_column("userGenreAvgRating", pa.nulls(len(rows), pa.float64())))
     assert not torch.allclose(without, scorer.fast(part, items, rows), atol=1e-4)
 
@@ -171,12 +171,17 @@ def test_engine_recommend_and_score_with_pair_features(synth_data, sqlite_url, t
     assert scored["knownMovies"] == [True, True, True, False] and all(0 < s < 1 for s in scored["scores"])
 
 
-def test_a_model_reading_an_unserved_pair_column_is_refused_by_name():
+def test_a_model_reading_an_unserved_pair_column_is_refused_by_name(monkeypatch):
+    # every pair column is served now; the refusal stays for the next one (here: item-CF taken off the list)
+    import deepcrossing.serving.scorer as scorer_module
     from deepcrossing.errors import DeepCrossingError
 
     spec = FeatureSpec((Feature("movieId", "categorical", "item", dim=4),
                         Feature("userItemCFScore", "numeric", "context", transform="standardize")))
     encoder = Encoder(spec).fit(pa.table({"movieId": [1, 2], "userItemCFScore": [3.0, 4.0]}))
     model = DeepCrossing(spec, ModelConfig(hidden=(4,), width=4), encoder.cardinalities)
+    loaded = types.SimpleNamespace(model=model, encoder=encoder, spec=spec)
+    assert Scorer(loaded).reads_itemcf
+    monkeypatch.setattr(scorer_module, "SERVED_PAIR", GENRE_PAIR)
     with pytest.raises(DeepCrossingError, match="userItemCFScore"):
-        Scorer(types.SimpleNamespace(model=model, encoder=encoder, spec=spec))
+        Scorer(loaded)

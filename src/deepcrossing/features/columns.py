@@ -131,9 +131,10 @@ ID_COLUMNS = ("userId", "movieId", "rating", "timestamp", "label")
 FEATURE_COLUMNS = tuple(c for c in SAMPLE_COLUMNS if c not in ID_COLUMNS)
 PAIR_SIDE = tuple(name for name, c in COLUMNS.items() if c.side == "pair")
 """User x movie columns: they depend on both records, so the online records hold neither."""
-SERVED_PAIR = ("userGenreCosine", "userGenreAvgRating")
-"""The pair columns the service computes per candidate from the user record and the movie's genres
-(:func:`deepcrossing.features.pair.pair_features`); the others (``userItemCFScore``) are samples-only so far."""
+SERVED_PAIR = ("userGenreCosine", "userGenreAvgRating", "userItemCFScore")
+"""The pair columns the service computes per candidate: the genre ones from the user record and the movie's
+genres (:func:`deepcrossing.features.pair.pair_features`), ``userItemCFScore`` from the user's stored history
+and the store version's co-occurrence lists (:func:`deepcrossing.features.itemcf.itemcf_scores`)."""
 USER_SIDE = tuple(name for name, c in COLUMNS.items() if c.side == "user")
 
 # ---- online-only user columns (issue 11, serving the pair columns) ----

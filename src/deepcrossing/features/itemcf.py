@@ -219,24 +219,69 @@ def itemcf_scores(history_movies: np.ndarray, history_ratings: np.ndarray, candi
         >>> itemcf_scores(np.array([2]), np.array([4.0]), np.array([1, 2, 3]), t, 20).tolist()
         [4.0, nan, nan]
     """
+    return neighbour_scores(user_neighbours(history_movies, history_ratings, table, history), candidates)
+
+
+@dataclass(frozen=True)
+class UserNeighbours:
+    """One user's item-CF sums over every neighbour of the rated history (what :func:`itemcf_scores` sums per
+    candidate, computed once per user and store version; the service caches it with the user's partial).
+
+    Attributes:
+        ids: (K,) sorted distinct movies co-occurring with at least one scored history movie.
+        num, den: (K,) ``sum_j co(i, j) / sqrt(n_j) * r_uj`` and ``sum_j co(i, j) / sqrt(n_j)`` of each.
+    """
+
+    ids: np.ndarray
+    num: np.ndarray
+    den: np.ndarray
+
+
+def user_neighbours(history_movies: np.ndarray, history_ratings: np.ndarray, table: CoOccurrence,
+                    history: int) -> UserNeighbours:
+    """The sums of :class:`UserNeighbours` over the user's first ``history`` ratings (NaN ratings and movies
+    without a positive skipped): one gather of their neighbour rows, no loop (O(sum of their row lengths)).
+
+    The sums run in history order per neighbour (``np.bincount`` adds in array order), so the scores are
+    bit-equal to a loop over the history.
+
+    Example:
+        >>> t = CoOccurrence(np.array([1, 2]), np.array([1, 4]), np.array([0, 1, 2]), np.array([2, 1]),
+        ...                  np.array([1, 1]))
+        >>> u = user_neighbours(np.array([2, 1]), np.array([4.0, np.nan]), t, 20)
+        >>> u.ids.tolist(), u.num.tolist(), u.den.tolist()
+        ([1], [2.0], [0.5])
+    """
     movies = np.asarray(history_movies, np.int64)[:history]
     ratings = np.asarray(history_ratings, np.float64)[:history]
+    keep = ~np.isnan(ratings)
+    movies, ratings = movies[keep], ratings[keep]
+    rows = np.minimum(np.searchsorted(table.movies, movies), max(len(table.movies) - 1, 0))
+    known = (table.movies[rows] == movies) if len(table.movies) else np.zeros(len(movies), bool)
+    rows, ratings = rows[known], ratings[known]
+    lo, lengths = table.offsets[rows], table.offsets[rows + 1] - table.offsets[rows]   # (L,) each
+    starts = np.cumsum(lengths) - lengths
+    at = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(starts - lo, lengths)   # (E_u,) edge positions
+    weight = table.co[at] / np.repeat(np.sqrt(table.positives[rows].astype(np.float64)), lengths)
+    ids, inverse = np.unique(table.neighbours[at], return_inverse=True)
+    return UserNeighbours(ids=ids, num=np.bincount(inverse, weight * np.repeat(ratings, lengths), len(ids)),
+                          den=np.bincount(inverse, weight, len(ids)))
+
+
+def neighbour_scores(user: UserNeighbours, candidates: np.ndarray) -> np.ndarray:
+    """(C,) float64 ``num / den`` of each candidate, NaN where it is no neighbour (SQL NULL): the per-request
+    part of :func:`itemcf_scores` (one ``searchsorted`` of the candidates).
+
+    Example:
+        >>> u = UserNeighbours(np.array([3, 7]), np.array([8.0, 3.0]), np.array([2.0, 1.0]))
+        >>> neighbour_scores(u, np.array([7, 5, 3])).tolist()
+        [3.0, nan, 4.0]
+    """
     candidates = np.asarray(candidates, np.int64)
-    num = np.zeros(len(candidates))
-    den = np.zeros(len(candidates))
-    for j, r in zip(movies.tolist(), ratings.tolist(), strict=True):
-        if np.isnan(r):
-            continue
-        row = int(np.searchsorted(table.movies, j))
-        if row >= len(table.movies) or table.movies[row] != j:
-            continue
-        lo, hi = int(table.offsets[row]), int(table.offsets[row + 1])
-        ids = table.neighbours[lo:hi]
-        at = np.minimum(np.searchsorted(ids, candidates), max(hi - lo - 1, 0))
-        found = (ids[at] == candidates) if hi > lo else np.zeros(len(candidates), bool)
-        weight = np.where(found, table.co[lo:hi][at] if hi > lo else 0, 0) / np.sqrt(float(table.positives[row]))
-        num += weight * r
-        den += weight
     out = np.full(len(candidates), np.nan)
-    np.divide(num, den, out=out, where=den > 0)
+    if len(user.ids) == 0:
+        return out
+    at = np.minimum(np.searchsorted(user.ids, candidates), len(user.ids) - 1)
+    den = user.den[at]
+    np.divide(user.num[at], den, out=out, where=(user.ids[at] == candidates) & (den > 0))
     return out

@@ -266,8 +266,8 @@ def _latest(con: duckdb.DuckDBPyConnection, config: FeatureConfig) -> tuple[pa.T
     bits = events_genre_bits(con)
     con.execute("CREATE TEMP TABLE probes AS SELECT * FROM ("
                 + feature_sql(genres, label_threshold=config.label_threshold, recent_n=config.recent_n,
-                              genre_bits=bits, **config.sql_settings())
-                + ") WHERE is_probe")
+                              genre_bits=bits, **(config.sql_settings() | {"itemcf": False}))
+                + ") WHERE is_probe")   # the probes keep no pair column: item-CF (3x the query) is not needed
     users = assemble(con.sql("SELECT * FROM probes WHERE userId IS NOT NULL ORDER BY userId").to_arrow_table(),
                      genres, config.recent_n, bits).select(list(USER_SIDE))
     users = with_genre_ratings(con, users).select(list(ONLINE_USER_SIDE))

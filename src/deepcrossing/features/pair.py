@@ -36,6 +36,9 @@ import pyarrow.compute as pc
 
 PAIR_INPUTS = ("userGenreCounts", "userGenreRatingSums", "userGenreRatingCounts")
 """The user-record columns :func:`pair_features` reads."""
+GENRE_PAIR = ("userGenreCosine", "userGenreAvgRating")
+"""The pair columns :func:`pair_features` computes (the genre ones; ``userItemCFScore`` is
+:func:`deepcrossing.features.itemcf.itemcf_scores`')."""
 
 
 def genre_names(movie_genres: pa.Array | pa.ChunkedArray) -> tuple[str, ...]:

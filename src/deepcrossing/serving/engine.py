@@ -150,7 +150,8 @@ class Engine:
         fingerprint = model_fingerprint(model_dir)
         with self._lock:
             old = self.state
-            snapshot = None if old is None or old.snapshot is None else rescore_snapshot(old.snapshot, scorer)
+            snapshot = None if old is None or old.snapshot is None else \
+                rescore_snapshot(old.snapshot, scorer, self.store)   # (reads the store only for item-CF data)
             state = State(scorer, model_dir, fingerprint, snapshot)
             self.state = state
         return state
@@ -254,7 +255,8 @@ class Engine:
         parts = read.state.user_parts
         part = parts.get(user_id)
         if part is None:
-            part = read.state.scorer.user(self._user_table(read.snapshot, user_id, read.record))
+            part = read.state.scorer.user(self._user_table(read.snapshot, user_id, read.record),
+                                          (read.record or {}).get("history"))
             if self.user_cache:
                 if len(parts) >= self.user_cache:
                     parts.clear()
@@ -314,7 +316,8 @@ class Engine:
             scores = np.zeros(0)
         elif plain:
             user_table = self._user_table(snap, user_id, record)
-            logits = state.scorer.plain(join_user_movies(user_table, snap.movie_table.take(pa.array(rows))))
+            logits = state.scorer.plain(join_user_movies(user_table, snap.movie_table.take(pa.array(rows)),
+                                                         history=(record or {}).get("history"), itemcf=snap.itemcf))
             scores = _sigmoid(logits)
         else:
             scores = _sigmoid(state.scorer.fast(self._user_part(read, user_id), snap.items, rows))
@@ -342,7 +345,7 @@ class Engine:
             unknown = [m for m, ok in zip(movie_ids, known) if not ok]
             movies = pa.Table.from_pylist([empty_features(snap.movie_schema, "movieId", m) for m in unknown],
                                           schema=snap.movie_schema)
-            extra = state.scorer.items(movies)
+            extra = state.scorer.items(movies, snap.itemcf)
             scores[~known] = _sigmoid(state.scorer.fast(user_part, extra, np.arange(len(unknown))))
         return {"userId": int(user_id), "known": record is not None, "storeVersion": snap.version,
                 "modelVersion": state.model_version,

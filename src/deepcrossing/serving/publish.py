@@ -23,9 +23,12 @@ import pyarrow as pa
 import pyarrow.ipc
 
 from deepcrossing.data.schema import Dataset
+from deepcrossing.errors import DeepCrossingError
 from deepcrossing.features import FeatureConfig, online_records
 from deepcrossing.features.online import DEFAULT_HISTORY_N, DEFAULT_MAX_CANDIDATES, OnlineRecords
+from deepcrossing.jsonfile import read_json_object
 from deepcrossing.serving.channels import TRENDING_BLOB, RecallFolder, channel_blobs
+from deepcrossing.serving.itemcf import itemcf_blobs
 from deepcrossing.serving.store import FeatureStore, open_store
 from deepcrossing.training.vectors import ItemVectors
 
@@ -134,9 +137,17 @@ def build_records(
         history_n: ratings kept per user for display.
         max_candidates: length of the candidate list.
     """
-    records = online_records(dataset, feature_config, history_n=history_n, max_candidates=max_candidates)
+    records = online_records(dataset, feature_config, history_n=_history_n(history_n, feature_config),
+                             max_candidates=max_candidates)
     users, movies, candidates = records_for_store(records)
     return users, movies, candidates, _dataset_meta(dataset, feature_config) | _records_meta(records, users)
+
+
+def _history_n(history_n: int, feature_config: FeatureConfig | None) -> int:
+    """Ratings kept per user: at least ``itemcf_history`` when the samples have item-CF on (the service scores
+    ``userItemCFScore`` from the stored history)."""
+    return max(history_n, feature_config.itemcf_history) if feature_config is not None and feature_config.itemcf \
+        else history_n
 
 
 def _dataset_meta(dataset: Dataset, feature_config: FeatureConfig | None) -> dict[str, Any]:
@@ -183,7 +194,7 @@ def publish_dataset(
         store: a :class:`FeatureStore` or its URL.
         feature_config: the ``FeatureConfig`` of the model's samples.
         extra_meta: more JSON-ready meta (e.g. the model folder).
-        history_n: ratings kept per user for display.
+        history_n: ratings kept per user (at least ``feature_config.itemcf_history`` when item-CF is on).
         max_candidates: length of the candidate list.
         keep_previous_s: seconds the previous version stays readable after the switch (services poll the
             pointer and move over within their poll interval).
@@ -193,13 +204,15 @@ def publish_dataset(
     """
     target = open_store(store) if isinstance(store, str) else store  # a bad URL fails before the work
     try:
-        records = online_records(dataset, feature_config, history_n=history_n, max_candidates=max_candidates,
-                                 trending_days=trending_days, trending_half_life_days=trending_half_life_days)
+        records = online_records(dataset, feature_config, history_n=_history_n(history_n, feature_config),
+                                 max_candidates=max_candidates, trending_days=trending_days,
+                                 trending_half_life_days=trending_half_life_days)
         extra = {} if trending_days is None else {"trending_days": int(trending_days),
                                                   "trending_half_life_days": trending_half_life_days}
         return publish_records(records, target, meta=_dataset_meta(dataset, feature_config) | extra
                                | (extra_meta or {}),
-                               keep_previous_s=keep_previous_s, vectors=vectors, sources=sources)
+                               keep_previous_s=keep_previous_s, vectors=vectors, sources=sources,
+                               feature_config=feature_config)
     finally:
         if target is not store:
             target.close()
@@ -207,7 +220,8 @@ def publish_dataset(
 
 def publish_records(records: OnlineRecords, store: FeatureStore | str, *, meta: dict[str, Any] | None = None,
                     keep_previous_s: float = 0.0, vectors: Mapping[str, ItemVectors] | None = None,
-                    sources: Mapping[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+                    sources: Mapping[str, dict[str, Any]] | None = None,
+                    feature_config: FeatureConfig | None = None) -> dict[str, Any]:
     """Write online records as one new store version (verified, then switched to); return its meta.
 
     Args:
@@ -220,6 +234,9 @@ def publish_records(records: OnlineRecords, store: FeatureStore | str, *, meta: 
             movie and its index are stored in the version (:func:`deepcrossing.serving.channels.channel_blobs`).
         sources: name -> what built the channel (``{"kind": "emb", "model"}`` or ``{"kind": "recall", "path",
             "manifest_sha256"}``), checked by the service before it serves the version.
+        feature_config: the records' ``FeatureConfig``; with ``itemcf`` on, the co-occurrence lists are stored
+            as blobs and ``meta["itemcf"]`` (:func:`~deepcrossing.serving.itemcf.itemcf_blobs`): what a model
+            reading ``userItemCFScore`` needs.
     """
     users, movies, candidates = records_for_store(records)
     full = (meta or {}) | _records_meta(records, users)
@@ -228,6 +245,10 @@ def publish_records(records: OnlineRecords, store: FeatureStore | str, *, meta: 
         blobs, full["vector_channels"] = channel_blobs(vectors, records.movies, sources or {})
     if records.trending:   # the served ``trending`` channel (serving.recall.merged_rows)
         blobs[TRENDING_BLOB] = np.asarray(records.trending, dtype="<i8").tobytes()
+    if feature_config is not None and feature_config.itemcf:   # userItemCFScore (serving.itemcf)
+        icf_blobs, full["itemcf"] = itemcf_blobs(records.cooccurrence, history=feature_config.itemcf_history,
+                                                 window=feature_config.itemcf_window)
+        blobs |= icf_blobs
     target = open_store(store) if isinstance(store, str) else store
     try:
         version = target.publish(users, movies, candidates, meta=json.loads(json.dumps(full, default=str)),
@@ -268,6 +289,17 @@ def feature_config_of(model_dir: str | Path) -> tuple[FeatureConfig, str]:
     return FeatureConfig(), "default (the model's samples manifest was not found)"
 
 
+def _check_itemcf(model_dir: Path, config: FeatureConfig, source: str) -> None:
+    """A model reading ``userItemCFScore`` needs samples prepared with item-CF on (the store then holds the
+    co-occurrence lists); refused here, in one line, before any work."""
+    spec = read_json_object(Path(model_dir) / "manifest.json").get("spec") or {}
+    reads = any(isinstance(f, dict) and f.get("name") == "userItemCFScore" for f in spec.get("features") or ())
+    if reads and not config.itemcf:
+        raise DeepCrossingError(f"{model_dir}: the model reads userItemCFScore but its samples' FeatureConfig "
+                                f"({source}) has itemcf off, so there is no item-CF data to publish; prepare the "
+                                "samples with FeatureConfig(itemcf=True), train again, then publish")
+
+
 def publish_for_model(
     model_dir: str | Path,
     data: str | Path,
@@ -291,6 +323,9 @@ def publish_for_model(
 
     Returns:
         The new version's meta, plus ``store`` (the URL) and ``feature_config_source``.
+
+    Raises:
+        DeepCrossingError: the model reads ``userItemCFScore`` but its samples were prepared with itemcf off.
     """
     import tempfile
 
@@ -300,6 +335,7 @@ def publish_for_model(
     model_dir = require_model_dir(model_dir)
     store_url = store_url or default_store_url(model_dir)
     config, source = feature_config_of(model_dir)
+    _check_itemcf(model_dir, config, source)
     vectors: dict[str, ItemVectors] = {}
     sources: dict[str, dict[str, Any]] = {}
     if emb:

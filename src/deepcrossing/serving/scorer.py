@@ -17,8 +17,10 @@ table, the reference the fast path is tested against.
 A model with user x movie features (:data:`~deepcrossing.features.columns.PAIR_SIDE`, any spec side) has a
 third part, per candidate: ``pre = P_item[c] + p_user + x_pair(c) W_pair^T``, where ``x_pair(c)`` are the
 stacked vector's pair columns only, from :func:`~deepcrossing.features.pair.pair_features` (the user record
-against the candidates' genre occurrences, :attr:`ItemPart.occ`) encoded by the model's own transforms. A
-model without them does exactly the work it did before.
+against the candidates' genre occurrences, :attr:`ItemPart.occ`; ``userItemCFScore`` from the user's stored
+history against the version's co-occurrence lists, :attr:`ItemPart.itemcf`, by
+:func:`~deepcrossing.features.itemcf.neighbour_scores`) encoded by the model's own transforms. A model without
+them does exactly the work it did before.
 
 Shapes: M movies, S stacked width, H first-layer width, n candidates.
 
@@ -42,7 +44,7 @@ Example (``deepcrossing.load(model_dir)`` gives ``loaded``; here a tiny untraine
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -53,11 +55,14 @@ from torch import Tensor, nn
 from deepcrossing.encoding.numeric import is_dense, is_numeric_embedding
 from deepcrossing.errors import DeepCrossingError
 from deepcrossing.features.columns import PAIR_SIDE, SERVED_PAIR
-from deepcrossing.features.pair import PAIR_INPUTS, genre_names, genre_occurrences, pair_features, pair_values, \
-    user_vectors
+from deepcrossing.features.itemcf import UserNeighbours, itemcf_scores, neighbour_scores, user_neighbours
+from deepcrossing.features.pair import GENRE_PAIR, PAIR_INPUTS, genre_names, genre_occurrences, pair_features, \
+    pair_values, user_vectors
 from deepcrossing.model.deep_crossing import DeepCrossing
+from deepcrossing.serving.itemcf import ItemCF, history_arrays
 
 CHUNK = 512  # rows per pass of the per-candidate network when ranking many candidates
+ITEMCF = "userItemCFScore"
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,9 @@ class ItemPart:
             over ``genre_names``; ``None`` for a model without pair features.
         onehot: (M, G) int64 ``occ > 0`` (``None`` likewise).
         genre_names: (G,) the sorted genres of these movies (the store version's vocabulary).
+        movie_ids: (M,) int64 ids of the rows, for a model reading ``userItemCFScore`` (else ``None``).
+        itemcf: the version's co-occurrence lists for ``userItemCFScore`` (``None``: the model does not read it,
+            or no data was given: the score is then NULL for every candidate).
     """
 
     x: Tensor
@@ -78,17 +86,24 @@ class ItemPart:
     occ: np.ndarray | None = None
     onehot: np.ndarray | None = None
     genre_names: tuple[str, ...] = ()
+    movie_ids: np.ndarray | None = None
+    itemcf: ItemCF | None = None
 
 
 @dataclass(frozen=True)
 class UserPart:
     """Per-request partial results: (S,) user/context columns of the stacked vector, (H,) ``W x + b``, and for
-    a model with pair features the record's :data:`~deepcrossing.features.pair.PAIR_INPUTS` (else ``None``)."""
+    a model with pair features the record's :data:`~deepcrossing.features.pair.PAIR_INPUTS` (else ``None``);
+    for one reading ``userItemCFScore`` the record's history as ``(movies, ratings)`` arrays (most recent first;
+    ``None``: no history). ``vectors`` / ``neighbours`` memoise the per-user pair inputs per store version
+    (genre vocabulary / :class:`ItemCF`)."""
 
     x: Tensor
     p: Tensor
     pair: dict[str, Any] | None = None
     vectors: dict[tuple[str, ...], Any] = field(default_factory=dict, repr=False, compare=False)
+    history: tuple[np.ndarray, np.ndarray] | None = None
+    neighbours: dict[ItemCF, UserNeighbours] = field(default_factory=dict, repr=False, compare=False)
 
 
 class Scorer:
@@ -123,6 +138,8 @@ class Scorer:
         self.columns = tuple(self.spec.columns() if callable(getattr(self.spec, "columns", None))
                              else (f.name for f in self.spec.features))
         self.pair_columns = tuple(f.name for f in self.spec.features if f.name in PAIR_SIDE)
+        self.reads_genre_pair = any(name in GENRE_PAIR for name in self.pair_columns)
+        self.reads_itemcf = ITEMCF in self.pair_columns
         unserved = [name for name in self.pair_columns if name not in SERVED_PAIR]
         if unserved:
             raise DeepCrossingError(f"the model reads {', '.join(unserved)}: user x movie column(s) the service "
@@ -146,32 +163,40 @@ class Scorer:
         return self.model.stack(self.encoder.transform(table, only=only))
 
     @torch.inference_mode()
-    def items(self, table: pa.Table) -> ItemPart:
+    def items(self, table: pa.Table, itemcf: ItemCF | None = None) -> ItemPart:
         """Item-side partials of every row of ``table`` (a movie table: the item-side columns are read; with
-        pair features also ``movieGenres``)."""
+        pair features also ``movieGenres``, and ``movieId`` for ``userItemCFScore``, whose co-occurrence lists
+        are ``itemcf``: the store version's, :func:`~deepcrossing.serving.itemcf.load_itemcf`)."""
         stacked = self.stacked(table, self.item_columns)
         if self.pair_idx is not None:
             stacked = stacked.masked_fill(self.pair_mask, 0.0)
         x, p = self.split.item_partial(stacked)   # (M, S), (M, H)
         if self.pair_idx is None:
             return ItemPart(x=x, p=p)
+        ids = np.asarray(table.column("movieId").fill_null(-1), np.int64) if self.reads_itemcf else None
+        part = ItemPart(x=x, p=p, movie_ids=ids, itemcf=itemcf if self.reads_itemcf else None)
+        if not self.reads_genre_pair:
+            return part
         genres = table.column("movieGenres") if "movieGenres" in table.column_names else \
             pa.nulls(table.num_rows, pa.list_(pa.string()))
         names = genre_names(genres)
         occ = genre_occurrences(genres, pa.array(names, pa.string()))
-        return ItemPart(x=x, p=p, occ=occ, onehot=(occ > 0).astype(np.int64), genre_names=names)
+        return replace(part, occ=occ, onehot=(occ > 0).astype(np.int64), genre_names=names)
 
     @torch.inference_mode()
-    def user(self, table: pa.Table) -> UserPart:
+    def user(self, table: pa.Table, history: list[list[Any]] | None = None) -> UserPart:
         """User/context partial of a one-row table (a user table: the request-side columns are read; with pair
-        features also the record's :data:`~deepcrossing.features.pair.PAIR_INPUTS`, missing ones empty)."""
+        features also the record's :data:`~deepcrossing.features.pair.PAIR_INPUTS`, missing ones empty, and
+        for ``userItemCFScore`` the record's ``history``: ``[[movie_id, rating, timestamp], ...]``, most
+        recent first; ``None``: a user with no history)."""
         stacked = self.stacked(table, self.request_columns)[0]
         if self.pair_idx is None:
             x, p = self.split.request_partial(stacked)  # (S,), (H,)
             return UserPart(x=x, p=p)
         x, p = self.split.request_partial(stacked.masked_fill(self.pair_mask, 0.0))
         row = table.slice(0, 1).select([c for c in PAIR_INPUTS if c in table.column_names]).to_pylist()
-        return UserPart(x=x, p=p, pair=row[0] if row else {})
+        return UserPart(x=x, p=p, pair=row[0] if row else {},
+                        history=history_arrays(history) if self.reads_itemcf else None)
 
     # ---- the pair part: x_pair(c) W_pair^T per candidate ----
     def _pair_setup(self) -> None:
@@ -195,6 +220,23 @@ class Scorer:
 
     def _pair_inputs(self, user: UserPart, items: ItemPart, rows: Tensor) -> dict[str, np.ndarray]:
         """{pair column: (n,) float64, NaN for NULL} of the user against movies ``rows`` of ``items``."""
+        out = self._genre_pair(user, items, rows) if self.reads_genre_pair else {}
+        if self.reads_itemcf:
+            out[ITEMCF] = self._itemcf(user, items, rows)
+        return out
+
+    def _itemcf(self, user: UserPart, items: ItemPart, rows: Tensor) -> np.ndarray:
+        """(n,) ``userItemCFScore`` of the user against movies ``rows`` (NaN: NULL; no data, a cold user, an
+        unknown movie or one without neighbours among the history)."""
+        if items.itemcf is None or items.movie_ids is None or user.history is None:
+            return np.full(len(rows), np.nan)
+        neighbours = user.neighbours.get(items.itemcf)
+        if neighbours is None:   # once per (user part, store version)
+            neighbours = user.neighbours.setdefault(items.itemcf, user_neighbours(
+                *user.history, items.itemcf.table, items.itemcf.history))
+        return neighbour_scores(neighbours, items.movie_ids[rows.numpy()])
+
+    def _genre_pair(self, user: UserPart, items: ItemPart, rows: Tensor) -> dict[str, np.ndarray]:
         names = items.genre_names
         vectors = user.vectors.get(names)
         if vectors is None:   # once per (user part, store version's vocabulary)
@@ -310,17 +352,24 @@ def _onnx_session(tail: _Tail, hidden: int, width: int, residual: bool) -> Any:
     return ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
 
 
-def join_user_movies(user_table: pa.Table, movie_table: pa.Table, pair: bool = True) -> pa.Table:
+def join_user_movies(user_table: pa.Table, movie_table: pa.Table, pair: bool = True, *,
+                     history: list[list[Any]] | None = None, itemcf: ItemCF | None = None) -> pa.Table:
     """One row per movie of ``movie_table`` with the single row of ``user_table`` repeated beside it; with
     ``pair`` (and a ``movieGenres`` column) also the pair columns (:func:`~deepcrossing.features.pair.
     pair_features` of the user row against each movie's genres: the plain path's own computation, vocabulary
-    from these movies alone), unless the tables already hold them."""
+    from these movies alone), unless the tables already hold them; with ``itemcf`` also ``userItemCFScore``
+    of the user's ``history`` (the record's) against each ``movieId`` (:func:`~deepcrossing.features.itemcf.
+    itemcf_scores`, directly)."""
     repeated = user_table.take(pa.array(np.zeros(movie_table.num_rows, dtype=np.int64)))
     columns = {name: movie_table.column(name) for name in movie_table.column_names}
     for name in repeated.column_names:
         if name not in columns:
             columns[name] = repeated.column(name)
-    if pair and "movieGenres" in columns and not any(c in columns for c in SERVED_PAIR):
+    if pair and itemcf is not None and ITEMCF not in columns:
+        ids = np.asarray(movie_table.column("movieId").fill_null(-1), np.int64)
+        scores = itemcf_scores(*history_arrays(history), ids, itemcf.table, itemcf.history)
+        columns[ITEMCF] = pa.array(scores, pa.float64(), from_pandas=True)
+    if pair and "movieGenres" in columns and not any(c in columns for c in GENRE_PAIR):
         genres = movie_table.column("movieGenres")
         names = genre_names(genres)
         record = user_table.slice(0, 1).select([c for c in PAIR_INPUTS if c in user_table.column_names])

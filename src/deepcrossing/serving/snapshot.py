@@ -21,9 +21,10 @@ import torch
 
 from deepcrossing.features.columns import cold_features, side_of
 from deepcrossing.serving.channels import RecallFolder, VectorChannel, emb_channel, load_channels, load_merge
+from deepcrossing.serving.itemcf import ItemCF, load_itemcf
 from deepcrossing.serving.publish import schema_from_json
 from deepcrossing.serving.scorer import ItemPart, Scorer
-from deepcrossing.serving.store import FeatureStore, Record, Ref
+from deepcrossing.serving.store import FeatureStore, Record, Ref, StoreError
 from deepcrossing.training.retrieval import Prior
 
 
@@ -61,6 +62,8 @@ class Snapshot:
         genre_masks: genre -> (C,) bool mask over ``candidate_rows`` (the ``genres`` channel).
         merge, prior, merge_head: the recall folder's validated merge, what its built-in channels read and
             its head (:func:`~deepcrossing.serving.channels.load_merge`; ``()``: the default plan).
+        itemcf: the version's co-occurrence lists (:func:`~deepcrossing.serving.itemcf.load_itemcf`), loaded
+            only for a model reading ``userItemCFScore`` (else ``None``).
     """
 
     ref: Ref
@@ -81,6 +84,7 @@ class Snapshot:
     merge: tuple[tuple[str, float], ...] = ()
     merge_head: tuple[int, tuple[float, ...]] = (0, ())
     prior: Prior | None = field(repr=False, default=None)
+    itemcf: ItemCF | None = field(repr=False, default=None)
 
     @property
     def version(self) -> int:
@@ -116,7 +120,8 @@ def build_snapshot(store: FeatureStore, scorer: Scorer, ref: Ref, *, verify: boo
     records = sorted(store.iter_movies(version=ref), key=lambda kv: kv[0])
     movie_ids = np.fromiter((k for k, _ in records), dtype=np.int64, count=len(records))
     movie_table = pa.Table.from_pylist([r["features"] for _, r in records], schema=movie_schema)
-    items = scorer.items(movie_table)
+    itemcf = load_itemcf(store, ref, meta) if scorer.reads_itemcf else None   # a model without it: no read
+    items = scorer.items(movie_table, itemcf)
     row_of = {int(m): i for i, m in enumerate(movie_ids)}
     candidates = store.get_candidates(version=ref)
     candidate_rows = np.fromiter((row_of[c] for c in candidates if c in row_of), dtype=np.int64)
@@ -131,17 +136,27 @@ def build_snapshot(store: FeatureStore, scorer: Scorer, ref: Ref, *, verify: boo
         titles=[r.get("title") for _, r in records], genres=genres,
         years=[r.get("year") for _, r in records], movie_table=movie_table, candidate_rows=candidate_rows,
         items=items, unit=unit, user_schema=user_schema, movie_schema=movie_schema, row_of=row_of,
-        channels=channels, genre_masks=genre_masks, merge=merge, prior=prior, merge_head=merge_head,
+        channels=channels, genre_masks=genre_masks, merge=merge, prior=prior, merge_head=merge_head, itemcf=itemcf,
     )
 
 
-def rescore_snapshot(snapshot: Snapshot, scorer: Scorer) -> Snapshot:
+def rescore_snapshot(snapshot: Snapshot, scorer: Scorer, store: FeatureStore | None = None) -> Snapshot:
     """The same store version's snapshot for another model: the movie-side partials are recomputed from the
-    rows already in memory (no store read, so a model reload never depends on the store), and the ``emb``
-    channel from them (its vectors are the model's)."""
-    items = scorer.items(snapshot.movie_table)
+    rows already in memory (no store read, so a model reload never depends on the store, except for a model
+    reading ``userItemCFScore`` when the snapshot has no item-CF data yet: read from ``store`` then), and the
+    ``emb`` channel from them (its vectors are the model's).
+
+    Raises:
+        StoreError: the model reads ``userItemCFScore`` and the version has no item-CF data (or no ``store``).
+    """
+    itemcf = snapshot.itemcf
+    if itemcf is None and scorer.reads_itemcf:
+        if store is None:
+            raise StoreError(f"{snapshot.ref}: the model reads userItemCFScore; its item-CF data needs the store")
+        itemcf = load_itemcf(store, snapshot.ref, snapshot.meta)
+    items = scorer.items(snapshot.movie_table, itemcf)
     unit = torch.nn.functional.normalize(items.p, dim=1)
     channels = dict(snapshot.channels)
     if "emb" in channels:
         channels["emb"] = emb_channel(snapshot.movie_ids, unit.numpy(), snapshot.row_of)
-    return replace(snapshot, items=items, unit=unit, channels=channels)
+    return replace(snapshot, items=items, unit=unit, channels=channels, itemcf=itemcf)

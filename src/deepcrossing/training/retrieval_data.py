@@ -29,6 +29,8 @@ from deepcrossing.duck import connection, ident, sql_str
 from deepcrossing.errors import InputError
 from deepcrossing.jsonfile import read_json_object
 from deepcrossing.features.columns import SERVED_PAIR, movie_side_columns, user_side_columns
+from deepcrossing.features.config import FeatureConfig
+from deepcrossing.features.itemcf import COOCCURRENCE_SCHEMA, CoOccurrence, cooccurrence_sql, itemcf_scores
 from deepcrossing.features.online import POPULARITY_ORDER, trending_sql, with_genre_ratings
 from deepcrossing.features.pair import PAIR_INPUTS, genre_names, genre_occurrences, pair_features
 from deepcrossing.training.artifact import LoadedModel
@@ -213,6 +215,8 @@ def ranker(data: RetrievalData, loaded: LoadedModel) -> Ranker:
     """The ranking model as ``(i, movie ids) -> scores`` for ``data.users[i]``: the user's row of
     ``data.user_rows`` (features as of the start) beside each movie's latest row, through ``loaded.predict``
     (as the service ranks its candidates); a movie without a row (never rated before the start) scores ``-inf``.
+    The pair columns are computed as the service does: the genre ones from the user row, ``userItemCFScore``
+    (when the model reads it) from the co-occurrence lists and the user's last ratings before the start.
 
     Example:
         >>> rank = ranker(load_retrieval_data("samples", split="valid"), load("model"))   # doctest: +SKIP
@@ -225,6 +229,7 @@ def ranker(data: RetrievalData, loaded: LoadedModel) -> Ranker:
     users = data.user_rows.select(user_cols)
     pair = any(f.name in SERVED_PAIR for f in loaded.spec.features)
     names = list(genre_names(movies.column("movieGenres"))) if pair and "movieGenres" in movies.column_names else []
+    itemcf = _itemcf_at_start(data) if any(f.name == "userItemCFScore" for f in loaded.spec.features) else None
 
     def rank(i: int, ids: IdArray) -> NDArray[np.float64]:
         out = np.full(len(ids), -np.inf)
@@ -239,10 +244,34 @@ def ranker(data: RetrievalData, loaded: LoadedModel) -> Ranker:
                 occ = genre_occurrences(table.column("movieGenres"), pa.array(names, pa.string()))
                 for col, values in pair_features(record.to_pylist()[0], occ, names).items():
                     table = table.append_column(col, values)
+            if itemcf is not None:   # as the service: the user's last ratings against the co-occurrence lists
+                cooccurrence, n, histories = itemcf
+                movies_j, ratings_j = histories.get(data.users[i].user_id, (_ids([]), np.zeros(0)))
+                scores = itemcf_scores(movies_j, ratings_j, _ids(ids[known]), cooccurrence, n)
+                table = table.append_column("userItemCFScore", pa.array(scores, pa.float64(), from_pandas=True))
             out[known] = np.asarray(loaded.predict(table), dtype=np.float64)
         return out
 
     return rank
+
+
+def _itemcf_at_start(data: RetrievalData) -> tuple[CoOccurrence, int, dict[int, tuple[IdArray, NDArray[np.float64]]]]:
+    """``userItemCFScore``'s inputs as of ``data``'s start (the service's at ``t_end``): the co-occurrence lists
+    of the positives before it, the samples' ``itemcf_history`` and each user's last so many ratings before it
+    (most recent first, then smaller movieId; NULL ratings as NaN)."""
+    config = FeatureConfig.from_dict(_manifest(data.samples).get("config") or {})
+    files = ", ".join(sql_str(data.samples / f"{name}.parquet") for name in ("train", "valid"))
+    n = config.itemcf_history
+    with connection() as con:
+        con.execute(f"CREATE TEMP VIEW prior AS SELECT * FROM read_parquet([{files}], union_by_name = true) "
+                    f"WHERE timestamp < {data.test_start}")
+        table = con.sql(cooccurrence_sql("(SELECT userId AS user_id, movieId AS item_id, timestamp FROM prior "
+                                         "WHERE label = 1)", config.itemcf_window)).to_arrow_table()
+        rows = con.sql(f"SELECT userId, list({{'m': movieId, 'r': rating}} ORDER BY timestamp DESC, movieId)[1:{n}] "
+                       "AS h FROM prior GROUP BY userId").fetchall()
+    histories = {int(u): (_ids([x["m"] for x in h]), np.array([np.nan if x["r"] is None else x["r"] for x in h],
+                                                            dtype=np.float64)) for u, h in rows}
+    return CoOccurrence.from_table(table.cast(COOCCURRENCE_SCHEMA)), n, histories
 
 
 def recall_channel(data: RetrievalData, vectors: ItemVectors) -> Channel:
