@@ -226,7 +226,7 @@ def test_a_model_without_itemcf_reads_no_itemcf_blob_and_a_reload_loads_it(icf, 
 def test_store_without_itemcf_data_is_refused_in_one_line(icf, sqlite_url, tmp_path):
     model = save_model(icf, "dense-residual", TRANSFORMS["dense"])
     with pytest.raises(StoreError, match=r"has no item-CF data; build the model's samples with "
-                                         r"FeatureConfig\(itemcf=True\)") as info:
+                                         r"`prepare --itemcf`") as info:
         Engine.open(model, sqlite_url)   # conftest's store: published without item-CF
     assert "\n" not in str(info.value)
     # a tampered blob is never served
@@ -248,7 +248,7 @@ def test_publish_for_model_refuses_samples_without_itemcf(synth_data, icf, tmp_p
     manifest = json.loads((model / "manifest.json").read_text())
     manifest["samples"] = {"manifest": str(synth_data["samples"] / "manifest.json")}   # samples: itemcf off
     (model / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(DeepCrossingError, match=r"reads userItemCFScore .* itemcf off.* FeatureConfig\(itemcf=True\)"):
+    with pytest.raises(DeepCrossingError, match=r"reads userItemCFScore .* itemcf off.*`prepare --itemcf`"):
         publish_for_model(model, synth_data["raw"], f"sqlite:///{tmp_path / 'x.db'}", emb=False)
     assert not (tmp_path / "x.db").exists()   # refused before any work
 

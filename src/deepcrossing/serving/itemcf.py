@@ -82,7 +82,7 @@ def load_itemcf(store: FeatureStore, ref: Ref, meta: Record) -> ItemCF:
     info = meta.get("itemcf")
     if not isinstance(info, dict):
         raise StoreError(f"{store.url} {ref}: the model reads userItemCFScore but this store version has no item-CF "
-                         "data; build the model's samples with FeatureConfig(itemcf=True), train, and publish again")
+                         "data; build the model's samples with `prepare --itemcf`, train, and publish again")
     parts = info.get("parts") or {}
     arrays = {name: np.frombuffer(b"".join(store.blob(ref, f"{PREFIX}/{name}/{k}", meta)
                                            for k in range(int(parts.get(name, 1)))), dtype="<i8").astype(np.int64)

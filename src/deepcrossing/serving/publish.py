@@ -297,7 +297,7 @@ def _check_itemcf(model_dir: Path, config: FeatureConfig, source: str) -> None:
     if reads and not config.itemcf:
         raise DeepCrossingError(f"{model_dir}: the model reads userItemCFScore but its samples' FeatureConfig "
                                 f"({source}) has itemcf off, so there is no item-CF data to publish; prepare the "
-                                "samples with FeatureConfig(itemcf=True), train again, then publish")
+                                "samples with `prepare --itemcf` (FeatureConfig.itemcf), train again, then publish")
 
 
 def publish_for_model(
