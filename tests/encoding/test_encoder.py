@@ -121,3 +121,27 @@ def test_encoder_matches_a_per_row_reference():
         ids = [vocab.get(v, OOV) for v in (row or [])][:4]
         expected.append(ids + [0] * (4 - len(ids)))
     assert enc.transform(t).bags["userRecentPositives"].tolist() == expected
+
+
+def test_a_large_table_is_encoded_in_slices_with_the_same_result(monkeypatch):
+    """transform encodes more than TRANSFORM_ROWS rows a slice at a time into preallocated tensors (bounded
+    memory): every tensor equals the one-shot encoding, whatever the slice size; a bad label anywhere is counted
+    over the whole table."""
+    from deepcrossing.encoding import encoder as encoder_module
+
+    spec, table = small_spec(), sample_table(n=1_000, seed=3)
+    enc = Encoder(spec).fit(table)
+    whole = enc.transform(table)
+    for rows in (7, 100, 999):
+        monkeypatch.setattr(encoder_module, "TRANSFORM_ROWS", rows)
+        sliced = enc.transform(table)
+        assert len(sliced) == len(whole) == 1_000
+        assert torch.equal(sliced.dense, whole.dense) and torch.equal(sliced.labels, whole.labels)
+        for group in ("sparse", "bags", "bag_weights", "numeric"):
+            got, want = getattr(sliced, group), getattr(whole, group)
+            assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want), (rows, group)
+    labels = np.zeros(1_000, np.int8)
+    labels[[5, 500, 990]] = 3
+    bad = table.set_column(table.column_names.index("label"), "label", pa.array(labels))
+    with pytest.raises(InputError, match=": 3 labels are not 0 or 1"):
+        enc.transform(bad, source="big.parquet")

@@ -61,6 +61,25 @@ class Batch:
         """Rows ``index`` ((b,) int64) of every tensor: a minibatch of a pre-encoded batch."""
         return self._map(lambda t: t.index_select(0, index))
 
+    def _tensors(self) -> list[Tensor]:
+        return [self.dense, *self.sparse.values(), *self.bags.values(), *self.bag_weights.values(),
+                *([] if self.labels is None else [self.labels]), *self.numeric.values()]
+
+    def alloc(self, rows: int) -> Batch:
+        """Uninitialised tensors of ``rows`` rows, shaped and typed like this batch's (filled by :meth:`put`).
+
+        Example:
+            >>> b = Batch(torch.ones(2, 3), labels=torch.ones(2))
+            >>> big = b.alloc(4); big.put(0, b); big.put(2, b); big.dense.sum().item(), len(big)
+            (12.0, 4)
+        """
+        return self._map(lambda t: t.new_empty((rows, *t.shape[1:])))
+
+    def put(self, start: int, part: Batch) -> None:
+        """Copy ``part`` (same features and widths) into rows ``start:start + len(part)``."""
+        for dst, src in zip(self._tensors(), part._tensors(), strict=True):
+            dst[start:start + len(part)].copy_(src)
+
     def slice(self, start: int, stop: int) -> Batch:
         """Rows ``start:stop`` (views, no copy)."""
         return self._map(lambda t: t[start:stop])

@@ -101,6 +101,10 @@ def _pad(rows: np.ndarray, lengths: np.ndarray, width: int, weights: np.ndarray 
 
 
 
+TRANSFORM_ROWS = 262_144
+"""Rows :meth:`Encoder.transform` encodes at a time (a bounded peak memory; the result does not depend on it)."""
+
+
 def encode_labels(table: pa.Table, source: str | Path | None = None) -> torch.Tensor:
     """(B,) float32 0/1 labels of ``table``'s ``label`` column (zeros when it has none), as :meth:`Encoder.transform`
     gives them.
@@ -202,8 +206,25 @@ class Encoder:
                 (the serving scorer encodes the user side and the movie side separately).
 
         Returns:
-            A :class:`Batch` of B = ``table.num_rows`` rows on the CPU.
+            A :class:`Batch` of B = ``table.num_rows`` rows on the CPU. A table of more than
+            :data:`TRANSFORM_ROWS` rows is encoded a slice at a time into the result's tensors: the peak memory
+            is the result plus one slice's intermediates (the whole table at once peaked at ~5.6x the result:
+            2M samples of the built-in spec, 0.62 GB encoded, +3.5 GB).
         """
+        n = table.num_rows
+        if n <= TRANSFORM_ROWS:
+            return self._transform(table, source, only)
+        labels = encode_labels(table, source)  # checked over the whole table: an error counts every bad label
+        part = self._transform(table.slice(0, TRANSFORM_ROWS), source, only)
+        out = part.alloc(n)
+        out.put(0, part)
+        for start in range(TRANSFORM_ROWS, n, TRANSFORM_ROWS):
+            out.put(start, self._transform(table.slice(start, TRANSFORM_ROWS), source, only))
+        out.labels = labels
+        return out
+
+    def _transform(self, table: pa.Table, source: str | Path | None, only: Collection[str] | None) -> Batch:
+        """:meth:`transform` of one slice."""
         n = table.num_rows
         dense_cols, sparse, bags, bag_weights, numeric = [], {}, {}, {}, {}
         for f in self.spec.features:
