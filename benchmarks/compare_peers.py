@@ -455,13 +455,14 @@ def _dc_grid(params: dict, quick: bool, mlp: bool) -> list[dict]:
 def _dc_spec(d: Data, setting: dict, mlp: bool, folder: Path) -> str | None:
     """The spec file of one grid setting: the base spec (``DC_PEER_SPEC`` or the built-in one for the samples'
     format) with the setting's model dropouts and learning rate, as JSON in ``folder``; None: the default."""
-    from deepcrossing.config import builtin_spec_path, load_config, save_config
+    from deepcrossing.config import load_config, save_config
+    from deepcrossing.training.default_spec import default_config
 
     spec = os.environ.get("DC_PEER_SPEC_MLP" if mlp else "DC_PEER_SPEC")
     if not setting:
         return spec
-    base = load_config(spec or builtin_spec_path("sparrow" if (Path(d.samples) / "train.csv").exists()
-                                                  else "movielens"))
+    csv = (Path(d.samples) / "train.csv").exists()
+    base = load_config(spec) if spec else default_config(Path(d.samples) / ("train.csv" if csv else "train.parquet"))
     model = dataclasses.replace(base.model, **{k: v for k, v in setting.items() if k != "lr"})
     train = dataclasses.replace(base.train, lr=setting.get("lr", base.train.lr))
     path = folder / f"spec-{len(list(folder.glob('spec-*')))}.json"

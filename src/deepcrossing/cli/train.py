@@ -21,7 +21,8 @@ def train(
              "when the new model is complete and loads).")] = Path("model"),
     spec: Annotated[str | None, typer.Option(
         "--spec", help="Spec file (TOML/JSON) or a built-in name: movielens, sparrow "
-                       "(default: sparrow for .csv samples, else movielens).")] = None,
+                       "(default: sparrow for .csv samples, else movielens, + userItemCFScore when the samples were "
+                       "prepared with --itemcf).")] = None,
     train_file: Annotated[Path | None, typer.Option(
         "--train", help="Train sample file (instead of --samples).")] = None,
     valid_file: Annotated[Path | None, typer.Option("--valid", help="Validation sample file.")] = None,
@@ -65,6 +66,7 @@ def train(
     from deepcrossing.errors import InputError
     from deepcrossing.outputs import check_output_dir
     from deepcrossing.training.artifact import MODEL_OUTPUT
+    from deepcrossing.training.default_spec import default_config
     from deepcrossing.training.evaluate import find_split_file
 
     if samples is not None:
@@ -81,8 +83,9 @@ def train(
         raise DeepCrossingError("give --samples DIR, or --train FILE and --valid FILE (and optionally --test FILE)")
     check_output_dir(out_dir, MODEL_OUTPUT, inputs=files.values(), overwrite=overwrite)  # before any work
     if spec is None:
-        spec = "sparrow" if files["train"].suffix.lower() == ".csv" else "movielens"
-    config = load_builtin(spec) if spec in ("movielens", "sparrow") else load_config(spec)
+        config = default_config(files["train"])   # + userItemCFScore when the samples were prepared with it
+    else:
+        config = load_builtin(spec) if spec in ("movielens", "sparrow") else load_config(spec)
     train_over: dict[str, Any] = {
         k: v for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr), ("seed", seed))
         if v is not None}
