@@ -19,6 +19,7 @@ import torch
 from deepcrossing.config import Feature, FeatureSpec, load_builtin
 from deepcrossing.encoding import Encoder
 from deepcrossing.encoding.streaming import StreamingFit
+from deepcrossing.errors import InputError
 from deepcrossing.features import read_samples
 from deepcrossing.training.distributed import DistContext
 from deepcrossing.training.stream import ParquetStream, StreamOptions, fit_streaming, should_stream
@@ -98,6 +99,32 @@ def test_stream_shards_row_groups_and_reads_every_row_once(tmp_path):
         seen.append(set(np.round(got * norm.std_ + norm.mean_).astype(int).tolist()))
         assert len(got) == 460
     assert not seen[0] & seen[1]  # disjoint shards
+
+
+def test_prefetching_thread_gives_the_in_line_batches_and_generator_state(tmp_path, monkeypatch):
+    """The next window is prepared by a background thread: same batches, same generator state after the epoch
+    (also when the epoch stops before the file's end), and a failure in the thread is raised to the trainer."""
+    path = tmp_path / "train.parquet"
+    _write(path, 1000, 90)
+    spec = FeatureSpec((Feature("movieId", "categorical", "item"), Feature("x", "numeric", transform="standardize")))
+    stream = ParquetStream(path, fit_streaming(path, spec, StreamOptions()), None, StreamOptions(window=3))
+    for rows, batch_size in ((1000, 64), (700, 100), (333, 50)):
+        g_line, g_thread = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+        in_line = [w.slice(s, min(s + batch_size, n)) for w, n in stream._windows(batch_size, rows, g_line)
+                   for s in range(0, n, batch_size)]
+        threaded = list(stream.batches(0, batch_size, rows, g_thread))
+        assert sum(len(b) for b in threaded) == rows and len(threaded) == len(in_line)
+        assert all(torch.equal(a.dense, b.dense) and torch.equal(a.labels, b.labels) for a, b in zip(threaded, in_line))
+        assert torch.equal(g_line.get_state(), g_thread.get_state())
+    first = next(iter(stream.batches(0, 64, 1000, torch.Generator())))   # an abandoned epoch stops the thread
+    assert len(first) == 64
+
+    def boom(*args, **kwargs):
+        raise InputError("bad window", path=path)
+
+    monkeypatch.setattr(stream.encoder, "transform", boom)
+    with pytest.raises(InputError, match="bad window"):
+        list(stream.batches(0, 64, 1000, torch.Generator()))
 
 
 def test_should_stream_follows_the_budget(tmp_path):

@@ -21,6 +21,8 @@ Example:
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,7 +132,49 @@ class ParquetStream:
         self.rows = min(per_rank)
 
     def batches(self, epoch: int, batch_size: int, rows: int, generator: torch.Generator) -> Iterator[Batch]:
-        """The first ``rows`` rows of this epoch (row groups in a shuffled order, rows shuffled per window)."""
+        """The first ``rows`` rows of this epoch (row groups in a shuffled order, rows shuffled per window).
+
+        A background thread reads, encodes and shuffles the next window while this one trains (Parquet
+        decoding, the encoder's numpy work and the steps' kernels release the GIL, so the two overlap on two
+        cores); it owns ``generator`` for the epoch and draws from it exactly as reading in line would, so the
+        batches and the generator's state afterwards are the same.
+        """
+        ready: queue.Queue[tuple[Batch, int] | BaseException | None] = queue.Queue(maxsize=1)
+        stop = threading.Event()
+
+        def put(item: tuple[Batch, int] | BaseException | None) -> bool:
+            while not stop.is_set():
+                try:
+                    ready.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def produce() -> None:
+            try:
+                for item in self._windows(batch_size, rows, generator):
+                    if not put(item):
+                        return
+                put(None)
+            except BaseException as exc:  # handed to the consumer, raised there
+                put(exc)
+
+        thread = threading.Thread(target=produce, name="stream-prefetch", daemon=True)
+        thread.start()
+        try:
+            while (item := ready.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                window, count = item
+                for s in range(0, count, batch_size):
+                    yield window.slice(s, min(s + batch_size, count))
+        finally:
+            stop.set()
+            thread.join()
+
+    def _windows(self, batch_size: int, rows: int, generator: torch.Generator) -> Iterator[tuple[Batch, int]]:
+        """(shuffled window, rows of it to train on) in order; the rest of a window carries over to the next."""
         pf = _open(self.path)
         order = [self.groups[i] for i in torch.randperm(len(self.groups), generator=generator).tolist()]
         carry: list[Batch] = []
@@ -146,12 +190,11 @@ class ParquetStream:
             window = _cat([*carry, encoded.take(torch.randperm(len(encoded), generator=generator))])
             usable = min(len(window), left)
             full = usable - usable % batch_size if usable < left else usable
-            for s in range(0, full, batch_size):
-                yield window.slice(s, min(s + batch_size, full))
+            yield window, full
             left -= full
             carry = [window.slice(full, usable)] if full < usable else []
         if carry and left > 0:
-            yield carry[0]
+            yield carry[0], len(carry[0])
 
 
 class ParquetSplit:
