@@ -230,23 +230,24 @@ win AS (
                            RANGE BETWEEN {30 * DAY} PRECEDING AND 1 PRECEDING)
 ),
 pos AS (
-    -- the user's positive events, numbered in time order; within one second larger movieId first, so that
-    -- the most recent-first list puts the smaller movieId first
-    -- (packed genre counters are joined here, not carried through the window sorts above)
-    SELECT p.user_id, p.item_id, {pos_packs},
-           ROW_NUMBER() OVER (PARTITION BY p.user_id ORDER BY p.timestamp, p.item_id DESC) AS pos_rank
+    -- the user's positive events (packed genre counters are joined here, not carried through the sorts above)
+    SELECT p.user_id, p.item_id, p.timestamp, {pos_packs}
     FROM ev p LEFT JOIN item_bits i ON p.item_id = i.item_id
     WHERE p.label = 1
 ),
 state AS (
     -- the user's positive history right after positive number pos_rank: last N items and genre counts;
-    -- one row per positive event, joined to every sample that has exactly pos_rank earlier positives
-    SELECT user_id, pos_rank,
+    -- one row per positive event, joined to every sample that has exactly pos_rank earlier positives.
+    -- Positives are numbered in time order, within one second larger movieId first, so that the most
+    -- recent-first list puts the smaller movieId first; the number, the lags and the running counts share
+    -- one sort (rows tied on (timestamp, movieId) are the same movie: any order of them gives the same values)
+    SELECT user_id, ROW_NUMBER() OVER w_pos AS pos_rank,
         {lags},
         {gcounts}
     FROM pos
-    WINDOW w_pos AS (PARTITION BY user_id ORDER BY pos_rank),
-           w_pos_cum AS (PARTITION BY user_id ORDER BY pos_rank ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+    WINDOW w_pos AS (PARTITION BY user_id ORDER BY timestamp, item_id DESC),
+           w_pos_cum AS (PARTITION BY user_id ORDER BY timestamp, item_id DESC
+                         ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
 ),
 joined AS (
     -- samples with no earlier positive (u_pos = 0) find no state row: NULL lags, zero counts
