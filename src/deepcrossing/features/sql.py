@@ -201,7 +201,8 @@ win AS (
         {_before("SUM(year)", "w_user")} AS u_ys,
         {_before("SUM(year * year)", "w_user")} AS u_yss,
         CAST({_before("SUM(label)", "w_user")} AS BIGINT) AS u_pos,
-        MAX(timestamp) OVER w_user AS u_prev,
+        -- the latest earlier time: the frame's last row in time order (no running MAX to maintain)
+        LAST_VALUE(timestamp) OVER w_user AS u_prev,
         {_before("COUNT(*)", "w_movie")} AS m_n,
         {_before("COUNT(rating)", "w_movie")} AS m_nr,
         {_before("SUM(rating)", "w_movie")} AS m_s,
@@ -215,7 +216,7 @@ win AS (
     FROM ev_ga
     -- "strictly before t" sums are (running sum up to t, same-second peers included) minus (the peers' sum):
     -- both frames come from one sort and are much cheaper than a RANGE ... 1 PRECEDING frame per aggregate,
-    -- which is kept only for MAX(timestamp)
+    -- which is kept only for the latest earlier time
     WINDOW w_user AS (PARTITION BY user_id ORDER BY timestamp
                       RANGE BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING),
            w_user_upto AS (PARTITION BY user_id ORDER BY timestamp
