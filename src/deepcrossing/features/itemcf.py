@@ -98,9 +98,6 @@ def itemcf_ctes(window: int, history: int, dialect: Dialect = DUCKDB) -> str:
     """
     d = dialect
     hist = int(history)
-    hist_lags = ", ".join(f"LAG(ix, {k - 1}) OVER w_h AS h{k}, LAG(rating, {k - 1}) OVER w_h AS hr{k}"
-                          if k > 1 else "ix AS h1, rating AS hr1" for k in range(1, hist + 1))
-    pick_j, pick_r = _pick("h.h", hist, "k.o"), _pick("h.hr", hist, "k.o")
     return f""",
 icf_items AS (
     -- dense movie numbers 1..M (M < 2**31), so that a pair (i, j) is the one key i * 2**32 + j
@@ -120,27 +117,26 @@ icf_pairs AS (
 ),
 icf_keys AS (SELECT pk, MIN(timestamp) AS first_t FROM icf_pairs GROUP BY pk),
 icf_ev AS (
-    -- every row of a user, with u_n (the user's real ratings before t) and the user's last `history` real
-    -- ratings up to and including the row (most recent first; same second: smaller movieId first; probes
-    -- sort after every real rating of their second and never count)
-    SELECT user_id, item_id, ix, timestamp, is_probe,
-           ROW_NUMBER() OVER w_h AS r,
+    -- every row of a user, numbered r = 1, 2, ... in the order real ratings by time (same second: larger
+    -- movieId first), then probes; u_n = the user's real ratings before t, so rows r = u_n, u_n - 1, ... are
+    -- the user's ratings before t, most recent first (same second: smaller movieId first)
+    SELECT user_id, item_id, ix, rating, timestamp, is_probe,
+           ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY is_probe, timestamp, item_id DESC) AS r,
            COALESCE(COUNT(CASE WHEN NOT is_probe THEN 1 END) OVER (PARTITION BY user_id ORDER BY timestamp
-               RANGE BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS u_n,
-           {hist_lags}
+               RANGE BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS u_n
     FROM icf_evx WHERE user_id IS NOT NULL
-    WINDOW w_h AS (PARTITION BY user_id ORDER BY is_probe, timestamp, item_id DESC)
 ),
 icf_look AS (
-    -- one row per (sample, rated movie j among the user's last `history` ratings) with a pair (i, j) before t:
-    -- the state after the user's u_n-th rating, unpivoted
+    -- one row per (sample, rated movie j among the user's last `history` ratings before t) with a pair (i, j)
+    -- before t: the rows r = u_n - o, o < history, found by an equi-join
     SELECT x.user_id, x.item_id, x.timestamp, x.j, x.rating, x.pk
-    FROM (SELECT user_id, item_id, timestamp, j, rating, LEAST(ix, j) * {_KEY} + GREATEST(ix, j) AS pk
-          FROM (SELECT w.user_id, w.item_id, w.ix, w.timestamp, {pick_j} AS j, {pick_r} AS rating
-                FROM icf_ev w JOIN icf_ev h ON h.user_id = w.user_id AND h.r = w.u_n
-                CROSS JOIN {d.integers(1, hist + 1, "o")} k
-                WHERE NOT h.is_probe) y
-          WHERE rating IS NOT NULL AND j <> ix) x
+    FROM (SELECT w.user_id, w.item_id, w.timestamp, h.ix AS j, h.rating,
+                 LEAST(w.ix, h.ix) * {_KEY} + GREATEST(w.ix, h.ix) AS pk
+          FROM (SELECT w0.user_id, w0.item_id, w0.ix, w0.timestamp, w0.u_n - k.o AS hr
+                FROM icf_ev w0 CROSS JOIN {d.integers(0, hist, "o")} k
+                WHERE w0.u_n - k.o >= 1 AND w0.ix IS NOT NULL) w
+          JOIN icf_ev h ON h.user_id = w.user_id AND h.r = w.hr
+          WHERE NOT h.is_probe AND h.rating IS NOT NULL AND h.ix <> w.ix) x
     JOIN icf_keys ks ON ks.pk = x.pk
     WHERE ks.first_t < x.timestamp
 ),
