@@ -11,6 +11,7 @@ Every measured job runs in a fresh child process (``--job``) that reports its ow
 Usage:
     .venv/bin/python benchmarks/prepare.py                     # ml-latest-small + 20M synthetic
     .venv/bin/python benchmarks/prepare.py --ratings 2000000   # smaller synthetic run
+    .venv/bin/python benchmarks/prepare.py --ratings 0 --no-pandas --itemcf  # ml-latest-small, item-CF on/off
 Timings on a shared machine are noisy; run twice when comparing.
 """
 
@@ -141,7 +142,9 @@ def job(kind: str, args: dict) -> dict:
 
         ds = Dataset(name="bench", ratings=Path(args["work"]) / "ratings.parquet",
                      items=Path(args["work"]) / "items.parquet")
-        m = build_samples(ds, FeatureConfig(threads=2, memory_limit=args.get("memory_limit", "4GB")), args["out"])
+        config = FeatureConfig(threads=2, memory_limit=args.get("memory_limit", "4GB"),
+                               itemcf=args.get("itemcf") == "True")
+        m = build_samples(ds, config, args["out"])
         result["rows"] = sum(s["rows"] for s in m["splits"].values())
     elif kind == "load+samples":
         ds = load_dataset(args["data"], workdir=args["work"])
@@ -178,6 +181,8 @@ def main() -> None:
     parser.add_argument("--pandas-max-ratings", type=int, default=5_000_000,
                         help="skip pandas above this size: it holds everything in memory (~3 GiB per 1M ratings "
                              "measured at 2M), so 20M would need ~60 GiB")
+    parser.add_argument("--itemcf", action="store_true",
+                        help="also time the samples with userItemCFScore on (FeatureConfig.itemcf, opt-in)")
     parser.add_argument("--job", help=argparse.SUPPRESS)
     parser.add_argument("--job-args", help=argparse.SUPPRESS)
     a = parser.parse_args()
@@ -196,6 +201,9 @@ def main() -> None:
         add("ml-latest-small: load + samples", run_child("load+samples", 600, data=ML_SMALL, work=work / "mls",
                                                            out=work / "mls-out"), "< 5 s")
         add("ml-latest-small: samples only", run_child("samples", 600, work=work / "mls", out=work / "mls-out2"))
+        if a.itemcf:
+            add("ml-latest-small: samples + itemcf", run_child("samples", 600, work=work / "mls",
+                                                               out=work / "mls-out3", itemcf=True), "< 2 s")
         if not a.no_pandas:
             add("ml-latest-small: pandas", run_child("pandas", a.pandas_timeout, work=work / "mls",
                                                      out=work / "mls-pandas.parquet"))
@@ -207,7 +215,10 @@ def main() -> None:
             print(f"  generated {n:,} ratings in {gen.get('seconds', 0):.0f} s", file=sys.stderr)
         add(f"{n:,} synthetic: load_dataset", run_child("load", 3600, data=synth, work=work / "synth-norm"))
         add(f"{n:,} synthetic: samples", run_child("samples", 3600, work=work / "synth-norm",
-                                                   out=work / "synth-out"), "< 180 s, < 6 GiB")
+                                                   out=work / "synth-out"), "< 150 s, < 5 GiB (20M)")
+        if a.itemcf:
+            add(f"{n:,} synthetic: samples + itemcf", run_child("samples", 3600, work=work / "synth-norm",
+                                                                out=work / "synth-out-icf", itemcf=True))
         if not a.no_pandas and n > a.pandas_max_ratings:
             add(f"{n:,} synthetic: pandas", {"error": f"skipped: > --pandas-max-ratings {a.pandas_max_ratings:,} "
                                                       "(would not fit in memory)"})

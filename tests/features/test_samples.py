@@ -266,3 +266,32 @@ def test_bad_inputs_are_input_errors(tmp_path):
     assert err.value.field == "timestamp" and err.value.path.endswith("ratings.parquet")
     with pytest.raises(InputError, match="format"):
         build_samples(ds2, FeatureConfig(), tmp_path / "out", fmt="tfrecord")
+
+
+def test_split_writer_keeps_the_batch_order_and_reraises_failures(tmp_path):
+    """The writer thread writes batches in the engine's order; a failure on either side reaches the caller."""
+    import pyarrow as pa
+
+    from deepcrossing.features.samples import _write_splits
+
+    batches = [pa.record_batch({"x": [i, i + 1], "split": ["train", "test"]}) for i in range(0, 10, 2)]
+    files = {n: tmp_path / f"{n}.parquet" for n in ("train", "valid", "test")}
+    _write_splits(iter(batches), files, lambda b: b)
+    assert pq.read_table(files["train"]).column("x").to_pylist() == [0, 2, 4, 6, 8]
+    assert pq.read_table(files["test"]).column("x").to_pylist() == [1, 3, 5, 7, 9]
+    assert pq.read_table(files["valid"]).num_rows == 0 and pq.read_schema(files["valid"]).names == ["x"]
+
+    def failing_finish(batch):
+        if batch.column("x")[0].as_py() == 4:
+            raise RuntimeError("assemble failed")
+        return batch
+
+    files = {n: tmp_path / f"f-{n}.parquet" for n in ("train", "valid", "test")}
+    with pytest.raises(RuntimeError, match="assemble failed"):
+        _write_splits(iter(batches), files, failing_finish)
+    assert pq.read_table(files["train"]).column("x").to_pylist() == [0, 2]  # closed: a readable file
+
+    bad = [*batches[:2], pa.record_batch({"x": ["a", "b"], "split": ["train", "test"]})]
+    files = {n: tmp_path / f"b-{n}.parquet" for n in ("train", "valid", "test")}
+    with pytest.raises((pa.ArrowInvalid, ValueError)):  # the writer thread's error, re-raised here
+        _write_splits(iter(bad), files, lambda b: b)

@@ -33,8 +33,8 @@ class FeatureConfig(StrictConfig):
         seed: seed of the random split (unused by the time split).
         threads: DuckDB worker threads (does not change results).
         memory_limit: DuckDB memory limit, e.g. ``"4GB"``; beyond it DuckDB spills to a temp folder.
-        itemcf: compute ``userItemCFScore`` (off: the column is NULL; it costs ~2-3x the rest of the query on
-            ml-latest-small, so it is opt-in).
+        itemcf: compute ``userItemCFScore`` (off: the column is NULL; it more than doubles the query time on
+            ml-latest-small and 2M synthetic ratings, so it is opt-in).
         itemcf_window: ``userItemCFScore``: each positive co-occurs with the user's previous so many positives.
         itemcf_history: ``userItemCFScore``: the user's last so many ratings are scored against the movie
             (the service's stored history must hold at least as many: ``DEFAULT_HISTORY_N``).

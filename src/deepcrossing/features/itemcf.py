@@ -47,6 +47,19 @@ def _pick(prefix: str, count: int, index: str) -> str:
     return "CASE " + index + " " + " ".join(f"WHEN {k} THEN {prefix}{k}" for k in range(1, count + 1)) + " END"
 
 
+def _lag_pairs(positives: str, window: int, dialect: Dialect) -> str:
+    # (item_id, j, timestamp): each positive with each of the user's previous `window` positives (one direction)
+    w = int(window)
+    lags = ", ".join(f"LAG(item_id, {k}) OVER w_p AS p{k}" for k in range(1, w + 1))
+    return f"""(
+    SELECT item_id, timestamp, j
+    FROM (SELECT l.item_id, l.timestamp, {_pick("l.p", w, "k.o")} AS j
+          FROM (SELECT item_id, timestamp, {lags} FROM {positives}
+                WINDOW w_p AS (PARTITION BY user_id ORDER BY timestamp, item_id DESC)) l
+          CROSS JOIN {dialect.integers(1, w + 1, "o")} k) y
+    WHERE j IS NOT NULL AND j <> item_id)"""
+
+
 def pairs_sql(positives: str, window: int, dialect: Dialect = DUCKDB) -> str:
     """The co-occurrence pair events: ``(i, j, timestamp)``, both directions, at the later positive's time.
 
@@ -61,24 +74,23 @@ def pairs_sql(positives: str, window: int, dialect: Dialect = DUCKDB) -> str:
         >>> "LAG(item_id, 3)" in pairs_sql("p", 3)
         True
     """
-    w = int(window)
-    lags = ", ".join(f"LAG(item_id, {k}) OVER w_p AS p{k}" for k in range(1, w + 1))
     return f"""(
     SELECT CASE WHEN d.o = 0 THEN x.item_id ELSE x.j END AS i, CASE WHEN d.o = 0 THEN x.j ELSE x.item_id END AS j,
            x.timestamp
-    FROM (SELECT l.item_id, l.timestamp, {_pick("l.p", w, "k.o")} AS j
-          FROM (SELECT item_id, timestamp, {lags} FROM {positives}
-                WINDOW w_p AS (PARTITION BY user_id ORDER BY timestamp, item_id DESC)) l
-          CROSS JOIN {dialect.integers(1, w + 1, "o")} k) x
-    CROSS JOIN {dialect.integers(0, 2, "o")} d
-    WHERE x.j IS NOT NULL AND x.j <> x.item_id)"""
+    FROM {_lag_pairs(positives, window, dialect)} x
+    CROSS JOIN {dialect.integers(0, 2, "o")} d)"""
+
+
+_KEY = 4_294_967_296
+"""2**32: a pair's key is ``ix_i * 2**32 + ix_j`` over the dense item numbers (below 2**31: fits a BIGINT)."""
 
 
 def itemcf_ctes(window: int, history: int, dialect: Dialect = DUCKDB) -> str:
     """CTEs (each after a comma) that give ``icf(user_id, item_id, timestamp, icf_score)`` per sample.
 
     Expects the feature SQL's ``ev`` (events with ``label`` and ``is_probe``). Probe rows never count as
-    history or as positives.
+    history or as positives. Movies are renumbered densely (``icf_items``) so that a pair (i, j) is one BIGINT
+    key: the co-occurrence stream is partitioned and joined on that one integer instead of two ids.
 
     Example:
         >>> "icf AS" in itemcf_ctes(10, 20)
@@ -86,61 +98,73 @@ def itemcf_ctes(window: int, history: int, dialect: Dialect = DUCKDB) -> str:
     """
     d = dialect
     hist = int(history)
-    hist_lags = ", ".join(f"LAG(item_id, {k - 1}) OVER w_h AS h{k}, LAG(rating, {k - 1}) OVER w_h AS hr{k}"
-                          if k > 1 else "item_id AS h1, rating AS hr1" for k in range(1, hist + 1))
-    pick_j, pick_r = _pick("h.h", hist, "k.o"), _pick("h.hr", hist, "k.o")
     return f""",
-icf_pairs AS {pairs_sql("(SELECT user_id, item_id, timestamp FROM ev WHERE label = 1 AND NOT is_probe)",
-                        window, d)},
-icf_keys AS (SELECT DISTINCT i, j FROM icf_pairs),
+icf_items AS (
+    -- dense movie numbers 1..M (M < 2**31), so that a pair (i, j) is the one key i * 2**32 + j
+    SELECT item_id, ROW_NUMBER() OVER (ORDER BY item_id) AS ix
+    FROM (SELECT DISTINCT item_id FROM ev WHERE item_id IS NOT NULL) u
+),
+icf_evx AS (
+    -- ev with the dense movie numbers (NULL for a NULL movie id: such a row still takes its place in streams)
+    SELECT e.user_id, e.item_id, x.ix, e.rating, e.timestamp, e.is_probe, e.label
+    FROM ev e LEFT JOIN icf_items x ON e.item_id = x.item_id
+),
+icf_pairs AS (
+    -- each pair event once, as the key of the unordered pair (co is symmetric: both directions count at once)
+    SELECT LEAST(q.item_id, q.j) * {_KEY} + GREATEST(q.item_id, q.j) AS pk, q.timestamp
+    FROM {_lag_pairs("(SELECT user_id, ix AS item_id, timestamp FROM icf_evx WHERE label = 1 AND NOT is_probe)",
+                     window, d)} q
+),
+icf_keys AS (SELECT pk, MIN(timestamp) AS first_t FROM icf_pairs GROUP BY pk),
 icf_ev AS (
-    -- every row of a user, with u_n (the user's real ratings before t) and the user's last `history` real
-    -- ratings up to and including the row (most recent first; same second: smaller movieId first; probes
-    -- sort after every real rating of their second and never count)
-    SELECT user_id, item_id, timestamp, is_probe,
-           ROW_NUMBER() OVER w_h AS r,
+    -- every row of a user, numbered r = 1, 2, ... in the order real ratings by time (same second: larger
+    -- movieId first), then probes; u_n = the user's real ratings before t, so rows r = u_n, u_n - 1, ... are
+    -- the user's ratings before t, most recent first (same second: smaller movieId first)
+    SELECT user_id, item_id, ix, rating, timestamp, is_probe,
+           ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY is_probe, timestamp, item_id DESC) AS r,
            COALESCE(COUNT(CASE WHEN NOT is_probe THEN 1 END) OVER (PARTITION BY user_id ORDER BY timestamp
-               RANGE BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS u_n,
-           {hist_lags}
-    FROM ev WHERE user_id IS NOT NULL
-    WINDOW w_h AS (PARTITION BY user_id ORDER BY is_probe, timestamp, item_id DESC)
+               RANGE BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS u_n
+    FROM icf_evx WHERE user_id IS NOT NULL
 ),
 icf_look AS (
-    -- one row per (sample, rated movie j among the user's last `history` ratings) with a pair (i, j) at all:
-    -- the state after the user's u_n-th rating, unpivoted
-    SELECT x.user_id, x.i, x.timestamp, x.j, x.rating
-    FROM (SELECT w.user_id, w.item_id AS i, w.timestamp, {pick_j} AS j, {pick_r} AS rating
-          FROM icf_ev w JOIN icf_ev h ON h.user_id = w.user_id AND h.r = w.u_n
-          CROSS JOIN {d.integers(1, int(history) + 1, "o")} k
-          WHERE w.item_id IS NOT NULL AND NOT h.is_probe) x
-    JOIN icf_keys ks ON ks.i = x.i AND ks.j = x.j
-    WHERE x.rating IS NOT NULL
+    -- one row per (sample, rated movie j among the user's last `history` ratings before t) with a pair (i, j)
+    -- before t: the rows r = u_n - o, o < history, found by an equi-join
+    SELECT x.user_id, x.item_id, x.timestamp, x.j, x.rating, x.pk
+    FROM (SELECT w.user_id, w.item_id, w.timestamp, h.ix AS j, h.rating,
+                 LEAST(w.ix, h.ix) * {_KEY} + GREATEST(w.ix, h.ix) AS pk
+          FROM (SELECT w0.user_id, w0.item_id, w0.ix, w0.timestamp, w0.u_n - k.o AS hr
+                FROM icf_ev w0 CROSS JOIN {d.integers(0, hist, "o")} k
+                WHERE w0.u_n - k.o >= 1 AND w0.ix IS NOT NULL) w
+          JOIN icf_ev h ON h.user_id = w.user_id AND h.r = w.hr
+          WHERE NOT h.is_probe AND h.rating IS NOT NULL AND h.ix <> w.ix) x
+    JOIN icf_keys ks ON ks.pk = x.pk
+    WHERE ks.first_t < x.timestamp
 ),
 icf_co AS (
-    -- co(i, j) before t: pair events and lookups in one stream per (i, j)
+    -- co(i, j) before t: pair events and lookups in one stream per pair key
     SELECT * FROM (
-        SELECT user_id, i, timestamp, j, rating, is_pair, {_running("is_pair", "i, j")} AS co
-        FROM (SELECT CAST(NULL AS BIGINT) AS user_id, i, timestamp, j, CAST(NULL AS DOUBLE) AS rating,
-                     1 AS is_pair FROM icf_pairs
+        SELECT user_id, item_id, timestamp, j, rating, is_pair, {_running("is_pair", "pk")} AS co
+        FROM (SELECT CAST(NULL AS BIGINT) AS user_id, CAST(NULL AS BIGINT) AS item_id, timestamp,
+                     CAST(NULL AS BIGINT) AS j, CAST(NULL AS DOUBLE) AS rating, pk, 1 AS is_pair FROM icf_pairs
               UNION ALL
-              SELECT user_id, i, timestamp, j, rating, 0 AS is_pair FROM icf_look) s
+              SELECT user_id, item_id, timestamp, j, rating, pk, 0 AS is_pair FROM icf_look) s
     ) c WHERE is_pair = 0 AND co > 0
 ),
 icf_n AS (
     -- n_j before t: the positives of j and the lookups in one stream per movie j
     SELECT * FROM (
-        SELECT user_id, i, timestamp, j, rating, co, is_pos, {_running("is_pos", "j")} AS nj
-        FROM (SELECT CAST(NULL AS BIGINT) AS user_id, CAST(NULL AS BIGINT) AS i, timestamp, item_id AS j,
+        SELECT user_id, item_id, timestamp, rating, co, is_pos, {_running("is_pos", "j")} AS nj
+        FROM (SELECT CAST(NULL AS BIGINT) AS user_id, CAST(NULL AS BIGINT) AS item_id, timestamp, ix AS j,
                      CAST(NULL AS DOUBLE) AS rating, CAST(NULL AS BIGINT) AS co, 1 AS is_pos
-              FROM ev WHERE label = 1 AND NOT is_probe
+              FROM icf_evx WHERE label = 1 AND NOT is_probe
               UNION ALL
-              SELECT user_id, i, timestamp, j, rating, co, 0 AS is_pos FROM icf_co) s
+              SELECT user_id, item_id, timestamp, j, rating, co, 0 AS is_pos FROM icf_co) s
     ) n WHERE is_pos = 0
 ),
 icf AS (
-    SELECT user_id, i AS item_id, timestamp,
+    SELECT user_id, item_id, timestamp,
            SUM(co / SQRT(CAST(nj AS DOUBLE)) * rating) / SUM(co / SQRT(CAST(nj AS DOUBLE))) AS icf_score
-    FROM icf_n GROUP BY user_id, i, timestamp
+    FROM icf_n GROUP BY user_id, item_id, timestamp
 )"""
 
 

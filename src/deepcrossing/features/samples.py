@@ -17,6 +17,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -208,31 +209,46 @@ def _write_splits(batches: Iterable[pa.RecordBatch], files: dict[str, Path],
     """Stream the engine's Arrow batches into one Parquet file per split (bounded memory).
 
     The engine computes (DuckDB: 2 threads) while this thread builds the nested user columns with ``finish``
-    (:func:`deepcrossing.features.nested.assemble`) and writes with pyarrow, the same for every engine.
+    (:func:`deepcrossing.features.nested.assemble`) and one writer thread writes the previous batch with
+    pyarrow (which releases the GIL): building batch k + 1 overlaps writing batch k, at most two batches are in
+    flight, and the files get the batches in the engine's order, as a single thread would write them. The
+    same for every engine.
     """
     writers: dict[str, pq.ParquetWriter] = {}
-    schema = None
+    schema: pa.Schema | None = None
+
+    def write(batch: pa.RecordBatch) -> None:
+        split = batch.column("split")
+        batch = batch.drop_columns(["split"])
+        for name in SPLIT_NAMES:
+            part = batch.filter(pc.equal(split, name))
+            if part.num_rows == 0:
+                continue
+            if name not in writers:
+                writers[name] = pq.ParquetWriter(files[name], batch.schema, compression="zstd",
+                                                 use_dictionary=_dictionary_columns(batch.schema))
+            writers[name].write_batch(part, row_group_size=_ROW_GROUP)
+
     try:
-        for batch in batches:
-            batch = finish(batch)
-            split = batch.column("split")
-            batch = batch.drop_columns(["split"])
-            schema = batch.schema
-            for name in SPLIT_NAMES:
-                part = batch.filter(pc.equal(split, name))
-                if part.num_rows == 0:
-                    continue
-                if name not in writers:
-                    writers[name] = pq.ParquetWriter(files[name], schema, compression="zstd",
-                                                     use_dictionary=_dictionary_columns(schema))
-                writers[name].write_batch(part, row_group_size=_ROW_GROUP)
+        with ThreadPoolExecutor(1, thread_name_prefix="samples-writer") as writer:
+            pending: Future[None] | None = None
+            for batch in batches:
+                batch = finish(batch)
+                schema = batch.schema
+                if pending is not None:
+                    pending.result()  # re-raises a failed write here
+                pending = writer.submit(write, batch)
+            if pending is not None:
+                pending.result()
+        if schema is not None and "split" in schema.names:
+            schema = schema.remove(schema.get_field_index("split"))
         for name in SPLIT_NAMES:  # empty splits still get a file with the schema
             if name not in writers and schema is not None:
                 writers[name] = pq.ParquetWriter(files[name], schema, compression="zstd",
-                                                     use_dictionary=_dictionary_columns(schema))
+                                                 use_dictionary=_dictionary_columns(schema))
     finally:
-        for writer in writers.values():
-            writer.close()
+        for w in writers.values():
+            w.close()
 
 
 def _dictionary_columns(schema: pa.Schema) -> list[str]:

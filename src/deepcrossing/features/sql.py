@@ -103,7 +103,8 @@ def feature_sql(genres: list[str], *, label_threshold: float, recent_n: int,
     flat rows go through that same ``assemble`` (Spark's too), so the nested columns have one definition.
 
     Args:
-        genres: the genre vocabulary (sorted distinct genres of the items); one cumulative count per genre.
+        genres: the genre vocabulary (sorted distinct genres of the items, every one of them: a genre outside it
+            is left out of ``userGenreAvgRating``); one cumulative count per genre.
         label_threshold: rating >= this is a positive when the row has no explicit label.
         recent_n: N of ``userRecentPositives``.
         genre_bits: bits per packed genre counter (:func:`genre_bits` of the largest number of events of one
@@ -144,6 +145,8 @@ def feature_sql(genres: list[str], *, label_threshold: float, recent_n: int,
                            + [f"COALESCE(st.gs{p}, 0) AS _gp{p}" for p in range(len(packs))])
     out_state = ", ".join([f"_rp{j}" for j in range(recent_n)] + [f"_gp{p}" for p in range(len(packs))])
     rated = ",\n    ".join(f"_rp{i - 1} AS userRatedMovie{i}" for i in range(1, 6))
+    genre_number = ("CASE g " + " ".join(f"WHEN {d.str_lit(g)} THEN {k}" for k, g in enumerate(genres)) + " END"
+                    if genres else "CAST(NULL AS INTEGER)")
     return f"""
 WITH item_bits AS (
     SELECT item_id,
@@ -159,48 +162,12 @@ ev AS (
            CAST(i.year AS BIGINT) AS year
     FROM events e LEFT JOIN items_src i ON e.item_id = i.item_id
 ),
-win AS (
-    SELECT ev.*,
-        {_before("COUNT(*)", "w_user")} AS u_n,
-        {_before("COUNT(rating)", "w_user")} AS u_nr,
-        {_before("SUM(rating)", "w_user")} AS u_s,
-        {_before("SUM(rating * rating)", "w_user")} AS u_ss,
-        {_before("COUNT(year)", "w_user")} AS u_ny,
-        {_before("SUM(year)", "w_user")} AS u_ys,
-        {_before("SUM(year * year)", "w_user")} AS u_yss,
-        CAST({_before("SUM(label)", "w_user")} AS BIGINT) AS u_pos,
-        MAX(timestamp) OVER w_user AS u_prev,
-        {_before("COUNT(*)", "w_movie")} AS m_n,
-        {_before("COUNT(rating)", "w_movie")} AS m_nr,
-        {_before("SUM(rating)", "w_movie")} AS m_s,
-        {_before("SUM(rating * rating)", "w_movie")} AS m_ss,
-        CAST({_before("SUM(label)", "w_movie")} AS BIGINT) AS m_pos,
-        -- the movie's first rating time if it is before t (the sort puts it first in the partition)
-        CASE WHEN FIRST_VALUE(timestamp) OVER w_movie_upto < timestamp
-             THEN FIRST_VALUE(timestamp) OVER w_movie_upto END AS m_first,
-        COUNT(*) OVER w_movie_7d AS m_n7,
-        COUNT(*) OVER w_movie_30d AS m_n30
-    FROM ev
-    -- "strictly before t" sums are (running sum up to t, same-second peers included) minus (the peers' sum):
-    -- both frames come from one sort and are much cheaper than a RANGE ... 1 PRECEDING frame per aggregate,
-    -- which is kept only for MAX(timestamp)
-    WINDOW w_user AS (PARTITION BY user_id ORDER BY timestamp
-                      RANGE BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING),
-           w_user_upto AS (PARTITION BY user_id ORDER BY timestamp
-                           RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW),
-           w_user_peers AS (PARTITION BY user_id ORDER BY timestamp RANGE BETWEEN CURRENT ROW AND CURRENT ROW),
-           w_movie_upto AS (PARTITION BY item_id ORDER BY timestamp
-                            RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW),
-           w_movie_peers AS (PARTITION BY item_id ORDER BY timestamp RANGE BETWEEN CURRENT ROW AND CURRENT ROW),
-           w_movie_7d AS (PARTITION BY item_id ORDER BY timestamp
-                          RANGE BETWEEN {7 * DAY} PRECEDING AND 1 PRECEDING),
-           w_movie_30d AS (PARTITION BY item_id ORDER BY timestamp
-                           RANGE BETWEEN {30 * DAY} PRECEDING AND 1 PRECEDING)
-),
 ev_genre AS (
-    -- one row per (rating, genre of its movie): the user's running rating sum and count per genre
+    -- one row per (rating, genre of its movie): the user's running rating sum and count per genre (the genre
+    -- as its vocabulary number: an integer partition key sorts faster than the name)
     SELECT e.user_id, e.item_id, e.timestamp, e.rating, ig.genre
-    FROM ev e JOIN (SELECT item_id, {d.unnest("genres")} AS genre FROM items_src) ig ON e.item_id = ig.item_id
+    FROM ev e JOIN (SELECT item_id, {genre_number} AS genre
+                    FROM (SELECT item_id, {d.unnest("genres")} AS g FROM items_src) u) ig ON e.item_id = ig.item_id
     WHERE e.user_id IS NOT NULL AND ig.genre IS NOT NULL
 ),
 genre_before AS (
@@ -217,24 +184,71 @@ genre_avg AS (
     SELECT user_id, item_id, timestamp, SUM(gs) AS ga_s, CAST(SUM(gn) AS BIGINT) AS ga_n
     FROM genre_before GROUP BY user_id, item_id, timestamp
 ),
+ev_ga AS (
+    -- joined to the narrow events before the window sorts, not to the wide rows after them (at 20M rows the
+    -- late join spilled the wide probe side)
+    SELECT ev.*, ga.ga_s, ga.ga_n
+    FROM ev LEFT JOIN genre_avg ga
+      ON ev.user_id = ga.user_id AND ev.item_id = ga.item_id AND ev.timestamp = ga.timestamp
+),
+win AS (
+    SELECT ev_ga.*,
+        {_before("COUNT(*)", "w_user")} AS u_n,
+        {_before("COUNT(rating)", "w_user")} AS u_nr,
+        {_before("SUM(rating)", "w_user")} AS u_s,
+        {_before("SUM(rating * rating)", "w_user")} AS u_ss,
+        {_before("COUNT(year)", "w_user")} AS u_ny,
+        {_before("SUM(year)", "w_user")} AS u_ys,
+        {_before("SUM(year * year)", "w_user")} AS u_yss,
+        CAST({_before("SUM(label)", "w_user")} AS BIGINT) AS u_pos,
+        -- the latest earlier time: the frame's last row in time order (no running MAX to maintain)
+        LAST_VALUE(timestamp) OVER w_user AS u_prev,
+        {_before("COUNT(*)", "w_movie")} AS m_n,
+        {_before("COUNT(rating)", "w_movie")} AS m_nr,
+        {_before("SUM(rating)", "w_movie")} AS m_s,
+        {_before("SUM(rating * rating)", "w_movie")} AS m_ss,
+        CAST({_before("SUM(label)", "w_movie")} AS BIGINT) AS m_pos,
+        -- the movie's first rating time if it is before t (the sort puts it first in the partition)
+        CASE WHEN FIRST_VALUE(timestamp) OVER w_movie_upto < timestamp
+             THEN FIRST_VALUE(timestamp) OVER w_movie_upto END AS m_first,
+        COUNT(*) OVER w_movie_7d AS m_n7,
+        COUNT(*) OVER w_movie_30d AS m_n30
+    FROM ev_ga
+    -- "strictly before t" sums are (running sum up to t, same-second peers included) minus (the peers' sum):
+    -- both frames come from one sort and are much cheaper than a RANGE ... 1 PRECEDING frame per aggregate,
+    -- which is kept only for the latest earlier time
+    WINDOW w_user AS (PARTITION BY user_id ORDER BY timestamp
+                      RANGE BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING),
+           w_user_upto AS (PARTITION BY user_id ORDER BY timestamp
+                           RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW),
+           w_user_peers AS (PARTITION BY user_id ORDER BY timestamp RANGE BETWEEN CURRENT ROW AND CURRENT ROW),
+           w_movie_upto AS (PARTITION BY item_id ORDER BY timestamp
+                            RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW),
+           w_movie_peers AS (PARTITION BY item_id ORDER BY timestamp RANGE BETWEEN CURRENT ROW AND CURRENT ROW),
+           w_movie_7d AS (PARTITION BY item_id ORDER BY timestamp
+                          RANGE BETWEEN {7 * DAY} PRECEDING AND 1 PRECEDING),
+           w_movie_30d AS (PARTITION BY item_id ORDER BY timestamp
+                           RANGE BETWEEN {30 * DAY} PRECEDING AND 1 PRECEDING)
+),
 pos AS (
-    -- the user's positive events, numbered in time order; within one second larger movieId first, so that
-    -- the most recent-first list puts the smaller movieId first
-    -- (packed genre counters are joined here, not carried through the window sorts above)
-    SELECT p.user_id, p.item_id, {pos_packs},
-           ROW_NUMBER() OVER (PARTITION BY p.user_id ORDER BY p.timestamp, p.item_id DESC) AS pos_rank
+    -- the user's positive events (packed genre counters are joined here, not carried through the sorts above)
+    SELECT p.user_id, p.item_id, p.timestamp, {pos_packs}
     FROM ev p LEFT JOIN item_bits i ON p.item_id = i.item_id
     WHERE p.label = 1
 ),
 state AS (
     -- the user's positive history right after positive number pos_rank: last N items and genre counts;
-    -- one row per positive event, joined to every sample that has exactly pos_rank earlier positives
-    SELECT user_id, pos_rank,
+    -- one row per positive event, joined to every sample that has exactly pos_rank earlier positives.
+    -- Positives are numbered in time order, within one second larger movieId first, so that the most
+    -- recent-first list puts the smaller movieId first; the number, the lags and the running counts share
+    -- one sort (rows tied on (timestamp, movieId) are the same movie: any order of them gives the same values)
+    SELECT user_id, ROW_NUMBER() OVER w_pos AS pos_rank,
         {lags},
         {gcounts}
     FROM pos
-    WINDOW w_pos AS (PARTITION BY user_id ORDER BY pos_rank),
-           w_pos_cum AS (PARTITION BY user_id ORDER BY pos_rank ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+    WINDOW w_pos AS (PARTITION BY user_id ORDER BY timestamp, item_id DESC),
+           w_pos_cum AS (PARTITION BY user_id ORDER BY timestamp, item_id DESC
+                         ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
 ),
 joined AS (
     -- samples with no earlier positive (u_pos = 0) find no state row: NULL lags, zero counts
@@ -242,12 +256,10 @@ joined AS (
     FROM win LEFT JOIN state st ON win.user_id = st.user_id AND win.u_pos = st.pos_rank
 ){_BAYES_CTES if movie_bayes else ""}{itemcf_ctes(itemcf_window, itemcf_history, d) if itemcf else ""},
 final AS (
-    SELECT joined.*, COALESCE(i.genres, {d.empty_list('VARCHAR[]')}) AS genres, ga.ga_s, ga.ga_n,
+    SELECT joined.*, COALESCE(i.genres, {d.empty_list('VARCHAR[]')}) AS genres,
            {"gb.g_s, gb.g_n" if movie_bayes else "CAST(NULL AS DOUBLE) AS g_s, CAST(NULL AS BIGINT) AS g_n"},
            {"icf.icf_score" if itemcf else "CAST(NULL AS DOUBLE) AS icf_score"}
     FROM joined LEFT JOIN items_src i ON joined.item_id = i.item_id
-    LEFT JOIN genre_avg ga
-      ON joined.user_id = ga.user_id AND joined.item_id = ga.item_id AND joined.timestamp = ga.timestamp
     {"LEFT JOIN g_before gb ON joined.timestamp = gb.timestamp" if movie_bayes else ""}
     {_ICF_JOIN if itemcf else ""}
 )
