@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from test_pair_scorer import build
+from test_pair_scorer import build, check_fast_equals_plain
 
 from deepcrossing.config import Feature, FeatureSpec, ModelConfig, TrainConfig
 from deepcrossing.data.schema import Dataset
@@ -159,16 +159,6 @@ def save_model(icf, name: str, pairs, mlp: str = "residual"):
         built = build(icf.samples, pairs, mlp)
         artifact.save(path, built.model, built.encoder, TrainConfig(epochs=1))
     return path
-
-
-def check_fast_equals_plain(engine: Engine) -> None:
-    user = engine.store.meta()["example_users"][0]
-    for uid in (user, 10**12):   # a heavy user and an unknown one
-        fast = engine.recommend(uid, k=20, candidates=300)
-        plain = engine.recommend(uid, k=20, candidates=300, plain=True)
-        assert [i["movieId"] for i in fast["items"]] == [i["movieId"] for i in plain["items"]]
-        np.testing.assert_allclose([i["score"] for i in fast["items"]], [i["score"] for i in plain["items"]],
-                                   atol=1e-5)
 
 
 @pytest.mark.parametrize("mlp", ["residual", "plain"])

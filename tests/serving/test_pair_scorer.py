@@ -149,6 +149,17 @@ def test_export_parity_with_pair_features(synth_data, tmp_path, fmt):
     assert np.std(got) > 1e-4
 
 
+def check_fast_equals_plain(engine) -> None:
+    """The engine's split first layer ranks a heavy user and an unknown one like the plain forward pass."""
+    user = engine.store.meta()["example_users"][0]
+    for uid in (user, 10**12):
+        fast = engine.recommend(uid, k=20, candidates=300)
+        plain = engine.recommend(uid, k=20, candidates=300, plain=True)
+        assert [i["movieId"] for i in fast["items"]] == [i["movieId"] for i in plain["items"]]
+        np.testing.assert_allclose([i["score"] for i in fast["items"]], [i["score"] for i in plain["items"]],
+                                   atol=1e-5)
+
+
 def test_engine_recommend_and_score_with_pair_features(synth_data, sqlite_url, tmp_path):
     """/recommend's engine path: fast equals plain on the published store; score() of an unknown movie works."""
     from deepcrossing.config import TrainConfig
@@ -159,13 +170,8 @@ def test_engine_recommend_and_score_with_pair_features(synth_data, sqlite_url, t
     artifact.save(tmp_path / "model", built.model, built.encoder, TrainConfig(epochs=1))
     engine = Engine.open(tmp_path / "model", sqlite_url)
     assert engine.state is not None and engine.state.scorer.pair_idx is not None
+    check_fast_equals_plain(engine)
     user = engine.store.meta()["example_users"][0]
-    for uid in (user, 10**12):   # a heavy user and an unknown one
-        fast = engine.recommend(uid, k=20, candidates=300)
-        plain = engine.recommend(uid, k=20, candidates=300, plain=True)
-        assert [i["movieId"] for i in fast["items"]] == [i["movieId"] for i in plain["items"]]
-        np.testing.assert_allclose([i["score"] for i in fast["items"]], [i["score"] for i in plain["items"]],
-                                   atol=1e-5)
     movies = [i["movieId"] for i in engine.recommend(user, k=3)["items"]] + [10**12]
     scored = engine.score(user, movies)
     assert scored["knownMovies"] == [True, True, True, False] and all(0 < s < 1 for s in scored["scores"])
