@@ -2,8 +2,8 @@
 
 SparrowRecSys CSVs get ``specs/sparrow.toml``; our Parquet samples get ``specs/movielens.toml``, plus the
 item-CF score ``userItemCFScore`` when the samples were prepared with it (``prepare --itemcf``; the column is
-NULL otherwise). Chosen on validation AUC (Deep Crossing, grid of compare_peers, seed 0): ml-latest-small 0.7969
-with it vs 0.7839 without, ml-100k 0.7514 vs 0.7456.
+NULL otherwise). Chosen on validation AUC (Deep Crossing, 3 seeds): ml-latest-small 0.7973 with it vs 0.7839
+without, ml-100k 0.7511 vs 0.7456.
 
 Example:
     >>> [f.name for f in default_config(Path("samples/train.parquet")).spec.features][-1]   # doctest: +SKIP
