@@ -101,7 +101,10 @@ def test_service_recalls_the_validated_merge_as_measured(models, synth_data, ser
             assert body["candidates"] == len(expected)
             assert {i["movieId"]: i["channel"] for i in body["items"]} == dict(zip(expected, labels, strict=True))
             assert body["channels"] == {c: labels.count(c) for c, _ in plan}
-        assert {"two_tower", "item2vec"} & {i["channel"] for i in body["items"]}
+        # the vector channels the validated merge weights are served (which ones it weights depends on the
+        # trained recall models: with the backtested trending list it may give them none on this synthetic log)
+        personal = {c for c, w in recall.merge.items() if w > 0 and c in ("two_tower", "item2vec")}
+        assert not personal or personal & {i["channel"] for i in body["items"]}, (recall.merge, body["channels"])
         cold = httpx.get(f"{server.url}/recommend/{users[3]}", params={"k": 10}).json()
         assert cold["known"] is False and len(cold["items"]) == 10
     engine.store.close()

@@ -120,7 +120,16 @@ def _reference(optimizer: str) -> dict[str, torch.Tensor]:
 
 def test_two_gloo_ranks_match_one_process_on_the_same_global_batches(tmp_path):
     out = tmp_path / "rank0"
-    distributed.launch(WORLD, _rank_worker, str(out))  # one launch for both optimizers (start-up is slow)
+    for attempt in range(3):  # one launch for both optimizers (start-up is slow)
+        try:
+            distributed.launch(WORLD, _rank_worker, str(out))
+            break
+        except DeepCrossingError as exc:
+            # PyTorch's gloo sparse all-reduce (sparse_adam's embedding gradients) aborts a rank now and then:
+            # "terminate called without an active exception", SIGABRT, ~1 launch in 10 with sparse_adam, none in
+            # 10 with dense Adam; also at commits before 2026-12-01. A relaunch must then agree exactly.
+            if "SIGABRT" not in str(exc) or attempt == 2:
+                raise
     for optimizer in OPTIMIZERS:  # dense Adam; sparse embedding gradients all-reduced by gloo + SparseAdam
         got, want = load_file(f"{out}-{optimizer}"), _reference(optimizer)
         initial = _model(optimizer).state_dict()
