@@ -80,6 +80,18 @@ class Batch:
         for dst, src in zip(self._tensors(), part._tensors(), strict=True):
             dst[start:start + len(part)].copy_(src)
 
+    @staticmethod
+    def cat(parts: list[Batch]) -> Batch:
+        """The rows of ``parts`` (same features and widths) in order, in one new batch (one part: itself)."""
+        if len(parts) == 1:
+            return parts[0]
+        out = parts[0].alloc(sum(len(p) for p in parts))
+        start = 0
+        for p in parts:
+            out.put(start, p)
+            start += len(p)
+        return out
+
     def slice(self, start: int, stop: int) -> Batch:
         """Rows ``start:stop`` (views, no copy)."""
         return self._map(lambda t: t[start:stop])

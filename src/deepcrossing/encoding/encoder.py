@@ -100,7 +100,6 @@ def _pad(rows: np.ndarray, lengths: np.ndarray, width: int, weights: np.ndarray 
     return out, wout
 
 
-
 TRANSFORM_ROWS = 262_144
 """Rows :meth:`Encoder.transform` encodes at a time (a bounded peak memory; the result does not depend on it)."""
 
@@ -123,6 +122,7 @@ def encode_labels(table: pa.Table, source: str | Path | None = None) -> torch.Te
         bad = int((~np.isin(lab, (0.0, 1.0))).sum())
         raise InputError(f"{bad} labels are not 0 or 1", path=source, field="label")
     return torch.from_numpy(lab.copy())
+
 
 class Encoder:
     """Fits the spec's transformers on train and encodes sample tables into :class:`Batch` es.

@@ -92,18 +92,13 @@ def fit_streaming(path: str | Path, spec: FeatureSpec, options: StreamOptions) -
     return fit.finish()
 
 
-def _cat(parts: list[Batch]) -> Batch:
-    if len(parts) == 1:
-        return parts[0]
-    first = parts[0]
-    return Batch(
-        dense=torch.cat([p.dense for p in parts]),
-        sparse={k: torch.cat([p.sparse[k] for p in parts]) for k in first.sparse},
-        bags={k: torch.cat([p.bags[k] for p in parts]) for k in first.bags},
-        bag_weights={k: torch.cat([p.bag_weights[k] for p in parts]) for k in first.bag_weights},
-        labels=None if first.labels is None else torch.cat([p.labels for p in parts if p.labels is not None]),
-        numeric={k: torch.cat([p.numeric[k] for p in parts]) for k in first.numeric},
-    )
+def _read_encoded(pf: pq.ParquetFile, groups: list[int], columns: list[str], encoder: Encoder, path: Path) -> Batch:
+    """Row groups ``groups`` of ``pf`` (only ``columns``) encoded; their Arrow buffers given back at once."""
+    table = pf.read_row_groups(groups, columns=columns)
+    encoded = encoder.transform(table, source=path)
+    del table
+    pa.default_memory_pool().release_unused()  # mimalloc keeps freed buffers otherwise
+    return encoded
 
 
 class ParquetStream:
@@ -183,11 +178,8 @@ class ParquetStream:
         for start in range(0, len(order), w):
             if left <= 0:
                 break
-            table = pf.read_row_groups(order[start:start + w], columns=self.columns)
-            encoded = self.encoder.transform(table, source=self.path)
-            del table
-            pa.default_memory_pool().release_unused()  # give the window's Arrow buffers back (mimalloc keeps them)
-            window = _cat([*carry, encoded.take(torch.randperm(len(encoded), generator=generator))])
+            encoded = _read_encoded(pf, order[start:start + w], self.columns, self.encoder, self.path)
+            window = Batch.cat([*carry, encoded.take(torch.randperm(len(encoded), generator=generator))])
             usable = min(len(window), left)
             full = usable - usable % batch_size if usable < left else usable
             yield window, full
@@ -228,11 +220,7 @@ class ParquetSplit:
         """Each row group encoded, in file order."""
         pf = _open(self.path)
         for i in range(pf.num_row_groups):
-            table = pf.read_row_group(i, columns=self.columns)
-            encoded = self.encoder.transform(table, source=self.path)
-            del table
-            pa.default_memory_pool().release_unused()
-            yield encoded
+            yield _read_encoded(pf, [i], self.columns, self.encoder, self.path)
 
 
 __all__ = ["ParquetSplit", "ParquetStream", "StreamOptions", "fit_streaming", "should_stream",
