@@ -57,6 +57,10 @@ def train(
         "--memory-budget", callback=byte_size,
         help="Stream the train file when its uncompressed size exceeds this (e.g. 4G, 512M; default: a quarter "
              "of the physical memory).")] = None,
+    ensemble: Annotated[int, typer.Option(
+        "--ensemble", min=1, max=16,
+        help="Train K members (seeds seed..seed+K-1, each early-stopped on valid) and write ONE model, their "
+             "fusion: K-wide layers whose logit is the members' mean (about K^2 the MLP's serving FLOPs).")] = 1,
 ) -> None:
     """Train the Deep Crossing model; early stopping on validation AUC; write the model folder."""
     import dataclasses
@@ -101,8 +105,11 @@ def train(
     if stream and files["train"].suffix.lower() != ".parquet":
         raise InputError("--stream reads Parquet samples (row groups); this train file is not .parquet",
                          path=files["train"])
+    if ensemble > 1:
+        _check_ensemble(config, spec, resume=resume, nproc=nproc, stream=stream)
     dev = pick_device(device)
-    job = train_run.TrainJob(files, config, out_dir, dev, threads, resume, overwrite, stream, budget)
+    job = train_run.TrainJob(files, config, out_dir, dev, threads, resume, overwrite, stream, budget,
+                             ensemble=ensemble)
     from deepcrossing.training import distributed
 
     ctx = distributed.from_env(dev)
@@ -112,6 +119,22 @@ def train(
         distributed.launch(nproc, train_run.run_rank, job, backend="nccl" if dev == "cuda" else "gloo")
     else:
         train_run.run(job, ctx)
+
+
+def _check_ensemble(config: Any, spec: str | None, *, resume: bool, nproc: int, stream: bool) -> None:
+    """``--ensemble K > 1``: the flags it cannot go with, and a model config that cannot be fused."""
+    from deepcrossing.errors import InputError
+    from deepcrossing.model.ensemble import check_fusable
+
+    for flag, given in (("--resume", resume), ("--nproc", nproc > 1), ("--stream", stream)):
+        if given:
+            raise DeepCrossingError(f"--ensemble trains its members in one process from held samples; leave out "
+                                    f"{flag}")
+    try:
+        check_fusable(config.model, config.spec)
+    except InputError as exc:
+        where = spec if spec is not None and spec not in ("movielens", "sparrow") else None
+        raise InputError(exc.message, path=where, field=exc.field) from None
 
 
 # [evaluate]

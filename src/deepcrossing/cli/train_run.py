@@ -16,6 +16,10 @@ from typing import TYPE_CHECKING, Any
 from deepcrossing.cli.common import console, out, seed_everything, set_threads
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from rich.progress import Progress
+
     from deepcrossing.config import ExperimentConfig
     from deepcrossing.training.distributed import DistContext
     from deepcrossing.training.trainer import StepInfo
@@ -42,6 +46,7 @@ class TrainJob:
     stream: bool
     budget: int | None
     window: int = 4
+    ensemble: int = 1
 
 
 def run_rank(ctx: DistContext, job: TrainJob) -> None:
@@ -51,8 +56,6 @@ def run_rank(ctx: DistContext, job: TrainJob) -> None:
 
 def run(job: TrainJob, ctx: DistContext | None) -> None:
     """Train (as one process, or as rank ``ctx``) and, on rank 0, print the summary."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     from deepcrossing.features import read_samples
     from deepcrossing.training import distributed
     from deepcrossing.training.pipeline import train_model
@@ -82,17 +85,15 @@ def run(job: TrainJob, ctx: DistContext | None) -> None:
                   f"{ranks}", highlight=False)
     options = StreamOptions(window=job.window) if stream else None
     sources = {k: str(v) for k, v in job.files.items()}
+    if job.ensemble > 1:
+        _run_ensemble(job, tables, sources, device)
+        return
     if not main:
         train_model(tables, config, job.out_dir, device=device, resume=job.resume, overwrite=job.overwrite,
                     sources=sources, dist=ctx, stream=options)
         return
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
-                  TimeElapsedColumn(), console=console, transient=True) as progress:
-        task = progress.add_task("epoch", total=None, info="")
-
-        def on_step(info: StepInfo) -> None:
-            progress.update(task, description=f"epoch {info.epoch}/{config.train.epochs}", total=info.steps,
-                            completed=info.step, info=f"loss {info.loss:.4f}  {info.samples_per_s:,.0f} samples/s")
+    with _progress() as progress:
+        on_step = _step_bar(progress, config.train.epochs)
 
         def on_epoch(r: dict[str, Any]) -> None:
             progress.console.print(
@@ -112,6 +113,52 @@ def run(job: TrainJob, ctx: DistContext | None) -> None:
         out.print(f"test AUC {summary['test']['auc']:.4f}  logloss {summary['test']['logloss']:.4f}", highlight=False)
     out.print(f"wrote {job.out_dir}: model.safetensors, manifest.json, metrics.jsonl, metrics.json, curves.png, "
               f"roc.png in {summary['seconds']:.1f} s", highlight=False)
+
+
+def _progress() -> Progress:
+    """The transient progress bar of a training run."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                    TimeElapsedColumn(), console=console, transient=True)
+
+
+def _step_bar(progress: Progress, epochs: int) -> Callable[[StepInfo], None]:
+    """An ``on_step`` callback drawing the epoch's bar (steps, loss, samples/s) in ``progress``."""
+    task = progress.add_task("epoch", total=None, info="")
+
+    def on_step(info: StepInfo) -> None:
+        progress.update(task, description=f"epoch {info.epoch}/{epochs}", total=info.steps,
+                        completed=info.step, info=f"loss {info.loss:.4f}  {info.samples_per_s:,.0f} samples/s")
+
+    return on_step
+
+
+def _run_ensemble(job: TrainJob, tables: dict[str, Any], sources: dict[str, str], device: str) -> None:
+    """``train --ensemble K``: K members, fused into one model folder; print each member's and the fused AUC."""
+    from deepcrossing.training.ensemble import train_ensemble
+
+    k, epochs = job.ensemble, job.config.train.epochs
+    with _progress() as progress:
+        on_step = _step_bar(progress, epochs)
+
+        def on_epoch(r: dict[str, Any]) -> None:
+            progress.console.print(
+                f"member {r['member'] + 1}/{k} (seed {r['seed']}) epoch {r['epoch']}: train loss "
+                f"{r['train_loss']:.4f}  valid AUC {r['valid_auc']:.4f}  ({r['train_seconds']:.1f} s)", highlight=False)
+
+        summary = train_ensemble(tables, job.config, job.out_dir, k, seed_everything, device=device,
+                                 sources=sources, on_step=on_step, on_epoch=on_epoch, overwrite=job.overwrite)
+    ens = summary["ensemble"]
+    for m in ens["members"]:
+        out.print(f"member seed {m['seed']}: best epoch {m['best_epoch']} of {m['epochs_run']}, valid AUC "
+                  f"{m['valid']['auc']:.4f}", highlight=False)
+    out.print(f"fused {k} members: valid AUC {summary['valid']['auc']:.4f}  logloss {summary['valid']['logloss']:.4f}"
+              f" (max |logit - members' mean| {ens['max_abs_logit_diff']:.1e})", highlight=False)
+    if "test" in summary:
+        out.print(f"test AUC {summary['test']['auc']:.4f}  logloss {summary['test']['logloss']:.4f}", highlight=False)
+    out.print(f"wrote {job.out_dir}: one fused model (model.safetensors, manifest.json, metrics.json) in "
+              f"{summary['seconds']:.1f} s", highlight=False)
 
 
 __all__ = ["TrainJob", "default_budget", "run", "run_rank"]

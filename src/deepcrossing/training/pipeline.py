@@ -35,7 +35,7 @@ import pyarrow as pa
 import torch
 
 from deepcrossing.atomic import write_text_atomic
-from deepcrossing.config import ExperimentConfig
+from deepcrossing.config import ExperimentConfig, TrainConfig
 from deepcrossing.encoding.batch import Batch
 from deepcrossing.encoding.encoder import Encoder
 from deepcrossing.errors import InputError
@@ -196,21 +196,34 @@ def _train(tables: Mapping[str, pa.Table | None], config: ExperimentConfig, rese
     fit = trainer.fit(train_data, encoded["valid"], resume=resume, on_step=run.on_step, on_epoch=epoch_done)
     if not isinstance(reservation, Reservation):
         return {}
-    out_dir = reservation.target
     model = model.cpu().eval()
     results: dict[str, Any] = {"best_epoch": fit.best_epoch, "epochs_run": len(fit.history),
                                "stopped_early": fit.stopped_early,
                                "valid": evaluate_batch(model, encoded["valid"])}
     if trainer.swa_record:
         results["swa"] = trainer.swa_record
-    roc_split = "valid"
     if "test" in encoded:
         results["test"] = evaluate_batch(model, encoded["test"])
-        roc_split = "test"
     _require_finite(results, sources)
     results["train_seconds"] = round(sum(r["train_seconds"] for r in fit.history), 3)
     results["n_train"] = fit.samples_per_epoch
     results["ranks"] = 1 if run.dist is None else run.dist.world_size
+    files = write_model_folder(reservation, model, encoder, cfg_train, results, fit.history, encoded, sources)
+    shutil.rmtree(work, ignore_errors=True)
+    return {**results, "history": fit.history, "files": files,
+            "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def write_model_folder(reservation: Reservation, model: DeepCrossing, encoder: Encoder, cfg_train: TrainConfig,
+                       results: dict[str, Any], history: list[dict[str, Any]],
+                       encoded: Mapping[str, Batch | ParquetSplit], sources: dict[str, str]) -> dict[str, str]:
+    """Write the model folder as a whole (weights, manifest with ``results`` as its metrics, ``metrics.jsonl``
+    of ``history``, ``metrics.json``, curves, the ROC of test, else valid), load it back, swap it in.
+
+    Returns:
+        The files written: ``curves``, ``roc``, ``model``, ``manifest``, ``metrics``.
+    """
+    out_dir = reservation.target
     samples: dict[str, Any] = {"files": dict(sources)}
     manifest_path = Path(sources["train"]).parent / "manifest.json" if "train" in sources else None
     if manifest_path is not None and manifest_path.exists():
@@ -219,19 +232,17 @@ def _train(tables: Mapping[str, pa.Table | None], config: ExperimentConfig, rese
             samples["sha256"] = file_sha256(manifest_path)
         except OSError:
             pass
+    roc_split = "test" if "test" in encoded else "valid"
     scores = torch.sigmoid(predict_logits(model, encoded[roc_split])).numpy().astype(np.float64)
     roc_labels = encoded[roc_split].labels
     assert roc_labels is not None  # the encoder always fills labels (zeros without a label column)
     with reservation.write() as tmp:  # the whole folder, verified, then swapped in
-        (tmp / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in fit.history))
-        plot_history(fit.history, tmp / "curves.png")
+        (tmp / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+        plot_history(history, tmp / "curves.png")
         plot_roc(roc_labels.numpy(), scores, tmp / "roc.png", f"{roc_split} ROC")
         artifact.save(tmp, model, encoder, cfg_train, {"metrics": results, "samples": samples})
         (tmp / "metrics.json").write_text(json.dumps(results, indent=1))
         artifact.load(tmp)
-    shutil.rmtree(work, ignore_errors=True)
-    files = {"curves": str(out_dir / "curves.png"), "roc": str(out_dir / "roc.png"),
-             "model": str(out_dir / artifact.WEIGHTS), "manifest": str(out_dir / artifact.MANIFEST),
-             "metrics": str(out_dir / "metrics.jsonl")}
-    return {**results, "history": fit.history, "files": files,
-            "seconds": round(time.perf_counter() - t0, 3)}
+    return {"curves": str(out_dir / "curves.png"), "roc": str(out_dir / "roc.png"),
+            "model": str(out_dir / artifact.WEIGHTS), "manifest": str(out_dir / artifact.MANIFEST),
+            "metrics": str(out_dir / "metrics.jsonl")}
