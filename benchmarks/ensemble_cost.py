@@ -13,7 +13,7 @@ alike: p50 / p90 / p99 ms.
 
 Usage:
     PYTHONPATH=src .venv/bin/python benchmarks/ensemble_cost.py --data ../shared/data/ml-latest-small \\
-        --samples SAMPLES_DIR [--k 3] [--candidates 800] [--repeats 400] [--work DIR] [--reuse]
+        --samples SAMPLES_DIR [--k 3] [--spec SPEC] [--candidates 800] [--repeats 400] [--work DIR] [--reuse]
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 
-def train(samples: Path, out: Path, seed: int, k: int, reuse: bool, epochs: int | None) -> dict[str, float]:
+def train(samples: Path, out: Path, seed: int, k: int, reuse: bool, epochs: int | None,
+          spec: Path | None) -> dict[str, float]:
     """Train through the CLI (train + valid only); wall and CPU seconds of the run (0 when reused)."""
     if reuse and (out / "metrics.json").exists():
         return {"wall_s": 0.0, "cpu_s": 0.0}
@@ -39,7 +40,8 @@ def train(samples: Path, out: Path, seed: int, k: int, reuse: bool, epochs: int 
             "--overwrite"]
     args += ["--ensemble", str(k)] if k > 1 else []
     args += ["--epochs", str(epochs)] if epochs else []
-    # no --spec: the default one, + userItemCFScore when the samples have it (training/default_spec.py)
+    # without --spec: the default one, + userItemCFScore when the samples have it (training/default_spec.py)
+    args += ["--spec", str(spec)] if spec else []
     before, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     subprocess.run(args, check=True, capture_output=True)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -65,6 +67,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=None, help="override the spec's epochs")
+    ap.add_argument("--spec", type=Path, default=None, help="spec file for both runs (default: the default spec)")
     ap.add_argument("--candidates", type=int, default=800)
     ap.add_argument("--repeats", type=int, default=400)
     ap.add_argument("--work", type=Path, default=None, help="keep the models here (default: a temporary folder)")
@@ -83,7 +86,7 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         folders = {"single": work / "single", f"fused K={args.k}": work / f"ensemble{args.k}"}
         costs = {name: train(args.samples, out, args.seed, 1 if name == "single" else args.k, args.reuse,
-                             args.epochs) for name, out in folders.items()}
+                             args.epochs, args.spec) for name, out in folders.items()}
         single = json.loads((folders["single"] / "metrics.json").read_text())
         fused = json.loads((folders[f"fused K={args.k}"] / "metrics.json").read_text())
         members = fused["ensemble"]["member_valid_auc"]
