@@ -70,7 +70,7 @@ DATA_100K = ROOT.parent / "shared" / "data" / "ml-100k"
 DEFAULT_EXCLUDE = ""
 
 PEERS = ("avg_rating", "logreg", "lightgbm_ids", "lightgbm_noids", "deepctr_dnn", "deepcrossing",
-         "deepcrossing_mlp")
+         "deepcrossing_mlp", "deepcrossing_ens3")
 OURS = "deepcrossing"
 DETERMINISTIC = ("avg_rating", "logreg")  # same result for every seed: run once
 
@@ -470,13 +470,13 @@ def _dc_spec(d: Data, setting: dict, mlp: bool, folder: Path) -> str | None:
     return str(path)
 
 
-def _deepcrossing(d: Data, params: dict, seed: int, quick: bool, mlp: bool) -> dict:
+def _deepcrossing(d: Data, params: dict, seed: int, quick: bool, mlp: bool, ensemble: int = 1) -> dict:
     """Tune on valid over :func:`_dc_grid` (seed 0; later seeds get the chosen setting in ``params``), each
     setting trained through the CLI in a subprocess (what a user runs) and scored with ``deepcrossing.load``."""
     grid = _dc_grid(params, quick, mlp)
     best: dict | None = None
     for setting in grid:
-        run = _deepcrossing_once(d, setting, seed, quick, mlp)
+        run = _deepcrossing_once(d, setting, seed, quick, mlp, ensemble)
         run["tuned"] = setting or {"default": True}
         run["info"]["grid_size"] = len(grid)
         if best is None or _auc(d.y["valid"], run["valid"]) > _auc(d.y["valid"], best["valid"]):
@@ -485,7 +485,7 @@ def _deepcrossing(d: Data, params: dict, seed: int, quick: bool, mlp: bool) -> d
     return best
 
 
-def _deepcrossing_once(d: Data, setting: dict, seed: int, quick: bool, mlp: bool) -> dict:
+def _deepcrossing_once(d: Data, setting: dict, seed: int, quick: bool, mlp: bool, ensemble: int = 1) -> dict:
     import deepcrossing
 
     with tempfile.TemporaryDirectory(prefix="dc-peer-") as tmp:
@@ -499,6 +499,9 @@ def _deepcrossing_once(d: Data, setting: dict, seed: int, quick: bool, mlp: bool
             cmd += ["--mlp", "plain"]              # SparrowRecSys's network: plain MLP 128-128
         if quick:
             cmd += ["--epochs", "2"]
+        if ensemble > 1:                           # K members, seeds K*seed .. K*seed+K-1 (disjoint per seed)
+            cmd[cmd.index("--seed") + 1] = str(ensemble * seed)
+            cmd += ["--ensemble", str(ensemble)]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         wall = time.perf_counter() - t0
@@ -548,6 +551,11 @@ def peer_deepcrossing(d, params, seed, quick=False):
 
 def peer_deepcrossing_mlp(d, params, seed, quick=False):
     return _deepcrossing(d, params, seed, quick, mlp=True)
+
+
+def peer_deepcrossing_ens3(d, params, seed, quick=False):
+    """The default spec, tuned like ``deepcrossing``, as a fused ensemble of 3 seeds (``train --ensemble 3``)."""
+    return _deepcrossing(d, params, seed, quick, mlp=False, ensemble=3)
 
 
 def run_peer(peer: str, samples: Path, params: dict, seed: int, quick: bool) -> dict:
