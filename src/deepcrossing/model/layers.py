@@ -77,43 +77,46 @@ class EmbeddingLayer(nn.Module):
             parts += [batch.bags[name] for name, _ in bags]
             ids = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)              # (B, k + sum L)
             weight = cast(Tensor, self.tables[table].weight)                             # (R, D)
-            weights = [self._bag_weights(batch, name, mean, weight.dtype) for name, mean in bags]
+            per_id = self._id_weights(batch, ids, len(singles), bags, weight.dtype)     # (B, k + sum L)
             if torch.is_grad_enabled() and weight.requires_grad:
-                found.update(self._train_lookup(weight, ids, singles, bags, weights))
+                widths = [batch.bags[name].shape[1] for name, _ in bags]
+                found.update(self._train_lookup(weight, ids, per_id, singles, bags, widths))
                 continue
             vectors = self.tables[table](ids)                                           # (B, k + sum L, D)
             # unbind: one backward op for all single-valued features of the table (not one zero-filled
             # (B, k + sum L, D) gradient per feature)
             found.update(zip(singles, vectors[:, :len(singles)].unbind(1)))             # each (B, D)
             pos = len(singles)
-            for (name, _), w in zip(bags, weights):
-                width = w.shape[1]
+            for name, _ in bags:
+                width = batch.bags[name].shape[1]
+                w = per_id[:, pos:pos + width]                                          # (B, L)
                 found[name] = (vectors[:, pos:pos + width] * w.unsqueeze(2)).sum(dim=1)      # (B, D)
                 pos += width
         return {name: found[name] for name, _, _, _ in self.features}
 
     @staticmethod
-    def _bag_weights(batch: Batch, name: str, mean: bool, dtype: torch.dtype) -> Tensor:
-        """(B, L) pooling weights of bag ``name``: 0 on padding, the value weights, divided by their sum (mean)."""
-        bag = batch.bags[name]                                                          # (B, L)
-        w = (bag != 0).to(dtype)                                                        # padding weighs 0
-        if name in batch.bag_weights:
-            w = w * batch.bag_weights[name]
-        if mean:
-            w = w / w.sum(dim=1, keepdim=True).clamp_min(1e-12)
-        return w
+    def _id_weights(batch: Batch, ids: Tensor, k: int, bags: list[tuple[str, bool]], dtype: torch.dtype) -> Tensor:
+        """(B, k + sum L) weight of each id of a table's ``ids``: 0 on padding (and on a NULL single), 1 on a
+        single; a bag's are its value weights (``weights_from``), divided by their sum for ``mean`` pooling."""
+        per_id = (ids != 0).to(dtype)                                                   # padding weighs 0
+        pos = k
+        for name, mean in bags:
+            width = batch.bags[name].shape[1]
+            w = per_id[:, pos:pos + width]                                              # (B, L) view
+            if name in batch.bag_weights:
+                w.mul_(batch.bag_weights[name])
+            if mean:
+                w.div_(w.sum(dim=1, keepdim=True).clamp_min_(1e-12))
+            pos += width
+        return per_id
 
-    def _train_lookup(self, weight: Tensor, ids: Tensor, singles: list[str], bags: list[tuple[str, bool]],
-                      weights: list[Tensor]) -> dict[str, Tensor]:
-        """The training lookup of one table: (B, k + sum L) ids -> {feature: (B, D)}, one ``bag_lookup``.
-
-        Output bags, sample after sample: the k single-valued features (one id, weight 1), then each bag
-        (its L ids, pooling weights 0 on padding). A NULL single (id 0) weighs 0 too: zero vector, no
-        gradient, as the padding row.
-        """
+    def _train_lookup(self, weight: Tensor, ids: Tensor, per_id: Tensor, singles: list[str],
+                      bags: list[tuple[str, bool]], widths: list[int]) -> dict[str, Tensor]:
+        """The training lookup of one table: (B, k + sum L) ids and their weights -> {feature: (B, D)}, one
+        ``bag_lookup``: output bags, sample after sample, are the k singles (one id each), then each bag
+        (``widths``: the L of each)."""
         n, k = ids.shape[0], len(singles)
-        per_id = torch.cat([(ids[:, :k] != 0).to(weight.dtype), *weights], dim=1) if k else torch.cat(weights, 1)
-        offsets, bag_of = self._layout(n, k, [w.shape[1] for w in weights], ids.device)
+        offsets, bag_of = self._layout(n, k, widths, ids.device)
         pooled = bag_lookup(weight, ids.reshape(-1), per_id.view(-1), offsets, bag_of, self.sparse)
         return dict(zip([*singles, *(name for name, _ in bags)], pooled.view(n, k + len(bags), -1).unbind(1)))
 

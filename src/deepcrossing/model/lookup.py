@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -38,10 +37,10 @@ def unique_rows(ids: Tensor, rows: int) -> tuple[Tensor, Tensor]:
         distinct, inverse = torch.unique(ids, return_inverse=True)
         return distinct, inverse
     mark = torch.zeros(rows, dtype=torch.bool, device=ids.device)
-    mark[ids] = True                                  # an id outside [0, rows) raises IndexError here
-    distinct = mark.nonzero().squeeze(1)
+    mark.index_fill_(0, ids, True)                    # an id outside [0, rows) raises IndexError here
+    distinct = mark.nonzero().view(-1)
     position = torch.empty(rows, dtype=torch.int64, device=ids.device)
-    position[distinct] = torch.arange(len(distinct), device=ids.device)
+    position.index_copy_(0, distinct, torch.arange(len(distinct), device=ids.device))
     return distinct, position.index_select(0, ids)
 
 
@@ -49,7 +48,7 @@ class BagLookup(torch.autograd.Function):
     """``out[m] = sum_i per_id[i] * weight[ids[i]]`` over the ids ``i`` of bag ``m`` (``bag_of[i] == m``).
 
     A single-valued feature is a bag of one id with weight 1 (its vector, exactly); padding weighs 0. Forward
-    looks the distinct ids up once and pools them with ``F.embedding_bag``; backward gathers each id's bag
+    looks the distinct ids up once and pools them with ``embedding_bag``; backward gathers each id's bag
     gradient, scales it by ``per_id`` and sums the duplicates with one ``index_add_`` into (U, D). The table's
     gradient is sparse (``sparse=True``: coalesced COO over the ascending distinct rows) or dense; rows whose
     ids all weigh 0 (padding) get a zero gradient row.
@@ -80,7 +79,8 @@ class BagLookup(torch.autograd.Function):
                 sparse: bool) -> Tensor:
         rows, inverse = unique_rows(ids, weight.shape[0])                       # (U,), (N,)
         distinct = weight.index_select(0, rows)                                 # (U, D)
-        out = F.embedding_bag(inverse, distinct, offsets, mode="sum", per_sample_weights=per_id)  # (M, D)
+        # torch.embedding_bag: F.embedding_bag's op without its Python checks (mode 0 = sum)
+        out = torch.embedding_bag(distinct, inverse, offsets, False, 0, False, per_id)[0]      # (M, D)
         ctx.save_for_backward(rows, inverse, per_id, bag_of)
         ctx.table_shape, ctx.sparse = weight.shape, sparse
         return out
