@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from deepcrossing.config import Feature, FeatureSpec
 from deepcrossing.encoding import Batch
 from deepcrossing.model import EmbeddingLayer
-from deepcrossing.model.lookup import unique_rows
+from deepcrossing.model.lookup import bag_lookup, unique_rows
 from deepcrossing.training.optim import RowSparseAdam
 
 
@@ -24,9 +24,12 @@ def test_unique_rows_is_torch_unique(rows, n):
     assert torch.equal(distinct[inverse], ids)
 
 
-def test_unique_rows_refuses_an_id_outside_the_table():
+@pytest.mark.parametrize("copies", [1, 20])  # the sort path (table >> batch), the marked-mask path
+def test_an_id_outside_the_table_is_an_index_error(copies):
+    weight = torch.zeros(5, 2, requires_grad=True)
+    ids = torch.tensor([1, 5] * copies)
     with pytest.raises(IndexError):
-        unique_rows(torch.tensor([1, 5]), 5)
+        bag_lookup(weight, ids, torch.ones(len(ids)), torch.arange(len(ids)), torch.arange(len(ids)), True)
 
 
 SPEC = FeatureSpec((

@@ -98,17 +98,20 @@ class EmbeddingLayer(nn.Module):
     def _id_weights(batch: Batch, ids: Tensor, k: int, bags: list[tuple[str, bool]], dtype: torch.dtype) -> Tensor:
         """(B, k + sum L) weight of each id of a table's ``ids``: 0 on padding (and on a NULL single), 1 on a
         single; a bag's are its value weights (``weights_from``), divided by their sum for ``mean`` pooling."""
-        per_id = (ids != 0).to(dtype)                                                   # padding weighs 0
-        pos = k
-        for name, mean in bags:
+        keep = (ids != 0).to(dtype)                                                     # padding weighs 0
+        if not any(mean or name in batch.bag_weights for name, mean in bags):
+            return keep
+        parts, pos = [keep[:, :k]], k
+        for name, mean in bags:  # out of place: an ONNX export traces this (in-place slice writes get lost)
             width = batch.bags[name].shape[1]
-            w = per_id[:, pos:pos + width]                                              # (B, L) view
+            w = keep[:, pos:pos + width]                                                # (B, L)
             if name in batch.bag_weights:
-                w.mul_(batch.bag_weights[name])
+                w = w * batch.bag_weights[name]
             if mean:
-                w.div_(w.sum(dim=1, keepdim=True).clamp_min_(1e-12))
+                w = w / w.sum(dim=1, keepdim=True).clamp_min(1e-12)
+            parts.append(w)
             pos += width
-        return per_id
+        return torch.cat(parts, dim=1)
 
     def _train_lookup(self, weight: Tensor, ids: Tensor, per_id: Tensor, singles: list[str],
                       bags: list[tuple[str, bool]], widths: list[int]) -> dict[str, Tensor]:

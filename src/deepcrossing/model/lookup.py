@@ -5,10 +5,11 @@ goes through :class:`BagLookup`, which computes the same vectors as its gather-a
 operations (one ``embedding_bag`` forward; in backward one gather and one ``index_add``) and hands the optimizer
 a gradient whose duplicate ids are already summed: sparse, a coalesced COO tensor (ascending distinct rows,
 which :class:`~deepcrossing.training.optim.RowSparseAdam` uses without sorting again); dense, those rows in a
-zero table. With 1 thread, batch 1024, this is ~3x faster per step than ``nn.Embedding`` + pooling + a sparse
-gradient coalesced by the optimizer (``benchmarks/throughput.py``).
+zero table. At ``benchmarks/throughput.py``'s setting (1 thread, batch 1024, 4 tables) it replaces
+``embedding_sparse_backward`` + the optimizer's sort of every looked-up id (11k for the movie table) with one
+distinct-id pass in forward (a marked mask for tables not much larger than the batch): ~8% of a training step.
 
-Shapes: N = ids kept (padding dropped), M = output bags, U = distinct ids, R = table rows, D = width.
+Shapes: N = ids (padding included, weight 0), M = output bags, U = distinct ids, R = table rows, D = width.
 """
 
 from __future__ import annotations
