@@ -73,8 +73,7 @@ class EmbeddingLayer(nn.Module):
         """
         found: dict[str, Tensor] = {}
         for table, singles, bags in self.groups:
-            parts = [torch.stack([batch.sparse[name] for name in singles], dim=1)] if singles else []
-            parts += [batch.bags[name] for name, _ in bags]
+            parts = [batch.sparse[name].unsqueeze(1) for name in singles] + [batch.bags[name] for name, _ in bags]
             ids = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)              # (B, k + sum L)
             weight = cast(Tensor, self.tables[table].weight)                             # (R, D)
             per_id = self._id_weights(batch, ids, len(singles), bags, weight.dtype)     # (B, k + sum L)
