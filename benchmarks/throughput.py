@@ -28,6 +28,29 @@ With the forward pass alone under autocast, 400,000 samples, 1 thread, sparse Ad
 machine at load 7-10 (noisy): valid AUC 0.7601 vs fp32 0.7600; 79,323 vs 50,502 samples per CPU second
 (wall figures meaningless at that load). bf16 is an option here and in the Trainer, not a default.
 
+Where a step goes (batch 1024, 1 thread, sparse Adam; ~183 kFLOP/sample, so the MLP's six GEMMs are ~1 ms
+of a step at the idle GEMM rate). Everything else is many small operations, each a few microseconds of
+dispatch plus its memory traffic, so the work since the 218k samples/s idle measurement removed operations
+rather than FLOPs, keeping the math (same batches, same vectors, bit-equal table gradients, same valid AUC):
+
+* embedding tables: one ``BagLookup`` per table in training (:mod:`deepcrossing.model.lookup`): the batch's
+  distinct ids once in forward (a marked mask, not a sort, when the table is not much larger than the batch),
+  one ``embedding_bag`` for all its features and bags, and in backward one gather + one ``index_add_`` giving
+  a coalesced gradient, so ``RowSparseAdam`` no longer sorts the 11k looked-up movie ids per step;
+* ``RowSparseAdam``'s elementwise update as ``torch._foreach_*`` calls over all tables at once;
+* the Trainer gathers the rows of ~64 steps at once and slices them (the same batches), and sets the
+  gradients to None directly;
+* the MLP's ReLU in place (no (B, 128) buffer per layer).
+
+Measured as interleaved 64-step ``Trainer.fit`` calls of main's and this code in one process (10 rounds,
+median samples per CPU second), on the shared 2-core machine at load 6-10: 152,730 -> 185,296 (1.21x); the
+full benchmark there, 500,000 samples, best of 2 alternating runs: 96,322 -> 111,974 samples/CPU-s, valid
+AUC 0.7612 both, DeepCTR-Torch 1.8x slower per CPU second in the same run (GEMM ran at 78-121 GFLOP/s there,
+not 198: rerun on an idle machine for the GEMM fraction). What is left (same machine, per step): ~1/4 in
+the GEMMs, ~1/3 in the table lookups (the distinct-id pass and, in backward, the ``index_add_`` of 19k rows),
+~1/7 in the two optimizers, the rest in small operations and autograd overhead; a further large step needs
+fused kernels, not fewer Python calls.
+
 Usage:
     .venv/bin/python benchmarks/throughput.py [--n 2000000] [--batch-size 1024] [--threads 1]
         [--deepctr-samples 200000] [--optimizer sparse_adam|adam] [--bf16] [--json out.json]

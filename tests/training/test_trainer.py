@@ -220,3 +220,22 @@ def test_bf16_autocast_of_the_forward_pass_learns_like_fp32(data, optimizer):
     assert bf16.history[-1]["train_loss"] < bf16.history[0]["train_loss"] < 0.69
     assert all(p.dtype == torch.float32 for p in bf16_model.parameters())  # weights stay fp32
     assert not all(torch.equal(a, b) for a, b in zip(fp32_model.parameters(), bf16_model.parameters()))
+
+
+def test_batches_gathered_in_blocks_are_the_per_step_takes(data, monkeypatch):
+    """Rows gathered ~64k at a time and sliced give exactly the minibatches of one take per step (here blocks
+    of 2 steps of 7 rows, and a row count that 7 does not divide)."""
+    from deepcrossing.training import trainer as trainer_module
+
+    _, train, _ = data
+    monkeypatch.setattr(trainer_module, "GATHER_ROWS", 15)  # blocks of 2 steps of 7 rows: several blocks
+    trainer = Trainer(DeepCrossingTrain(DeepCrossing(small_spec(), MODEL, data[0].cardinalities)),
+                      TrainConfig(batch_size=7), "cpu")
+    rows = len(train) - 5  # fewer rows than the batch holds (as under DDP): the last step is short
+    got = list(trainer._batches(train, 0, rows, 7, torch.Generator().manual_seed(3)))
+    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(3))
+    want = [train.take(perm[s:min(s + 7, rows)]) for s in range(0, rows, 7)]
+    assert len(got) == len(want) > 4 and len(got[-1]) == (rows % 7 or 7)
+    for g, w in zip(got, want, strict=True):
+        for a, b in zip(g._tensors(), w._tensors(), strict=True):
+            assert torch.equal(a, b)

@@ -6,11 +6,14 @@ D = embedding width, S = stacked width.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor, nn
 
 from deepcrossing.config import FeatureSpec, ModelConfig, default_dim
 from deepcrossing.encoding.batch import Batch
+from deepcrossing.model.lookup import bag_lookup
 
 
 class EmbeddingLayer(nn.Module):
@@ -56,35 +59,79 @@ class EmbeddingLayer(nn.Module):
             (t, [n for n, tt, bag, _ in self.features if tt == t and not bag],
              [(n, mean) for n, tt, bag, mean in self.features if tt == t and bag])
             for t in self.tables]
+        self._layouts: dict[tuple[object, ...], tuple[Tensor, Tensor]] = {}  # see _layout
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:
         """Batch -> {feature: (B, D_feature)} in spec order.
 
         All features of one table are looked up together: their ids are put side by side, ``(B, k + sum L)``
         (k single-valued features, then each bag's L columns), and gathered in one call, so a step makes
-        one lookup (and, with sparse gradients, one sparse gradient) per table instead of one per feature.
+        one lookup (and one gradient) per table instead of one per feature. While the table trains, the
+        lookup and the pooling are one :class:`~deepcrossing.model.lookup.BagLookup` (the same vectors, a
+        faster backward, duplicate ids summed in the table's gradient); without gradients (evaluation,
+        serving, export) they are a gather and a weighted sum.
         """
         found: dict[str, Tensor] = {}
         for table, singles, bags in self.groups:
-            parts = [torch.stack([batch.sparse[name] for name in singles], dim=1)] if singles else []
-            parts += [batch.bags[name] for name, _ in bags]
+            parts = [batch.sparse[name].unsqueeze(1) for name in singles] + [batch.bags[name] for name, _ in bags]
             ids = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)              # (B, k + sum L)
+            weight = cast(Tensor, self.tables[table].weight)                             # (R, D)
+            per_id = self._id_weights(batch, ids, len(singles), bags, weight.dtype)     # (B, k + sum L)
+            if torch.is_grad_enabled() and weight.requires_grad:
+                widths = [batch.bags[name].shape[1] for name, _ in bags]
+                found.update(self._train_lookup(weight, ids, per_id, singles, bags, widths))
+                continue
             vectors = self.tables[table](ids)                                           # (B, k + sum L, D)
             # unbind: one backward op for all single-valued features of the table (not one zero-filled
             # (B, k + sum L, D) gradient per feature)
             found.update(zip(singles, vectors[:, :len(singles)].unbind(1)))             # each (B, D)
             pos = len(singles)
-            for name, mean in bags:
-                bag = batch.bags[name]                                                  # (B, L)
-                w = (bag != 0).to(vectors.dtype)                                        # padding weighs 0
-                if name in batch.bag_weights:
-                    w = w * batch.bag_weights[name]
-                if mean:
-                    w = w / w.sum(dim=1, keepdim=True).clamp_min(1e-12)
-                width = bag.shape[1]
+            for name, _ in bags:
+                width = batch.bags[name].shape[1]
+                w = per_id[:, pos:pos + width]                                          # (B, L)
                 found[name] = (vectors[:, pos:pos + width] * w.unsqueeze(2)).sum(dim=1)      # (B, D)
                 pos += width
         return {name: found[name] for name, _, _, _ in self.features}
+
+    @staticmethod
+    def _id_weights(batch: Batch, ids: Tensor, k: int, bags: list[tuple[str, bool]], dtype: torch.dtype) -> Tensor:
+        """(B, k + sum L) weight of each id of a table's ``ids``: 0 on padding (and on a NULL single), 1 on a
+        single; a bag's are its value weights (``weights_from``), divided by their sum for ``mean`` pooling."""
+        keep = (ids != 0).to(dtype)                                                     # padding weighs 0
+        if not any(mean or name in batch.bag_weights for name, mean in bags):
+            return keep
+        parts, pos = [keep[:, :k]], k
+        for name, mean in bags:  # out of place: an ONNX export traces this (in-place slice writes get lost)
+            width = batch.bags[name].shape[1]
+            w = keep[:, pos:pos + width]                                                # (B, L)
+            if name in batch.bag_weights:
+                w = w * batch.bag_weights[name]
+            if mean:
+                w = w / w.sum(dim=1, keepdim=True).clamp_min(1e-12)
+            parts.append(w)
+            pos += width
+        return torch.cat(parts, dim=1)
+
+    def _train_lookup(self, weight: Tensor, ids: Tensor, per_id: Tensor, singles: list[str],
+                      bags: list[tuple[str, bool]], widths: list[int]) -> dict[str, Tensor]:
+        """The training lookup of one table: (B, k + sum L) ids and their weights -> {feature: (B, D)}, one
+        ``bag_lookup``: output bags, sample after sample, are the k singles (one id each), then each bag
+        (``widths``: the L of each)."""
+        n, k = ids.shape[0], len(singles)
+        offsets, bag_of = self._layout(n, k, widths, ids.device)
+        pooled = bag_lookup(weight, ids.reshape(-1), per_id.view(-1), offsets, bag_of, self.sparse)
+        return dict(zip([*singles, *(name for name, _ in bags)], pooled.view(n, k + len(bags), -1).unbind(1)))
+
+    def _layout(self, n: int, k: int, widths: list[int], device: torch.device) -> tuple[Tensor, Tensor]:
+        """(n (k + n_bags),) first id of each output bag and (n (k + sum L),) output bag of each id, for ``n``
+        samples of k singles and bags of ``widths`` ids (memoised: the same few shapes come every step)."""
+        key = (n, k, tuple(widths), device)
+        if key not in self._layouts:
+            sizes = torch.tensor([1] * k + widths, device=device).repeat(n)          # ids per output bag
+            if len(self._layouts) > 16:
+                self._layouts.clear()
+            self._layouts[key] = (sizes.cumsum(0) - sizes, torch.repeat_interleave(sizes))
+        return self._layouts[key]
 
 
 class StackingLayer(nn.Module):
@@ -204,7 +251,10 @@ class MLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """(B, S) -> (B, out_dim)."""
         for block in self.blocks:
-            x = block(x)
+            # ReLU in place: its input is the fresh output of the block before (a Linear, whose backward
+            # does not need it), never ``x`` itself (the first block is a Linear or a ResidualUnit); one
+            # (B, H) buffer less per layer (1 thread, batch 1024: ~5% of the MLP's forward + backward)
+            x = torch.relu_(x) if type(block) is nn.ReLU else block(x)
         return x
 
     @property

@@ -1,0 +1,113 @@
+"""The training lookup (BagLookup) against nn.Embedding + pooling: same vectors, same table gradients."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from deepcrossing.config import Feature, FeatureSpec
+from deepcrossing.encoding import Batch
+from deepcrossing.model import EmbeddingLayer
+from deepcrossing.model.lookup import bag_lookup, unique_rows
+from deepcrossing.training.optim import RowSparseAdam
+
+
+@pytest.mark.parametrize(("rows", "n"), [(30, 200), (100_000, 50), (7, 0)])  # marked mask, sort, empty
+def test_unique_rows_is_torch_unique(rows, n):
+    ids = torch.randint(0, rows, (n,), generator=torch.Generator().manual_seed(rows))
+    distinct, inverse = unique_rows(ids, rows)
+    want, want_inverse = torch.unique(ids, return_inverse=True)
+    assert torch.equal(distinct, want) and torch.equal(inverse, want_inverse)
+    assert torch.equal(distinct[inverse], ids)
+
+
+@pytest.mark.parametrize("copies", [1, 20])  # the sort path (table >> batch), the marked-mask path
+def test_an_id_outside_the_table_is_an_index_error(copies):
+    weight = torch.zeros(5, 2, requires_grad=True)
+    ids = torch.tensor([1, 5] * copies)
+    with pytest.raises(IndexError):
+        bag_lookup(weight, ids, torch.ones(len(ids)), torch.arange(len(ids)), torch.arange(len(ids)), True)
+
+
+SPEC = FeatureSpec((
+    Feature("movieId", "categorical", "item", table="movie", dim=3),
+    Feature("genre1", "categorical", "item", table="genre", dim=3),
+    Feature("genre2", "categorical", "item", table="genre", dim=3),
+    Feature("recent", "multi_hot", "user", table="movie", pooling="mean"),
+    Feature("recentSum", "multi_hot", "user", table="movie", pooling="sum"),
+    Feature("weighted", "multi_hot", "user", table="movie", pooling="mean", weights_from="values"),
+    Feature("tags", "multi_hot", "item", table="tag", pooling="sum"),  # a table of one bag and no single
+))
+
+
+def _batch(n: int, seed: int) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    ids = {name: torch.randint(0, 9, (n,), generator=g) for name in ("movieId", "genre1", "genre2")}  # 0 = NULL
+    bags = {name: torch.randint(0, 9, (n, width), generator=g)
+            for name, width in (("recent", 4), ("recentSum", 3), ("weighted", 5), ("tags", 2))}
+    bags["recent"][0] = 0  # an all-padding bag
+    return Batch(torch.zeros(n, 0), ids, bags, {"weighted": torch.rand(n, 5, generator=g)}, torch.zeros(n))
+
+
+def _reference(layer: EmbeddingLayer, batch: Batch) -> dict[str, torch.Tensor]:
+    """The plain definition: one F.embedding per feature (padding_idx=0), weighted sum / mean of bags."""
+    out = {}
+    for f in SPEC.features:
+        table = layer.tables[f.table_name].weight
+        if not f.is_bag:
+            out[f.name] = F.embedding(batch.sparse[f.name], table, padding_idx=0)
+            continue
+        ids = batch.bags[f.name]
+        w = (ids != 0).float() * batch.bag_weights.get(f.name, torch.ones_like(ids, dtype=torch.float))
+        if f.pooling == "mean":
+            w = w / w.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        out[f.name] = (F.embedding(ids, table, padding_idx=0) * w.unsqueeze(2)).sum(dim=1)
+    return out
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_training_lookup_gives_the_reference_vectors_and_gradients(sparse):
+    torch.manual_seed(0)
+    layer = EmbeddingLayer(SPEC, {"movie": 9, "genre": 9, "tag": 9}, sparse=sparse)
+    reference = copy.deepcopy(layer)
+    batch = _batch(64, seed=1)
+    got, want = layer(batch), _reference(reference, batch)
+    with torch.no_grad():
+        assert set(got) == set(want) == set(layer(batch))  # the training and the no-grad paths: same features
+        for name, vectors in layer(batch).items():
+            torch.testing.assert_close(got[name], vectors, rtol=1e-6, atol=1e-7)
+    upstream = {name: torch.randn_like(v) for name, v in want.items()}
+    torch.autograd.backward([got[k] for k in upstream], list(upstream.values()))
+    torch.autograd.backward([want[k] for k in upstream], list(upstream.values()))
+    for name, table in layer.tables.items():
+        grad = table.weight.grad
+        torch.testing.assert_close(grad.to_dense(), reference.tables[name].weight.grad, rtol=1e-5, atol=1e-6)
+        assert grad.is_sparse == sparse
+        if sparse:  # one row per distinct id, ascending: the optimizer needs no sort
+            rows = grad._indices()[0]
+            assert bool((rows[1:] > rows[:-1]).all())
+        assert float(grad.to_dense()[0].abs().max()) == 0.0  # padding gets no gradient
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-6, atol=1e-7)
+
+
+def test_sparse_adam_steps_with_the_training_lookup_match_the_reference():
+    torch.manual_seed(0)
+    layer = EmbeddingLayer(SPEC, {"movie": 9, "genre": 9, "tag": 9}, sparse=True)
+    reference = copy.deepcopy(layer)
+    opt, ref_opt = RowSparseAdam(layer.parameters(), lr=1e-2), torch.optim.SparseAdam(reference.parameters(), lr=1e-2)
+    for step in range(10):
+        batch = _batch(32, seed=step)
+        for module, optimizer, out in ((layer, opt, layer(batch)), (reference, ref_opt, _reference(reference, batch))):
+            optimizer.zero_grad()
+            sum(((v - 1.0) ** 2).sum() for v in out.values()).backward()
+            if optimizer is ref_opt:  # F.embedding's gradients are dense here: make them sparse for SparseAdam
+                for p in module.parameters():
+                    p.grad = p.grad.to_sparse(1)
+            optimizer.step()
+    for name, table in layer.tables.items():
+        torch.testing.assert_close(table.weight, reference.tables[name].weight, rtol=1e-5, atol=1e-6)
+        assert float(table.weight.detach()[0].abs().max()) == 0.0  # the padding row never moves
