@@ -10,7 +10,8 @@ it), the user's top genres, ``emb`` (the Deep
 Crossing model's unit item vectors, as the service's ``model=emb``), the recall folder's ``two_tower`` and
 ``item2vec`` (``deepcrossing train-recall``: item2vec is also the issue's named peer), their ``merged`` list
 (quotas chosen on the validation split by ``train-recall``, the first 100 by its head weights when it has
-them), and ALS from the ``implicit`` library as a peer
+them; or, when ``train-recall`` found it better on validation, the score fusion of the channels:
+``deepcrossing.training.retrieval_fusion``), and ALS from the ``implicit`` library as a peer
 (in the ``bench`` extra: ``pip install -c constraints.txt -e '.[bench]'``; ``--implicit-path`` adds a folder
 holding it to ``sys.path`` instead): fitted on the positives before the test start, its factor count chosen
 by Recall@100 on the validation split (fit on train only).
@@ -183,14 +184,16 @@ def run_dataset(name: str, work: Path, args: argparse.Namespace) -> dict[str, An
     from deepcrossing.training.artifact import load
     from deepcrossing.training.recall_model import load_recall, read_manifest
     from deepcrossing.training.retrieval_data import build_channels, evaluate_retrieval, load_retrieval_data
+    from deepcrossing.training.retrieval_fusion import fusion_of
 
     started = time.perf_counter()
     manifest = read_manifest(recall_dir)
     data = load_retrieval_data(samples, trending_days=manifest["merge"]["trending_days"],
                                trending_half_life_days=manifest["merge"].get("trending_half_life_days"))
     loaded = load(model)
+    fusion = fusion_of(manifest["merge"])                     # the rule train-recall chose on validation
     channels = build_channels(data, loaded, load_recall(recall_dir), manifest["merge"]["weights"],
-                              manifest["merge"].get("head_weights"), manifest["merge"]["k"])
+                              manifest["merge"].get("head_weights"), manifest["merge"]["k"], fusion)
     extra: dict[str, Any] = {}
     try:
         import implicit  # noqa: F401
@@ -235,6 +238,15 @@ def run_dataset(name: str, work: Path, args: argparse.Namespace) -> dict[str, An
     chosen = (f"the best valid Recall@100 with end-to-end NDCG@10 >= popularity-800's: {ndcg:.4f} vs "
               f"{manifest['merge']['valid_ndcg@10_popularity']:.4f}; " if ndcg is not None else "")
     print(f"merge weights ({chosen}valid Recall@100 {manifest['merge']['valid_recall']:.4f}): {weights}")
+    if "rule" in manifest["merge"]:
+        m, f = manifest["merge"], manifest["merge"]["fusion"]
+        print(f"score fusion (valid Recall@100 {m['fusion_valid_recall']:.4f}"
+              + (f", NDCG@10 {m['fusion_valid_ndcg@10']:.4f}" if "fusion_valid_ndcg@10" in m else "") + "): warm "
+              + ", ".join(f"{c} {w:g}" for c, w in f["weights"].items() if w > 0) + "; cold "
+              + ", ".join(f"{c} {w:g}" for c, w in f["cold_weights"].items() if w > 0) + f"; k {f['k']:g}"
+              + (f"; the first {f['head']} fused, the rest by the quotas" if f["head"] else ""))
+        print(f"merged = {m['rule']} (the better on valid Recall@100: quota {m['quota_valid_recall']:.4f}, "
+              f"fusion {m['fusion_valid_recall']:.4f})")
     half = manifest["merge"].get("trending_half_life_days")
     print(f"trending: the last {manifest['merge']['trending_days']} days, " + (f"half-life {half:g} days" if half else
           "counted") + f" (chosen by backtesting on {len(manifest['metrics'].get('trending_periods', [1]))} "

@@ -1,7 +1,7 @@
 """Served = measured: with a recall folder, the service's default recall is the folder's validated merge,
-computed by the offline channel functions and the one quota rule, so for the same store data and user state
-the offline merged channel and ``/recommend/{user}`` (real HTTP on loopback) recall the same movies in the
-same order, each labelled with the channel that gave it first."""
+computed by the offline channel functions and the one quota rule (or the one score fusion), so for the same
+store data and user state the offline merged channel and ``/recommend/{user}`` (real HTTP on loopback) recall
+the same movies in the same order, each labelled with the channel that gave it first."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from deepcrossing.serving.store import open_store
 from deepcrossing.serving.recall import merged_rows
 from deepcrossing.training.retrieval import Prior, UserState, genre_channel, popularity_channel, \
     trending_channel, vector_channel
+from deepcrossing.training.retrieval_fusion import Fusion, fusion_merge
 from deepcrossing.training.retrieval_merge import merge_lists, weighted_merge
 
 
@@ -66,6 +67,12 @@ def offline_merged(recall, dataset, store, ref, user_id: int, n: int) -> tuple[l
     for name, vectors in recall.channels.items():
         built[name] = vector_channel(prior, ids, vectors.item_vectors(movies),
                                      {user_id: vectors.user_vectors(row)[0]}, vectors.metric)
+    if recall.fusion is not None:               # the score fusion: fusion_merge's order, fuse_lists' labels
+        names = list(recall.fusion.names)
+        merged = fusion_merge(built, recall.fusion)(user, n)
+        lists = [built[c](user, max(recall.fusion.depth, n)) for c in names]
+        _, source = recall.fusion.merge(lists, user, n)
+        return merged.tolist(), [names[j] for j in source]
     names = [c for c in dict.fromkeys([*recall.merge, *recall.head_weights])
              if recall.merge.get(c, 0) > 0 or recall.head_weights.get(c, 0) > 0]
     weights = [recall.merge.get(c, 0.0) for c in names]
@@ -85,7 +92,10 @@ def test_service_recalls_the_validated_merge_as_measured(models, synth_data, ser
     assert set(meta["vector_channels"]) == {"emb", "two_tower", "item2vec"}
     engine = Engine.open(models["root"] / "m0", url, recall=recall)
     snap = engine.state.snapshot
-    assert dict(snap.merge) == {c: w for c, w in recall.merge.items() if w > 0} and snap.merge_head == (0, ())
+    if recall.fusion is None:                   # train-recall's rule: the one better on validation
+        assert dict(snap.merge) == {c: w for c, w in recall.merge.items() if w > 0} and snap.merge_head == (0, ())
+    else:
+        assert snap.merge == tuple((c, recall.fusion.weights.get(c, 0.0)) for c in recall.fusion.names)
     n = 300
     users = [int(u) for u in meta["example_users"][:3]] + [10**9]           # three known users and a cold one
     app_ = create_app(ServingSettings(models["root"] / "m0", url, recall_dir=recall.path, max_k=n))
@@ -103,7 +113,9 @@ def test_service_recalls_the_validated_merge_as_measured(models, synth_data, ser
             assert body["channels"] == {c: labels.count(c) for c, _ in plan}
         # the vector channels the validated merge weights are served (which ones it weights depends on the
         # trained recall models: with the backtested trending list it may give them none on this synthetic log)
-        personal = {c for c, w in recall.merge.items() if w > 0 and c in ("two_tower", "item2vec")}
+        # (a fusion labels a movie by its highest term: a weighted channel may label none)
+        personal = {c for c, w in recall.merge.items() if w > 0 and c in ("two_tower", "item2vec")
+                    and recall.fusion is None}
         assert not personal or personal & {i["channel"] for i in body["items"]}, (recall.merge, body["channels"])
         cold = httpx.get(f"{server.url}/recommend/{users[3]}", params={"k": 10}).json()
         assert cold["known"] is False and len(cold["items"]) == 10
@@ -180,7 +192,8 @@ def test_served_merge_with_a_head_is_the_offline_one(models, synth_data, served)
     the service's merged_rows equals the offline weighted_merge with the same head."""
     base = served["recall"]
     tail = {c: (1.0 if c == "two_tower" else 0.0) for c in base.merge}
-    recall = dataclasses.replace(base, merge=tail, head_weights={"trending": 2.0, "popularity": 1.0}, head=40)
+    recall = dataclasses.replace(base, merge=tail, head_weights={"trending": 2.0, "popularity": 1.0}, head=40,
+                                 fusion=None)
     engine = Engine.open(models["root"] / "m0", served["url"], recall=recall)
     snap = engine.state.snapshot
     assert snap.merge == (("two_tower", 1.0), ("trending", 0.0), ("popularity", 0.0))
@@ -211,3 +224,74 @@ def test_recall_folder_head_weights_are_checked(served, tmp_path, value, ok):
         with pytest.raises(InputError, match="head_weights") as err:
             load_recall_folder(folder)
         assert err.value.field == "merge"
+
+
+FUSION = {"weights": {"two_tower": 1.0, "trending": 2.0, "item2vec": 0.5, "genres": 0.25},
+          "cold_weights": {"trending": 1.0, "popularity": 0.5, "two_tower": 0.25}, "k": 20.0, "depth": 150,
+          "head": 60, "tail": {"popularity": 1.0, "genres": 1.0}}   # the first 60 fused, the rest by quotas
+
+
+@pytest.fixture(scope="module")
+def fused(models, synth_data, served, tmp_path_factory):
+    """The served folder with ``merge.rule = fusion`` (a copy: its manifest differs), published anew."""
+    folder = tmp_path_factory.mktemp("fused") / "recall"
+    shutil.copytree(served["recall"].path, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["merge"].update(rule="fusion", fusion=FUSION)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    recall = load_recall_folder(folder)
+    url = f"sqlite:///{folder.parent / 'f.db'}"
+    meta = publish_for_model(models["root"] / "m0", synth_data["raw"], url, keep_previous_s=0, recall=recall)
+    return {"recall": recall, "url": url, "meta": meta}
+
+
+def test_served_fusion_is_the_offline_one_over_http(models, synth_data, fused, server_thread):
+    """A folder whose merge rule is the score fusion: ``/recommend/{user}`` recalls the offline fusion_merge's
+    movies in its order, each labelled with the channel of its highest term (in the quota tail: the quota
+    rule's), warm and cold users alike."""
+    from deepcrossing.serving.app import create_app
+    from deepcrossing.serving.settings import ServingSettings
+
+    recall, url, meta = fused["recall"], fused["url"], fused["meta"]
+    assert recall.fusion == Fusion.from_dict(FUSION)
+    engine = Engine.open(models["root"] / "m0", url, recall=recall)
+    snap = engine.state.snapshot
+    assert snap.fusion == recall.fusion and [c for c, _ in snap.merge] == list(recall.fusion.names)
+    n, seen = 200, set()
+    app_ = create_app(ServingSettings(models["root"] / "m0", url, recall_dir=recall.path, max_k=n))
+    with server_thread(app_) as server:
+        for user in [int(u) for u in meta["example_users"][:4]]:
+            expected, labels = offline_merged(recall, synth_data["dataset"], engine.store, snap.ref, user, n)
+            record = engine.fetch_user(user).record
+            seen.add(bool(record["features"]["userRecentPositives"]))
+            table = engine._user_table(snap, user, record)
+            rows, got, plan = merged_rows(snap, user, record, n, lambda t=table: t)
+            assert snap.movie_ids[rows].tolist() == expected and [plan[j][0] for j in got] == labels
+            assert set(labels[60:]) <= {"popularity", "genres"} and len(expected) == n
+            body = httpx.get(f"{server.url}/recommend/{user}", params={"k": n, "candidates": n}).json()
+            assert {i["movieId"]: i["channel"] for i in body["items"]} == dict(zip(expected, labels, strict=True))
+        cold = httpx.get(f"{server.url}/recommend/{10**9}", params={"k": 10}).json()   # unknown: cold weights
+        assert cold["known"] is False and {i["channel"] for i in cold["items"]} <= {"trending", "popularity",
+                                                                                   "two_tower", "genres"}
+    assert True in seen
+    engine.store.close()
+
+
+@pytest.mark.parametrize("merge, ok", [({"rule": "quota"}, True), ({"rule": "fusion", "fusion": FUSION}, True),
+                                       ({"rule": "mean"}, False), ({"rule": "fusion", "fusion": None}, False),
+                                       ({"rule": "fusion", "fusion": {**FUSION, "k": -1}}, False),
+                                       ({"rule": "fusion", "fusion": {**FUSION, "weights": {"trending": 0}}}, False),
+                                       ({"rule": "fusion", "fusion": {**FUSION, "tail": {}}}, False),
+                                       ({"rule": "fusion", "fusion": {**FUSION, "head": 0, "tail": {}}}, True)])
+def test_recall_folder_fusion_is_checked(served, tmp_path, merge, ok):
+    folder = tmp_path / "recall"
+    shutil.copytree(served["recall"].path, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["merge"].update(merge)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    if ok:
+        assert (load_recall_folder(folder).fusion is None) == (merge["rule"] == "quota")
+    else:
+        with pytest.raises(InputError, match="merge") as err:
+            load_recall_folder(folder)
+        assert str(err.value.field).startswith("merge") and str(err.value.path) == str(folder / "manifest.json")

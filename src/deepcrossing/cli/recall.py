@@ -1,4 +1,5 @@
-"""`deepcrossing train-recall`: samples -> recall folder (two-tower and item2vec vectors, the merge weights)."""
+"""`deepcrossing train-recall`: samples -> recall folder (two-tower and item2vec vectors, the merge: quotas or
+score fusion, whichever is better on validation)."""
 
 from __future__ import annotations
 
@@ -97,4 +98,14 @@ def train_recall(
     if "valid_ndcg@10" in merge:
         console.print(f"end to end (valid NDCG@10 through {model_dir}): merged {merge['valid_ndcg@10']:.4f}, "
                       f"popularity-800 {merge['valid_ndcg@10_popularity']:.4f}", highlight=False)
+    fusion = merge["fusion"]
+    fused = ", ".join(f"{k} {v:g}" for k, v in fusion["weights"].items() if v > 0)
+    cold = ", ".join(f"{k} {v:g}" for k, v in fusion["cold_weights"].items() if v > 0)
+    console.print(f"score fusion (valid Recall@{merge['k']} {merge['fusion_valid_recall']:.4f}"
+                  + (f", NDCG@10 {merge['fusion_valid_ndcg@10']:.4f}" if "fusion_valid_ndcg@10" in merge else "")
+                  + f"): warm {fused}; cold {cold}; k {fusion['k']:g}"
+                  + (f"; the first {fusion['head']} fused, the rest by the quotas" if fusion["head"] else ""),
+                  highlight=False)
+    console.print(f"merge rule (better on valid Recall@{merge['k']}): {merge['rule']} (quota "
+                  f"{merge['quota_valid_recall']:.4f}, fusion {merge['fusion_valid_recall']:.4f})", highlight=False)
     console.print(f"wrote {out_dir} in {metrics['seconds']:.1f} s", highlight=False)

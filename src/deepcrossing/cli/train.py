@@ -256,6 +256,7 @@ def _evaluate_retrieval(model: Path, samples: Path, ks_text: str, out_path: Path
     from deepcrossing.training.retrieval import parse_ks
     from deepcrossing.training.retrieval_data import TRENDING_DAYS, build_channels, evaluate_retrieval, \
         load_retrieval_data
+    from deepcrossing.training.retrieval_fusion import fusion_of
 
     ks = parse_ks(ks_text)
     target = out_path or Path(model) / "retrieval.json"
@@ -274,7 +275,8 @@ def _evaluate_retrieval(model: Path, samples: Path, ks_text: str, out_path: Path
                                trending_half_life_days=manifest.get("trending_half_life_days"))
     with console.status(f"recalling for {len(data.users):,} test users"):
         report = evaluate_retrieval(data, build_channels(data, loaded, vectors, manifest.get("weights"),
-                                                     manifest.get("head_weights"), int(manifest.get("k", 100))), ks)
+                                                     manifest.get("head_weights"), int(manifest.get("k", 100)),
+                                                     fusion_of(manifest)), ks)
     report["model_dir"] = str(model)
     report["recall_dir"] = None if recall is None else str(recall)
     view = Table(title=f"{samples}: {report['n_users']:,} test users with a relevant movie "

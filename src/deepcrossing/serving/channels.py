@@ -38,6 +38,7 @@ from deepcrossing.serving.store import FeatureStore, Record, Ref, StoreError
 from deepcrossing.training.emb_vectors import EmbVectors
 from deepcrossing.training.retrieval import Prior
 from deepcrossing.training.retrieval_data import TRENDING_DAYS
+from deepcrossing.training.retrieval_fusion import Fusion, fusion_of
 from deepcrossing.training.vectors import ItemVectors
 
 __all__ = ["TRENDING_BLOB", "Head", "Merge", "RecallFolder", "VectorChannel", "channel_blobs", "emb_channel",
@@ -60,7 +61,8 @@ class RecallFolder:
             ``trending`` channel (the manifest's ``merge.trending_days``); trending_half_life_days: its score's
             half-life (``merge.trending_half_life_days``; ``None``: the count); head_weights, head: the
             first ``head`` merged movies by these weights instead (``merge.head_weights``, ``merge.k``; empty:
-            none).
+            none); fusion: the score fusion when the folder's ``merge.rule`` is ``fusion`` (it replaces the
+            weights: :func:`deepcrossing.training.retrieval_fusion.fuse_lists`), else ``None``.
     """
 
     path: Path
@@ -71,6 +73,7 @@ class RecallFolder:
     trending_half_life_days: float | None = None
     head_weights: Mapping[str, float] = field(default_factory=dict)
     head: int = 0
+    fusion: Fusion | None = None
 
 
 def load_recall_folder(path: str | Path) -> RecallFolder:
@@ -100,9 +103,13 @@ def load_recall_folder(path: str | Path) -> RecallFolder:
         raise InputError("merge.weights and merge.head_weights must map channels to weights >= 0, "
                          "merge.trending_days and merge.k be integers >= 1 and merge.trending_half_life_days null "
                          "or > 0; run train-recall again", path=manifest, field="merge")
+    try:
+        fusion = fusion_of(merge)
+    except InputError as exc:
+        raise InputError(exc.message, path=manifest, field=exc.field) from None
     return RecallFolder(folder.resolve(), file_sha256(manifest), dict(channels),
                         {str(c): float(w) for c, w in weights.items()}, days, None if half is None else float(half),
-                        {str(c): float(w) for c, w in head.items()}, k if head else 0)
+                        {str(c): float(w) for c, w in head.items()}, k if head else 0, fusion)
 
 
 def channel_blobs(channels: Mapping[str, ItemVectors], movies: pa.Table,
@@ -214,7 +221,8 @@ def load_merge(store: FeatureStore, ref: Ref, meta: Record, movie_ids: NDArray[n
     channels read (popularity = the candidates, genres = their masks, trending = the version's list).
 
     Returns:
-        ``((channel, weight), ...)`` (every channel with a weight or a head weight > 0), the prior, and the
+        ``((channel, weight), ...)`` (every channel with a weight or a head weight > 0; for a fusion, its
+        channels with their warm weights, in ``fusion.names`` order), the prior, and the
         head ``(size, (head weight per merge entry, ...))`` (``(0, ())``: none); ``((), None, (0, ()))`` when
         there is no recall folder or the version lacks a channel the merge needs (published without
         ``--recall``): the default plan then stays :func:`deepcrossing.serving.recall.default_plan`.
@@ -222,12 +230,17 @@ def load_merge(store: FeatureStore, ref: Ref, meta: Record, movie_ids: NDArray[n
     Raises:
         StoreError: the trending list differs from what was published.
     """
-    if recall is None or not recall.merge:
+    if recall is None or not (recall.merge or recall.fusion):
         return (), None, (0, ())
-    names = [n for n in dict.fromkeys([*recall.merge, *recall.head_weights])
-             if recall.merge.get(n, 0) > 0 or recall.head_weights.get(n, 0) > 0]
-    used = tuple((name, float(recall.merge.get(name, 0.0))) for name in names)
-    head: Head = (recall.head, tuple(float(recall.head_weights.get(n, 0.0)) for n in names)) if recall.head else (0, ())
+    head: Head = (0, ())
+    if recall.fusion is not None:     # the fused channels (warm weights here; merged_rows reads the fusion)
+        used = tuple((name, float(recall.fusion.weights.get(name, 0.0))) for name in recall.fusion.names)
+    else:
+        names = [n for n in dict.fromkeys([*recall.merge, *recall.head_weights])
+                 if recall.merge.get(n, 0) > 0 or recall.head_weights.get(n, 0) > 0]
+        used = tuple((name, float(recall.merge.get(name, 0.0))) for name in names)
+        if recall.head:
+            head = (recall.head, tuple(float(recall.head_weights.get(n, 0.0)) for n in names))
     has_trending = TRENDING_BLOB in (meta.get("blobs") or {})
     servable = {*channels, "genres", "popularity", *(("trending",) if has_trending else ())}
     if not used or any(name not in servable for name, _ in used):

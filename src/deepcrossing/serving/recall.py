@@ -18,7 +18,9 @@ the folder's **validated merge** (:func:`merged_rows`): each channel of its ``me
 unrated movies as the offline evaluation measured it (the same channel functions of
 :mod:`deepcrossing.training.retrieval`: popularity, trending, the user's genres, and the vector channels, with
 popularity for a user they have nothing for) and the lists are merged by the same quota rule
-(:func:`deepcrossing.training.retrieval_merge.merge_lists`), so what is served is what was measured.
+(:func:`deepcrossing.training.retrieval_merge.merge_lists`), or, when the folder's ``merge.rule`` is
+``fusion``, by the same score fusion (:meth:`deepcrossing.training.retrieval_fusion.Fusion.merge`), so what
+is served is what was measured.
 
 What both derive from the user's record alone (the channels' user vectors, the ``rated`` array, ...) is kept
 in a per-user memo (:func:`user_memo`) that the engine holds per (model, store version), beside its user
@@ -255,14 +257,19 @@ def merged_rows(snap: Any, user_id: int, record: Record | None, total: int,
                 user_table: Callable[[], pa.Table] | None,
                 memo: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray, Plan]:
     """The recall folder's validated merge (``snap.merge``, its head ``snap.merge_head``) for one user: each
-    channel's ``total`` best unrated movies, merged by :func:`~deepcrossing.training.retrieval_merge.merge_lists`
-    (``memo``: as :func:`recall_rows`).
+    channel's ``total`` best unrated movies, merged by :func:`~deepcrossing.training.retrieval_merge.merge_lists`;
+    with a score fusion (``snap.fusion``), each channel's ``max(depth, total)`` best merged by
+    :meth:`~deepcrossing.training.retrieval_fusion.Fusion.merge` (fused with the user's warm or cold weights,
+    each movie labelled with the channel of its highest term; then its quota tail) (``memo``: as
+    :func:`recall_rows`).
 
     Returns:
         ((R,) int64 snapshot rows in merge order, (R,) int8 plan indexes, the plan ``((channel, count), ...)``).
     """
     prior, user = snap.prior, _memo(memo, "user_state", lambda: user_state(user_id, record))
     features = (record or {}).get("features") or {}
+    fusion = getattr(snap, "fusion", None)
+    depth = total if fusion is None else max(fusion.depth, total)
     lists = []
     for name, _ in snap.merge:
         if name == "popularity":
@@ -274,9 +281,12 @@ def merged_rows(snap: Any, user_id: int, record: Record | None, total: int,
         else:
             vectors = snap.channels[name]
             channel = index_channel(vectors, user_query(vectors, features, user_table, memo), prior)
-        lists.append(np.asarray(channel(user, total), dtype=np.int64))
-    size, head = snap.merge_head
-    ids, source = merge_lists(lists, [w for _, w in snap.merge], total, head=size, head_weights=head or None)
+        lists.append(np.asarray(channel(user, depth), dtype=np.int64))
+    if fusion is not None:
+        ids, source = fusion.merge(lists, user, total)
+    else:
+        size, head = snap.merge_head
+        ids, source = merge_lists(lists, [w for _, w in snap.merge], total, head=size, head_weights=head or None)
     rows = np.searchsorted(snap.movie_ids, ids).astype(np.int64)       # movie_ids are sorted; every id is a movie
     plan = tuple((name, int((source == j).sum())) for j, (name, _) in enumerate(snap.merge))
     return rows, source.astype(np.int8), plan

@@ -26,6 +26,7 @@ from deepcrossing.serving.publish import schema_from_json
 from deepcrossing.serving.scorer import ItemPart, Scorer
 from deepcrossing.serving.store import FeatureStore, Record, Ref, StoreError
 from deepcrossing.training.retrieval import Prior
+from deepcrossing.training.retrieval_fusion import Fusion
 
 
 def empty_features(schema: pa.Schema, id_name: str, id_value: int) -> dict[str, Any]:
@@ -61,7 +62,8 @@ class Snapshot:
             published without vectors).
         genre_masks: genre -> (C,) bool mask over ``candidate_rows`` (the ``genres`` channel).
         merge, prior, merge_head: the recall folder's validated merge, what its built-in channels read and
-            its head (:func:`~deepcrossing.serving.channels.load_merge`; ``()``: the default plan).
+            its head (:func:`~deepcrossing.serving.channels.load_merge`; ``()``: the default plan); fusion:
+            the folder's score fusion when its merge rule is ``fusion`` and the version serves it (else ``None``).
         itemcf: the version's co-occurrence lists (:func:`~deepcrossing.serving.itemcf.load_itemcf`), loaded
             only for a model reading ``userItemCFScore`` (else ``None``).
     """
@@ -85,6 +87,7 @@ class Snapshot:
     merge_head: tuple[int, tuple[float, ...]] = (0, ())
     prior: Prior | None = field(repr=False, default=None)
     itemcf: ItemCF | None = field(repr=False, default=None)
+    fusion: Fusion | None = field(repr=False, default=None)
 
     @property
     def version(self) -> int:
@@ -137,6 +140,7 @@ def build_snapshot(store: FeatureStore, scorer: Scorer, ref: Ref, *, verify: boo
         years=[r.get("year") for _, r in records], movie_table=movie_table, candidate_rows=candidate_rows,
         items=items, unit=unit, user_schema=user_schema, movie_schema=movie_schema, row_of=row_of,
         channels=channels, genre_masks=genre_masks, merge=merge, prior=prior, merge_head=merge_head, itemcf=itemcf,
+        fusion=recall.fusion if merge and recall is not None else None,
     )
 
 

@@ -39,9 +39,11 @@ from deepcrossing.model.two_tower import TwoTower, TwoTowerConfig
 from deepcrossing.outputs import OutputKind
 from deepcrossing.training.artifact import LoadedModel
 from deepcrossing.training.item2vec import Item2Vec, Item2VecConfig, fit_item2vec, positive_sequences
-from deepcrossing.training.retrieval import recall_at_ks
-from deepcrossing.training.retrieval_merge import choose_merge, weighted_merge
-from deepcrossing.training.retrieval_data import build_channels, load_retrieval_data, ranker, split_start
+from deepcrossing.training.retrieval import Channel, recall_at_ks
+from deepcrossing.training.retrieval_data import RetrievalData, build_channels, load_retrieval_data, ranker, \
+    split_start
+from deepcrossing.training.retrieval_fusion import choose_fusion, evaluate_merge, fusion_merge
+from deepcrossing.training.retrieval_merge import Ranker, choose_merge, weighted_merge
 from deepcrossing.training.retrieval_trending import TRENDING_BACKTESTS, TRENDING_WINDOWS, choose_trending
 from deepcrossing.training.two_tower import TwoTowerTrainConfig, TwoTowerVectors, train_two_tower, \
     validation_recall
@@ -225,6 +227,9 @@ def train_recall(samples: str | Path, channels: tuple[str, ...] = CHANNELS, *,
     so the served merge is never below popularity-800 end to end on validation); without, by Recall@100.
     With ``model``, the first ``k`` movies may then come by other weights (``head_weights``, ``None``: the
     same), the best Recall@``k`` whose whole merged list keeps that NDCG floor (:func:`choose_merge`'s ``tail``).
+    Then the score fusion of the same channels (warm and cold weights, rank offset) is chosen on validation
+    under the same rules (:func:`~deepcrossing.training.retrieval_fusion.choose_fusion`), and ``merge.rule``
+    records which of the two has the better validation Recall@``k`` (the one ``publish``/``serve`` use).
 
     Returns:
         (channel -> model, merge ``{"weights", "k", "valid_recall", "trending_days", "trending_half_life_days"}``
@@ -261,6 +266,7 @@ def train_recall(samples: str | Path, channels: tuple[str, ...] = CHANNELS, *,
     weights, score = choose_merge(valid.users, valid.relevant, candidates, k=k)
     merge: dict[str, Any] = {"weights": weights, "k": k, "valid_recall": score, "trending_days": trending.days,
                              "trending_half_life_days": trending.half_life_days}
+    rank: Ranker | None = None
     if model is not None:
         rank = ranker(valid, model)
         pop, pop_ndcg = choose_merge(valid.users, valid.relevant, {"popularity": base["popularity"]}, k=k,
@@ -274,4 +280,28 @@ def train_recall(samples: str | Path, channels: tuple[str, ...] = CHANNELS, *,
         recall = recall_at_ks([merged(u, k) for u in valid.users], valid.relevant, (k,)).recall[k]
         merge.update(weights=weights, head_weights=head_weights, valid_recall=recall,
                      **{"valid_ndcg@10": ndcg, "valid_ndcg@10_popularity": pop_ndcg})
+    merge.update(_fusion(valid, candidates, merge, k, rank))
     return models, merge, metrics
+
+
+def _fusion(valid: RetrievalData, candidates: dict[str, Channel], merge: dict[str, Any], k: int,
+            rank: Ranker | None) -> dict[str, Any]:
+    """The score fusion chosen on validation (:func:`choose_fusion`; with ``rank``, its first ``k`` fused and
+    the rest by the quota merge's weights, under the same NDCG floor) and the rule that wins there: ``fusion``
+    when its exact Recall@``k`` beats the quota merge's (keeping the floor), else ``quota``; the merge entries
+    ``rule``, ``fusion``, ``quota_valid_recall``, ``fusion_valid_recall`` (+ ``fusion_valid_ndcg@10``), and
+    the winner's ``valid_recall`` (+ NDCG)."""
+    floor = merge.get("valid_ndcg@10_popularity")
+    fusion = choose_fusion(valid.users, valid.relevant, candidates, k=k, rank=rank, floor=floor,
+                           tail=None if rank is None else merge["weights"])   # with the model: a fused head
+    recall, ndcg = evaluate_merge(valid.users, valid.relevant, fusion_merge(candidates, fusion), k, rank=rank)
+    wins = recall > merge["valid_recall"] and (ndcg is None or floor is None or ndcg >= floor)
+    out: dict[str, Any] = {"rule": "fusion" if wins else "quota", "fusion": fusion.to_dict(),
+                           "quota_valid_recall": merge["valid_recall"], "fusion_valid_recall": recall}
+    if ndcg is not None:
+        out["fusion_valid_ndcg@10"] = ndcg
+    if wins:
+        out["valid_recall"] = recall
+        if ndcg is not None:
+            out["valid_ndcg@10"] = ndcg
+    return out

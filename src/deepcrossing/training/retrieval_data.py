@@ -37,6 +37,7 @@ from deepcrossing.training.artifact import LoadedModel
 from deepcrossing.training.emb_vectors import EmbVectors
 from deepcrossing.training.retrieval import Channel, IdArray, Prior, UserState, coverage_at_ks, emb_channel, \
     genre_channel, merge_channels, popularity_channel, recall_at_ks, trending_channel, vector_channel
+from deepcrossing.training.retrieval_fusion import Fusion, fusion_merge
 from deepcrossing.training.retrieval_merge import Ranker, weighted_merge
 from deepcrossing.training.vectors import ItemVectors
 
@@ -286,14 +287,15 @@ def recall_channel(data: RetrievalData, vectors: ItemVectors) -> Channel:
 def build_channels(data: RetrievalData, loaded: LoadedModel | None = None,
                    recall: Mapping[str, ItemVectors] | None = None,
                    merge: Mapping[str, float] | None = None, head_weights: Mapping[str, float] | None = None,
-                   head: int = 100) -> dict[str, Channel]:
+                   head: int = 100, fusion: Fusion | None = None) -> dict[str, Channel]:
     """The channels: ``popularity``, ``trending``, ``genres``, with a model ``emb``, one per recall model of ``recall``
     (``two_tower``, ``item2vec``, ...), and ``merged``.
 
     ``merged`` is :func:`~deepcrossing.training.retrieval.weighted_merge` with ``merge`` (channel -> weight,
     chosen on the validation split by ``train-recall``) when given, its first ``head`` movies by
     ``head_weights`` when given (the manifest's ``merge.head_weights`` and ``merge.k``), else the round-robin
-    of emb, the recall models, genres and popularity.
+    of emb, the recall models, genres and popularity; with ``fusion`` (the manifest's ``merge.rule`` is
+    ``fusion``: :func:`~deepcrossing.training.retrieval_fusion.fusion_of`), the fused channel instead.
     """
     channels = {"popularity": popularity_channel(data.prior), "trending": trending_channel(data.prior),
                 "genres": genre_channel(data.prior)}
@@ -301,7 +303,9 @@ def build_channels(data: RetrievalData, loaded: LoadedModel | None = None,
         channels["emb"] = emb_channel(data.prior, *item_vectors(loaded, data.movie_rows))
     for name, vectors in (recall or {}).items():
         channels[name] = recall_channel(data, vectors)
-    if merge:
+    if fusion is not None:
+        channels["merged"] = fusion_merge(channels, fusion)
+    elif merge:
         names = list(dict.fromkeys([*merge, *(head_weights or {})]))
         missing = sorted(set(names) - set(channels))
         if missing:

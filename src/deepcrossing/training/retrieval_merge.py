@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 from deepcrossing.errors import InputError
 from deepcrossing.training.retrieval import Channel, IdArray, UserState
 
-__all__ = ["Ranker", "choose_merge", "merge_lists", "weighted_merge"]
+__all__ = ["Ranker", "choose_merge", "head_then_rest", "hits_ndcg", "merge_lists", "weight_grid", "weighted_merge"]
 
 #: ``(user index, (C,) candidate ids) -> (C,) scores`` of the ranking model (higher first), e.g.
 #: :func:`deepcrossing.training.retrieval_data.ranker`; a movie it cannot score gets ``-inf``.
@@ -72,8 +72,20 @@ def merge_lists(lists: Sequence[IdArray], weights: Sequence[float], n: int, *, h
     if head_weights is None or head <= 0:
         return _merge(lists, weights, n)
     first, first_source = _merge(lists, head_weights, min(head, n))
-    rest, rest_source = _merge(lists, weights, n)
-    ids, source = np.concatenate([first, rest]), np.concatenate([first_source, rest_source])
+    return head_then_rest((first, first_source), _merge(lists, weights, n), n)
+
+
+def head_then_rest(head: tuple[IdArray, NDArray[np.int64]], rest: tuple[IdArray, NDArray[np.int64]], n: int
+                   ) -> tuple[IdArray, NDArray[np.int64]]:
+    """The ``(ids, sources)`` of ``head``, then those of ``rest`` not in it, the first ``n`` (a merge's head).
+
+    Example:
+        >>> ids, src = head_then_rest((np.array([5, 1]), np.array([0, 0])),
+        ...                           (np.array([1, 7, 8]), np.array([1, 1, 1])), 3)
+        >>> ids.tolist(), src.tolist()
+        ([5, 1, 7], [0, 0, 1])
+    """
+    ids, source = np.concatenate([head[0], rest[0]]), np.concatenate([head[1], rest[1]])
     _, keep = np.unique(ids, return_index=True)
     keep = np.sort(keep)[:n]
     return ids[keep], source[keep]
@@ -111,7 +123,7 @@ def weighted_merge(channels: Sequence[Channel], weights: Sequence[float], *, hea
     return recall
 
 
-def _grid(names: Sequence[str], grid: Sequence[float]) -> list[tuple[float, ...]]:
+def weight_grid(names: Sequence[str], grid: Sequence[float]) -> list[tuple[float, ...]]:
     """The weight vectors of ``grid`` (not all 0), in grid order, one per ratio (2:2 merges as 1:1)."""
     seen, out = set(), []
     for weights in itertools.product(grid, repeat=len(names)):
@@ -123,7 +135,7 @@ def _grid(names: Sequence[str], grid: Sequence[float]) -> list[tuple[float, ...]
     return out
 
 
-def _ndcg(hits: NDArray[np.bool_], n_relevant: int, k: int) -> float:
+def hits_ndcg(hits: NDArray[np.bool_], n_relevant: int, k: int) -> float:
     """NDCG@k of one ranked list of hits (binary gains, at most ``k``) with ``n_relevant`` relevant movies in
     all (:func:`deepcrossing.metrics.ndcg_at_k`'s rule: the relevant movies not recalled count as misses)."""
     discount = 1.0 / np.log2(np.arange(2, k + 2))
@@ -180,7 +192,7 @@ def choose_merge(users: Sequence[UserState], relevant: Sequence[IdArray], channe
     best: tuple[tuple[float, ...], tuple[float, float, float], float] = (tuple(1.0 for _ in names),
                                                                          (-1.0, -1.0, -1.0), -1.0)
     tail_weights = None if tail is None else [float(tail.get(name, 0.0)) for name in names]
-    for weights in _grid(names, grid):
+    for weights in weight_grid(names, grid):
         recall, ndcg = [], []
         for j, (_, _, rel) in enumerate(used):
             if tail_weights is None:
@@ -192,7 +204,7 @@ def choose_merge(users: Sequence[UserState], relevant: Sequence[IdArray], channe
             if rank is not None:
                 first = ids[:candidates]
                 ranked = first[np.argsort(-scores[j][first], kind="stable")[:top]]
-                ndcg.append(_ndcg(np.isin(ranked, rel), n_relevant[j], top))
+                ndcg.append(hits_ndcg(np.isin(ranked, rel), n_relevant[j], top))
         r = float(np.mean(recall)) if recall else -1.0
         e = float(np.mean(ndcg)) if ndcg else -1.0
         key = ((0.0, r, r) if rank is None else (0.0, e, r) if floor is None
