@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from pair_cost import interleaved_latency, latency_line  # the same interleaved timing loop (benchmarks/ on sys.path)
 
 
 def train(samples: Path, out: Path, seed: int, k: int, reuse: bool, epochs: int | None,
@@ -108,17 +109,8 @@ def main() -> None:
             publish_dataset(dataset, url, feature_config=FeatureConfig(itemcf=True) if itemcf else None)
         opened = {name: Engine.open(folder, url) for name, folder in folders.items()}
         users = [int(u) for u in next(iter(opened.values())).store.meta().get("example_users", [1])]
-        times: dict[str, list[float]] = {name: [] for name in opened}
-        for i in range(args.repeats + len(users)):
-            for name, engine in opened.items():
-                t0 = time.perf_counter()
-                engine.recommend(users[i % len(users)], k=10, candidates=args.candidates)
-                times[name].append(time.perf_counter() - t0)
-        for name, ts in times.items():
-            ms = np.array(ts[len(users):]) * 1000  # after each user's first (cache-filling) call
-            print(f"{name:>11}: median {np.median(ms):.3f} ms, p90 {np.percentile(ms, 90):.3f} ms, p99 "
-                  f"{np.percentile(ms, 99):.3f} ms, mean {ms.mean():.3f} ms over {len(ms)} requests of "
-                  f"{args.candidates} candidates (top-10, warm, 1 thread)")
+        for name, ms in interleaved_latency(opened, users, args.repeats, args.candidates).items():
+            print(f"{name:>11}: {latency_line(ms)} of {args.candidates} candidates (top-10, warm, 1 thread)")
         for engine in opened.values():
             engine.store.close()
 

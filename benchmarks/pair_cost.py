@@ -55,6 +55,28 @@ def spec_with_pair() -> str:
     return spec_with(spec_without_pair(), PAIR)
 
 
+def interleaved_latency(opened: dict, users: list[int], repeats: int, candidates: int, cold: bool = False
+                        ) -> dict[str, np.ndarray]:
+    """Milliseconds per top-10 ``recommend`` of each engine, the engines called in turn for each request (so
+    machine noise hits them alike), users in turn; each user's first (cache-filling) call is dropped. ``cold``
+    clears the per-user cache before every call."""
+    times: dict[str, list[float]] = {name: [] for name in opened}
+    for i in range(repeats + len(users)):
+        for name, engine in opened.items():
+            if cold and engine.state is not None:
+                engine.state.user_parts.clear()
+            t0 = time.perf_counter()
+            engine.recommend(users[i % len(users)], k=10, candidates=candidates)
+            times[name].append(time.perf_counter() - t0)
+    return {name: np.array(ts[len(users):]) * 1000 for name, ts in times.items()}
+
+
+def latency_line(ms: np.ndarray) -> str:
+    """``median .. ms, p90 .. ms, p99 .. ms, mean .. ms over N requests`` of :func:`interleaved_latency`'s ms."""
+    return (f"median {np.median(ms):.3f} ms, p90 {np.percentile(ms, 90):.3f} ms, p99 {np.percentile(ms, 99):.3f} "
+            f"ms, mean {ms.mean():.3f} ms over {len(ms)} requests")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, required=True)
@@ -103,19 +125,8 @@ def main() -> None:
         meta = opened[variants[1][0]].store.meta()
         users = [int(u) for u in meta.get("example_users", [1])]
         for cold in ((False, True) if args.itemcf else (False,)):
-            times: dict[str, list[float]] = {name: [] for name in opened}
-            for i in range(args.repeats + len(users)):
-                for name, engine in opened.items():
-                    if cold and engine.state is not None:
-                        engine.state.user_parts.clear()
-                    t0 = time.perf_counter()
-                    engine.recommend(users[i % len(users)], k=10, candidates=args.candidates)
-                    times[name].append(time.perf_counter() - t0)
-            for name, ts in times.items():
-                ms = np.array(ts[len(users):]) * 1000  # after each user's first (cache-filling) call
-                print(f"{name:>13}{' cold' if cold else ''}: median {np.median(ms):.3f} ms, "
-                      f"p90 {np.percentile(ms, 90):.3f} ms, p99 {np.percentile(ms, 99):.3f} ms over {len(ms)} "
-                      f"requests of {args.candidates} candidates")
+            for name, ms in interleaved_latency(opened, users, args.repeats, args.candidates, cold).items():
+                print(f"{name:>13}{' cold' if cold else ''}: {latency_line(ms)} of {args.candidates} candidates")
         for engine in opened.values():
             engine.store.close()
 

@@ -89,3 +89,19 @@ def exported_scores(path: Path, fmt: str, inputs: list[torch.Tensor], input_name
     names = [i.name for i in session.get_inputs()]
     assert names == input_names
     return session.run(None, {n: x.numpy() for n, x in zip(names, inputs, strict=True)})[0]
+
+
+def write_small_release(folder: Path, seed: int) -> Path:
+    """A tiny ml-latest-small-format release in ``folder`` (60 users x 12 of 40 movies, 4 genres): enough for
+    ``prepare`` and ``train-recall`` end to end in a second. Returns ``folder``."""
+    import random
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    lines = [f"{u},{m},{rng.choice([2.0, 4.0, 4.5, 5.0])},{964982703 + 100 * j + u}"
+             for u in range(1, 61) for j, m in enumerate(rng.sample(range(1, 41), 12))]
+    (folder / "ratings.csv").write_text("userId,movieId,rating,timestamp\n" + "\n".join(lines) + "\n")
+    kinds = ["Drama", "Comedy", "Horror", "Action"]
+    (folder / "movies.csv").write_text("movieId,title,genres\n" + "".join(
+        f"{i},M{i} (199{i % 10}),{kinds[i % 4]}|{kinds[(i // 4) % 4]}\n" for i in range(1, 41)))
+    return folder

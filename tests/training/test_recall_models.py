@@ -6,13 +6,13 @@ its channels through the same two calls the service makes."""
 from __future__ import annotations
 
 import json
-import random
 import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
+from dc_synthetic import write_small_release
 from typer.testing import CliRunner
 
 from deepcrossing.cli import app
@@ -135,15 +135,7 @@ def test_head_weights_are_chosen_over_the_floored_tail() -> None:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("recall")
-    release = root / "ml-latest-small"
-    release.mkdir()
-    rng = random.Random(1)
-    lines = [f"{u},{m},{rng.choice([2.0, 4.0, 4.5, 5.0])},{964982703 + 100 * j + u}"
-             for u in range(1, 61) for j, m in enumerate(rng.sample(range(1, 41), 12))]
-    (release / "ratings.csv").write_text("userId,movieId,rating,timestamp\n" + "\n".join(lines) + "\n")
-    kinds = ["Drama", "Comedy", "Horror", "Action"]
-    (release / "movies.csv").write_text("movieId,title,genres\n" + "".join(
-        f"{i},M{i} (199{i % 10}),{kinds[i % 4]}|{kinds[(i // 4) % 4]}\n" for i in range(1, 41)))
+    release = write_small_release(root / "ml-latest-small", seed=1)
     samples, recall, model = root / "samples", root / "recall", root / "model"
     runner = CliRunner()
     for argv in (["prepare", "--data", str(release), "--out", str(samples)],

@@ -5,7 +5,6 @@ validation split (the test file's labels flipped: the same merge)."""
 
 from __future__ import annotations
 
-import random
 import shutil
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from dc_synthetic import write_small_release
 from typer.testing import CliRunner
 
 from deepcrossing.cli import app
@@ -105,15 +105,7 @@ def test_fast_choice_figures_match_the_exact_merge() -> None:
 @pytest.fixture(scope="module")
 def samples(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("fusion")
-    release = root / "ml-latest-small"
-    release.mkdir()
-    rng = random.Random(3)
-    lines = [f"{u},{m},{rng.choice([2.0, 4.0, 4.5, 5.0])},{964982703 + 100 * j + u}"
-             for u in range(1, 61) for j, m in enumerate(rng.sample(range(1, 41), 12))]
-    (release / "ratings.csv").write_text("userId,movieId,rating,timestamp\n" + "\n".join(lines) + "\n")
-    kinds = ["Drama", "Comedy", "Horror", "Action"]
-    (release / "movies.csv").write_text("movieId,title,genres\n" + "".join(
-        f"{i},M{i} (199{i % 10}),{kinds[i % 4]}|{kinds[(i // 4) % 4]}\n" for i in range(1, 41)))
+    release = write_small_release(root / "ml-latest-small", seed=3)
     res = CliRunner().invoke(app, ["prepare", "--data", str(release), "--out", str(root / "samples")])
     assert res.exit_code == 0, res.output
     return root / "samples"
