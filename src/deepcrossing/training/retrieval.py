@@ -282,7 +282,10 @@ def cosine_order(unit: NDArray[np.float32], ids: IdArray, query: NDArray[np.floa
         ...              np.array([1, 0], dtype=np.float32)).tolist()
         [5, 7, 8]
     """
-    sims = unit @ query                                                   # (N,)
+    import torch  # the product as the service's exact search computes it (serving.ann): the same float32
+    # kernel, so offline and served lists agree even where two movies' scores differ by a rounding
+    sims = torch.mv(torch.from_numpy(np.ascontiguousarray(unit, np.float32)),
+                    torch.from_numpy(np.ascontiguousarray(query, np.float32))).numpy()       # (N,)
     return ids[np.lexsort((ids, -sims))]
 
 
