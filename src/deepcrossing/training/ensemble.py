@@ -29,7 +29,6 @@ import pyarrow as pa
 import torch
 
 from deepcrossing.config import ExperimentConfig
-from deepcrossing.encoding.batch import Batch
 from deepcrossing.errors import DeepCrossingError, InputError
 from deepcrossing.model.deep_crossing import DeepCrossing
 from deepcrossing.model.ensemble import check_fusable, fuse
@@ -37,9 +36,8 @@ from deepcrossing.model.train_module import DeepCrossingTrain
 from deepcrossing.outputs import Reservation, reserve
 from deepcrossing.training import artifact
 from deepcrossing.training.pipeline import _fit_encoder, _require_finite, _require_two_classes, _Run, \
-    write_model_folder
-from deepcrossing.training.stream import ParquetSplit
-from deepcrossing.training.trainer import StepInfo, Trainer, evaluate_batch, predict_logits
+    score_splits, split_metrics, write_model_folder
+from deepcrossing.training.trainer import StepInfo, Trainer, predict_logits
 
 #: The fused model's valid logits may differ from the members' mean by float rounding only.
 MEAN_TOLERANCE = 1e-3
@@ -94,6 +92,7 @@ def _train(tables: Mapping[str, pa.Table | None], config: ExperimentConfig, k: i
     valid = encoded["valid"]
     _require_two_classes(valid, run.sources.get("valid"))
     members: list[DeepCrossing] = []
+    member_logits: list[torch.Tensor] = []                             # (B,) valid logits of each member
     records: list[dict[str, Any]] = []
     history: list[dict[str, Any]] = []
     n_train = 0
@@ -113,15 +112,15 @@ def _train(tables: Mapping[str, pa.Table | None], config: ExperimentConfig, k: i
         fit = trainer.fit(train_data, valid, on_step=run.on_step, on_epoch=epoch_done)
         model, n_train = model.cpu().eval(), fit.samples_per_epoch
         members.append(model)
+        member_logits.append(predict_logits(model, valid))
         records.append({"seed": seed, "best_epoch": fit.best_epoch, "epochs_run": len(fit.history),
                         "stopped_early": fit.stopped_early,
                         "train_seconds": round(sum(r["train_seconds"] for r in fit.history), 3),
-                        "valid": evaluate_batch(model, valid)})
+                        "valid": split_metrics({"valid": member_logits[-1]}, encoded)["valid"]})
     fused = fuse(members)
-    diff = _mean_difference(fused, members, valid)
-    results: dict[str, Any] = {"valid": evaluate_batch(fused, valid)}
-    if "test" in encoded:
-        results["test"] = evaluate_batch(fused, encoded["test"])
+    logits = score_splits(fused, encoded)                            # each split scored once
+    diff = _mean_difference(logits["valid"], member_logits)
+    results: dict[str, Any] = split_metrics(logits, encoded)
     results["ensemble"] = {"k": k, "seeds": [r["seed"] for r in records], "members": records,
                            "member_valid_auc": [r["valid"]["auc"] for r in records],
                            "fused_valid_auc": results["valid"]["auc"], "max_abs_logit_diff": diff}
@@ -129,15 +128,17 @@ def _train(tables: Mapping[str, pa.Table | None], config: ExperimentConfig, k: i
     results["train_seconds"] = round(sum(r["train_seconds"] for r in records), 3)
     results["n_train"] = n_train
     results["ranks"] = 1
-    files = write_model_folder(reservation, fused, encoder, config.train, results, history, encoded, run.sources)
+    files = write_model_folder(reservation, fused, encoder, config.train, results, history, encoded, logits,
+                               run.sources)
     shutil.rmtree(work, ignore_errors=True)
     return {**results, "history": history, "files": files, "seconds": round(time.perf_counter() - t0, 3)}
 
 
-def _mean_difference(fused: DeepCrossing, members: list[DeepCrossing], valid: Batch | ParquetSplit) -> float:
-    """Max |fused logit - mean of the members' logits| over valid; refuses a fusion that is not their mean."""
-    mean = torch.stack([predict_logits(m, valid) for m in members]).mean(dim=0)
-    diff = float((predict_logits(fused, valid) - mean).abs().max()) if len(mean) else 0.0
+def _mean_difference(fused: torch.Tensor, members: list[torch.Tensor]) -> float:
+    """Max |fused logit - mean of the members' logits| over valid ((B,) logits each); refuses a fusion that is
+    not their mean."""
+    mean = torch.stack(members).mean(dim=0)
+    diff = float((fused - mean).abs().max()) if len(mean) else 0.0
     if not diff <= MEAN_TOLERANCE:
         raise DeepCrossingError(f"the fused model's valid logits differ from the members' mean by {diff:.3g} "
                                 f"(> {MEAN_TOLERANCE}); the model was not saved")

@@ -48,7 +48,7 @@ from deepcrossing.training.checkpoint import fingerprint
 from deepcrossing.training.distributed import DistContext, shard_rows
 from deepcrossing.training.stream import ParquetSplit, ParquetStream, StreamOptions, fit_streaming
 from deepcrossing.training.plots import plot_history, plot_roc
-from deepcrossing.training.trainer import StepInfo, Trainer, evaluate_batch, predict_logits
+from deepcrossing.training.trainer import StepInfo, Trainer, logit_metrics, predict_logits
 
 
 def train_model(tables: Mapping[str, pa.Table | None], config: ExperimentConfig, out_dir: str | Path | Reservation,
@@ -197,28 +197,47 @@ def _train(tables: Mapping[str, pa.Table | None], config: ExperimentConfig, rese
     if not isinstance(reservation, Reservation):
         return {}
     model = model.cpu().eval()
+    logits = score_splits(model, encoded)                            # each split scored once
     results: dict[str, Any] = {"best_epoch": fit.best_epoch, "epochs_run": len(fit.history),
-                               "stopped_early": fit.stopped_early,
-                               "valid": evaluate_batch(model, encoded["valid"])}
+                               "stopped_early": fit.stopped_early}
     if trainer.swa_record:
         results["swa"] = trainer.swa_record
-    if "test" in encoded:
-        results["test"] = evaluate_batch(model, encoded["test"])
+    results.update(split_metrics(logits, encoded))
     _require_finite(results, sources)
     results["train_seconds"] = round(sum(r["train_seconds"] for r in fit.history), 3)
     results["n_train"] = fit.samples_per_epoch
     results["ranks"] = 1 if run.dist is None else run.dist.world_size
-    files = write_model_folder(reservation, model, encoder, cfg_train, results, fit.history, encoded, sources)
+    files = write_model_folder(reservation, model, encoder, cfg_train, results, fit.history, encoded, logits,
+                               sources)
     shutil.rmtree(work, ignore_errors=True)
     return {**results, "history": fit.history, "files": files,
             "seconds": round(time.perf_counter() - t0, 3)}
 
 
+def score_splits(model: DeepCrossing, encoded: Mapping[str, Batch | ParquetSplit]) -> dict[str, torch.Tensor]:
+    """(B,) logits of ``model`` on valid (and test), each split scored once (a streamed split is read once)."""
+    return {name: predict_logits(model, encoded[name]) for name in ("valid", "test") if name in encoded}
+
+
+def split_metrics(logits: Mapping[str, torch.Tensor], encoded: Mapping[str, Batch | ParquetSplit]
+                  ) -> dict[str, dict[str, float]]:
+    """``{"valid": {auc, logloss}, "test": ...}`` of :func:`score_splits`' logits against the splits' labels."""
+    out = {}
+    for name, split_logits in logits.items():
+        labels = encoded[name].labels
+        if labels is None:
+            raise InputError(f"the {name} samples have no label column", field="label")
+        out[name] = logit_metrics(split_logits, labels)
+    return out
+
+
 def write_model_folder(reservation: Reservation, model: DeepCrossing, encoder: Encoder, cfg_train: TrainConfig,
                        results: dict[str, Any], history: list[dict[str, Any]],
-                       encoded: Mapping[str, Batch | ParquetSplit], sources: dict[str, str]) -> dict[str, str]:
+                       encoded: Mapping[str, Batch | ParquetSplit], logits: Mapping[str, torch.Tensor],
+                       sources: dict[str, str]) -> dict[str, str]:
     """Write the model folder as a whole (weights, manifest with ``results`` as its metrics, ``metrics.jsonl``
-    of ``history``, ``metrics.json``, curves, the ROC of test, else valid), load it back, swap it in.
+    of ``history``, ``metrics.json``, curves, the ROC of test, else valid, from ``logits``: the model's
+    :func:`score_splits`), load it back, swap it in.
 
     Returns:
         The files written: ``curves``, ``roc``, ``model``, ``manifest``, ``metrics``.
@@ -232,8 +251,8 @@ def write_model_folder(reservation: Reservation, model: DeepCrossing, encoder: E
             samples["sha256"] = file_sha256(manifest_path)
         except OSError:
             pass
-    roc_split = "test" if "test" in encoded else "valid"
-    scores = torch.sigmoid(predict_logits(model, encoded[roc_split])).numpy().astype(np.float64)
+    roc_split = "test" if "test" in logits else "valid"
+    scores = torch.sigmoid(logits[roc_split]).numpy().astype(np.float64)
     roc_labels = encoded[roc_split].labels
     assert roc_labels is not None  # the encoder always fills labels (zeros without a label column)
     with reservation.write() as tmp:  # the whole folder, verified, then swapped in

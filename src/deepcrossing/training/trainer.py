@@ -109,10 +109,14 @@ def evaluate_batch(model: nn.Module, batch: Batch | EvalSource, device: str | to
     """AUC and logloss of ``model`` on an encoded, labelled batch (or an :class:`EvalSource`)."""
     if batch.labels is None:
         raise InputError("the samples to evaluate have no label column", field="label")
-    logits = predict_logits(model, batch, device)
+    return logit_metrics(predict_logits(model, batch, device), batch.labels)
+
+
+def logit_metrics(logits: Tensor, labels: Tensor) -> dict[str, float]:
+    """AUC and logloss of (B,) logits against (B,) 0/1 labels (:func:`evaluate_batch` on scores at hand)."""
     probs = torch.sigmoid(logits).numpy().astype(np.float64)
-    labels = batch.labels.numpy()
-    return {"auc": metrics.auc(labels, probs), "logloss": metrics.logloss(labels, probs)}
+    y = labels.numpy()
+    return {"auc": metrics.auc(y, probs), "logloss": metrics.logloss(y, probs)}
 
 
 class TrainModule(Protocol):
