@@ -710,7 +710,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--merge", action="store_true",
                     help="keep the runs of peers not run now from an earlier peers-<dataset>.json in --out")
     ap.add_argument("--merge-from", type=Path, action="append", default=[],
-                    help="also keep runs of peers not run now from this peers-<dataset>.json (repeatable)")
+                    help="also keep runs of peers not run now from this peers-<dataset>.json (repeatable; "
+                         "a file of another dataset is skipped)")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -767,8 +768,12 @@ def main(argv: list[str] | None = None) -> int:
             kept: dict[str, list[dict]] = {}
             for previous in sources:
                 if previous.is_file():
+                    earlier = json.loads(previous.read_text())
+                    # a file of another dataset is skipped (older files name it only in their file name)
+                    if earlier["meta"].get("dataset", previous.name[len("peers-"):-len(".json")]) != dataset:
+                        continue
                     for peer_name, group in itertools.groupby(
-                            sorted(json.loads(previous.read_text())["runs"], key=lambda r: r["peer"]),
+                            sorted(earlier["runs"], key=lambda r: r["peer"]),
                             key=lambda r: r["peer"]):
                         if peer_name not in peers:
                             kept[peer_name] = list(group)          # a later file wins for the same peer
@@ -777,8 +782,8 @@ def main(argv: list[str] | None = None) -> int:
             rows = summarize(runs)
             from deepcrossing.features import read_samples  # noqa: F401 - only to fail early if missing
             splits = load_splits(samples)
-            meta = {"samples": str(samples), "seeds": seeds, "when": time.strftime("%Y-%m-%d %H:%M UTC",
-                                                                                    time.gmtime()),
+            meta = {"dataset": dataset, "samples": str(samples), "seeds": seeds,
+                    "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                     "machine": f"{os.cpu_count()} CPU cores (shared), torch threads 2",
                     "n_train": splits["train"].num_rows, "n_valid": splits["valid"].num_rows,
                     "n_test": splits["test"].num_rows, "command": " ".join(sys.argv)}
