@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -48,7 +48,7 @@ from deepcrossing.config import Feature, FeatureSpec, ModelConfig
 from deepcrossing.encoding.numeric import input_width, is_dense, is_numeric_embedding
 from deepcrossing.errors import InputError
 from deepcrossing.model.deep_crossing import DeepCrossing
-from deepcrossing.model.layers import ResidualUnit
+from deepcrossing.model.layers import GroupedLinear, ResidualUnit
 from deepcrossing.model.numeric import LinearReLU, Periodic
 
 #: member k -> (n,) int64 positions of its n units in a fused vector (its own unit order).
@@ -110,8 +110,21 @@ def fused_spec(spec: FeatureSpec, table_dims: dict[str, int], k: int) -> Feature
 
 
 def fused_config(config: ModelConfig, k: int) -> ModelConfig:
-    """``config`` with every width (``hidden``, ``width``) times K."""
-    return dataclasses.replace(config, hidden=tuple(k * h for h in config.hidden), width=k * config.width)
+    """``config`` with every width (``hidden``, ``width``) times K, and ``groups`` K (times the members'): the
+    layers after the first are computed block-wise. A residual MLP without projection (``width = 0``) stays
+    dense (``groups`` None): its units' skip adds the stacked vector, whose member columns are interleaved.
+
+    Example:
+        >>> fused_config(ModelConfig(hidden=(8,), width=6), 3).groups, fused_config(ModelConfig(), 1).groups
+        (3, None)
+    """
+    groups = (config.groups or 1) * k
+    dense = groups == 1 or (config.mlp == "residual" and config.width == 0)
+    try:
+        return dataclasses.replace(config, hidden=tuple(k * h for h in config.hidden), width=k * config.width,
+                                   groups=None if dense else groups)
+    except InputError as exc:
+        raise InputError(f"{k} members: {exc.message}", field=f"model.{exc.field}") from None
 
 
 def _blocks(k: int, width: int) -> Layout:
@@ -153,14 +166,37 @@ def _require_disjoint(layout: Layout, what: str) -> None:
         raise InputError(f"cannot fuse {what}: its units are shared by the members", field="model")
 
 
-def _fill_linear(fused: nn.Linear, members: Sequence[nn.Linear], cols: Layout, rows: Layout) -> None:
-    """``fused`` = the block matrix whose member-m block maps member m's inputs ``cols[m]`` to ``rows[m]``."""
+def _fill_linear(fused: nn.Module, members: Sequence[nn.Module], cols: Layout, rows: Layout) -> None:
+    """``fused`` = the block matrix whose member-m block maps member m's inputs ``cols[m]`` to ``rows[m]``: an
+    ``nn.Linear`` holding it densely, or a :class:`GroupedLinear` holding its blocks (``cols`` and ``rows``
+    then the contiguous :func:`_blocks`)."""
+    if isinstance(fused, GroupedLinear):
+        _fill_grouped(fused, members, cols, rows)
+        return
+    assert isinstance(fused, nn.Linear)
     _require_disjoint(rows, "a Linear layer's outputs")
     fused.weight.zero_()
     fused.bias.zero_()
     for linear, r, c in zip(members, rows, cols, strict=True):
+        assert isinstance(linear, nn.Linear)  # a dense fused layer has ungrouped members
         fused.weight[r.unsqueeze(1), c.unsqueeze(0)] = linear.weight.detach().cpu()
         fused.bias[r] = linear.bias.detach().cpu()
+
+
+def _fill_grouped(fused: GroupedLinear, members: Sequence[nn.Module], cols: Layout, rows: Layout) -> None:
+    """Member m's layer (an ``nn.Linear``, or a :class:`GroupedLinear` of G blocks) as blocks ``m G .. m G + G
+    - 1`` of ``fused`` (K G blocks): member m's units must lie at ``[m w, (m + 1) w)`` on both sides."""
+    k = len(members)
+    for layout, width in ((cols, fused.in_features), (rows, fused.out_features)):
+        if not all(torch.equal(a, b) for a, b in zip(layout, _blocks(k, width // k), strict=True)):
+            raise InputError("cannot fuse a grouped layer whose members' units are not contiguous blocks",
+                             field="model.groups")
+    weight = fused.weight.view(k, -1, *fused.weight.shape[1:])   # (K, G, o, i)
+    bias = fused.bias.view(k, -1, fused.bias.shape[1])           # (K, G, o)
+    for m, layer in enumerate(members):
+        assert isinstance(layer, (nn.Linear, GroupedLinear))     # the same block structure as the fused MLP
+        weight[m] = layer.weight.detach().cpu().view(weight.shape[1:])
+        bias[m] = layer.bias.detach().cpu().view(bias.shape[1:])
 
 
 def _fill_batch_norm(fused: nn.BatchNorm1d, members: Sequence[nn.Module], layout: Layout) -> None:
@@ -196,13 +232,13 @@ def _fill_numeric(fused: DeepCrossing, members: Sequence[DeepCrossing], spec: Fe
 
 def _fill_mlp(fused: DeepCrossing, members: Sequence[DeepCrossing], layout: Layout, k: int) -> Layout:
     for block, parts in zip(fused.mlp.blocks, zip(*(m.mlp.blocks for m in members), strict=True), strict=True):
-        if isinstance(block, nn.Linear):
+        if isinstance(block, (nn.Linear, GroupedLinear)):
             out = _blocks(k, block.out_features // k)
-            _fill_linear(block, [p for p in parts if isinstance(p, nn.Linear)], layout, out)
+            _fill_linear(block, parts, layout, out)
             layout = out
         elif isinstance(block, ResidualUnit):
             _require_disjoint(layout, "a residual unit's skip connection")
-            inner = _blocks(k, block.linear1.out_features // k)
+            inner = _blocks(k, cast(nn.Linear, block.linear1).out_features // k)
             units = [p for p in parts if isinstance(p, ResidualUnit)]
             _fill_linear(block.linear1, [u.linear1 for u in units], layout, inner)
             _fill_linear(block.linear2, [u.linear2 for u in units], inner, layout)
