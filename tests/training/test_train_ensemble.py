@@ -63,11 +63,17 @@ def test_ensemble_folder_records_members_and_loads(ensemble_dir, files):
     loaded = deepcrossing.load(ensemble_dir)
     assert loaded.manifest["metrics"]["ensemble"] == ens
     assert loaded.model.config.hidden == (16,) and loaded.model.config.width == 24
+    assert loaded.model.config.groups == 2 and loaded.manifest["format_version"] == 2   # the units as 2 blocks
     assert loaded.manifest["train_config"]["seed"] == 5
     test = pq.read_table(files / "test.parquet")
     probs = loaded.predict(test)
     assert auc(test.column("label").to_numpy(), probs) == pytest.approx(metrics["test"]["auc"], abs=1e-9)
     assert not any(p.name.startswith(".") for p in ensemble_dir.parent.iterdir())  # no work folder left
+    out = ensemble_dir.parent / "metrics-test.json"                        # `evaluate` reads the grouped folder
+    result = CliRunner().invoke(app, ["evaluate", "--model", str(ensemble_dir), "--file", str(files / "test.parquet"),
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["model"]["auc"] == pytest.approx(metrics["test"]["auc"], abs=1e-9)
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])

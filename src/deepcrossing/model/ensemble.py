@@ -11,8 +11,10 @@ member k's units read only member k's units:
   block holds ``[member 0's D_f | member 1's D_f | ...]``, while a dense column (and a raw ``ple`` encoding)
   is one column read by every member (:func:`stacked_layout`);
 * the first ``Linear``: member k's row block reads member k's stacked columns (and the shared ones); later
-  ``Linear`` layers and residual units block-diagonal (the identity skip stays block-wise); BatchNorm's
-  eval statistics concatenated per channel;
+  ``Linear`` layers and residual units block-diagonal (the identity skip stays block-wise), held as K blocks
+  (``ModelConfig.groups`` = K, :class:`~deepcrossing.model.layers.GroupedLinear`: one batched matmul, K x one
+  member's multiply-adds, not K^2; :func:`ungroup` gives the dense form); BatchNorm's eval statistics
+  concatenated per channel;
 * the scoring layer: the members' weights concatenated and divided by K, the bias their mean, so the logit
   is ``mean_k logit_k`` (up to float rounding).
 
@@ -304,4 +306,33 @@ def fuse(members: Sequence[DeepCrossing]) -> DeepCrossing:
     return fused.eval()
 
 
-__all__ = ["Layout", "check_fusable", "fuse", "fused_config", "fused_spec", "stacked_layout"]
+def ungroup(model: DeepCrossing) -> DeepCrossing:
+    """The same model with every :class:`GroupedLinear` stored and computed densely, as the block-diagonal
+    ``nn.Linear`` (zeros off the blocks; ``groups`` None): how fused models were before ``ModelConfig.groups``
+    (K^2 x one member's multiply-adds after the first layer; such folders still load). Same logits up to float
+    rounding; for tests and ``benchmarks/ensemble_cost.py``'s before / after. A model without groups is
+    returned as it is.
+
+    Example:
+        >>> from deepcrossing.config import Feature
+        >>> spec = FeatureSpec((Feature("movieId", "categorical", "item", dim=4),))
+        >>> fused = fuse([DeepCrossing(spec, ModelConfig(hidden=(8,), width=6), {"movieId": 10}) for _ in "ab"])
+        >>> dense = ungroup(fused)
+        >>> fused.config.groups, dense.config.groups, tuple(dense.mlp.blocks[2].linear1.weight.shape)
+        (2, None, (16, 12))
+    """
+    if not model.config.groups:
+        return model
+    state = model.state_dict()
+    for name, module in model.named_modules():
+        if isinstance(module, GroupedLinear):
+            state[f"{name}.weight"] = module.dense_weight()                       # (K o, K i)
+            state[f"{name}.bias"] = module.bias.detach().flatten()               # (K o,)
+    with torch.random.fork_rng(devices=[]):  # the random initialization is overwritten
+        dense = DeepCrossing(model.spec, dataclasses.replace(model.config, groups=None),
+                             {name: n for name, (n, _) in _table_shapes(model).items()})
+    dense.load_state_dict(state, strict=True)
+    return dense.train(model.training)
+
+
+__all__ = ["Layout", "check_fusable", "fuse", "fused_config", "fused_spec", "stacked_layout", "ungroup"]

@@ -190,7 +190,7 @@ class GroupedLinear(nn.Module):
 
     Example:
         >>> layer, x = GroupedLinear(6, 4, groups=2), torch.randn(3, 6)
-        >>> dense = torch.block_diag(*layer.weight)                  # (4, 6), zeros off the blocks
+        >>> dense = layer.dense_weight()                              # (4, 6), zeros off the blocks
         >>> torch.allclose(layer(x), x @ dense.T + layer.bias.flatten(), atol=1e-6)
         True
     """
@@ -210,6 +210,11 @@ class GroupedLinear(nn.Module):
         blocks = torch.unflatten(x, 1, (self.groups, -1)).transpose(0, 1)             # (K, B, i)
         out = torch.baddbmm(self.bias.unsqueeze(1), blocks, self.weight.transpose(1, 2))  # (K, B, o)
         return out.transpose(0, 1).flatten(1)                                          # (B, K o)
+
+    def dense_weight(self) -> Tensor:
+        """(K o, K i) the block-diagonal weight of the ``nn.Linear`` this layer computes (a detached copy)."""
+        dense: Tensor = torch.block_diag(*self.weight.detach())  # type: ignore[no-untyped-call]
+        return dense
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, groups={self.groups}"
