@@ -138,3 +138,10 @@ def test_a_grouped_config_trains_like_any_model(files, tmp_path):
     assert loaded.model.config.groups == 2 and loaded.manifest["format_version"] == 2
     metrics = json.loads((tmp_path / "g" / "metrics.json").read_text())
     assert metrics["valid"]["auc"] > 0.55                                    # 0.597 at seed 5
+    batch = loaded.encoder.transform(sample_table(129, seed=8, n_users=60, n_movies=80))
+    expected = loaded.logits(batch).numpy()
+    for fmt in ("torchscript", "onnx"):                                      # the plain MLP's grouped layer
+        path = export_model(tmp_path / "g", fmt, tmp_path / f"g.{fmt}")
+        meta = json.loads(path.with_name(path.name + ".json").read_text())
+        got = exported_scores(path, fmt, flat_inputs(batch, layout(loaded)), meta["inputs"])
+        np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -240,7 +240,7 @@ def _fill_mlp(fused: DeepCrossing, members: Sequence[DeepCrossing], layout: Layo
             layout = out
         elif isinstance(block, ResidualUnit):
             _require_disjoint(layout, "a residual unit's skip connection")
-            inner = _blocks(k, cast(nn.Linear, block.linear1).out_features // k)
+            inner = _blocks(k, block.linear1.out_features // k)
             units = [p for p in parts if isinstance(p, ResidualUnit)]
             _fill_linear(block.linear1, [u.linear1 for u in units], layout, inner)
             _fill_linear(block.linear2, [u.linear2 for u in units], inner, layout)
