@@ -5,11 +5,13 @@ cost against a single model.
 Trains, through the CLI on the train and valid files only (the test split is neither read nor printed), one
 model (``--seed S``) and one fused ensemble (``--ensemble K --seed S``: members S..S+K-1, member 0 equal to the
 single model), reports each member's valid AUC, their mean +- std and the fused model's valid AUC, the wall and
-CPU seconds of both runs, and the MLP's multiply-adds per candidate after the first layer's split. Then one
-SQLite store is published from the data (with the item-CF data when the samples were prepared with it) and
-``Engine.recommend(user, k=10, candidates=N)`` (the service's ranking call, no HTTP, warm user cache, one torch
-thread) is timed for both engines in the same run, requests interleaved so that a loaded machine slows both
-alike: p50 / p90 / p99 ms.
+CPU seconds of both runs, and the MLP's multiply-adds per candidate after the first layer's split. The fused
+model computes its layers after the first as K blocks (``ModelConfig.groups``); its dense block-diagonal form
+(``model.ensemble.ungroup``: how fused folders were computed before, K^2 x one member's multiply-adds there) is
+written beside it as "fused dense", the same logits. Then one SQLite store is published from the data (with the
+item-CF data when the samples were prepared with it) and ``Engine.recommend(user, k=10, candidates=N)`` (the
+service's ranking call, no HTTP, warm user cache, one torch thread) is timed for the three engines in the same
+run, requests interleaved so that a loaded machine slows them alike: p50 / p90 / p99 ms.
 
 Usage:
     PYTHONPATH=src .venv/bin/python benchmarks/ensemble_cost.py --data ../shared/data/ml-latest-small \\
@@ -51,14 +53,27 @@ def train(samples: Path, out: Path, seed: int, k: int, reuse: bool, epochs: int 
 
 
 def mlp_macs(model_dir: Path) -> int:
-    """Multiply-adds per candidate after the split first layer: every later Linear of the MLP and the scoring."""
+    """Multiply-adds per candidate after the split first layer: every later (grouped) Linear of the MLP and the
+    scoring (a grouped layer's K blocks of ``o x i``: its weight's size)."""
     import torch
 
+    from deepcrossing.model.layers import GroupedLinear
     from deepcrossing.training.artifact import load
 
     model = load(model_dir).model
-    linears = [m for m in model.mlp.modules() if isinstance(m, torch.nn.Linear)][1:] + [model.scoring.linear]
-    return sum(m.in_features * m.out_features for m in linears)
+    linears = [m for m in model.mlp.modules() if isinstance(m, (torch.nn.Linear, GroupedLinear))][1:]
+    return sum(m.weight.numel() for m in [*linears, model.scoring.linear])
+
+
+def write_dense(fused_dir: Path, out: Path) -> None:
+    """The fused folder's model in its dense block-diagonal form (``ungroup``), as a model folder."""
+    from deepcrossing.config import TrainConfig
+    from deepcrossing.model.ensemble import ungroup
+    from deepcrossing.training.artifact import load, save
+
+    loaded = load(fused_dir)
+    save(out, ungroup(loaded.model), loaded.encoder, TrainConfig.from_dict(loaded.manifest["train_config"]),
+         {"metrics": loaded.manifest["metrics"]})
 
 
 def main() -> None:
@@ -88,6 +103,9 @@ def main() -> None:
         folders = {"single": work / "single", f"fused K={args.k}": work / f"ensemble{args.k}"}
         costs = {name: train(args.samples, out, args.seed, 1 if name == "single" else args.k, args.reuse,
                              args.epochs, args.spec) for name, out in folders.items()}
+        write_dense(folders[f"fused K={args.k}"], work / f"ensemble{args.k}-dense")
+        folders = {"single": folders["single"], "fused dense": work / f"ensemble{args.k}-dense",
+                   f"fused K={args.k}": folders[f"fused K={args.k}"]}
         single = json.loads((folders["single"] / "metrics.json").read_text())
         fused = json.loads((folders[f"fused K={args.k}"] / "metrics.json").read_text())
         members = fused["ensemble"]["member_valid_auc"]
@@ -100,6 +118,8 @@ def main() -> None:
             metrics = single if name == "single" else fused
             print(f"{name:>11}: train loop {metrics['train_seconds']:.1f} s; run {cost['wall_s']:.1f} s wall, "
                   f"{cost['cpu_s']:.1f} s CPU; MLP after the split {mlp_macs(folders[name]):,} MACs/candidate")
+        print(f"{'fused dense':>11}: the same model, block-diagonal layers computed densely: "
+              f"{mlp_macs(folders['fused dense']):,} MACs/candidate")
 
         torch.set_num_threads(1)
         dataset = load_dataset(args.data, workdir=work / "data")

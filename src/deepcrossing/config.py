@@ -94,8 +94,7 @@ class Feature(StrictConfig):
             ``hash_buckets`` rows), ``multi_hot`` (a list or map column pooled by an embedding bag),
             ``numeric`` (a number, transformed by ``transform``).
         side: ``user``, ``item`` or ``context``: whose feature it is (the service splits the first layer by it).
-        table: shared embedding table name (default: the feature's own name). Features of one table share
-            vocabulary and rows.
+        table: shared embedding table name (default: the feature's own); its features share vocabulary and rows.
         dim: embedding width (default :func:`default_dim` of the table size); numeric embeddings: the width
             of their ``Linear + ReLU`` (absent: the raw encoding enters the stacking).
         min_count: values seen fewer times in train go to the OOV row.
@@ -107,8 +106,7 @@ class Feature(StrictConfig):
             numeric embedding, ``ple``, ``ple_tree`` or ``periodic`` (see :mod:`deepcrossing.encoding.numeric`).
         n_buckets: quantile buckets (``buckets``), or at most so many bins (``ple``, ``ple_tree``).
         n_frequencies, sigma: ``periodic``: k frequencies, drawn from N(0, sigma) at initialization.
-        weights_from: for a map column (``userGenreCounts``): ``"values"`` uses the map values as per-value
-            weights of the pooled keys; absent means keys only.
+        weights_from: ``"values"``: a map column's values (``userGenreCounts``) weigh its keys; absent: keys only.
     """
 
     name: Annotated[str, Field(min_length=1)]
@@ -219,9 +217,7 @@ class FeatureSpec(StrictConfig):
                     return "buckets"
                 if f.kind == "hashed" or (f.kind == "multi_hot" and f.hash_buckets is not None):
                     return "hashed"
-                if f.kind == "identity":
-                    return "identity"
-                return "vocab"
+                return "identity" if f.kind == "identity" else "vocab"
 
             kinds = {how(f) for _, f in members}
             if len(kinds) > 1 or ("buckets" in kinds and len(members) > 1):
@@ -250,16 +246,13 @@ class ModelConfig(StrictConfig):
     """Shape and regularization of the network after the embeddings.
 
     Args:
-        mlp: ``residual`` (the paper: a projection to ``width`` then residual units) or ``plain``
-            (Linear+ReLU layers of ``hidden`` widths, like SparrowRecSys's 128-128).
+        mlp: ``residual`` (the paper: a projection to ``width``, then residual units) or ``plain`` (Linear+ReLU).
         hidden: ``residual``: inner width of each residual unit; ``plain``: width of each layer.
-        width: ``residual`` only: width of the projection before the units (0 = the stacked width, no
-            projection, as in the paper).
-        dropout: dropout after every unit/layer.
-        norm: ``none``, ``batch`` or ``layer`` normalization after every unit/layer.
+        width: ``residual`` only: width of the projection before the units (0: none, as in the paper).
+        dropout, norm: dropout, and ``none``, ``batch`` or ``layer`` normalization, after every unit/layer.
         embedding_dropout: dropout on the stacked embeddings, numeric embeddings included (not ``Batch.dense``).
-        embedding_l2: L2 penalty on the embedding rows looked up in each batch (mean over the batch), so an
-            id is regularized in proportion to how often it occurs (id-frequency regularization).
+        embedding_l2: L2 penalty on the embedding rows looked up in each batch (mean): id-frequency regularization.
+        groups: K >= 2 independent blocks in every layer after the first (a fused K-seed ensemble); absent: 1.
     """
 
     mlp: Annotated[str, one_of(*MLPS)] = "residual"
@@ -269,6 +262,12 @@ class ModelConfig(StrictConfig):
     norm: Annotated[str, one_of(*NORMS)] = "none"
     embedding_dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
     embedding_l2: Annotated[float, Field(ge=0.0)] = 0.0
+    groups: Annotated[int, Field(ge=2, le=64)] | None = None
+
+    def __post_init__(self) -> None:
+        widths = (self.width, *self.hidden) if self.mlp == "residual" else self.hidden  # width 0 cannot be split
+        if self.groups and any(w % self.groups or not w for w in widths):
+            raise _bad("groups", f"{self.groups} groups need every width {list(widths)} to be a positive multiple")
 
 
 @strict_config

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pytest
 import torch
 from test_pair_scorer import check_fast_equals_plain
 
@@ -35,4 +36,9 @@ def test_fused_model_is_served_like_the_members_mean(synth_data, sqlite_url, mak
     mean = torch.stack([Scorer(m).plain(joined) for m in members]).mean(dim=0)
     torch.testing.assert_close(fast, mean, atol=1e-5, rtol=0)
     assert fast.std() > 1e-3
+    assert loaded.model.config.groups == 3                                 # computed as 3 blocks after the split
+    pytest.importorskip("onnxruntime")
+    onnx = Scorer(loaded, backend="onnx")           # the tail exported to ONNX, the blocks' batched matmul with it
+    torch.testing.assert_close(onnx.fast(scorer.user(user), scorer.items(movie), np.arange(300)), fast,
+                               atol=1e-5, rtol=0)
     engine.store.close()

@@ -63,11 +63,17 @@ def test_ensemble_folder_records_members_and_loads(ensemble_dir, files):
     loaded = deepcrossing.load(ensemble_dir)
     assert loaded.manifest["metrics"]["ensemble"] == ens
     assert loaded.model.config.hidden == (16,) and loaded.model.config.width == 24
+    assert loaded.model.config.groups == 2 and loaded.manifest["format_version"] == 2   # the units as 2 blocks
     assert loaded.manifest["train_config"]["seed"] == 5
     test = pq.read_table(files / "test.parquet")
     probs = loaded.predict(test)
     assert auc(test.column("label").to_numpy(), probs) == pytest.approx(metrics["test"]["auc"], abs=1e-9)
     assert not any(p.name.startswith(".") for p in ensemble_dir.parent.iterdir())  # no work folder left
+    out = ensemble_dir.parent / "metrics-test.json"                        # `evaluate` reads the grouped folder
+    result = CliRunner().invoke(app, ["evaluate", "--model", str(ensemble_dir), "--file", str(files / "test.parquet"),
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["model"]["auc"] == pytest.approx(metrics["test"]["auc"], abs=1e-9)
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
@@ -119,3 +125,23 @@ def test_bad_ensemble_flags_are_one_line_errors(files, tmp_path, capsys):
     err = cli_error(args, capsys)
     assert "norm = 'layer'" in err and "layer.json" in err and "model.norm" in err
     assert not (tmp_path / "c").exists()                                      # refused before any work
+
+
+def test_a_grouped_config_trains_like_any_model(files, tmp_path):
+    """`[model] groups = 2` (K independent blocks after the first layer) trains, saves as format 2 and loads."""
+    spec = write_spec(tmp_path / "grouped.json", mlp="plain", hidden=(12, 8), norm="batch", groups=2)
+    args = train_args(files, tmp_path / "g")
+    args[args.index("--spec") + 1] = str(spec)
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    loaded = deepcrossing.load(tmp_path / "g")
+    assert loaded.model.config.groups == 2 and loaded.manifest["format_version"] == 2
+    metrics = json.loads((tmp_path / "g" / "metrics.json").read_text())
+    assert metrics["valid"]["auc"] > 0.55                                    # 0.597 at seed 5
+    batch = loaded.encoder.transform(sample_table(129, seed=8, n_users=60, n_movies=80))
+    expected = loaded.logits(batch).numpy()
+    for fmt in ("torchscript", "onnx"):                                      # the plain MLP's grouped layer
+        path = export_model(tmp_path / "g", fmt, tmp_path / f"g.{fmt}")
+        meta = json.loads(path.with_name(path.name + ".json").read_text())
+        got = exported_scores(path, fmt, flat_inputs(batch, layout(loaded)), meta["inputs"])
+        np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)

@@ -11,8 +11,10 @@ member k's units read only member k's units:
   block holds ``[member 0's D_f | member 1's D_f | ...]``, while a dense column (and a raw ``ple`` encoding)
   is one column read by every member (:func:`stacked_layout`);
 * the first ``Linear``: member k's row block reads member k's stacked columns (and the shared ones); later
-  ``Linear`` layers and residual units block-diagonal (the identity skip stays block-wise); BatchNorm's
-  eval statistics concatenated per channel;
+  ``Linear`` layers and residual units block-diagonal (the identity skip stays block-wise), held as K blocks
+  (``ModelConfig.groups`` = K, :class:`~deepcrossing.model.layers.GroupedLinear`: one batched matmul, K x one
+  member's multiply-adds, not K^2; :func:`ungroup` gives the dense form); BatchNorm's eval statistics
+  concatenated per channel;
 * the scoring layer: the members' weights concatenated and divided by K, the bias their mean, so the logit
   is ``mean_k logit_k`` (up to float rounding).
 
@@ -48,7 +50,7 @@ from deepcrossing.config import Feature, FeatureSpec, ModelConfig
 from deepcrossing.encoding.numeric import input_width, is_dense, is_numeric_embedding
 from deepcrossing.errors import InputError
 from deepcrossing.model.deep_crossing import DeepCrossing
-from deepcrossing.model.layers import ResidualUnit
+from deepcrossing.model.layers import GroupedLinear, ResidualUnit
 from deepcrossing.model.numeric import LinearReLU, Periodic
 
 #: member k -> (n,) int64 positions of its n units in a fused vector (its own unit order).
@@ -110,8 +112,21 @@ def fused_spec(spec: FeatureSpec, table_dims: dict[str, int], k: int) -> Feature
 
 
 def fused_config(config: ModelConfig, k: int) -> ModelConfig:
-    """``config`` with every width (``hidden``, ``width``) times K."""
-    return dataclasses.replace(config, hidden=tuple(k * h for h in config.hidden), width=k * config.width)
+    """``config`` with every width (``hidden``, ``width``) times K, and ``groups`` K (times the members'): the
+    layers after the first are computed block-wise. A residual MLP without projection (``width = 0``) stays
+    dense (``groups`` None): its units' skip adds the stacked vector, whose member columns are interleaved.
+
+    Example:
+        >>> fused_config(ModelConfig(hidden=(8,), width=6), 3).groups, fused_config(ModelConfig(), 1).groups
+        (3, None)
+    """
+    groups = (config.groups or 1) * k
+    dense = groups == 1 or (config.mlp == "residual" and config.width == 0)
+    try:
+        return dataclasses.replace(config, hidden=tuple(k * h for h in config.hidden), width=k * config.width,
+                                   groups=None if dense else groups)
+    except InputError as exc:
+        raise InputError(f"{k} members: {exc.message}", field=f"model.{exc.field}") from None
 
 
 def _blocks(k: int, width: int) -> Layout:
@@ -153,14 +168,37 @@ def _require_disjoint(layout: Layout, what: str) -> None:
         raise InputError(f"cannot fuse {what}: its units are shared by the members", field="model")
 
 
-def _fill_linear(fused: nn.Linear, members: Sequence[nn.Linear], cols: Layout, rows: Layout) -> None:
-    """``fused`` = the block matrix whose member-m block maps member m's inputs ``cols[m]`` to ``rows[m]``."""
+def _fill_linear(fused: nn.Module, members: Sequence[nn.Module], cols: Layout, rows: Layout) -> None:
+    """``fused`` = the block matrix whose member-m block maps member m's inputs ``cols[m]`` to ``rows[m]``: an
+    ``nn.Linear`` holding it densely, or a :class:`GroupedLinear` holding its blocks (``cols`` and ``rows``
+    then the contiguous :func:`_blocks`)."""
+    if isinstance(fused, GroupedLinear):
+        _fill_grouped(fused, members, cols, rows)
+        return
+    assert isinstance(fused, nn.Linear)
     _require_disjoint(rows, "a Linear layer's outputs")
     fused.weight.zero_()
     fused.bias.zero_()
     for linear, r, c in zip(members, rows, cols, strict=True):
+        assert isinstance(linear, nn.Linear)  # a dense fused layer has ungrouped members
         fused.weight[r.unsqueeze(1), c.unsqueeze(0)] = linear.weight.detach().cpu()
         fused.bias[r] = linear.bias.detach().cpu()
+
+
+def _fill_grouped(fused: GroupedLinear, members: Sequence[nn.Module], cols: Layout, rows: Layout) -> None:
+    """Member m's layer (an ``nn.Linear``, or a :class:`GroupedLinear` of G blocks) as blocks ``m G .. m G + G
+    - 1`` of ``fused`` (K G blocks): member m's units must lie at ``[m w, (m + 1) w)`` on both sides."""
+    k = len(members)
+    for layout, width in ((cols, fused.in_features), (rows, fused.out_features)):
+        if not all(torch.equal(a, b) for a, b in zip(layout, _blocks(k, width // k), strict=True)):
+            raise InputError("cannot fuse a grouped layer whose members' units are not contiguous blocks",
+                             field="model.groups")
+    weight = fused.weight.view(k, -1, *fused.weight.shape[1:])   # (K, G, o, i)
+    bias = fused.bias.view(k, -1, fused.bias.shape[1])           # (K, G, o)
+    for m, layer in enumerate(members):
+        assert isinstance(layer, (nn.Linear, GroupedLinear))     # the same block structure as the fused MLP
+        weight[m] = layer.weight.detach().cpu().view(weight.shape[1:])
+        bias[m] = layer.bias.detach().cpu().view(bias.shape[1:])
 
 
 def _fill_batch_norm(fused: nn.BatchNorm1d, members: Sequence[nn.Module], layout: Layout) -> None:
@@ -196,9 +234,9 @@ def _fill_numeric(fused: DeepCrossing, members: Sequence[DeepCrossing], spec: Fe
 
 def _fill_mlp(fused: DeepCrossing, members: Sequence[DeepCrossing], layout: Layout, k: int) -> Layout:
     for block, parts in zip(fused.mlp.blocks, zip(*(m.mlp.blocks for m in members), strict=True), strict=True):
-        if isinstance(block, nn.Linear):
+        if isinstance(block, (nn.Linear, GroupedLinear)):
             out = _blocks(k, block.out_features // k)
-            _fill_linear(block, [p for p in parts if isinstance(p, nn.Linear)], layout, out)
+            _fill_linear(block, parts, layout, out)
             layout = out
         elif isinstance(block, ResidualUnit):
             _require_disjoint(layout, "a residual unit's skip connection")
@@ -268,4 +306,33 @@ def fuse(members: Sequence[DeepCrossing]) -> DeepCrossing:
     return fused.eval()
 
 
-__all__ = ["Layout", "check_fusable", "fuse", "fused_config", "fused_spec", "stacked_layout"]
+def ungroup(model: DeepCrossing) -> DeepCrossing:
+    """The same model with every :class:`GroupedLinear` stored and computed densely, as the block-diagonal
+    ``nn.Linear`` (zeros off the blocks; ``groups`` None): how fused models were before ``ModelConfig.groups``
+    (K^2 x one member's multiply-adds after the first layer; such folders still load). Same logits up to float
+    rounding; for tests and ``benchmarks/ensemble_cost.py``'s before / after. A model without groups is
+    returned as it is.
+
+    Example:
+        >>> from deepcrossing.config import Feature
+        >>> spec = FeatureSpec((Feature("movieId", "categorical", "item", dim=4),))
+        >>> fused = fuse([DeepCrossing(spec, ModelConfig(hidden=(8,), width=6), {"movieId": 10}) for _ in "ab"])
+        >>> dense = ungroup(fused)
+        >>> fused.config.groups, dense.config.groups, tuple(dense.mlp.blocks[2].linear1.weight.shape)
+        (2, None, (16, 12))
+    """
+    if not model.config.groups:
+        return model
+    state = model.state_dict()
+    for name, module in model.named_modules():
+        if isinstance(module, GroupedLinear):
+            state[f"{name}.weight"] = module.dense_weight()                       # (K o, K i)
+            state[f"{name}.bias"] = module.bias.detach().flatten()               # (K o,)
+    with torch.random.fork_rng(devices=[]):  # the random initialization is overwritten
+        dense = DeepCrossing(model.spec, dataclasses.replace(model.config, groups=None),
+                             {name: n for name, (n, _) in _table_shapes(model).items()})
+    dense.load_state_dict(state, strict=True)
+    return dense.train(model.training)
+
+
+__all__ = ["Layout", "check_fusable", "fuse", "fused_config", "fused_spec", "stacked_layout", "ungroup"]

@@ -6,6 +6,7 @@ D = embedding width, S = stacked width.
 
 from __future__ import annotations
 
+import math
 from typing import cast
 
 import torch
@@ -172,22 +173,75 @@ class StackingLayer(nn.Module):
         return torch.cat([embeddings, dense], dim=1)
 
 
+class GroupedLinear(nn.Module):
+    """K independent affine maps side by side: the block-diagonal ``Linear(K i, K o)`` whose block k maps input
+    columns ``[k i, (k+1) i)`` to outputs ``[k o, (k+1) o)``, computed block-wise by one batched matmul, so it
+    costs K ``i x o`` multiply-adds per sample, not ``(K i) x (K o)``. The hidden layers of a fused K-seed
+    ensemble (:mod:`deepcrossing.model.ensemble`, ``ModelConfig.groups``).
+
+    Args:
+        in_features: K i.
+        out_features: K o.
+        groups: K; divides both widths.
+
+    Attributes:
+        weight: (K, o, i), block k as ``nn.Linear.weight``; each block initialized like an ``nn.Linear(i, o)``.
+        bias: (K, o).
+
+    Example:
+        >>> layer, x = GroupedLinear(6, 4, groups=2), torch.randn(3, 6)
+        >>> dense = layer.dense_weight()                              # (4, 6), zeros off the blocks
+        >>> torch.allclose(layer(x), x @ dense.T + layer.bias.flatten(), atol=1e-6)
+        True
+    """
+
+    def __init__(self, in_features: int, out_features: int, groups: int) -> None:
+        super().__init__()
+        if groups < 1 or in_features % groups or out_features % groups:
+            raise ValueError(f"{groups} groups do not divide {in_features} -> {out_features}")
+        self.in_features, self.out_features, self.groups = in_features, out_features, groups
+        inner, outer = in_features // groups, out_features // groups
+        bound = 1.0 / math.sqrt(inner)  # nn.Linear's default init, per block (fan-in i)
+        self.weight = nn.Parameter(torch.empty(groups, outer, inner).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(groups, outer).uniform_(-bound, bound))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, K i) -> (B, K o)."""
+        blocks = torch.unflatten(x, 1, (self.groups, -1)).transpose(0, 1)             # (K, B, i)
+        out = torch.baddbmm(self.bias.unsqueeze(1), blocks, self.weight.transpose(1, 2))  # (K, B, o)
+        return out.transpose(0, 1).flatten(1)                                          # (B, K o)
+
+    def dense_weight(self) -> Tensor:
+        """(K o, K i) the block-diagonal weight of the ``nn.Linear`` this layer computes (a detached copy)."""
+        dense: Tensor = torch.block_diag(*self.weight.detach())  # type: ignore[no-untyped-call]
+        return dense
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, groups={self.groups}"
+
+
+def linear(in_features: int, out_features: int, groups: int | None) -> nn.Linear | GroupedLinear:
+    """``nn.Linear``, or a :class:`GroupedLinear` of ``groups`` blocks (``ModelConfig.groups``; None: one)."""
+    return GroupedLinear(in_features, out_features, groups) if groups else nn.Linear(in_features, out_features)
+
+
 class ResidualUnit(nn.Module):
     """The paper's residual unit: ``ReLU(x + W2 ReLU(W1 x + b1) + b2)``; input and output width ``dim``.
 
     Args:
         dim: width of x.
         inner: width of the hidden layer (W1: dim -> inner, W2: inner -> dim).
+        groups: W1 and W2 as :class:`GroupedLinear` of so many blocks (None: ``nn.Linear``).
 
     Example:
         >>> ResidualUnit(4, 8)(torch.zeros(3, 4)).shape
         torch.Size([3, 4])
     """
 
-    def __init__(self, dim: int, inner: int) -> None:
+    def __init__(self, dim: int, inner: int, groups: int | None = None) -> None:
         super().__init__()
-        self.linear1 = nn.Linear(dim, inner)
-        self.linear2 = nn.Linear(inner, dim)
+        self.linear1 = linear(dim, inner, groups)
+        self.linear2 = linear(inner, dim, groups)
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, dim) -> (B, dim)."""
@@ -211,7 +265,8 @@ class MLP(nn.Module):
 
     ``residual``: (optional) projection ``ReLU(W x + b)`` to ``config.width``, then one ResidualUnit per
     entry of ``config.hidden`` (its inner width). ``plain``: ``Linear + ReLU`` layers of ``config.hidden``
-    widths (SparrowRecSys's 128-128). Each unit/layer is followed by the configured norm and dropout.
+    widths (SparrowRecSys's 128-128). Each unit/layer is followed by the configured norm and dropout. With
+    ``config.groups`` = K every layer after the first is a :class:`GroupedLinear` (K independent blocks).
 
     Args:
         in_dim: stacked width S.
@@ -229,18 +284,20 @@ class MLP(nn.Module):
     def __init__(self, in_dim: int, config: ModelConfig) -> None:
         super().__init__()
         blocks: list[nn.Module] = []
+        groups = config.groups  # None, or K blocks in every layer after the first (which reads every column)
         if config.mlp == "plain":
             dim = in_dim
-            for width in config.hidden:
-                blocks += [nn.Linear(dim, width), nn.ReLU(), _norm(config.norm, width), nn.Dropout(config.dropout)]
+            for i, width in enumerate(config.hidden):
+                blocks += [linear(dim, width, groups if i else None), nn.ReLU(), _norm(config.norm, width),
+                           nn.Dropout(config.dropout)]
                 dim = width
         else:
             dim = in_dim
             if config.width:
                 blocks += [nn.Linear(in_dim, config.width), nn.ReLU(), _norm(config.norm, config.width)]
                 dim = config.width
-            for inner in config.hidden:
-                blocks += [ResidualUnit(dim, inner), _norm(config.norm, dim), nn.Dropout(config.dropout)]
+            for inner in config.hidden:  # groups come with a projection (ModelConfig checks width > 0)
+                blocks += [ResidualUnit(dim, inner, groups), _norm(config.norm, dim), nn.Dropout(config.dropout)]
         self.blocks = nn.ModuleList([b for b in blocks if not isinstance(b, nn.Identity)
                                      and not (isinstance(b, nn.Dropout) and b.p == 0.0)])
         self.out_dim = dim
@@ -264,10 +321,9 @@ class MLP(nn.Module):
         one: ``ModelConfig.hidden`` is never empty.
         """
         first = self.blocks[0]
-        if isinstance(first, ResidualUnit):
-            return first.linear1
-        assert isinstance(first, nn.Linear)  # a Linear or a ResidualUnit by construction
-        return first
+        found = first.linear1 if isinstance(first, ResidualUnit) else first
+        assert isinstance(found, nn.Linear)  # a Linear or a ResidualUnit, never grouped, by construction
+        return found
 
     @property
     def first_needs_input(self) -> bool:

@@ -41,6 +41,9 @@ from deepcrossing.training.model_dir import WEIGHTS as WEIGHTS
 from deepcrossing.training.model_dir import require_model_dir as require_model_dir
 
 FORMAT_VERSION = 1
+#: A model with ``model_config.groups`` (blocks stored as ``(K, out/K, in/K)`` tensors) is written as version 2,
+#: which older readers refuse by its number; any other model stays version 1, byte for byte.
+GROUPED_FORMAT_VERSION = 2
 MANIFEST_KEYS = {"format", "format_version", "package_version", "spec", "model_config", "train_config",
                  "encoder", "metrics", "samples", "weights_sha256"}
 #: Files of a model folder that deepcrossing writes: ``train`` (weights, manifest, metrics, plots, and the
@@ -86,7 +89,7 @@ def save(model_dir: str | Path, model: DeepCrossing, encoder: Encoder, train_con
     os.replace(tmp, model_dir / WEIGHTS)
     manifest = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": GROUPED_FORMAT_VERSION if model.config.groups else FORMAT_VERSION,
         "package_version": __version__,
         "spec": model.spec.to_dict(),
         "model_config": model.config.to_dict(),
@@ -165,9 +168,9 @@ def load(model_dir: str | Path) -> LoadedModel:
     if manifest["format"] != FORMAT:
         raise InputError(f"format is {manifest['format']!r}, not {FORMAT!r}", path=manifest_path,
                          field="format")
-    if manifest["format_version"] != FORMAT_VERSION:
+    if manifest["format_version"] not in (FORMAT_VERSION, GROUPED_FORMAT_VERSION):
         raise InputError(f"format_version {manifest['format_version']!r} is not supported (this is "
-                         f"deepcrossing's model format {FORMAT_VERSION}); retrain or use the matching "
+                         f"deepcrossing's model format {GROUPED_FORMAT_VERSION}); retrain or use the matching "
                          "deepcrossing version", path=manifest_path, field="format_version")
     try:
         spec = FeatureSpec.from_dict(manifest["spec"])
