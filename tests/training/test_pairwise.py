@@ -6,20 +6,25 @@ from __future__ import annotations
 import json
 import math
 
+from pathlib import Path
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 from dc_synthetic import sample_table, small_spec
+from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 import deepcrossing
 from deepcrossing.cli import app, main
-from deepcrossing.config import ExperimentConfig, ModelConfig, TrainConfig, load_config
-from deepcrossing.encoding import Encoder
+from deepcrossing.config import ExperimentConfig, Feature, FeatureSpec, ModelConfig, TrainConfig, load_config
+from deepcrossing.encoding import Batch, Encoder
 from deepcrossing.errors import InputError
 from deepcrossing.model import DeepCrossing, DeepCrossingTrain
-from deepcrossing.training import pairwise
+from deepcrossing.training import distributed, pairwise
+from deepcrossing.training.distributed import DistContext, epoch_seed, shard_rows
+from deepcrossing.training.optim import lr_at, make_optimizers, set_lr
 from deepcrossing.training.pairwise import grouped_order, pair_loss, train_users
 from deepcrossing.training.trainer import Trainer
 
@@ -269,3 +274,89 @@ def test_cli_stream_with_pairwise_is_a_one_line_error(files, tmp_path, capsys):
     assert exited.value.code == 2 and err.strip().startswith("error:") and "Traceback" not in err, err
     assert "--stream" in err and "train.pairwise" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "m" / "model.safetensors").exists()
+
+
+# ---------------------------------------------------------------- data parallel (gloo ranks)
+
+
+N, BATCH, WORLD = 512, 64, 2  # 256 rows per rank, local batches of 32: 8 steps
+
+
+def _ddp_data() -> tuple[Batch, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    dense = torch.randn(N, 2, generator=g)
+    ids = torch.randint(1, 30, (N,), generator=g)
+    users = torch.randint(0, 12, (N,), generator=g)
+    labels = ((dense[:, 0] + (ids % 3 == 0).float() + 0.3 * torch.randn(N, generator=g)) > 0.5).float()
+    return Batch(dense, {"movieId": ids}, {}, {}, labels), users
+
+
+def _ddp_model() -> DeepCrossing:
+    torch.manual_seed(0)
+    spec = FeatureSpec((Feature("movieId", "categorical", "item", dim=4),
+                        Feature("x", "numeric", transform="standardize"),
+                        Feature("y", "numeric", transform="standardize")))
+    return DeepCrossing(spec, ModelConfig(hidden=(8,), width=8, dropout=0.0, embedding_dropout=0.0,
+                                          embedding_l2=1e-3), {"movieId": 32})
+
+
+DDP_CONFIG = TrainConfig(epochs=1, batch_size=BATCH, lr=1e-2, patience=0, seed=5, weight_decay=0.0, pairwise=1.0)
+
+
+def _ddp_worker(ctx: DistContext, out: str) -> None:
+    """One rank: its shard and its shard's users under DDP; rank 0 saves the weights."""
+    distributed.init(ctx)
+    torch.set_num_threads(1)
+    data, users = _ddp_data()
+    model = _ddp_model()
+    shard = shard_rows(N, ctx)
+    result = Trainer(DeepCrossingTrain(model), DDP_CONFIG, dist=ctx).fit(data.take(shard), data, users=users[shard])
+    if ctx.is_main:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out)
+        Path(out + ".json").write_text(json.dumps(result.history))
+
+
+def _ddp_reference() -> dict[str, torch.Tensor]:
+    """One process: the ranks' concatenated random batches (BCE) plus the mean of each rank's own grouped
+    batch's pair term (each rank averages over its own pairs; DDP averages the ranks' gradients)."""
+    data, users = _ddp_data()
+    c, model = DDP_CONFIG, _ddp_model()
+    module = DeepCrossingTrain(model)
+    opts = make_optimizers(module.parameter_groups(), c)
+    local, rows = BATCH // WORLD, N // WORLD
+    randoms, groupeds = [], []
+    for rank in range(WORLD):
+        shard = shard_rows(N, DistContext(rank, WORLD, rank, "gloo"))
+        part, part_users = data.take(shard), users[shard]
+        perm = torch.randperm(len(part), generator=torch.Generator().manual_seed(epoch_seed(c.seed, rank, 0)))
+        randoms.append(part.take(perm[:rows]))
+        order = grouped_order(part_users, torch.Generator().manual_seed(epoch_seed(c.seed + 2, rank, 0)))[:rows]
+        groupeds.append((part.take(order), part_users[order]))
+    for step in range(rows // local):
+        at = slice(step * local, (step + 1) * local)
+        parts = [r.slice(at.start, at.stop) for r in randoms]
+        batch = Batch(torch.cat([p.dense for p in parts]), {"movieId": torch.cat([p.sparse["movieId"] for p in parts])},
+                      {}, {}, torch.cat([p.labels for p in parts if p.labels is not None]))
+        set_lr(opts, lr_at(c, 0, step, rows // local))
+        objective, _ = module(batch)
+        pair = torch.stack([pair_loss(model(g.slice(at.start, at.stop)), g.labels[at], u[at]) for g, u in groupeds])
+        objective = objective + c.pairwise * pair.mean()
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
+        objective.backward()
+        for opt in opts:
+            opt.step()
+    return model.state_dict()
+
+
+def test_two_gloo_ranks_each_grouping_its_shard_match_one_process(tmp_path):
+    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is unavailable")
+    out = str(tmp_path / "rank0")
+    distributed.launch(WORLD, _ddp_worker, out)
+    got, want, initial = load_file(out), _ddp_reference(), _ddp_model().state_dict()
+    for name, value in want.items():
+        torch.testing.assert_close(got[name], value, atol=1e-5, rtol=1e-5, msg=name)
+    assert max(float((want[k] - initial[k]).abs().max()) for k in want) > 1e-2  # the weights did train
+    history = json.loads(Path(out + ".json").read_text())
+    assert history[0]["train_pairwise"] > 0

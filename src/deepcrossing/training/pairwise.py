@@ -107,12 +107,16 @@ def pair_loss(logits: Tensor, labels: Tensor, users: Tensor, max_pairs: int = MA
     stride = -(-total // max_pairs)                                               # ceil: 1 unless capped
     pair = torch.arange(0, total, stride, device=logits.device)                   # (P,) pair numbers
     first_pair = torch.cumsum(pairs, 0) - pairs                                   # (U,) number of a user's first
-    u = torch.searchsorted(first_pair, pair, right=True) - 1                      # (P,) user of each pair
     # a user without pairs shares its first number with the next user; right=True picks the last of them
-    k = pair - first_pair[u]
-    p_row = order[start[u] + neg[u] + k // neg[u]]
-    n_row = order[start[u] + k % neg[u]]
-    return F.softplus(logits[n_row] - logits[p_row]).mean()
+    u = torch.searchsorted(first_pair, pair, right=True) - 1                      # (P,) user of each pair
+    k = pair - first_pair.index_select(0, u)                                      # (P,) pair number in the user
+    n_neg = neg.index_select(0, u)
+    a = torch.div(k, n_neg, rounding_mode="floor")                                # (P,) its positive, negative:
+    b = k - a * n_neg
+    first = start.index_select(0, u)
+    p_row = order.index_select(0, first + n_neg + a)
+    n_row = order.index_select(0, first + b)
+    return F.softplus(logits.index_select(0, n_row) - logits.index_select(0, p_row)).mean()
 
 
 class PairwiseTrain(nn.Module):
