@@ -173,6 +173,42 @@ def test_lambda_positive_adds_the_term_on_the_same_random_batches(data):
     assert strip_times(again.history) == strip_times(pair.history)
 
 
+def test_resume_after_a_kill_equals_the_uninterrupted_pairwise_run(data, tmp_path):
+    enc, train, valid, users = data
+    config = TrainConfig(epochs=3, batch_size=64, lr=5e-3, patience=0, seed=1, pairwise=0.5)
+
+    def run(folder, resume=False, on_epoch=None):
+        torch.manual_seed(config.seed)
+        model = DeepCrossing(small_spec(), MODEL, enc.cardinalities)
+        result = Trainer(DeepCrossingTrain(model), config, "cpu", folder).fit(train, valid, resume=resume,
+                                                                            on_epoch=on_epoch, users=users)
+        return model, result
+
+    full_model, full = run(tmp_path / "full")
+
+    def kill_after_two(record):
+        if record["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "ckpt", on_epoch=kill_after_two)
+    torch.manual_seed(999)
+    resumed_model, resumed = run(tmp_path / "ckpt", resume=True)
+    assert strip_times(resumed.history) == strip_times(full.history)
+    for (k, a), (_, b) in zip(full_model.state_dict().items(), resumed_model.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def test_bf16_autocast_with_the_pairwise_term_learns(data):
+    enc, train, valid, users = data
+    torch.manual_seed(2)
+    model = DeepCrossing(small_spec(), MODEL, enc.cardinalities)
+    config = TrainConfig(epochs=3, batch_size=64, lr=1e-2, patience=0, seed=2, pairwise=0.5)
+    result = Trainer(DeepCrossingTrain(model), config, autocast=torch.bfloat16).fit(train, valid, users=users)
+    assert result.best_auc > 0.75 and all(math.isfinite(r["train_pairwise"]) for r in result.history)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
 def test_grouped_batches_cover_every_row_once_with_users_adjacent(data):
     enc, train, valid, users = data
     trainer = Trainer(DeepCrossingTrain(DeepCrossing(small_spec(), MODEL, enc.cardinalities)),
