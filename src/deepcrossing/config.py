@@ -278,18 +278,17 @@ class TrainConfig(StrictConfig):
         epochs: maximum number of passes over train.
         batch_size: samples per step.
         lr: peak learning rate.
-        lr_schedule: ``constant``, ``cosine`` (to 0 at the last epoch) or ``exponential`` (x ``lr_decay``
-            per epoch).
+        lr_schedule: ``constant``, ``cosine`` (to 0 at the last epoch) or ``exponential`` (x ``lr_decay``/epoch).
         lr_decay: factor per epoch of the ``exponential`` schedule.
         weight_decay: L2 decay of the dense (MLP) weights (decoupled for ``adamw``).
         embedding_weight_decay: decay of the embedding tables (not used by ``sparse_adam``).
-        optimizer: ``adam``, ``adamw`` or ``sparse_adam`` (sparse gradients and SparseAdam for the tables,
-            Adam for the rest: for tables with millions of rows).
+        optimizer: ``adam``, ``adamw`` or ``sparse_adam`` (SparseAdam for the tables: millions of rows).
         patience: stop after this many epochs without a better validation AUC (0 = never stop early).
         ema: decay of an exponential moving average of the weights, updated every step (0 = off). When on,
             validation, early stopping and the saved model use the averaged weights (less seed noise).
         swa: average the weights of the last ``swa`` epochs (0 = off); kept only if its valid AUC is better.
         seed: seed of initialization, shuffling and dropout.
+        pairwise: weight of a within-user BPR term on a user-grouped batch per step (0 = off, training.pairwise).
     """
 
     epochs: Annotated[int, Field(ge=1)] = 8
@@ -304,6 +303,7 @@ class TrainConfig(StrictConfig):
     ema: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     swa: Annotated[int, Field(ge=0)] = 0
     seed: int = 0
+    pairwise: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 0.0
 
 
 @strict_config

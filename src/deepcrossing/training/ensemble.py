@@ -35,6 +35,7 @@ from deepcrossing.model.ensemble import check_fusable, fuse
 from deepcrossing.model.train_module import DeepCrossingTrain
 from deepcrossing.outputs import Reservation, reserve
 from deepcrossing.training import artifact
+from deepcrossing.training.pairwise import train_users
 from deepcrossing.training.pipeline import _fit_encoder, _require_finite, _require_two_classes, _Run, \
     score_splits, split_metrics, write_model_folder
 from deepcrossing.training.trainer import StepInfo, Trainer, predict_logits
@@ -88,6 +89,7 @@ def _train(tables: Mapping[str, pa.Table | None], config: ExperimentConfig, k: i
     t0 = time.perf_counter()
     work = reservation.sibling("work")
     shutil.rmtree(work, ignore_errors=True)
+    users = train_users(tables, config.train, run.sources.get("train"))   # train.pairwise > 0: the user of each row
     encoder, encoded, train_data = _fit_encoder(tables, config, run)    # fitted once for every member
     valid = encoded["valid"]
     _require_two_classes(valid, run.sources.get("valid"))
@@ -109,7 +111,7 @@ def _train(tables: Mapping[str, pa.Table | None], config: ExperimentConfig, k: i
                 run.on_epoch(history[-1])
 
         trainer = Trainer(DeepCrossingTrain(model), train_config, run.device)   # no checkpoints: no --resume
-        fit = trainer.fit(train_data, valid, on_step=run.on_step, on_epoch=epoch_done)
+        fit = trainer.fit(train_data, valid, on_step=run.on_step, on_epoch=epoch_done, users=users)
         model, n_train = model.cpu().eval(), fit.samples_per_epoch
         members.append(model)
         member_logits.append(predict_logits(model, valid))

@@ -46,6 +46,7 @@ from deepcrossing.outputs import Reservation, reserve
 from deepcrossing.training import artifact
 from deepcrossing.training.checkpoint import fingerprint
 from deepcrossing.training.distributed import DistContext, shard_rows
+from deepcrossing.training.pairwise import train_users
 from deepcrossing.training.stream import ParquetSplit, ParquetStream, StreamOptions, fit_streaming
 from deepcrossing.training.plots import plot_history, plot_roc
 from deepcrossing.training.trainer import StepInfo, Trainer, logit_metrics, predict_logits
@@ -173,6 +174,7 @@ def _train(tables: Mapping[str, pa.Table | None], config: ExperimentConfig, rese
         if resume and not checkpoints.exists() and (legacy / "last").is_dir():
             shutil.copytree(legacy, checkpoints)
         work.mkdir(parents=True, exist_ok=True)
+    users = train_users(tables, config.train, sources.get("train"), run.dist, streaming=run.stream is not None)
     encoder, encoded, train_data = _fit_encoder(tables, config, run)
     _require_two_classes(encoded["valid"], sources.get("valid"))
     cfg_train = config.train
@@ -193,7 +195,8 @@ def _train(tables: Mapping[str, pa.Table | None], config: ExperimentConfig, rese
                       dist=run.dist)
     if resume and (checkpoints / "last" / "state.json").exists():
         history_lines.extend(json.loads((checkpoints / "last" / "state.json").read_text())["history"])
-    fit = trainer.fit(train_data, encoded["valid"], resume=resume, on_step=run.on_step, on_epoch=epoch_done)
+    fit = trainer.fit(train_data, encoded["valid"], resume=resume, on_step=run.on_step, on_epoch=epoch_done,
+                      users=users)
     if not isinstance(reservation, Reservation):
         return {}
     model = model.cpu().eval()

@@ -42,7 +42,7 @@ from deepcrossing.config import TrainConfig
 from deepcrossing.encoding.batch import Batch
 from deepcrossing.errors import InputError
 from deepcrossing.model.train_module import ParameterGroups
-from deepcrossing.training import checkpoint, distributed
+from deepcrossing.training import checkpoint, distributed, pairwise
 from deepcrossing.training.checkpoint import TrainingState
 from deepcrossing.training.distributed import DistContext
 from deepcrossing.training.optim import lr_at, make_optimizers, set_lr
@@ -193,7 +193,7 @@ class Trainer:
 
     def fit(self, train: Batch | BatchStream, valid: Batch | EvalSource, resume: bool = False,
             on_step: Callable[[StepInfo], None] | None = None,
-            on_epoch: Callable[[dict[str, Any]], None] | None = None) -> FitResult:
+            on_epoch: Callable[[dict[str, Any]], None] | None = None, users: Tensor | None = None) -> FitResult:
         """Train up to ``config.epochs`` epochs; keep the weights of the best validation AUC.
 
         Args:
@@ -203,6 +203,9 @@ class Trainer:
             resume: continue from ``checkpoint_dir/last`` if it exists.
             on_step: called after every step (progress bars).
             on_epoch: called with each epoch's record (also in ``FitResult.history``).
+            users: (N,) int64 user of each ``train`` row (:func:`training.pairwise.train_users`), needed when
+                ``config.pairwise > 0``: each step then adds the pairwise term of a user-grouped batch, and
+                the records get ``train_pairwise`` (the term's mean per step; ``train_loss`` stays the BCE).
 
         Returns:
             FitResult; the model holds the best weights afterwards.
@@ -216,6 +219,12 @@ class Trainer:
         if isinstance(train, Batch):
             train = train.to(self.device)
         rows = len(train) if isinstance(train, Batch) else train.rows
+        pair_module = None  # the pointwise module plus the pairwise term (train.pairwise > 0)
+        if c.pairwise > 0:
+            if not isinstance(train, Batch) or users is None or len(users) != len(train):
+                raise InputError("train.pairwise > 0 needs the train rows in memory (not --stream) and the user "
+                                 "of each row", field="train.pairwise")
+            users, pair_module = users.to(self.device), pairwise.PairwiseTrain(self.module, c.pairwise)
         local_batch = c.batch_size
         if ctx is not None:  # equal rows and equal local batches on every rank: same steps, global mean loss
             rows = int(ctx.all_reduce([float(rows)], "min")[0])
@@ -235,7 +244,8 @@ class Trainer:
         if resume and self.checkpoint_dir is not None and checkpoint.exists(self.checkpoint_dir):
             progress = checkpoint.load(self.checkpoint_dir, state, c, self.fingerprint)
         # under DDP the loss goes through DDP's forward, which syncs the gradients in backward
-        step_module = self.module if ctx is None else distributed.wrap(self.module, ctx)  # type: ignore[arg-type]
+        inner: Any = self.module if pair_module is None else pair_module
+        step_module: Callable[..., tuple[Tensor, ...]] = inner if ctx is None else distributed.wrap(inner, ctx)
         is_main = ctx is None or ctx.is_main
         steps = math.ceil(rows / local_batch)
         recent: deque[dict[str, Tensor]] = deque(maxlen=max(c.swa, 1))  # the last epochs' weights (SWA)
@@ -249,16 +259,23 @@ class Trainer:
                 torch.manual_seed(distributed.epoch_seed(c.seed + 1, ctx.rank, epoch))
             t0 = time.perf_counter()
             total_loss = torch.zeros((), device=self.device)
+            pair_total = torch.zeros((), device=self.device)
             seen = 0
+            grouped = None  # the user-grouped batches of the pairwise term
+            if pair_module is not None and users is not None and isinstance(train, Batch):
+                grouped = self._grouped(train, users, epoch, rows, local_batch)
             for step, batch in enumerate(self._batches(train, epoch, rows, local_batch, generator)):
                 set_lr(self.optimizers, lr_at(c, epoch, step, steps))
                 batch = batch.to(self.device, non_blocking=True) if not isinstance(train, Batch) else batch
+                inputs = (batch,) if grouped is None else (batch, *next(grouped))
                 if self.autocast is None:
-                    objective, loss = step_module(batch)
+                    objective, loss, *pair = step_module(*inputs)
                 else:  # forward + loss only (PyTorch's autocast recipe); backward and steps in fp32
                     with torch.autocast(self.device.type, dtype=self.autocast):
-                        objective, loss = step_module(batch)
+                        objective, loss, *pair = step_module(*inputs)
                     objective, loss = objective.float(), loss.float()
+                if pair:
+                    pair_total += pair[0]
                 for p in params:  # zero_grad(set_to_none=True) of every optimizer, without its per-call overhead
                     p.grad = None
                 torch.autograd.backward(objective)
@@ -273,9 +290,10 @@ class Trainer:
                     elapsed = time.perf_counter() - t0
                     on_step(StepInfo(epoch + 1, step + 1, steps, seen * world, float(total_loss) / seen,
                                      seen * world / max(elapsed, 1e-9)))
-            epoch_loss = float(total_loss)
+            sums = [float(total_loss), float(pair_total) / steps]
             if ctx is not None:
-                epoch_loss = ctx.all_reduce([epoch_loss])[0]
+                sums = ctx.all_reduce(sums)
+            epoch_loss, pair_mean = sums[0], sums[1] / world
             train_seconds = time.perf_counter() - t0
             if not is_main:  # rank 0 evaluates and checkpoints; the others wait for its verdict
                 assert ctx is not None
@@ -289,6 +307,7 @@ class Trainer:
             record = {
                 "epoch": epoch + 1,
                 "train_loss": epoch_loss / n,
+                **({} if pair_module is None else {"train_pairwise": pair_mean}),
                 "valid_auc": scores["auc"],
                 "valid_logloss": scores["logloss"],
                 "lr": lr_at(c, epoch, steps - 1, steps),
@@ -347,10 +366,31 @@ class Trainer:
             yield from train.batches(epoch, batch_size, rows, generator)
             return
         perm = torch.randperm(len(train), generator=generator).to(self.device)
-        # the rows of several steps gathered at once (one index_select per tensor per ~64k rows, not per step),
-        # then sliced: the same minibatches as one take per step, with ~1/64 of the gather calls
-        block = max(1, GATHER_ROWS // batch_size) * batch_size
-        for first in range(0, rows, block):
-            rows_of_block = train.take(perm[first:min(first + block, rows)])
-            for start in range(0, len(rows_of_block), batch_size):
-                yield rows_of_block.slice(start, min(start + batch_size, len(rows_of_block)))
+        yield from gather_batches(train, perm[:rows], batch_size)
+
+    def _grouped(self, train: Batch, users: Tensor, epoch: int, rows: int, batch_size: int
+                 ) -> Iterator[tuple[Batch, Tensor]]:
+        """One epoch's user-grouped batches with their (G,) users (:mod:`training.pairwise`): the first ``rows``
+        rows of a grouped order drawn by its own generator, seeded per (seed, rank, epoch) like a resumed run."""
+        rank = 0 if self.dist is None else self.dist.rank
+        generator = torch.Generator().manual_seed(distributed.epoch_seed(self.config.seed + 2, rank, epoch))
+        order = pairwise.grouped_order(users, generator)[:rows]
+        return zip(gather_batches(train, order, batch_size), torch.split(users[order], batch_size), strict=True)
+
+
+def gather_batches(data: Batch, order: Tensor, batch_size: int) -> Iterator[Batch]:
+    """The minibatches ``data.take(order[i:i + batch_size])``, gathered several steps at a time.
+
+    The rows of ~64k samples' steps are taken at once (one ``index_select`` per tensor per block, not per
+    step), then sliced: the same minibatches as one take per step, with ~1/64 of the gather calls.
+
+    Args:
+        data: encoded rows.
+        order: (R,) int64 row indices, on ``data``'s device.
+        batch_size: rows per minibatch (the last may be short).
+    """
+    block = max(1, GATHER_ROWS // batch_size) * batch_size
+    for first in range(0, len(order), block):
+        rows_of_block = data.take(order[first:first + block])
+        for start in range(0, len(rows_of_block), batch_size):
+            yield rows_of_block.slice(start, min(start + batch_size, len(rows_of_block)))
