@@ -105,3 +105,12 @@ def write_small_release(folder: Path, seed: int) -> Path:
     (folder / "movies.csv").write_text("movieId,title,genres\n" + "".join(
         f"{i},M{i} (199{i % 10}),{kinds[i % 4]}|{kinds[(i // 4) % 4]}\n" for i in range(1, 41)))
     return folder
+
+
+def optimizer_step(opts: list[torch.optim.Optimizer], objective: torch.Tensor) -> None:
+    """One step of every optimizer of ``opts`` on ``objective`` (gradients cleared first), as the Trainer does."""
+    for opt in opts:
+        opt.zero_grad(set_to_none=True)
+    objective.backward()
+    for opt in opts:
+        opt.step()

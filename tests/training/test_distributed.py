@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from dc_synthetic import optimizer_step
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
@@ -105,16 +106,9 @@ def _reference(optimizer: str) -> dict[str, torch.Tensor]:
     steps = math.ceil(rows / local)
     for step in range(steps):
         parts = [s.slice(step * local, (step + 1) * local) for s in shards]
-        batch = Batch(torch.cat([p.dense for p in parts]), {"movieId": torch.cat([p.sparse["movieId"] for p in parts])},
-                      {"genres": torch.cat([p.bags["genres"] for p in parts])}, {},
-                      torch.cat([p.labels for p in parts if p.labels is not None]))
         set_lr(opts, lr_at(c, 0, step, steps))
-        objective, _ = module(batch)
-        for opt in opts:
-            opt.zero_grad(set_to_none=True)
-        objective.backward()
-        for opt in opts:
-            opt.step()
+        objective, _ = module(Batch.cat(parts))
+        optimizer_step(opts, objective)
     return model.state_dict()
 
 

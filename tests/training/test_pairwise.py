@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from dc_synthetic import sample_table, small_spec
+from dc_synthetic import optimizer_step, sample_table, small_spec
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
@@ -371,17 +371,10 @@ def _ddp_reference() -> dict[str, torch.Tensor]:
     for step in range(rows // local):
         at = slice(step * local, (step + 1) * local)
         parts = [r.slice(at.start, at.stop) for r in randoms]
-        batch = Batch(torch.cat([p.dense for p in parts]), {"movieId": torch.cat([p.sparse["movieId"] for p in parts])},
-                      {}, {}, torch.cat([p.labels for p in parts if p.labels is not None]))
         set_lr(opts, lr_at(c, 0, step, rows // local))
-        objective, _ = module(batch)
+        objective, _ = module(Batch.cat(parts))
         pair = torch.stack([pair_loss(model(g.slice(at.start, at.stop)), g.labels[at], u[at]) for g, u in groupeds])
-        objective = objective + c.pairwise * pair.mean()
-        for opt in opts:
-            opt.zero_grad(set_to_none=True)
-        objective.backward()
-        for opt in opts:
-            opt.step()
+        optimizer_step(opts, objective + c.pairwise * pair.mean())
     return model.state_dict()
 
 
