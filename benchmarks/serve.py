@@ -389,7 +389,7 @@ def main() -> None:
         n_users = len(users)
         if args.recall_only:
             recall_phases(model, sqlite_url, meta, order, secs, args.workers, recall,
-                          compat_paths() if args.compat else [])
+                          compat_paths() if args.compat else [], args.json)
             return
 
         def warm(port: int) -> None:
@@ -531,9 +531,10 @@ def compat_phases(port: int, paths_by_name, secs: float) -> dict[str, Result]:
 
 
 def recall_phases(model: Path, url: str, meta: dict, order: np.ndarray, secs: float, workers: int,
-                  recall: tuple[str, ...] = (), compat_paths=()) -> None:
+                  recall: tuple[str, ...] = (), compat_paths=(), json_path: Path | None = None) -> None:
     """Retrieval + ranking of 800: the default merged recall vs popularity alone (same service), then both
-    at the closed-loop maximum with 2 workers (the issue's target: >= 500 req/s on 2 cores)."""
+    at the closed-loop maximum with 2 workers (the issue's target: >= 500 req/s on 2 cores); with ``json_path``
+    the phases are also written there as JSON."""
     plans = {"merged (default)": "", "popularity:800": "&channels=popularity:800"}
 
     def paths_of(extra: str):
@@ -579,6 +580,13 @@ def recall_phases(model: Path, url: str, meta: dict, order: np.ndarray, secs: fl
     if compat:
         print("compat endpoints p99 < 10 ms at 200 req/s open loop (no errors): " + "; ".join(
             f"{name}: {'met' if compat_met(r) else 'NOT met'} ({r.pct(99):.1f} ms)" for name, r in compat.items()))
+    if json_path is not None:
+        json_path.write_text(json.dumps({
+            "rows": [{"phase": phase, "n": r.n, "p50_ms": r.pct(50), "p99_ms": r.pct(99), "rps": r.rps,
+                      "errors": r.errors, "dropped": r.dropped}
+                     for phase, r in [*rows, *((f"compat 200/s, {n}", r) for n, r in compat.items())]],
+            "cores": os.cpu_count(), "load_average": load, "workers": workers,
+            "recall": recall[1] if recall else None}, indent=1))
 
 
 def compat_met(r: Result) -> bool:
