@@ -97,3 +97,13 @@ def test_a_user_with_two_rows_is_refused_naming_the_file(tmp_path):
     with pytest.raises(InputError, match="user 1 has more than one row") as err:
         compute_samples(ds)
     assert "users.parquet" in str(err.value)
+
+
+def test_ml_latest_small_has_no_users_table_and_samples_without_the_columns(ml_small_dataset, ml_small_samples):
+    folder, manifest = ml_small_samples
+    assert ml_small_dataset.users is None
+    assert [f["name"] for f in manifest["features"]] == list(SAMPLE_COLUMNS)
+    assert not any("static" in f for f in manifest["features"]) and "users table" not in manifest["point_in_time"]
+    for split in SPLIT_NAMES:  # the files' schema is the one before the attributes existed
+        schema = pq.read_schema(folder / f"{split}.parquet")
+        assert schema.names == list(SAMPLE_COLUMNS) and not set(USER_ATTRIBUTES) & set(schema.names)
