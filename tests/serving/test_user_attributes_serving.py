@@ -24,7 +24,8 @@ from deepcrossing.features.columns import USER_ATTRIBUTES
 from deepcrossing.features.pair import GENRE_PAIR
 from deepcrossing.model.deep_crossing import DeepCrossing
 from deepcrossing.serving.engine import Engine
-from deepcrossing.serving.publish import publish_dataset
+from deepcrossing.errors import DeepCrossingError
+from deepcrossing.serving.publish import publish_dataset, publish_for_model
 from deepcrossing.serving.store import open_store
 from deepcrossing.training import artifact
 from deepcrossing.training.default_spec import USER_ATTRIBUTE_FEATURES
@@ -48,7 +49,7 @@ def _probed(dataset: Dataset, users: list[int], movies: list[int], folder) -> tu
     return dataclasses.replace(dataset, ratings=path), t_end
 
 
-def test_served_score_equals_the_offline_score_with_user_attributes(ml_100k_dir, tmp_path):
+def test_served_score_equals_the_offline_score_with_user_attributes(ml_100k_dir, ml_small_dir, tmp_path):
     from deepcrossing.data import load_dataset
 
     full = load_dataset(ml_100k_dir, workdir=tmp_path / "data")
@@ -76,6 +77,11 @@ def test_served_score_equals_the_offline_score_with_user_attributes(ml_100k_dir,
         optimizer.step()
     artifact.save(tmp_path / "model", model.eval(), encoder, TrainConfig(epochs=1))
 
+    # data without a users table cannot serve this model: refused in one line, nothing published
+    with pytest.raises(DeepCrossingError, match="reads the user attributes userGender, userAge, userOccupation, "
+                                                "userZipPrefix but .* has no users table"):
+        publish_for_model(tmp_path / "model", ml_small_dir, f"sqlite:///{tmp_path / 'refused.db'}", emb=False)
+    assert not (tmp_path / "refused.db").exists()
     url = f"sqlite:///{tmp_path / 'f.db'}"
     publish_dataset(dataset, url, feature_config=FeatureConfig())
     store = open_store(url, readonly=True)

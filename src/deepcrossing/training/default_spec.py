@@ -3,7 +3,11 @@
 SparrowRecSys CSVs get ``specs/sparrow.toml``; our Parquet samples get ``specs/movielens.toml``, plus the
 item-CF score ``userItemCFScore`` when the samples were prepared with it (``prepare --itemcf``; the column is
 NULL otherwise). Chosen on validation AUC (Deep Crossing, 3 seeds): ml-latest-small 0.7973 with it vs 0.7839
-without, ml-100k 0.7511 vs 0.7456.
+without, ml-100k 0.7511 vs 0.7456. Samples with the static user attributes (a dataset with a users table:
+ml-100k, ml-1m) add :data:`USER_ATTRIBUTE_FEATURES`; on ml-100k's valid split (item-CF samples, 3 seeds) AUC
+0.7528 +- 0.0006 with them vs 0.7513 +- 0.0001 without (GAUC 0.6886 vs 0.6885, NDCG@10 0.7986 vs 0.8015); age
+numeric (0.7528) vs categorical (0.7526); zip prefix min_count 500 rows (0.7528) vs 100 (0.7511), 1000
+(0.7516), no zip prefix (0.7515).
 
 Example:
     >>> [f.name for f in default_config(Path("samples/train.parquet")).spec.features][-1]   # doctest: +SKIP
