@@ -310,7 +310,7 @@ def _check_user_attributes(model_dir: Path, dataset: Dataset, data: str | Path) 
     if reads and dataset.users is None:
         raise DeepCrossingError(f"{model_dir}: the model reads the user attributes {', '.join(map(str, reads))} but "
                                 f"{data} has no users table; publish with the data the samples were prepared from "
-                                "(e.g. ml-100k's u.user, ml-1m's users.dat)")
+                                "(ml-100k's u.user, ml-1m's users.dat, or the --users file given to prepare)")
 
 
 def publish_for_model(
@@ -322,6 +322,7 @@ def publish_for_model(
     keep_previous_s: float = 2.0,
     emb: bool = True,
     recall: RecallFolder | None = None,
+    users_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """What ``deepcrossing publish`` does: read the logs, compute latest features, publish a version.
 
@@ -333,6 +334,7 @@ def publish_for_model(
         keep_previous_s: seconds the previous version stays readable after the switch.
         emb: index the model's own ``emb`` vectors (the movie-side partials) into the version.
         recall: a loaded recall folder (``--recall``): its channels are indexed too.
+        users_path: the users file the samples were prepared with (``prepare --users``), if any.
 
     Returns:
         The new version's meta, plus ``store`` (the URL) and ``feature_config_source``.
@@ -363,7 +365,7 @@ def publish_for_model(
             vectors[name] = channel
             sources[name] = {"kind": "recall", "path": str(recall.path), "manifest_sha256": recall.checksum}
     with tempfile.TemporaryDirectory(prefix="deepcrossing-publish-") as work:
-        dataset = load_dataset(data, workdir=work)
+        dataset = load_dataset(data, workdir=work, users_path=users_path)
         _check_user_attributes(model_dir, dataset, data)
         meta = publish_dataset(dataset, store_url, feature_config=config,
                                extra_meta={"model_dir": str(model_dir.resolve()), "data": str(data)},
