@@ -107,3 +107,4 @@ def test_ml_latest_small_has_no_users_table_and_samples_without_the_columns(ml_s
     for split in SPLIT_NAMES:  # the files' schema is the one before the attributes existed
         schema = pq.read_schema(folder / f"{split}.parquet")
         assert schema.names == list(SAMPLE_COLUMNS) and not set(USER_ATTRIBUTES) & set(schema.names)
+
