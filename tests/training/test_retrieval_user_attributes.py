@@ -10,7 +10,6 @@ from deepcrossing.features import FeatureConfig, build_samples
 from deepcrossing.features.columns import USER_ATTRIBUTES
 
 
-
 def test_the_offline_ranker_reads_the_attributes(tmp_path):
     """evaluate --retrieval's ranker builds the user columns from the samples: the attributes are among them."""
     import numpy as np
