@@ -108,3 +108,17 @@ def test_ml_latest_small_has_no_users_table_and_samples_without_the_columns(ml_s
         schema = pq.read_schema(folder / f"{split}.parquet")
         assert schema.names == list(SAMPLE_COLUMNS) and not set(USER_ATTRIBUTES) & set(schema.names)
 
+
+
+def test_an_ml_1m_layout_keeps_the_age_group_and_occupation_codes(tmp_path):
+    from deepcrossing.data import load_dataset
+
+    folder = tmp_path / "ml-1m"
+    folder.mkdir()
+    (folder / "movies.dat").write_text("1::Toy Story (1995)::Animation|Comedy\n2::Heat (1995)::Action\n")
+    (folder / "ratings.dat").write_text("1::1::5::978300760\n1::2::3::978302109\n2::2::1::978301968\n"
+                                        "3::1::4::978301000\n")
+    (folder / "users.dat").write_text("1::F::1::10::48067\n2::M::56::16::70072-1234\n")   # user 3: no row
+    table = compute_samples(load_dataset(folder, workdir=tmp_path / "w"))
+    got = {r["userId"]: tuple(r[c] for c in USER_ATTRIBUTES) for r in table.to_pylist()}
+    assert got == {1: ("F", 1, "10", "480"), 2: ("M", 56, "16", "700"), 3: (None,) * 4}
