@@ -77,6 +77,9 @@ DETERMINISTIC = ("avg_rating", "logreg")  # same result for every seed: run once
 # Column families: which vocabulary each categorical / list column uses.
 ID_COLUMNS = {"userId": "user", "movieId": "movie", **{f"userRatedMovie{i}": "movie" for i in range(1, 6)}}
 GENRE_COLUMNS = {**{f"movieGenre{i}": "genre" for i in range(1, 4)}, **{f"userGenre{i}": "genre" for i in range(1, 6)}}
+# The static user attributes (samples of a dataset with a users table, e.g. ml-100k): categorical, not ids
+ATTRIBUTE_COLUMNS = {"userGender": "gender", "userOccupation": "occupation", "userZipPrefix": "zip"}
+NON_ID_FAMILIES = ("genre", *ATTRIBUTE_COLUMNS.values())   # what the peers without id columns still read
 LIST_COLUMNS = {"movieGenres": ("genre", 10), "userRecentPositives": ("movie", 10)}
 NOT_FEATURES = {"rating", "timestamp", "label"}
 
@@ -102,7 +105,7 @@ class Features:
     def __init__(self, train) -> None:
         excluded = {c for c in os.environ.get("PEERS_EXCLUDE", DEFAULT_EXCLUDE).split(",") if c}
         cols = [c for c in train.column_names if c not in excluded]
-        self.cat = {c: fam for c, fam in {**ID_COLUMNS, **GENRE_COLUMNS}.items() if c in cols}
+        self.cat = {c: fam for c, fam in {**ID_COLUMNS, **GENRE_COLUMNS, **ATTRIBUTE_COLUMNS}.items() if c in cols}
         self.lists = {c: spec for c, spec in LIST_COLUMNS.items() if c in cols}
         self.numeric = [c for c in cols if c not in NOT_FEATURES and c not in self.cat and c not in self.lists
                         and c != "userGenreCounts" and _is_numeric(train.schema.field(c).type)]
@@ -268,10 +271,10 @@ def _onehot_design(d: Data):
         blocks = [sp.csr_matrix(scaler(d.num[split]))]
         n = d.y[split].shape[0]
         for c, fam in d.f.cat.items():
-            if fam != "genre":
+            if fam not in NON_ID_FAMILIES:
                 continue
             codes = d.cats[split][c]
-            blocks.append(sp.csr_matrix((np.ones(n), (np.arange(n), codes)), shape=(n, n_genre)))
+            blocks.append(sp.csr_matrix((np.ones(n), (np.arange(n), codes)), shape=(n, d.f.size(fam))))
         if "movieGenres" in d.lists[split]:
             codes = d.lists[split]["movieGenres"]
             r, k = np.nonzero(codes)
@@ -308,7 +311,7 @@ def _lgb_matrix(d: Data, split: str, with_ids: bool):
         names.append(c)
     cols.append(d.num[split])
     for c, fam in d.f.cat.items():
-        if fam != "genre" and not with_ids:
+        if fam not in NON_ID_FAMILIES and not with_ids:
             continue
         names.append(c)
         cat_names.append(c)

@@ -43,3 +43,9 @@ def ml_small_dir() -> Path:
 def sparrow_dir() -> Path:
     """The read-only SparrowRecSys folder (testSamples.csv, movies.csv, links.csv)."""
     return _require(SHARED_DATA / "sparrowrecsys", "testSamples.csv")
+
+
+@pytest.fixture(scope="session")
+def ml_100k_dir() -> Path:
+    """The read-only ml-100k folder (u.data, u.item, u.user: the release with a users table)."""
+    return _require(SHARED_DATA / "ml-100k", "u.data", "u.item", "u.user")

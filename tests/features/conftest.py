@@ -37,6 +37,21 @@ def write_dataset(folder: Path, ratings: list[tuple], items: list[tuple], name: 
                    sources={"ratings.csv": "0" * 64})
 
 
+def with_users(dataset: Dataset, users: list[tuple]) -> Dataset:
+    """``dataset`` with a normalized users table (user_id, gender, age, occupation, zip) beside its ratings."""
+    import dataclasses
+
+    path = Path(dataset.ratings).parent / "users.parquet"
+    pq.write_table(pa.table({
+        "user_id": pa.array([u[0] for u in users], pa.int64()),
+        "gender": pa.array([u[1] for u in users], pa.string()),
+        "age": pa.array([u[2] for u in users], pa.int32()),
+        "occupation": pa.array([u[3] for u in users], pa.string()),
+        "zip": pa.array([u[4] for u in users], pa.string()),
+    }), path)
+    return dataclasses.replace(dataset, users=path)
+
+
 def normalize_movielens_csv(src: Path, workdir: Path) -> Dataset:
     """Normalize a MovieLens CSV release with DuckDB (a stand-in that matches data/schema.py)."""
     try:  # prefer the real reader once it exists

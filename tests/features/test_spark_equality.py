@@ -2,8 +2,9 @@
 
 Both engines run on (a) a hand-made log with the traps (same-second ties, several positives in one second,
 movies with 0/1/2/3+ genres and a genre with a quote, a NULL year, a movie missing from the items file,
-explicit labels) and (b) 100 users of ml-latest-small; the rows, sorted by (timestamp, userId, movieId),
-must be equal: integers, strings, lists and maps exactly, floats to 1e-9 relative.
+explicit labels, a users table without users 5 and 6, a blank zip and a NULL age) and (b) 100 users of
+ml-latest-small; the rows, sorted by (timestamp, userId, movieId), must be equal: integers, strings, lists and
+maps exactly, floats to 1e-9 relative.
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ from deepcrossing.features import FeatureConfig, build_samples, read_samples
 from deepcrossing.features.samples import SPLIT_NAMES
 from deepcrossing.features.spark import SparkOptions
 
-from .conftest import write_dataset
+from .conftest import with_users, write_dataset
 
 pytestmark = pytest.mark.slow
 SORT = [("timestamp", "ascending"), ("userId", "ascending"), ("movieId", "ascending")]
 ITEMS = [(1, 1995, []), (2, 2000, ["Action"]), (3, None, ["Comedy", "Drama"]),
          (4, 1980, ["Drama", "War", "Children's"]), (5, 2010, ["Action", "Comedy", "Drama", "Sci-Fi"]),
          (6, 1999, ["Sci-Fi", "Drama", "Action", "War", "Film-Noir"]), (7, 1950, ["Comedy"]), (8, None, [])]
+USERS = [(1, "M", 25, "12", "48067"), (2, "F", None, "writer", " "), (3, "M", 1, "O'Brien's", "T8H1N"),
+         (4, "F", 56, "0", "55"), (7, "M", 18, "x", "99999")]   # 5 and 6 rated without a row; 7 has no rating
 
 
 def _hand_made(folder: Path) -> Dataset:
@@ -101,7 +104,7 @@ def _both(dataset: Dataset, config: FeatureConfig, out: Path, fmt: str = "parque
 
 
 def test_hand_made_log_same_samples_and_random_split(spark_session: Any, tmp_path: Path) -> None:
-    ds = _hand_made(tmp_path / "data")
+    ds = with_users(_hand_made(tmp_path / "data"), USERS)
     config = FeatureConfig(split="random", fractions=(0.6, 0.2, 0.2), seed=5, recent_n=5, itemcf=True,
                            itemcf_window=3, itemcf_history=4, movie_bayes=True, movie_prior_weight=2.5)
     duck, spark = _both(ds, config, tmp_path)
@@ -116,6 +119,11 @@ def test_hand_made_log_same_samples_and_random_split(spark_session: Any, tmp_pat
     per_second = table.filter(pc.equal(table.column("label"), 1)).group_by(["userId", "timestamp"]).aggregate(
         [("movieId", "count")])
     assert max(per_second.column("movieId_count").to_pylist()) >= 2
+    # the user attributes: a row's values, NULLs for users 5 and 6 (no row), a blank zip NULL, a quote kept
+    attrs = {r["userId"]: (r["userGender"], r["userAge"], r["userOccupation"], r["userZipPrefix"])
+             for r in table.select(["userId", "userGender", "userAge", "userOccupation", "userZipPrefix"]).to_pylist()}
+    assert attrs == {1: ("M", 25, "12", "480"), 2: ("F", None, "writer", None), 3: ("M", 1, "O'Brien's", "T8H"),
+                     4: ("F", 56, "0", "55"), 5: (None,) * 4, 6: (None,) * 4}
 
 
 def test_hand_made_log_same_sparrow_csv(spark_session: Any, tmp_path: Path) -> None:

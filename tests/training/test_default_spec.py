@@ -1,4 +1,5 @@
-"""The built-in spec train picks: movielens, + userItemCFScore when the samples were prepared with --itemcf."""
+"""The built-in spec train picks: movielens, + userItemCFScore when the samples were prepared with --itemcf, + the
+static user attributes when the samples have them (a dataset with a users table)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ import sys
 from pathlib import Path
 
 from deepcrossing.config import load_builtin
-from deepcrossing.training.default_spec import default_config, samples_have_itemcf, with_itemcf
+from deepcrossing.features.columns import USER_ATTRIBUTES, sample_columns
+from deepcrossing.training.default_spec import (
+    USER_ATTRIBUTE_FEATURES,
+    default_config,
+    samples_have_itemcf,
+    samples_have_user_attributes,
+    with_itemcf,
+    with_user_attributes,
+)
 
 
 def _manifest(folder: Path, config: object) -> Path:
@@ -50,3 +59,23 @@ def test_train_reads_the_itemcf_score_of_samples_prepared_with_it(tmp_path):
     assert train.returncode == 0, train.stderr
     spec = json.loads((tmp_path / "m" / "manifest.json").read_text())["spec"]
     assert "userItemCFScore" in [f["name"] for f in spec["features"]]
+
+
+def test_the_user_attributes_join_the_default_spec_only_when_the_samples_have_them(tmp_path):
+    plain = [f.name for f in load_builtin("movielens").spec.features]
+    have, without = tmp_path / "have", tmp_path / "without"
+    for folder, attrs in ((have, True), (without, False)):
+        folder.mkdir()
+        (folder / "manifest.json").write_text(json.dumps({"config": {"itemcf": True}, "features": [
+            {"name": n, "type": t} for n, (t, _) in sample_columns(attrs).items()]}))
+    assert [samples_have_user_attributes(p / "train.parquet") for p in (have, without, tmp_path / "none")] == \
+        [True, False, False]
+    names = [f.name for f in default_config(have / "train.parquet").spec.features]
+    assert names[-4:] == list(USER_ATTRIBUTES) and "userItemCFScore" in names and set(plain) <= set(names)
+    assert not set(USER_ATTRIBUTES) & {f.name for f in default_config(without / "train.parquet").spec.features}
+    kinds = {f.name: (f.kind, f.side) for f in USER_ATTRIBUTE_FEATURES}
+    assert kinds == {"userGender": ("categorical", "user"), "userAge": ("numeric", "user"),
+                     "userOccupation": ("categorical", "user"), "userZipPrefix": ("categorical", "user")}
+    assert next(f for f in USER_ATTRIBUTE_FEATURES if f.name == "userZipPrefix").min_count > 1  # rare zips: unknown
+    twice = with_user_attributes(with_user_attributes(load_builtin("movielens")))
+    assert [f.name for f in twice.spec.features].count("userZipPrefix") == 1

@@ -44,6 +44,10 @@ def prepare_cmd(
     time_col: Annotated[str | None, typer.Option(help="Your log: time column (unix seconds or ISO).")] = None,
     items: Annotated[Path | None, typer.Option(
         exists=True, dir_okay=False, help="Your log: items file (id, title, genres, year).")] = None,
+    users: Annotated[Path | None, typer.Option(
+        exists=True, dir_okay=False, help="A users file (user id + any of gender, age, occupation, zip; static, as "
+                                          "of the export) for a log without one: adds the user attribute columns; "
+                                          "publish with the same --users.")] = None,
     overwrite: Annotated[bool, typer.Option(
         help="Write into a folder of other files; they are kept (a file of the same name is never replaced).")]
         = False,
@@ -89,9 +93,10 @@ def prepare_cmd(
                                     f"or --label-col (missing: {', '.join(missing) or '--rating-col/--label-col'})")
         columns = ColumnMapping(user_col=user_col, item_col=item_col, time_col=time_col,  # type: ignore[arg-type]
                                 rating_col=rating_col, label_col=label_col)
-    inputs = [data] if items is None else [data, items]
+    inputs = [data, *(p for p in (items, users) if p is not None)]
     with reserve(out_dir, SAMPLES_OUTPUT, inputs=inputs, overwrite=overwrite) as target, target.scratch() as work:
-        dataset = load_dataset(data, workdir=work, columns=columns, items_path=items, skip_bad_rows=skip_bad_rows)
+        dataset = load_dataset(data, workdir=work, columns=columns, items_path=items, skip_bad_rows=skip_bad_rows,
+                               users_path=users)
         loaded = time.perf_counter() - started
         manifest = build_samples(dataset, config, target, fmt=fmt, spark=spark)
     def say(text: str) -> None:

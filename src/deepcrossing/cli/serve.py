@@ -18,6 +18,8 @@ def publish_cmd(
                                         help="Model folder from `deepcrossing train`.")],
     data: Annotated[Path, typer.Option(
         "--data", help="The rating logs (MovieLens folder or log file), as for prepare.")],
+    users: Annotated[Path | None, typer.Option(
+        "--users", exists=True, dir_okay=False, help="The users file given to prepare --users, if any.")] = None,
     store: Annotated[str | None, typer.Option(
         "--store", help="sqlite:///path.db or redis://host:port/db (default: sqlite:///MODEL/features.db).")] = None,
     candidates: Annotated[int, typer.Option(min=1, help="How many popular movies to keep as candidates.")] = 5000,
@@ -45,7 +47,7 @@ def publish_cmd(
     started = time.perf_counter()
     folder = None if recall is None else load_recall_folder(recall)
     meta = publish_for_model(model, data, url, max_candidates=candidates, keep_previous_s=keep_previous, emb=emb,
-                             recall=folder)
+                             recall=folder, users_path=users)
     channels = ", ".join(f"{name} ({info['index']})" for name, info in meta.get("vector_channels", {}).items())
     out.print(f"published version {meta['version']} to {url}: {meta['n_users']:,} users, {meta['n_movies']:,} "
               f"movies, {meta['n_candidates']:,} candidates, vector channels: {channels or 'none'}, "

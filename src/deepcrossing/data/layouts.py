@@ -31,6 +31,9 @@ ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "C
                  "Thriller", "War", "Western")
 MOVIELENS_SCALE = (0.5, 5.0)
 STAR_SCALE = (1.0, 5.0)
+USER_ID_NAMES = ("user_id", "userId")
+USER_ATTRIBUTE_NAMES = ("gender", "age", "occupation", "zip")
+"""The attribute columns a users file given with ``--users`` may have (any of them; missing ones are NULL)."""
 ITEM_ID_NAMES = ("item_id", "movieId", "itemId", "movie_id", "item", "id")
 RATING_NAMES = ("userId", "movieId", "rating", "timestamp")
 
@@ -171,7 +174,7 @@ class Layout:
     items: RawFile | None = None
     items_kind: str = "csv"          # csv | dat | 100k | custom:<id column>
     users: RawFile | None = None
-    users_kind: str = "dat"          # dat | 100k
+    users_kind: str = "dat"          # dat | 100k | custom:<id column>
     links: RawFile | None = None     # movieId, imdbId, tmdbId (MovieLens CSV releases that have links.csv)
     checksum_only: list[Path] = field(default_factory=list)
 
@@ -244,13 +247,44 @@ def _release_layout(release: Release, root: Path) -> Layout:
         checksum_only=[root / n for n in release.extra if (root / n).exists()])
 
 
-def detect(path: Path, columns: ColumnMapping | None, items_path: Path | None) -> Layout:
+def _with_users(layout: Layout, users_path: Path | None) -> Layout:
+    """``layout`` with a person's users file (``prepare --users``): a user id column (the log's user column,
+    ``user_id`` or ``userId``) and some of :data:`USER_ATTRIBUTE_NAMES`; any other column is refused."""
+    if users_path is None:
+        return layout
+    if layout.users is not None:
+        raise InputError(f"--users is for logs without a users table; this release has its own "
+                         f"{layout.users.path.name}", path=users_path, field="users")
+    names = read_columns(users_path, ()).names
+    id_col = next((c for c in (layout.mapping.user_col, *USER_ID_NAMES) if c in names), None)
+    if id_col is None:
+        raise InputError(f"the users file needs a user id column ({layout.mapping.user_col} or user_id or userId)",
+                         path=users_path, line=1, field=layout.mapping.user_col)
+    other = [c for c in names if c != id_col and c not in USER_ATTRIBUTE_NAMES]
+    if other:
+        raise InputError(f"column {excerpt(other[0])} is not a user attribute: a users file holds the user id and "
+                         f"some of {', '.join(USER_ATTRIBUTE_NAMES)} (static, as of the export; drop the others)",
+                         path=users_path, line=1, field=other[0])
+    if len(names) < 2:
+        raise InputError(f"the users file has no attribute column (any of {', '.join(USER_ATTRIBUTE_NAMES)})",
+                         path=users_path, line=1)
+    layout.users = read_columns(users_path, [id_col])
+    layout.users_kind = "custom:" + id_col
+    return layout
+
+
+def detect(path: Path, columns: ColumnMapping | None, items_path: Path | None,
+           users_path: Path | None = None) -> Layout:
     """The layout of ``path``: a MovieLens release folder (a row of :data:`RELEASES`), or a person's log file.
 
     Raises:
-        InputError: the path is missing, no layout fits, a needed file or column is missing, or ``items_path``
-            is given for a release (which has its own movies file) or does not exist.
+        InputError: the path is missing, no layout fits, a needed file or column is missing, ``items_path``
+            is given for a release (which has its own movies file) or does not exist, or ``users_path`` is given
+            for a release with its own users file or has other columns than a user id and the attributes.
     """
+    if users_path is not None and not users_path.is_file():
+        raise InputError("no such users file" if not users_path.exists() else "the users file is a folder",
+                         path=users_path, field="users")
     if not path.exists():
         raise InputError("no such file or folder", path=path)
     if items_path is not None and not items_path.is_file():
@@ -264,7 +298,7 @@ def detect(path: Path, columns: ColumnMapping | None, items_path: Path | None) -
                     if items_path is not None:
                         raise InputError(f"--items is for your own logs; this release has its own "
                                          f"{release.items.name}", path=items_path, field="items")
-                    return _release_layout(release, root)
+                    return _with_users(_release_layout(release, root), users_path)
         single = _single_data_file(root)
         if single is None:
             raise InputError("cannot tell the layout: expected ratings.csv + movies.csv, ratings.dat + movies.dat, "
@@ -281,4 +315,4 @@ def detect(path: Path, columns: ColumnMapping | None, items_path: Path | None) -
                              path=items_path, line=1, field=mapping.item_col)
         layout.items = read_columns(items_path, [id_col])
         layout.items_kind = "custom:" + id_col
-    return layout
+    return _with_users(layout, users_path)

@@ -124,6 +124,17 @@ def _genre_list(col: str) -> str:
 
 
 def _users_select(layout: Layout) -> str:
+    if layout.users_kind.startswith("custom:") and layout.users is not None:   # prepare --users FILE
+        uid, have = layout.users_kind.split(":", 1)[1], set(layout.users.names)
+        text = {c: f"CAST({ident(c)} AS VARCHAR)" if c in have else "CAST(NULL AS VARCHAR)"
+                for c in ("gender", "age", "occupation", "zip")}
+        checks = [(f"TRY_CAST({ident(uid)} AS BIGINT) IS NULL", uid, uid, "not an integer user id"),
+                  (f"NULLIF(trim({text['age']}), '') IS NOT NULL AND TRY_CAST(trim({text['age']}) AS INTEGER) IS NULL",
+                   "age", "age", "not an integer age")]
+        bad_field, bad_value = bad_case(checks)
+        return (f"TRY_CAST({ident(uid)} AS BIGINT) AS user_id, {text['gender']} AS gender, "
+                f"TRY_CAST(NULLIF(trim({text['age']}), '') AS INTEGER) AS age, {text['occupation']} AS occupation, "
+                f"{text['zip']} AS zip, {bad_field} AS bad, {bad_value} AS bad_value")
     bad_field, bad_value = bad_case([("TRY_CAST(\"userId\" AS BIGINT) IS NULL", "userId",
                                        "userId", "not an integer user id")])
     return ("TRY_CAST(\"userId\" AS BIGINT) AS user_id, \"gender\" AS gender, TRY_CAST(\"age\" AS INTEGER) AS age, "
@@ -149,7 +160,8 @@ def _links_select() -> str:
 
 
 def load_dataset(path: str | Path, *, workdir: str | Path, columns: ColumnMapping | None = None,
-                 items_path: str | Path | None = None, skip_bad_rows: bool = False) -> Dataset:
+                 items_path: str | Path | None = None, skip_bad_rows: bool = False,
+                 users_path: str | Path | None = None) -> Dataset:
     """Detect the layout of ``path``, validate it and write normalized Parquet files into ``workdir``.
 
     Args:
@@ -161,6 +173,10 @@ def load_dataset(path: str | Path, *, workdir: str | Path, columns: ColumnMappin
         items_path: items file for a person's own logs (item id column named like ``columns.item_col``,
             ``item_id`` or ``movieId``; optional ``title``, ``genres`` ``|``-separated, ``year``). Without it
             the items table holds a bare row (title NULL, no genres) per rated item.
+        users_path: a users file for a log without one (CSV/Parquet: a user id column named like
+            ``columns.user_col``, ``user_id`` or ``userId``, and some of ``gender``, ``age`` (integer),
+            ``occupation``, ``zip``; static attributes, as of the export). A release with its own users table
+            refuses it.
         skip_bad_rows: skip and count bad rows (``Dataset.skipped_rows``, by file name) instead of raising.
             Missing files or columns and empty files always raise.
 
@@ -180,7 +196,8 @@ def load_dataset(path: str | Path, *, workdir: str | Path, columns: ColumnMappin
         ('custom', (4.5, 4.5), 'ratings.parquet')
     """
     path, workdir = Path(path), Path(workdir)
-    layout = detect(path, columns, Path(items_path) if items_path is not None else None)
+    layout = detect(path, columns, Path(items_path) if items_path is not None else None,
+                    Path(users_path) if users_path is not None else None)
     workdir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".load-", dir=workdir))
     sources = [f.path for f in (layout.ratings, layout.items, layout.users, layout.links) if f is not None]
@@ -279,9 +296,12 @@ def _convert(con: duckdb.DuckDBPyConnection, layout: Layout, scratch: Path, skip
 
     if layout.users is not None and layout.users.path.exists():
         users_raw = prep(layout.users)
-        _, uproblems = check_file(con, users_raw, _users_select(layout), scratch, "users", skip)
+        ustaged, uproblems = check_file(con, users_raw, _users_select(layout), scratch, "users", skip)
+        dedupe(con, ustaged, "users_v", ["user_id"], uproblems, "users_dup", "user id",
+               layout.users_kind.split(":", 1)[1] if layout.users_kind.startswith("custom:") else "userId")
         done(uproblems, users_raw)
         con.execute("COPY (SELECT user_id, gender, age, occupation, zip FROM users_v WHERE bad IS NULL "
+                    "AND rn NOT IN (SELECT rn FROM users_dup) "
                     f"ORDER BY user_id) TO {sql_str(scratch / 'users.parquet')} (FORMAT parquet)")
 
     scale = m.rating_scale

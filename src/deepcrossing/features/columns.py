@@ -148,8 +148,27 @@ ONLINE_USER_COLUMNS: dict[str, Column] = {
                                    "genre -> number of those ratings (non-NULL ratings only)"),
 }
 ONLINE_USER_SIDE = (*USER_SIDE, *ONLINE_USER_COLUMNS)
-"""The columns of an online user record: the sample's user-side columns, then :data:`ONLINE_USER_COLUMNS`."""
-_ALL_COLUMNS: dict[str, Column] = {**COLUMNS, **ONLINE_USER_COLUMNS}
+"""The columns of an online user record: the sample's user-side columns, then :data:`ONLINE_USER_COLUMNS`
+(then :data:`USER_ATTRIBUTE_COLUMNS` when the dataset has a users table)."""
+
+# ---- user attributes (issue 11): static demographics from a users table (ml-100k, ml-1m) ----
+# Only in samples (and online records) of a dataset with a users table (``Dataset.users``): a log without one
+# gets none of these columns, so its samples are unchanged. They are NOT point-in-time: a users table is a
+# snapshot as of the export date, the same for every sample of the user (it must not hold post-hoc facts
+# such as churn). NULL for a user without a row in the users table, and for an unknown user online.
+USER_ATTRIBUTE_COLUMNS: dict[str, Column] = {
+    "userGender": _user("VARCHAR", None, "static user attribute (users table, as of the export date): gender; "
+                                         "NULL when the user has no row"),
+    "userAge": _user("INTEGER", None, "static user attribute: age in years (ml-100k) or ml-1m's age-group code "
+                                      "(1: under 18, 18: 18-24, 25, 35, 45, 50, 56: 56+); NULL when unknown"),
+    "userOccupation": _user("VARCHAR", None, "static user attribute: occupation (ml-100k: its name; ml-1m: its "
+                                             "code 0..20 as text); NULL when unknown"),
+    "userZipPrefix": _user("VARCHAR", None, "static user attribute: the first 3 characters of the zip code; NULL "
+                                            "when unknown or empty"),
+}
+USER_ATTRIBUTES = tuple(USER_ATTRIBUTE_COLUMNS)
+"""The user attribute columns, in order: after every other sample column (and online user column)."""
+_ALL_COLUMNS: dict[str, Column] = {**COLUMNS, **ONLINE_USER_COLUMNS, **USER_ATTRIBUTE_COLUMNS}
 MOVIE_SIDE = tuple(name for name, c in COLUMNS.items() if c.side == "movie")
 
 
@@ -212,12 +231,26 @@ def side_of(name: str) -> Side:
         raise KeyError(f"{name!r} is not a sample column") from None
 
 
-def cold_features(side: Side, key: int | None = None) -> dict[str, Any]:
+def sample_columns(user_attributes: bool = False) -> dict[str, tuple[str, str]]:
+    """name -> (DuckDB type, meaning) of the sample columns, in order: :data:`SAMPLE_COLUMNS`, then
+    :data:`USER_ATTRIBUTE_COLUMNS` when ``user_attributes`` (the dataset has a users table).
+
+    Example:
+        >>> list(sample_columns(True))[-4:], len(sample_columns()) == len(SAMPLE_COLUMNS)
+        (['userGender', 'userAge', 'userOccupation', 'userZipPrefix'], True)
+    """
+    extra = {n: (c.type, c.meaning) for n, c in USER_ATTRIBUTE_COLUMNS.items()} if user_attributes else {}
+    return {**SAMPLE_COLUMNS, **extra}
+
+
+def cold_features(side: Side, key: int | None = None, *, user_attributes: bool = False) -> dict[str, Any]:
     """The features of a user or movie with no earlier ratings (a cold-start user, an unknown movie).
 
     Args:
         side: ``"user"`` or ``"movie"``.
         key: the id to put in the key column (``userId`` / ``movieId``); ``None`` leaves it empty.
+        user_attributes: the user side also gets :data:`USER_ATTRIBUTE_COLUMNS` (all ``None``: an unknown
+            user has no row in the users table).
 
     Returns:
         ``{column: cold value}`` for every column of the side, in column order (fresh lists and dicts on
@@ -230,6 +263,7 @@ def cold_features(side: Side, key: int | None = None) -> dict[str, Any]:
     """
     if side not in KEYS:
         raise ValueError(f"side must be 'user' or 'movie', not {side!r}")
-    out = {name: copy.copy(c.cold) for name, c in _ALL_COLUMNS.items() if c.side == side}
+    columns = _ALL_COLUMNS if user_attributes else {**COLUMNS, **ONLINE_USER_COLUMNS}
+    out = {name: copy.copy(c.cold) for name, c in columns.items() if c.side == side}
     out[KEYS[side]] = None if key is None else int(key)
     return out

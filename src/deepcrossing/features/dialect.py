@@ -130,6 +130,18 @@ class Dialect:
                 + f" FROM (SELECT {column}, SUM(n) OVER (ORDER BY {column} ROWS BETWEEN UNBOUNDED PRECEDING AND "
                 f"CURRENT ROW) AS cum FROM (SELECT {column}, COUNT(*) AS n FROM {relation} GROUP BY {column}) g) c")
 
+    def text_prefix(self, expr: str, n: int) -> str:
+        """The first ``n`` characters of a text, surrounding blanks trimmed; NULL when NULL or blank.
+
+        Example:
+            >>> print(DUCKDB.text_prefix("zip", 3))
+            NULLIF(substring(trim(zip), 1, 3), '')
+        """
+        if n < 1:
+            raise ValueError(f"a prefix has at least 1 character, not {n}")
+        # the same spelling in both engines (characters, not bytes, in both); kept here with the others
+        return f"NULLIF(substring(trim({expr}), 1, {int(n)}), '')"
+
     def create_view(self, name: str, select: str) -> str:
         """A statement that (re)defines view ``name`` for this connection / session."""
         if self.name == "duckdb":

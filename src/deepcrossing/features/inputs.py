@@ -5,6 +5,8 @@ Shared by the offline samples (:mod:`deepcrossing.features.samples`), on either 
 
 * ``ratings_src(user_id BIGINT, item_id BIGINT, rating DOUBLE, label TINYINT, timestamp BIGINT)``
 * ``items_src(item_id BIGINT, year INTEGER, genres VARCHAR[])``
+* ``users_src(user_id BIGINT, gender VARCHAR, age INTEGER, occupation VARCHAR, zip VARCHAR)``, only when the
+  dataset has a users table (``Dataset.users``: ml-100k, ml-1m); the user attribute columns read it
 
 An engine is anything with a :class:`~deepcrossing.features.dialect.Dialect` that runs statements and returns
 rows (:class:`SqlEngine`): :class:`DuckEngine` here, ``SparkEngine`` in :mod:`deepcrossing.features.spark`.
@@ -119,15 +121,16 @@ def check_inputs(dataset: Dataset) -> None:
 
 
 def register_inputs(engine: SqlEngine | duckdb.DuckDBPyConnection, dataset: Dataset) -> int:
-    """Create the views ``ratings_src`` / ``items_src`` (files and columns checked); return the rating count.
+    """Create the views ``ratings_src`` / ``items_src`` (and ``users_src`` when ``dataset.users`` is set; files
+    and columns checked); return the rating count.
 
     Args:
         engine: the run's engine (a bare DuckDB connection is wrapped in :class:`DuckEngine`).
         dataset: the normalized files.
 
     Raises:
-        InputError: naming the file (and the column) when a file or a column is missing, or when there are
-            no ratings.
+        InputError: naming the file (and the column) when a file or a column is missing, when there are
+            no ratings, or when a user has two rows in the users table.
     """
     eng = as_engine(engine)
     d = eng.dialect
@@ -144,7 +147,35 @@ def register_inputs(engine: SqlEngine | duckdb.DuckDBPyConnection, dataset: Data
     n = eng.rows("SELECT COUNT(*) FROM ratings_src")[0][0]
     if n == 0:
         raise InputError("there are no ratings to build samples from", path=dataset.ratings)
+    if dataset.users is not None:
+        _register_users(eng, Path(dataset.users))
     return int(n)
+
+
+_USERS_NEEDED = ("user_id", "gender", "age", "occupation", "zip")
+
+
+def _register_users(eng: SqlEngine, path: Path) -> None:
+    """The view ``users_src(user_id, gender, age, occupation, zip)`` over the normalized users table (one row
+    per user: a duplicated id would duplicate samples, so it is refused)."""
+    d = eng.dialect
+    try:
+        have = set(pq.read_schema(path).names)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(f"not a Parquet file ({exc}); load the data again with load_dataset", path=path) from None
+    for column in _USERS_NEEDED:
+        if column not in have:
+            raise InputError(f"column {column!r} is missing (have: {', '.join(sorted(have))})", path=path,
+                             field=column)
+    eng.parquet_view("users_raw", path)
+    eng.execute(d.create_view("users_src", (
+        f"SELECT {d.cast('user_id', 'BIGINT')} AS user_id, {d.cast('gender', 'VARCHAR')} AS gender, "
+        f"{d.cast('age', 'INTEGER')} AS age, {d.cast('occupation', 'VARCHAR')} AS occupation, "
+        f"{d.cast('zip', 'VARCHAR')} AS zip FROM users_raw WHERE user_id IS NOT NULL")))
+    dup = eng.rows("SELECT user_id FROM users_src GROUP BY user_id HAVING COUNT(*) > 1 LIMIT 1")
+    if dup:
+        raise InputError(f"user {dup[0][0]} has more than one row in the users table (one row per user)",
+                         path=path, field="user_id")
 
 
 def as_engine(engine: SqlEngine | duckdb.DuckDBPyConnection) -> SqlEngine:

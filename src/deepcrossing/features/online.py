@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 from deepcrossing.data.schema import Dataset
 from deepcrossing.duck import ident, sql_str
 from deepcrossing.errors import InputError
-from deepcrossing.features.columns import MOVIE_SIDE, ONLINE_USER_SIDE, USER_SIDE, cold_features
+from deepcrossing.features.columns import MOVIE_SIDE, ONLINE_USER_SIDE, USER_ATTRIBUTES, USER_SIDE, cold_features
 from deepcrossing.features.config import FeatureConfig
 from deepcrossing.features.inputs import (
     connect,
@@ -108,8 +108,9 @@ class OnlineRecords:
 
     Attributes:
         users: (U rows) :data:`~deepcrossing.features.columns.ONLINE_USER_SIDE` (the user-side sample
-            columns, then the per-genre rating sums and counts the pair columns are computed from), sorted by
-            ``userId``.
+            columns, then the per-genre rating sums and counts the pair columns are computed from; then the
+            static :data:`~deepcrossing.features.columns.USER_ATTRIBUTES` when the dataset has a users table),
+            sorted by ``userId``.
         histories: (U rows, the order of ``users``) ``userId``, ``history`` (``list<struct<movieId int64,
             rating double, timestamp int64>>``, at most ``history_n``, most recent first, then smaller
             movieId) and ``rated`` (``list<int64>``, every movie the user rated, sorted, distinct).
@@ -126,7 +127,7 @@ class OnlineRecords:
         trending: (C,) movie ids by :func:`trending_sql` over the ``trending_days`` before ``t_end`` (empty:
             not asked for).
         t_end: the "now" of the features: the last rating's time + 1 (relative columns count from it).
-        cold_user: the features of an unknown user (``userId`` None: put the id asked for).
+        cold_user: the features of an unknown user (``userId`` None: put the id asked for; NULL attributes).
         cold_movie: the features of an unknown movie (``movieId`` None).
         cooccurrence: (one row per movie with a positive; empty unless ``config.itemcf``) ``movieId``,
             ``positives``, ``neighbours``, ``co``: :func:`deepcrossing.features.itemcf.cooccurrence_sql` at
@@ -188,7 +189,7 @@ def online_records(
             raise InputError(f"{name} must be an integer >= {low}, not {value!r}", field=name)
     with connect(config) as con:
         register_inputs(con, dataset)
-        users, movies, t_end = _latest(con, config)
+        users, movies, t_end = _latest(con, config, dataset.users is not None)
         per_user = con.sql(
             f"SELECT userId, all_ratings[1:{history_n}] AS history, rated, all_ratings[1:{user_ratings_n}] AS ratings, "
             "ratingCount, averageRating, highestRating, lowestRating FROM ("
@@ -221,7 +222,8 @@ def online_records(
     _check_aligned(movies, movie_info, "movieId")
     return OnlineRecords(users=users, histories=histories, movies=movies, movie_info=movie_info,
                          candidates=candidates, t_end=t_end, user_info=user_info,
-                         trending=trending, cooccurrence=cooccurrence)
+                         trending=trending, cooccurrence=cooccurrence,
+                         cold_user=cold_features("user", user_attributes=dataset.users is not None))
 
 
 def latest_features(dataset: Dataset, config: FeatureConfig | None = None) -> tuple[pa.Table, pa.Table]:
@@ -247,12 +249,14 @@ def latest_features(dataset: Dataset, config: FeatureConfig | None = None) -> tu
     config = config or FeatureConfig()
     with connect(config) as con:
         register_inputs(con, dataset)
-        users, movies, _ = _latest(con, config)
+        users, movies, _ = _latest(con, config, dataset.users is not None)
     return users, movies
 
 
-def _latest(con: duckdb.DuckDBPyConnection, config: FeatureConfig) -> tuple[pa.Table, pa.Table, int]:
-    """:func:`latest_features` on a connection with the input views; also returns ``t_end``."""
+def _latest(con: duckdb.DuckDBPyConnection, config: FeatureConfig,
+            user_attributes: bool = False) -> tuple[pa.Table, pa.Table, int]:
+    """:func:`latest_features` on a connection with the input views (``users_src`` too when
+    ``user_attributes``: the user records then end with the static user attributes); also returns ``t_end``."""
     genres = genre_vocabulary(con)
     t_end = int(fetch_one(con, "SELECT MAX(timestamp) FROM ratings_src")[0]) + 1
     con.execute(
@@ -266,11 +270,13 @@ def _latest(con: duckdb.DuckDBPyConnection, config: FeatureConfig) -> tuple[pa.T
     bits = events_genre_bits(con)
     con.execute("CREATE TEMP TABLE probes AS SELECT * FROM ("
                 + feature_sql(genres, label_threshold=config.label_threshold, recent_n=config.recent_n,
-                              genre_bits=bits, **(config.sql_settings() | {"itemcf": False}))
+                              genre_bits=bits, user_attributes=user_attributes,
+                              **(config.sql_settings() | {"itemcf": False}))
                 + ") WHERE is_probe")   # the probes keep no pair column: item-CF (3x the query) is not needed
+    attrs = list(USER_ATTRIBUTES) if user_attributes else []
     users = assemble(con.sql("SELECT * FROM probes WHERE userId IS NOT NULL ORDER BY userId").to_arrow_table(),
-                     genres, config.recent_n, bits).select(list(USER_SIDE))
-    users = with_genre_ratings(con, users).select(list(ONLINE_USER_SIDE))
+                     genres, config.recent_n, bits).select([*USER_SIDE, *attrs])
+    users = with_genre_ratings(con, users).select([*ONLINE_USER_SIDE, *attrs])
     movies = assemble(con.sql("SELECT * FROM probes WHERE movieId IS NOT NULL ORDER BY movieId")
                       .to_arrow_table(), genres, config.recent_n, bits).select(list(MOVIE_SIDE))
     assert isinstance(users, pa.Table) and isinstance(movies, pa.Table)

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from deepcrossing.data.schema import Dataset
 from deepcrossing.duck import sql_str
 from deepcrossing.errors import InputError
-from deepcrossing.features.columns import EXTRA_COLUMNS, MOVIE_SIDE, SAMPLE_COLUMNS, USER_SIDE
+from deepcrossing.features.columns import EXTRA_COLUMNS, MOVIE_SIDE, USER_ATTRIBUTES, USER_SIDE, sample_columns
 from deepcrossing.features.config import FeatureConfig
 from deepcrossing.features.inputs import DuckEngine, SqlEngine
 from deepcrossing.features.inputs import connect as _connect
@@ -116,7 +116,8 @@ def build_samples(
         config: :class:`FeatureConfig` (defaults: threshold 3.5, N=10, time split 80/10/10).
         out_dir: the output folder, or a :class:`~deepcrossing.outputs.Reservation` of it that the caller
             holds (the CLI reserves it before reading the data).
-        fmt: ``"parquet"`` (``train.parquet`` ... with :data:`SAMPLE_COLUMNS`) or ``"sparrow"``
+        fmt: ``"parquet"`` (``train.parquet`` ... with :func:`sample_columns`: the user attributes only when
+            ``dataset.users`` is set) or ``"sparrow"``
             (``train.csv`` ... in SparrowRecSys's 27-column layout).
         overwrite: write into a folder of other files (they are kept; a name clash is refused).
         spark: run the feature SQL on Apache Spark with these options (None: DuckDB, the default). The files,
@@ -154,18 +155,19 @@ def build_samples(
         engine.execute(engine.dialect.create_view("events", "SELECT user_id, item_id, rating, label, timestamp, "
                                                             "FALSE AS is_probe FROM ratings_src"))
         bits = _genre_bits(engine)
+        attrs = dataset.users is not None  # static user attributes from the users table (ml-100k, ml-1m)
         query = feature_sql(genres, label_threshold=config.label_threshold, recent_n=config.recent_n,
-                            genre_bits=bits, dialect=engine.dialect, **config.sql_settings())
+                            genre_bits=bits, dialect=engine.dialect, user_attributes=attrs, **config.sql_settings())
         parts = tmp / ".parts"
         parts.mkdir()
         files = {name: (tmp if fmt == "parquet" else parts) / f"{name}.parquet" for name in SPLIT_NAMES}
         # no global ORDER BY: sorting every wide row would double the work and spill at 20M rows; the rows of
         # a file are the same on every run, their order is not (sort by timestamp when it matters)
-        flat = flat_columns(len(genres), config.recent_n, bits)
+        flat = flat_columns(len(genres), config.recent_n, bits, attrs)
         scratch = parts / "engine"
         scratch.mkdir()
         batches = engine.batches(f"SELECT {', '.join(flat)}, {split_expr} AS split FROM ({query}) q", scratch,
-                                 flat_schema(len(genres), config.recent_n, bits))
+                                 flat_schema(len(genres), config.recent_n, bits, attrs))
         _write_splits(batches, files, lambda batch: assemble(batch, genres, config.recent_n, bits))
         stats = _split_stats(con, files)
         if fmt == "sparrow":
@@ -191,12 +193,16 @@ def build_samples(
             "unseen_users": stats["unseen"],
             "features": [
                 {"name": name, "type": kind, "meaning": meaning,
-                 "side": "user" if name in USER_SIDE else "movie" if name in MOVIE_SIDE else "sample",
-                 "extra": name in EXTRA_COLUMNS}
-                for name, (kind, meaning) in SAMPLE_COLUMNS.items()
+                 "side": "user" if name in USER_SIDE or name in USER_ATTRIBUTES
+                 else "movie" if name in MOVIE_SIDE else "sample",
+                 "extra": name in EXTRA_COLUMNS or name in USER_ATTRIBUTES}
+                | ({"static": True} if name in USER_ATTRIBUTES else {})
+                for name, (kind, meaning) in sample_columns(attrs).items()
             ],
             "point_in_time": "every feature of a row at time t uses only ratings with timestamp < t, over all "
-                             "splits (valid/test rows see earlier valid/test ratings, never the future)",
+                             "splits (valid/test rows see earlier valid/test ratings, never the future)"
+                             + ("; the user attributes (static: true) are the users table as of its export, "
+                                "the same at every t" if attrs else ""),
             "genres": genres,
             "elapsed_seconds": round(time.perf_counter() - started, 3),
         }
@@ -283,7 +289,8 @@ def compute_samples(dataset: Dataset, config: FeatureConfig | None = None) -> pa
         config: the :class:`FeatureConfig` (threshold, N).
 
     Returns:
-        A pyarrow Table with :data:`SAMPLE_COLUMNS`, one row per rating.
+        A pyarrow Table with :func:`sample_columns` (the user attributes when ``dataset.users``), one row per
+        rating.
 
     Example:
         >>> compute_samples(dataset).num_rows == ratings_count  # doctest: +SKIP
@@ -296,7 +303,7 @@ def compute_samples(dataset: Dataset, config: FeatureConfig | None = None) -> pa
                     "FALSE AS is_probe FROM ratings_src")
         genres, bits = _genres(con), _genre_bits(con)
         query = feature_sql(genres, label_threshold=config.label_threshold, recent_n=config.recent_n,
-                            genre_bits=bits, **config.sql_settings())
+                            genre_bits=bits, user_attributes=dataset.users is not None, **config.sql_settings())
         table = con.sql(f"SELECT * EXCLUDE (is_probe) FROM ({query}) "
                         "ORDER BY timestamp, userId, movieId").to_arrow_table()
         return assemble(table, genres, config.recent_n, bits)

@@ -20,13 +20,15 @@ Relations the query expects in the connection:
         ``label`` is the explicit 0/1 label or NULL (then ``rating >= threshold`` decides); probe rows
         (see :func:`deepcrossing.features.latest_features`) get features but never count as history.
     items_src(item_id BIGINT, year INTEGER, genres VARCHAR[])
+    users_src(user_id BIGINT, gender VARCHAR, age INTEGER, occupation VARCHAR, zip VARCHAR)
+        only with ``user_attributes`` (the dataset has a users table): static, joined on the user id.
 """
 
 from __future__ import annotations
 
 import pyarrow as pa
 
-from deepcrossing.features.columns import COLUMNS, SAMPLE_COLUMNS, arrow_type
+from deepcrossing.features.columns import COLUMNS, USER_ATTRIBUTE_COLUMNS, USER_ATTRIBUTES, arrow_type, sample_columns
 from deepcrossing.features.dialect import DUCKDB, Dialect
 from deepcrossing.features.itemcf import itemcf_ctes
 
@@ -86,10 +88,23 @@ g_before AS (
 )"""
 
 
+_UA_FINAL = ", ua.gender AS ua_gender, ua.age AS ua_age, ua.occupation AS ua_occupation, ua.zip AS ua_zip"
+ZIP_PREFIX = 3
+"""Characters of the zip code kept in ``userZipPrefix`` (a US zip's first 3 digits: its sectional center)."""
+
+
+def _user_attribute_select(d: Dialect) -> str:
+    # the static user attributes (features/columns.py's USER_ATTRIBUTE_COLUMNS), in that order; blank text NULL
+    exprs = {"userGender": "NULLIF(trim(ua_gender), '')", "userAge": d.cast("ua_age", "INTEGER"),
+             "userOccupation": "NULLIF(trim(ua_occupation), '')", "userZipPrefix": d.text_prefix("ua_zip", ZIP_PREFIX)}
+    assert tuple(exprs) == USER_ATTRIBUTES
+    return "".join(f"\n    {d.cast(e, USER_ATTRIBUTE_COLUMNS[n].type)} AS {n}," for n, e in exprs.items())
+
+
 def feature_sql(genres: list[str], *, label_threshold: float, recent_n: int,
                 genre_bits: int = 31, dialect: Dialect = DUCKDB, itemcf: bool = False, itemcf_window: int = 10,
                 itemcf_history: int = 20, movie_bayes: bool = False,
-                movie_prior_weight: float = 3.0) -> str:
+                movie_prior_weight: float = 3.0, user_attributes: bool = False) -> str:
     """The sample query over ``events`` and ``items_src``; one output row per event (probes included).
 
     The query computes everything as flat columns. The user's positive history at a sample is the state
@@ -115,9 +130,11 @@ def feature_sql(genres: list[str], *, label_threshold: float, recent_n: int,
             (:mod:`deepcrossing.features.itemcf`).
         movie_bayes: compute ``movieBayesAvgRating`` (False: NULL).
         movie_prior_weight: m of ``movieBayesAvgRating``.
+        user_attributes: add :data:`~deepcrossing.features.columns.USER_ATTRIBUTE_COLUMNS` from ``users_src``
+            (static: the user's row, the same at every t; NULL for a user without a row).
 
     Returns:
-        SQL text selecting :func:`flat_columns` (:data:`SAMPLE_COLUMNS` in order except
+        SQL text selecting :func:`flat_columns` (:func:`sample_columns` in order except
         :data:`ASSEMBLED_COLUMNS`, then ``_npos``, ``_rp*``, ``_gp*``) and ``is_probe``.
 
     Example:
@@ -258,10 +275,11 @@ joined AS (
 final AS (
     SELECT joined.*, COALESCE(i.genres, {d.empty_list('VARCHAR[]')}) AS genres,
            {"gb.g_s, gb.g_n" if movie_bayes else "CAST(NULL AS DOUBLE) AS g_s, CAST(NULL AS BIGINT) AS g_n"},
-           {"icf.icf_score" if itemcf else "CAST(NULL AS DOUBLE) AS icf_score"}
+           {"icf.icf_score" if itemcf else "CAST(NULL AS DOUBLE) AS icf_score"}{_UA_FINAL if user_attributes else ""}
     FROM joined LEFT JOIN items_src i ON joined.item_id = i.item_id
     {"LEFT JOIN g_before gb ON joined.timestamp = gb.timestamp" if movie_bayes else ""}
     {_ICF_JOIN if itemcf else ""}
+    {"LEFT JOIN users_src ua ON joined.user_id = ua.user_id" if user_attributes else ""}
 )
 SELECT
     user_id AS userId,
@@ -293,7 +311,7 @@ SELECT
     CASE WHEN m_nr > 0 AND g_n > 0
          THEN (m_s + {_prior(movie_prior_weight)} * (g_s / g_n)) / (m_nr + {_prior(movie_prior_weight)})
          END AS movieBayesAvgRating,
-    icf_score AS userItemCFScore,
+    icf_score AS userItemCFScore,{_user_attribute_select(d) if user_attributes else ""}
     u_pos AS _npos,
     {out_state},
     is_probe
@@ -301,19 +319,21 @@ FROM final
 """
 
 
-def flat_columns(n_genres: int, recent_n: int, genre_bits: int = 31) -> list[str]:
+def flat_columns(n_genres: int, recent_n: int, genre_bits: int = 31, user_attributes: bool = False) -> list[str]:
     """The columns :func:`feature_sql` selects before ``is_probe``, in order (what ``assemble`` reads).
 
     Example:
         >>> flat_columns(2, 5)[-7:]
         ['_npos', '_rp0', '_rp1', '_rp2', '_rp3', '_rp4', '_gp0']
+        >>> flat_columns(2, 1, user_attributes=True)[-5:-2]
+        ['userOccupation', 'userZipPrefix', '_npos']
     """
     packs = _genre_packs(n_genres, genre_bits)
-    return ([c for c in SAMPLE_COLUMNS if c not in ASSEMBLED_COLUMNS] + ["_npos"]
+    return ([c for c in sample_columns(user_attributes) if c not in ASSEMBLED_COLUMNS] + ["_npos"]
             + [f"_rp{j}" for j in range(recent_n)] + [f"_gp{p}" for p in range(len(packs))])
 
 
-def flat_schema(n_genres: int, recent_n: int, genre_bits: int = 31) -> pa.Schema:
+def flat_schema(n_genres: int, recent_n: int, genre_bits: int = 31, user_attributes: bool = False) -> pa.Schema:
     """Arrow types of :func:`flat_columns` (DuckDB's, from :data:`~deepcrossing.features.columns.COLUMNS`) plus
     the ``split`` text column: what every engine's query result is cast to.
 
@@ -321,8 +341,9 @@ def flat_schema(n_genres: int, recent_n: int, genre_bits: int = 31) -> pa.Schema
         >>> flat_schema(2, 5).field("label").type, flat_schema(2, 5).field("_rp0").type
         (DataType(int8), DataType(int64))
     """
-    fields = [pa.field(c, arrow_type(COLUMNS[c].type) if c in COLUMNS else pa.int64())
-              for c in flat_columns(n_genres, recent_n, genre_bits)]
+    types = {**COLUMNS, **USER_ATTRIBUTE_COLUMNS}
+    fields = [pa.field(c, arrow_type(types[c].type) if c in types else pa.int64())
+              for c in flat_columns(n_genres, recent_n, genre_bits, user_attributes)]
     return pa.schema([*fields, pa.field("split", pa.string())])
 
 

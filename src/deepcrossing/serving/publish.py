@@ -25,6 +25,7 @@ import pyarrow.ipc
 from deepcrossing.data.schema import Dataset
 from deepcrossing.errors import DeepCrossingError
 from deepcrossing.features import FeatureConfig, online_records
+from deepcrossing.features.columns import USER_ATTRIBUTES
 from deepcrossing.features.online import DEFAULT_HISTORY_N, DEFAULT_MAX_CANDIDATES, OnlineRecords
 from deepcrossing.jsonfile import read_json_object
 from deepcrossing.serving.channels import TRENDING_BLOB, RecallFolder, channel_blobs
@@ -300,6 +301,18 @@ def _check_itemcf(model_dir: Path, config: FeatureConfig, source: str) -> None:
                                 "samples with `prepare --itemcf` (FeatureConfig.itemcf), train again, then publish")
 
 
+def _check_user_attributes(model_dir: Path, dataset: Dataset, data: str | Path) -> None:
+    """A model reading the static user attributes needs data with a users table (else every user would get
+    NULLs the model never saw for a known user); refused here, in one line, before any work."""
+    spec = read_json_object(Path(model_dir) / "manifest.json").get("spec") or {}
+    reads = [f.get("name") for f in spec.get("features") or ()
+             if isinstance(f, dict) and f.get("name") in USER_ATTRIBUTES]
+    if reads and dataset.users is None:
+        raise DeepCrossingError(f"{model_dir}: the model reads the user attributes {', '.join(map(str, reads))} but "
+                                f"{data} has no users table; publish with the data the samples were prepared from "
+                                "(ml-100k's u.user, ml-1m's users.dat, or the --users file given to prepare)")
+
+
 def publish_for_model(
     model_dir: str | Path,
     data: str | Path,
@@ -309,6 +322,7 @@ def publish_for_model(
     keep_previous_s: float = 2.0,
     emb: bool = True,
     recall: RecallFolder | None = None,
+    users_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """What ``deepcrossing publish`` does: read the logs, compute latest features, publish a version.
 
@@ -320,12 +334,14 @@ def publish_for_model(
         keep_previous_s: seconds the previous version stays readable after the switch.
         emb: index the model's own ``emb`` vectors (the movie-side partials) into the version.
         recall: a loaded recall folder (``--recall``): its channels are indexed too.
+        users_path: the users file the samples were prepared with (``prepare --users``), if any.
 
     Returns:
         The new version's meta, plus ``store`` (the URL) and ``feature_config_source``.
 
     Raises:
-        DeepCrossingError: the model reads ``userItemCFScore`` but its samples were prepared with itemcf off.
+        DeepCrossingError: the model reads ``userItemCFScore`` but its samples were prepared with itemcf off, or
+            it reads the user attributes and ``data`` has no users table.
     """
     import tempfile
 
@@ -349,7 +365,8 @@ def publish_for_model(
             vectors[name] = channel
             sources[name] = {"kind": "recall", "path": str(recall.path), "manifest_sha256": recall.checksum}
     with tempfile.TemporaryDirectory(prefix="deepcrossing-publish-") as work:
-        dataset = load_dataset(data, workdir=work)
+        dataset = load_dataset(data, workdir=work, users_path=users_path)
+        _check_user_attributes(model_dir, dataset, data)
         meta = publish_dataset(dataset, store_url, feature_config=config,
                                extra_meta={"model_dir": str(model_dir.resolve()), "data": str(data)},
                                max_candidates=max_candidates, keep_previous_s=keep_previous_s,

@@ -39,7 +39,7 @@ def empty_features(schema: pa.Schema, id_name: str, id_value: int) -> dict[str, 
         >>> empty_features(s, "userId", 7)
         {'userId': 7, 'userRatingCount': 0, 'userRecentPositives': [], 'userAvgRating': None}
     """
-    cold = cold_features(side_of(id_name), id_value)
+    cold = cold_features(side_of(id_name), id_value, user_attributes=True)   # NULL attributes if published
     return {f.name: cold[f.name] for f in schema}
 
 

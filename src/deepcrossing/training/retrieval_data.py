@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 from deepcrossing.duck import connection, ident, sql_str
 from deepcrossing.errors import InputError
 from deepcrossing.jsonfile import read_json_object
-from deepcrossing.features.columns import SERVED_PAIR, movie_side_columns, user_side_columns
+from deepcrossing.features.columns import SERVED_PAIR, USER_ATTRIBUTES, movie_side_columns, user_side_columns
 from deepcrossing.features.config import FeatureConfig
 from deepcrossing.features.itemcf import COOCCURRENCE_SCHEMA, CoOccurrence, cooccurrence_sql, itemcf_scores
 from deepcrossing.features.online import POPULARITY_ORDER, trending_sql, with_genre_ratings
@@ -159,7 +159,7 @@ def load_retrieval_data(samples: str | Path, *, recent_n: int | None = None, spl
                              "(PARTITION BY movieId ORDER BY timestamp DESC, userId DESC) = 1 "
                              "ORDER BY movieId").to_arrow_table()
         present = set(con.sql(f"SELECT * FROM read_parquet({sql_str(target)}) LIMIT 0").columns)
-        user_cols = ", ".join(ident(c) for c in user_side_columns() if c in present)
+        user_cols = ", ".join(ident(c) for c in (*user_side_columns(), *USER_ATTRIBUTES) if c in present)
         user_rows = con.sql(f"SELECT {user_cols} FROM read_parquet({sql_str(target)}) QUALIFY row_number() OVER "
                             "(PARTITION BY userId ORDER BY timestamp, movieId) = 1 ORDER BY userId").to_arrow_table()
         # the per-genre rating sums the pair columns need (as the online record has them; issue 11)
@@ -226,7 +226,8 @@ def ranker(data: RetrievalData, loaded: LoadedModel) -> Ranker:
     """
     row_of = {int(m): i for i, m in enumerate(data.movie_rows.column("movieId").to_numpy())}
     movies = data.movie_rows.select([c for c in movie_side_columns() if c in data.movie_rows.column_names])
-    user_cols = [c for c in user_side_columns() if c in data.user_rows.column_names and c != "userId"]
+    user_cols = [c for c in (*user_side_columns(), *USER_ATTRIBUTES) if c in data.user_rows.column_names
+                 and c != "userId"]   # the static user attributes too, when the samples have them
     users = data.user_rows.select(user_cols)
     pair = any(f.name in SERVED_PAIR for f in loaded.spec.features)
     names = list(genre_names(movies.column("movieGenres"))) if pair and "movieGenres" in movies.column_names else []
