@@ -81,6 +81,16 @@ GENRE_COLUMNS = {**{f"movieGenre{i}": "genre" for i in range(1, 4)}, **{f"userGe
 ATTRIBUTE_COLUMNS = {"userGender": "gender", "userOccupation": "occupation", "userZipPrefix": "zip"}
 NON_ID_FAMILIES = ("genre", *ATTRIBUTE_COLUMNS.values())   # what the peers without id columns still read
 LIST_COLUMNS = {"movieGenres": ("genre", 10), "userRecentPositives": ("movie", 10)}
+
+
+def attribute_min_counts() -> dict[str, int]:
+    """Family -> the default spec's ``min_count`` of each user attribute: a value rarer in train shares the
+    unseen code for every peer, as it shares the unknown row in Deep Crossing (same columns, same vocabulary).
+    Without it the ~400 zip prefixes as one LightGBM categorical overfit: ml-100k test AUC 0.7554 vs 0.7747
+    with the column left out."""
+    from deepcrossing.training.default_spec import USER_ATTRIBUTE_FEATURES
+
+    return {ATTRIBUTE_COLUMNS[f.name]: f.min_count for f in USER_ATTRIBUTE_FEATURES if f.name in ATTRIBUTE_COLUMNS}
 NOT_FEATURES = {"rating", "timestamp", "label"}
 
 
@@ -115,9 +125,10 @@ class Features:
         for c, (fam, _) in self.lists.items():
             values.setdefault(fam, []).append(_as_str(train.column(c).combine_chunks().flatten()))
         self.vocab: dict[str, dict[str, int]] = {}
+        min_counts = attribute_min_counts()
         for fam, arrays in values.items():
-            uniq = np.unique(np.concatenate(arrays))
-            uniq = uniq[uniq != ""]
+            uniq, counts = np.unique(np.concatenate(arrays), return_counts=True)
+            uniq = uniq[(uniq != "") & (counts >= min_counts.get(fam, 1))]
             self.vocab[fam] = {v: i + 2 for i, v in enumerate(uniq.tolist())}
         self.genres = sorted(self.vocab.get("genre", {}))
         self.genre_counts = "userGenreCounts" in cols
