@@ -1,9 +1,9 @@
 """The training lookup of the embedding tables: weighted bags of ids, a gradient with one row per distinct id.
 
 :class:`~deepcrossing.model.layers.EmbeddingLayer` looks all features of a table up together, and in training
-all tables of one width together. It goes through :class:`BagLookup`, which computes the same vectors as its gather-and-pool path with fewer, larger
-operations (one ``embedding_bag`` forward; in backward one gather and one ``index_add``) and hands the optimizer
-a gradient whose duplicate ids are already summed: sparse, a coalesced COO tensor (ascending distinct rows,
+all tables of one width together. It goes through :class:`BagLookup`, which computes the same vectors as its
+gather-and-pool path with fewer, larger operations (one ``embedding_bag`` forward; in backward one gather and one
+``index_add``) and hands the optimizer a gradient whose duplicate ids are already summed: sparse, a coalesced COO tensor (ascending distinct rows,
 which :class:`~deepcrossing.training.optim.RowSparseAdam` uses without sorting again); dense, those rows in a
 zero table. At ``benchmarks/throughput.py``'s setting (1 thread, batch 1024, 4 tables) it replaces
 ``embedding_sparse_backward`` + the optimizer's sort of every looked-up id (11k for the movie table) with one
