@@ -2,14 +2,14 @@
 
 :class:`~deepcrossing.model.layers.EmbeddingLayer` looks all features of a table up together, and in training
 all tables of one width together. It goes through :class:`BagLookup`, which computes the same vectors as its
-gather-and-pool path with fewer, larger operations (one ``embedding_bag`` forward; in backward one gather and one
-``index_add``) and hands the optimizer a gradient whose duplicate ids are already summed: sparse, a coalesced COO tensor (ascending distinct rows,
-which :class:`~deepcrossing.training.optim.RowSparseAdam` uses without sorting again); dense, those rows in a
-zero table. At ``benchmarks/throughput.py``'s setting (1 thread, batch 1024, 4 tables) it replaces
-``embedding_sparse_backward`` + the optimizer's sort of every looked-up id (11k for the movie table) with one
-distinct-id pass in forward (a marked mask for tables not much larger than the batch): ~8% of a training step;
-looking the 4 tables (all of width 10) up in one call instead of four: another ~4% (interleaved A/B in one
-process, samples per CPU second, shared loaded machine).
+gather-and-pool path with fewer, larger operations (one ``embedding_bag`` forward; in backward one gather and
+one ``index_add``) and hands the optimizer a gradient whose duplicate ids are already summed: sparse, a
+coalesced COO tensor (ascending distinct rows, which :class:`~deepcrossing.training.optim.RowSparseAdam` uses
+without sorting again); dense, those rows in a zero table. At ``benchmarks/throughput.py``'s setting (1 thread,
+batch 1024, 4 tables) it replaces ``embedding_sparse_backward`` + the optimizer's sort of every looked-up id
+(11k for the movie table) with one distinct-id pass in forward (a marked mask for tables not much larger than
+the batch): ~8% of a training step; looking the 4 tables (all of width 10) up in one call instead of four:
+another ~4% (interleaved A/B in one process, samples per CPU second, shared loaded machine).
 
 Shapes: N = ids (padding included, weight 0), M = output bags, U = distinct ids, R = table rows, D = width.
 """
