@@ -51,9 +51,16 @@ the GEMMs, ~1/3 in the table lookups (the distinct-id pass and, in backward, the
 ~1/7 in the two optimizers, the rest in small operations and autograd overhead; a further large step needs
 fused kernels, not fewer Python calls.
 
+``--breakdown`` prints, instead, the CPU time per step of each phase (thread time, median of 180 steps):
+embedding forward, dense forward + loss, backward, optimizer steps. Issue 10's pass (same shared machine,
+load 2-7): 0.61 / 0.61 / 1.59 / 0.53 ms. Since then all tables of one width are looked up by one
+``BagLookup`` (one ``embedding_bag``, one backward ``index_add_``) and ``RowSparseAdam`` stores its moments'
+rows with ``index_copy_``: 1.04x samples per CPU second in an interleaved A/B, bit-equal updates;
+``torch.compile`` of the dense part and loss was 0.97x after a 138 s compile and is not used.
+
 Usage:
     .venv/bin/python benchmarks/throughput.py [--n 2000000] [--batch-size 1024] [--threads 1]
-        [--deepctr-samples 200000] [--optimizer sparse_adam|adam] [--bf16] [--json out.json]
+        [--deepctr-samples 200000] [--optimizer sparse_adam|adam] [--bf16] [--breakdown] [--json out.json]
 """
 
 from __future__ import annotations
@@ -122,13 +129,13 @@ def child_gemm(args: argparse.Namespace) -> dict:
     return {"gemm_gflops": 2 * n**3 / best / 1e9, "gemm_n": n}
 
 
-def child_deepcrossing(args: argparse.Namespace) -> dict:
+def _deepcrossing_setup(args: argparse.Namespace):
+    """(model, train batch, valid batch) of the benchmark's spec on the synthetic samples."""
     import torch
 
-    from deepcrossing.config import Feature, FeatureSpec, ModelConfig, TrainConfig
+    from deepcrossing.config import Feature, FeatureSpec, ModelConfig
     from deepcrossing.encoding import Batch
-    from deepcrossing.model import DeepCrossing, DeepCrossingTrain
-    from deepcrossing.training.trainer import Trainer, evaluate_batch
+    from deepcrossing.model import DeepCrossing
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -146,8 +153,63 @@ def child_deepcrossing(args: argparse.Namespace) -> dict:
     held = synthetic(20_000, seed=1)  # held-out rows of the same generator: the valid AUC compares runs
     valid = Batch(torch.from_numpy(held["dense"]), {k: torch.from_numpy(held[k]) for k in CATEGORICAL},
                   {BAG: torch.from_numpy(held[BAG])}, {}, torch.from_numpy(held["label"]))
-    config = TrainConfig(epochs=1, batch_size=args.batch_size, lr=1e-3, lr_schedule="constant",
-                         weight_decay=0.0, optimizer=args.optimizer, patience=0)
+    return model, batch, valid
+
+
+def _train_config(args: argparse.Namespace):
+    from deepcrossing.config import TrainConfig
+
+    return TrainConfig(epochs=1, batch_size=args.batch_size, lr=1e-3, lr_schedule="constant", weight_decay=0.0,
+                       optimizer=args.optimizer, patience=0)
+
+
+def child_breakdown(args: argparse.Namespace) -> dict:
+    """CPU microseconds per step (thread time, median over steps 20-199) of each phase of a training step:
+    embedding forward, dense forward + loss, backward, the optimizer steps. Thread time leaves out the time
+    the process waits for a core, so it is steadier than wall time on a loaded machine."""
+    import statistics
+
+
+    from deepcrossing.model import DeepCrossingTrain
+    from deepcrossing.training.optim import make_optimizers
+
+    model, batch, _ = _deepcrossing_setup(args)
+    module = DeepCrossingTrain(model)
+    optimizers = make_optimizers(module.parameter_groups(), _train_config(args))
+    params = [p for p in module.parameters() if p.requires_grad]
+    phases: dict[str, list[float]] = {"embedding_forward": [], "dense_forward_and_loss": [], "backward": [],
+                                      "optimizers": []}
+    steps = min(200, args.n // args.batch_size)
+    for i in range(steps):
+        part = batch.slice(i * args.batch_size, (i + 1) * args.batch_size)
+        t = [time.thread_time()]
+        embedded = model.embedding(part)
+        t.append(time.thread_time())
+        loss = module.loss_fn(model.score_embedded(embedded, part.dense), part.labels)
+        t.append(time.thread_time())
+        for p in params:
+            p.grad = None
+        loss.backward()
+        t.append(time.thread_time())
+        for opt in optimizers:
+            opt.step()
+        t.append(time.thread_time())
+        if i >= min(20, steps // 2):
+            for name, start, end in zip(phases, t, t[1:]):
+                phases[name].append((end - start) * 1e6)
+    out = {f"{name}_us": round(statistics.median(v), 1) for name, v in phases.items()}
+    out["step_us"] = round(sum(out.values()), 1)
+    return out
+
+
+def child_deepcrossing(args: argparse.Namespace) -> dict:
+    import torch
+
+    from deepcrossing.model import DeepCrossingTrain
+    from deepcrossing.training.trainer import Trainer, evaluate_batch
+
+    model, batch, valid = _deepcrossing_setup(args)
+    config = _train_config(args)
     c0 = time.process_time()
     # --bf16: the forward pass and loss under CPU autocast (AVX512-BF16/AMX); backward, optimizer and
     # validation stay fp32 (the Trainer's autocast option)
@@ -191,7 +253,8 @@ def child_deepctr(args: argparse.Namespace) -> dict:
     return {"samples_per_s": n / seconds, "samples_per_cpu_s": n / cpu, "train_seconds": seconds, "samples": n}
 
 
-CHILDREN = {"gemm": child_gemm, "deepcrossing": child_deepcrossing, "deepctr": child_deepctr}
+CHILDREN = {"gemm": child_gemm, "deepcrossing": child_deepcrossing, "deepctr": child_deepctr,
+            "breakdown": child_breakdown}
 
 
 def run_child(which: str, argv: list[str]) -> dict:
@@ -215,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-deepctr", action="store_true")
     parser.add_argument("--bf16", action="store_true",
                         help="deepcrossing under torch.autocast('cpu', bfloat16) (off by default: see the README)")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="only the CPU time of each phase of a step (embedding forward, dense forward, backward, "
+                             "optimizers), in a child process")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -227,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
     passthrough = [f"--n={args.n}", f"--deepctr-samples={args.deepctr_samples}", f"--batch-size={args.batch_size}",
                    f"--threads={args.threads}", f"--optimizer={args.optimizer}", f"--gemm={args.gemm}"]
     passthrough += ["--bf16"] * args.bf16
+    if args.breakdown:
+        result = run_child("breakdown", passthrough)
+        print(json.dumps(result, indent=1))
+        return 0
     results = {"config": {k: v for k, v in vars(args).items() if k not in ("child", "json")},
                "cpu_count": os.cpu_count(), "load_avg_before": os.getloadavg()}
     results["gemm"] = run_child("gemm", passthrough)

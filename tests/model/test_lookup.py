@@ -29,7 +29,8 @@ def test_an_id_outside_the_table_is_an_index_error(copies):
     weight = torch.zeros(5, 2, requires_grad=True)
     ids = torch.tensor([1, 5] * copies)
     with pytest.raises(IndexError):
-        bag_lookup(weight, ids, torch.ones(len(ids)), torch.arange(len(ids)), torch.arange(len(ids)), True)
+        bag_lookup([weight], [ids.view(-1, 1)], torch.ones(len(ids)), torch.arange(len(ids)), torch.arange(len(ids)),
+                   True)
 
 
 SPEC = FeatureSpec((
@@ -111,3 +112,58 @@ def test_sparse_adam_steps_with_the_training_lookup_match_the_reference():
     for name, table in layer.tables.items():
         torch.testing.assert_close(table.weight, reference.tables[name].weight, rtol=1e-5, atol=1e-6)
         assert float(table.weight.detach()[0].abs().max()) == 0.0  # the padding row never moves
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_one_lookup_of_several_tables_equals_one_per_table_bit_for_bit(sparse):
+    g = torch.Generator().manual_seed(3)
+    n, widths = 16, (1, 3, 1)  # ids per output bag of each table: a single, a bag of 3, a single
+    tables = [torch.randn(rows, 4, generator=g).requires_grad_() for rows in (50, 7, 2000)]
+    ids = [torch.randint(0, t.shape[0], (n, c), generator=g) for t, c in zip(tables, widths)]
+    per_id = [torch.rand(n, c, generator=g) for c in widths]
+
+    def layout(sizes):
+        counts = torch.tensor(sizes).repeat(n)
+        return counts.cumsum(0) - counts, torch.repeat_interleave(counts)
+
+    fused = bag_lookup(tables, ids, torch.cat(per_id, dim=1).view(-1), *layout(widths), sparse).view(n, 3, 4)
+    upstream = torch.randn(n, 3, 4, generator=g)
+    fused.backward(upstream)
+    fused_grads = [t.grad for t in tables]
+    for i, (table, table_ids, weights, c) in enumerate(zip(tables, ids, per_id, widths)):
+        table.grad = None
+        alone = bag_lookup([table], [table_ids], weights.view(-1), *layout((c,)), sparse)   # (n, 4)
+        assert torch.equal(alone, fused[:, i].detach())
+        alone.backward(upstream[:, i])
+        assert table.grad.is_sparse == sparse
+        if sparse:
+            assert torch.equal(table.grad._indices(), fused_grads[i]._indices())
+            assert torch.equal(table.grad._values(), fused_grads[i]._values())
+        else:
+            assert torch.equal(table.grad, fused_grads[i])
+
+
+def test_tables_of_two_widths_are_two_lookups_with_the_reference_gradients():
+    spec = FeatureSpec((Feature("movieId", "categorical", "item", table="movie", dim=3),
+                        Feature("genre1", "categorical", "item", table="genre", dim=2),
+                        Feature("tags", "multi_hot", "item", table="tag", pooling="sum", dim=3)))
+    torch.manual_seed(0)
+    layer = EmbeddingLayer(spec, {"movie": 9, "genre": 9, "tag": 9}, sparse=True)
+    reference = copy.deepcopy(layer)
+    g = torch.Generator().manual_seed(5)
+    batch = Batch(torch.zeros(8, 0), {k: torch.randint(0, 9, (8,), generator=g) for k in ("movieId", "genre1")},
+                  {"tags": torch.randint(0, 9, (8, 3), generator=g)})
+    got = layer(batch)
+    with torch.no_grad():
+        want = reference(batch)
+    assert [v.shape[1] for v in got.values()] == [3, 2, 3]
+    for name in got:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-6, atol=1e-7)
+    sum((v ** 2).sum() for v in got.values()).backward()
+    ref_out = {f: reference.tables[t].weight for f, t in (("movieId", "movie"), ("genre1", "genre"))}
+    (sum((torch.nn.functional.embedding(batch.sparse[f], w, padding_idx=0) ** 2).sum() for f, w in ref_out.items())
+     + (torch.nn.functional.embedding(batch.bags["tags"], reference.tables["tag"].weight, padding_idx=0)
+        * (batch.bags["tags"] != 0).unsqueeze(2)).sum(1).pow(2).sum()).backward()
+    for name, table in layer.tables.items():
+        torch.testing.assert_close(table.weight.grad.to_dense(), reference.tables[name].weight.grad, rtol=1e-5,
+                                   atol=1e-6)

@@ -67,20 +67,22 @@ class EmbeddingLayer(nn.Module):
 
         All features of one table are looked up together: their ids are put side by side, ``(B, k + sum L)``
         (k single-valued features, then each bag's L columns), and gathered in one call, so a step makes
-        one lookup (and one gradient) per table instead of one per feature. While the table trains, the
-        lookup and the pooling are one :class:`~deepcrossing.model.lookup.BagLookup` (the same vectors, a
-        faster backward, duplicate ids summed in the table's gradient); without gradients (evaluation,
-        serving, export) they are a gather and a weighted sum.
+        one lookup (and one gradient) per table instead of one per feature. While the tables train, the
+        lookup and the pooling of all tables of one width are one :class:`~deepcrossing.model.lookup.BagLookup`
+        (the same vectors, a faster backward, duplicate ids summed in each table's gradient); without
+        gradients (evaluation, serving, export) they are a gather and a weighted sum per table.
         """
         found: dict[str, Tensor] = {}
+        training: dict[int, list[tuple[Tensor, Tensor, Tensor, list[str], list[int]]]] = {}  # width -> tables
         for table, singles, bags in self.groups:
             parts = [batch.sparse[name].unsqueeze(1) for name in singles] + [batch.bags[name] for name, _ in bags]
             ids = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)              # (B, k + sum L)
             weight = cast(Tensor, self.tables[table].weight)                             # (R, D)
             per_id = self._id_weights(batch, ids, len(singles), bags, weight.dtype)     # (B, k + sum L)
             if torch.is_grad_enabled() and weight.requires_grad:
-                widths = [batch.bags[name].shape[1] for name, _ in bags]
-                found.update(self._train_lookup(weight, ids, per_id, singles, bags, widths))
+                sizes = [1] * len(singles) + [batch.bags[name].shape[1] for name, _ in bags]
+                training.setdefault(weight.shape[1], []).append(
+                    (weight, ids, per_id, [*singles, *(name for name, _ in bags)], sizes))
                 continue
             vectors = self.tables[table](ids)                                           # (B, k + sum L, D)
             # unbind: one backward op for all single-valued features of the table (not one zero-filled
@@ -92,6 +94,8 @@ class EmbeddingLayer(nn.Module):
                 w = per_id[:, pos:pos + width]                                          # (B, L)
                 found[name] = (vectors[:, pos:pos + width] * w.unsqueeze(2)).sum(dim=1)      # (B, D)
                 pos += width
+        for tables in training.values():
+            found.update(self._train_lookup(tables))
         return {name: found[name] for name, _, _, _ in self.features}
 
     @staticmethod
@@ -113,25 +117,27 @@ class EmbeddingLayer(nn.Module):
             pos += width
         return torch.cat(parts, dim=1)
 
-    def _train_lookup(self, weight: Tensor, ids: Tensor, per_id: Tensor, singles: list[str],
-                      bags: list[tuple[str, bool]], widths: list[int]) -> dict[str, Tensor]:
-        """The training lookup of one table: (B, k + sum L) ids and their weights -> {feature: (B, D)}, one
-        ``bag_lookup``: output bags, sample after sample, are the k singles (one id each), then each bag
-        (``widths``: the L of each)."""
-        n, k = ids.shape[0], len(singles)
-        offsets, bag_of = self._layout(n, k, widths, ids.device)
-        pooled = bag_lookup(weight, ids.reshape(-1), per_id.view(-1), offsets, bag_of, self.sparse)
-        return dict(zip([*singles, *(name for name, _ in bags)], pooled.view(n, k + len(bags), -1).unbind(1)))
+    def _train_lookup(self, tables: list[tuple[Tensor, Tensor, Tensor, list[str], list[int]]]) -> dict[str, Tensor]:
+        """The training lookup of the tables of one width, one ``bag_lookup``: per table (weight (R, D), ids and
+        their weights (B, k + sum L), its output features, ids per output bag: 1 per single, L per bag) ->
+        {feature: (B, D)}. Output bags, sample after sample, are each table's features in turn."""
+        n = tables[0][1].shape[0]
+        names = [name for *_, table_names, _ in tables for name in table_names]
+        offsets, bag_of = self._layout(n, tuple(s for *_, sizes in tables for s in sizes), tables[0][1].device)
+        per_id = tables[0][2] if len(tables) == 1 else torch.cat([t[2] for t in tables], dim=1)  # (B, sum c_t)
+        pooled = bag_lookup([t[0] for t in tables], [t[1] for t in tables], per_id.view(-1), offsets, bag_of,
+                            self.sparse)                                                 # (B F, D)
+        return dict(zip(names, pooled.view(n, len(names), -1).unbind(1)))
 
-    def _layout(self, n: int, k: int, widths: list[int], device: torch.device) -> tuple[Tensor, Tensor]:
-        """(n (k + n_bags),) first id of each output bag and (n (k + sum L),) output bag of each id, for ``n``
-        samples of k singles and bags of ``widths`` ids (memoised: the same few shapes come every step)."""
-        key = (n, k, tuple(widths), device)
+    def _layout(self, n: int, sizes: tuple[int, ...], device: torch.device) -> tuple[Tensor, Tensor]:
+        """(n F,) first id of each output bag and (n sum sizes,) output bag of each id, for ``n`` samples of F
+        output bags of ``sizes`` ids each (memoised: the same few shapes come every step)."""
+        key = (n, sizes, device)
         if key not in self._layouts:
-            sizes = torch.tensor([1] * k + widths, device=device).repeat(n)          # ids per output bag
+            counts = torch.tensor(sizes, device=device).repeat(n)                       # ids per output bag
             if len(self._layouts) > 16:
                 self._layouts.clear()
-            self._layouts[key] = (sizes.cumsum(0) - sizes, torch.repeat_interleave(sizes))
+            self._layouts[key] = (counts.cumsum(0) - counts, torch.repeat_interleave(counts))
         return self._layouts[key]
 
 

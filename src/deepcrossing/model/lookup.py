@@ -1,19 +1,22 @@
-"""The training lookup of one embedding table: weighted bags of ids, a gradient with one row per distinct id.
+"""The training lookup of the embedding tables: weighted bags of ids, a gradient with one row per distinct id.
 
-:class:`~deepcrossing.model.layers.EmbeddingLayer` looks all features of a table up together. In training it
-goes through :class:`BagLookup`, which computes the same vectors as its gather-and-pool path with fewer, larger
-operations (one ``embedding_bag`` forward; in backward one gather and one ``index_add``) and hands the optimizer
-a gradient whose duplicate ids are already summed: sparse, a coalesced COO tensor (ascending distinct rows,
-which :class:`~deepcrossing.training.optim.RowSparseAdam` uses without sorting again); dense, those rows in a
-zero table. At ``benchmarks/throughput.py``'s setting (1 thread, batch 1024, 4 tables) it replaces
-``embedding_sparse_backward`` + the optimizer's sort of every looked-up id (11k for the movie table) with one
-distinct-id pass in forward (a marked mask for tables not much larger than the batch): ~8% of a training step.
+:class:`~deepcrossing.model.layers.EmbeddingLayer` looks all features of a table up together, and in training
+all tables of one width together. It goes through :class:`BagLookup`, which computes the same vectors as its
+gather-and-pool path with fewer, larger operations (one ``embedding_bag`` forward; in backward one gather and
+one ``index_add``) and hands the optimizer a gradient whose duplicate ids are already summed: sparse, a
+coalesced COO tensor (ascending distinct rows, which :class:`~deepcrossing.training.optim.RowSparseAdam` uses
+without sorting again); dense, those rows in a zero table. At ``benchmarks/throughput.py``'s setting (1 thread,
+batch 1024, 4 tables) it replaces ``embedding_sparse_backward`` + the optimizer's sort of every looked-up id
+(11k for the movie table) with one distinct-id pass in forward (a marked mask for tables not much larger than
+the batch): ~8% of a training step; looking the 4 tables (all of width 10) up in one call instead of four:
+another ~4% (interleaved A/B in one process, samples per CPU second, shared loaded machine).
 
 Shapes: N = ids (padding included, weight 0), M = output bags, U = distinct ids, R = table rows, D = width.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -46,29 +49,36 @@ def unique_rows(ids: Tensor, rows: int) -> tuple[Tensor, Tensor]:
 
 
 class BagLookup(torch.autograd.Function):
-    """``out[m] = sum_i per_id[i] * weight[ids[i]]`` over the ids ``i`` of bag ``m`` (``bag_of[i] == m``).
+    """``out[m] = sum_i per_id[i] * weights[t_i][ids[i]]`` over the ids ``i`` of bag ``m`` (``bag_of[i] == m``),
+    for the features of one or several tables of one width D looked up at once.
 
-    A single-valued feature is a bag of one id with weight 1 (its vector, exactly); padding weighs 0. Forward
-    looks the distinct ids up once and pools them with ``embedding_bag``; backward gathers each id's bag
-    gradient, scales it by ``per_id`` and sums the duplicates with one ``index_add_`` into (U, D). The table's
-    gradient is sparse (``sparse=True``: coalesced COO over the ascending distinct rows) or dense; rows whose
-    ids all weigh 0 (padding) get a zero gradient row.
+    ``ids`` holds one (n, c_t) matrix per table (its features side by side); the ids of sample ``s`` are
+    those of ``ids[0][s]``, then ``ids[1][s]``, ... (the matrices side by side, flattened row by row), and
+    ``per_id``, ``offsets`` and ``bag_of`` follow that order. A single-valued feature is a bag of one id with
+    weight 1 (its vector, exactly); padding weighs 0. Forward finds each table's distinct ids once, gathers
+    them into one (U, D) matrix and pools every bag of every table with one ``embedding_bag``; backward gathers
+    each id's bag gradient, scales it by ``per_id`` and sums the duplicates with one ``index_add_`` into
+    (U, D), then hands each table its slice. So a step costs one lookup per width, not one per table (at
+    ``benchmarks/throughput.py``'s setting: 4 tables of width 10, one call each). Each table's gradient is
+    sparse (``sparse=True``: coalesced COO over its ascending distinct rows) or dense; rows whose ids all
+    weigh 0 (padding) get a zero gradient row. The sums run in the per-table order, so the vectors and
+    gradients are those of one lookup per table, bit for bit.
 
     Args (of ``apply``):
-        weight: (R, D) the table.
-        ids: (N,) int64 table rows, bag after bag.
-        per_id: (N,) weights of the ids, same dtype as ``weight`` (no gradient).
-        offsets: (M,) int64 index in ``ids`` of each bag's first id (ascending).
+        ids: tuple of (n, c_t) int64 rows of table t.
+        per_id: (N,) weights of the ids (N = n sum c_t, the order above), same dtype as the tables (no gradient).
+        offsets: (M,) int64 index of each bag's first id (ascending).
         bag_of: (N,) int64 bag of each id (consistent with ``offsets``).
-        sparse: the gradient's layout.
+        sparse: the gradients' layout.
+        *weights: (R_t, D) the tables, one per ``ids`` matrix.
 
     Returns:
         (M, D) pooled vectors.
 
     Example:
         >>> w = torch.arange(8.0).view(4, 2).requires_grad_()
-        >>> ids, per_id = torch.tensor([3, 1, 3]), torch.tensor([1.0, 0.5, 0.5])
-        >>> out = BagLookup.apply(w, ids, per_id, torch.tensor([0, 1]), torch.tensor([0, 1, 1]), True)
+        >>> ids, per_id = torch.tensor([[3, 1, 3]]), torch.tensor([1.0, 0.5, 0.5])
+        >>> out = BagLookup.apply((ids,), per_id, torch.tensor([0, 1]), torch.tensor([0, 1, 1]), True, w)
         >>> out.tolist()
         [[6.0, 7.0], [4.0, 5.0]]
         >>> out.sum().backward(); w.grad._indices().tolist(), w.grad._values().tolist()
@@ -76,32 +86,44 @@ class BagLookup(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, weight: Tensor, ids: Tensor, per_id: Tensor, offsets: Tensor, bag_of: Tensor,
-                sparse: bool) -> Tensor:
-        rows, inverse = unique_rows(ids, weight.shape[0])                       # (U,), (N,)
-        distinct = weight.index_select(0, rows)                                 # (U, D)
+    def forward(ctx: Any, ids: tuple[Tensor, ...], per_id: Tensor, offsets: Tensor, bag_of: Tensor, sparse: bool,
+                *weights: Tensor) -> Tensor:
+        rows, inverses, first = [], [], 0
+        for weight, table_ids in zip(weights, ids, strict=True):
+            distinct_rows, inverse = unique_rows(table_ids.reshape(-1), weight.shape[0])   # (U_t,), (n c_t,)
+            rows.append(distinct_rows)
+            inverses.append(inverse.view(table_ids.shape) + first if first else inverse.view(table_ids.shape))
+            first += len(distinct_rows)
+        inverse = inverses[0] if len(inverses) == 1 else torch.cat(inverses, dim=1)       # (n, sum c_t)
+        gathered = [w.index_select(0, r) for w, r in zip(weights, rows)]                    # (U_t, D) each
+        distinct = gathered[0] if len(gathered) == 1 else torch.cat(gathered)               # (U, D)
         # torch.embedding_bag: F.embedding_bag's op without its Python checks (mode 0 = sum)
-        out = torch.embedding_bag(distinct, inverse, offsets, False, 0, False, per_id)[0]      # (M, D)
-        ctx.save_for_backward(rows, inverse, per_id, bag_of)
-        ctx.table_shape, ctx.sparse = weight.shape, sparse
+        out = torch.embedding_bag(distinct, inverse.view(-1), offsets, False, 0, False, per_id)[0]      # (M, D)
+        ctx.save_for_backward(inverse, per_id, bag_of, *rows)
+        ctx.table_shapes, ctx.sparse = [w.shape for w in weights], sparse
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None, None, None]:
-        rows, inverse, per_id, bag_of = ctx.saved_tensors
-        per_id_grad = grad.index_select(0, bag_of).mul_(per_id.unsqueeze(1))    # (N, D)
-        summed = per_id_grad.new_zeros((len(rows), grad.shape[1])).index_add_(0, inverse, per_id_grad)  # (U, D)
-        if ctx.sparse:
-            table_grad = torch.sparse_coo_tensor(rows.unsqueeze(0), summed, ctx.table_shape, is_coalesced=True,
-                                                 check_invariants=False)
-        else:
-            table_grad = summed.new_zeros(ctx.table_shape).index_copy_(0, rows, summed)
-        return table_grad, None, None, None, None, None
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        inverse, per_id, bag_of, *rows = ctx.saved_tensors
+        per_id_grad = grad.index_select(0, bag_of).mul_(per_id.unsqueeze(1))              # (N, D)
+        summed = per_id_grad.new_zeros((sum(len(r) for r in rows), grad.shape[1]))         # (U, D)
+        summed.index_add_(0, inverse.view(-1), per_id_grad)
+        grads: list[Tensor | None] = [None] * 5
+        parts: tuple[Tensor, ...] = torch.split(summed, [len(r) for r in rows])
+        for table_rows, part, shape in zip(rows, parts, ctx.table_shapes):
+            if ctx.sparse:
+                grads.append(torch.sparse_coo_tensor(table_rows.unsqueeze(0), part, shape, is_coalesced=True,
+                                                     check_invariants=False))
+            else:
+                grads.append(part.new_zeros(shape).index_copy_(0, table_rows, part))
+        return tuple(grads)
 
 
-def bag_lookup(weight: Tensor, ids: Tensor, per_id: Tensor, offsets: Tensor, bag_of: Tensor, sparse: bool) -> Tensor:
-    """:class:`BagLookup` (its ``apply``, typed): (R, D), (N,), (N,), (M,), (N,) -> (M, D) pooled vectors."""
-    out: Tensor = BagLookup.apply(weight, ids, per_id, offsets, bag_of, sparse)  # type: ignore[no-untyped-call]
+def bag_lookup(weights: Sequence[Tensor], ids: Sequence[Tensor], per_id: Tensor, offsets: Tensor, bag_of: Tensor,
+               sparse: bool) -> Tensor:
+    """:class:`BagLookup` (its ``apply``, typed): tables (R_t, D), ids (n, c_t) each, (N,), (M,), (N,) -> (M, D)."""
+    out: Tensor = BagLookup.apply(tuple(ids), per_id, offsets, bag_of, sparse, *weights)  # type: ignore[no-untyped-call]
     return out
 
 

@@ -94,21 +94,21 @@ def _row_adam(params: list[Tensor], rows: list[Tensor], values: list[Tensor], ex
         hyper: (beta1, beta2, eps).
     """
     beta1, beta2, eps = hyper
-    old_exp_avgs = [m.index_select(0, r) for m, r in zip(exp_avgs, rows)]
-    exp_avg_updates = torch._foreach_sub(values, old_exp_avgs)
+    # m[r] += (g - m[r]) (1 - beta1) as SparseAdam does, written as m[r] = m[r] + update: the rows are
+    # distinct, so an index_copy_ of the sum stores what index_add_ would (bit for bit) without a scatter-add
+    numers = [m.index_select(0, r) for m, r in zip(exp_avgs, rows)]                 # old, then new first moments
+    exp_avg_updates = torch._foreach_sub(values, numers)
     torch._foreach_mul_(exp_avg_updates, 1 - beta1)
-    for m, r, u in zip(exp_avgs, rows, exp_avg_updates):
-        m.index_add_(0, r, u)
-    old_exp_avg_sqs = [v.index_select(0, r) for v, r in zip(exp_avg_sqs, rows)]
+    torch._foreach_add_(numers, exp_avg_updates)
+    for m, r, new in zip(exp_avgs, rows, numers):
+        m.index_copy_(0, r, new)
+    denoms = [v.index_select(0, r) for v, r in zip(exp_avg_sqs, rows)]             # old, then new second moments
     exp_avg_sq_updates = torch._foreach_pow(values, 2)
-    torch._foreach_sub_(exp_avg_sq_updates, old_exp_avg_sqs)
+    torch._foreach_sub_(exp_avg_sq_updates, denoms)
     torch._foreach_mul_(exp_avg_sq_updates, 1 - beta2)
-    for v, r, u in zip(exp_avg_sqs, rows, exp_avg_sq_updates):
-        v.index_add_(0, r, u)
-    numers = exp_avg_updates                                  # the new first moments of the rows
-    torch._foreach_add_(numers, old_exp_avgs)
-    denoms = exp_avg_sq_updates                               # sqrt of the new second moments + eps
-    torch._foreach_add_(denoms, old_exp_avg_sqs)
+    torch._foreach_add_(denoms, exp_avg_sq_updates)
+    for v, r, new in zip(exp_avg_sqs, rows, denoms):
+        v.index_copy_(0, r, new)
     torch._foreach_sqrt_(denoms)
     torch._foreach_add_(denoms, eps)
     torch._foreach_div_(numers, denoms)
