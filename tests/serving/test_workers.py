@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -98,6 +99,33 @@ def test_two_workers_share_reloads_and_metrics(two_workers, models):
     assert versions == {m1_version}
 
 
+def _cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT spreads connections on Linux only")
+def test_keep_alive_connections_reach_every_worker(two_workers):
+    """Each worker listens on its own socket: with one shared socket the first worker awake accepted every
+    connection opened at once, and keep-alive clients then never reached the other (serving/workers.py)."""
+    base = two_workers
+    pids = [int(p) for p in _serving_pids(base, _fresh(base, "/info").json()["modelVersion"])]
+    before = {p: _cpu_seconds(p) for p in pids}
+
+    async def load() -> None:   # 24 keep-alive connections opened at once, then 12 rounds of requests over them
+        limits = httpx.Limits(max_connections=24, max_keepalive_connections=24)
+        async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
+            for round_ in range(13):
+                paths = ["/readyz"] * 24 if round_ == 0 else [f"/recommend/{i % 40 + 1}?k=5" for i in range(24)]
+                answers = await asyncio.gather(*(client.get(path) for path in paths))
+                assert all(a.status_code == 200 for a in answers)
+
+    asyncio.run(load())
+    used = {p: _cpu_seconds(p) - before[p] for p in pids}
+    assert min(used.values()) > 0.1 * max(used.values()), used   # 24 connections hashed over 2 sockets
+
+
 def test_a_worker_started_after_a_reload_serves_the_reloaded_model(models, sqlite_url, tmp_path):
     control = Control(tmp_path / "control")
     control.write_model(models["root"] / "m1")
@@ -122,3 +150,15 @@ def test_settings_round_trip_through_json(tmp_path):
     assert ServingSettings.from_json(settings.to_json()) == settings
     with pytest.raises(InputError, match="unknown ServingSettings key 'colour'"):
         ServingSettings.from_json('{"model_dir": "m", "store_url": "sqlite:///x.db", "colour": 1}')
+
+
+def test_workers_on_a_port_in_use_is_one_clear_error(models, sqlite_url):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "deepcrossing.cli", "serve", "--model", str(models["root"] / "m0"), "--store",
+             sqlite_url, "--port", str(port), "--workers", "2"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"error: cannot listen on 127.0.0.1:{port}" in done.stderr and "Traceback" not in done.stderr

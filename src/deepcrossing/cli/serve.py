@@ -119,6 +119,7 @@ def serve_cmd(
     from deepcrossing.serving.control import Control
     from deepcrossing.serving.publish import default_store_url
     from deepcrossing.serving.settings import ServingSettings
+    from deepcrossing.serving.workers import run_workers
 
     url = store or default_store_url(model)
     check_store(url)
@@ -145,8 +146,9 @@ def serve_cmd(
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(control.prometheus_dir)
     os.environ[ENV_SETTINGS] = settings.to_json()
     try:
-        uvicorn.run("deepcrossing.serving.app:app_from_env", factory=True, workers=workers, host=host,
-                    port=port, log_level=log_level, access_log=False)
+        # each worker listens on its own socket (serving/workers.py): a shared one left keep-alive clients on one
+        run_workers(uvicorn.Config("deepcrossing.serving.app:app_from_env", factory=True, workers=workers, host=host,
+                                   port=port, log_level=log_level, access_log=False))
     finally:
         shutil.rmtree(control_dir, ignore_errors=True)
 
