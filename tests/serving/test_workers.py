@@ -99,6 +99,18 @@ def test_two_workers_share_reloads_and_metrics(two_workers, models):
     assert versions == {m1_version}
 
 
+def _listening_sockets(pid: int, port: int) -> set[str]:
+    """The inodes of the TCP sockets listening on ``port`` that process ``pid`` holds (Linux /proc)."""
+    listening = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in open(table).read().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":   # 0A: LISTEN
+                listening.add(fields[9])
+    held = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+    return {inode for inode in listening if f"socket:[{inode}]" in held}
+
+
 def _cpu_seconds(pid: int) -> float:
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -111,19 +123,34 @@ def test_keep_alive_connections_reach_every_worker(two_workers):
     connection opened at once, and keep-alive clients then never reached the other (serving/workers.py)."""
     base = two_workers
     pids = [int(p) for p in _serving_pids(base, _fresh(base, "/info").json()["modelVersion"])]
+    port = int(base.rsplit(":", 1)[1])
+    own = [_listening_sockets(p, port) for p in pids]
+    assert all(len(sockets) == 1 for sockets in own) and own[0] != own[1], own   # one listener each, not shared
     before = {p: _cpu_seconds(p) for p in pids}
 
-    async def load() -> None:   # 24 keep-alive connections opened at once, then 12 rounds of requests over them
-        limits = httpx.Limits(max_connections=24, max_keepalive_connections=24)
-        async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
-            for round_ in range(13):
-                paths = ["/readyz"] * 24 if round_ == 0 else [f"/recommend/{i % 40 + 1}?k=5" for i in range(24)]
-                answers = await asyncio.gather(*(client.get(path) for path in paths))
-                assert all(a.status_code == 200 for a in answers)
+    async def get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str) -> int:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").lower()
+        length = int(head.split("content-length:", 1)[1].split("\r\n", 1)[0])
+        await reader.readexactly(length)
+        return int(head.split(" ", 2)[1])
 
-    asyncio.run(load())
+    async def load() -> list[int]:   # 64 keep-alive connections opened at once, then 6 requests on each
+        streams = await asyncio.gather(*(asyncio.open_connection("127.0.0.1", port) for _ in range(64)))
+
+        async def work(i: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> list[int]:
+            codes = [await get(reader, writer, f"/recommend/{(i + r) % 40 + 1}?k=5") for r in range(6)]
+            writer.close()
+            return codes
+
+        done = await asyncio.gather(*(work(i, r, w) for i, (r, w) in enumerate(streams)))
+        return [code for codes in done for code in codes]
+
+    assert asyncio.run(load()) == [200] * 64 * 6
     used = {p: _cpu_seconds(p) - before[p] for p in pids}
-    assert min(used.values()) > 0.1 * max(used.values()), used   # 24 connections hashed over 2 sockets
+    # and both serve: 64 connections hashed over 2 sockets, a split worse than 14:50 has probability ~1e-5 (the
+    # shared socket balanced 64 connections too, but not the 8 of benchmarks/serve.py: 10.2 vs 0.03 CPU-s)
+    assert min(used.values()) > 0.3 * max(used.values()), used
 
 
 def test_a_worker_started_after_a_reload_serves_the_reloaded_model(models, sqlite_url, tmp_path):
