@@ -288,7 +288,7 @@ class TrainConfig(StrictConfig):
             validation, early stopping and the saved model use the averaged weights (less seed noise).
         swa: average the weights of the last ``swa`` epochs (0 = off); kept only if its valid AUC is better.
         seed: seed of initialization, shuffling and dropout.
-        pairwise: weight of a within-user BPR term on a user-grouped batch per step (0 = off, training.pairwise).
+        pairwise: weight of a within-user BPR term on a user-grouped batch per step (absent/0: off; training.pairwise).
     """
 
     epochs: Annotated[int, Field(ge=1)] = 8
@@ -303,7 +303,7 @@ class TrainConfig(StrictConfig):
     ema: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     swa: Annotated[int, Field(ge=0)] = 0
     seed: int = 0
-    pairwise: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 0.0
+    pairwise: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] | None = None
 
 
 @strict_config

@@ -55,7 +55,21 @@ def run_rank(ctx: DistContext, job: TrainJob) -> None:
 
 
 def run(job: TrainJob, ctx: DistContext | None) -> None:
-    """Train (as one process, or as rank ``ctx``) and, on rank 0, print the summary."""
+    """Train (as one process, or as rank ``ctx``) and, on rank 0, print the summary.
+
+    A rank that finished waits for the others, then leaves the process group: a gloo rank leaving while another
+    still talked to it, or exiting with the group still up (under torchrun nothing else ends it), sometimes
+    aborted in gloo's threads ("terminate called without an active exception", SIGABRT; about 1 run in 7 of
+    tests/training/test_distributed.py). After an error no barrier: the other ranks may be gone."""
+    from deepcrossing.training import distributed
+
+    _run(job, ctx)
+    if ctx is not None:
+        ctx.barrier()
+        distributed.shutdown()
+
+
+def _run(job: TrainJob, ctx: DistContext | None) -> None:
     from deepcrossing.features import read_samples
     from deepcrossing.training import distributed
     from deepcrossing.training.pipeline import train_model

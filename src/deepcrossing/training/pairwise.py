@@ -184,7 +184,7 @@ def train_users(tables: Mapping[str, pa.Table | None], config: TrainConfig, sour
     Raises:
         InputError: streaming, no train table, no ``userId`` column or a null in it.
     """
-    if config.pairwise == 0:
+    if not config.pairwise:
         return None
     if streaming:
         raise InputError("train.pairwise > 0 groups the train rows by user in memory; it does not work with "

@@ -220,7 +220,7 @@ class Trainer:
             train = train.to(self.device)
         rows = len(train) if isinstance(train, Batch) else train.rows
         pair_module = None  # the pointwise module plus the pairwise term (train.pairwise > 0)
-        if c.pairwise > 0:
+        if c.pairwise:
             if not isinstance(train, Batch) or users is None or len(users) != len(train):
                 raise InputError("train.pairwise > 0 needs the train rows in memory (not --stream) and the user "
                                  "of each row", field="train.pairwise")
