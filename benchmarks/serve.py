@@ -570,7 +570,8 @@ def recall_phases(model: Path, url: str, meta: dict, order: np.ndarray, secs: fl
           f"{load[2]:.1f}), {meta['n_users']:,} users, {meta['n_movies']:,} movies; vector channels: "
           f"{channels or 'none'}; recall folder: {recall[1] if recall else 'none'}; {workers} worker(s)\n")
     print(f"{'phase':<48} {'requests':>9} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'err':>5} {'drop':>5}")
-    for phase, r in [*rows, *((f"compat 200/s, {n}", r) for n, r in compat.items())]:
+    phases = [*rows, *((f"compat 200/s, {n}", r) for n, r in compat.items())]
+    for phase, r in phases:
         print(f"{phase:<48} {r.n:>9,} {r.pct(50):>8.2f} {r.pct(99):>8.2f} {r.rps:>8.0f} {r.errors:>5} {r.dropped:>5}")
     merged, top = rows[0][1], best2["merged (default)"]
     print(f"target p99 < 10 ms at 200 req/s for retrieval + ranking of 800: "
@@ -584,7 +585,7 @@ def recall_phases(model: Path, url: str, meta: dict, order: np.ndarray, secs: fl
         json_path.write_text(json.dumps({
             "rows": [{"phase": phase, "n": r.n, "p50_ms": r.pct(50), "p99_ms": r.pct(99), "rps": r.rps,
                       "errors": r.errors, "dropped": r.dropped}
-                     for phase, r in [*rows, *((f"compat 200/s, {n}", r) for n, r in compat.items())]],
+                     for phase, r in phases],
             "cores": os.cpu_count(), "load_average": load, "workers": workers,
             "recall": recall[1] if recall else None}, indent=1))
 

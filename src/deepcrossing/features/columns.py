@@ -168,7 +168,8 @@ USER_ATTRIBUTE_COLUMNS: dict[str, Column] = {
 }
 USER_ATTRIBUTES = tuple(USER_ATTRIBUTE_COLUMNS)
 """The user attribute columns, in order: after every other sample column (and online user column)."""
-_ALL_COLUMNS: dict[str, Column] = {**COLUMNS, **ONLINE_USER_COLUMNS, **USER_ATTRIBUTE_COLUMNS}
+_RECORD_COLUMNS: dict[str, Column] = {**COLUMNS, **ONLINE_USER_COLUMNS}   # a record without user attributes
+_ALL_COLUMNS: dict[str, Column] = {**_RECORD_COLUMNS, **USER_ATTRIBUTE_COLUMNS}
 MOVIE_SIDE = tuple(name for name, c in COLUMNS.items() if c.side == "movie")
 
 
@@ -263,7 +264,7 @@ def cold_features(side: Side, key: int | None = None, *, user_attributes: bool =
     """
     if side not in KEYS:
         raise ValueError(f"side must be 'user' or 'movie', not {side!r}")
-    columns = _ALL_COLUMNS if user_attributes else {**COLUMNS, **ONLINE_USER_COLUMNS}
+    columns = _ALL_COLUMNS if user_attributes else _RECORD_COLUMNS
     out = {name: copy.copy(c.cold) for name, c in columns.items() if c.side == side}
     out[KEYS[side]] = None if key is None else int(key)
     return out
