@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from deepcrossing.model import kernels
+
 
 def unique_rows(ids: Tensor, rows: int) -> tuple[Tensor, Tensor]:
     """The distinct rows of ``ids`` (N,) int64 in ``[0, rows)``, ascending, and where each id is among them.
@@ -88,6 +90,11 @@ class BagLookup(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, ids: tuple[Tensor, ...], per_id: Tensor, offsets: Tensor, bag_of: Tensor, sparse: bool,
                 *weights: Tensor) -> Tensor:
+        ctx.table_shapes, ctx.sparse = [w.shape for w in weights], sparse
+        ctx.fused = kernels.available() and kernels.fits([*weights, per_id], [*ids, bag_of])
+        if ctx.fused:  # one C call; backward finds the distinct rows itself
+            ctx.save_for_backward(per_id, bag_of, *ids)
+            return kernels.bag_forward(weights, ids, per_id, bag_of, len(offsets))
         rows, inverses, first = [], [], 0
         for weight, table_ids in zip(weights, ids, strict=True):
             distinct_rows, inverse = unique_rows(table_ids.reshape(-1), weight.shape[0])   # (U_t,), (n c_t,)
@@ -100,18 +107,21 @@ class BagLookup(torch.autograd.Function):
         # torch.embedding_bag: F.embedding_bag's op without its Python checks (mode 0 = sum)
         out = torch.embedding_bag(distinct, inverse.view(-1), offsets, False, 0, False, per_id)[0]      # (M, D)
         ctx.save_for_backward(inverse, per_id, bag_of, *rows)
-        ctx.table_shapes, ctx.sparse = [w.shape for w in weights], sparse
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        inverse, per_id, bag_of, *rows = ctx.saved_tensors
-        per_id_grad = grad.index_select(0, bag_of).mul_(per_id.unsqueeze(1))              # (N, D)
-        summed = per_id_grad.new_zeros((sum(len(r) for r in rows), grad.shape[1]))         # (U, D)
-        summed.index_add_(0, inverse.view(-1), per_id_grad)
+        if ctx.fused:
+            per_id, bag_of, *ids = ctx.saved_tensors
+            summed = kernels.bag_backward([s[0] for s in ctx.table_shapes], ids, per_id, bag_of, grad.contiguous())
+        else:
+            inverse, per_id, bag_of, *rows = ctx.saved_tensors
+            per_id_grad = grad.index_select(0, bag_of).mul_(per_id.unsqueeze(1))          # (N, D)
+            values = per_id_grad.new_zeros((sum(len(r) for r in rows), grad.shape[1]))     # (U, D)
+            values.index_add_(0, inverse.view(-1), per_id_grad)
+            summed = list(zip(rows, torch.split(values, [len(r) for r in rows])))
         grads: list[Tensor | None] = [None] * 5
-        parts: tuple[Tensor, ...] = torch.split(summed, [len(r) for r in rows])
-        for table_rows, part, shape in zip(rows, parts, ctx.table_shapes):
+        for (table_rows, part), shape in zip(summed, ctx.table_shapes):
             if ctx.sparse:
                 grads.append(torch.sparse_coo_tensor(table_rows.unsqueeze(0), part, shape, is_coalesced=True,
                                                      check_invariants=False))

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from deepcrossing.config import TrainConfig
+from deepcrossing.model import kernels
 from deepcrossing.model.train_module import ParameterGroups
 
 
@@ -76,7 +77,11 @@ class RowSparseAdam(torch.optim.SparseAdam):
                 exp_avgs.append(state["exp_avg"])
                 exp_avg_sqs.append(state["exp_avg_sq"])
                 step_sizes.append(-lr * math.sqrt(1 - beta2**step) / (1 - beta1**step))
-            if params:
+            if not params:
+                continue
+            if kernels.available() and kernels.fits([*params, *values, *exp_avgs, *exp_avg_sqs], rows):
+                kernels.row_adam(params, rows, values, exp_avgs, exp_avg_sqs, step_sizes, (beta1, beta2, eps))
+            else:
                 _row_adam(params, rows, values, exp_avgs, exp_avg_sqs, step_sizes, (beta1, beta2, eps))
         return loss
 

@@ -1,0 +1,234 @@
+"""Fused CPU kernels of the embedding tables' training step: ``kernels.c``, built on first use, called by ctypes.
+
+Three kernels, each one C call in place of many small torch operations (dispatch plus scalar scatter loops):
+
+* :func:`bag_forward`: the pooled weighted sums of the ids of several tables of one width, (M, D);
+* :func:`bag_backward`: per table, its distinct ids (ascending) and their summed gradient rows (U_t, D);
+* :func:`row_adam`: SparseAdam's update of those rows of every table and its moments.
+
+:class:`~deepcrossing.model.lookup.BagLookup` and :class:`~deepcrossing.training.optim.RowSparseAdam` use them
+for CPU float32 tensors when :func:`available`, and their pure-torch path otherwise. The source ships with the
+package; the first use compiles it with the system C compiler (``$CC``, else ``cc``) into
+``$XDG_CACHE_HOME/deepcrossing/kernels`` (default ``~/.cache/...``), under a name keyed by a hash of the
+source, the flags, the compiler's ``--version`` and the CPU's flags (``-march=native``), written to a
+temporary name and renamed, so concurrent processes (DDP ranks) share one build safely (~0.3 s, once per
+machine). No compiler, a failed build or ``DEEPCROSSING_KERNELS=0``: the pure-torch path, with one logged
+warning per process. ``-ffp-contract=off``: products and sums round as torch's do (tests: bit-equal results).
+
+Example:
+    >>> w = torch.arange(8.0).view(4, 2)
+    >>> ids, per_id = torch.tensor([[3, 1, 3]]), torch.tensor([1.0, 0.5, 0.5])
+    >>> out = bag_forward([w], [ids], per_id, torch.tensor([0, 1, 1]), 2) if available() else None
+    >>> out is None or out.tolist() == [[6.0, 7.0], [4.0, 5.0]]
+    True
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("kernels.c")
+FLAGS = ("-O3", "-ffp-contract=off", "-march=native", "-std=c11", "-fPIC", "-shared")
+ENV = "DEEPCROSSING_KERNELS"
+
+_P = ctypes.c_void_p
+_I = ctypes.c_int64
+_state: dict[str, ctypes.CDLL | str | None] = {}   # "lib": the library or None (failed); "warned": a cause
+
+
+def cache_dir() -> Path:
+    """Where built kernels are kept: ``$XDG_CACHE_HOME/deepcrossing/kernels`` (``~/.cache`` by default)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "deepcrossing" / "kernels"
+
+
+def _cpu_key() -> str:
+    """The CPU's model and instruction-set flags (what ``-march=native`` builds for); '' where unknown."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return ""
+    return "\n".join(sorted({line for line in lines if line.startswith(("flags", "model name"))}))
+
+
+def build(directory: Path | None = None) -> Path:
+    """The compiled library's path, built now unless a build of this source, flags, compiler and CPU is there.
+
+    Args:
+        directory: the cache folder (default :func:`cache_dir`).
+
+    Raises:
+        OSError: no C compiler, or the compiler failed (its message included).
+    """
+    compiler = shutil.which(os.environ.get("CC") or "cc")
+    if compiler is None:
+        raise OSError(f"no C compiler ({os.environ.get('CC') or 'cc'} not on PATH)")
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), *FLAGS, version, _cpu_key()]).encode()).hexdigest()[:20]
+    folder = directory or cache_dir()
+    target = folder / f"kernels-{key}.so"
+    if target.exists():
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        done = subprocess.run([compiler, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True,
+                              timeout=300)
+        if done.returncode != 0:
+            raise OSError(f"{compiler} failed on {SOURCE}: {done.stderr.strip()[-2000:]}")
+        os.replace(tmp, target)   # atomic: another process sees no build or a whole one
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def _load() -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(build()))
+    lib.dc_bag_forward.argtypes = [_I, _P, _P, _P, _P, _I, _I, _P, _P, _P, _I, _P]
+    lib.dc_bag_backward.argtypes = [_I, _P, _P, _P, _I, _I, _P, _P, _P, _P, _P, _P, _P]
+    lib.dc_row_adam.argtypes = [_I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P]
+    for fn in (lib.dc_bag_forward, lib.dc_bag_backward, lib.dc_row_adam):
+        fn.restype = _I
+    return lib
+
+
+def _warn_once(cause: str) -> None:
+    if _state.get("warned") != cause:
+        _state["warned"] = cause
+        log.warning("fused embedding kernels off (%s): the pure-torch lookup and RowSparseAdam run instead", cause)
+
+
+def _library() -> ctypes.CDLL | None:
+    if os.environ.get(ENV) == "0":
+        _warn_once(f"{ENV}=0")
+        return None
+    if "lib" not in _state:
+        try:
+            _state["lib"] = _load()
+        except (OSError, subprocess.SubprocessError) as exc:
+            _state["lib"] = None
+            _warn_once(f"build failed: {exc}")
+    lib = _state["lib"]
+    return lib if isinstance(lib, ctypes.CDLL) else None
+
+
+def available() -> bool:
+    """Whether the kernels run: not switched off (``DEEPCROSSING_KERNELS=0``), built and loaded."""
+    return _library() is not None
+
+
+def fits(floats: Sequence[Tensor], ints: Sequence[Tensor]) -> bool:
+    """Whether the kernels take these tensors: CPU, contiguous, ``floats`` float32 and ``ints`` int64."""
+    return (all(t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous() for t in floats)
+            and all(t.dtype == torch.int64 and t.device.type == "cpu" and t.is_contiguous() for t in ints))
+
+
+def _lib() -> ctypes.CDLL:
+    lib = _library()
+    if lib is None:
+        raise RuntimeError("the fused kernels are not available (see kernels.available())")
+    return lib
+
+
+def _ptrs(tensors: Sequence[Tensor]) -> ctypes.Array[ctypes.c_void_p]:
+    return (ctypes.c_void_p * len(tensors))(*(t.data_ptr() for t in tensors))
+
+
+def _ints(values: Sequence[int]) -> ctypes.Array[ctypes.c_int64]:
+    return (ctypes.c_int64 * len(values))(*values)
+
+
+def bag_forward(weights: Sequence[Tensor], ids: Sequence[Tensor], per_id: Tensor, bag_of: Tensor, m: int) -> Tensor:
+    """``out[bag_of[i]] += per_id[i] * weights[t_i][ids[i]]`` in id order (BagLookup's order of ``ids``).
+
+    Args:
+        weights: (R_t, D) float32 tables, one width.
+        ids: (n, c_t) int64 ids of each table.
+        per_id: (N,) float32 weight of each id; bag_of: (N,) int64 output bag of each id.
+        m: output bags M.
+
+    Returns:
+        (M, D) pooled vectors (a bag without ids is zeros).
+
+    Raises:
+        IndexError: an id outside its table or a bag outside [0, M) (nothing is read or written there).
+    """
+    n, d = ids[0].shape[0], weights[0].shape[1]
+    out = torch.empty((m, d), dtype=torch.float32)
+    bad = ctypes.c_int64()
+    at = _lib().dc_bag_forward(len(weights), _ptrs(weights), _ints([w.shape[0] for w in weights]), _ptrs(ids),
+                               _ints([i.shape[1] for i in ids]), n, d, per_id.data_ptr(), bag_of.data_ptr(),
+                               out.data_ptr(), m, ctypes.byref(bad))
+    if at >= len(weights):
+        raise IndexError(f"bag {bad.value} out of range for {m} bags")
+    if at >= 0:
+        raise IndexError(f"index {bad.value} is out of range for a table of {weights[at].shape[0]} rows")
+    return out
+
+
+def bag_backward(rows: Sequence[int], ids: Sequence[Tensor], per_id: Tensor, bag_of: Tensor,
+                 grad: Tensor) -> list[tuple[Tensor, Tensor]]:
+    """The gradient of :func:`bag_forward` for each table: its distinct ids and their summed gradient rows.
+
+    Args:
+        rows: R_t of each table.
+        ids, per_id, bag_of: as given to :func:`bag_forward`.
+        grad: (M, D) float32 contiguous gradient of the pooled vectors.
+
+    Returns:
+        per table, (U_t,) int64 distinct ids ascending and (U_t, D) ``sum_{i: ids[i] = row} per_id[i] *
+        grad[bag_of[i]]`` summed in id order (the order of ``index_add_``), both contiguous.
+    """
+    n, d = ids[0].shape[0], grad.shape[1]
+    caps = [min(r, i.numel()) for r, i in zip(rows, ids)]
+    out_rows = [torch.empty(c, dtype=torch.int64) for c in caps]
+    out_values = [torch.empty((c, d), dtype=torch.float32) for c in caps]
+    counts, bad = (ctypes.c_int64 * len(rows))(), ctypes.c_int64()
+    at = _lib().dc_bag_backward(len(rows), _ints(rows), _ptrs(ids), _ints([i.shape[1] for i in ids]), n, d,
+                                per_id.data_ptr(), bag_of.data_ptr(), grad.data_ptr(), _ptrs(out_rows),
+                                _ptrs(out_values), counts, ctypes.byref(bad))
+    if at == -2:
+        raise MemoryError("dc_bag_backward: out of memory for the row marks")
+    if at >= 0:
+        raise IndexError(f"index {bad.value} is out of range for a table of {rows[at]} rows")
+    return [(r[:u], v[:u]) for r, v, u in zip(out_rows, out_values, counts)]
+
+
+def row_adam(params: Sequence[Tensor], rows: Sequence[Tensor], values: Sequence[Tensor], exp_avgs: Sequence[Tensor],
+             exp_avg_sqs: Sequence[Tensor], step_sizes: Sequence[float], hyper: tuple[float, float, float]) -> None:
+    """SparseAdam's update of the distinct ``rows`` of every table in place, in its order of operations.
+
+    Args:
+        params, exp_avgs, exp_avg_sqs: (R_t, D_t) float32 contiguous.
+        rows: (U_t,) int64 distinct rows; values: (U_t, D) float32 their summed gradients.
+        step_sizes: ``-lr * sqrt(1 - beta2^t) / (1 - beta1^t)`` per table.
+        hyper: (beta1, beta2, eps).
+
+    Raises:
+        IndexError: a row outside its table (nothing is updated from that table on).
+    """
+    beta1, beta2, eps = hyper
+    consts = (ctypes.c_float * 3)(1 - beta1, 1 - beta2, eps)   # torch casts these scalars to float32 too
+    at = _lib().dc_row_adam(len(params), _ints([len(r) for r in rows]), _ints([p.shape[1] for p in params]),
+                            _ptrs(rows),
+                            _ints([p.shape[0] for p in params]), _ptrs(values), _ptrs(params), _ptrs(exp_avgs),
+                            _ptrs(exp_avg_sqs), consts, (ctypes.c_float * len(params))(*step_sizes))
+    if at >= 0:
+        raise IndexError(f"a gradient row is out of range for a table of {params[at].shape[0]} rows")
+
+
+__all__ = ["available", "bag_backward", "bag_forward", "build", "cache_dir", "fits", "row_adam"]
