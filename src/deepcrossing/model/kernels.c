@@ -39,47 +39,59 @@ int64_t dc_bag_forward(int64_t n_tables, const float *const *weights, const int6
     return -1;
 }
 
+/* The ascending distinct values of ids (nc,) in [0, r_t) into distinct (their count returned) and, in where
+ * (nc,), the position of each id among them: a bitmap of the rows (r_t / 8 bytes) and the count of set bits
+ * before each 64-row word (r_t / 8 bytes), so a table of millions of rows costs a few us, not a sort. */
+static int64_t distinct_rows(const int64_t *ids, int64_t nc, int64_t r_t, int64_t *distinct, int64_t *where) {
+    const int64_t words = r_t / 64 + 1;
+    uint64_t *bits = calloc((size_t)words, sizeof(uint64_t));
+    int64_t *before = malloc((size_t)words * sizeof(int64_t));
+    if (!bits || !before) { free(bits); free(before); return -2; }
+    for (int64_t e = 0; e < nc; e++) bits[ids[e] >> 6] |= (uint64_t)1 << (ids[e] & 63);
+    int64_t u = 0;
+    for (int64_t w = 0; w < words; w++) {
+        before[w] = u;
+        for (uint64_t word = bits[w]; word; word &= word - 1) distinct[u++] = w * 64 + __builtin_ctzll(word);
+    }
+    for (int64_t e = 0; e < nc; e++) {
+        const uint64_t below = bits[ids[e] >> 6] & (((uint64_t)1 << (ids[e] & 63)) - 1);
+        where[e] = before[ids[e] >> 6] + __builtin_popcountll(below);
+    }
+    free(bits);
+    free(before);
+    return u;
+}
+
 /* Backward of dc_bag_forward, per table: its distinct ids ascending in out_rows[t] (their count in counts[t])
  * and their summed gradient rows in out_values[t] (counts[t], d): sum over ids i equal to the row, in id
- * order, of grad[bag_of[i]] * per_id[i]. Capacity of out_rows[t] / out_values[t]: min(rows[t], n cols[t])
- * rows. Returns -1, or the table of the first id out of range (its value in *bad), or -2 if out of memory. */
+ * order, of grad[bag_of[i]] * per_id[i] (index_add_'s order). Capacity of out_rows[t] / out_values[t]:
+ * min(rows[t], n cols[t]) rows. Returns -1, or the table of the first id out of range (its value in *bad), or
+ * -2 if out of memory. */
 int64_t dc_bag_backward(int64_t n_tables, const int64_t *rows, const int64_t *const *ids, const int64_t *cols,
                         int64_t n, int64_t d, const float *per_id, const int64_t *bag_of, const float *grad,
                         int64_t *const *out_rows, float *const *out_values, int64_t *counts, int64_t *bad) {
     int64_t width = 0, first = 0;
     for (int64_t t = 0; t < n_tables; t++) width += cols[t];
     for (int64_t t = 0; t < n_tables; t++) {
-        const int64_t c = cols[t], r_t = rows[t];
-        uint8_t *mark = calloc((size_t)r_t + 8, 1);
-        int64_t *pos = malloc((size_t)r_t * sizeof(int64_t) + 8);
-        if (!mark || !pos) { free(mark); free(pos); return -2; }
-        for (int64_t e = 0; e < n * c; e++) {
-            int64_t id = ids[t][e];
-            if (id < 0 || id >= r_t) { free(mark); free(pos); *bad = id; return t; }
-            mark[id] = 1;
-        }
-        int64_t u = 0;
-        for (int64_t r = 0; r < r_t; r += 8) {              /* ascending distinct rows; skip 8 empty at once */
-            uint64_t word;
-            memcpy(&word, mark + r, 8);
-            if (!word) continue;
-            for (int64_t q = r; q < r + 8 && q < r_t; q++)
-                if (mark[q]) { pos[q] = u; out_rows[t][u++] = q; }
-        }
+        const int64_t c = cols[t], nc = n * cols[t];
+        for (int64_t e = 0; e < nc; e++)
+            if (ids[t][e] < 0 || ids[t][e] >= rows[t]) { *bad = ids[t][e]; return t; }
+        int64_t *where = malloc((size_t)nc * sizeof(int64_t) + 8);
+        const int64_t u = where ? distinct_rows(ids[t], nc, rows[t], out_rows[t], where) : -2;
+        if (u < 0) { free(where); return -2; }
         counts[t] = u;
         float *values = out_values[t];
         memset(values, 0, (size_t)(u * d) * sizeof(float));
         for (int64_t s = 0; s < n; s++) {
             for (int64_t j = 0; j < c; j++) {
-                int64_t i = s * width + first + j;
+                const int64_t i = s * width + first + j;
                 const float w = per_id[i];
                 const float *src = grad + bag_of[i] * d;
-                float *dst = values + pos[ids[t][s * c + j]] * d;
+                float *dst = values + where[s * c + j] * d;
                 for (int64_t k = 0; k < d; k++) dst[k] += src[k] * w;
             }
         }
-        free(mark);
-        free(pos);
+        free(where);
         first += c;
     }
     return -1;
