@@ -15,6 +15,13 @@ from deepcrossing.model.lookup import bag_lookup, unique_rows
 from deepcrossing.training.optim import RowSparseAdam
 
 
+@pytest.fixture(params=["1", "0"], ids=["kernels", "torch"])
+def kernels_switch(request, monkeypatch):
+    """Both paths of BagLookup and RowSparseAdam: the fused C kernels (where built) and pure torch."""
+    monkeypatch.setenv("DEEPCROSSING_KERNELS", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize(("rows", "n"), [(30, 200), (100_000, 50), (7, 0)])  # marked mask, sort, empty
 def test_unique_rows_is_torch_unique(rows, n):
     ids = torch.randint(0, rows, (n,), generator=torch.Generator().manual_seed(rows))
@@ -25,7 +32,7 @@ def test_unique_rows_is_torch_unique(rows, n):
 
 
 @pytest.mark.parametrize("copies", [1, 20])  # the sort path (table >> batch), the marked-mask path
-def test_an_id_outside_the_table_is_an_index_error(copies):
+def test_an_id_outside_the_table_is_an_index_error(copies, kernels_switch):
     weight = torch.zeros(5, 2, requires_grad=True)
     ids = torch.tensor([1, 5] * copies)
     with pytest.raises(IndexError):
@@ -70,7 +77,7 @@ def _reference(layer: EmbeddingLayer, batch: Batch) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("sparse", [True, False])
-def test_training_lookup_gives_the_reference_vectors_and_gradients(sparse):
+def test_training_lookup_gives_the_reference_vectors_and_gradients(sparse, kernels_switch):
     torch.manual_seed(0)
     layer = EmbeddingLayer(SPEC, {"movie": 9, "genre": 9, "tag": 9}, sparse=sparse)
     reference = copy.deepcopy(layer)
@@ -95,7 +102,7 @@ def test_training_lookup_gives_the_reference_vectors_and_gradients(sparse):
         torch.testing.assert_close(got[name], want[name], rtol=1e-6, atol=1e-7)
 
 
-def test_sparse_adam_steps_with_the_training_lookup_match_the_reference():
+def test_sparse_adam_steps_with_the_training_lookup_match_the_reference(kernels_switch):
     torch.manual_seed(0)
     layer = EmbeddingLayer(SPEC, {"movie": 9, "genre": 9, "tag": 9}, sparse=True)
     reference = copy.deepcopy(layer)
@@ -115,7 +122,7 @@ def test_sparse_adam_steps_with_the_training_lookup_match_the_reference():
 
 
 @pytest.mark.parametrize("sparse", [True, False])
-def test_one_lookup_of_several_tables_equals_one_per_table_bit_for_bit(sparse):
+def test_one_lookup_of_several_tables_equals_one_per_table_bit_for_bit(sparse, kernels_switch):
     g = torch.Generator().manual_seed(3)
     n, widths = 16, (1, 3, 1)  # ids per output bag of each table: a single, a bag of 3, a single
     tables = [torch.randn(rows, 4, generator=g).requires_grad_() for rows in (50, 7, 2000)]
