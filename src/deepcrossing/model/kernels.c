@@ -3,7 +3,7 @@
  * One call each replaces ~100 small torch operations of a step: the pooled lookup of several tables of one
  * width, its backward (the distinct rows of each table and their summed gradient rows) and SparseAdam's update
  * of those rows. Every sum runs in the order of torch's ops (ids in sample order), and the build uses
- * -ffp-contract=off, so products and sums round as torch's do.
+ * -ffp-contract=off, so products and sums round as torch's do (-fno-math-errno only lets sqrtf vectorize).
  *
  * Ids: table t holds an (n, cols[t]) row-major int64 matrix; the global id order is sample by sample, the
  * tables side by side (id i of sample s, table t, column j is i = s * C + sum_{t' < t} cols[t'] + j), and
@@ -23,6 +23,12 @@ int64_t dc_bag_forward(int64_t n_tables, const float *const *weights, const int6
     int64_t i = 0;
     memset(out, 0, (size_t)(m * d) * sizeof(float));
     for (int64_t s = 0; s < n; s++) {
+        if (s + 4 < n)      /* the rows 4 samples ahead: random rows of tables larger than the cache */
+            for (int64_t t = 0; t < n_tables; t++)
+                for (int64_t j = 0; j < cols[t]; j++) {
+                    const int64_t ahead = ids[t][(s + 4) * cols[t] + j];
+                    if (ahead >= 0 && ahead < rows[t]) __builtin_prefetch(weights[t] + ahead * d);
+                }
         for (int64_t t = 0; t < n_tables; t++) {
             const int64_t *row_ids = ids[t] + s * cols[t];
             for (int64_t j = 0; j < cols[t]; j++, i++) {
@@ -30,8 +36,8 @@ int64_t dc_bag_forward(int64_t n_tables, const float *const *weights, const int6
                 if (id < 0 || id >= rows[t]) { *bad = id; return t; }
                 if (b < 0 || b >= m) { *bad = b; return n_tables; }
                 const float w = per_id[i];
-                const float *src = weights[t] + id * d;
-                float *dst = out + b * d;
+                const float *restrict src = weights[t] + id * d;
+                float *restrict dst = out + b * d;
                 for (int64_t k = 0; k < d; k++) dst[k] = fmaf(w, src[k], dst[k]);
             }
         }
@@ -86,8 +92,8 @@ int64_t dc_bag_backward(int64_t n_tables, const int64_t *rows, const int64_t *co
             for (int64_t j = 0; j < c; j++) {
                 const int64_t i = s * width + first + j;
                 const float w = per_id[i];
-                const float *src = grad + bag_of[i] * d;
-                float *dst = values + where[s * c + j] * d;
+                const float *restrict src = grad + bag_of[i] * d;
+                float *restrict dst = values + where[s * c + j] * d;
                 for (int64_t k = 0; k < d; k++) dst[k] += src[k] * w;
             }
         }
@@ -111,9 +117,15 @@ int64_t dc_row_adam(int64_t n_tables, const int64_t *u, const int64_t *dims, con
         const float step = step_size[t];
         const int64_t d = dims[t];
         for (int64_t e = 0; e < u[t]; e++) {
+            if (e + 8 < u[t]) {     /* the rows 8 ahead: they are scattered over the table and its moments */
+                const int64_t ahead = rows[t][e + 8] * d;
+                __builtin_prefetch(p[t] + ahead, 1);
+                __builtin_prefetch(m[t] + ahead, 1);
+                __builtin_prefetch(v[t] + ahead, 1);
+            }
             const int64_t at = rows[t][e] * d;
-            const float *ge = g[t] + e * d;
-            float *pe = p[t] + at, *me = m[t] + at, *ve = v[t] + at;
+            const float *restrict ge = g[t] + e * d;
+            float *restrict pe = p[t] + at, *restrict me = m[t] + at, *restrict ve = v[t] + at;
             for (int64_t k = 0; k < d; k++) {
                 const float gk = ge[k];
                 const float mk = me[k] + (gk - me[k]) * one_minus_beta1;

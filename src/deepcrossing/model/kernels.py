@@ -41,7 +41,7 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("kernels.c")
-FLAGS = ("-O3", "-ffp-contract=off", "-march=native", "-std=c11", "-fPIC", "-shared")
+FLAGS = ("-O3", "-ffp-contract=off", "-fno-math-errno", "-march=native", "-std=c11", "-fPIC", "-shared")
 ENV = "DEEPCROSSING_KERNELS"
 
 _P = ctypes.c_void_p
