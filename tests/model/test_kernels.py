@@ -80,8 +80,11 @@ def test_an_id_outside_the_table_raises_before_anything_is_written(bad):
         kernels.bag_forward([table], ids, torch.ones(2), torch.arange(2), 2)
     with pytest.raises(IndexError, match="out of range"):
         kernels.bag_backward([5], ids, torch.ones(2), torch.arange(2), torch.ones(2, 2))
-    with pytest.raises(IndexError, match="out of range"):
-        kernels.bag_forward([table], [torch.tensor([[1], [2]])], torch.ones(2), torch.tensor([0, 2]), 2)   # a bag
+    for bags in (torch.tensor([0, 2]), torch.tensor([-1, 0])):                                           # a bag
+        with pytest.raises(IndexError, match="bag .* out of range"):
+            kernels.bag_forward([table], [torch.tensor([[1], [2]])], torch.ones(2), bags, 2)
+        with pytest.raises(IndexError, match="bag .* out of range"):
+            kernels.bag_backward([5], [torch.tensor([[1], [2]])], torch.ones(2), bags, torch.ones(2, 2))
 
 
 @needs_compiler

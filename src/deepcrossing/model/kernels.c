@@ -70,36 +70,41 @@ static int64_t distinct_rows(const int64_t *ids, int64_t nc, int64_t r_t, int64_
 
 /* Backward of dc_bag_forward, per table: its distinct ids ascending in out_rows[t] (their count in counts[t])
  * and their summed gradient rows in out_values[t] (counts[t], d): sum over ids i equal to the row, in id
- * order, of grad[bag_of[i]] * per_id[i] (index_add_'s order). Capacity of out_rows[t] / out_values[t]:
- * min(rows[t], n cols[t]) rows. Returns -1, or the table of the first id out of range (its value in *bad), or
+ * order, of grad[bag_of[i]] * per_id[i] (index_add_'s order), grad (m, d). Capacity of out_rows[t] /
+ * out_values[t]: min(rows[t], n cols[t]) rows. One sweep over the ids of all tables (per_id and bag_of read
+ * once). Returns -1, the table of the first id out of range (its value in *bad; table n_tables: a bag), or
  * -2 if out of memory. */
 int64_t dc_bag_backward(int64_t n_tables, const int64_t *rows, const int64_t *const *ids, const int64_t *cols,
                         int64_t n, int64_t d, const float *per_id, const int64_t *bag_of, const float *grad,
-                        int64_t *const *out_rows, float *const *out_values, int64_t *counts, int64_t *bad) {
-    int64_t width = 0, first = 0;
+                        int64_t m, int64_t *const *out_rows, float *const *out_values, int64_t *counts,
+                        int64_t *bad) {
+    int64_t width = 0;
     for (int64_t t = 0; t < n_tables; t++) width += cols[t];
-    for (int64_t t = 0; t < n_tables; t++) {
-        const int64_t c = cols[t], nc = n * cols[t];
-        for (int64_t e = 0; e < nc; e++)
+    for (int64_t i = 0; i < n * width; i++)
+        if (bag_of[i] < 0 || bag_of[i] >= m) { *bad = bag_of[i]; return n_tables; }
+    for (int64_t t = 0; t < n_tables; t++)
+        for (int64_t e = 0; e < n * cols[t]; e++)
             if (ids[t][e] < 0 || ids[t][e] >= rows[t]) { *bad = ids[t][e]; return t; }
-        int64_t *where = malloc((size_t)nc * sizeof(int64_t) + 8);
-        const int64_t u = where ? distinct_rows(ids[t], nc, rows[t], out_rows[t], where) : -2;
+    int64_t *where = malloc((size_t)(n * width) * sizeof(int64_t) + 8);   /* table by table: (n, cols[t]) */
+    if (!where) return -2;
+    for (int64_t t = 0, first = 0; t < n_tables; first += n * cols[t], t++) {
+        const int64_t u = distinct_rows(ids[t], n * cols[t], rows[t], out_rows[t], where + first);
         if (u < 0) { free(where); return -2; }
         counts[t] = u;
-        float *values = out_values[t];
-        memset(values, 0, (size_t)(u * d) * sizeof(float));
-        for (int64_t s = 0; s < n; s++) {
-            for (int64_t j = 0; j < c; j++) {
-                const int64_t i = s * width + first + j;
+        memset(out_values[t], 0, (size_t)(u * d) * sizeof(float));
+    }
+    for (int64_t s = 0, i = 0; s < n; s++) {
+        for (int64_t t = 0, first = 0; t < n_tables; first += n * cols[t], t++) {
+            const int64_t *at = where + first + s * cols[t];
+            for (int64_t j = 0; j < cols[t]; j++, i++) {
                 const float w = per_id[i];
                 const float *restrict src = grad + bag_of[i] * d;
-                float *restrict dst = values + where[s * c + j] * d;
+                float *restrict dst = out_values[t] + at[j] * d;
                 for (int64_t k = 0; k < d; k++) dst[k] += src[k] * w;
             }
         }
-        free(where);
-        first += c;
     }
+    free(where);
     return -1;
 }
 

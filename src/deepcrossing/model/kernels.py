@@ -99,7 +99,7 @@ def build(directory: Path | None = None) -> Path:
 def _load() -> ctypes.CDLL:
     lib = ctypes.CDLL(str(build()))
     lib.dc_bag_forward.argtypes = [_I, _P, _P, _P, _P, _I, _I, _P, _P, _P, _I, _P]
-    lib.dc_bag_backward.argtypes = [_I, _P, _P, _P, _I, _I, _P, _P, _P, _P, _P, _P, _P]
+    lib.dc_bag_backward.argtypes = [_I, _P, _P, _P, _I, _I, _P, _P, _P, _I, _P, _P, _P, _P]
     lib.dc_row_adam.argtypes = [_I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P]
     for fn in (lib.dc_bag_forward, lib.dc_bag_backward, lib.dc_row_adam):
         fn.restype = _I
@@ -199,10 +199,12 @@ def bag_backward(rows: Sequence[int], ids: Sequence[Tensor], per_id: Tensor, bag
     out_values = [torch.empty((c, d), dtype=torch.float32) for c in caps]
     counts, bad = (ctypes.c_int64 * len(rows))(), ctypes.c_int64()
     at = _lib().dc_bag_backward(len(rows), _ints(rows), _ptrs(ids), _ints([i.shape[1] for i in ids]), n, d,
-                                per_id.data_ptr(), bag_of.data_ptr(), grad.data_ptr(), _ptrs(out_rows),
+                                per_id.data_ptr(), bag_of.data_ptr(), grad.data_ptr(), grad.shape[0], _ptrs(out_rows),
                                 _ptrs(out_values), counts, ctypes.byref(bad))
     if at == -2:
         raise MemoryError("dc_bag_backward: out of memory for the row marks")
+    if at >= len(rows):
+        raise IndexError(f"bag {bad.value} out of range for {grad.shape[0]} bags")
     if at >= 0:
         raise IndexError(f"index {bad.value} is out of range for a table of {rows[at]} rows")
     return [(r[:u], v[:u]) for r, v, u in zip(out_rows, out_values, counts)]
