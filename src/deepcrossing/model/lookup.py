@@ -11,6 +11,13 @@ batch 1024, 4 tables) it replaces ``embedding_sparse_backward`` + the optimizer'
 the batch): ~8% of a training step; looking the 4 tables (all of width 10) up in one call instead of four:
 another ~4% (interleaved A/B in one process, samples per CPU second, shared loaded machine).
 
+On CPU float32 tensors the lookup runs as two fused C calls (:mod:`deepcrossing.model.kernels`): forward pools
+straight from the tables (no distinct-id pass), backward finds each table's distinct rows (a bitmap) and sums
+their gradient rows in id order; the same vectors (``embedding_bag``'s fused multiply-adds) and gradients
+(``index_add_``'s order), bit for bit. In the training loop (1 thread, batch 1024, steps alternating the two
+paths, thread time, load 2.5): forward 417 -> 186 us, backward 476 -> 249 us per step. ``DEEPCROSSING_KERNELS=0``
+(or no C compiler) keeps the torch path below.
+
 Shapes: N = ids (padding included, weight 0), M = output bags, U = distinct ids, R = table rows, D = width.
 """
 
@@ -64,7 +71,9 @@ class BagLookup(torch.autograd.Function):
     ``benchmarks/throughput.py``'s setting: 4 tables of width 10, one call each). Each table's gradient is
     sparse (``sparse=True``: coalesced COO over its ascending distinct rows) or dense; rows whose ids all
     weigh 0 (padding) get a zero gradient row. The sums run in the per-table order, so the vectors and
-    gradients are those of one lookup per table, bit for bit.
+    gradients are those of one lookup per table, bit for bit. With the fused kernels (CPU float32, see the
+    module) forward is one :func:`~deepcrossing.model.kernels.bag_forward` and backward one
+    :func:`~deepcrossing.model.kernels.bag_backward`, with the same results.
 
     Args (of ``apply``):
         ids: tuple of (n, c_t) int64 rows of table t.

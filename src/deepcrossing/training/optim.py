@@ -36,6 +36,12 @@ class RowSparseAdam(torch.optim.SparseAdam):
     distinct (:class:`~deepcrossing.model.lookup.BagLookup`'s: the embedding layer sums duplicates in
     backward) skips the ``unique`` (one O(nnz) comparison checks it). State and state_dict are SparseAdam's
     (checkpoints unchanged).
+    On CPU float32 tables the update is one fused C call for all tables
+    (:func:`~deepcrossing.model.kernels.row_adam`: m, v and p per element in SparseAdam's order, rows
+    prefetched): the moments bit-equal to the torch path, the weights within 1 ulp (its ``sqrtf`` is correctly
+    rounded, torch's vectorized ``sqrt`` is not on ~20% of floats). In the training loop (1 thread, batch 1024,
+    steps alternating, thread time, load 2.5) the step takes 224 us instead of 484; ``DEEPCROSSING_KERNELS=0``
+    keeps the ``_foreach`` path.
     Gradients must be row-sparse (``nn.Embedding(sparse=True)``: indices ``(1, nnz)``, values ``(nnz, D)``).
     """
 
