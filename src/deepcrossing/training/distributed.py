@@ -156,6 +156,8 @@ def _rank_entry(local_rank: int, worker: Callable[[DistContext, Any], None], job
     ctx = DistContext(local_rank, world, local_rank, backend)
     try:
         worker(ctx, job)
+        if dist.is_initialized():  # leave together: a gloo rank leaving while another still talks to it
+            dist.barrier()         # sometimes aborts in gloo's threads (SIGABRT, "terminate called without...")
     except DeepCrossingError as exc:  # a message for people: hand it to the launcher, exit quietly
         Path(error_dir, f"rank-{local_rank}").write_text(str(exc))
         raise SystemExit(2) from None
