@@ -589,6 +589,8 @@ def run_peer(peer: str, samples: Path, params: dict, seed: int, quick: bool) -> 
     out = {
         "peer": peer, "seed": seed, "n_train": d.n_train, "load_seconds": load_s,
         "valid_auc": M.auc(d.y["valid"], result["valid"]),
+        "valid_gauc": M.gauc(d.users["valid"], d.y["valid"], result["valid"]).value,
+        "valid_ndcg10": M.ndcg_at_k(d.users["valid"], d.y["valid"], result["valid"], k=10).value,
         "auc": M.auc(y, s),
         "logloss": M.logloss(y, np.clip(s, 0, 1)) if result["probabilities"] else None,
         "gauc": M.gauc(g, y, s).value,
@@ -644,8 +646,8 @@ def summarize(runs: list[dict]) -> dict[str, dict]:
         ok = [r for r in runs if r["peer"] == peer and "error" not in r]
         errors = [r["error"] for r in runs if r["peer"] == peer and "error" in r]
         row: dict[str, Any] = {"n_seeds": len(ok), "errors": errors}
-        for key in ("auc", "logloss", "gauc", "ndcg10", "valid_auc", "fit_seconds", "samples_per_second",
-                    "peak_rss_mib"):
+        for key in ("auc", "logloss", "gauc", "ndcg10", "valid_auc", "valid_gauc", "valid_ndcg10", "fit_seconds",
+                    "samples_per_second", "peak_rss_mib"):
             row[key], row[key + "_std"] = _mean_std([r.get(key) for r in ok])
         row["tuned"] = ok[0]["tuned"] if ok else {}
         rows[peer] = row
@@ -674,12 +676,12 @@ def render(dataset: str, rows: dict[str, dict], meta: dict) -> str:
         f"test {meta['n_test']:,} rows; seeds {meta['seeds']}; {meta['when']}; {meta['machine']}",
         "",
         "| peer | test AUC | Δ AUC vs dc | log loss | GAUC | NDCG@10 | train s | samples/s | "
-        "samples/s ÷ dc | peak RSS MiB | RSS ÷ dc | valid AUC | tuned |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "samples/s ÷ dc | peak RSS MiB | RSS ÷ dc | valid AUC | valid GAUC | valid NDCG@10 | tuned |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for peer, row in rows.items():
         if row["n_seeds"] == 0:
-            lines.append(f"| {peer} | failed: {row['errors'][0] if row['errors'] else '?'} |" + " |" * 11)
+            lines.append(f"| {peer} | failed: {row['errors'][0] if row['errors'] else '?'} |" + " |" * 13)
             continue
         delta = "-" if ours.get("auc") is None else f"{row['auc'] - ours['auc']:+.4f}"
         tuned = ", ".join(f"{k}={v}" for k, v in row["tuned"].items())
@@ -687,7 +689,7 @@ def render(dataset: str, rows: dict[str, dict], meta: dict) -> str:
             f"| {peer} | {ms(row, 'auc')} | {delta} | {ms(row, 'logloss')} | {ms(row, 'gauc')} | "
             f"{ms(row, 'ndcg10')} | {f(row['fit_seconds'], 1)} | {f(row['samples_per_second'], 0)} | "
             f"{ratio(row, 'samples_per_second')} | {f(row['peak_rss_mib'], 0)} | {ratio(row, 'peak_rss_mib')} | "
-            f"{f(row['valid_auc'])} | {tuned} |")
+            f"{f(row['valid_auc'])} | {f(row['valid_gauc'])} | {f(row['valid_ndcg10'])} | {tuned} |")
     lines += ["", "Δ AUC: peer minus deepcrossing (default spec). Timings are wall-clock on a shared machine "
               "(noisy). log loss '-': the score is not a probability."]
     return "\n".join(lines) + "\n"
