@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -33,9 +34,17 @@ from deepcrossing.atomic import atomic_dir
 from deepcrossing.config import TrainConfig
 from deepcrossing.errors import InputError
 from deepcrossing.hashing import files_sha256
+from deepcrossing.jsonfile import read_json_object
 
 CHECKPOINT_VERSION = 2  # 2: state.json records the samples/config fingerprint
 LAST = "last"
+#: state.json's keys and their JSON types (``best_auc`` is null before the first epoch, ``fingerprint`` without
+#: provenance)
+_STATE_TYPES: dict[str, tuple[type, ...]] = {
+    "checkpoint_version": (int,), "epochs_done": (int,), "train_config": (dict,), "fingerprint": (dict, type(None)),
+    "history": (list,), "best_epoch": (int,), "best_auc": (int, float, type(None)), "stopped_early": (bool,),
+    "bad_epochs": (int,), "optimizers": (list,)}
+_DELETE = "; train without --resume to start over (that discards it)"
 
 
 def fingerprint(samples: Iterable[str | Path], config: Mapping[str, Any]) -> dict[str, str]:
@@ -146,6 +155,18 @@ def _check_provenance(state: dict[str, Any], provenance: Mapping[str, str] | Non
                          "the same spec, or train without --resume to start over", path=folder, field="spec")
 
 
+def _load_optimizers(live: TrainingState, metas: list[Any], opt_tensors: Mapping[str, Tensor]) -> None:
+    for i, (opt, meta) in enumerate(zip(live.optimizers, metas, strict=True)):
+        opt_state: dict[int, dict[str, Any]] = {}
+        for key, value in opt_tensors.items():
+            oi, pid, name = key.split(".", 2)
+            if int(oi) == i:
+                opt_state.setdefault(int(pid), {})[name] = value.to(live.device)
+        for pid, extra in meta["state"].items():
+            opt_state.setdefault(int(pid), {}).update(extra)
+        opt.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
+
+
 def load(checkpoint_dir: Path, live: TrainingState, config: TrainConfig,
          provenance: Mapping[str, str] | None) -> Progress:
     """Restore ``checkpoint_dir/last`` into ``live`` (weights, optimizers, EMA, RNGs) and return the progress.
@@ -155,16 +176,15 @@ def load(checkpoint_dir: Path, live: TrainingState, config: TrainConfig,
             (``provenance`` given and different), or weights that do not fit the model.
     """
     folder = checkpoint_dir / LAST
-    try:
-        state = json.loads((folder / "state.json").read_text())
-        weights = load_file(str(folder / "model.safetensors"))
-        best = load_file(str(folder / "best.safetensors"))
-        opt_tensors = load_file(str(folder / "optimizer.safetensors"))
-        rng = load_file(str(folder / "rng.safetensors"))
-        ema = load_file(str(folder / "ema.safetensors"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"the checkpoint cannot be read ({exc}); delete it to start over",
-                         path=folder) from None
+    state = read_state(checkpoint_dir)
+    tensors = {}
+    for name in ("model", "best", "optimizer", "rng", "ema"):
+        path = folder / f"{name}.safetensors"
+        try:
+            tensors[name] = load_file(str(path))
+        except (OSError, ValueError, SafetensorError) as exc:
+            raise InputError(f"the checkpoint cannot be read ({str(exc)[:200]}){_DELETE}", path=path) from None
+    weights, best, opt_tensors, rng, ema = (tensors[k] for k in ("model", "best", "optimizer", "rng", "ema"))
     if state.get("checkpoint_version") != CHECKPOINT_VERSION:
         raise InputError(f"checkpoint version {state.get('checkpoint_version')} is not "
                          f"{CHECKPOINT_VERSION}", path=folder)
@@ -176,17 +196,14 @@ def load(checkpoint_dir: Path, live: TrainingState, config: TrainConfig,
         live.model.load_state_dict(weights)
     except RuntimeError as exc:
         raise InputError(f"the checkpoint does not fit this model: {exc}", path=folder) from None
-    for i, (opt, meta) in enumerate(zip(live.optimizers, state["optimizers"], strict=True)):
-        opt_state: dict[int, dict[str, Any]] = {}
-        for key, value in opt_tensors.items():
-            oi, pid, name = key.split(".", 2)
-            if int(oi) == i:
-                opt_state.setdefault(int(pid), {})[name] = value.to(live.device)
-        for pid, extra in meta["state"].items():
-            opt_state.setdefault(int(pid), {}).update(extra)
-        opt.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
-    if set(ema) != set(live.ema_state):
-        raise InputError("the checkpoint's weight average does not fit this model", path=folder)
+    try:
+        _load_optimizers(live, state["optimizers"], opt_tensors)
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+        raise InputError(f"the checkpoint's optimizer state does not fit this run ({str(exc)[:200]}){_DELETE}",
+                         path=folder, field="optimizers") from None
+    if set(ema) != set(live.ema_state) or not {"torch", "generator"} <= set(rng):
+        raise InputError(f"the checkpoint's weight average or RNG state does not fit this model{_DELETE}",
+                         path=folder)
     for k, v in ema.items():
         live.ema_state[k].copy_(v)
     torch.set_rng_state(rng["torch"])
@@ -204,9 +221,29 @@ def load(checkpoint_dir: Path, live: TrainingState, config: TrainConfig,
     )
 
 
+def read_state(checkpoint_dir: Path) -> dict[str, Any]:
+    """``checkpoint_dir/last/state.json``, checked: a JSON object with every key of the right JSON type.
+
+    Raises:
+        InputError: naming the file (and the key), when it is unreadable, truncated or not a checkpoint's.
+    """
+    path = checkpoint_dir / LAST / "state.json"
+    try:
+        state = read_json_object(path)
+    except InputError as exc:
+        raise InputError(f"the checkpoint cannot be read ({exc.message}){_DELETE}", path=path) from None
+    for key, types in _STATE_TYPES.items():
+        value = state.get(key)
+        if key not in state or not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise InputError(f"the checkpoint's state is malformed (no {key} of type "
+                             f"{' or '.join(t.__name__ for t in types)}){_DELETE}", path=path, field=key)
+    return state
+
+
 def exists(checkpoint_dir: Path | None) -> bool:
     """True if ``checkpoint_dir`` holds a checkpoint to resume from."""
     return checkpoint_dir is not None and (checkpoint_dir / LAST).exists()
 
 
-__all__ = ["CHECKPOINT_VERSION", "Progress", "TrainingState", "exists", "fingerprint", "load", "save"]
+__all__ = ["CHECKPOINT_VERSION", "Progress", "TrainingState", "exists", "fingerprint", "load", "read_state",
+           "save"]

@@ -43,7 +43,7 @@ from deepcrossing.hashing import file_sha256
 from deepcrossing.model.deep_crossing import DeepCrossing
 from deepcrossing.model.train_module import DeepCrossingTrain
 from deepcrossing.outputs import Reservation, reserve
-from deepcrossing.training import artifact
+from deepcrossing.training import artifact, checkpoint
 from deepcrossing.training.checkpoint import fingerprint
 from deepcrossing.training.distributed import DistContext, shard_rows
 from deepcrossing.training.pairwise import train_users
@@ -194,7 +194,7 @@ def _train(tables: Mapping[str, pa.Table | None], config: ExperimentConfig, rese
     trainer = Trainer(DeepCrossingTrain(model), cfg_train, device, checkpoints, fingerprint=provenance,
                       dist=run.dist)
     if resume and (checkpoints / "last" / "state.json").exists():
-        history_lines.extend(json.loads((checkpoints / "last" / "state.json").read_text())["history"])
+        history_lines.extend(checkpoint.read_state(checkpoints)["history"])
     fit = trainer.fit(train_data, encoded["valid"], resume=resume, on_step=run.on_step, on_epoch=epoch_done,
                       users=users)
     if not isinstance(reservation, Reservation):
