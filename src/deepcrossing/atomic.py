@@ -49,6 +49,24 @@ def swap_dir(tmp: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def current_umask() -> int:
+    """The process's umask (read from ``/proc`` where it can be, so other threads never see a umask of 0)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def share_like_new_file(path: str | Path) -> None:
+    """Give ``path`` the mode a plain ``open()`` would (0666 less the umask): writers that create files 0600
+    (``tempfile.mkstemp``, safetensors' ``save_file``) would otherwise make a model or report readable by
+    its owner only, and a service running as another user could not load it."""
+    os.chmod(path, 0o666 & ~current_umask())
+
+
 @contextlib.contextmanager
 def atomic_file(target: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary file next to ``target``; on success it is fsynced and renamed onto ``target``."""
@@ -56,6 +74,7 @@ def atomic_file(target: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp's 0600 would make the file private
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()

@@ -122,3 +122,18 @@ def test_export_parity(saved, tmp_path, fmt):
 def test_export_rejects_unknown_format(saved):
     with pytest.raises(InputError, match="onnx, torchscript"):
         export_model(saved[0], "tflite")
+
+
+def test_model_files_are_readable_like_any_new_file(saved, tmp_path):
+    """model.safetensors and manifest.json were 0600 (safetensors' save_file and mkstemp create private
+    files), so a service running as another user could not load a model trained with umask 022; the
+    other files of the folder (metrics, plots) were 0644. Now every file gets 0666 less the umask."""
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    folder = saved[0]
+    wanted = 0o666 & ~mask
+    export_model(folder, "torchscript", tmp_path / "m.pt")
+    for path in (folder / "model.safetensors", folder / "manifest.json", tmp_path / "m.pt.json"):
+        assert os.stat(path).st_mode & 0o777 == wanted, path

@@ -26,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from deepcrossing.atomic import share_like_new_file
 from deepcrossing.config import FeatureSpec, ModelConfig, TrainConfig
 from deepcrossing.encoding.batch import Batch
 from deepcrossing.encoding.encoder import Encoder
@@ -85,6 +86,7 @@ def save(model_dir: str | Path, model: DeepCrossing, encoder: Encoder, train_con
     tmp = model_dir / f".{WEIGHTS}.tmp-{os.getpid()}"
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(tmp), metadata={"format": FORMAT})
+    share_like_new_file(tmp)
     digest = file_sha256(tmp)
     os.replace(tmp, model_dir / WEIGHTS)
     manifest = {

@@ -29,7 +29,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from deepcrossing.atomic import write_text_atomic
+from deepcrossing.atomic import share_like_new_file, write_text_atomic
 from deepcrossing.config import FeatureSpec
 from deepcrossing.encoding.encoder import Encoder
 from deepcrossing.errors import InputError
@@ -99,6 +99,7 @@ def save_recall(folder: str | Path, channels: dict[str, ItemVectors], *, merge: 
         tensors, entry = _tensors(vectors)
         path = folder / f"{name}.safetensors"
         save_file(tensors, str(path), metadata={"format": FORMAT})
+        share_like_new_file(path)
         entries[name] = {"file": path.name, "sha256": file_sha256(path), **entry}
     manifest = {"format": FORMAT, "package_version": __version__, "channels": entries, "merge": merge,
                 "metrics": metrics, "samples": samples}
