@@ -96,3 +96,34 @@ def test_without_webroot_the_root_leads_to_our_page(models, sqlite_url, server_t
         r = conn.getresponse()
         assert r.status in (302, 307) and r.getheader("location") == "/ui/"
         conn.close()
+
+
+def _ask(port: int, method: str, target: str) -> tuple[int, str | None, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, target)
+        r = conn.getresponse()
+        return r.status, r.getheader("allow"), r.getheader("content-type") or ""
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(("method", "target"), [
+    ("HEAD", "/healthz"), ("HEAD", "/getmovie?id=1"), ("HEAD", "/recommend/1"), ("POST", "/getmovie?id=1"),
+    ("DELETE", "/readyz"), ("PUT", "/movies/1"), ("GET", "/score"), ("GET", "/admin/reload"),
+])
+def test_api_paths_asked_with_another_method_are_405_as_without_a_webroot(server, method, target):
+    """With --webroot, HEAD /healthz was 404 (the request fell through the routes to the folder, which has
+    no such file) and POST /getmovie a 405 allowing "GET, HEAD"; the service without a webroot answers 405
+    allowing the route's methods. Now both answer the same."""
+    status, allow, kind = _ask(server.port, method, target)
+    assert status == 405, (method, target, status)
+    assert allow is not None and "HEAD" not in allow and allow in ("GET", "POST"), allow
+    if method != "HEAD":
+        assert kind.startswith("application/json")
+
+
+def test_pages_still_answer_head(server):
+    assert _ask(server.port, "HEAD", "/index.html")[0] == 200
+    assert _ask(server.port, "HEAD", "/no-such-page.html")[0] == 404
+    assert _ask(server.port, "POST", "/index.html")[:2] == (405, "GET, HEAD")

@@ -30,6 +30,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deepcrossing.errors import DeepCrossingError, InputError
@@ -106,6 +107,9 @@ class _TooLarge(Exception):
     pass
 
 
+ROUTERS = (ranking.router, catalog.router, compat.router, health.router, admin.router)
+
+
 class WebRoot(StaticFiles):
     """A person's folder of static pages (``serve --webroot``): Starlette's StaticFiles, which serves nothing
     outside the folder (``..`` and symlinks out of it are not found), and which answers 404, not 500, for a
@@ -116,6 +120,31 @@ class WebRoot(StaticFiles):
             return super().lookup_path(path)
         except OSError:
             return "", None
+
+    def __init__(self, directory: Path, api_routes: list[Route]) -> None:
+        super().__init__(directory=directory, html=True)
+        self.api_routes = api_routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # A path of an API route asked with another method (HEAD /healthz, POST /getmovie) falls through the
+        # routes to this mount; answer what the service answers without a webroot: 405 with the route's Allow
+        allowed = _api_methods(scope, self.api_routes)
+        if allowed:
+            raise StarletteHTTPException(405, headers={"Allow": ", ".join(sorted(allowed))})
+        await super().__call__(scope, receive, send)
+
+
+def _api_methods(scope: Scope, routes: list[Route]) -> set[str]:
+    """The methods of the ``routes`` whose path is the request's: non-empty only when the path is an API
+    route's and the request's method is none of them."""
+    if scope["type"] != "http":
+        return set()
+    probe = {**scope, "root_path": scope.get("app_root_path", scope.get("root_path", ""))}
+    methods: set[str] = set()
+    for route in routes:
+        if route.matches(probe)[0] is Match.PARTIAL:
+            methods |= route.methods or set()
+    return methods
 
 
 def _error(status: int, kind: str, detail: object) -> JSONResponse:
@@ -175,7 +204,7 @@ def create_app(settings: ServingSettings, *, loader: Callable[[Path], Any] | Non
     app = FastAPI(title="deepcrossing ranking service", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.settings = settings
     app.state.metrics = metrics
-    for router in (ranking.router, catalog.router, compat.router, health.router, admin.router):
+    for router in ROUTERS:
         app.include_router(router)
     _add_error_handlers(app, metrics)
     app.mount("/ui", StaticFiles(directory=STATIC_DIR, html=True), name="ui")
@@ -188,7 +217,8 @@ def create_app(settings: ServingSettings, *, loader: Callable[[Path], Any] | Non
         # take precedence; StaticFiles serves nothing outside the folder (no "..", no symlink out of it)
         if not settings.webroot.is_dir():
             raise InputError("the web root must be an existing folder", path=settings.webroot, field="webroot")
-        app.mount("/", WebRoot(directory=settings.webroot, html=True), name="webroot")
+        routes = [r for router in (app.router, *ROUTERS) for r in router.routes if isinstance(r, Route)]
+        app.mount("/", WebRoot(settings.webroot, routes), name="webroot")
     app.add_middleware(BodyLimitAndMetrics, metrics=metrics, max_bytes=settings.max_body_bytes)
     return app
 
