@@ -100,3 +100,33 @@ def test_reload_of_nan_weights_is_refused(models, sqlite_url, tmp_path):
             r = client.post("/admin/reload", json=body)
             assert r.status_code == 400 and r.json()["error"] == "reload_refused"
         assert client.get("/info").json()["modelVersion"] == before
+
+
+def test_publish_never_writes_into_someone_elses_database(models, synth_data, tmp_path, monkeypatch, capsys):
+    """`publish --store sqlite:///app.db` where app.db is a person's own database added nine dc_* tables to it
+    and switched it to WAL; now it is refused, the file untouched. A new file, an empty one and a store of
+    ours are still written."""
+    import hashlib
+    import sqlite3
+
+    own = tmp_path / "app.db"
+    with sqlite3.connect(own) as conn:
+        conn.execute("CREATE TABLE users (id INTEGER, name TEXT)")
+        conn.execute("INSERT INTO users VALUES (1, 'alice')")
+    conn.close()
+    digest = hashlib.sha256(own.read_bytes()).hexdigest()
+    model = str(models["root"] / "m0")
+    code, err = run_cli(monkeypatch, capsys, "publish", "--model", model, "--data", str(synth_data["raw"]),
+                        "--store", f"sqlite:///{own}")
+    err = " ".join(err.split())
+    assert code == 2 and err.startswith("error:") and "not a deepcrossing feature store (it holds users)" in err, err
+    assert hashlib.sha256(own.read_bytes()).hexdigest() == digest
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.db"]
+
+    from deepcrossing.cli import main
+
+    sqlite3.connect(tmp_path / "empty.db").close()
+    for name in ("empty.db", "new.db", "new.db"):  # the second new.db: a store of ours, published again
+        main(["publish", "--model", model, "--data", str(synth_data["raw"]), "--store",
+              f"sqlite:///{tmp_path / name}", "--no-emb", "--keep-previous", "0"])
+        assert open_store(f"sqlite:///{tmp_path / name}", readonly=True).current() is not None

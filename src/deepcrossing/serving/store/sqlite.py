@@ -135,6 +135,7 @@ class SQLiteStore(FeatureStore):
                 uri = f"file:{urllib.parse.quote(str(self.path.absolute()))}?mode=ro"
                 return sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None, check_same_thread=False)
             conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            self._refuse_foreign(conn)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("CREATE TABLE IF NOT EXISTS dc_current (id INTEGER PRIMARY KEY CHECK (id = 1), "
@@ -144,6 +145,18 @@ class SQLiteStore(FeatureStore):
             return conn
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path}: cannot open the store ({exc})") from exc
+
+    def _refuse_foreign(self, conn: sqlite3.Connection) -> None:
+        """A writer adds tables and switches the file to WAL: only in a store of ours or a new, empty file,
+        never in someone's own database (a table whose name is not ``dc_*``)."""
+        names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view') "
+                                            "AND name NOT LIKE 'dc\\_%' ESCAPE '\\' "
+                                            "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name")]
+        if names:
+            conn.close()
+            shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+            raise InputError(f"is a database that is not a deepcrossing feature store (it holds {shown}); "
+                             "give a new file for the store", path=self.path, field="store")
 
     def _forget(self, conn: sqlite3.Connection) -> None:
         with self._lock:
