@@ -100,6 +100,9 @@ CASES = [
     (["data", "info", "{long}"], 2, "longer than"),
     (["prepare", "--data", "{long}", "--out", "{out}"], 2, "longer than"),
     (["prepare", "--data", "{dir}", "--items", "{log}", "--out", "{out}"], 2, "--items is for your own logs"),
+    # a character device was "is a folder, not a file"
+    (["data", "info", "/dev/null"], 2, "/dev/null: is not a regular file (a device, pipe or socket)"),
+    (["prepare", "--data", "/dev/null", "--out", "{out}"], 2, "/dev/null: is not a regular file"),
 ]
 
 

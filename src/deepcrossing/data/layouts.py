@@ -189,7 +189,8 @@ def read_columns(path: Path, required: tuple[str, ...] | list[str], *, delim: st
     if not path.exists():
         raise InputError("file not found", path=path)
     if not path.is_file():
-        raise InputError("is a folder, not a file", path=path)
+        raise InputError("is a folder, not a file" if path.is_dir() else "is not a regular file (a device, pipe or "
+                         "socket); give a CSV or Parquet file", path=path)
     if path.suffix.lower() in (".parquet", ".pq"):
         import pyarrow.parquet as pq
 
