@@ -181,3 +181,23 @@ def test_evaluate_verb_bad_input(small_samples, tmp_path):
     res = CliRunner().invoke(app, ["evaluate", "--model", str(model), "--samples", str(tmp_path)])
     assert res.exit_code != 0
     assert "test.parquet" in str(res.exception) or "test.parquet" in res.output
+
+
+def test_evaluate_names_the_sample_file_that_lacks_a_column(small_samples, tmp_path):
+    """`evaluate --model M --samples SP` (a --format sparrow folder, without the userGenreCounts column M's
+    spec reads) said `error: field userGenreCounts: the sample file has no column ...` without naming the
+    file; now the error starts with the file's path."""
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from deepcrossing.cli import app
+
+    samples, model = small_samples
+    table = pq.read_table(samples / "test.parquet")
+    bad = tmp_path / "other.parquet"
+    pq.write_table(table.drop_columns(["userGenreCounts"]), bad)
+    res = CliRunner().invoke(app, ["evaluate", "--model", str(model), "--file", str(bad),
+                                   "--out", str(tmp_path / "m.json")])
+    message = str(res.exception)  # the app without the entry point: main() prints it as one `error:` line
+    assert message.startswith(f"{bad}: field userGenreCounts: the sample file has no column"), message
+    assert not (tmp_path / "m.json").exists()

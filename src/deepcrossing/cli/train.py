@@ -222,7 +222,7 @@ def evaluate(
                       inputs=[path, Path(model) / MANIFEST, Path(model) / WEIGHTS])
     table = read_samples(path)
     with console.status(f"scoring {table.num_rows:,} samples of {path}"):
-        scores = loaded.predict(table)
+        scores = loaded.predict(table, source=path)
     report = evaluate_scores(table, scores, k=cutoff, source=path)
     report["kind"] = REPORT_KIND
     report["model_dir"] = str(model)
