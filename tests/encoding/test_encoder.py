@@ -77,6 +77,27 @@ def test_missing_column_names_column_and_file():
         Encoder(tiny_spec()).fit(tiny().drop_columns(["genres"]), source="train.parquet")
 
 
+@pytest.mark.parametrize(("spec", "message"), [
+    (FeatureSpec((Feature("genres", "categorical", "user"),)),
+     "field genres: feature 'genres' holds map<string, int64"),
+    (FeatureSpec((Feature("recent", "categorical", "user"),)),
+     "field recent: feature 'recent' holds list<item: int64> values, not one id or string per row"),
+    (FeatureSpec((Feature("x", "categorical", "user"),)),
+     "field x: feature 'x' holds double values that are not whole-number ids"),
+])
+def test_a_column_that_is_not_ids_names_its_feature(spec, message):
+    """`train --spec` with `kind = "categorical"` on the map column userGenreCounts said `features sharing a
+    table hold different kinds of values (map<...> vs int64)` without a field, for a feature that shares no
+    table; now the error names the feature and what is wrong with its column."""
+    from deepcrossing.encoding.streaming import StreamingFit
+
+    for fit in (lambda: Encoder(spec).fit(tiny(), source="train.parquet"),
+                lambda: StreamingFit(spec, source="train.parquet").update(tiny())):
+        with pytest.raises(InputError) as info:
+            fit()
+        assert str(info.value).startswith(f"train.parquet: {message}"), str(info.value)
+
+
 def test_bad_labels_are_rejected_with_a_count():
     t = tiny().set_column(4, "label", pa.array([1, 2, 0, 7], pa.int8()))
     with pytest.raises(InputError, match="2 labels") as info:

@@ -16,7 +16,7 @@ Example:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -164,7 +164,7 @@ class Encoder:
                     arr = _column(table, f.name, source)
                     values = _parts(arr, f, source)[0] if f.is_bag else arr
                     chunks.append(values)
-                self.tables_[info.name] = Vocabulary(info.min_count).fit(_concat(chunks, source))
+                self.tables_[info.name] = Vocabulary(info.min_count).fit(_concat(chunks, source, info.features))
         for f in self.spec.features:
             if is_dense(f):
                 self.normalizers_[f.name] = _fit_numeric(Normalizer(log1p=f.transform == "log1p_standardize"),
@@ -364,18 +364,24 @@ def _numeric(transformer: Any, arr: pa.Array, f: Feature, source: str | Path | N
     return out
 
 
-def _concat(chunks: list[pa.Array], source: str | Path | None) -> pa.Array:
-    """Values of all features of one table, as one array of a common type (integers or strings)."""
+def _concat(chunks: list[pa.Array], source: str | Path | None, names: Sequence[str]) -> pa.Array:
+    """Values of all features of one table (``chunks[i]`` those of feature ``names[i]``), as one array of a
+    common type (integers or strings)."""
     kinds = {"str" if (pa.types.is_string(c.type) or pa.types.is_large_string(c.type)) else "other"
              for c in chunks if not pa.types.is_null(c.type)}
     target = pa.string() if kinds == {"str"} else pa.int64()
     out = []
-    for c in chunks:
+    for name, c in zip(names, chunks, strict=True):
         if pa.types.is_null(c.type):
             continue
+        if pa.types.is_nested(c.type):  # a map or list column under a kind that reads one value per row
+            raise InputError(f"feature {name!r} holds {c.type} values, not one id or string per row (a list or "
+                             "map column is a multi_hot feature)", path=source, field=name)
         try:
             out.append(pc.cast(c, target))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            raise InputError(f"features sharing a table hold different kinds of values ({c.type} vs {target})",
-                             path=source) from None
+            what = (f"holds {c.type} values that are not whole-number ids" if len(names) == 1 else
+                    f"shares a table with {', '.join(repr(n) for n in names if n != name)} but holds other "
+                    f"kinds of values ({c.type} vs {target})")
+            raise InputError(f"feature {name!r} {what}", path=source, field=name) from None
     return pa.concat_arrays(out) if out else pa.array([], pa.int64())

@@ -86,7 +86,7 @@ class StreamingFit:
                 f = self.spec[name]
                 arr = _column(table, name, src)
                 chunks.append(_parts(arr, f, src)[0] if f.is_bag else arr)
-            values = _concat(chunks, src).drop_null()
+            values = _concat(chunks, src, info.features).drop_null()
             if len(values) == 0:
                 continue
             counts = pc.value_counts(values)
