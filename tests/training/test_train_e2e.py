@@ -80,3 +80,23 @@ def test_missing_column_error_names_column_and_file(ml_samples, tmp_path):
     assert result.exit_code != 0
     assert "userAvgRating" in str(result.exception) and "valid.parquet" in str(result.exception)
     assert not np.any([p.name == "model.safetensors" for p in (tmp_path / "m").glob("*")])
+
+
+def test_a_spec_whose_tables_cannot_be_allocated_is_one_input_error(tmp_path):
+    """`train --spec x.toml` with `kind = "hashed"`, `hash_buckets = 1000000000000` crashed with PyTorch's
+    `RuntimeError: ... DefaultCPUAllocator: can't allocate memory`; now one error names the table's feature."""
+    from dc_synthetic import sample_table
+
+    from deepcrossing.config import ExperimentConfig, Feature, FeatureSpec, ModelConfig, TrainConfig
+    from deepcrossing.errors import InputError
+    from deepcrossing.training.pipeline import train_model
+
+    spec = FeatureSpec((Feature("userId", "hashed", "user", hash_buckets=10**14, dim=8),
+                        Feature("movieId", "categorical", "item", dim=4)))
+    tables = {"train": sample_table(200, seed=0), "valid": sample_table(100, seed=1)}
+    config = ExperimentConfig(spec, ModelConfig(width=8, hidden=(4,)), TrainConfig(epochs=1, batch_size=64))
+    with pytest.raises(InputError) as refused:
+        train_model(tables, config, tmp_path / "model")
+    assert str(refused.value).startswith("field userId: the model does not fit in memory: its largest embedding "
+                                         "table (userId) has 100,000,000,000,001 rows"), str(refused.value)
+    assert not (tmp_path / "model").exists()

@@ -37,7 +37,7 @@ from deepcrossing.outputs import Reservation, reserve
 from deepcrossing.training import artifact
 from deepcrossing.training.pairwise import train_users
 from deepcrossing.training.pipeline import _fit_encoder, _require_finite, _require_two_classes, _Run, \
-    score_splits, split_metrics, write_model_folder
+    build_model, score_splits, split_metrics, write_model_folder
 from deepcrossing.training.trainer import StepInfo, Trainer, predict_logits
 
 #: The fused model's valid logits may differ from the members' mean by float rounding only.
@@ -102,8 +102,7 @@ def _train(tables: Mapping[str, pa.Table | None], config: ExperimentConfig, k: i
         seed = config.train.seed + i
         seed_member(seed)
         train_config = dataclasses.replace(config.train, seed=seed)
-        model = DeepCrossing(config.spec, config.model, encoder.cardinalities,
-                             sparse=train_config.optimizer == "sparse_adam").to(run.device)
+        model = build_model(config, encoder, sparse=train_config.optimizer == "sparse_adam", device=run.device)
 
         def epoch_done(record: dict[str, Any], i: int = i, seed: int = seed) -> None:
             history.append({**record, "member": i, "seed": seed})

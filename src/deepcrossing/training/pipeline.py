@@ -180,7 +180,7 @@ def _train(tables: Mapping[str, pa.Table | None], config: ExperimentConfig, rese
     cfg_train = config.train
     # NCCL has no sparse all-reduce: on GPUs under DDP the tables get dense gradients (and the dense Adam)
     sparse = cfg_train.optimizer == "sparse_adam" and (run.dist is None or run.dist.backend == "gloo")
-    model = DeepCrossing(config.spec, config.model, encoder.cardinalities, sparse=sparse).to(device)
+    model = build_model(config, encoder, sparse=sparse, device=device)
     history_lines: list[dict[str, Any]] = []
 
     def epoch_done(record: dict[str, Any]) -> None:
@@ -215,6 +215,25 @@ def _train(tables: Mapping[str, pa.Table | None], config: ExperimentConfig, rese
     shutil.rmtree(work, ignore_errors=True)
     return {**results, "history": fit.history, "files": files,
             "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def build_model(config: ExperimentConfig, encoder: Encoder, *, sparse: bool, device: torch.device | str
+                ) -> DeepCrossing:
+    """A fresh :class:`DeepCrossing` for the fitted ``encoder`` on ``device``.
+
+    Raises:
+        InputError: the model does not fit in memory (a spec with a huge ``hash_buckets`` or ``dim``),
+            naming the largest embedding table's features.
+    """
+    try:
+        return DeepCrossing(config.spec, config.model, encoder.cardinalities, sparse=sparse).to(device)
+    except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+        if not isinstance(exc, MemoryError) and "memory" not in str(exc).lower():
+            raise
+        name, rows = max(encoder.cardinalities.items(), key=lambda kv: kv[1])
+        features = config.spec.tables()[name].features
+        raise InputError(f"the model does not fit in memory: its largest embedding table ({', '.join(features)}) "
+                         f"has {rows:,} rows; lower hash_buckets or dim", field=features[0]) from None
 
 
 def score_splits(model: DeepCrossing, encoded: Mapping[str, Batch | ParquetSplit]) -> dict[str, torch.Tensor]:
