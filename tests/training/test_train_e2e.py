@@ -100,3 +100,21 @@ def test_a_spec_whose_tables_cannot_be_allocated_is_one_input_error(tmp_path):
     assert str(refused.value).startswith("field userId: the model does not fit in memory: its largest embedding "
                                          "table (userId) has 100,000,000,000,001 rows"), str(refused.value)
     assert not (tmp_path / "model").exists()
+
+
+def test_an_empty_test_split_is_left_out(tmp_path):
+    """`prepare --fractions 0.5,0.5,0` is accepted and writes an empty test split; `train` on it trained every
+    epoch and then refused to save (`the test auc is nan (a split with one class or no rows?); the model was
+    not saved`). Now the model is saved with valid metrics only."""
+    from dc_synthetic import sample_table, small_spec
+
+    from deepcrossing.config import ExperimentConfig, ModelConfig, TrainConfig
+    from deepcrossing.training.pipeline import train_model
+
+    train = sample_table(300, seed=0)
+    tables = {"train": train, "valid": sample_table(150, seed=1), "test": train.slice(0, 0)}
+    config = ExperimentConfig(small_spec(), ModelConfig(width=8, hidden=(4,)), TrainConfig(epochs=1, batch_size=64))
+    result = train_model(tables, config, tmp_path / "model")
+    assert "test" not in result and 0.0 <= result["valid"]["auc"] <= 1.0
+    assert "test" not in json.loads((tmp_path / "model" / "metrics.json").read_text())
+    deepcrossing.load(tmp_path / "model")

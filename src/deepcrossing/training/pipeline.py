@@ -237,8 +237,10 @@ def build_model(config: ExperimentConfig, encoder: Encoder, *, sparse: bool, dev
 
 
 def score_splits(model: DeepCrossing, encoded: Mapping[str, Batch | ParquetSplit]) -> dict[str, torch.Tensor]:
-    """(B,) logits of ``model`` on valid (and test), each split scored once (a streamed split is read once)."""
-    return {name: predict_logits(model, encoded[name]) for name in ("valid", "test") if name in encoded}
+    """(B,) logits of ``model`` on valid (and test), each split scored once (a streamed split is read once).
+    A test split without rows (``prepare --fractions 0.9,0.1,0``) is left out, as if there were none."""
+    return {name: predict_logits(model, encoded[name]) for name in ("valid", "test")
+            if name in encoded and (name == "valid" or len(encoded[name]) > 0)}
 
 
 def split_metrics(logits: Mapping[str, torch.Tensor], encoded: Mapping[str, Batch | ParquetSplit]
