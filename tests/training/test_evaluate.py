@@ -201,3 +201,20 @@ def test_evaluate_names_the_sample_file_that_lacks_a_column(small_samples, tmp_p
     message = str(res.exception)  # the app without the entry point: main() prints it as one `error:` line
     assert message.startswith(f"{bad}: field userGenreCounts: the sample file has no column"), message
     assert not (tmp_path / "m.json").exists()
+
+
+def test_evaluate_of_an_empty_split_is_one_input_error(small_samples, tmp_path):
+    """`evaluate --model M --samples S` where S's test split has no rows (`prepare --fractions 0.5,0.5,0`)
+    crashed with `TypeError: unsupported format string passed to NoneType.__format__`."""
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from deepcrossing.cli import app
+
+    samples, model = small_samples
+    empty = tmp_path / "test.parquet"
+    pq.write_table(pq.read_table(samples / "test.parquet").slice(0, 0), empty)
+    res = CliRunner().invoke(app, ["evaluate", "--model", str(model), "--file", str(empty),
+                                   "--out", str(tmp_path / "m.json")])
+    assert str(res.exception).startswith(f"{empty}: the file has no sample rows: nothing to evaluate"), res.exception
+    assert not (tmp_path / "m.json").exists()

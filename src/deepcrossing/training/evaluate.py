@@ -126,11 +126,14 @@ def evaluate_scores(
         ``popularity`` (each as :func:`score_metrics`), ``popularity_definition``, and ``source``.
 
     Raises:
-        InputError: a needed column is missing or has nulls, or ``scores`` does not match the rows.
+        InputError: no rows, a needed column is missing or has nulls, or ``scores`` does not match the rows.
     """
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     if scores.shape[0] != table.num_rows:
         raise InputError(f"got {scores.shape[0]} scores for {table.num_rows} samples", path=source)
+    if table.num_rows == 0:
+        raise InputError("the file has no sample rows: nothing to evaluate (a split prepared with a fraction of "
+                         "0?)", path=source)
     users = _column(table, "userId", source)
     labels = _column(table, "label", source)
     try:
