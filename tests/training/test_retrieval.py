@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -305,3 +306,46 @@ def test_emb_channel_ignores_test_period_with_a_real_model(tiny_model: tuple[Pat
         got = emb_a(ua, 20)
         assert got.tolist() == emb_b(ub, 20).tolist()
         assert not np.isin(got, ua.rated).any()
+
+
+def _strict_json(text: str) -> Any:
+    def refuse(name: str) -> None:
+        raise ValueError(f"{name} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_evaluate_retrieval_writes_standard_json_and_refuses_an_empty_test_period(
+        tiny_model: tuple[Path, Path], tmp_path: Path) -> None:
+    """With no warm test user, `evaluate --retrieval` wrote `"recall_warm": {"50": NaN, ...}` (not JSON: strict
+    parsers refuse it); with no test user at all (`prepare --fractions 1,0,0`) every recall was NaN. Now
+    recall_warm is null without warm users, and an empty test period is one error."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from deepcrossing.cli import app
+
+    samples, model = tiny_model
+    cold = tmp_path / "cold"
+    shutil.copytree(samples, cold)
+    for split in ("train", "valid"):  # nobody has a positive before the test period: no warm user
+        table = pq.read_table(samples / f"{split}.parquet")
+        label = table.schema.get_field_index("label")
+        zeros = pa.array(np.zeros(table.num_rows), table.schema.field("label").type)
+        pq.write_table(table.set_column(label, "label", zeros), cold / f"{split}.parquet")
+    test = pq.read_table(samples / "test.parquet")
+    out = tmp_path / "r.json"
+    res = CliRunner().invoke(app, ["evaluate", "--retrieval", "--model", str(model), "--samples", str(cold),
+                                   "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    report = _strict_json(out.read_text())
+    assert report["n_users"] > 0 and report["n_warm_users"] == 0
+    assert report["channels"]["popularity"]["recall_warm"]["100"] is None
+
+    empty = tmp_path / "empty"
+    shutil.copytree(samples, empty)
+    pq.write_table(test.slice(0, 0), empty / "test.parquet")
+    res = CliRunner().invoke(app, ["evaluate", "--retrieval", "--model", str(model), "--samples", str(empty),
+                                   "--out", str(tmp_path / "e.json")])
+    assert "the test period has no user with a relevant movie" in str(res.exception), res.exception
+    assert not (tmp_path / "e.json").exists()

@@ -250,6 +250,8 @@ def _evaluate_retrieval(model: Path, samples: Path, ks_text: str, out_path: Path
     from rich.table import Table
 
     from deepcrossing.atomic import write_text_atomic
+    from deepcrossing.errors import InputError
+    from deepcrossing.jsonfile import nan_to_null
     from deepcrossing.outputs import check_output_file
     from deepcrossing.training.artifact import MANIFEST, WEIGHTS
     from deepcrossing.training.artifact import load as load_model
@@ -277,6 +279,9 @@ def _evaluate_retrieval(model: Path, samples: Path, ks_text: str, out_path: Path
         report = evaluate_retrieval(data, build_channels(data, loaded, vectors, manifest.get("weights"),
                                                      manifest.get("head_weights"), int(manifest.get("k", 100)),
                                                      fusion_of(manifest)), ks)
+    if report["n_users"] == 0:
+        raise InputError("the test period has no user with a relevant movie (a positive rating of a movie not "
+                         "rated before): nothing to evaluate", path=Path(samples) / "test.parquet")
     report["model_dir"] = str(model)
     report["recall_dir"] = None if recall is None else str(recall)
     view = Table(title=f"{samples}: {report['n_users']:,} test users with a relevant movie "
@@ -290,7 +295,8 @@ def _evaluate_retrieval(model: Path, samples: Path, ks_text: str, out_path: Path
         view.add_row(name, *(f"{row['recall'][str(kk)]:.4f}" for kk in ks),
                      *(f"{row['coverage'][str(kk)]:.4f}" for kk in ks))
     out.print(view)
-    write_text_atomic(target, json.dumps(report, indent=2) + "\n")
+    # recall_warm is NaN without warm users: null in the report, which stays standard JSON
+    write_text_atomic(target, json.dumps(nan_to_null(report), indent=2, allow_nan=False) + "\n")
     console.print(f"wrote {target}", highlight=False)
 
 
