@@ -33,6 +33,10 @@ CASES = [
     (["serve", "--port", "0", "--model", "{model}"], 2, "Invalid value for '--port'"),
     (["serve", "--port", "-1", "--model", "{model}"], 2, "Invalid value for '--port'"),
     (["serve", "--log-level", "loud", "--model", "{model}"], 2, "must be one of critical, error, warning"),
+    # serve --host '' listened on every interface (0.0.0.0 and ::); a name that does not resolve was uvicorn's
+    # `ERROR: [Errno -2] Name or service not known`, exit 3, after the banner
+    (["serve", "--host", "", "--model", "{model}"], 2, "Invalid value for '--host': must be an address or host"),
+    (["serve", "--host", "not a host", "--model", "{model}"], 2, "Invalid value for '--host': cannot resolve"),
     (["serve", "--threads", "0", "--model", "{model}"], 2, "'--threads'"),
     (["serve", "--model", "/nonexistent"], 2, "/nonexistent: no such folder"),
     (["serve", "--model", "{file}"], 2, "is a file, not a folder"),
@@ -151,3 +155,21 @@ def test_flag_errors_are_one_line(argv: list[str], code: int, fragment: str, pla
 def test_a_good_command_still_runs(places: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
     main(["data", "info", places["log"]])
     assert "ratings      48" in capsys.readouterr().out
+
+
+def test_serve_on_a_port_in_use_is_one_line(places: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    """`serve --port P` with P taken printed the `serving ... on http://127.0.0.1:P/` banner, loaded the model
+    and store, then uvicorn's `ERROR: [Errno 98] ... address already in use` and exit 3."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit) as exited:
+            main(["serve", "--port", str(port), "--model", places["model"]])
+    captured = capsys.readouterr()
+    assert exited.value.code == 2, captured.err
+    assert captured.err.strip() == (f"error: cannot listen on 127.0.0.1:{port} (Address already in use); stop the "
+                                    "other server or pick another --port"), captured.err
+    assert "serving" not in captured.out

@@ -241,4 +241,34 @@ def existing_folder(value: Path | None) -> Path | None:
     return value
 
 
+def bind_host(value: str) -> str:
+    """A typer callback for ``serve --host``: a name or address that resolves. An empty string is refused:
+    uvicorn would listen on every interface (0.0.0.0 and ::) while the banner showed ``http://:PORT/``."""
+    import socket
+
+    if not value.strip():
+        raise typer.BadParameter("must be an address or host name, not empty (an empty host listens on every "
+                                 "interface; say 0.0.0.0 if you mean that)")
+    try:
+        socket.getaddrinfo(value, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise typer.BadParameter(f"cannot resolve {value[:60]!r} ({getattr(exc, 'strerror', None) or exc})") from None
+    return value
+
+
+def require_free_port(host: str, port: int) -> None:
+    """Refuse, before any model is loaded or banner printed, a ``host:port`` this process cannot listen on (in
+    use by another server, an address of another machine, a privileged port), with uvicorn's own socket options."""
+    import socket
+
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            raise DeepCrossingError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); stop the other "
+                                    "server or pick another --port") from None
+
+
 # ---- verbs are registered below, one section per pipeline stage ----

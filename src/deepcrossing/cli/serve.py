@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from deepcrossing.cli.common import INT64, LOG_LEVELS, PORT, app, existing_folder, model_folder, one_of, out, \
-    set_threads
+from deepcrossing.cli.common import INT64, LOG_LEVELS, PORT, app, bind_host, existing_folder, model_folder, one_of, \
+    out, require_free_port, set_threads
 
 
 @app.command("publish")
@@ -82,7 +82,8 @@ def serve_cmd(
                                         help="Model folder from `deepcrossing train`.")],
     store: Annotated[str | None, typer.Option(
         "--store", help="sqlite:///path.db or redis://host:port/db (default: sqlite:///MODEL/features.db).")] = None,
-    host: Annotated[str, typer.Option(help="Address to bind (loopback unless you mean otherwise).")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(callback=bind_host, help="Address to bind (loopback unless you mean "
+                                                               "otherwise).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(**PORT, help="TCP port (1..65535).")] = 8000,
     admin_token: Annotated[str | None, typer.Option(
         "--admin-token", envvar="DEEPCROSSING_ADMIN_TOKEN",
@@ -121,6 +122,7 @@ def serve_cmd(
     from deepcrossing.serving.settings import ServingSettings
     from deepcrossing.serving.workers import run_workers
 
+    require_free_port(host, port)
     url = store or default_store_url(model)
     check_store(url)
     control_dir = Path(tempfile.mkdtemp(prefix="deepcrossing-serve-")) if workers > 1 else None
