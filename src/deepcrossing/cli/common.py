@@ -259,6 +259,7 @@ def bind_host(value: str) -> str:
 def require_free_port(host: str, port: int) -> None:
     """Refuse, before any model is loaded or banner printed, a ``host:port`` this process cannot listen on (in
     use by another server, an address of another machine, a privileged port), with uvicorn's own socket options."""
+    import errno
     import socket
 
     family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
@@ -267,8 +268,9 @@ def require_free_port(host: str, port: int) -> None:
         try:
             sock.bind(address)
         except OSError as exc:
-            raise DeepCrossingError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); stop the other "
-                                    "server or pick another --port") from None
+            hint = ("stop the other server or pick another --port" if exc.errno == errno.EADDRINUSE else
+                    "give an address of this machine (--host) and a port you may bind")
+            raise DeepCrossingError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); {hint}") from None
 
 
 # ---- verbs are registered below, one section per pipeline stage ----
