@@ -108,6 +108,22 @@ def test_bad_requests_get_json_4xx(client, method, path, kwargs, status):
     assert r.headers["content-type"].startswith("application/json") and "error" in r.json()
 
 
+def test_a_chunked_body_over_the_limit_is_413(client):
+    """A body over the limit without Content-Length (Transfer-Encoding: chunked, as `curl -H 'Transfer-Encoding:
+    chunked'` or a streaming client sends it) was a 400 `There was an error parsing the body`: the middleware's
+    refusal, raised inside FastAPI's body reading, was caught there as a parse error. Now it is the 413."""
+    def chunks():
+        for _ in range(3):
+            yield b" " * 100_000
+
+    r = client.post("/score", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413, r.text
+    assert r.json()["error"] == "body_too_large"
+    ok = client.post("/score", content=iter([b'{"user_id": 1, ', b'"movie_ids": [1, 2]}']),
+                     headers={"content-type": "application/json"})
+    assert ok.status_code == 200 and len(ok.json()["scores"]) == 2, ok.text
+
+
 def test_health_metrics_info(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")

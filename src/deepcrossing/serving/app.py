@@ -103,8 +103,10 @@ class BodyLimitAndMetrics:
         self.metrics.observe("unmatched", scope["method"], 413, time.perf_counter() - start)
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(BaseException):
+    """Raised by the middleware's ``receive`` past the limit. A BaseException, so that FastAPI's body reading
+    (``except Exception`` -> 400 "error parsing the body") and the exception middleware let it through to the
+    middleware, which answers 413."""
 
 
 ROUTERS = (ranking.router, catalog.router, compat.router, health.router, admin.router)
