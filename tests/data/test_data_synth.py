@@ -127,3 +127,13 @@ def test_cli_synth_and_info(tmp_path: Path) -> None:
     skip = subprocess.run([sys.executable, "-m", "deepcrossing.cli", "data", "info", str(bad),
                            "--skip-bad-rows"], capture_output=True, text=True)
     assert skip.returncode == 0 and "skipped      1 bad rows in ratings.csv" in skip.stdout
+
+
+def test_a_size_beyond_memory_is_one_input_error(tmp_path):
+    """`data synth --ratings 1000000000000` (and `quickstart --ratings ...`) crashed with numpy's
+    `_ArrayMemoryError: Unable to allocate 49.7 GiB ...` traceback; now one error, and nothing is left behind."""
+    from deepcrossing.errors import InputError
+
+    with pytest.raises(InputError, match=r"field n_ratings: 100,000,000,000,000,000 ratings .* need more memory"):
+        generate(10**17, tmp_path / "synth")
+    assert list(tmp_path.iterdir()) == []

@@ -102,7 +102,11 @@ def generate(n_ratings: int, out_dir: str | Path | Reservation, *, seed: int = 0
                       n_users=n_users or int(max(60, n_ratings // 150)), chunk=int(chunk))
     target = out_dir if isinstance(out_dir, Reservation) else Path(out_dir)
     with owned_dir(target, SYNTH_OUTPUT, overwrite=overwrite) as tmp:
-        _write(cfg, seed, tmp)
+        try:
+            _write(cfg, seed, tmp)
+        except MemoryError:  # numpy's _ArrayMemoryError: the per-user arrays of a typo like 10**12 ratings
+            raise InputError(f"{n_ratings:,} ratings ({cfg.n_users:,} users) need more memory than this machine "
+                             "has; ask for fewer", field="n_ratings") from None
     return target.target if isinstance(target, Reservation) else target
 
 
