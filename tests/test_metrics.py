@@ -283,3 +283,14 @@ def test_global_metrics_keep_their_edge_cases_on_top_of_sklearn():
     y, s = [1, 0, 1, 0, 1], [0.3, 0.3, 0.9, 0.1, 0.05]
     pairs = [(p, n) for p, lp in zip(s, y) if lp for n, ln in zip(s, y) if not ln]
     assert M.auc(y, s) == pytest.approx(sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in pairs) / 6)
+
+
+def test_a_cut_off_beyond_every_user_equals_the_largest_user():
+    """`evaluate --k 1000000000000` crashed with numpy's `_ArrayMemoryError: Unable to allocate 7.28 TiB`
+    (NDCG's (k,) discount); a cut-off past the largest group means each group's n_rows, so the values are those
+    of k = the largest group's size."""
+    from deepcrossing.metrics import hit_rate_at_k, ndcg_at_k, recall_at_k
+
+    groups, labels, scores = [7, 7, 7, 8, 8], [0, 1, 1, 1, 0], [0.9, 0.8, 0.1, 0.2, 0.4]
+    for fn in (ndcg_at_k, recall_at_k, hit_rate_at_k):
+        assert fn(groups, labels, scores, k=10**12) == fn(groups, labels, scores, k=3)

@@ -292,6 +292,9 @@ def _ranked(
     g = _groups(groups, y.shape[0])
     k = _check_k(k)
     order, gid, starts, sizes = _group_sort(g, s, descending=True)
+    # a cut-off past the largest group changes nothing (each group uses min(k, n_rows)); clipping it keeps the
+    # (k,) discount of NDCG from allocating k floats for `--k 1000000000000`
+    k = min(k, int(sizes.max(initial=1)))
     y_sorted = y[order]
     pos = np.arange(y.shape[0]) - starts[gid]                # (N,) 0-based rank within group
     in_top = pos < k
