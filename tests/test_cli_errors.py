@@ -38,6 +38,11 @@ CASES = [
     (["serve", "--host", "", "--model", "{model}"], 2, "Invalid value for '--host': must be an address or host"),
     (["serve", "--host", "not a host", "--model", "{model}"], 2, "Invalid value for '--host': cannot resolve"),
     (["serve", "--threads", "0", "--model", "{model}"], 2, "'--threads'"),
+    # --threads 1000000 hung train (no output after 60 s: a million OpenMP threads); --workers had no bound either
+    (["train", "--threads", "1000000", "--samples", "{samples}"], 2, "Invalid value for '--threads'"),
+    (["train-recall", "--threads", "1000000", "--samples", "{samples}", "--out", "{out}"], 2, "'--threads'"),
+    (["serve", "--threads", "1000000", "--model", "{model}"], 2, "Invalid value for '--threads'"),
+    (["serve", "--workers", "100000", "--model", "{model}"], 2, "Invalid value for '--workers'"),
     (["serve", "--model", "/nonexistent"], 2, "/nonexistent: no such folder"),
     (["serve", "--model", "{file}"], 2, "is a file, not a folder"),
     (["serve", "--webroot", "/nonexistent", "--model", "{model}"], 2, "'--webroot': /nonexistent: no such folder"),

@@ -44,7 +44,7 @@ def train_recall(
         = None,
     epochs: Annotated[int, typer.Option(min=1, max=1000, help="Two-tower: at most so many epochs.")] = 20,
     seed: Annotated[int, typer.Option(help="Seed of both models (initialization, shuffling, word2vec).")] = 0,
-    threads: Annotated[int, typer.Option(min=0, help="Intra-op threads (0 = one per core).")] = 1,
+    threads: Annotated[int, typer.Option(min=0, max=256, help="Intra-op threads (0 = one per core).")] = 1,
     overwrite: Annotated[bool, typer.Option(
         help="Write into a folder of other files; they are kept (a file of the same name is never replaced).")]
         = False,

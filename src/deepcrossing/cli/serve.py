@@ -88,10 +88,10 @@ def serve_cmd(
     admin_token: Annotated[str | None, typer.Option(
         "--admin-token", envvar="DEEPCROSSING_ADMIN_TOKEN",
         help="Bearer token for /admin (required to use /admin when --host is not loopback).")] = None,
-    threads: Annotated[int, typer.Option(min=1, help="Torch intra-op threads for scoring, per worker.")] = 1,
+    threads: Annotated[int, typer.Option(min=1, max=256, help="Torch intra-op threads for scoring, per worker.")] = 1,
     workers: Annotated[int, typer.Option(
-        min=1, help="Server processes (one per core is fastest; each loads the model and the store snapshot). "
-                    "/admin/reload reaches all of them.")] = 1,
+        min=1, max=256, help="Server processes (one per core is fastest; each loads the model and the store "
+                             "snapshot). /admin/reload reaches all of them.")] = 1,
     user_cache: Annotated[int, typer.Option(
         min=0, help="Users whose request-side partial each worker keeps per model and store version (exact; "
                     "0 = off).")] = 100_000,

@@ -39,7 +39,7 @@ def train(
     device: Annotated[str, typer.Option(
         callback=one_of(*DEVICES), help="cpu, cuda or auto (cuda when available).")] = "auto",
     threads: Annotated[int, typer.Option(
-        min=0, help="Intra-op threads. 1 is fastest for these small per-step ops on a busy 2-core machine; "
+        min=0, max=256, help="Intra-op threads. 1 is fastest for these small per-step ops on a busy 2-core machine; "
              "0 = one per core.")] = 1,
     resume: Annotated[bool, typer.Option(
         help="Continue after a kill from the checkpoint in .MODEL.work/ (next to the model folder).")] = False,
