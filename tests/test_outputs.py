@@ -360,3 +360,39 @@ def test_quickstart_refuses_a_foreign_sub_output_before_any_work(tmp_path):
     message = cli_error("quickstart", "--out", tmp_path / "q", "--ratings", "2000", "--epochs", "1")
     assert "holds files that are not a model folder (plan.md)" in message
     assert sorted(os.listdir(tmp_path / "q")) == ["model"]  # no data generated, no samples written
+
+
+def test_a_persons_files_kept_by_overwrite_survive_the_next_run(tmp_path):
+    """`train --out DIR --overwrite` into a folder holding a person's `checkpoints/x` and `metrics-mine.json`
+    kept them, but the next `train --out DIR` deleted both: they match the model folder's patterns (the legacy
+    checkpoints folder, evaluate's metrics-*.json). The same for a recall folder and a person's
+    `mine.safetensors`. Now only entries that are ours by content (or listed by the manifest) are replaced."""
+    import json
+
+    from dc_synthetic import sample_table, small_spec
+
+    from deepcrossing.config import ExperimentConfig, ModelConfig, TrainConfig
+    from deepcrossing.training.pipeline import train_model
+    from deepcrossing.training.recall_model import FORMAT as RECALL_FORMAT
+    from deepcrossing.training.recall_model import RECALL_OUTPUT
+
+    out = tmp_path / "model"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "x").write_text("mine")
+    (out / "metrics-mine.json").write_text('{"my": "notes"}')
+    tables = {"train": sample_table(300, seed=0), "valid": sample_table(150, seed=1)}
+    config = ExperimentConfig(small_spec(), ModelConfig(width=8, hidden=(4,)), TrainConfig(epochs=1, batch_size=64))
+    train_model(tables, config, out, overwrite=True)
+    (out / "metrics-valid.json").write_text(json.dumps({"kind": "deepcrossing.evaluation", "n_samples": 1}))
+    train_model(tables, config, out)
+    assert (out / "checkpoints" / "x").read_text() == "mine"
+    assert (out / "metrics-mine.json").read_text() == '{"my": "notes"}'
+    assert not (out / "metrics-valid.json").exists()  # a report of the previous model: ours, stale, gone
+
+    recall = tmp_path / "recall"
+    recall.mkdir()
+    (recall / "manifest.json").write_text(json.dumps({"format": RECALL_FORMAT,
+                                                       "channels": {"two_tower": {"file": "two_tower.safetensors"}}}))
+    for name in ("two_tower.safetensors", "mine.safetensors", "metrics.json"):
+        (recall / name).write_text("x")
+    assert RECALL_OUTPUT.owned_names(recall) == {"manifest.json", "two_tower.safetensors", "metrics.json"}

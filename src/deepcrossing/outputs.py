@@ -62,12 +62,16 @@ class OutputKind:
         recognise: marker dict -> True when it is a previous output of this kind.
         owned: marker dict -> names (``fnmatch`` patterns) of the files such an output wrote; those are the
             only files a new output of this kind may replace or delete.
+        mine: entry -> True when an entry matched by ``owned`` was written by us (default: all are). For
+            patterns a person's file can match too (``metrics-*.json``, ``checkpoints``): such a file, kept
+            beside the output by ``--overwrite``, must stay when the output is written again.
     """
 
     name: str
     marker: str
     recognise: Callable[[dict[str, Any]], bool]
     owned: Callable[[dict[str, Any]], Iterable[str]]
+    mine: Callable[[Path], bool] | None = None
 
     def read_marker(self, folder: Path) -> dict[str, Any] | None:
         """The parsed marker of ``folder`` if it is an output of this kind, else None."""
@@ -88,7 +92,8 @@ class OutputKind:
         if marker is None:
             return None
         patterns = [self.marker, *self.owned(marker)]
-        return {p.name for p in folder.iterdir() if any(fnmatch.fnmatchcase(p.name, pat) for pat in patterns)}
+        return {p.name for p in folder.iterdir() if any(fnmatch.fnmatchcase(p.name, pat) for pat in patterns)
+                and (self.mine is None or p.name == self.marker or self.mine(p))}
 
 
 def _is_within(inner: Path, outer: Path) -> bool:

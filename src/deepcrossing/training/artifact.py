@@ -53,8 +53,31 @@ MANIFEST_KEYS = {"format", "format_version", "package_version", "spec", "model_c
 MODEL_FILES = (WEIGHTS, MANIFEST, "metrics.jsonl", "metrics.json", "metrics-*.json", "curves.png", "roc.png",
                "model.onnx", "model.onnx.json", "model.torchscript.pt", "model.torchscript.pt.json",
                "checkpoints", ".*.tmp-*")
+
+
+def _ours_in_model_folder(path: Path) -> bool:
+    """Whether an entry of a model folder that matches :data:`MODEL_FILES` is deepcrossing's: the names a person's
+    file can have too are checked by content (an evaluate report or export sidecar names its kind or weights,
+    the legacy ``checkpoints`` folder holds only ``last``), so that a file kept by ``--overwrite`` is never
+    deleted by the next ``train``."""
+    name = path.name
+    if name == "checkpoints":
+        return path.is_dir() and all(p.name == "last" or p.name.startswith(".") for p in path.iterdir())
+    if name in ("model.onnx", "model.torchscript.pt"):
+        path = path.with_name(name + ".json")
+    elif not (name.startswith("metrics-") or name.endswith((".onnx.json", ".pt.json"))):
+        return True                                  # names train writes itself (a clash is refused before)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and (str(data.get("kind", "")).startswith("deepcrossing.")
+                                       or "weights_sha256" in data or {"model_dir", "n_samples", "split"} <= set(data))
+
+
 #: A model folder, recognised by its manifest's ``format``.
-MODEL_OUTPUT = OutputKind("model folder", MANIFEST, lambda m: m.get("format") == FORMAT, lambda m: MODEL_FILES)
+MODEL_OUTPUT = OutputKind("model folder", MANIFEST, lambda m: m.get("format") == FORMAT, lambda m: MODEL_FILES,
+                          _ours_in_model_folder)
 
 
 

@@ -56,8 +56,17 @@ MANIFEST_KEYS = {"format", "package_version", "channels", "merge", "metrics", "s
 ENTRY_KEYS = {"two_tower": {"file", "sha256", "spec", "config", "encoder"},
               "item2vec": {"file", "sha256", "config"}}
 #: A recall folder, recognised by its manifest's ``format``; it owns its manifest, weights and metrics.
+def _channel_files(manifest: dict[str, Any]) -> list[str]:
+    """The vector files a recall folder's manifest lists (not every ``*.safetensors``: a person's own file kept
+    beside the folder by ``--overwrite`` is not ours)."""
+    channels = manifest.get("channels")
+    if not isinstance(channels, dict):
+        return []
+    return [str(c["file"]) for c in channels.values() if isinstance(c, dict) and isinstance(c.get("file"), str)]
+
+
 RECALL_OUTPUT = OutputKind("recall folder", MANIFEST, lambda m: m.get("format") == FORMAT,
-                           lambda m: ("*.safetensors", "metrics.json", "recall_at_k.png"))
+                           lambda m: (*_channel_files(m), "metrics.json", "recall_at_k.png"))
 
 __all__ = ["CHANNELS", "FORMAT", "RECALL_OUTPUT", "load_recall", "read_manifest", "save_recall", "train_recall"]
 
