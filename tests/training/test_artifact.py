@@ -137,3 +137,25 @@ def test_model_files_are_readable_like_any_new_file(saved, tmp_path):
     export_model(folder, "torchscript", tmp_path / "m.pt")
     for path in (folder / "model.safetensors", folder / "manifest.json", tmp_path / "m.pt.json"):
         assert os.stat(path).st_mode & 0o777 == wanted, path
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_export_of_a_model_whose_table_has_only_pad_and_oov(tmp_path, fmt):
+    """`export --model M` crashed with `IndexError: index out of range in self` for a model trained on a log
+    without movies.csv (its genre table holds only the PAD and OOV rows): the tracing batch used ids 0..2."""
+    from deepcrossing.config import Feature, FeatureSpec
+
+    spec = FeatureSpec((Feature("movieId", "categorical", "item", dim=4, min_count=10**9),
+                        Feature("userRatingCount", "numeric", "user", transform="standardize")))
+    train = sample_table(200, seed=0)
+    enc = Encoder(spec).fit(train)
+    assert enc.cardinalities == {"movieId": 2}
+    torch.manual_seed(0)
+    model = DeepCrossing(spec, ModelConfig(width=8, hidden=(4,)), enc.cardinalities).eval()
+    folder = artifact.save(tmp_path / "model", model, enc, TrainConfig(epochs=1))
+    path = export_model(folder, fmt, tmp_path / f"m.{fmt}")
+    loaded = deepcrossing.load(folder)
+    batch = loaded.encoder.transform(train.slice(0, 9))
+    meta = json.loads(path.with_name(path.name + ".json").read_text())
+    got = exported_scores(path, fmt, flat_inputs(batch, layout(loaded)), meta["inputs"])
+    np.testing.assert_allclose(got, loaded.logits(batch).numpy(), atol=1e-5, rtol=0)

@@ -67,11 +67,16 @@ def flat_module(loaded: LoadedModel) -> FlatDeepCrossing:
 
 
 def _example_batch(loaded: LoadedModel, n: int = 4) -> Batch:
-    """A small valid batch (ids 0..2, zero numerics) to trace the graph with."""
+    """A small valid batch (ids 0..2, or fewer where a table has fewer rows; zero numerics) to trace the graph
+    with."""
     spec, enc = loaded.spec, loaded.encoder
     g = torch.Generator().manual_seed(0)
-    sparse = {f.name: torch.randint(0, 3, (n,), generator=g) for f in spec.features if f.embedded and not f.is_bag}
-    bags = {f.name: torch.randint(0, 3, (n, enc.bag_len_[f.name]), generator=g) for f in spec.features if f.is_bag}
+    # a table of a tiny train set can have only its PAD and OOV rows (no genre seen: 2 rows)
+    top = {f: min(3, enc.cardinalities.get(t.name, 3)) for t in spec.tables().values() for f in t.features}
+    sparse = {f.name: torch.randint(0, top.get(f.name, 3), (n,), generator=g)
+              for f in spec.features if f.embedded and not f.is_bag}
+    bags = {f.name: torch.randint(0, top.get(f.name, 3), (n, enc.bag_len_[f.name]), generator=g)
+            for f in spec.features if f.is_bag}
     weights = {f.name: torch.rand(n, enc.bag_len_[f.name], generator=g)
                for f in spec.features if f.is_bag and f.weights_from is not None}
     numeric = {f.name: torch.rand(n, input_width(f), generator=g)
