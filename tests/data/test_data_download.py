@@ -147,3 +147,27 @@ def test_cache_location_and_preference(tmp_path: Path, monkeypatch: pytest.Monke
     (tmp_path / "home/datasets/ml-latest-small/ratings.csv").write_text("x\n")
     assert find_cached_movielens() == tmp_path / "home/datasets/ml-latest-small"
     assert {"ml-latest-small", "ml-100k", "ml-1m", "ml-25m"} <= set(DATASETS)
+
+
+def test_a_persons_folder_in_the_cache_is_never_deleted(server: Server, tmp_path: Path) -> None:
+    """`data download ml-latest-small --cache C` where C/ml-latest-small was a person's own folder (notes, no
+    ratings.csv) deleted it whole (shutil.rmtree) and put the release there; with --force, notes added to a
+    download went the same way. Now both are refused and the folder is untouched; a download of ours is still
+    replaced by --force."""
+    server.serve("ml-latest-small", SMALL)
+    own = tmp_path / "ml-latest-small"
+    own.mkdir()
+    (own / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="holds notes.txt, not part of the release"):
+        download("ml-latest-small", cache=tmp_path, base_url=server.url)
+    assert sorted(p.name for p in own.iterdir()) == ["notes.txt"] and server.hits == []
+
+    (own / "notes.txt").unlink()
+    folder = download("ml-latest-small", cache=tmp_path, base_url=server.url)  # an empty folder is fine
+    (folder / "analysis.ipynb").write_text("mine")
+    with pytest.raises(InputError, match="holds analysis.ipynb, not part of the release"):
+        download("ml-latest-small", cache=tmp_path, base_url=server.url, force=True)
+    assert (folder / "analysis.ipynb").read_text() == "mine" and (folder / "ratings.csv").exists()
+    assert leftovers(tmp_path) == ["ml-latest-small"]
+    (folder / "analysis.ipynb").unlink()
+    assert download("ml-latest-small", cache=tmp_path, base_url=server.url, force=True) == folder

@@ -112,6 +112,7 @@ def download(name: str, *, cache: str | Path | None = None, base_url: str = BASE
     target = cache / name
     if (target / release.marker).exists() and not force:
         return target
+    _refuse_foreign(target, None if (target / release.marker).exists() else set())
     cache.mkdir(parents=True, exist_ok=True)
     url = f"{base_url.rstrip('/')}/{name}.zip"
     expected = release.md5 or _fetch_md5(url + ".md5", timeout)
@@ -151,6 +152,20 @@ def _stream(url: str, part: Path, expected_md5: str, progress: Progress | None, 
                          "corrupted (or the release changed): nothing was kept, run the command again")
 
 
+def _refuse_foreign(target: Path, release_names: set[str] | None) -> None:
+    """Refuse to replace ``target`` when it holds anything but the release's own files (``release_names``;
+    ``None``: not known yet): a person's folder of that name, or notes added to a download, are never deleted."""
+    if release_names is None or not (target.exists() or target.is_symlink()):
+        return
+    if not target.is_dir() or target.is_symlink():
+        raise InputError("is not a folder this command wrote; move it or give another --cache", path=target)
+    foreign = sorted({p.name for p in target.iterdir()} - release_names)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise InputError(f"holds {shown}, not part of the release: the folder is never replaced or deleted; move "
+                         "them or give another --cache", path=target)
+
+
 def _extract(zpath: Path, release: MovieLensRelease, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.extract-", dir=target.parent))
@@ -173,6 +188,7 @@ def _extract(zpath: Path, release: MovieLensRelease, target: Path) -> None:
             if len(candidates) != 1:
                 raise InputError(f"the zip does not hold {release.folder}/{release.marker}", path=zpath)
             inner = candidates[0]
+        _refuse_foreign(target, {p.name for p in inner.iterdir()})
         if target.exists():
             shutil.rmtree(target)
         os.replace(inner, target)
