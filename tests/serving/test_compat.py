@@ -20,6 +20,13 @@ from deepcrossing.serving.compat_schemas import CompatMovie, CompatUser
 from deepcrossing.serving.engine import Engine
 from deepcrossing.serving.settings import ServingSettings
 
+
+def _query(sql: str) -> duckdb.DuckDBPyConnection:
+    """A query on a connection of its own: a fetchone() on duckdb's shared default connection left an unfinished
+    result there, and every later duckdb.sql() in the same process (tests/data) failed with ResourceInUseException."""
+    return duckdb.connect().execute(sql)
+
+
 MOVIE_KEYS = ["movieId", "title", "releaseYear", "imdbId", "tmdbId", "genres", "ratingNumber", "averageRating",
               "topRatings"]
 USER_KEYS = ["userId", "averageRating", "highestRating", "lowestRating", "ratingCount", "ratings"]
@@ -71,7 +78,7 @@ def linked(synth_data, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("compat")
     shutil.copytree(synth_data["raw"], root / "raw")
-    ids = [r[0] for r in duckdb.execute(f"SELECT movieId FROM read_csv('{root / 'raw' / 'movies.csv'}')").fetchall()]
+    ids = [r[0] for r in _query(f"SELECT movieId FROM read_csv('{root / 'raw' / 'movies.csv'}')").fetchall()]
     (root / "raw" / "links.csv").write_text("movieId,imdbId,tmdbId\n" + "".join(
         f"{m},{m:07d},{m * 3 if m % 5 else ''}\n" for m in ids))
     dataset = load_dataset(root / "raw", workdir=root / "work")
@@ -135,9 +142,9 @@ def test_getmovie_shape_and_values(client, truth):
 
 def test_top_ratings_are_the_highest_then_most_recent(client, linked):
     ds = linked["dataset"]
-    movie_id, = duckdb.execute(f"SELECT item_id FROM read_parquet('{ds.ratings}') GROUP BY item_id "
+    movie_id, = _query(f"SELECT item_id FROM read_parquet('{ds.ratings}') GROUP BY item_id "
                                "ORDER BY count(*) DESC, item_id LIMIT 1").fetchone()
-    expected = duckdb.execute(f"SELECT user_id, rating, timestamp FROM read_parquet('{ds.ratings}') WHERE item_id = "
+    expected = _query(f"SELECT user_id, rating, timestamp FROM read_parquet('{ds.ratings}') WHERE item_id = "
                           f"{movie_id} ORDER BY rating DESC, timestamp DESC, user_id LIMIT 10").fetchall()
     movie = get(client, f"/getmovie?id={movie_id}")
     assert [(r["rating"]["userId"], r["rating"]["score"], r["rating"]["timestamp"]) for r in movie["topRatings"]] \
@@ -153,7 +160,7 @@ def test_getuser_shape_and_values(client, truth, linked):
         assert (user["userId"], user["ratingCount"], user["highestRating"], user["lowestRating"]) == (
             user_id, count, high, low)
         assert user["averageRating"] == pytest.approx(mean)
-        recent = duckdb.execute(f"SELECT item_id, rating, timestamp FROM read_parquet('{ds.ratings}') WHERE user_id = "
+        recent = _query(f"SELECT item_id, rating, timestamp FROM read_parquet('{ds.ratings}') WHERE user_id = "
                             f"{user_id} ORDER BY timestamp DESC, item_id LIMIT 1000").fetchall()
         assert [(r["rating"]["movieId"], r["rating"]["score"], r["rating"]["timestamp"])
                 for r in user["ratings"]] == recent
@@ -292,8 +299,8 @@ def ml_small(ml_small_dir, models, tmp_path_factory):
 
 def test_ml_latest_small(ml_small, ml_small_dir):
     ratings = f"read_csv('{ml_small_dir / 'ratings.csv'}')"
-    count, mean = duckdb.execute(f"SELECT count(*), avg(rating) FROM {ratings} WHERE movieId = 1").fetchone()
-    n_user, low = duckdb.execute(f"SELECT count(*), min(rating) FROM {ratings} WHERE userId = 1").fetchone()
+    count, mean = _query(f"SELECT count(*), avg(rating) FROM {ratings} WHERE movieId = 1").fetchone()
+    n_user, low = _query(f"SELECT count(*), min(rating) FROM {ratings} WHERE userId = 1").fetchone()
     toy = get(ml_small, "/getmovie?id=1")
     check_movie(toy)
     assert (toy["title"], toy["releaseYear"], toy["imdbId"], toy["tmdbId"]) == ("Toy Story", 1995, "0114709", "862")
