@@ -174,3 +174,64 @@ def test_tables_of_two_widths_are_two_lookups_with_the_reference_gradients():
     for name, table in layer.tables.items():
         torch.testing.assert_close(table.weight.grad.to_dense(), reference.tables[name].weight.grad, rtol=1e-5,
                                    atol=1e-6)
+
+
+TWO_WIDTHS = FeatureSpec((
+    Feature("tags", "multi_hot", "item", table="tag", pooling="sum", dim=3),          # a bag before the single
+    Feature("movieId", "categorical", "item", table="movie", dim=3),
+    Feature("genre1", "categorical", "item", table="genre", dim=2),
+    Feature("recent", "multi_hot", "user", table="movie", pooling="mean", dim=3),
+    Feature("weighted", "multi_hot", "user", table="movie", pooling="mean", weights_from="values", dim=3),
+    Feature("genre2", "categorical", "item", table="genre", dim=2),
+))
+
+
+@pytest.mark.parametrize("spec", [SPEC, TWO_WIDTHS], ids=["one-width", "two-widths"])
+@pytest.mark.parametrize("sparse", [True, False])
+def test_the_fused_lookup_of_all_tables_equals_the_per_width_lookup_bit_for_bit(monkeypatch, spec, sparse):
+    """EmbeddingLayer's one-call FeatureLookup (kernels on) against its torch path (kernels off): the same vectors
+    and table gradients, bit for bit (mean, sum and weighted bags, an all-padding bag, tables of two widths)."""
+    from deepcrossing.model import kernels
+
+    if not kernels.available():
+        pytest.skip("no fused kernels here")
+    torch.manual_seed(0)
+    layer = EmbeddingLayer(spec, {"movie": 9, "genre": 9, "tag": 9}, sparse=sparse)
+    results = []
+    for switch in ("1", "0"):
+        monkeypatch.setenv("DEEPCROSSING_KERNELS", switch)
+        copy_ = copy.deepcopy(layer)
+        batch = _batch(64, seed=1)
+        assert (copy_._fused_lookup(batch) is not None) == (switch == "1")
+        out = copy_(batch)
+        g = torch.Generator().manual_seed(4)
+        torch.autograd.backward(list(out.values()), [torch.randn(v.shape, generator=g) for v in out.values()])
+        results.append((out, {name: t.weight.grad for name, t in copy_.tables.items()}))
+    (fused, fused_grads), (plain, plain_grads) = results
+    assert list(fused) == list(plain) == [f.name for f in spec.features]
+    for name in fused:
+        assert torch.equal(fused[name], plain[name]), name
+    for name, grad in fused_grads.items():
+        assert grad.is_sparse == plain_grads[name].is_sparse == sparse
+        if sparse:
+            assert torch.equal(grad._indices(), plain_grads[name]._indices()), name
+            assert torch.equal(grad._values(), plain_grads[name]._values()), name
+        else:
+            assert torch.equal(grad, plain_grads[name]), name
+
+
+def test_the_fused_lookup_steps_aside_without_gradients_or_for_frozen_tables(monkeypatch):
+    from deepcrossing.model import kernels
+
+    monkeypatch.setenv("DEEPCROSSING_KERNELS", "1")
+    if not kernels.available():
+        pytest.skip("no fused kernels here")
+    layer, batch = EmbeddingLayer(SPEC, {"movie": 9, "genre": 9, "tag": 9}), _batch(8, seed=2)
+    assert layer._fused_lookup(batch) is not None
+    with torch.no_grad():
+        assert layer._fused_lookup(batch) is None
+    layer.tables["tag"].weight.requires_grad_(False)
+    assert layer._fused_lookup(batch) is None
+    layer.tables["tag"].weight.requires_grad_(True)
+    batch.bag_weights["weighted"] = batch.bag_weights["weighted"].double()   # not float32: the torch path
+    assert layer._fused_lookup(batch) is None
