@@ -111,7 +111,9 @@ int64_t dc_bag_backward(int64_t n_tables, const int64_t *rows, const int64_t *co
 /* SparseAdam's update of the distinct rows rows[t] (u[t],) of table t (width dims[t]) with their gradient rows g[t],
  * in the order of torch.optim.SparseAdam's operations (consts: 1 - beta1, 1 - beta2, eps):
  *   m += (g - m) (1 - beta1); v += (g g - v) (1 - beta2); p += m / (sqrt(v) + eps) * step_size[t].
- * Returns -1, or the table of the first row out of [0, rows_of[t]). */
+ * Every table's rows are checked before anything is updated. Returns -1; the table of the first row out of
+ * [0, rows_of[t]); or n_tables + t for the first table t whose rows are not ascending (so maybe not distinct: the
+ * caller sums their duplicates and calls again). */
 int64_t dc_row_adam(int64_t n_tables, const int64_t *u, const int64_t *dims, const int64_t *const *rows,
                     const int64_t *rows_of, const float *const *g, float *const *p, float *const *m,
                     float *const *v, const float *consts, const float *step_size) {
@@ -119,6 +121,10 @@ int64_t dc_row_adam(int64_t n_tables, const int64_t *u, const int64_t *dims, con
     for (int64_t t = 0; t < n_tables; t++) {
         for (int64_t e = 0; e < u[t]; e++)
             if (rows[t][e] < 0 || rows[t][e] >= rows_of[t]) return t;
+        for (int64_t e = 1; e < u[t]; e++)
+            if (rows[t][e] <= rows[t][e - 1]) return n_tables + t;
+    }
+    for (int64_t t = 0; t < n_tables; t++) {
         const float step = step_size[t];
         const int64_t d = dims[t];
         for (int64_t e = 0; e < u[t]; e++) {

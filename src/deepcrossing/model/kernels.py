@@ -143,8 +143,13 @@ def available() -> bool:
 
 def fits(floats: Sequence[Tensor], ints: Sequence[Tensor]) -> bool:
     """Whether the kernels take these tensors: CPU, contiguous, ``floats`` float32 and ``ints`` int64."""
-    return (all(t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous() for t in floats)
-            and all(t.dtype == torch.int64 and t.device.type == "cpu" and t.is_contiguous() for t in ints))
+    for t in floats:  # a plain loop: ~0.2 us a tensor (``t.device.type`` builds a device object: 3x slower)
+        if t.dtype is not torch.float32 or not t.is_cpu or not t.is_contiguous():
+            return False
+    for t in ints:
+        if t.dtype is not torch.int64 or not t.is_cpu or not t.is_contiguous():
+            return False
+    return True
 
 
 def _lib() -> ctypes.CDLL:
@@ -310,17 +315,22 @@ def feature_backward(layout: FeatureLayout, ids: Sequence[Tensor], per_id: Tenso
 
 
 def row_adam(params: Sequence[Tensor], rows: Sequence[Tensor], values: Sequence[Tensor], exp_avgs: Sequence[Tensor],
-             exp_avg_sqs: Sequence[Tensor], step_sizes: Sequence[float], hyper: tuple[float, float, float]) -> None:
+             exp_avg_sqs: Sequence[Tensor], step_sizes: Sequence[float],
+             hyper: tuple[float, float, float]) -> int | None:
     """SparseAdam's update of the distinct ``rows`` of every table in place, in its order of operations.
 
     Args:
         params, exp_avgs, exp_avg_sqs: (R_t, D_t) float32 contiguous.
-        rows: (U_t,) int64 distinct rows; values: (U_t, D) float32 their summed gradients.
+        rows: (U_t,) int64 rows, ascending (so distinct); values: (U_t, D) float32 their summed gradients.
         step_sizes: ``-lr * sqrt(1 - beta2^t) / (1 - beta1^t)`` per table.
         hyper: (beta1, beta2, eps).
 
+    Returns:
+        None (updated), or the first table whose rows are not ascending: nothing is updated then (sum its
+        duplicate rows and call again).
+
     Raises:
-        IndexError: a row outside its table (nothing is updated from that table on).
+        IndexError: a row outside its table (nothing is updated).
     """
     beta1, beta2, eps = hyper
     consts = (ctypes.c_float * 3)(1 - beta1, 1 - beta2, eps)   # torch casts these scalars to float32 too
@@ -328,8 +338,11 @@ def row_adam(params: Sequence[Tensor], rows: Sequence[Tensor], values: Sequence[
                             _ptrs(rows),
                             _ints([p.shape[0] for p in params]), _ptrs(values), _ptrs(params), _ptrs(exp_avgs),
                             _ptrs(exp_avg_sqs), consts, (ctypes.c_float * len(params))(*step_sizes))
+    if at >= len(params):
+        return int(at - len(params))
     if at >= 0:
         raise IndexError(f"a gradient row is out of range for a table of {params[at].shape[0]} rows")
+    return None
 
 
 __all__ = ["FeatureLayout", "available", "bag_backward", "bag_forward", "build", "cache_dir", "feature_backward",
