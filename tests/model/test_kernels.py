@@ -175,3 +175,15 @@ def test_a_feature_id_outside_its_table_raises_in_forward_and_backward(bad):
     ids[1] = torch.zeros(2, 2, dtype=torch.int64)                                   # not the layout's 3 columns
     with pytest.raises(ValueError, match="for a layout of"):
         kernels.feature_forward(layout, tables, ids, [None, None, None])
+
+
+@needs_compiler
+def test_feature_backward_reads_a_column_slice_of_a_wider_gradient_in_place():
+    layout, tables, ids = _features()
+    _, per_id = kernels.feature_forward(layout, tables, ids, [None, None, None])
+    wide = torch.randn(2, 10)
+    sliced = kernels.feature_backward(layout, ids, per_id, wide[:, :7])             # row stride 10
+    copied = kernels.feature_backward(layout, ids, per_id, wide[:, :7].contiguous())
+    assert all(torch.equal(a, c) and torch.equal(b, d) for (a, b), (c, d) in zip(sliced, copied))
+    transposed = kernels.feature_backward(layout, ids, per_id, wide[:, :7].t().contiguous().t())   # copied first
+    assert all(torch.equal(a, c) and torch.equal(b, d) for (a, b), (c, d) in zip(transposed, copied))

@@ -235,3 +235,43 @@ def test_the_fused_lookup_steps_aside_without_gradients_or_for_frozen_tables(mon
     layer.tables["tag"].weight.requires_grad_(True)
     batch.bag_weights["weighted"] = batch.bag_weights["weighted"].double()   # not float32: the torch path
     assert layer._fused_lookup(batch) is None
+
+
+def test_merge_views_merges_only_a_leading_run_of_views_that_tile_one_block():
+    from deepcrossing.model.lookup import merge_views
+
+    block, other = torch.randn(4, 6), torch.randn(4, 2)
+    a, b, c = block.split([1, 2, 3], dim=1)
+    assert [t.shape[1] for t in merge_views([a, b, c, other])] == [6, 2]
+    assert merge_views([a, b, c, other])[0] is block
+    for parts in ([b, a, c], [a, b], [a, c], [other, a, b, c], [block.t()[:2].t(), other], []):  # no tiling run
+        assert merge_views(parts) == parts
+    assert merge_views([a, b, c]) == [block]
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_stacking_the_fused_block_gives_the_same_gradients_as_stacking_its_views(monkeypatch, dropout):
+    """DeepCrossing's step with the fused lookup: stacking the block in one piece (its gradient a column slice
+    read in place) against stacking each feature's view: the same logits and gradients, bit for bit."""
+    from deepcrossing.config import ModelConfig
+    from deepcrossing.model import DeepCrossing, kernels
+    from deepcrossing.model import layers as layers_module
+
+    if not kernels.available():
+        pytest.skip("no fused kernels here")
+    results = []
+    for merge in (True, False):
+        if not merge:
+            monkeypatch.setattr(layers_module, "merge_views", lambda parts: parts)
+        torch.manual_seed(0)
+        model = DeepCrossing(TWO_WIDTHS, ModelConfig(hidden=(8,), width=6, embedding_dropout=dropout),
+                             {"movie": 9, "genre": 9, "tag": 9}, sparse=True).train()
+        torch.manual_seed(1)
+        logits = model(_batch(32, seed=3))
+        logits.pow(2).sum().backward()
+        results.append((logits.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    (merged, merged_grads), (views, view_grads) = results
+    assert torch.equal(merged, views)
+    for name, grad in merged_grads.items():
+        other = view_grads[name]
+        assert torch.equal(grad.to_dense(), other.to_dense()), name

@@ -205,12 +205,12 @@ int64_t dc_feature_forward(int64_t n_features, const int64_t *const *ids, const 
 /* Backward of dc_feature_forward, per table t (of n_tables): its distinct ids ascending in out_rows[t] (their count
  * in counts[t]) and their summed gradient rows in out_values[t] (counts[t], dims[t]): sum over the table's ids
  * equal to the row, in sample order, then feature order (index_add_'s order of dc_bag_backward), of per_id *
- * grad[s, at[f]:]; grad (n, width). Capacity of out_rows[t] / out_values[t]: min(rows[t], n * the table's
+ * grad[s, at[f]:]; grad (n, width), its rows grad_stride floats apart (a column slice of a wider gradient). Capacity of out_rows[t] / out_values[t]: min(rows[t], n * the table's
  * ids per sample). Returns -1, the feature of the first id out of range (its value in *bad), or -2 if out of
  * memory. */
 int64_t dc_feature_backward(int64_t n_features, const int64_t *const *ids, const int64_t *cols, const int64_t *tab,
                             const int64_t *at, int64_t n_tables, const int64_t *rows, const int64_t *dims,
-                            int64_t n, const float *per_id, const float *grad, int64_t width,
+                            int64_t n, const float *per_id, const float *grad, int64_t grad_stride,
                             int64_t *const *out_rows, float *const *out_values, int64_t *counts, int64_t *bad) {
     int64_t total = 0;
     for (int64_t f = 0; f < n_features; f++) total += cols[f];
@@ -251,7 +251,7 @@ int64_t dc_feature_backward(int64_t n_features, const int64_t *const *ids, const
     for (int64_t s = 0; s < n; s++) {
         for (int64_t f = 0, first = 0; f < n_features; first += n * cols[f], f++) {
             const int64_t *pos = where + first + s * cols[f], d = dims[tab[f]];
-            const float *restrict src = grad + s * width + at[f];
+            const float *restrict src = grad + s * grad_stride + at[f];
             for (int64_t j = 0; j < cols[f]; j++) {
                 float *restrict dst = out_values[tab[f]] + pos[j] * d;
                 for (int64_t k = 0; k < d; k++) dst[k] += src[k] * w[j];

@@ -290,7 +290,8 @@ def feature_backward(layout: FeatureLayout, ids: Sequence[Tensor], per_id: Tenso
 
     Args:
         layout, ids: as given to :func:`feature_forward`; per_id: the weights it returned.
-        grad: (n, width) float32 contiguous gradient of its output.
+        grad: (n, width) float32 gradient of its output, rows contiguous (any row stride: a column slice of the
+            stacked layer's gradient is read in place).
 
     Returns:
         per table, (U_t,) int64 distinct ids ascending and (U_t, D_t) their gradient rows, summed in the order of
@@ -299,13 +300,15 @@ def feature_backward(layout: FeatureLayout, ids: Sequence[Tensor], per_id: Tenso
     n = ids[0].shape[0]
     if tuple(grad.shape) != (n, layout.width) or per_id.numel() != n * sum(layout.cols):
         raise ValueError(f"a gradient of shape {tuple(grad.shape)} for ({n}, {layout.width}) outputs")
+    if grad.stride(1) != 1 or grad.stride(0) < layout.width:
+        grad = grad.contiguous()
     caps = [min(r, n * c) for r, c in zip(layout.rows, layout.ids_per_table)]
     out_rows = [torch.empty(c, dtype=torch.int64) for c in caps]
     out_values = [torch.empty((c, d), dtype=torch.float32) for c, d in zip(caps, layout.dims)]
     tab, cols, at, _, rows, dims = layout.c
     counts, bad = (ctypes.c_int64 * len(caps))(), ctypes.c_int64()
     f = _lib().dc_feature_backward(len(ids), _ptrs(ids), cols, tab, at, len(caps), rows, dims, n, per_id.data_ptr(),
-                                   grad.data_ptr(), layout.width, _ptrs(out_rows), _ptrs(out_values), counts,
+                                   grad.data_ptr(), grad.stride(0), _ptrs(out_rows), _ptrs(out_values), counts,
                                    ctypes.byref(bad))
     if f == -2:
         raise MemoryError("dc_feature_backward: out of memory for the row marks")

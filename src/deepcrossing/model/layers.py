@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from deepcrossing.config import FeatureSpec, ModelConfig, default_dim
 from deepcrossing.encoding.batch import Batch
 from deepcrossing.model import kernels
-from deepcrossing.model.lookup import bag_lookup, bag_weights, feature_lookup
+from deepcrossing.model.lookup import bag_lookup, bag_weights, feature_lookup, merge_views
 
 
 class EmbeddingLayer(nn.Module):
@@ -200,10 +200,10 @@ class StackingLayer(nn.Module):
 
     def forward(self, embedded: dict[str, Tensor], dense: Tensor) -> Tensor:
         """{feature: (B, D_f)}, (B, n_dense) -> (B, S)."""
+        parts = merge_views([embedded[name] for name in self.order])  # the fused lookup's block: one input
         if self.dropout is None or not self.training or not self.order:
-            return torch.cat([embedded[name] for name in self.order] + [dense], dim=1)
-        embeddings = self.dropout(torch.cat([embedded[name] for name in self.order], dim=1))
-        return torch.cat([embeddings, dense], dim=1)
+            return torch.cat([*parts, dense], dim=1)
+        return torch.cat([self.dropout(torch.cat(parts, dim=1)), dense], dim=1)
 
 
 class GroupedLinear(nn.Module):

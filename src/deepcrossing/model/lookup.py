@@ -187,7 +187,7 @@ class FeatureLookup(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         per_id, *ids = ctx.saved_tensors
-        summed = kernels.feature_backward(ctx.layout, ids, per_id, grad.contiguous())
+        summed = kernels.feature_backward(ctx.layout, ids, per_id, grad)    # a column slice read in place
         return (None, None, None, None, *_table_grads(summed, ctx.table_shapes, ctx.sparse))
 
 
@@ -198,6 +198,31 @@ def feature_lookup(layout: kernels.FeatureLayout, weights: Sequence[Tensor], ids
     return out
 
 
+def merge_views(parts: list[Tensor]) -> list[Tensor]:
+    """``parts`` (each (B, D_i)) with their leading run of column views that tile one (B, W) tensor (the views
+    :class:`FeatureLookup`'s block is split into) replaced by that tensor, so ``torch.cat(merge_views(parts), 1)``
+    equals ``torch.cat(parts, 1)`` with one input for those features, whose gradient then is a column slice of
+    the concatenation's (no split backward, no copy). Anything else is returned as it is.
+
+    Example:
+        >>> block = torch.zeros(2, 3)
+        >>> [tuple(t.shape) for t in merge_views([*block.split([1, 2], dim=1), torch.ones(2, 1)])]
+        [(2, 3), (2, 1)]
+    """
+    base = parts[0]._base if parts else None
+    if base is None or base.dim() != 2:
+        return parts
+    col, offset = 0, base.storage_offset()
+    for i, part in enumerate(parts):
+        if (part._base is not base or part.dim() != 2 or part.stride() != base.stride()
+                or part.shape[0] != base.shape[0] or part.storage_offset() != offset + col * base.stride(1)):
+            return parts
+        col += part.shape[1]
+        if col == base.shape[1]:
+            return [base, *parts[i + 1:]]
+    return parts
+
+
 def bag_lookup(weights: Sequence[Tensor], ids: Sequence[Tensor], per_id: Tensor, offsets: Tensor, bag_of: Tensor,
                sparse: bool) -> Tensor:
     """:class:`BagLookup` (its ``apply``, typed): tables (R_t, D), ids (n, c_t) each, (N,), (M,), (N,) -> (M, D)."""
@@ -205,4 +230,4 @@ def bag_lookup(weights: Sequence[Tensor], ids: Sequence[Tensor], per_id: Tensor,
     return out
 
 
-__all__ = ["BagLookup", "FeatureLookup", "bag_lookup", "bag_weights", "feature_lookup", "unique_rows"]
+__all__ = ["BagLookup", "FeatureLookup", "bag_lookup", "bag_weights", "feature_lookup", "merge_views", "unique_rows"]
