@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from deepcrossing.model import kernels
-from deepcrossing.training.optim import LeanAdam, RowSparseAdam, _row_adam
+from deepcrossing.training.optim import RowSparseAdam, _row_adam
 
 
 def test_row_sparse_adam_equals_sparse_adam() -> None:
@@ -135,38 +135,3 @@ def test_row_sparse_adam_on_uncoalesced_gradients_is_the_same_with_and_without_t
     a, b = opts["1"].state_dict()["state"][0], opts["0"].state_dict()["state"][0]
     assert torch.equal(a["exp_avg"], b["exp_avg"]) and torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
     torch.testing.assert_close(tables["1"].weight, tables["0"].weight, rtol=1e-6, atol=1e-7)
-
-
-def _dense_run(make, steps: int = 6, hook: bool = False) -> tuple[list[torch.Tensor], dict, int, torch.optim.Adam]:
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
-    opt = make(model.parameters())
-    calls = []
-    if hook:
-        opt.register_step_pre_hook(lambda *_: calls.append(1))
-    g = torch.Generator().manual_seed(1)
-    for _ in range(steps):
-        opt.zero_grad()
-        model(torch.randn(16, 5, generator=g)).pow(2).mean().backward()
-        opt.step()
-    return [p.detach().clone() for p in model.parameters()], opt.state_dict(), len(calls), opt
-
-
-@pytest.mark.parametrize("options", [{}, {"weight_decay": 0.1}, {"maximize": True},
-                                     {"weight_decay": 0.1, "decoupled_weight_decay": True},
-                                     {"amsgrad": True}],                     # amsgrad: torch's own step
-                         ids=["plain", "l2", "maximize", "adamw", "amsgrad"])
-def test_lean_adam_is_torch_fused_adam_bit_for_bit(options):
-    lean = _dense_run(lambda ps: LeanAdam(ps, lr=1e-2, fused=True, **options), hook=True)
-    plain = _dense_run(lambda ps: torch.optim.Adam(ps, lr=1e-2, fused=True, **options), hook=True)
-    assert all(torch.equal(a, b) for a, b in zip(lean[0], plain[0]))
-    assert lean[1]["param_groups"] == plain[1]["param_groups"]
-    for pid, state in plain[1]["state"].items():
-        assert state.keys() == lean[1]["state"][pid].keys()
-        assert all(torch.equal(state[k], lean[1]["state"][pid][k]) for k in state)
-    assert lean[2] == plain[2] == 6                                          # step hooks run once a step
-    assert (lean[3]._lean_calls() is None) == ("amsgrad" in options)        # the lean path ran (but on step 1)
-    if options.get("decoupled_weight_decay"):
-        adamw = _dense_run(lambda ps: torch.optim.AdamW(ps, lr=1e-2, fused=True, weight_decay=0.1))
-        assert all(torch.equal(a, b) for a, b in zip(lean[0], adamw[0]))
-        assert adamw[1]["param_groups"] == lean[1]["param_groups"]           # AdamW checkpoints load as before

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -141,72 +140,6 @@ def _row_adam(params: list[Tensor], rows: list[Tensor], values: list[Tensor], ex
         p.index_add_(0, r, u)
 
 
-class LeanAdam(torch.optim.Adam):
-    """``torch.optim.Adam(fused=True)`` (AdamW's update with ``decoupled_weight_decay=True``) whose step makes torch's
-    fused call directly: ``_foreach_add_`` of the steps, then one ``torch._fused_adam_`` (``_fused_adamw_``) on the
-    same lists, so the same weights and state bit for bit (state_dict and checkpoints unchanged), without the
-    general step's per-step Python (``_init_group``, grouping by device and dtype, option checks). In the training
-    loop (benchmark spec, 1 thread, steps alternating torch's and this, thread time): 161 -> 133 us a step (the
-    kernel ~30 us, the hook/profiling wrapper every ``Optimizer.step`` gets ~45 us, kept). A step it does not cover
-    (a group not fused, amsgrad, capturable, differentiable, a tensor lr or beta, parameters of several devices
-    or dtypes, a sparse gradient, state not made yet, a grad scaler's ``grad_scale``/``found_inf``) is torch's:
-    ``Adam.step`` without its hook wrapper (``hooked``/``__wrapped__``, torch internals a test covers).
-
-    Example:
-        >>> w = torch.nn.Parameter(torch.ones(3)); w.grad = torch.ones(3)
-        >>> LeanAdam([w], lr=0.1, fused=True).step(); [round(x, 4) for x in w.tolist()]
-        [0.9, 0.9, 0.9]
-    """
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        calls = self._lean_calls()
-        if calls is None:
-            torch_step = torch.optim.Adam.step  # without the hook wrapper Optimizer puts on it: this step ran it
-            torch_step = getattr(torch_step, "__wrapped__", torch_step) if getattr(torch_step, "hooked", 0) else \
-                torch_step
-            loss: float | None = torch_step(self, closure)
-            return loss
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group, (params, grads, exp_avgs, exp_avg_sqs, steps) in calls:
-            beta1, beta2 = group["betas"]
-            torch._foreach_add_(steps, 1)
-            fused = torch._fused_adamw_ if group.get("decoupled_weight_decay") else torch._fused_adam_
-            fused(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=group["lr"], beta1=beta1,
-                  beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"],
-                  grad_scale=None, found_inf=None)
-        return loss
-
-    def _lean_calls(self) -> list[tuple[dict[str, Any], tuple[list[Tensor], ...]]] | None:
-        """Per group with gradients, (group, (params, grads, exp_avgs, exp_avg_sqs, steps)); None where a group
-        needs torch's step."""
-        if getattr(self, "grad_scale", None) is not None or getattr(self, "found_inf", None) is not None:
-            return None
-        calls = []
-        for group in self.param_groups:
-            if (not group["fused"] or group["amsgrad"] or group["capturable"] or group["differentiable"]
-                    or isinstance(group["lr"], Tensor) or any(isinstance(b, Tensor) for b in group["betas"])):
-                return None
-            lists: tuple[list[Tensor], ...] = ([], [], [], [], [])
-            for p in group["params"]:
-                grad = p.grad
-                if grad is None:
-                    continue
-                state = self.state[p]
-                if grad.is_sparse or len(state) == 0:
-                    return None
-                for out, t in zip(lists, (p, grad, state["exp_avg"], state["exp_avg_sq"], state["step"])):
-                    out.append(t)
-            if lists[0]:
-                if len({(p.device, p.dtype) for p in lists[0]}) > 1:
-                    return None
-                calls.append((group, lists))
-        return calls
-
-
 def make_optimizers(groups: ParameterGroups, config: TrainConfig) -> list[torch.optim.Optimizer]:
     """The optimizers of one training run, stepped together.
 
@@ -222,16 +155,18 @@ def make_optimizers(groups: ParameterGroups, config: TrainConfig) -> list[torch.
     if c.optimizer == "sparse_adam":
         sparse = groups.embedding if groups.sparse_gradients else []
         dense = groups.dense if groups.sparse_gradients else [*groups.embedding, *groups.dense]
-        opts: list[torch.optim.Optimizer] = [LeanAdam(dense, lr=c.lr, weight_decay=c.weight_decay, fused=True)]
+        opts: list[torch.optim.Optimizer] = [torch.optim.Adam(dense, lr=c.lr, weight_decay=c.weight_decay,
+                                                              fused=True)]
         if sparse:
             opts.append(RowSparseAdam(sparse, lr=c.lr))
         return opts
+    cls = torch.optim.AdamW if c.optimizer == "adamw" else torch.optim.Adam
     param_groups: list[dict[str, object]] = [{"params": groups.dense, "weight_decay": c.weight_decay}]
     if groups.embedding:
         param_groups.append({"params": groups.embedding, "weight_decay": c.embedding_weight_decay})
     # fused: one kernel per step instead of a pass over memory per Adam operation (4x faster on CPU for
-    # tables of a million weights); AdamW is Adam with decoupled weight decay (torch's AdamW sets nothing else)
-    return [LeanAdam(param_groups, lr=c.lr, fused=True, decoupled_weight_decay=c.optimizer == "adamw")]
+    # tables of a million weights)
+    return [cls(param_groups, lr=c.lr, fused=True)]
 
 
 def lr_at(config: TrainConfig, epoch: int, step: int, steps: int) -> float:
@@ -252,4 +187,4 @@ def set_lr(optimizers: list[torch.optim.Optimizer], lr: float) -> None:
             group["lr"] = lr
 
 
-__all__ = ["LeanAdam", "RowSparseAdam", "lr_at", "make_optimizers", "set_lr"]
+__all__ = ["RowSparseAdam", "lr_at", "make_optimizers", "set_lr"]
