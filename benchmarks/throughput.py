@@ -78,9 +78,10 @@ batch's id tensors (:class:`~deepcrossing.model.lookup.FeatureLookup`: the ids' 
 block out; no per-step concatenation of ids or weights, offsets or output split); the stacking layer takes that
 block as one input and its backward reads its gradient slice in place; ``RowSparseAdam``'s ascending-rows check
 is in the C update (in torch it ran on every table every step: AccumulateGrad drops the gradients'
-``is_coalesced`` flag); the dense Adam's step calls torch's fused kernel directly (``LeanAdam``). Same vectors and
-table gradients bit for bit, same Adam weights and state, same valid AUC. Shared 2-core machine, load 1.1-1.8,
-1 thread, batch 1024, main (45bd984) -> after:
+``is_coalesced`` flag); the dense Adam's step called torch's private fused kernel directly (``LeanAdam``, ~1%
+of a step; reverted afterwards, so the figures below include ~30 us a step that main no longer saves). Same
+vectors and table gradients bit for bit, same Adam weights and state, same valid AUC. Shared 2-core machine, load
+1.1-1.8, 1 thread, batch 1024, main (45bd984) -> after:
 
 * ``--breakdown --n 250000``, 5 interleaved rounds, medians: embedding forward 427 -> 256 us, dense forward and
   loss 621 -> 605, backward 1374 -> 1322, optimizers 337 -> 243, the step 2764 -> 2429 us (1.14x);
