@@ -73,9 +73,28 @@ Adam weights within 1 ulp. Shared 2-core machine, load 2-3 (other jobs), 1 threa
   DeepCTR-Torch 1.6x -> 1.9x slower per CPU second; the GEMM ran at 103-107 GFLOP/s under that load (idle:
   ~198), so the 34% -> 51% "of GEMM" it printed is of a loaded GEMM; rerun idle for issue 10's figure.
 
-What is left of the embedding work per step: ~0.3 ms of small torch operations around the lookup in
-``EmbeddingLayer.forward`` (the ids' weights, concatenations, the output split) and ~0.15 ms of Python in
-``RowSparseAdam.step``; the kernels themselves ~0.4 ms (mostly cache misses on the 100k-row user table).
+Fusion pass (issue 10): the embedding layer's training lookup of all 4 tables is one C call straight from the
+batch's id tensors (:class:`~deepcrossing.model.lookup.FeatureLookup`: the ids' weights computed in C, one (B, 100)
+block out; no per-step concatenation of ids or weights, offsets or output split); the stacking layer takes that
+block as one input and its backward reads its gradient slice in place; ``RowSparseAdam``'s ascending-rows check
+is in the C update (in torch it ran on every table every step: AccumulateGrad drops the gradients'
+``is_coalesced`` flag); the dense Adam's step called torch's private fused kernel directly (``LeanAdam``, ~1%
+of a step; reverted afterwards, so the figures below include ~30 us a step that main no longer saves). Same
+vectors and table gradients bit for bit, same Adam weights and state, same valid AUC. Shared 2-core machine, load
+1.1-1.8, 1 thread, batch 1024, main (45bd984) -> after:
+
+* ``--breakdown --n 250000``, 5 interleaved rounds, medians: embedding forward 427 -> 256 us, dense forward and
+  loss 621 -> 605, backward 1374 -> 1322, optimizers 337 -> 243, the step 2764 -> 2429 us (1.14x);
+* interleaved 64-step ``Trainer.fit`` calls, processes alternating, 6 rounds of 4 fits (each process's first fit
+  dropped), median samples per CPU second: 340,514 -> 379,528 (1.115x; per-round ratios 1.10-1.13);
+* the whole benchmark (``--skip-deepctr``, 2 runs each, alternating): 339,719 / 340,464 -> 387,091 / 381,214
+  samples/s, 29.7% / 29.7% -> 35.9% / 33.4% of the 2048^2 GEMM (197-209 GFLOP/s), valid AUC 0.7610 in all four.
+
+What is left per step (``perf`` of the training loop, 2.64 ms a step there): the MLP's GEMMs ~42% (~1.1 ms), the
+two lookup kernels ~12% (forward ~0.14 ms, backward ~0.17 ms: cache misses on table rows and ids; keeping the
+pooled columns in registers was slower, setting only new bits of the row bitmap no faster), ``threshold_backward``
+2%, torch's other small operations, autograd and Python the rest; each ``Optimizer.step`` also pays ~45 us for
+torch's hook/profiler wrapper (kept: step hooks and profiler labels).
 
 Usage:
     .venv/bin/python benchmarks/throughput.py [--n 2000000] [--batch-size 1024] [--threads 1]

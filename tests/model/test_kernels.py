@@ -133,3 +133,57 @@ def test_switched_off_the_torch_path_runs_with_at_most_one_warning(monkeypatch, 
     assert not kernels.available()
     assert len([r for r in caplog.records if "kernels off" in r.message]) <= 1      # once per process, not per step
     assert all(torch.equal(out, results[0][0]) for out, _ in results)
+
+
+def _features() -> tuple[kernels.FeatureLayout, list[torch.Tensor], list[torch.Tensor]]:
+    """Two tables (widths 2 and 3); features table by table: a single and a mean bag of table 0, a sum bag of
+    table 1; output columns in another order (the bag of table 1 first)."""
+    tables = [torch.arange(10.0).view(5, 2), torch.arange(12.0).view(4, 3)]
+    layout = kernels.FeatureLayout(tab=[0, 0, 1], cols=[1, 3, 2], at=[3, 5, 0], mean=[False, True, False],
+                                   rows=[5, 4], dims=[2, 3])
+    ids = [torch.tensor([4, 0]), torch.tensor([[1, 2, 0], [0, 0, 0]]), torch.tensor([[3, 3], [0, 1]])]
+    return layout, tables, ids
+
+
+@needs_compiler
+def test_feature_forward_pools_every_feature_into_its_columns():
+    layout, tables, ids = _features()
+    out, per_id = kernels.feature_forward(layout, tables, ids, [None, None, None])
+    assert per_id.tolist() == [1.0, 0.5, 0.5, 0.0, 1.0, 1.0,                        # sample 0
+                               0.0, 0.0, 0.0, 0.0, 0.0, 1.0]                        # NULL single, empty bag
+    assert out.tolist() == [[18.0, 20.0, 22.0, 8.0, 9.0, 3.0, 4.0],
+                            [3.0, 4.0, 5.0, 0.0, 0.0, 0.0, 0.0]]
+    given = torch.tensor([[2.0, 0.0, 1.0], [1.0, 1.0, 1.0]])                       # weights_from: used as given
+    out, per_id = kernels.feature_forward(layout, tables, ids, [None, given, None])
+    assert per_id.view(2, 6)[:, 1:4].tolist() == given.tolist() and out[0, 5:].tolist() == [4.0, 7.0]
+    rows_values = kernels.feature_backward(layout, ids, per_id, torch.ones(2, 7))
+    assert [(r.tolist(), v.tolist()) for r, v in rows_values] == [
+        ([0, 1, 2, 4], [[4.0, 4.0], [2.0, 2.0], [0.0, 0.0], [1.0, 1.0]]),           # row 0: given 1 + 3
+        ([0, 1, 3], [[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [2.0, 2.0, 2.0]])]           # row 0: padding, 0
+
+
+@needs_compiler
+@pytest.mark.parametrize("bad", [5, -1])
+def test_a_feature_id_outside_its_table_raises_in_forward_and_backward(bad):
+    layout, tables, ids = _features()
+    _, per_id = kernels.feature_forward(layout, tables, ids, [None, None, None])
+    ids[1][1, 2] = bad
+    with pytest.raises(IndexError, match=f"index {bad} is out of range for a table of 5 rows"):
+        kernels.feature_forward(layout, tables, ids, [None, None, None])
+    with pytest.raises(IndexError, match=f"index {bad} is out of range for a table of 5 rows"):
+        kernels.feature_backward(layout, ids, per_id, torch.ones(2, 7))
+    ids[1] = torch.zeros(2, 2, dtype=torch.int64)                                   # not the layout's 3 columns
+    with pytest.raises(ValueError, match="for a layout of"):
+        kernels.feature_forward(layout, tables, ids, [None, None, None])
+
+
+@needs_compiler
+def test_feature_backward_reads_a_column_slice_of_a_wider_gradient_in_place():
+    layout, tables, ids = _features()
+    _, per_id = kernels.feature_forward(layout, tables, ids, [None, None, None])
+    wide = torch.randn(2, 10)
+    sliced = kernels.feature_backward(layout, ids, per_id, wide[:, :7])             # row stride 10
+    copied = kernels.feature_backward(layout, ids, per_id, wide[:, :7].contiguous())
+    assert all(torch.equal(a, c) and torch.equal(b, d) for (a, b), (c, d) in zip(sliced, copied))
+    transposed = kernels.feature_backward(layout, ids, per_id, wide[:, :7].t().contiguous().t())   # copied first
+    assert all(torch.equal(a, c) and torch.equal(b, d) for (a, b), (c, d) in zip(transposed, copied))

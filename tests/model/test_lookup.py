@@ -174,3 +174,104 @@ def test_tables_of_two_widths_are_two_lookups_with_the_reference_gradients():
     for name, table in layer.tables.items():
         torch.testing.assert_close(table.weight.grad.to_dense(), reference.tables[name].weight.grad, rtol=1e-5,
                                    atol=1e-6)
+
+
+TWO_WIDTHS = FeatureSpec((
+    Feature("tags", "multi_hot", "item", table="tag", pooling="sum", dim=3),          # a bag before the single
+    Feature("movieId", "categorical", "item", table="movie", dim=3),
+    Feature("genre1", "categorical", "item", table="genre", dim=2),
+    Feature("recent", "multi_hot", "user", table="movie", pooling="mean", dim=3),
+    Feature("weighted", "multi_hot", "user", table="movie", pooling="mean", weights_from="values", dim=3),
+    Feature("genre2", "categorical", "item", table="genre", dim=2),
+))
+
+
+@pytest.mark.parametrize("spec", [SPEC, TWO_WIDTHS], ids=["one-width", "two-widths"])
+@pytest.mark.parametrize("sparse", [True, False])
+def test_the_fused_lookup_of_all_tables_equals_the_per_width_lookup_bit_for_bit(monkeypatch, spec, sparse):
+    """EmbeddingLayer's one-call FeatureLookup (kernels on) against its torch path (kernels off): the same vectors
+    and table gradients, bit for bit (mean, sum and weighted bags, an all-padding bag, tables of two widths)."""
+    from deepcrossing.model import kernels
+
+    if not kernels.available():
+        pytest.skip("no fused kernels here")
+    torch.manual_seed(0)
+    layer = EmbeddingLayer(spec, {"movie": 9, "genre": 9, "tag": 9}, sparse=sparse)
+    results = []
+    for switch in ("1", "0"):
+        monkeypatch.setenv("DEEPCROSSING_KERNELS", switch)
+        copy_ = copy.deepcopy(layer)
+        batch = _batch(64, seed=1)
+        assert (copy_._fused_lookup(batch) is not None) == (switch == "1")
+        out = copy_(batch)
+        g = torch.Generator().manual_seed(4)
+        torch.autograd.backward(list(out.values()), [torch.randn(v.shape, generator=g) for v in out.values()])
+        results.append((out, {name: t.weight.grad for name, t in copy_.tables.items()}))
+    (fused, fused_grads), (plain, plain_grads) = results
+    assert list(fused) == list(plain) == [f.name for f in spec.features]
+    for name in fused:
+        assert torch.equal(fused[name], plain[name]), name
+    for name, grad in fused_grads.items():
+        assert grad.is_sparse == plain_grads[name].is_sparse == sparse
+        if sparse:
+            assert torch.equal(grad._indices(), plain_grads[name]._indices()), name
+            assert torch.equal(grad._values(), plain_grads[name]._values()), name
+        else:
+            assert torch.equal(grad, plain_grads[name]), name
+
+
+def test_the_fused_lookup_steps_aside_without_gradients_or_for_frozen_tables(monkeypatch):
+    from deepcrossing.model import kernels
+
+    monkeypatch.setenv("DEEPCROSSING_KERNELS", "1")
+    if not kernels.available():
+        pytest.skip("no fused kernels here")
+    layer, batch = EmbeddingLayer(SPEC, {"movie": 9, "genre": 9, "tag": 9}), _batch(8, seed=2)
+    assert layer._fused_lookup(batch) is not None
+    with torch.no_grad():
+        assert layer._fused_lookup(batch) is None
+    layer.tables["tag"].weight.requires_grad_(False)
+    assert layer._fused_lookup(batch) is None
+    layer.tables["tag"].weight.requires_grad_(True)
+    batch.bag_weights["weighted"] = batch.bag_weights["weighted"].double()   # not float32: the torch path
+    assert layer._fused_lookup(batch) is None
+
+
+def test_merge_views_merges_only_a_leading_run_of_views_that_tile_one_block():
+    from deepcrossing.model.lookup import merge_views
+
+    block, other = torch.randn(4, 6), torch.randn(4, 2)
+    a, b, c = block.split([1, 2, 3], dim=1)
+    assert [t.shape[1] for t in merge_views([a, b, c, other])] == [6, 2]
+    assert merge_views([a, b, c, other])[0] is block
+    for parts in ([b, a, c], [a, b], [a, c], [other, a, b, c], [block.t()[:2].t(), other], []):  # no tiling run
+        assert merge_views(parts) == parts
+    assert merge_views([a, b, c]) == [block]
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_stacking_the_fused_block_gives_the_same_gradients_as_stacking_its_views(monkeypatch, dropout):
+    """DeepCrossing's step with the fused lookup: stacking the block in one piece (its gradient a column slice
+    read in place) against stacking each feature's view: the same logits and gradients, bit for bit."""
+    from deepcrossing.config import ModelConfig
+    from deepcrossing.model import DeepCrossing, kernels
+    from deepcrossing.model import layers as layers_module
+
+    if not kernels.available():
+        pytest.skip("no fused kernels here")
+    results = []
+    for merge in (True, False):
+        if not merge:
+            monkeypatch.setattr(layers_module, "merge_views", lambda parts: parts)
+        torch.manual_seed(0)
+        model = DeepCrossing(TWO_WIDTHS, ModelConfig(hidden=(8,), width=6, embedding_dropout=dropout),
+                             {"movie": 9, "genre": 9, "tag": 9}, sparse=True).train()
+        torch.manual_seed(1)
+        logits = model(_batch(32, seed=3))
+        logits.pow(2).sum().backward()
+        results.append((logits.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    (merged, merged_grads), (views, view_grads) = results
+    assert torch.equal(merged, views)
+    for name, grad in merged_grads.items():
+        other = view_grads[name]
+        assert torch.equal(grad.to_dense(), other.to_dense()), name

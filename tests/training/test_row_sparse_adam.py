@@ -101,3 +101,37 @@ def test_a_trainer_run_with_and_without_the_kernels_gives_the_same_weights(monke
     assert weights[0].keys() == weights[1].keys()
     for name in weights[0]:
         torch.testing.assert_close(weights[0][name], weights[1][name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+@needs_kernels
+def test_fused_row_adam_reports_rows_that_do_not_ascend_and_updates_nothing():
+    params, m, v = [torch.randn(10, 2)], [torch.zeros(10, 2)], [torch.zeros(10, 2)]
+    before = [t.clone() for t in (*params, *m, *v)]
+    ok, unsorted = torch.tensor([1, 4]), torch.tensor([3, 3])               # a duplicate: not ascending
+    found = kernels.row_adam(params * 2, [ok, unsorted], [torch.ones(2, 2)] * 2, m * 2, v * 2, [-0.1, -0.1],
+                             (0.9, 0.999, 1e-8))
+    assert found == 1 and all(torch.equal(a, b) for a, b in zip((*params, *m, *v), before))
+    assert kernels.row_adam(params, [ok], [torch.ones(2, 2)], m, v, [-0.1], (0.9, 0.999, 1e-8)) is None
+    assert not torch.equal(params[0], before[0])
+
+
+@needs_kernels
+@pytest.mark.parametrize("maximize", [False, True])
+def test_row_sparse_adam_on_uncoalesced_gradients_is_the_same_with_and_without_the_kernels(monkeypatch, maximize):
+    """nn.Embedding(sparse=True) gradients (duplicate rows, any order): the fused path sums them (the kernel
+    reports the table) as the torch path does; moments bit-equal, weights within 1 ulp."""
+    torch.manual_seed(0)
+    tables = {switch: torch.nn.Embedding(40, 3, sparse=True) for switch in ("1", "0")}
+    tables["0"].load_state_dict(tables["1"].state_dict())
+    opts = {switch: RowSparseAdam(t.parameters(), lr=1e-2, maximize=maximize) for switch, t in tables.items()}
+    for step in range(5):
+        ids = torch.randint(0, 40, (32, 4), generator=torch.Generator().manual_seed(step))
+        for switch in ("1", "0"):
+            monkeypatch.setenv("DEEPCROSSING_KERNELS", switch)
+            opts[switch].zero_grad()
+            tables[switch](ids).pow(2).sum().backward()
+            assert not tables[switch].weight.grad.is_coalesced()
+            opts[switch].step()
+    a, b = opts["1"].state_dict()["state"][0], opts["0"].state_dict()["state"][0]
+    assert torch.equal(a["exp_avg"], b["exp_avg"]) and torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
+    torch.testing.assert_close(tables["1"].weight, tables["0"].weight, rtol=1e-6, atol=1e-7)

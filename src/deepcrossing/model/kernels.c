@@ -111,7 +111,9 @@ int64_t dc_bag_backward(int64_t n_tables, const int64_t *rows, const int64_t *co
 /* SparseAdam's update of the distinct rows rows[t] (u[t],) of table t (width dims[t]) with their gradient rows g[t],
  * in the order of torch.optim.SparseAdam's operations (consts: 1 - beta1, 1 - beta2, eps):
  *   m += (g - m) (1 - beta1); v += (g g - v) (1 - beta2); p += m / (sqrt(v) + eps) * step_size[t].
- * Returns -1, or the table of the first row out of [0, rows_of[t]). */
+ * Every table's rows are checked before anything is updated. Returns -1; the table of the first row out of
+ * [0, rows_of[t]); or n_tables + t for the first table t whose rows are not ascending (so maybe not distinct: the
+ * caller sums their duplicates and calls again). */
 int64_t dc_row_adam(int64_t n_tables, const int64_t *u, const int64_t *dims, const int64_t *const *rows,
                     const int64_t *rows_of, const float *const *g, float *const *p, float *const *m,
                     float *const *v, const float *consts, const float *step_size) {
@@ -119,6 +121,10 @@ int64_t dc_row_adam(int64_t n_tables, const int64_t *u, const int64_t *dims, con
     for (int64_t t = 0; t < n_tables; t++) {
         for (int64_t e = 0; e < u[t]; e++)
             if (rows[t][e] < 0 || rows[t][e] >= rows_of[t]) return t;
+        for (int64_t e = 1; e < u[t]; e++)
+            if (rows[t][e] <= rows[t][e - 1]) return n_tables + t;
+    }
+    for (int64_t t = 0; t < n_tables; t++) {
         const float step = step_size[t];
         const int64_t d = dims[t];
         for (int64_t e = 0; e < u[t]; e++) {
@@ -141,5 +147,118 @@ int64_t dc_row_adam(int64_t n_tables, const int64_t *u, const int64_t *dims, con
             }
         }
     }
+    return -1;
+}
+
+/* Feature lookups, all tables in one call: feature f reads cols[f] ids per sample from ids[f] ((n, cols[f])
+ * row-major) of table tab[f] and writes its pooled vector into columns [at[f], at[f] + dims[tab[f]]) of out
+ * (n, width). The features come table by table (a table's features in the order of its ids), so a table's
+ * ids in sample order, then feature order, are those of dc_bag_forward's (n, c_t) matrix. The ids' weights,
+ * written to per_id (n, C) (C = sum cols, sample by sample, the features side by side): given[f] where not
+ * NULL, else 0 on padding (id 0) and, on the others, 1 (mean[f] = 0) or 1 / (the bag's count of non-padding
+ * ids) (mean[f] = 1): torch's keep / clamp_min(sum(keep), 1e-12), bit for bit. Returns -1, or the feature of the
+ * first id out of [0, rows[tab[f]]) (its value in *bad); nothing is read out of range. */
+int64_t dc_feature_forward(int64_t n_features, const int64_t *const *ids, const int64_t *cols, const int64_t *tab,
+                           const int64_t *at, const int64_t *mean, const float *const *given,
+                           const float *const *tables, const int64_t *rows, const int64_t *dims, int64_t n,
+                           int64_t width, float *per_id, float *out, int64_t *bad) {
+    memset(out, 0, (size_t)(n * width) * sizeof(float));
+    float *w = per_id;
+    for (int64_t s = 0; s < n; s++) {
+        for (int64_t f = 0; f < n_features; f++) {
+            if (s + 16 < n) {   /* the ids 16 samples ahead: each feature's ids are a stream of their own */
+                __builtin_prefetch(ids[f] + (s + 16) * cols[f]);
+                __builtin_prefetch(ids[f] + (s + 16) * cols[f] + cols[f] - 1);
+            }
+            if (s + 4 < n)      /* the rows 4 samples ahead: random rows of tables larger than the cache */
+                for (int64_t j = 0; j < cols[f]; j++) {
+                    const int64_t ahead = ids[f][(s + 4) * cols[f] + j], t = tab[f];
+                    if (ahead >= 0 && ahead < rows[t]) __builtin_prefetch(tables[t] + ahead * dims[t]);
+                }
+        }
+        for (int64_t f = 0; f < n_features; f++) {
+            const int64_t *row_ids = ids[f] + s * cols[f], t = tab[f], d = dims[t], c = cols[f];
+            if (given[f]) {
+                memcpy(w, given[f] + s * c, (size_t)c * sizeof(float));
+            } else {
+                int64_t count = 0;
+                for (int64_t j = 0; j < c; j++) count += row_ids[j] != 0;
+                const float one = mean[f] ? 1.0f / (float)count : 1.0f;
+                for (int64_t j = 0; j < c; j++) w[j] = row_ids[j] != 0 ? one : 0.0f;
+            }
+            float *restrict dst = out + s * width + at[f];
+            const float *restrict table = tables[t];
+            const int64_t r = rows[t];
+            for (int64_t j = 0; j < c; j++) {
+                const int64_t id = row_ids[j];
+                if (id < 0 || id >= r) { *bad = id; return f; }
+                const float *restrict src = table + id * d;
+                const float wj = w[j];
+                for (int64_t k = 0; k < d; k++) dst[k] = fmaf(wj, src[k], dst[k]);
+            }
+            w += c;
+        }
+    }
+    return -1;
+}
+
+/* Backward of dc_feature_forward, per table t (of n_tables): its distinct ids ascending in out_rows[t] (their count
+ * in counts[t]) and their summed gradient rows in out_values[t] (counts[t], dims[t]): sum over the table's ids
+ * equal to the row, in sample order, then feature order (index_add_'s order of dc_bag_backward), of per_id *
+ * grad[s, at[f]:]; grad (n, width), its rows grad_stride floats apart (a column slice of a wider gradient). Capacity of out_rows[t] / out_values[t]: min(rows[t], n * the table's
+ * ids per sample). Returns -1, the feature of the first id out of range (its value in *bad), or -2 if out of
+ * memory. */
+int64_t dc_feature_backward(int64_t n_features, const int64_t *const *ids, const int64_t *cols, const int64_t *tab,
+                            const int64_t *at, int64_t n_tables, const int64_t *rows, const int64_t *dims,
+                            int64_t n, const float *per_id, const float *grad, int64_t grad_stride,
+                            int64_t *const *out_rows, float *const *out_values, int64_t *counts, int64_t *bad) {
+    int64_t total = 0;
+    for (int64_t f = 0; f < n_features; f++) total += cols[f];
+    int64_t *where = malloc((size_t)(n * total) * sizeof(int64_t) + 8);   /* feature by feature: (n, cols[f]) */
+    if (!where) return -2;
+    for (int64_t t = 0; t < n_tables; t++) {
+        const int64_t words = rows[t] / 64 + 1;
+        uint64_t *bits = calloc((size_t)words, sizeof(uint64_t));
+        int64_t *before = malloc((size_t)words * sizeof(int64_t));
+        if (!bits || !before) { free(bits); free(before); free(where); return -2; }
+        for (int64_t f = 0; f < n_features; f++) {
+            if (tab[f] != t) continue;
+            const int64_t *restrict fid = ids[f], r = rows[t];
+            for (int64_t e = 0; e < n * cols[f]; e++) {
+                const int64_t id = fid[e];
+                if (id < 0 || id >= r) { *bad = id; free(bits); free(before); free(where); return f; }
+                bits[id >> 6] |= (uint64_t)1 << (id & 63);
+            }
+        }
+        int64_t u = 0;
+        for (int64_t w = 0; w < words; w++) {
+            before[w] = u;
+            for (uint64_t word = bits[w]; word; word &= word - 1) out_rows[t][u++] = w * 64 + __builtin_ctzll(word);
+        }
+        for (int64_t f = 0, first = 0; f < n_features; first += n * cols[f], f++)
+            if (tab[f] == t)
+                for (int64_t e = 0; e < n * cols[f]; e++) {
+                    const int64_t id = ids[f][e];
+                    const uint64_t below = bits[id >> 6] & (((uint64_t)1 << (id & 63)) - 1);
+                    where[first + e] = before[id >> 6] + __builtin_popcountll(below);
+                }
+        free(bits);
+        free(before);
+        counts[t] = u;
+        memset(out_values[t], 0, (size_t)(u * dims[t]) * sizeof(float));
+    }
+    const float *w = per_id;
+    for (int64_t s = 0; s < n; s++) {
+        for (int64_t f = 0, first = 0; f < n_features; first += n * cols[f], f++) {
+            const int64_t *pos = where + first + s * cols[f], d = dims[tab[f]];
+            const float *restrict src = grad + s * grad_stride + at[f];
+            for (int64_t j = 0; j < cols[f]; j++) {
+                float *restrict dst = out_values[tab[f]] + pos[j] * d;
+                for (int64_t k = 0; k < d; k++) dst[k] += src[k] * w[j];
+            }
+            w += cols[f];
+        }
+    }
+    free(where);
     return -1;
 }

@@ -1,13 +1,17 @@
 """Fused CPU kernels of the embedding tables' training step: ``kernels.c``, built on first use, called by ctypes.
 
-Three kernels, each one C call in place of many small torch operations (dispatch plus scalar scatter loops):
+Each kernel is one C call in place of many small torch operations (dispatch plus scalar scatter loops):
 
-* :func:`bag_forward`: the pooled weighted sums of the ids of several tables of one width, (M, D);
-* :func:`bag_backward`: per table, its distinct ids (ascending) and their summed gradient rows (U_t, D);
+* :func:`feature_forward`: every feature of every table (any widths) pooled into its columns of one (n, width)
+  block, straight from each feature's ids, the ids' weights (padding, mean pooling) computed on the way;
+* :func:`feature_backward`: per table, its distinct ids (ascending) and their summed gradient rows (U_t, D_t);
+* :func:`bag_forward` / :func:`bag_backward`: the same for several tables of one width given concatenated
+  ids, their weights and each id's output bag (:class:`~deepcrossing.model.lookup.BagLookup`);
 * :func:`row_adam`: SparseAdam's update of those rows of every table and its moments.
 
-:class:`~deepcrossing.model.lookup.BagLookup` and :class:`~deepcrossing.training.optim.RowSparseAdam` use them
-for CPU float32 tensors when :func:`available`, and their pure-torch path otherwise. The source ships with the
+:class:`~deepcrossing.model.lookup.FeatureLookup` (the embedding layer's training lookup), ``BagLookup`` and
+:class:`~deepcrossing.training.optim.RowSparseAdam` use them for CPU float32 tensors when :func:`available`, and
+their pure-torch path otherwise. The source ships with the
 package; the first use compiles it with the system C compiler (``$CC``, else ``cc``) into
 ``$XDG_CACHE_HOME/deepcrossing/kernels`` (default ``~/.cache/...``), under a name keyed by a hash of the
 source, the flags, the compiler's ``--version`` and the CPU's flags (``-march=native``), written to a
@@ -16,7 +20,7 @@ per machine and source). No compiler, a failed build or ``DEEPCROSSING_KERNELS=0
 one logged warning per process. ``-ffp-contract=off``: products and sums round as torch's do (tests: bit-equal
 results). ctypes, not ``torch.utils.cpp_extension``: building a one-function extension with it took 34 s on the
 2-core machine (torch's headers), while a ctypes call costs ~1.2 us plus ~1.5 us for its pointer arrays, three
-calls a step. The kernels are single-threaded (the benchmark trains on 1 thread; each is < 0.2 ms a step).
+calls a step. The kernels are single-threaded (the benchmark trains on 1 thread; each is < 0.25 ms a step).
 
 Example:
     >>> w = torch.arange(8.0).view(4, 2)
@@ -104,7 +108,10 @@ def _load() -> ctypes.CDLL:
     lib.dc_bag_forward.argtypes = [_I, _P, _P, _P, _P, _I, _I, _P, _P, _P, _I, _P]
     lib.dc_bag_backward.argtypes = [_I, _P, _P, _P, _I, _I, _P, _P, _P, _I, _P, _P, _P, _P]
     lib.dc_row_adam.argtypes = [_I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P]
-    for fn in (lib.dc_bag_forward, lib.dc_bag_backward, lib.dc_row_adam):
+    lib.dc_feature_forward.argtypes = [_I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I, _I, _P, _P, _P]
+    lib.dc_feature_backward.argtypes = [_I, _P, _P, _P, _P, _I, _P, _P, _I, _P, _P, _I, _P, _P, _P, _P]
+    for fn in (lib.dc_bag_forward, lib.dc_bag_backward, lib.dc_row_adam, lib.dc_feature_forward,
+               lib.dc_feature_backward):
         fn.restype = _I
     return lib
 
@@ -136,8 +143,13 @@ def available() -> bool:
 
 def fits(floats: Sequence[Tensor], ints: Sequence[Tensor]) -> bool:
     """Whether the kernels take these tensors: CPU, contiguous, ``floats`` float32 and ``ints`` int64."""
-    return (all(t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous() for t in floats)
-            and all(t.dtype == torch.int64 and t.device.type == "cpu" and t.is_contiguous() for t in ints))
+    for t in floats:  # a plain loop: ~0.2 us a tensor (``t.device.type`` builds a device object: 3x slower)
+        if t.dtype is not torch.float32 or not t.is_cpu or not t.is_contiguous():
+            return False
+    for t in ints:
+        if t.dtype is not torch.int64 or not t.is_cpu or not t.is_contiguous():
+            return False
+    return True
 
 
 def _lib() -> ctypes.CDLL:
@@ -213,18 +225,115 @@ def bag_backward(rows: Sequence[int], ids: Sequence[Tensor], per_id: Tensor, bag
     return [(r[:u], v[:u]) for r, v, u in zip(out_rows, out_values, counts)]
 
 
+class FeatureLayout:
+    """The constant part of :func:`feature_forward`'s calls (ctypes arrays built once, not every step): which
+    table each feature reads, its ids per sample, its output columns, its pooling, and the tables' shapes.
+
+    Args:
+        tab: the table of each feature, features table by table (a table's features in the order of its ids).
+        cols: ids per sample of each feature (1 for a single-valued one, L for a bag).
+        at: first output column of each feature (its dims[tab[f]] columns are its own).
+        mean: each feature's mean pooling (weights 1 / its non-padding ids; else 1 each; 0 on padding).
+        rows, dims: (R_t, D_t) of each table.
+
+    Attributes:
+        width: output columns, the features' widths summed.
+    """
+
+    def __init__(self, tab: Sequence[int], cols: Sequence[int], at: Sequence[int], mean: Sequence[bool],
+                 rows: Sequence[int], dims: Sequence[int]) -> None:
+        self.tab, self.cols, self.rows, self.dims = list(tab), list(cols), list(rows), list(dims)
+        self.width = sum(dims[t] for t in tab)
+        self.ids_per_table = [sum(c for t, c in zip(tab, cols) if t == table) for table in range(len(rows))]
+        self.c = (_ints(tab), _ints(cols), _ints(at), _ints([int(m) for m in mean]), _ints(rows), _ints(dims))
+
+
+def feature_forward(layout: FeatureLayout, tables: Sequence[Tensor], ids: Sequence[Tensor],
+                    given: Sequence[Tensor | None]) -> tuple[Tensor, Tensor]:
+    """Every feature's pooled vector, ``out[s, at[f]:] = sum_j w_sj tables[tab[f]][ids[f][s, j]]``, in one call.
+
+    Args:
+        layout: the features and tables.
+        tables: (R_t, D_t) float32 contiguous.
+        ids: (n,) or (n, cols[f]) int64 contiguous ids of each feature.
+        given: (n, cols[f]) float32 contiguous weights of a feature's ids, or None: 0 on padding (id 0), else 1
+            or, for mean pooling, 1 / the count of non-padding ids.
+
+    Returns:
+        (n, width) pooled vectors; (n sum cols,) the weights used, sample by sample, features side by side.
+
+    Raises:
+        IndexError: an id outside its table (nothing is read there).
+        ValueError: ids or weights not of the layout's shape.
+    """
+    n = ids[0].shape[0]
+    if any(i.numel() != n * c or i.shape[0] != n for i, c in zip(ids, layout.cols)) or len(ids) != len(layout.cols) \
+            or any(g is not None and g.numel() != n * c for g, c in zip(given, layout.cols)):
+        raise ValueError(f"ids of shapes {[tuple(i.shape) for i in ids]} for a layout of {layout.cols} ids a sample")
+    out = torch.empty((n, layout.width), dtype=torch.float32)
+    per_id = torch.empty(n * sum(layout.cols), dtype=torch.float32)
+    tab, cols, at, mean, rows, dims = layout.c
+    bad = ctypes.c_int64()
+    f = _lib().dc_feature_forward(len(ids), _ptrs(ids), cols, tab, at, mean,
+                                  (ctypes.c_void_p * len(given))(*(g.data_ptr() if g is not None else None
+                                                                   for g in given)),
+                                  _ptrs(tables), rows, dims, n, layout.width, per_id.data_ptr(), out.data_ptr(),
+                                  ctypes.byref(bad))
+    if f >= 0:
+        raise IndexError(f"index {bad.value} is out of range for a table of {layout.rows[layout.tab[f]]} rows")
+    return out, per_id
+
+
+def feature_backward(layout: FeatureLayout, ids: Sequence[Tensor], per_id: Tensor,
+                     grad: Tensor) -> list[tuple[Tensor, Tensor]]:
+    """The gradient of :func:`feature_forward` for each table: its distinct ids and their summed gradient rows.
+
+    Args:
+        layout, ids: as given to :func:`feature_forward`; per_id: the weights it returned.
+        grad: (n, width) float32 gradient of its output, rows contiguous (any row stride: a column slice of the
+            stacked layer's gradient is read in place).
+
+    Returns:
+        per table, (U_t,) int64 distinct ids ascending and (U_t, D_t) their gradient rows, summed in the order of
+        :func:`bag_backward` (a table's ids sample by sample, its features in turn), both contiguous.
+    """
+    n = ids[0].shape[0]
+    if tuple(grad.shape) != (n, layout.width) or per_id.numel() != n * sum(layout.cols):
+        raise ValueError(f"a gradient of shape {tuple(grad.shape)} for ({n}, {layout.width}) outputs")
+    if grad.stride(1) != 1 or grad.stride(0) < layout.width:
+        grad = grad.contiguous()
+    caps = [min(r, n * c) for r, c in zip(layout.rows, layout.ids_per_table)]
+    out_rows = [torch.empty(c, dtype=torch.int64) for c in caps]
+    out_values = [torch.empty((c, d), dtype=torch.float32) for c, d in zip(caps, layout.dims)]
+    tab, cols, at, _, rows, dims = layout.c
+    counts, bad = (ctypes.c_int64 * len(caps))(), ctypes.c_int64()
+    f = _lib().dc_feature_backward(len(ids), _ptrs(ids), cols, tab, at, len(caps), rows, dims, n, per_id.data_ptr(),
+                                   grad.data_ptr(), grad.stride(0), _ptrs(out_rows), _ptrs(out_values), counts,
+                                   ctypes.byref(bad))
+    if f == -2:
+        raise MemoryError("dc_feature_backward: out of memory for the row marks")
+    if f >= 0:
+        raise IndexError(f"index {bad.value} is out of range for a table of {layout.rows[layout.tab[f]]} rows")
+    return [(r[:u], v[:u]) for r, v, u in zip(out_rows, out_values, counts)]
+
+
 def row_adam(params: Sequence[Tensor], rows: Sequence[Tensor], values: Sequence[Tensor], exp_avgs: Sequence[Tensor],
-             exp_avg_sqs: Sequence[Tensor], step_sizes: Sequence[float], hyper: tuple[float, float, float]) -> None:
+             exp_avg_sqs: Sequence[Tensor], step_sizes: Sequence[float],
+             hyper: tuple[float, float, float]) -> int | None:
     """SparseAdam's update of the distinct ``rows`` of every table in place, in its order of operations.
 
     Args:
         params, exp_avgs, exp_avg_sqs: (R_t, D_t) float32 contiguous.
-        rows: (U_t,) int64 distinct rows; values: (U_t, D) float32 their summed gradients.
+        rows: (U_t,) int64 rows, ascending (so distinct); values: (U_t, D) float32 their summed gradients.
         step_sizes: ``-lr * sqrt(1 - beta2^t) / (1 - beta1^t)`` per table.
         hyper: (beta1, beta2, eps).
 
+    Returns:
+        None (updated), or the first table whose rows are not ascending: nothing is updated then (sum its
+        duplicate rows and call again).
+
     Raises:
-        IndexError: a row outside its table (nothing is updated from that table on).
+        IndexError: a row outside its table (nothing is updated).
     """
     beta1, beta2, eps = hyper
     consts = (ctypes.c_float * 3)(1 - beta1, 1 - beta2, eps)   # torch casts these scalars to float32 too
@@ -232,8 +341,12 @@ def row_adam(params: Sequence[Tensor], rows: Sequence[Tensor], values: Sequence[
                             _ptrs(rows),
                             _ints([p.shape[0] for p in params]), _ptrs(values), _ptrs(params), _ptrs(exp_avgs),
                             _ptrs(exp_avg_sqs), consts, (ctypes.c_float * len(params))(*step_sizes))
+    if at >= len(params):
+        return int(at - len(params))
     if at >= 0:
         raise IndexError(f"a gradient row is out of range for a table of {params[at].shape[0]} rows")
+    return None
 
 
-__all__ = ["available", "bag_backward", "bag_forward", "build", "cache_dir", "fits", "row_adam"]
+__all__ = ["FeatureLayout", "available", "bag_backward", "bag_forward", "build", "cache_dir", "feature_backward",
+           "feature_forward", "fits", "row_adam"]

@@ -33,15 +33,17 @@ class RowSparseAdam(torch.optim.SparseAdam):
     ``t.index_select(0, rows)`` and ``t.add_(sparse(rows, u))`` is ``t.index_add_(0, rows, u)``. The update
     is SparseAdam's formula in its order of operations; only the summation order of duplicate gradient rows
     differs (float rounding, ~1e-7 relative; deterministic). A gradient whose rows are already ascending and
-    distinct (:class:`~deepcrossing.model.lookup.BagLookup`'s: the embedding layer sums duplicates in
-    backward) skips the ``unique`` (one O(nnz) comparison checks it). State and state_dict are SparseAdam's
+    distinct (the embedding layer's lookups sum duplicates in backward) skips the ``unique`` (one O(nnz)
+    comparison checks it). State and state_dict are SparseAdam's
     (checkpoints unchanged).
     On CPU float32 tables the update is one fused C call for all tables
     (:func:`~deepcrossing.model.kernels.row_adam`: m, v and p per element in SparseAdam's order, rows
     prefetched): the moments bit-equal to the torch path, the weights within 1 ulp (its ``sqrtf`` is correctly
     rounded, torch's vectorized ``sqrt`` is not on ~20% of floats). In the training loop (1 thread, batch 1024,
     steps alternating, thread time, load 2.5) the step takes 224 us instead of 484; ``DEEPCROSSING_KERNELS=0``
-    keeps the ``_foreach`` path.
+    keeps the ``_foreach`` path. There the kernel also makes the ascending check (the lookups' gradients pass it;
+    AccumulateGrad drops their ``is_coalesced`` flag, so the O(nnz) torch comparison ran on every table every
+    step) and reports a table that fails it, summed then: 174 -> 116 us a step in the training loop.
     Gradients must be row-sparse (``nn.Embedding(sparse=True)``: indices ``(1, nnz)``, values ``(nnz, D)``).
     """
 
@@ -56,40 +58,50 @@ class RowSparseAdam(torch.optim.SparseAdam):
             eps, lr, maximize = group["eps"], group["lr"], group.get("maximize", False)
             params, rows, values, exp_avgs, exp_avg_sqs, step_sizes = [], [], [], [], [], []
             for p in group["params"]:
-                if p.grad is None:
+                grad = p.grad
+                if grad is None:
                     continue
-                if not p.grad.is_sparse:
+                if not grad.is_sparse:
                     raise RuntimeError("SparseAdam does not support dense gradients, please consider Adam instead")
                 state = self.state[p]
                 if len(state) == 0:
                     state["step"] = 0
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
-                grad = -p.grad if maximize else p.grad
-                index = grad._indices()[0]
-                if grad.is_coalesced() or bool((index[1:] > index[:-1]).all()):  # ascending: already distinct
-                    value = grad._values()
-                else:
-                    index, inverse = torch.unique(index, return_inverse=True)
-                    value = grad._values().new_zeros((len(index), *grad.shape[1:]))
-                    value.index_add_(0, inverse, grad._values())
+                step = state["step"] = state["step"] + 1
+                value = grad._values()
                 if value.numel() == 0:
                     continue
-                step = state["step"]
                 params.append(p)
-                rows.append(index)
-                values.append(value)
+                rows.append(grad._indices()[0])
+                values.append(-value if maximize else value)
                 exp_avgs.append(state["exp_avg"])
                 exp_avg_sqs.append(state["exp_avg_sq"])
                 step_sizes.append(-lr * math.sqrt(1 - beta2**step) / (1 - beta1**step))
             if not params:
                 continue
+            hyper = (beta1, beta2, eps)
             if kernels.available() and kernels.fits([*params, *values, *exp_avgs, *exp_avg_sqs], rows):
-                kernels.row_adam(params, rows, values, exp_avgs, exp_avg_sqs, step_sizes, (beta1, beta2, eps))
-            else:
-                _row_adam(params, rows, values, exp_avgs, exp_avg_sqs, step_sizes, (beta1, beta2, eps))
+                # the kernel checks that each table's rows ascend (the lookups' do, though AccumulateGrad drops the
+                # is_coalesced flag): a table's whose do not are summed first (nothing updated), then it runs again
+                while (t := kernels.row_adam(params, rows, values, exp_avgs, exp_avg_sqs, step_sizes,
+                                             hyper)) is not None:
+                    rows[t], values[t] = _distinct(rows[t], values[t])
+                continue
+            for t, (index, value) in enumerate(zip(rows, values)):
+                if not bool((index[1:] > index[:-1]).all()):  # ascending: already distinct
+                    rows[t], values[t] = _distinct(index, value)
+            _row_adam(params, rows, values, exp_avgs, exp_avg_sqs, step_sizes, hyper)
         return loss
+
+
+def _distinct(index: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
+    """A row-sparse gradient's ascending distinct rows (U,) and their summed value rows (U, D), ``index`` (nnz,)
+    and ``value`` (nnz, D) in any order (``torch.unique`` + ``index_add_``: 2x faster than ``coalesce``)."""
+    distinct, inverse = torch.unique(index, return_inverse=True)
+    summed = value.new_zeros((len(distinct), *value.shape[1:]))
+    summed.index_add_(0, inverse, value)
+    return distinct, summed
 
 
 def _row_adam(params: list[Tensor], rows: list[Tensor], values: list[Tensor], exp_avgs: list[Tensor],
