@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -189,5 +189,16 @@ def recommend_cmd(
               f"version {result['storeVersion']}, {result['candidates']} candidates: {recalled})", highlight=False,
               soft_wrap=True)
     for rank, item in enumerate(result["items"], 1):
-        out.print(f"{rank:>3}. {item['score']:.4f}  {item['movieId']:>7}  {item['title']}  "
-                  f"[{', '.join(item['genres'])}]  ({item['channel']})", highlight=False, soft_wrap=True)
+        out.print(item_line(rank, item), highlight=False, soft_wrap=True)
+
+
+def item_line(rank: int, item: dict[str, Any]) -> str:
+    """One recommended movie as `recommend` prints it; a log without a movies file has no title or genres.
+
+    Example:
+        >>> item_line(1, {"score": 0.5, "movieId": 7, "title": None, "genres": [], "channel": "popularity"})
+        '  1. 0.5000        7  (no title: the log has no movies file)  (popularity)'
+    """
+    title = item["title"] or "(no title: the log has no movies file)"
+    genres = f"  [{', '.join(item['genres'])}]" if item["genres"] else ""
+    return f"{rank:>3}. {item['score']:.4f}  {item['movieId']:>7}  {title}{genres}  ({item['channel']})"
