@@ -151,3 +151,24 @@ def test_refit_refuses_a_train_file_over_the_memory_budget(files, tmp_path, caps
     err = " ".join(capsys.readouterr().err.split())
     assert exited.value.code == 2 and "Traceback" not in err and "--refit holds train + valid in memory" in err, err
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("swa", [0, 2])
+def test_python_api_follows_the_selections_swa_choice(files, tmp_path, swa):
+    """train_refit (what the CLI calls): with SWA the refit trains the selection's epochs and averages the same
+    last ones exactly when the selection kept its average; without, E = the best epoch and no average."""
+    from deepcrossing.training.refit import train_refit
+
+    # at these settings the selection keeps its SWA average (best epoch 3 of 4; measured on CPU)
+    config = ExperimentConfig(spec=numeric_spec(), model=ModelConfig(hidden=(8,), width=12, dropout=0.2),
+                              train=TrainConfig(epochs=4, batch_size=64, patience=0, lr=0.02, swa=swa, seed=2,
+                                                lr_schedule="constant"))
+    tables = {s: pq.read_table(files / f"{s}.parquet") for s in ("train", "valid", "test")}
+    seeds: list[int] = []
+    summary = train_refit(tables, config, tmp_path / "m", lambda s: (seeds.append(s), torch.manual_seed(s)))
+    refit = summary["refit"]
+    kept = bool(refit["swa"]["selection"].get("kept"))
+    assert seeds == [2, 2] and refit["epochs_run"] == 4
+    assert refit["epochs"] == (4 if kept else refit["best_epoch"]) and len(summary["history"]) == refit["epochs"]
+    assert refit["swa"]["averaged_epochs"] == (2 if kept else 0)
+    assert deepcrossing.load(tmp_path / "m").manifest["metrics"]["refit"]["epochs"] == refit["epochs"]
