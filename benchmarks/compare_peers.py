@@ -21,6 +21,12 @@ Peers (each in its own child process, so that its peak RSS is its own):
                       embedding dropout and learning rate tuned on valid with the same budget as LightGBM
                       and DeepCTR (8 settings, 2 with ``--grid small``; the spec's own setting is one of them).
 * ``deepcrossing_mlp`` our model as SparrowRecSys's plain MLP 128-128 (embedding 10).
+* ``*_refit``         (``logreg``, ``lightgbm_ids``, ``lightgbm_noids``, ``deepcrossing``) the peer chosen on
+                      valid exactly as above, then refitted on train ∪ valid with what valid chose (LightGBM: the
+                      setting and its best iteration count, no early stopping; logistic regression: the same C;
+                      Deep Crossing: ``train --refit`` with the chosen setting, i.e. its best epoch count), every
+                      vocabulary / scaler / encoder refitted on train ∪ valid; test is scored by the refitted
+                      model only. Its valid columns are the selection model's (held out), not the refit's.
 
 Every peer gets the same columns of the sample file (ids, genres, numerics, the list columns where it can
 take them); vocabularies and scalers are fitted on train only; tuning reads valid only; test is scored once.
@@ -69,10 +75,11 @@ DATA_100K = ROOT.parent / "shared" / "data" / "ml-100k"
 # are served and in Deep Crossing's default spec; `--exclude-columns` compares without some.
 DEFAULT_EXCLUDE = ""
 
-PEERS = ("avg_rating", "logreg", "lightgbm_ids", "lightgbm_noids", "deepctr_dnn", "deepcrossing",
-         "deepcrossing_mlp", "deepcrossing_ens3")
+PEERS = ("avg_rating", "logreg", "logreg_refit", "lightgbm_ids", "lightgbm_ids_refit", "lightgbm_noids",
+         "lightgbm_noids_refit", "deepctr_dnn", "deepcrossing", "deepcrossing_refit", "deepcrossing_mlp",
+         "deepcrossing_ens3")
 OURS = "deepcrossing"
-DETERMINISTIC = ("avg_rating", "logreg")  # same result for every seed: run once
+DETERMINISTIC = ("avg_rating", "logreg", "logreg_refit")  # same result for every seed: run once
 
 # Column families: which vocabulary each categorical / list column uses.
 ID_COLUMNS = {"userId": "user", "movieId": "movie", **{f"userRatedMovie{i}": "movie" for i in range(1, 6)}}
@@ -229,9 +236,9 @@ class Scaler:
 class Data:
     """The three splits, encoded once per child process."""
 
-    def __init__(self, samples: Path) -> None:
+    def __init__(self, samples: Path, tables: dict[str, Any] | None = None) -> None:
         self.samples = samples
-        self.tables = load_splits(samples)
+        self.tables = tables or load_splits(samples)
         self.f = Features(self.tables["train"])
         self.y = {s: t.column("label").to_numpy().astype(np.float32) for s, t in self.tables.items()}
         self.users = {s: t.column("userId").to_numpy() for s, t in self.tables.items()}
@@ -244,6 +251,15 @@ class Data:
     @property
     def n_train(self) -> int:
         return int(self.y["train"].shape[0])
+
+    def refit(self) -> Data:
+        """The same splits with train ∪ valid as train (valid rows after train's): every vocabulary and scaler
+        is then fitted on both, as the refit models are."""
+        import pyarrow as pa
+
+        t = self.tables
+        union = pa.concat_tables([t["train"], t["valid"]], promote_options="default")
+        return Data(self.samples, {"train": union, "valid": t["valid"], "test": t["test"]})
 
 
 # ============================================================================================ peers
@@ -316,6 +332,21 @@ def peer_logreg(d: Data, params: dict, seed: int) -> dict:
             "info": {"C": c, "n_features": x["train"].shape[1], "tuning_seconds": time.perf_counter() - t0}}
 
 
+def peer_logreg_refit(d: Data, params: dict, seed: int) -> dict:
+    """``logreg`` (C chosen on valid), then the same C fitted on train ∪ valid (scaler and vocabularies too)."""
+    from sklearn.linear_model import LogisticRegression
+
+    chosen = peer_logreg(d, params, seed)
+    both = d.refit()
+    x = _onehot_design(both)
+    t0 = time.perf_counter()
+    model = LogisticRegression(C=chosen["tuned"]["C"], max_iter=2000).fit(x["train"], both.y["train"])
+    fit_s = time.perf_counter() - t0
+    return {**chosen, "test": model.predict_proba(x["test"])[:, 1], "fit_seconds": chosen["fit_seconds"] + fit_s,
+            "passes": 1 + both.n_train / d.n_train,                 # rows fitted, in train passes
+            "info": {**chosen["info"], "refit_rows": both.n_train, "refit_seconds": fit_s}}
+
+
 def _lgb_matrix(d: Data, split: str, with_ids: bool):
     names, cols, cat_names = [], [], []
     for c in d.f.numeric:
@@ -347,8 +378,7 @@ def _peer_lightgbm(d: Data, params: dict, seed: int, with_ids: bool, quick: bool
 
     xs = {s: _lgb_matrix(d, s, with_ids) for s in ("train", "valid", "test")}
     x_train, names, cats = xs["train"]
-    base = {"objective": "binary", "metric": "auc", "verbosity": -1, "num_threads": 2, "seed": seed,
-            "feature_fraction": 0.8, "bagging_fraction": 0.8, "bagging_freq": 1, "cat_smooth": 10.0}
+    base = _lgb_base(seed)
     if "num_leaves" in params:
         grid = [params]
     elif quick:
@@ -379,12 +409,44 @@ def _peer_lightgbm(d: Data, params: dict, seed: int, with_ids: bool, quick: bool
                      "grid_size": len(grid)}}
 
 
+def _lgb_base(seed: int) -> dict:
+    return {"objective": "binary", "metric": "auc", "verbosity": -1, "num_threads": 2, "seed": seed,
+            "feature_fraction": 0.8, "bagging_fraction": 0.8, "bagging_freq": 1, "cat_smooth": 10.0}
+
+
+def _refit_lightgbm(d: Data, params: dict, seed: int, with_ids: bool, quick: bool) -> dict:
+    """LightGBM chosen on valid (setting and early-stopped iteration count), then the same setting trained on
+    train ∪ valid (vocabularies refitted) for that many iterations, no early stopping; test scored by it."""
+    import lightgbm as lgb
+
+    chosen = _peer_lightgbm(d, params, seed, with_ids, quick)
+    both = d.refit()
+    x_train, names, cats = _lgb_matrix(both, "train", with_ids)
+    rounds = int(chosen["info"]["best_iteration"])
+    t0 = time.perf_counter()
+    booster = lgb.train({**_lgb_base(seed), **chosen["tuned"]},
+                        lgb.Dataset(x_train, both.y["train"], feature_name=names, categorical_feature=cats),
+                        num_boost_round=rounds)
+    fit_s = time.perf_counter() - t0
+    return {**chosen, "test": booster.predict(_lgb_matrix(both, "test", with_ids)[0]),
+            "fit_seconds": chosen["fit_seconds"] + fit_s,
+            "info": {**chosen["info"], "refit_rows": both.n_train, "refit_rounds": rounds, "refit_seconds": fit_s}}
+
+
 def peer_lightgbm_ids(d, params, seed, quick=False):
     return _peer_lightgbm(d, params, seed, True, quick)
 
 
 def peer_lightgbm_noids(d, params, seed, quick=False):
     return _peer_lightgbm(d, params, seed, False, quick)
+
+
+def peer_lightgbm_ids_refit(d, params, seed, quick=False):
+    return _refit_lightgbm(d, params, seed, True, quick)
+
+
+def peer_lightgbm_noids_refit(d, params, seed, quick=False):
+    return _refit_lightgbm(d, params, seed, False, quick)
 
 
 def peer_deepctr_dnn(d: Data, params: dict, seed: int, quick: bool = False) -> dict:
@@ -499,7 +561,8 @@ def _deepcrossing(d: Data, params: dict, seed: int, quick: bool, mlp: bool, ense
     return best
 
 
-def _deepcrossing_once(d: Data, setting: dict, seed: int, quick: bool, mlp: bool, ensemble: int = 1) -> dict:
+def _deepcrossing_once(d: Data, setting: dict, seed: int, quick: bool, mlp: bool, ensemble: int = 1,
+                       refit: bool = False) -> dict:
     import deepcrossing
 
     with tempfile.TemporaryDirectory(prefix="dc-peer-") as tmp:
@@ -516,6 +579,8 @@ def _deepcrossing_once(d: Data, setting: dict, seed: int, quick: bool, mlp: bool
         if ensemble > 1:                           # K members, seeds K*seed .. K*seed+K-1 (disjoint per seed)
             cmd[cmd.index("--seed") + 1] = str(ensemble * seed)
             cmd += ["--ensemble", str(ensemble)]
+        if refit:
+            cmd += ["--refit"]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         wall = time.perf_counter() - t0
@@ -526,13 +591,16 @@ def _deepcrossing_once(d: Data, setting: dict, seed: int, quick: bool, mlp: bool
         v = np.asarray(model.predict(d.tables["valid"]), dtype=np.float64)
         t = np.asarray(model.predict(d.tables["test"]), dtype=np.float64)
         manifest = json.loads((model_dir / "manifest.json").read_text())
+        refit_record = manifest["metrics"].get("refit", {})
         jsonl = model_dir / "metrics.jsonl"
         if jsonl.is_file():                        # the trainer's per-epoch records
             manifest = {"history": [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]}
     timing = _find_timing(manifest)
     return {"valid": v, "test": t, "probabilities": True,
             "fit_seconds": timing.get("fit_seconds", wall), "wall_seconds": wall,
-            "passes": timing.get("epochs", 1), "info": {"command": " ".join(cmd[2:]), **timing}}
+            "passes": timing.get("epochs", 1), "info": {"command": " ".join(cmd[2:]), **timing,
+                                                        **({"refit": {k: v for k, v in refit_record.items()
+                                                                      if k != "history"}} if refit else {})}}
 
 
 def _find_timing(manifest: dict) -> dict:
@@ -567,6 +635,19 @@ def peer_deepcrossing_mlp(d, params, seed, quick=False):
     return _deepcrossing(d, params, seed, quick, mlp=True)
 
 
+def peer_deepcrossing_refit(d, params, seed, quick=False):
+    """``deepcrossing`` chosen on valid exactly as that peer (same grid, same runs), then ``train --refit`` with
+    the chosen setting: its selection run repeats the chosen run (same seed) and picks the same best epoch E,
+    then a fresh model trains E epochs on train ∪ valid; test is scored by that model. The valid columns are the
+    chosen (selection) model's: held out."""
+    chosen = _deepcrossing(d, params, seed, quick, mlp=False)
+    setting = {k: v for k, v in chosen["tuned"].items() if k != "default"}
+    refit = _deepcrossing_once(d, setting, seed, quick, mlp=False, refit=True)
+    info = {**chosen["info"], "refit": refit["info"]}
+    return {**chosen, "test": refit["test"], "fit_seconds": chosen["fit_seconds"] + refit["fit_seconds"],
+            "passes": chosen["passes"] + refit["passes"], "info": info}
+
+
 def peer_deepcrossing_ens3(d, params, seed, quick=False):
     """The default spec, tuned like ``deepcrossing``, as a fused ensemble of 3 seeds (``train --ensemble 3``)."""
     return _deepcrossing(d, params, seed, quick, mlp=False, ensemble=3)
@@ -584,7 +665,8 @@ def run_peer(peer: str, samples: Path, params: dict, seed: int, quick: bool) -> 
     d = Data(samples)
     load_s = time.perf_counter() - t_load
     fn = globals()[f"peer_{peer}"]
-    result = fn(d, params, seed) if peer in ("avg_rating", "logreg") else fn(d, params, seed, quick=quick)
+    simple = peer in ("avg_rating", "logreg", "logreg_refit")   # no quick argument
+    result = fn(d, params, seed) if simple else fn(d, params, seed, quick=quick)
     y, g, s = d.y["test"], d.users["test"], result["test"]
     out = {
         "peer": peer, "seed": seed, "n_train": d.n_train, "load_seconds": load_s,

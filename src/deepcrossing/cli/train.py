@@ -61,6 +61,11 @@ def train(
         "--ensemble", min=1, max=16,
         help="Train K members (seeds seed..seed+K-1, each early-stopped on valid) and write ONE model, their "
              "fusion: K-wide layers whose logit is the members' mean (about K^2 the MLP's serving FLOPs).")] = 1,
+    refit: Annotated[bool, typer.Option(
+        "--refit", help="After the early-stopped run picks the best epoch E on valid, train a fresh model (same "
+                        "seed, encoder refitted) on train + valid for E epochs and save THAT one (its valid "
+                        "metrics are in-sample; the selection's held-out ones are in metrics.json's refit).")]
+        = False,
 ) -> None:
     """Train the Deep Crossing model; early stopping on validation AUC; write the model folder."""
     import dataclasses
@@ -107,12 +112,16 @@ def train(
                          path=files["train"])
     if ensemble > 1:
         _check_ensemble(config, spec, resume=resume, nproc=nproc, stream=stream)
+    if refit:
+        _check_refit(resume=resume, nproc=nproc, stream=stream, ensemble=ensemble)
     dev = pick_device(device)
     job = train_run.TrainJob(files, config, out_dir, dev, threads, resume, overwrite, stream, budget,
-                             ensemble=ensemble)
+                             ensemble=ensemble, refit=refit)
     from deepcrossing.training import distributed
 
     ctx = distributed.from_env(dev)
+    if ctx is not None and refit:
+        raise DeepCrossingError("--refit trains in one process; run it without torchrun")
     if ctx is not None and nproc > 1:
         raise DeepCrossingError("--nproc starts local ranks itself; under torchrun (WORLD_SIZE is set) leave it out")
     if ctx is None and nproc > 1:
@@ -135,6 +144,15 @@ def _check_ensemble(config: Any, spec: str | None, *, resume: bool, nproc: int, 
     except InputError as exc:
         where = spec if spec is not None and spec not in ("movielens", "sparrow") else None
         raise InputError(exc.message, path=where, field=exc.field) from None
+
+
+def _check_refit(*, resume: bool, nproc: int, stream: bool, ensemble: int) -> None:
+    """``--refit``: one process, train + valid held in memory, no checkpoints, one model."""
+    for flag, given in (("--resume", resume), ("--nproc", nproc > 1), ("--stream", stream),
+                        ("--ensemble", ensemble > 1)):
+        if given:
+            raise DeepCrossingError(f"--refit trains twice in one process on samples held in memory, without "
+                                    f"checkpoints; leave out {flag}")
 
 
 # [evaluate]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deepcrossing.cli.common import console, out, seed_everything, set_threads
+from deepcrossing.errors import DeepCrossingError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -47,6 +48,7 @@ class TrainJob:
     budget: int | None
     window: int = 4
     ensemble: int = 1
+    refit: bool = False
 
 
 def run_rank(ctx: DistContext, job: TrainJob) -> None:
@@ -101,6 +103,12 @@ def _run(job: TrainJob, ctx: DistContext | None) -> None:
     sources = {k: str(v) for k, v in job.files.items()}
     if job.ensemble > 1:
         _run_ensemble(job, tables, sources, device)
+        return
+    if job.refit:
+        if stream:
+            raise DeepCrossingError(f"--refit holds train + valid in memory, but the train file exceeds the memory "
+                                    f"budget (--memory-budget {job.budget:,} bytes); raise it")
+        _run_refit(job, tables, sources, device)
         return
     if not main:
         train_model(tables, config, job.out_dir, device=device, resume=job.resume, overwrite=job.overwrite,
@@ -172,6 +180,33 @@ def _run_ensemble(job: TrainJob, tables: dict[str, Any], sources: dict[str, str]
     if "test" in summary:
         out.print(f"test AUC {summary['test']['auc']:.4f}  logloss {summary['test']['logloss']:.4f}", highlight=False)
     out.print(f"wrote {job.out_dir}: one fused model (model.safetensors, manifest.json, metrics.json) in "
+              f"{summary['seconds']:.1f} s", highlight=False)
+
+
+def _run_refit(job: TrainJob, tables: dict[str, Any], sources: dict[str, str], device: str) -> None:
+    """``train --refit``: the early-stopped selection run, then the refit on train + valid; print both."""
+    from deepcrossing.training.refit import train_refit
+
+    epochs = job.config.train.epochs
+    with _progress() as progress:
+        on_step = _step_bar(progress, epochs)
+
+        def on_epoch(r: dict[str, Any]) -> None:
+            held_out = f"  valid AUC {r['valid_auc']:.4f}" if "valid_auc" in r else ""
+            progress.console.print(f"{r['run']} epoch {r['epoch']}: train loss {r['train_loss']:.4f}{held_out}  "
+                                   f"({r['train_seconds']:.1f} s)", highlight=False)
+
+        summary = train_refit(tables, job.config, job.out_dir, seed_everything, device=device, sources=sources,
+                              on_step=on_step, on_epoch=on_epoch, overwrite=job.overwrite)
+    info = summary["refit"]
+    out.print(f"selection: best epoch {info['best_epoch']} of {info['epochs_run']}: valid AUC "
+              f"{info['selection_valid']['auc']:.4f}  logloss {info['selection_valid']['logloss']:.4f} (held out)",
+              highlight=False)
+    out.print(f"refit: {info['epochs']} epochs on train + valid ({info['rows']['train+valid']:,} rows); valid AUC "
+              f"{summary['valid_in_sample']['auc']:.4f} (in-sample, not held out)", highlight=False)
+    if "test" in summary:
+        out.print(f"test AUC {summary['test']['auc']:.4f}  logloss {summary['test']['logloss']:.4f}", highlight=False)
+    out.print(f"wrote {job.out_dir}: the refit model (model.safetensors, manifest.json, metrics.json) in "
               f"{summary['seconds']:.1f} s", highlight=False)
 
 

@@ -4,6 +4,7 @@ Public API:
     Trainer(DeepCrossingTrain(model), train_config, device, checkpoint_dir, fingerprint).fit(train, valid, ...)
     optim (make_optimizers, RowSparseAdam, lr_at), checkpoint (save / load / fingerprint)
     train_model(tables, experiment_config, out_dir, ...)      encoder + model + trainer + files
+    refit.train_refit(tables, experiment_config, out_dir, seed_run, ...)   epochs chosen on valid, refit on both
     save(model_dir, model, encoder, train_config, extra) / load(model_dir) -> LoadedModel
     export_model(model_dir, "onnx" | "torchscript", out)
 """

@@ -18,13 +18,15 @@ def _pyplot() -> Any:
 
 
 def plot_history(history: list[dict[str, Any]], path: str | Path) -> Path:
-    """Train loss and validation AUC/logloss per epoch -> one PNG with two panels.
+    """Train loss and validation AUC/logloss per epoch -> one PNG with two panels (records without
+    ``valid_auc``, e.g. a refit's, are left out).
 
     Args:
         history: one dict per epoch with ``epoch``, ``train_loss``, ``valid_logloss`` and ``valid_auc``.
         path: the PNG to write.
     """
     plt = _pyplot()
+    history = [r for r in history if "valid_auc" in r]
     epochs = [r["epoch"] for r in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
     ax1.plot(epochs, [r["train_loss"] for r in history], "o-", label="train loss")

@@ -85,7 +85,6 @@ class EvalSource(Protocol):
 
     def pieces(self) -> Iterator[Batch]:
         """The encoded rows, in file order, a few thousand at a time."""
-        ...
 
 
 @torch.no_grad()
@@ -125,19 +124,15 @@ class TrainModule(Protocol):
     @property
     def model(self) -> nn.Module:
         """The wrapped model (Batch -> logits): evaluated, averaged, checkpointed."""
-        ...
 
     def __call__(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """A labelled batch -> (objective to minimize, detached loss to report)."""
-        ...
 
     def parameter_groups(self) -> ParameterGroups:
         """Trainable parameters by optimizer treatment."""
-        ...
 
     def train(self, mode: bool = True) -> Any:
         """Training mode on (dropout, batch norm statistics)."""
-        ...
 
 
 class BatchStream(Protocol):
@@ -146,11 +141,9 @@ class BatchStream(Protocol):
     @property
     def rows(self) -> int:
         """Rows this rank can read per epoch."""
-        ...
 
     def batches(self, epoch: int, batch_size: int, rows: int, generator: torch.Generator) -> Iterator[Batch]:
         """The first ``rows`` rows of this rank's epoch ``epoch``, shuffled, as CPU batches of ``batch_size``."""
-        ...
 
 
 class Trainer:
@@ -191,21 +184,25 @@ class Trainer:
         self.swa_record: dict[str, Any] = {}  # the SWA average's valid scores and whether it was kept
         self.dist = dist if dist is not None and dist.world_size > 1 else None
 
-    def fit(self, train: Batch | BatchStream, valid: Batch | EvalSource, resume: bool = False,
+    def fit(self, train: Batch | BatchStream, valid: Batch | EvalSource | None, resume: bool = False,
             on_step: Callable[[StepInfo], None] | None = None,
-            on_epoch: Callable[[dict[str, Any]], None] | None = None, users: Tensor | None = None) -> FitResult:
+            on_epoch: Callable[[dict[str, Any]], None] | None = None, users: Tensor | None = None,
+            fixed_epochs: int | None = None) -> FitResult:
         """Train up to ``config.epochs`` epochs; keep the weights of the best validation AUC.
 
         Args:
             train: encoded train samples (CPU or ``device``), labels (N,), or a :class:`BatchStream`; under
                 DDP this rank's shard.
-            valid: encoded validation samples (or an :class:`EvalSource` that encodes them per pass).
+            valid: encoded validation samples (or an :class:`EvalSource` that encodes them per pass); None
+                only with ``fixed_epochs`` (the records then have no ``valid_*``).
             resume: continue from ``checkpoint_dir/last`` if it exists.
             on_step: called after every step (progress bars).
             on_epoch: called with each epoch's record (also in ``FitResult.history``).
             users: (N,) int64 user of each ``train`` row (:func:`training.pairwise.train_users`), needed when
                 ``config.pairwise > 0``: each step then adds the pairwise term of a user-grouped batch, and
                 the records get ``train_pairwise`` (the term's mean per step; ``train_loss`` stays the BCE).
+            fixed_epochs: train exactly this many epochs of the ``config.epochs`` schedule and keep the last
+                weights (the EMA's when on): no early stopping, no SWA, no choice on ``valid`` (a refit).
 
         Returns:
             FitResult; the model holds the best weights afterwards.
@@ -215,6 +212,8 @@ class Trainer:
                 :func:`training.checkpoint.load`).
         """
         c = self.config
+        if (valid is None and fixed_epochs is None) or (fixed_epochs is not None and not 0 < fixed_epochs <= c.epochs):
+            raise InputError(f"fit: fixed_epochs {fixed_epochs} (needed without valid) must be in 1..{c.epochs}")
         ctx, world = self.dist, 1 if self.dist is None else self.dist.world_size
         if isinstance(train, Batch):
             train = train.to(self.device)
@@ -251,7 +250,7 @@ class Trainer:
         recent: deque[dict[str, Tensor]] = deque(maxlen=max(c.swa, 1))  # the last epochs' weights (SWA)
         self.module.train()
         params = [p for opt in self.optimizers for group in opt.param_groups for p in group["params"]]
-        for epoch in range(progress.epochs_done, c.epochs):
+        for epoch in range(progress.epochs_done, fixed_epochs or c.epochs):
             if progress.stopped_early:
                 break
             if ctx is not None:  # per-epoch seeds: a resumed rank draws what it would have drawn
@@ -303,22 +302,21 @@ class Trainer:
             if c.ema > 0:  # evaluate (and keep as best) the averaged weights
                 current = {k: v.detach().clone() for k, v in live.items()}
                 self.model.load_state_dict(self.ema_state, strict=False)
-            scores = evaluate_batch(self.model, valid, self.device)
+            scores = {} if valid is None else evaluate_batch(self.model, valid, self.device)
             record = {
                 "epoch": epoch + 1,
                 "train_loss": epoch_loss / n,
                 **({} if pair_module is None else {"train_pairwise": pair_mean}),
-                "valid_auc": scores["auc"],
-                "valid_logloss": scores["logloss"],
+                **{f"valid_{k}": v for k, v in scores.items()},
                 "lr": lr_at(c, epoch, steps - 1, steps),
                 "train_seconds": round(train_seconds, 3),
                 "samples_per_s": round(n / max(train_seconds, 1e-9), 1),
             }
             progress.history.append(record)
-            improved = not math.isnan(scores["auc"]) and (
+            improved = fixed_epochs is not None or not math.isnan(scores["auc"]) and (
                 math.isnan(progress.best_auc) or scores["auc"] > progress.best_auc)
             if improved or progress.best_state is None:
-                progress.best_auc, progress.best_epoch = scores["auc"], epoch + 1
+                progress.best_auc, progress.best_epoch = scores.get("auc", math.nan), epoch + 1
                 progress.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
                 progress.bad_epochs = 0
             else:
@@ -336,7 +334,7 @@ class Trainer:
                 checkpoint.save(self.checkpoint_dir, state, progress, c, self.fingerprint)
             if ctx is not None:
                 ctx.broadcast_flag(progress.stopped_early)
-        if c.swa > 1 and len(recent) > 1 and is_main:
+        if c.swa > 1 and len(recent) > 1 and is_main and fixed_epochs is None and valid is not None:
             self._try_swa(recent, valid, progress)
         if progress.best_state is not None and is_main:
             self.model.load_state_dict(progress.best_state)
