@@ -114,3 +114,19 @@ def optimizer_step(opts: list[torch.optim.Optimizer], objective: torch.Tensor) -
     objective.backward()
     for opt in opts:
         opt.step()
+
+
+def write_splits(root: Path, train_rows: int = 800, valid_rows: int = 300, test_rows: int = 300) -> Path:
+    """train/valid/test.parquet of :func:`sample_table` (seeds 0, 1, 2) in ``root``; returns ``root``."""
+    import pyarrow.parquet as pq
+
+    for split, (n, seed) in {"train": (train_rows, 0), "valid": (valid_rows, 1), "test": (test_rows, 2)}.items():
+        pq.write_table(sample_table(n, seed=seed), root / f"{split}.parquet")
+    return root
+
+
+def train_cli_args(files: Path, out: Path, seed: int, *extra: str) -> list[str]:
+    """``deepcrossing train`` arguments over :func:`write_splits`' files and ``files/spec.json``."""
+    return ["train", "--train", str(files / "train.parquet"), "--valid", str(files / "valid.parquet"),
+            "--test", str(files / "test.parquet"), "--spec", str(files / "spec.json"), "--out", str(out),
+            "--seed", str(seed), "--device", "cpu", *extra]

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from dc_synthetic import optimizer_step, sample_table, small_spec
+from dc_synthetic import optimizer_step, sample_table, small_spec, train_cli_args, write_splits
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
@@ -264,9 +264,7 @@ def test_bad_lambda_in_a_spec_file_names_the_field_and_the_file(tmp_path, value,
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pw-samples")
-    for split, (n, seed) in {"train": (800, 0), "valid": (300, 1), "test": (300, 2)}.items():
-        pq.write_table(sample_table(n, seed=seed), root / f"{split}.parquet")
+    root = write_splits(tmp_path_factory.mktemp("pw-samples"))
     config = ExperimentConfig(spec=small_spec(), model=MODEL,
                               train=TrainConfig(epochs=2, batch_size=64, patience=0, pairwise=0.5))
     (root / "spec.json").write_text(json.dumps(config.to_dict()))
@@ -274,9 +272,7 @@ def files(tmp_path_factory):
 
 
 def train_args(files, out, *extra):
-    return ["train", "--train", str(files / "train.parquet"), "--valid", str(files / "valid.parquet"),
-            "--test", str(files / "test.parquet"), "--spec", str(files / "spec.json"), "--out", str(out),
-            "--seed", "3", "--device", "cpu", *extra]
+    return train_cli_args(files, out, 3, *extra)
 
 
 def test_cli_train_with_pairwise_writes_a_loadable_model(files, tmp_path):

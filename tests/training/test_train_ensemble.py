@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from dc_synthetic import exported_scores, numeric_spec, sample_table
+from dc_synthetic import exported_scores, numeric_spec, sample_table, train_cli_args, write_splits
 from typer.testing import CliRunner
 
 import deepcrossing
@@ -28,17 +28,13 @@ def write_spec(path, **model):
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ens-samples")
-    for split, (n, seed) in {"train": (800, 0), "valid": (300, 1), "test": (300, 2)}.items():
-        pq.write_table(sample_table(n, seed=seed), root / f"{split}.parquet")
+    root = write_splits(tmp_path_factory.mktemp("ens-samples"))
     write_spec(root / "spec.json", mlp="residual", hidden=(8,), width=12, norm="batch", dropout=0.1)
     return root
 
 
 def train_args(files, out, *extra):
-    return ["train", "--train", str(files / "train.parquet"), "--valid", str(files / "valid.parquet"),
-            "--test", str(files / "test.parquet"), "--spec", str(files / "spec.json"), "--out", str(out),
-            "--seed", "5", "--device", "cpu", *extra]
+    return train_cli_args(files, out, 5, *extra)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from dc_synthetic import numeric_spec, sample_table
+from dc_synthetic import numeric_spec, sample_table, train_cli_args, write_splits
 from typer.testing import CliRunner
 
 import deepcrossing
@@ -29,9 +29,7 @@ N_TRAIN, N_VALID = 800, 300
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("refit-samples")
-    for split, (n, seed) in {"train": (N_TRAIN, 0), "valid": (N_VALID, 1), "test": (300, 2)}.items():
-        pq.write_table(sample_table(n, seed=seed), root / f"{split}.parquet")
+    root = write_splits(tmp_path_factory.mktemp("refit-samples"), N_TRAIN, N_VALID)
     config = ExperimentConfig(spec=numeric_spec(), model=ModelConfig(hidden=(8,), width=12, dropout=0.1),
                               train=TrainConfig(epochs=6, batch_size=64, patience=1, lr=0.01))
     (root / "spec.json").write_text(json.dumps(config.to_dict()))
@@ -39,9 +37,7 @@ def files(tmp_path_factory):
 
 
 def train_args(files, out, *extra):
-    return ["train", "--train", str(files / "train.parquet"), "--valid", str(files / "valid.parquet"),
-            "--test", str(files / "test.parquet"), "--spec", str(files / "spec.json"), "--out", str(out),
-            "--seed", "3", "--device", "cpu", *extra]
+    return train_cli_args(files, out, 3, *extra)
 
 
 @pytest.fixture(scope="module")

@@ -177,10 +177,7 @@ def _run_ensemble(job: TrainJob, tables: dict[str, Any], sources: dict[str, str]
                   f"{m['valid']['auc']:.4f}", highlight=False)
     out.print(f"fused {k} members: valid AUC {summary['valid']['auc']:.4f}  logloss {summary['valid']['logloss']:.4f}"
               f" (max |logit - members' mean| {ens['max_abs_logit_diff']:.1e})", highlight=False)
-    if "test" in summary:
-        out.print(f"test AUC {summary['test']['auc']:.4f}  logloss {summary['test']['logloss']:.4f}", highlight=False)
-    out.print(f"wrote {job.out_dir}: one fused model (model.safetensors, manifest.json, metrics.json) in "
-              f"{summary['seconds']:.1f} s", highlight=False)
+    _print_written(summary, job.out_dir, "one fused model")
 
 
 def _run_refit(job: TrainJob, tables: dict[str, Any], sources: dict[str, str], device: str) -> None:
@@ -204,9 +201,14 @@ def _run_refit(job: TrainJob, tables: dict[str, Any], sources: dict[str, str], d
               highlight=False)
     out.print(f"refit: {info['epochs']} epochs on train + valid ({info['rows']['train+valid']:,} rows); valid AUC "
               f"{summary['valid_in_sample']['auc']:.4f} (in-sample, not held out)", highlight=False)
+    _print_written(summary, job.out_dir, "the refit model")
+
+
+def _print_written(summary: dict[str, Any], out_dir: Path, what: str) -> None:
+    """The test metrics (when there is a test split) and where the model went."""
     if "test" in summary:
         out.print(f"test AUC {summary['test']['auc']:.4f}  logloss {summary['test']['logloss']:.4f}", highlight=False)
-    out.print(f"wrote {job.out_dir}: the refit model (model.safetensors, manifest.json, metrics.json) in "
+    out.print(f"wrote {out_dir}: {what} (model.safetensors, manifest.json, metrics.json) in "
               f"{summary['seconds']:.1f} s", highlight=False)
 
 
