@@ -245,7 +245,8 @@ def _add_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        kind = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+                422: "invalid_request"}.get(exc.status_code, "http_error")   # 422: as the validation errors
         response = _error(exc.status_code, kind, exc.detail)
         for key, value in (exc.headers or {}).items():
             response.headers[key] = value
