@@ -61,13 +61,26 @@ def test_round_trip_gives_identical_scores(saved):
     (lambda m: m["encoder"]["tables"].pop("genre"), "tables"),
 ])
 def test_strict_manifest(saved, tmp_path, edit, message):
+    _edit_and_load(saved, tmp_path, edit, message)
+
+
+def test_a_manifest_edited_to_a_huge_table_is_refused_before_allocating(saved, tmp_path):
+    """The checksum covers the weights only: a manifest whose hashed feature says 10^12 buckets made load()
+    allocate a 10^12-row table (RuntimeError from the allocator) before comparing it with the weights."""
+    def huge(m):
+        m["encoder"]["tables"]["movieTag"]["state"]["buckets"] = 10**12
+
+    _edit_and_load(saved, tmp_path, huge, r"has shape \(8, 2\).*needs \(1000000000001, 2\)", "model.safetensors")
+
+
+def _edit_and_load(saved, tmp_path, edit, message, named="manifest.json"):
     folder = copy_of(saved[0], tmp_path)
     manifest = json.loads((folder / "manifest.json").read_text())
     edit(manifest)
     (folder / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(InputError, match=message) as info:
         deepcrossing.load(folder)
-    assert "manifest.json" in str(info.value)
+    assert named in str(info.value)
 
 
 def test_missing_files_and_tampered_weights(saved, tmp_path):

@@ -214,8 +214,8 @@ def load(model_dir: str | Path) -> LoadedModel:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise InputError(f"cannot read the weights: {exc}", path=weights_path) from None
-    model = DeepCrossing(spec, model_config, encoder.cardinalities)
-    expected = model.state_dict()
+    with torch.device("meta"):  # shapes first, allocating nothing: a manifest edited to a huge table is refused
+        expected = DeepCrossing(spec, model_config, encoder.cardinalities).state_dict()
     missing_t, extra_t = set(expected) - set(state), set(state) - set(expected)
     if missing_t or extra_t:
         raise InputError(f"tensor names do not match the model: missing {sorted(missing_t)}, "
@@ -226,6 +226,7 @@ def load(model_dir: str | Path) -> LoadedModel:
             raise InputError(f"tensor {name} has shape {tuple(state[name].shape)} {state[name].dtype}, the "
                              f"manifest's model needs {tuple(tensor.shape)} {tensor.dtype}",
                              path=weights_path, field=name)
+    model = DeepCrossing(spec, model_config, encoder.cardinalities)
     model.load_state_dict(state, strict=True)
     model.eval()
     return LoadedModel(model, encoder, spec, manifest, model_dir)
