@@ -55,7 +55,6 @@ CHANNELS = ("two_tower", "item2vec")
 MANIFEST_KEYS = {"format", "package_version", "channels", "merge", "metrics", "samples"}
 ENTRY_KEYS = {"two_tower": {"file", "sha256", "spec", "config", "encoder"},
               "item2vec": {"file", "sha256", "config"}}
-#: A recall folder, recognised by its manifest's ``format``; it owns its manifest, weights and metrics.
 def _channel_files(manifest: dict[str, Any]) -> list[str]:
     """The vector files a recall folder's manifest lists (not every ``*.safetensors``: a person's own file kept
     beside the folder by ``--overwrite`` is not ours)."""
@@ -65,6 +64,7 @@ def _channel_files(manifest: dict[str, Any]) -> list[str]:
     return [str(c["file"]) for c in channels.values() if isinstance(c, dict) and isinstance(c.get("file"), str)]
 
 
+#: A recall folder, recognised by its manifest's ``format``; it owns its manifest, weights and metrics.
 RECALL_OUTPUT = OutputKind("recall folder", MANIFEST, lambda m: m.get("format") == FORMAT,
                            lambda m: (*_channel_files(m), "metrics.json", "recall_at_k.png"))
 

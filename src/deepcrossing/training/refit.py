@@ -46,13 +46,12 @@ import torch
 
 from deepcrossing.config import ExperimentConfig
 from deepcrossing.errors import InputError
-from deepcrossing.model.deep_crossing import DeepCrossing
 from deepcrossing.model.train_module import DeepCrossingTrain
 from deepcrossing.outputs import Reservation, reserve
 from deepcrossing.training import artifact
 from deepcrossing.training.pairwise import train_users
 from deepcrossing.training.pipeline import _fit_encoder, _require_finite, _require_two_classes, _Run, \
-    score_splits, split_metrics, write_model_folder
+    build_model, score_splits, split_metrics, write_model_folder
 from deepcrossing.training.trainer import StepInfo, Trainer, predict_logits
 
 
@@ -122,11 +121,12 @@ def _train(tables: Mapping[str, pa.Table | None], config: ExperimentConfig, seed
                 run.on_epoch(history[-1])
         return epoch_done
 
+    sparse = config.train.optimizer == "sparse_adam"
     # 1. selection: the ordinary early-stopped run, scored on valid (held out)
     encoder, held_out, train_data = _fit_encoder(tables, config, run)
     _require_two_classes(held_out["valid"], run.sources.get("valid"))
     seed_run(config.train.seed)
-    model = _model(config, encoder.cardinalities, run.device)
+    model = build_model(config, encoder, sparse=sparse, device=run.device)
     trainer = Trainer(DeepCrossingTrain(model), config.train, run.device)    # no checkpoints: no --resume
     fit = trainer.fit(train_data, held_out["valid"], on_step=run.on_step, on_epoch=tagged("selection"),
                       users=train_users(tables, config.train, run.sources.get("train")))
@@ -140,7 +140,7 @@ def _train(tables: Mapping[str, pa.Table | None], config: ExperimentConfig, seed
     union_run = dataclasses.replace(run, sources={**run.sources, "train": _union_source(run.sources)})
     encoder, encoded, union_data = _fit_encoder(union_tables, config, union_run)
     seed_run(config.train.seed)
-    model = _model(config, encoder.cardinalities, run.device)
+    model = build_model(config, encoder, sparse=sparse, device=run.device)
     refit_config = dataclasses.replace(config.train, swa=0)     # the selection decided on SWA; applied below
     trainer = Trainer(DeepCrossingTrain(model), refit_config, run.device)
     recent: list[dict[str, torch.Tensor]] = []                  # the last epochs' weights, when SWA was kept
@@ -177,11 +177,6 @@ def _train(tables: Mapping[str, pa.Table | None], config: ExperimentConfig, seed
                                {k: v for k, v in logits.items() if k == "test"} or logits, run.sources)
     shutil.rmtree(reservation.sibling("work"), ignore_errors=True)
     return {**results, "history": refit.history, "files": files, "seconds": round(time.perf_counter() - t0, 3)}
-
-
-def _model(config: ExperimentConfig, cardinalities: dict[str, int], device: str) -> DeepCrossing:
-    return DeepCrossing(config.spec, config.model, cardinalities,
-                        sparse=config.train.optimizer == "sparse_adam").to(device)
 
 
 def _union_source(sources: Mapping[str, str]) -> str:
