@@ -14,6 +14,8 @@ Variants:
 * ``+user x movie``     userGenreCosine, userGenreAvgRating (context side; served per candidate by the
                         scorer's pair part: the default since issue 11's serving step)
 * ``+bayes avg``        movieBayesAvgRating (item side): the movie mean shrunk toward the global mean
+* ``+recent ratings``   userLastRating, userRecent5AvgRating, userRecent20AvgRating (user side): the mean of
+                        the user's ratings at their last 1 / 5 / 20 rating times (the default since s10)
 * ``+itemCF``           userItemCFScore (context side, not served yet; samples built with itemcf on)
 * ``+EMA 0.98/0.99``    weights averaged every step (training.ema), on the best served row above
 * ``+SWA 3``            the average of the last 3 epochs' weights, kept when its valid AUC is better
@@ -46,6 +48,7 @@ RECENT = [("movieLast7dRatingCount", "item"), ("movieLast30dRatingCount", "item"
 PAIR = [("userGenreCosine", "context"), ("userGenreAvgRating", "context")]
 BAYES = [("movieBayesAvgRating", "item")]  # needs samples prepared with FeatureConfig(movie_bayes=True)
 ITEMCF = [("userItemCFScore", "context")]   # needs samples prepared with FeatureConfig(itemcf=True)
+RATINGS = [("userLastRating", "user"), ("userRecent5AvgRating", "user"), ("userRecent20AvgRating", "user")]
 
 
 def _features(names: list[tuple[str, str]], transform: dict[str, str]) -> str:
@@ -58,6 +61,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "+recent counts": {"add": RECENT, "ema": 0.0, "served": True},
     "+user x movie": {"add": RECENT + PAIR, "ema": 0.0, "served": True},
     "+recent counts +bayes avg": {"add": RECENT + BAYES, "ema": 0.0, "served": True},
+    "+user x movie +recent ratings": {"add": RECENT + PAIR + RATINGS, "ema": 0.0, "served": True},
     "+user x movie +itemCF": {"add": RECENT + PAIR + ITEMCF, "ema": 0.0, "served": False},
     "+recent counts +EMA 0.98": {"add": RECENT, "ema": 0.98, "served": True},
     "+recent counts +EMA 0.99": {"add": RECENT, "ema": 0.99, "served": True},
@@ -69,7 +73,7 @@ LOG1P = {"movieLast7dRatingCount": "log1p_standardize", "movieLast30dRatingCount
 def base_spec() -> str:
     """The default spec without the features the variants add (so ``default`` is the spec before them)."""
     text = DEFAULT_SPEC.read_text()
-    for name, _ in RECENT + PAIR:
+    for name, _ in RECENT + PAIR + RATINGS:
         text = re.sub(r'\[\[features\]\]\nname = "' + name + r'"\n(?:[^\n\[]+\n)*\n?', "", text)
         if f'"{name}"' in text:
             raise SystemExit(f"could not take {name} out of {DEFAULT_SPEC}; update benchmarks/ablation.py")

@@ -166,3 +166,11 @@ def test_a_large_table_is_encoded_in_slices_with_the_same_result(monkeypatch):
     bad = table.set_column(table.column_names.index("label"), "label", pa.array(labels))
     with pytest.raises(InputError, match=": 3 labels are not 0 or 1"):
         enc.transform(bad, source="big.parquet")
+
+
+def test_a_column_outside_the_sample_schema_is_named_without_the_prepare_hint():
+    from deepcrossing.encoding.encoder import missing_column
+
+    error = missing_column("myOwnScore", "x/train.parquet")
+    assert error.field == "myOwnScore" and "remove the feature from the spec" in str(error)
+    assert "prepare again" in str(missing_column("userLastRating", "x/train.parquet"))

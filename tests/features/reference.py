@@ -63,6 +63,7 @@ def reference_samples(ratings: list[tuple], items: dict[int, tuple], threshold: 
     global_sum, global_n = 0.0, 0
     co: dict[tuple, int] = defaultdict(int)
     user_history = defaultdict(list)
+    user_seconds = defaultdict(dict)  # user -> {second: [its ratings]} in time order (the recent-rating columns)
     out = {}
     events = sorted(ratings, key=lambda r: r[3])
     for t, group in groupby(events, key=lambda r: r[3]):
@@ -114,6 +115,9 @@ def reference_samples(ratings: list[tuple], items: dict[int, tuple], threshold: 
                     num += w * r_j
                     den += w
             row["userItemCFScore"] = num / den if itemcf and den > 0 else None
+            for k, name in ((1, "userLastRating"), (5, "userRecent5AvgRating"), (20, "userRecent20AvgRating")):
+                recent_ratings = [r for second in list(user_seconds[user].values())[-k:] for r in second]
+                row[name] = sum(recent_ratings) / len(recent_ratings) if recent_ratings else None
             out[(user, item, t)] = row
         # now the whole second becomes history
         for user, item, rating, _ in sorted(group, key=lambda r: -r[1]):
@@ -130,6 +134,7 @@ def reference_samples(ratings: list[tuple], items: dict[int, tuple], threshold: 
             movie_first.setdefault(item, t)
             movie_times[item].append(t)
             user_history[user].append((item, rating))
+            user_seconds[user].setdefault(t, []).append(rating)
             if rating is not None:
                 global_sum += rating
                 global_n += 1

@@ -58,6 +58,11 @@ def test_tiny_log_hand_computed(tmp_path):
     assert r["userGenreAvgRating"] == pytest.approx(15 / 4)
     assert later["userGenreCosine"] is None and later["userGenreAvgRating"] == 3.0  # its 3.0 of 5 (C, D)
     assert rows[(1, 1, 10)]["userGenreAvgRating"] is None and later["movieLast7dRatingCount"] == 1
+    # recent ratings by rating time (second): user 1's times 10 (4.0) and 20 (2.0 and 5.0, both in the last one)
+    assert r["userLastRating"] == 3.5
+    assert r["userRecent5AvgRating"] == r["userRecent20AvgRating"] == pytest.approx(11 / 3)
+    assert later["userLastRating"] == later["userRecent5AvgRating"] == 3.0 and same_second["userLastRating"] is None
+    assert rows[(1, 4, 20)]["userLastRating"] == 4.0 and rows[(1, 1, 10)]["userRecent20AvgRating"] is None
 
 
 def test_itemcf_score_and_shrunk_movie_average_by_hand(tmp_path):

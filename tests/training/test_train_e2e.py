@@ -79,6 +79,7 @@ def test_missing_column_error_names_column_and_file(ml_samples, tmp_path):
                                       "--epochs", "1"])
     assert result.exit_code != 0
     assert "userAvgRating" in str(result.exception) and "valid.parquet" in str(result.exception)
+    assert "run deepcrossing prepare again" in str(result.exception)  # a column prepare writes
     assert not np.any([p.name == "model.safetensors" for p in (tmp_path / "m").glob("*")])
 
 

@@ -37,16 +37,25 @@ from deepcrossing.encoding.transformers import (
     _expect_keys,
 )
 from deepcrossing.errors import InputError
+from deepcrossing.features.columns import SAMPLE_COLUMNS
 
 MAX_BAG_LEN = 64
 _TRANSFORMERS: dict[str, type[Vocabulary] | type[Hasher] | type[IdentityIds] | type[Bucketizer]] = {
     "vocabulary": Vocabulary, "hasher": Hasher, "identity": IdentityIds, "bucketizer": Bucketizer}
 
 
+def missing_column(name: str, source: str | Path | None) -> InputError:
+    """The error for a sample file without a column the spec reads; a column ``prepare`` writes (samples of an
+    earlier version lack the newer ones, e.g. ``userLastRating``) says to prepare the samples again."""
+    fix = ("samples prepared by an earlier version lack it: run deepcrossing prepare again"
+           if name in SAMPLE_COLUMNS else "fix the file or remove the feature from the spec")
+    return InputError(f"the sample file has no column {name!r}, which the feature spec needs ({fix})",
+                      path=source, field=name)
+
+
 def _column(table: pa.Table, name: str, source: str | Path | None) -> pa.Array:
     if name not in table.column_names:
-        raise InputError(f"the sample file has no column {name!r}, which the feature spec needs "
-                         "(fix the file or remove the feature from the spec)", path=source, field=name)
+        raise missing_column(name, source)
     col = table.column(name)
     return col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
 

@@ -120,6 +120,14 @@ COLUMNS: dict[str, Column] = {
                              "sum_j sim(movie, j) * r_uj / sum_j sim(movie, j) over the user's last "
                              "itemcf_history ratings before t, sim the windowed co-occurrence cosine before t; "
                              "NULL when no j co-occurs"),
+    # issue 11, the user's recent ratings (their mood and drift; features/sql.py's u_recent): a rating time is a
+    # distinct second of the user's ratings, so ratings in one second are all in a window or all out of it
+    "userLastRating": _user("DOUBLE", None, "mean of the user's ratings at their latest rating time before t "
+                                            "(usually one rating); NULL when none"),
+    "userRecent5AvgRating": _user("DOUBLE", None, "mean of the user's ratings at their last 5 rating times "
+                                                  "before t; NULL when none"),
+    "userRecent20AvgRating": _user("DOUBLE", None, "mean of the user's ratings at their last 20 rating times "
+                                                   "before t; NULL when none"),
 }
 
 SAMPLE_COLUMNS: dict[str, tuple[str, str]] = {name: (c.type, c.meaning) for name, c in COLUMNS.items()}

@@ -46,6 +46,8 @@ NESTED_COLUMNS = ("userRecentPositives", "userGenre1", "userGenre2", "userGenre3
 ASSEMBLED_COLUMNS = (*NESTED_COLUMNS, "userGenreCosine")
 """Every column ``assemble`` builds (the nested ones, and the genre cosine from the same counts)."""
 DAY = 86_400
+RECENT_TIMES = {1: "userLastRating", 5: "userRecent5AvgRating", 20: "userRecent20AvgRating"}
+"""k -> the column of the mean rating at the user's last k rating times (distinct seconds) before t."""
 
 
 _ICF_JOIN = ("LEFT JOIN icf ON joined.user_id = icf.user_id AND joined.item_id = icf.item_id "
@@ -162,6 +164,13 @@ def feature_sql(genres: list[str], *, label_threshold: float, recent_n: int,
                            + [f"COALESCE(st.gs{p}, 0) AS _gp{p}" for p in range(len(packs))])
     out_state = ", ".join([f"_rp{j}" for j in range(recent_n)] + [f"_gp{p}" for p in range(len(packs))])
     rated = ",\n    ".join(f"_rp{i - 1} AS userRatedMovie{i}" for i in range(1, 6))
+    recent_sums = ",\n        ".join(f"SUM(s) OVER w_t{k} AS rs{k}, SUM(n) OVER w_t{k} AS rn{k}" for k in RECENT_TIMES)
+    recent_windows = ",\n           ".join(
+        f"w_t{k} AS (PARTITION BY user_id ORDER BY timestamp ROWS BETWEEN {k} PRECEDING AND 1 PRECEDING)"
+        for k in RECENT_TIMES)
+    recent_cols = ", ".join(f"ur.rs{k}, ur.rn{k}" for k in RECENT_TIMES)
+    recent_select = ",\n    ".join(f"CASE WHEN rn{k} > 0 THEN rs{k} / rn{k} END AS {name}"
+                                   for k, name in RECENT_TIMES.items())
     genre_number = ("CASE g " + " ".join(f"WHEN {d.str_lit(g)} THEN {k}" for k, g in enumerate(genres)) + " END"
                     if genres else "CAST(NULL AS INTEGER)")
     return f"""
@@ -178,6 +187,15 @@ ev AS (
                 AS TINYINT) AS label,
            CAST(i.year AS BIGINT) AS year
     FROM events e LEFT JOIN items_src i ON e.item_id = i.item_id
+),
+u_recent AS (
+    -- the ratings at the user's last k rating times (distinct seconds) before each of their seconds: one row per
+    -- (user, second), windows over those rows, joined back on the second
+    SELECT user_id, timestamp,
+        {recent_sums}
+    FROM (SELECT user_id, timestamp, SUM(rating) AS s, COUNT(rating) AS n FROM ev WHERE user_id IS NOT NULL
+          GROUP BY user_id, timestamp) u_times
+    WINDOW {recent_windows}
 ),
 ev_genre AS (
     -- one row per (rating, genre of its movie): the user's running rating sum and count per genre (the genre
@@ -204,9 +222,10 @@ genre_avg AS (
 ev_ga AS (
     -- joined to the narrow events before the window sorts, not to the wide rows after them (at 20M rows the
     -- late join spilled the wide probe side)
-    SELECT ev.*, ga.ga_s, ga.ga_n
+    SELECT ev.*, ga.ga_s, ga.ga_n, {recent_cols}
     FROM ev LEFT JOIN genre_avg ga
       ON ev.user_id = ga.user_id AND ev.item_id = ga.item_id AND ev.timestamp = ga.timestamp
+    LEFT JOIN u_recent ur ON ev.user_id = ur.user_id AND ev.timestamp = ur.timestamp
 ),
 win AS (
     SELECT ev_ga.*,
@@ -311,7 +330,8 @@ SELECT
     CASE WHEN m_nr > 0 AND g_n > 0
          THEN (m_s + {_prior(movie_prior_weight)} * (g_s / g_n)) / (m_nr + {_prior(movie_prior_weight)})
          END AS movieBayesAvgRating,
-    icf_score AS userItemCFScore,{_user_attribute_select(d) if user_attributes else ""}
+    icf_score AS userItemCFScore,
+    {recent_select},{_user_attribute_select(d) if user_attributes else ""}
     u_pos AS _npos,
     {out_state},
     is_probe

@@ -33,7 +33,7 @@ import torch
 
 from deepcrossing.config import FeatureSpec
 from deepcrossing.encoding.batch import Batch
-from deepcrossing.encoding.encoder import Encoder, encode_labels
+from deepcrossing.encoding.encoder import Encoder, encode_labels, missing_column
 from deepcrossing.encoding.streaming import DEFAULT_SAMPLE_ROWS, StreamingFit
 from deepcrossing.errors import InputError
 from deepcrossing.training.distributed import DistContext
@@ -65,8 +65,7 @@ def _columns(spec: FeatureSpec, pf: pq.ParquetFile, path: Path) -> list[str]:
     names = set(pf.schema_arrow.names)
     missing = [c for c in spec.columns if c not in names]
     if missing:
-        raise InputError(f"the sample file has no column {missing[0]!r}, which the feature spec needs",
-                         path=path, field=missing[0])
+        raise missing_column(missing[0], path)
     return [*spec.columns, *(["label"] if "label" in names else [])]
 
 
