@@ -379,3 +379,14 @@ def test_a_line_longer_than_duckdbs_buffer_is_reported_not_dropped(tmp_path: Pat
     ds = load_dataset(folder, workdir=tmp_path / "w", skip_bad_rows=True)
     assert ds.skipped_rows == {"ratings.csv": 2}   # the long line and the 'x' rating on line 5
     assert rows(ds.ratings) == [(1, 1, 4.0, None, 10), (2, 1, 3.0, None, 12)]
+
+
+def test_a_genre_listed_twice_is_one_genre_in_its_first_place(tmp_path: Path) -> None:
+    folder = tmp_path / "ml"
+    folder.mkdir()
+    (folder / "movies.csv").write_text("movieId,title,genres\n1,Twice (1999),Drama| Comedy |Drama||Comedy|War\n"
+                                       "2,Once (2001),Drama\n")
+    (folder / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,4.0,10\n1,2,4.0,20\n")
+    ds = load_dataset(folder, workdir=tmp_path / "w")
+    assert items_rows(ds.items) == [(1, "Twice (1999)", 1999, ["Drama", "Comedy", "War"]),
+                                    (2, "Once (2001)", 2001, ["Drama"])]

@@ -300,3 +300,24 @@ def test_split_writer_keeps_the_batch_order_and_reraises_failures(tmp_path):
     files = {n: tmp_path / f"b-{n}.parquet" for n in ("train", "valid", "test")}
     with pytest.raises((pa.ArrowInvalid, ValueError)):  # the writer thread's error, re-raised here
         _write_splits(iter(bad), files, lambda b: b)
+
+
+def test_a_row_without_a_user_has_no_history_not_nulls(tmp_path):
+    """The online movie probes have no user: their user-side state is that of a user with no history (zero
+    counts, no positive), so ``assemble`` builds empty lists from it (a NULL count made it read garbage
+    offsets: 'Negative offsets in list array', now and then)."""
+    import duckdb
+
+    from deepcrossing.features.online import register_inputs
+    from deepcrossing.features.sql import feature_sql
+
+    ds = write_dataset(tmp_path, [(1, 1, 4.0, 10), (1, 2, 5.0, 20)], ITEMS)
+    con = duckdb.connect()
+    register_inputs(con, ds)
+    con.execute("CREATE VIEW events AS SELECT user_id, item_id, rating, label, timestamp, FALSE AS is_probe "
+                "FROM ratings_src UNION ALL SELECT CAST(NULL AS BIGINT), item_id, CAST(NULL AS DOUBLE), "
+                "CAST(NULL AS TINYINT), 30, TRUE FROM items_src")
+    genres = sorted({g for _, _, gs in ITEMS for g in gs})
+    rows = con.sql(f"SELECT userRatingCount, userPositiveRate, _npos, userLastRating FROM "
+                   f"({feature_sql(genres, label_threshold=3.5, recent_n=10)}) WHERE is_probe").fetchall()
+    assert rows and set(rows) == {(0, None, 0, None)}

@@ -96,6 +96,9 @@ def test_users_and_movies(client):
     ("post", "/score", {"json": {"user_id": 1}}, 422),
     ("post", "/score", {"json": {"user_id": 1, "movie_ids": []}}, 422),
     ("post", "/score", {"json": {"user_id": 1, "movie_ids": ["x"]}}, 422),
+    ("post", "/score", {"json": {"user_id": True, "movie_ids": [1]}}, 422),      # ids are JSON integers:
+    ("post", "/score", {"json": {"user_id": 1, "movie_ids": ["1"]}}, 422),      # not true, "1" or 1.0
+    ("post", "/score", {"json": {"user_id": 1, "movie_ids": [1.0]}}, 422),
     ("post", "/score", {"json": {"user_id": 1, "movie_ids": [1], "extra": 1}}, 422),
     ("post", "/score", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 422),
     ("post", "/score", {"json": {"user_id": 1, "movie_ids": list(range(5001))}}, 422),

@@ -98,3 +98,21 @@ def test_resume_from_the_intact_checkpoint_still_works(killed_run, tmp_path):
     shutil.copytree(last, tmp_path / ".model.work" / "checkpoints" / "last")
     result = _train(files, config, tmp_path / "model", resume=True)
     assert [r["epoch"] for r in result["history"]] == [1, 2]
+
+
+def test_resume_without_a_checkpoint_says_so_and_trains_from_the_start(killed_run, tmp_path):
+    files, config, _, _ = killed_run
+    with pytest.warns(UserWarning, match="no checkpoint in .*training from the start"):
+        result = _train(files, config, tmp_path / "model", resume=True)
+    assert [r["epoch"] for r in result["history"]][0] == 1
+
+
+def test_resume_from_a_checkpoint_gives_no_warning(killed_run, tmp_path):
+    import shutil
+    import warnings
+
+    files, config, _, last = killed_run
+    shutil.copytree(last, tmp_path / ".model.work" / "checkpoints" / "last")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="--resume")
+        _train(files, config, tmp_path / "model", resume=True)

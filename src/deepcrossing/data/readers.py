@@ -119,8 +119,11 @@ def _items_select(layout: Layout) -> str:
 
 
 def _genre_list(col: str) -> str:
+    # trimmed, blanks dropped, a genre listed twice kept once (its first place): "Drama|Drama" is one genre, so
+    # it counts once in the user's genre counts and the cosine
+    parts = f"list_filter(list_transform(string_split({col}, '|'), lambda x: trim(x)), lambda x: x <> '')"
     return (f"CASE WHEN {col} IS NULL OR trim({col}) IN ('', '(no genres listed)') THEN CAST([] AS VARCHAR[]) "
-            f"ELSE list_filter(list_transform(string_split({col}, '|'), lambda x: trim(x)), lambda x: x <> '') END")
+            f"ELSE list_filter({parts}, lambda g, i: list_position({parts}, g) = i) END")
 
 
 def _users_select(layout: Layout) -> str:

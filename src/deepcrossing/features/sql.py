@@ -2,9 +2,11 @@
 
 Every feature of a sample at time t reads only events with ``timestamp < t`` (strictly earlier; ratings in
 the same second are not seen). The query is written in portable window-function style that Spark SQL can also
-run: running aggregates over integer unix seconds are "up to t, same-second peers included" minus "the
-peers" (``RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW`` minus ``RANGE BETWEEN CURRENT ROW AND CURRENT
-ROW``; ``RANGE BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING`` only for the latest earlier time), the "last N
+run: the user's history is summed per (user, second) first (``u_sec``), then ``ROWS`` windows over those rows
+give the sums over the earlier seconds, the previous second and the means at the last k seconds (``u_hist``,
+joined back on the second); the movie's running aggregates over integer unix seconds are "up to t, same-second
+peers included" minus "the peers" (``RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW`` minus ``RANGE BETWEEN
+CURRENT ROW AND CURRENT ROW``), the "last N
 positives" and genre counts come from a per-user numbered stream of positive events (``pos_rank``) computed
 with ``LAG`` / cumulative ``SUM`` windows once per positive event and joined back on ``(user, number of
 earlier positives)``: no ASOF JOIN and no O(n^2) window. The nested columns are assembled from flat state
@@ -140,8 +142,7 @@ def feature_sql(genres: list[str], *, label_threshold: float, recent_n: int,
         :data:`ASSEMBLED_COLUMNS`, then ``_npos``, ``_rp*``, ``_gp*``) and ``is_probe``.
 
     Example:
-        >>> "RANGE BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING" in feature_sql(["Drama"], label_threshold=3.5,
-        ...                                                                     recent_n=10)
+        >>> "ROWS BETWEEN 5 PRECEDING AND 1 PRECEDING" in feature_sql(["Drama"], label_threshold=3.5, recent_n=10)
         True
     """
     d = dialect
@@ -164,13 +165,20 @@ def feature_sql(genres: list[str], *, label_threshold: float, recent_n: int,
                            + [f"COALESCE(st.gs{p}, 0) AS _gp{p}" for p in range(len(packs))])
     out_state = ", ".join([f"_rp{j}" for j in range(recent_n)] + [f"_gp{p}" for p in range(len(packs))])
     rated = ",\n    ".join(f"_rp{i - 1} AS userRatedMovie{i}" for i in range(1, 6))
-    recent_sums = ",\n        ".join(f"SUM(s) OVER w_t{k} AS rs{k}, SUM(n) OVER w_t{k} AS rn{k}" for k in RECENT_TIMES)
+    recent_sums = ",\n        ".join(
+        f"CASE WHEN SUM(cr) OVER w_t{k} > 0 THEN SUM(s) OVER w_t{k} / SUM(cr) OVER w_t{k} END AS {name}"
+        for k, name in RECENT_TIMES.items())
     recent_windows = ",\n           ".join(
         f"w_t{k} AS (PARTITION BY user_id ORDER BY timestamp ROWS BETWEEN {k} PRECEDING AND 1 PRECEDING)"
         for k in RECENT_TIMES)
-    recent_cols = ", ".join(f"ur.rs{k}, ur.rn{k}" for k in RECENT_TIMES)
-    recent_select = ",\n    ".join(f"CASE WHEN rn{k} > 0 THEN rs{k} / rn{k} END AS {name}"
-                                   for k, name in RECENT_TIMES.items())
+    user_sums = ",\n        ".join(f"CAST(COALESCE(SUM({x}) OVER w_u_before, 0) AS {t}) AS {name}" for x, t, name in (
+        ("c", "BIGINT", "u_n"), ("cr", "BIGINT", "u_nr"), ("s", "DOUBLE", "u_s"), ("ss", "DOUBLE", "u_ss"),
+        ("cy", "BIGINT", "u_ny"), ("ys", "BIGINT", "u_ys"), ("yss", "BIGINT", "u_yss"), ("pos", "BIGINT", "u_pos")))
+    # a row without a user (a movie probe) has no u_hist row: no history, zero counts (what assemble expects)
+    hist_cols = ", ".join([*(f"COALESCE(uh.{c}, 0) AS {c}" for c in ("u_n", "u_nr", "u_s", "u_ss", "u_ny", "u_ys",
+                                                                      "u_yss", "u_pos")),
+                           "uh.u_prev", *(f"uh.{name}" for name in RECENT_TIMES.values())])
+    recent_select = ",\n    ".join(RECENT_TIMES.values())
     genre_number = ("CASE g " + " ".join(f"WHEN {d.str_lit(g)} THEN {k}" for k, g in enumerate(genres)) + " END"
                     if genres else "CAST(NULL AS INTEGER)")
     return f"""
@@ -188,14 +196,24 @@ ev AS (
            CAST(i.year AS BIGINT) AS year
     FROM events e LEFT JOIN items_src i ON e.item_id = i.item_id
 ),
-u_recent AS (
-    -- the ratings at the user's last k rating times (distinct seconds) before each of their seconds: one row per
-    -- (user, second), windows over those rows, joined back on the second
+u_sec AS (
+    -- one row per (user, second) of the user's events: what the second adds to the user's history
+    SELECT user_id, timestamp, COUNT(*) AS c, COUNT(rating) AS cr, SUM(rating) AS s, SUM(rating * rating) AS ss,
+           COUNT(year) AS cy, SUM(year) AS ys, SUM(year * year) AS yss, SUM(label) AS pos
+    FROM ev WHERE user_id IS NOT NULL GROUP BY user_id, timestamp
+),
+u_hist AS (
+    -- the user's history strictly before each of their seconds: running sums over the earlier seconds, the
+    -- previous second, and the mean rating at the last k seconds (one sort of the per-second rows, which are
+    -- fewer and narrower than the events; joined back to the events on the second)
     SELECT user_id, timestamp,
+        {user_sums},
+        LAG(timestamp) OVER w_u AS u_prev,
         {recent_sums}
-    FROM (SELECT user_id, timestamp, SUM(rating) AS s, COUNT(rating) AS n FROM ev WHERE user_id IS NOT NULL
-          GROUP BY user_id, timestamp) u_times
-    WINDOW {recent_windows}
+    FROM u_sec
+    WINDOW w_u AS (PARTITION BY user_id ORDER BY timestamp),
+           w_u_before AS (PARTITION BY user_id ORDER BY timestamp ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING),
+           {recent_windows}
 ),
 ev_genre AS (
     -- one row per (rating, genre of its movie): the user's running rating sum and count per genre (the genre
@@ -222,23 +240,13 @@ genre_avg AS (
 ev_ga AS (
     -- joined to the narrow events before the window sorts, not to the wide rows after them (at 20M rows the
     -- late join spilled the wide probe side)
-    SELECT ev.*, ga.ga_s, ga.ga_n, {recent_cols}
+    SELECT ev.*, ga.ga_s, ga.ga_n, {hist_cols}
     FROM ev LEFT JOIN genre_avg ga
       ON ev.user_id = ga.user_id AND ev.item_id = ga.item_id AND ev.timestamp = ga.timestamp
-    LEFT JOIN u_recent ur ON ev.user_id = ur.user_id AND ev.timestamp = ur.timestamp
+    LEFT JOIN u_hist uh ON ev.user_id = uh.user_id AND ev.timestamp = uh.timestamp
 ),
 win AS (
     SELECT ev_ga.*,
-        {_before("COUNT(*)", "w_user")} AS u_n,
-        {_before("COUNT(rating)", "w_user")} AS u_nr,
-        {_before("SUM(rating)", "w_user")} AS u_s,
-        {_before("SUM(rating * rating)", "w_user")} AS u_ss,
-        {_before("COUNT(year)", "w_user")} AS u_ny,
-        {_before("SUM(year)", "w_user")} AS u_ys,
-        {_before("SUM(year * year)", "w_user")} AS u_yss,
-        CAST({_before("SUM(label)", "w_user")} AS BIGINT) AS u_pos,
-        -- the latest earlier time: the frame's last row in time order (no running MAX to maintain)
-        LAST_VALUE(timestamp) OVER w_user AS u_prev,
         {_before("COUNT(*)", "w_movie")} AS m_n,
         {_before("COUNT(rating)", "w_movie")} AS m_nr,
         {_before("SUM(rating)", "w_movie")} AS m_s,
@@ -251,14 +259,8 @@ win AS (
         COUNT(*) OVER w_movie_30d AS m_n30
     FROM ev_ga
     -- "strictly before t" sums are (running sum up to t, same-second peers included) minus (the peers' sum):
-    -- both frames come from one sort and are much cheaper than a RANGE ... 1 PRECEDING frame per aggregate,
-    -- which is kept only for the latest earlier time
-    WINDOW w_user AS (PARTITION BY user_id ORDER BY timestamp
-                      RANGE BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING),
-           w_user_upto AS (PARTITION BY user_id ORDER BY timestamp
-                           RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW),
-           w_user_peers AS (PARTITION BY user_id ORDER BY timestamp RANGE BETWEEN CURRENT ROW AND CURRENT ROW),
-           w_movie_upto AS (PARTITION BY item_id ORDER BY timestamp
+    -- both frames come from one sort and are much cheaper than a RANGE ... 1 PRECEDING frame per aggregate
+    WINDOW w_movie_upto AS (PARTITION BY item_id ORDER BY timestamp
                             RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW),
            w_movie_peers AS (PARTITION BY item_id ORDER BY timestamp RANGE BETWEEN CURRENT ROW AND CURRENT ROW),
            w_movie_7d AS (PARTITION BY item_id ORDER BY timestamp

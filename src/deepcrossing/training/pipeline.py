@@ -25,6 +25,7 @@ import json
 import math
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,6 +175,9 @@ def _train(tables: Mapping[str, pa.Table | None], config: ExperimentConfig, rese
         if resume and not checkpoints.exists() and (legacy / "last").is_dir():
             shutil.copytree(legacy, checkpoints)
         work.mkdir(parents=True, exist_ok=True)
+        if resume and not (checkpoints / "last" / "state.json").exists():
+            warnings.warn(f"--resume: no checkpoint in {checkpoints} (no killed run of this model to continue); "
+                          "training from the start", stacklevel=2)
     users = train_users(tables, config.train, sources.get("train"), run.dist, streaming=run.stream is not None)
     encoder, encoded, train_data = _fit_encoder(tables, config, run)
     _require_two_classes(encoded["valid"], sources.get("valid"))

@@ -26,7 +26,7 @@ from deepcrossing.serving.settings import ServingSettings
 
 router = APIRouter(tags=["ranking"], responses=ERRORS)
 
-ID = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+ID = Annotated[int, Field(ge=-(2**63), le=2**63 - 1, strict=True)]   # a JSON integer: not true, "1" or 1.0
 
 
 @router.get("/recommend/{user_id}", response_model=Recommendation)
