@@ -319,3 +319,12 @@ def test_ml_latest_small(ml_small, ml_small_dir):
         assert len(movies) == 20 and 1 not in [m["movieId"] for m in movies]
         for movie in movies:
             check_movie(movie)
+
+
+def test_a_parameter_given_twice_counts_with_its_first_value(client, truth):
+    """As the servlets' request.getParameter: ?id=A&id=B is A (FastAPI alone takes B)."""
+    first, second = list(truth["movies"])[:2]
+    assert get(client, f"/getmovie?id={first}&id={second}")["movieId"] == first
+    assert len(get(client, "/getrecforyou?id=1&size=2&model=emb&size=7")) == 2
+    assert get(client, f"/getmovie?id={first}&id=abc")["movieId"] == first   # the second is never read
+    get(client, f"/getmovie?id=abc&id={first}", 422)

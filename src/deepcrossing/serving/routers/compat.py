@@ -2,16 +2,21 @@
 ``/getmovie``, ``/getuser`` (answers and their rules: :mod:`deepcrossing.serving.compat`).
 
 Parameters are query parameters, as SparrowRecSys's pages send them; a malformed one is a JSON 422, an unknown
-thing ``[]`` (lists) or a JSON 404 (``getmovie`` / ``getuser``). Store reads (the user's record, the first
-build of a version's catalog) go through the bounded store-call hand-off, like every route's.
+thing ``[]`` (lists) or a JSON 404 (``getmovie`` / ``getuser``). A parameter given twice counts with its first
+value, as the Java servlets' ``request.getParameter`` reads it (FastAPI alone would take the last). Store reads
+(the user's record, the first build of a version's catalog) go through the bounded store-call hand-off, like
+every route's.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
+from urllib.parse import parse_qsl, urlencode
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 
 from deepcrossing.serving.compat import MAX_SIZE, Catalog, Compat
 from deepcrossing.serving.compat_schemas import CompatMovie, CompatUser
@@ -21,7 +26,28 @@ from deepcrossing.serving.offload import StoreCalls
 from deepcrossing.serving.schemas import ERRORS
 from deepcrossing.serving.snapshot import Snapshot
 
-router = APIRouter(tags=["SparrowRecSys-compatible"], responses=ERRORS)
+
+
+class FirstValueRoute(APIRoute):
+    """A route whose repeated query parameters keep their first value (``?id=1&id=2`` is ``id=1``), as a Java
+    servlet's ``getParameter`` does; a query string without repeats is passed through untouched."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def first_values(request: Request) -> Response:
+            pairs = parse_qsl(request.scope["query_string"].decode("latin-1"), keep_blank_values=True)
+            firsts = dict(reversed(pairs))   # the first value of each name wins
+            if len(firsts) < len(pairs):
+                scope = {**request.scope, "query_string": urlencode(
+                    [(name, firsts.pop(name)) for name, _ in pairs if name in firsts]).encode("latin-1")}
+                request = Request(scope, request.receive)
+            return await handler(request)
+
+        return first_values
+
+
+router = APIRouter(tags=["SparrowRecSys-compatible"], responses=ERRORS, route_class=FirstValueRoute)
 
 LOW, HIGH = -(2**63), 2**63 - 1   # ids fit a signed 64-bit integer
 UserId = Annotated[int, Query(alias="id", ge=LOW, le=HIGH, description="the user's id (64-bit integer)")]
