@@ -60,6 +60,9 @@ def _pair(kind: str, cold: Any, meaning: str) -> Column:
     return Column(kind, "pair", cold, meaning)
 
 
+RECENT_RATING_TIMES = {1: "userLastRating", 5: "userRecent5AvgRating", 20: "userRecent20AvgRating"}
+"""k -> the column of the mean rating at the user's last k rating times (distinct seconds) before t."""
+
 # The output schema of the sample query, in order. The first block is docs/design.md section 2; the second
 # block are the extra leakage-free signals.
 COLUMNS: dict[str, Column] = {
@@ -120,14 +123,11 @@ COLUMNS: dict[str, Column] = {
                              "sum_j sim(movie, j) * r_uj / sum_j sim(movie, j) over the user's last "
                              "itemcf_history ratings before t, sim the windowed co-occurrence cosine before t; "
                              "NULL when no j co-occurs"),
-    # issue 11, the user's recent ratings (their mood and drift; features/sql.py's u_recent): a rating time is a
+    # issue 11, the user's recent ratings (their mood and drift; features/sql.py's u_hist): a rating time is a
     # distinct second of the user's ratings, so ratings in one second are all in a window or all out of it
-    "userLastRating": _user("DOUBLE", None, "mean of the user's ratings at their latest rating time before t "
-                                            "(usually one rating); NULL when none"),
-    "userRecent5AvgRating": _user("DOUBLE", None, "mean of the user's ratings at their last 5 rating times "
-                                                  "before t; NULL when none"),
-    "userRecent20AvgRating": _user("DOUBLE", None, "mean of the user's ratings at their last 20 rating times "
-                                                   "before t; NULL when none"),
+    **{name: _user("DOUBLE", None, f"mean of the user's ratings at their last {k} rating time{'s' * (k > 1)} "
+                                   f"(distinct seconds) before t; NULL when none")
+       for k, name in RECENT_RATING_TIMES.items()},
 }
 
 SAMPLE_COLUMNS: dict[str, tuple[str, str]] = {name: (c.type, c.meaning) for name, c in COLUMNS.items()}

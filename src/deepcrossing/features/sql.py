@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from deepcrossing.features import columns
 from deepcrossing.features.columns import COLUMNS, USER_ATTRIBUTE_COLUMNS, USER_ATTRIBUTES, arrow_type, sample_columns
 from deepcrossing.features.dialect import DUCKDB, Dialect
 from deepcrossing.features.itemcf import itemcf_ctes
@@ -48,8 +49,6 @@ NESTED_COLUMNS = ("userRecentPositives", "userGenre1", "userGenre2", "userGenre3
 ASSEMBLED_COLUMNS = (*NESTED_COLUMNS, "userGenreCosine")
 """Every column ``assemble`` builds (the nested ones, and the genre cosine from the same counts)."""
 DAY = 86_400
-RECENT_TIMES = {1: "userLastRating", 5: "userRecent5AvgRating", 20: "userRecent20AvgRating"}
-"""k -> the column of the mean rating at the user's last k rating times (distinct seconds) before t."""
 
 
 _ICF_JOIN = ("LEFT JOIN icf ON joined.user_id = icf.user_id AND joined.item_id = icf.item_id "
@@ -167,18 +166,18 @@ def feature_sql(genres: list[str], *, label_threshold: float, recent_n: int,
     rated = ",\n    ".join(f"_rp{i - 1} AS userRatedMovie{i}" for i in range(1, 6))
     recent_sums = ",\n        ".join(
         f"CASE WHEN SUM(cr) OVER w_t{k} > 0 THEN SUM(s) OVER w_t{k} / SUM(cr) OVER w_t{k} END AS {name}"
-        for k, name in RECENT_TIMES.items())
+        for k, name in columns.RECENT_RATING_TIMES.items())
     recent_windows = ",\n           ".join(
         f"w_t{k} AS (PARTITION BY user_id ORDER BY timestamp ROWS BETWEEN {k} PRECEDING AND 1 PRECEDING)"
-        for k in RECENT_TIMES)
+        for k in columns.RECENT_RATING_TIMES)
     user_sums = ",\n        ".join(f"CAST(COALESCE(SUM({x}) OVER w_u_before, 0) AS {t}) AS {name}" for x, t, name in (
         ("c", "BIGINT", "u_n"), ("cr", "BIGINT", "u_nr"), ("s", "DOUBLE", "u_s"), ("ss", "DOUBLE", "u_ss"),
         ("cy", "BIGINT", "u_ny"), ("ys", "BIGINT", "u_ys"), ("yss", "BIGINT", "u_yss"), ("pos", "BIGINT", "u_pos")))
     # a row without a user (a movie probe) has no u_hist row: no history, zero counts (what assemble expects)
     hist_cols = ", ".join([*(f"COALESCE(uh.{c}, 0) AS {c}" for c in ("u_n", "u_nr", "u_s", "u_ss", "u_ny", "u_ys",
                                                                       "u_yss", "u_pos")),
-                           "uh.u_prev", *(f"uh.{name}" for name in RECENT_TIMES.values())])
-    recent_select = ",\n    ".join(RECENT_TIMES.values())
+                           "uh.u_prev", *(f"uh.{name}" for name in columns.RECENT_RATING_TIMES.values())])
+    recent_select = ",\n    ".join(columns.RECENT_RATING_TIMES.values())
     genre_number = ("CASE g " + " ".join(f"WHEN {d.str_lit(g)} THEN {k}" for k, g in enumerate(genres)) + " END"
                     if genres else "CAST(NULL AS INTEGER)")
     return f"""
