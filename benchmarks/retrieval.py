@@ -25,6 +25,7 @@ Usage::
 
     .venv/bin/python benchmarks/retrieval.py --work /tmp/retrieval        # both datasets: prepare, train, evaluate
     .venv/bin/python benchmarks/retrieval.py --dataset ml-latest-small --samples S --model M --recall R
+    .venv/bin/python benchmarks/retrieval.py --samples S --compare-models M1 M2   # two rankers, same candidates
 """
 
 from __future__ import annotations
@@ -260,6 +261,20 @@ def run_dataset(name: str, work: Path, args: argparse.Namespace) -> dict[str, An
     return report
 
 
+def compare_rankers(samples: Path, models: list[Path]) -> None:
+    """``--compare-models``: popularity-800 -> each model, NDCG@10 / Recall@10 / HitRate@10 on the validation and
+    the test period of one samples folder (the same candidates for every model: only the ranking differs)."""
+    from deepcrossing import load
+    from deepcrossing.training.retrieval import popularity_channel
+    from deepcrossing.training.retrieval_data import load_retrieval_data
+
+    for split in ("valid", "test"):
+        data = load_retrieval_data(samples, split=split)
+        for model in models:
+            row = end_to_end(data, load(model), {"popularity-800": popularity_channel(data.prior)})["popularity-800"]
+            print(f"{split:5s} {model}: " + "  ".join(f"{k} {v:.4f}" for k, v in row.items()), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/deepcrossing-retrieval"),
@@ -271,7 +286,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--out", type=Path, help="JSON report (default WORK/retrieval.json)")
     parser.add_argument("--implicit-path", type=Path, help="a folder holding the implicit package (ALS peer)")
+    parser.add_argument("--compare-models", type=Path, nargs="+", metavar="MODEL",
+                        help="with --samples: only popularity-800 -> each model, top-10 metrics on valid and test")
     args = parser.parse_args()
+    if args.compare_models:
+        if args.samples is None:
+            parser.error("--compare-models needs --samples")
+        compare_rankers(args.samples, args.compare_models)
+        return
     names = DATASETS if args.dataset == "both" else (args.dataset,)
     if len(names) > 1 and (args.samples or args.model or args.recall):
         parser.error("--samples/--model/--recall need one --dataset")
