@@ -255,11 +255,11 @@ class Data:
     def refit(self) -> Data:
         """The same splits with train ∪ valid as train (valid rows after train's): every vocabulary and scaler
         is then fitted on both, as the refit models are."""
-        import pyarrow as pa
+        from deepcrossing.training.refit import union_of
 
         t = self.tables
-        union = pa.concat_tables([t["train"], t["valid"]], promote_options="default")
-        return Data(self.samples, {"train": union, "valid": t["valid"], "test": t["test"]})
+        return Data(self.samples, {"train": union_of(t["train"], t["valid"], {}), "valid": t["valid"],
+                                   "test": t["test"]})
 
 
 # ============================================================================================ peers

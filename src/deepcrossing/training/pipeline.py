@@ -175,9 +175,10 @@ def _train(tables: Mapping[str, pa.Table | None], config: ExperimentConfig, rese
         if resume and not checkpoints.exists() and (legacy / "last").is_dir():
             shutil.copytree(legacy, checkpoints)
         work.mkdir(parents=True, exist_ok=True)
-        if resume and not (checkpoints / "last" / "state.json").exists():
-            warnings.warn(f"--resume: no checkpoint in {checkpoints} (no killed run of this model to continue); "
-                          "training from the start", stacklevel=2)
+    resuming = resume and (checkpoints / checkpoint.LAST / "state.json").exists()
+    if resume and not resuming and isinstance(reservation, Reservation):
+        warnings.warn(f"--resume: no checkpoint in {checkpoints} (no killed run of this model to continue); "
+                      "training from the start", stacklevel=2)
     users = train_users(tables, config.train, sources.get("train"), run.dist, streaming=run.stream is not None)
     encoder, encoded, train_data = _fit_encoder(tables, config, run)
     _require_two_classes(encoded["valid"], sources.get("valid"))
@@ -197,7 +198,7 @@ def _train(tables: Mapping[str, pa.Table | None], config: ExperimentConfig, rese
     # under DDP every rank resumes from rank 0's checkpoint; only rank 0 writes one
     trainer = Trainer(DeepCrossingTrain(model), cfg_train, device, checkpoints, fingerprint=provenance,
                       dist=run.dist)
-    if resume and (checkpoints / "last" / "state.json").exists():
+    if resuming:
         history_lines.extend(checkpoint.read_state(checkpoints)["history"])
     fit = trainer.fit(train_data, encoded["valid"], resume=resume, on_step=run.on_step, on_epoch=epoch_done,
                       users=users)

@@ -27,7 +27,6 @@ from deepcrossing.serving.schemas import ERRORS
 from deepcrossing.serving.snapshot import Snapshot
 
 
-
 class FirstValueRoute(APIRoute):
     """A route whose repeated query parameters keep their first value (``?id=1&id=2`` is ``id=1``), as a Java
     servlet's ``getParameter`` does; a query string without repeats is passed through untouched."""
@@ -37,10 +36,11 @@ class FirstValueRoute(APIRoute):
 
         async def first_values(request: Request) -> Response:
             pairs = parse_qsl(request.scope["query_string"].decode("latin-1"), keep_blank_values=True)
-            firsts = dict(reversed(pairs))   # the first value of each name wins
+            firsts: dict[str, str] = {}
+            for name, value in pairs:
+                firsts.setdefault(name, value)   # the first value of each name wins, in first-seen order
             if len(firsts) < len(pairs):
-                scope = {**request.scope, "query_string": urlencode(
-                    [(name, firsts.pop(name)) for name, _ in pairs if name in firsts]).encode("latin-1")}
+                scope = {**request.scope, "query_string": urlencode(list(firsts.items())).encode("latin-1")}
                 request = Request(scope, request.receive)
             return await handler(request)
 
