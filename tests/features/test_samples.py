@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pyarrow.parquet as pq
 import pytest
@@ -113,6 +114,12 @@ def _dedupe(events):
     return out
 
 
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-12)
+    return a == b
+
+
 @pytest.mark.slow
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(events=st.lists(event, min_size=1, max_size=25), cut=st.integers(0, 12), data=st.data())
@@ -146,7 +153,9 @@ def test_future_changes_never_change_features(tmp_path_factory, events, cut, dat
         if ts <= cut:
             a, b = before[(user, item, ts)], after[(user, item, ts)]
             for name in FEATURE_COLUMNS:
-                assert a[name] == b[name], (name, (user, item, ts), a[name], b[name])
+                # floats to 1e-12: a sum over a hash aggregate (userItemCFScore's similarities) may add in
+                # another order and differ in the last bit; leakage moves a value by far more
+                assert _same(a[name], b[name]), (name, (user, item, ts), a[name], b[name])
 
 
 def test_time_split_boundaries_and_manifest(ml_small_samples):

@@ -16,7 +16,7 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -214,40 +214,36 @@ def _write_splits(batches: Iterable[pa.RecordBatch], files: dict[str, Path],
                   finish: Callable[[pa.RecordBatch], pa.RecordBatch]) -> None:
     """Stream the engine's Arrow batches into one Parquet file per split (bounded memory).
 
-    The engine computes (DuckDB: 2 threads) while this thread builds the nested user columns with ``finish``
-    (:func:`deepcrossing.features.nested.assemble`) and one writer thread writes the previous batch with
-    pyarrow (which releases the GIL): building batch k + 1 overlaps writing batch k, at most two batches are in
-    flight, and the files get the batches in the engine's order, as a single thread would write them. The
-    same for every engine.
+    Each flat batch is cut by its ``split`` column first (flat integer columns filter ~10x cheaper than the
+    nested lists and maps ``assemble`` builds: at 20M rows filtering after it cost ~18 CPU-s), then each part
+    gets the nested user columns with ``finish`` (:func:`deepcrossing.features.nested.assemble`). The engine
+    computes (DuckDB: 2 threads) while this thread cuts and assembles, and one writer thread writes the
+    previous batch's parts with pyarrow (which releases the GIL): building batch k + 1 overlaps writing batch
+    k, at most two batches are in flight, and the files get the batches in the engine's order, as a single
+    thread would write them. The same for every engine.
     """
     writers: dict[str, pq.ParquetWriter] = {}
     schema: pa.Schema | None = None
 
-    def write(batch: pa.RecordBatch) -> None:
-        split = batch.column("split")
-        batch = batch.drop_columns(["split"])
-        for name in SPLIT_NAMES:
-            part = batch.filter(pc.equal(split, name))
-            if part.num_rows == 0:
-                continue
+    def write(parts: dict[str, pa.RecordBatch]) -> None:
+        for name, part in parts.items():
             if name not in writers:
-                writers[name] = pq.ParquetWriter(files[name], batch.schema, compression="zstd",
-                                                 use_dictionary=_dictionary_columns(batch.schema))
+                writers[name] = pq.ParquetWriter(files[name], part.schema, compression="zstd",
+                                                 use_dictionary=_dictionary_columns(part.schema))
             writers[name].write_batch(part, row_group_size=_ROW_GROUP)
 
     try:
         with ThreadPoolExecutor(1, thread_name_prefix="samples-writer") as writer:
             pending: Future[None] | None = None
             for batch in batches:
-                batch = finish(batch)
-                schema = batch.schema
+                parts = {name: finish(part) for name, part in _by_split(batch)}
+                if parts:
+                    schema = next(iter(parts.values())).schema
                 if pending is not None:
                     pending.result()  # re-raises a failed write here
-                pending = writer.submit(write, batch)
+                pending = writer.submit(write, parts)
             if pending is not None:
                 pending.result()
-        if schema is not None and "split" in schema.names:
-            schema = schema.remove(schema.get_field_index("split"))
         for name in SPLIT_NAMES:  # empty splits still get a file with the schema
             if name not in writers and schema is not None:
                 writers[name] = pq.ParquetWriter(files[name], schema, compression="zstd",
@@ -255,6 +251,23 @@ def _write_splits(batches: Iterable[pa.RecordBatch], files: dict[str, Path],
     finally:
         for w in writers.values():
             w.close()
+
+
+def _by_split(batch: pa.RecordBatch) -> Iterator[tuple[str, pa.RecordBatch]]:
+    """The non-empty parts of a batch per split name, without the ``split`` column (a batch of one split, the
+    usual case under the time split, is passed on whole)."""
+    if batch.num_rows == 0:
+        return
+    split = batch.column("split")
+    batch = batch.drop_columns(["split"])
+    for name in SPLIT_NAMES:
+        mask = pc.equal(split, name)
+        n = pc.sum(mask).as_py() or 0
+        if n == batch.num_rows:
+            yield name, batch
+            return
+        if n:
+            yield name, batch.filter(mask)
 
 
 def _dictionary_columns(schema: pa.Schema) -> list[str]:

@@ -91,6 +91,9 @@ g_before AS (
 )"""
 
 
+_USER_FINAL = ("userAvgRating", "userRatingStddev", "userAvgReleaseYear", "userReleaseYearStddev", "userPositiveRate",
+               "userSecondsSincePrevRating")
+"""The user columns ``u_hist`` computes from its sums (NULL without history)."""
 _UA_FINAL = ", ua.gender AS ua_gender, ua.age AS ua_age, ua.occupation AS ua_occupation, ua.zip AS ua_zip"
 ZIP_PREFIX = 3
 """Characters of the zip code kept in ``userZipPrefix`` (a US zip's first 3 digits: its sectional center)."""
@@ -174,9 +177,8 @@ def feature_sql(genres: list[str], *, label_threshold: float, recent_n: int,
         ("c", "BIGINT", "u_n"), ("cr", "BIGINT", "u_nr"), ("s", "DOUBLE", "u_s"), ("ss", "DOUBLE", "u_ss"),
         ("cy", "BIGINT", "u_ny"), ("ys", "BIGINT", "u_ys"), ("yss", "BIGINT", "u_yss"), ("pos", "BIGINT", "u_pos")))
     # a row without a user (a movie probe) has no u_hist row: no history, zero counts (what assemble expects)
-    hist_cols = ", ".join([*(f"COALESCE(uh.{c}, 0) AS {c}" for c in ("u_n", "u_nr", "u_s", "u_ss", "u_ny", "u_ys",
-                                                                      "u_yss", "u_pos")),
-                           "uh.u_prev", *(f"uh.{name}" for name in columns.RECENT_RATING_TIMES.values())])
+    hist_cols = ", ".join(["COALESCE(uh.u_n, 0) AS u_n", "COALESCE(uh.u_pos, 0) AS u_pos",
+                           *(f"uh.{name}" for name in (*_USER_FINAL, *columns.RECENT_RATING_TIMES.values()))])
     recent_select = ",\n    ".join(columns.RECENT_RATING_TIMES.values())
     genre_number = ("CASE g " + " ".join(f"WHEN {d.str_lit(g)} THEN {k}" for k, g in enumerate(genres)) + " END"
                     if genres else "CAST(NULL AS INTEGER)")
@@ -204,15 +206,24 @@ u_sec AS (
 u_hist AS (
     -- the user's history strictly before each of their seconds: running sums over the earlier seconds, the
     -- previous second, and the mean rating at the last k seconds (one sort of the per-second rows, which are
-    -- fewer and narrower than the events; joined back to the events on the second)
-    SELECT user_id, timestamp,
+    -- fewer and narrower than the events; joined back to the events on the second as final feature values,
+    -- not sums: a narrower join and a narrower payload through the movie window's sort)
+    SELECT user_id, timestamp, u_n, u_pos,
+        CASE WHEN u_nr > 0 THEN u_s / u_nr END AS userAvgRating,
+        {_stddev("u_nr", "u_s", "u_ss")} AS userRatingStddev,
+        CASE WHEN u_ny > 0 THEN CAST(u_ys AS DOUBLE) / u_ny END AS userAvgReleaseYear,
+        {_stddev("u_ny", "u_ys", "u_yss")} AS userReleaseYearStddev,
+        CASE WHEN u_n > 0 THEN CAST(u_pos AS DOUBLE) / u_n END AS userPositiveRate,
+        timestamp - u_prev AS userSecondsSincePrevRating,
+        {recent_select}
+    FROM (SELECT user_id, timestamp,
         {user_sums},
         LAG(timestamp) OVER w_u AS u_prev,
         {recent_sums}
     FROM u_sec
     WINDOW w_u AS (PARTITION BY user_id ORDER BY timestamp),
            w_u_before AS (PARTITION BY user_id ORDER BY timestamp ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING),
-           {recent_windows}
+           {recent_windows}) sums
 ),
 ev_genre AS (
     -- one row per (rating, genre of its movie): the user's running rating sum and count per genre (the genre
@@ -233,13 +244,13 @@ genre_before AS (
 ),
 genre_avg AS (
     -- summed over the movie's genres (a duplicated rating doubles both sums: the ratio is unchanged)
-    SELECT user_id, item_id, timestamp, SUM(gs) AS ga_s, CAST(SUM(gn) AS BIGINT) AS ga_n
+    SELECT user_id, item_id, timestamp, CASE WHEN SUM(gn) > 0 THEN SUM(gs) / SUM(gn) END AS userGenreAvgRating
     FROM genre_before GROUP BY user_id, item_id, timestamp
 ),
 ev_ga AS (
     -- joined to the narrow events before the window sorts, not to the wide rows after them (at 20M rows the
     -- late join spilled the wide probe side)
-    SELECT ev.*, ga.ga_s, ga.ga_n, {hist_cols}
+    SELECT ev.*, ga.userGenreAvgRating, {hist_cols}
     FROM ev LEFT JOIN genre_avg ga
       ON ev.user_id = ga.user_id AND ev.item_id = ga.item_id AND ev.timestamp = ga.timestamp
     LEFT JOIN u_hist uh ON ev.user_id = uh.user_id AND ev.timestamp = uh.timestamp
@@ -316,18 +327,18 @@ SELECT
     CASE WHEN m_nr > 0 THEN m_s / m_nr END AS movieAvgRating,
     {_stddev("m_nr", "m_s", "m_ss")} AS movieRatingStddev,
     u_n AS userRatingCount,
-    CASE WHEN u_nr > 0 THEN u_s / u_nr END AS userAvgRating,
-    {_stddev("u_nr", "u_s", "u_ss")} AS userRatingStddev,
-    CASE WHEN u_ny > 0 THEN CAST(u_ys AS DOUBLE) / u_ny END AS userAvgReleaseYear,
-    {_stddev("u_ny", "u_ys", "u_yss")} AS userReleaseYearStddev,
+    userAvgRating,
+    userRatingStddev,
+    userAvgReleaseYear,
+    userReleaseYearStddev,
     {rated},
-    CASE WHEN u_n > 0 THEN CAST(u_pos AS DOUBLE) / u_n END AS userPositiveRate,
-    timestamp - u_prev AS userSecondsSincePrevRating,
+    userPositiveRate,
+    userSecondsSincePrevRating,
     CASE WHEN m_n > 0 THEN CAST(m_pos AS DOUBLE) / m_n END AS moviePositiveRate,
     timestamp - m_first AS movieSecondsSinceFirstRating,
     m_n7 AS movieLast7dRatingCount,
     m_n30 AS movieLast30dRatingCount,
-    CASE WHEN ga_n > 0 THEN ga_s / ga_n END AS userGenreAvgRating,
+    userGenreAvgRating,
     CASE WHEN m_nr > 0 AND g_n > 0
          THEN (m_s + {_prior(movie_prior_weight)} * (g_s / g_n)) / (m_nr + {_prior(movie_prior_weight)})
          END AS movieBayesAvgRating,
