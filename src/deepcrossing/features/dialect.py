@@ -69,6 +69,15 @@ class Dialect:
         """``CAST(expr AS type)`` in the engine's type spelling."""
         return f"CAST({expr} AS {self.type(duck_type)})"
 
+    def int_div(self, a: str, b: int) -> str:
+        """Integer division of a non-negative BIGINT by a positive integer (exact; ``/`` gives a DOUBLE).
+
+        Example:
+            >>> DUCKDB.int_div("x", 8), SPARK.int_div("x", 8)
+            ('x // 8', 'x div 8')
+        """
+        return f"{a} // {int(b)}" if self.name == "duckdb" else f"{a} div {int(b)}"
+
     def list_get(self, expr: str, index: int) -> str:
         """Element ``index`` (1-based) of a list, NULL when the list is shorter (never an error)."""
         if index < 1:

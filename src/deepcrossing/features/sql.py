@@ -2,14 +2,14 @@
 
 Every feature of a sample at time t reads only events with ``timestamp < t`` (strictly earlier; ratings in
 the same second are not seen). The query is written in portable window-function style that Spark SQL can also
-run: the user's history is summed per (user, second) first (``u_sec``), then ``ROWS`` windows over those rows
-give the sums over the earlier seconds, the previous second and the means at the last k seconds (``u_hist``,
-joined back on the second); the movie's running aggregates over integer unix seconds are "up to t, same-second
-peers included" minus "the peers" (``RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW`` minus ``RANGE BETWEEN
-CURRENT ROW AND CURRENT ROW``), the "last N
-positives" and genre counts come from a per-user numbered stream of positive events (``pos_rank``) computed
-with ``LAG`` / cumulative ``SUM`` windows once per positive event and joined back on ``(user, number of
-earlier positives)``: no ASOF JOIN and no O(n^2) window. The nested columns are assembled from flat state
+run: the user's history is summed per (user, second) first, then ``ROWS`` windows over those rows give the
+sums over the earlier seconds, the previous second and the means at the last k seconds (``u_sec`` / ``u_hist``
+of :mod:`deepcrossing.features.history`, joined back on the second); the movie's running aggregates over
+integer unix seconds are "up to t, same-second peers included" minus "the peers" (``RANGE BETWEEN UNBOUNDED
+PRECEDING AND CURRENT ROW`` minus ``RANGE BETWEEN CURRENT ROW AND CURRENT ROW``), the "last N positives" and
+genre counts come from a per-user numbered stream of positive events (``pos_rank``) computed with ``LAG`` /
+cumulative ``SUM`` windows once per positive event and joined back on ``(user, number of earlier
+positives)``: no ASOF JOIN and no O(n^2) window. The nested columns are assembled from flat state
 columns by ``features/nested.py``'s ``assemble`` (vectorized Arrow/numpy, the same for every engine).
 The query is rendered for DuckDB or Spark SQL by a :class:`~deepcrossing.features.dialect.Dialect` (list
 indexing, types, literals); every feature is written here once. To add a column: declare it in
@@ -30,17 +30,11 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from deepcrossing.features import columns
+from deepcrossing.features import columns, history
 from deepcrossing.features.columns import COLUMNS, USER_ATTRIBUTE_COLUMNS, USER_ATTRIBUTES, arrow_type, sample_columns
 from deepcrossing.features.dialect import DUCKDB, Dialect
+from deepcrossing.features.history import stddev
 from deepcrossing.features.itemcf import itemcf_ctes
-
-
-def _stddev(n: str, s: str, ss: str) -> str:
-    # Sample stddev from count, sum and sum of squares: (n*ss - s^2) / (n*(n-1)) is exact for ratings on a
-    # 0.5 grid and for integer years (all terms stay below 2^53), so no running-variance drift.
-    return (f"CASE WHEN {n} >= 2 THEN SQRT(GREATEST(CAST({n} * {ss} - {s} * {s} AS DOUBLE), 0) "
-            f"/ (CAST({n} AS DOUBLE) * ({n} - 1))) END")
 
 
 NESTED_COLUMNS = ("userRecentPositives", "userGenre1", "userGenre2", "userGenre3", "userGenre4", "userGenre5",
@@ -91,9 +85,6 @@ g_before AS (
 )"""
 
 
-_USER_FINAL = ("userAvgRating", "userRatingStddev", "userAvgReleaseYear", "userReleaseYearStddev", "userPositiveRate",
-               "userSecondsSincePrevRating")
-"""The user columns ``u_hist`` computes from its sums (NULL without history)."""
 _UA_FINAL = ", ua.gender AS ua_gender, ua.age AS ua_age, ua.occupation AS ua_occupation, ua.zip AS ua_zip"
 ZIP_PREFIX = 3
 """Characters of the zip code kept in ``userZipPrefix`` (a US zip's first 3 digits: its sectional center)."""
@@ -129,7 +120,8 @@ def feature_sql(genres: list[str], *, label_threshold: float, recent_n: int,
         label_threshold: rating >= this is a positive when the row has no explicit label.
         recent_n: N of ``userRecentPositives``.
         genre_bits: bits per packed genre counter (:func:`genre_bits` of the largest number of events of one
-            user); a user must have fewer than ``2**genre_bits`` positives.
+            user); a user must have fewer than ``2**genre_bits`` events (the history's event counters
+            are packed the same way).
         dialect: the engine to render for (:data:`~deepcrossing.features.dialect.DUCKDB` or ``SPARK``).
         itemcf: compute ``userItemCFScore`` (False: NULL).
         itemcf_window, itemcf_history: ``userItemCFScore``'s co-occurrence window and history length
@@ -167,18 +159,9 @@ def feature_sql(genres: list[str], *, label_threshold: float, recent_n: int,
                            + [f"COALESCE(st.gs{p}, 0) AS _gp{p}" for p in range(len(packs))])
     out_state = ", ".join([f"_rp{j}" for j in range(recent_n)] + [f"_gp{p}" for p in range(len(packs))])
     rated = ",\n    ".join(f"_rp{i - 1} AS userRatedMovie{i}" for i in range(1, 6))
-    recent_sums = ",\n        ".join(
-        f"CASE WHEN SUM(cr) OVER w_t{k} > 0 THEN SUM(s) OVER w_t{k} / SUM(cr) OVER w_t{k} END AS {name}"
-        for k, name in columns.RECENT_RATING_TIMES.items())
-    recent_windows = ",\n           ".join(
-        f"w_t{k} AS (PARTITION BY user_id ORDER BY timestamp ROWS BETWEEN {k} PRECEDING AND 1 PRECEDING)"
-        for k in columns.RECENT_RATING_TIMES)
-    user_sums = ",\n        ".join(f"CAST(COALESCE(SUM({x}) OVER w_u_before, 0) AS {t}) AS {name}" for x, t, name in (
-        ("c", "BIGINT", "u_n"), ("cr", "BIGINT", "u_nr"), ("s", "DOUBLE", "u_s"), ("ss", "DOUBLE", "u_ss"),
-        ("cy", "BIGINT", "u_ny"), ("ys", "BIGINT", "u_ys"), ("yss", "BIGINT", "u_yss"), ("pos", "BIGINT", "u_pos")))
     # a row without a user (a movie probe) has no u_hist row: no history, zero counts (what assemble expects)
-    hist_cols = ", ".join(["COALESCE(uh.u_n, 0) AS u_n", "COALESCE(uh.u_pos, 0) AS u_pos",
-                           *(f"uh.{name}" for name in (*_USER_FINAL, *columns.RECENT_RATING_TIMES.values()))])
+    hist_cols = ", ".join(f"COALESCE(uh.{c}, 0) AS {c}" if c in ("u_n", "u_pos") else f"uh.{c}"
+                          for c in history.JOIN_COLUMNS)
     recent_select = ",\n    ".join(columns.RECENT_RATING_TIMES.values())
     genre_number = ("CASE g " + " ".join(f"WHEN {d.str_lit(g)} THEN {k}" for k, g in enumerate(genres)) + " END"
                     if genres else "CAST(NULL AS INTEGER)")
@@ -197,34 +180,7 @@ ev AS (
            CAST(i.year AS BIGINT) AS year
     FROM events e LEFT JOIN items_src i ON e.item_id = i.item_id
 ),
-u_sec AS (
-    -- one row per (user, second) of the user's events: what the second adds to the user's history
-    SELECT user_id, timestamp, COUNT(*) AS c, COUNT(rating) AS cr, SUM(rating) AS s, SUM(rating * rating) AS ss,
-           COUNT(year) AS cy, SUM(year) AS ys, SUM(year * year) AS yss, SUM(label) AS pos
-    FROM ev WHERE user_id IS NOT NULL GROUP BY user_id, timestamp
-),
-u_hist AS (
-    -- the user's history strictly before each of their seconds: running sums over the earlier seconds, the
-    -- previous second, and the mean rating at the last k seconds (one sort of the per-second rows, which are
-    -- fewer and narrower than the events; joined back to the events on the second as final feature values,
-    -- not sums: a narrower join and a narrower payload through the movie window's sort)
-    SELECT user_id, timestamp, u_n, u_pos,
-        CASE WHEN u_nr > 0 THEN u_s / u_nr END AS userAvgRating,
-        {_stddev("u_nr", "u_s", "u_ss")} AS userRatingStddev,
-        CASE WHEN u_ny > 0 THEN CAST(u_ys AS DOUBLE) / u_ny END AS userAvgReleaseYear,
-        {_stddev("u_ny", "u_ys", "u_yss")} AS userReleaseYearStddev,
-        CASE WHEN u_n > 0 THEN CAST(u_pos AS DOUBLE) / u_n END AS userPositiveRate,
-        timestamp - u_prev AS userSecondsSincePrevRating,
-        {recent_select}
-    FROM (SELECT user_id, timestamp,
-        {user_sums},
-        LAG(timestamp) OVER w_u AS u_prev,
-        {recent_sums}
-    FROM u_sec
-    WINDOW w_u AS (PARTITION BY user_id ORDER BY timestamp),
-           w_u_before AS (PARTITION BY user_id ORDER BY timestamp ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING),
-           {recent_windows}) sums
-),
+{history.history_ctes(genre_bits, d).lstrip()},
 ev_genre AS (
     -- one row per (rating, genre of its movie): the user's running rating sum and count per genre (the genre
     -- as its vocabulary number: an integer partition key sorts faster than the name)
@@ -325,7 +281,7 @@ SELECT
     {d.list_get("genres", 3)} AS movieGenre3,
     m_n AS movieRatingCount,
     CASE WHEN m_nr > 0 THEN m_s / m_nr END AS movieAvgRating,
-    {_stddev("m_nr", "m_s", "m_ss")} AS movieRatingStddev,
+    {stddev("m_nr", "m_s", "m_ss")} AS movieRatingStddev,
     u_n AS userRatingCount,
     userAvgRating,
     userRatingStddev,
