@@ -123,7 +123,7 @@ COLUMNS: dict[str, Column] = {
                              "sum_j sim(movie, j) * r_uj / sum_j sim(movie, j) over the user's last "
                              "itemcf_history ratings before t, sim the windowed co-occurrence cosine before t; "
                              "NULL when no j co-occurs"),
-    # issue 11, the user's recent ratings (their mood and drift; features/sql.py's u_hist): a rating time is a
+    # issue 11, the user's recent ratings (their mood and drift; features/history.py's u_hist): a rating time is a
     # distinct second of the user's ratings, so ratings in one second are all in a window or all out of it
     **{name: _user("DOUBLE", None, f"mean of the user's ratings at their last {k} rating time{'s' * (k > 1)} "
                                    f"(distinct seconds) before t; NULL when none")
