@@ -27,13 +27,14 @@ from deepcrossing.features.dialect import DUCKDB, Dialect
 USER_FINAL = ("userAvgRating", "userRatingStddev", "userAvgReleaseYear", "userReleaseYearStddev", "userPositiveRate",
               "userSecondsSincePrevRating")
 """The user columns ``u_hist`` computes from its sums (NULL without history)."""
-JOIN_COLUMNS = ("u_n", "u_pos", *USER_FINAL, *columns.RECENT_RATING_TIMES.values())
-"""What ``u_hist`` gives per (user_id, timestamp): the counts ``u_n`` (events) and ``u_pos`` (positives)
-before the second, then feature values."""
+COUNTS = ("u_n", "u_pos")
+"""The counts ``u_hist`` gives before each second: events and positives (0 without history, never NULL)."""
+JOIN_COLUMNS = (*COUNTS, *USER_FINAL, *columns.RECENT_RATING_TIMES.values())
+"""What ``u_hist`` gives per (user_id, timestamp): :data:`COUNTS`, then feature values."""
 
-# (name in u_sec, its per-second expression, name of its running sum in u_hist): counts below 2**bits
-_COUNTERS = (("c", "COUNT(*)", "u_n"), ("cr", "COUNT(rating)", "u_nr"), ("cy", "COUNT(year)", "u_ny"),
-             ("pos", "COALESCE(SUM(label), 0)", "u_pos"))
+# (per-second expression in u_sec, name of its running sum in u_hist): counts below 2**bits
+_COUNTERS = (("COUNT(*)", "u_n"), ("COUNT(rating)", "u_nr"), ("COUNT(year)", "u_ny"),
+             ("COALESCE(SUM(label), 0)", "u_pos"))
 
 
 def stddev(n: str, s: str, ss: str) -> str:
@@ -46,9 +47,16 @@ def stddev(n: str, s: str, ss: str) -> str:
             f"/ (CAST({n} AS DOUBLE) * ({n} - 1))) END")
 
 
-def _packs(bits: int) -> list[tuple[tuple[str, str, str], ...]]:
+def counter_packs(n: int, bits: int) -> list[list[int]]:
+    """Counters ``0 .. n-1`` grouped per packed BIGINT: ``63 // bits`` counters of ``bits`` bits each stay below
+    2^63 (the genre counters of ``userGenreCounts`` and the history's event counts alike).
+
+    Example:
+        >>> counter_packs(5, 31)
+        [[0, 1], [2, 3], [4]]
+    """
     per = max(63 // bits, 1)
-    return [_COUNTERS[i:i + per] for i in range(0, len(_COUNTERS), per)]
+    return [list(range(i, min(i + per, n))) for i in range(0, n, per)]
 
 
 def history_ctes(bits: int, dialect: Dialect = DUCKDB) -> str:
@@ -60,10 +68,10 @@ def history_ctes(bits: int, dialect: Dialect = DUCKDB) -> str:
         dialect: the engine to render for.
     """
     d = dialect
-    packs = _packs(bits)
+    packs = [[_COUNTERS[i] for i in pack] for pack in counter_packs(len(_COUNTERS), bits)]
     packed = ",\n           ".join(
         "CAST(" + " + ".join(expr if slot == 0 else f"{expr} * {1 << (bits * slot)}"
-                             for slot, (_, expr, _) in enumerate(pack)) + f" AS BIGINT) AS k{p}"
+                             for slot, (expr, _) in enumerate(pack)) + f" AS BIGINT) AS k{p}"
         for p, pack in enumerate(packs))
     sums = ",\n            ".join(
         [f"CAST(COALESCE(SUM(k{p}) OVER w_u_before, 0) AS BIGINT) AS u_k{p}" for p in range(len(packs))]
@@ -72,7 +80,7 @@ def history_ctes(bits: int, dialect: Dialect = DUCKDB) -> str:
     counts = ",\n            ".join(
         d.cast(f"({d.int_div(f'u_k{p}', 1 << (bits * slot))}) % {1 << bits}" if slot else f"u_k{p} % {1 << bits}",
                "BIGINT") + f" AS {name}"
-        for p, pack in enumerate(packs) for slot, (_, _, name) in enumerate(pack))
+        for p, pack in enumerate(packs) for slot, (_, name) in enumerate(pack))
 
     def recent(k: int) -> tuple[str, str]:
         # the ratings' sum and count at the last k seconds (the last one: the previous row itself)

@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from deepcrossing.features.columns import SAMPLE_COLUMNS
 from deepcrossing.features.pair import cosine_of, genre_occurrences
-from deepcrossing.features.sql import _genre_packs
+from deepcrossing.features.history import counter_packs
 
 
 def genre_cosine(counts: np.ndarray, movie_genres: pa.Array, names: pa.Array) -> pa.Array:
@@ -94,7 +94,7 @@ def assemble(batch: pa.RecordBatch | pa.Table, genres: list[str], recent_n: int,
     # genre counts (B, G) in vocabulary order (sorted names)
     counts = np.zeros((rows, n_genres), np.int64)
     mask = (1 << genre_bits) - 1
-    for p, pack in enumerate(_genre_packs(n_genres, genre_bits)):
+    for p, pack in enumerate(counter_packs(n_genres, genre_bits)):
         # a pack holds the consecutive genres pack[0].. at bit offsets genre_bits * slot: one block write
         shifts = genre_bits * np.arange(len(pack), dtype=np.int64)
         counts[:, pack[0]:pack[-1] + 1] = (raw(f"_gp{p}")[:, None] >> shifts[None, :]) & mask
@@ -123,7 +123,7 @@ def assemble(batch: pa.RecordBatch | pa.Table, genres: list[str], recent_n: int,
     if "movieGenres" in batch.schema.names:
         built["userGenreCosine"] = genre_cosine(counts, col("movieGenres"), names)
     helpers = {"_npos", *(f"_rp{j}" for j in range(recent_n)),
-               *(f"_gp{p}" for p in range(len(_genre_packs(n_genres, genre_bits))))}
+               *(f"_gp{p}" for p in range(len(counter_packs(n_genres, genre_bits))))}
     extra = [c for c in batch.schema.names if c not in SAMPLE_COLUMNS and c not in helpers]
     arrays, fields = [], []
     for name in list(SAMPLE_COLUMNS) + extra:

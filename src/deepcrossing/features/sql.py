@@ -33,7 +33,7 @@ import pyarrow as pa
 from deepcrossing.features import columns, history
 from deepcrossing.features.columns import COLUMNS, USER_ATTRIBUTE_COLUMNS, USER_ATTRIBUTES, arrow_type, sample_columns
 from deepcrossing.features.dialect import DUCKDB, Dialect
-from deepcrossing.features.history import stddev
+from deepcrossing.features.history import counter_packs, stddev
 from deepcrossing.features.itemcf import itemcf_ctes
 
 
@@ -68,12 +68,6 @@ def genre_bits(max_positives: int | None) -> int:
 def _before(aggregate: str, window: str) -> str:
     # the aggregate over rows strictly before t (0 instead of NULL when there are none)
     return (f"(COALESCE({aggregate} OVER {window}_upto, 0) - COALESCE({aggregate} OVER {window}_peers, 0))")
-
-
-def _genre_packs(n_genres: int, bits: int) -> list[list[int]]:
-    # genre indexes per packed BIGINT: 63 // bits counters of `bits` bits each stay below 2^63
-    per = max(63 // bits, 1)
-    return [list(range(i, min(i + per, n_genres))) for i in range(0, n_genres, per)]
 
 
 _BAYES_CTES = """,
@@ -143,7 +137,7 @@ def feature_sql(genres: list[str], *, label_threshold: float, recent_n: int,
     lags = ",\n        ".join(
         f"LAG(item_id, {j}) OVER w_pos AS rp{j}" if j else "item_id AS rp0" for j in range(recent_n)
     )
-    packs = _genre_packs(len(genres), genre_bits)
+    packs = counter_packs(len(genres), genre_bits)
     # per item: its genres as 0/1 counters at bit offsets genre_bits * slot (plain integer arithmetic)
     item_packs = ",\n           ".join(
         "CAST(" + " + ".join(f"CASE WHEN array_contains(genres, {d.str_lit(genres[g])}) "
@@ -160,7 +154,7 @@ def feature_sql(genres: list[str], *, label_threshold: float, recent_n: int,
     out_state = ", ".join([f"_rp{j}" for j in range(recent_n)] + [f"_gp{p}" for p in range(len(packs))])
     rated = ",\n    ".join(f"_rp{i - 1} AS userRatedMovie{i}" for i in range(1, 6))
     # a row without a user (a movie probe) has no u_hist row: no history, zero counts (what assemble expects)
-    hist_cols = ", ".join(f"COALESCE(uh.{c}, 0) AS {c}" if c in ("u_n", "u_pos") else f"uh.{c}"
+    hist_cols = ", ".join(f"COALESCE(uh.{c}, 0) AS {c}" if c in history.COUNTS else f"uh.{c}"
                           for c in history.JOIN_COLUMNS)
     recent_select = ",\n    ".join(columns.RECENT_RATING_TIMES.values())
     genre_number = ("CASE g " + " ".join(f"WHEN {d.str_lit(g)} THEN {k}" for k, g in enumerate(genres)) + " END"
@@ -316,7 +310,7 @@ def flat_columns(n_genres: int, recent_n: int, genre_bits: int = 31, user_attrib
         >>> flat_columns(2, 1, user_attributes=True)[-5:-2]
         ['userOccupation', 'userZipPrefix', '_npos']
     """
-    packs = _genre_packs(n_genres, genre_bits)
+    packs = counter_packs(n_genres, genre_bits)
     return ([c for c in sample_columns(user_attributes) if c not in ASSEMBLED_COLUMNS] + ["_npos"]
             + [f"_rp{j}" for j in range(recent_n)] + [f"_gp{p}" for p in range(len(packs))])
 
