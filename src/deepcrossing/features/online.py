@@ -59,7 +59,7 @@ POPULARITY_ORDER = "COALESCE(s.n, 0) DESC, s.avg DESC NULLS LAST, i.item_id"
 
 
 def trending_sql(ratings: str, items: str, *, since: int, until: int, item: str = "item_id",
-                 half_life_days: float | None = None) -> str:
+                 half_life_days: float | None = None, with_score: bool = False) -> str:
     """The one definition of the ``trending`` list: every movie of ``items`` (column ``item_id``) by its score
     over the ratings in ``[since, until)``, then :data:`POPULARITY_ORDER`'s tie rules (average, unrated last,
     id). The score is the rating count, or with ``half_life_days`` a time-decayed sum of the ratings: each
@@ -72,6 +72,8 @@ def trending_sql(ratings: str, items: str, *, since: int, until: int, item: str 
         ratings: a relation with ``timestamp``, ``rating`` (and ``label`` for ``half_life_days``) and the movie
             column ``item``; items: a relation with ``item_id``; since, until: the window in seconds;
         half_life_days: ``None`` (count) or > 0.
+        with_score: a second column ``score`` (0 for a movie without a rating in the window): what the
+            trending prior of :mod:`deepcrossing.training.retrieval_prior` reads.
 
     Example:
         >>> import duckdb
@@ -83,6 +85,8 @@ def trending_sql(ratings: str, items: str, *, since: int, until: int, item: str 
         [(2,), (3,), (1,), (4,)]
         >>> con.sql(trending_sql("r", "i", since=0, until=61, item="movieId", half_life_days=1)).fetchall()
         [(2,), (1,), (3,), (4,)]
+        >>> con.sql(trending_sql("r", "i", since=20, until=61, item="movieId", with_score=True)).fetchall()
+        [(2, 2.0), (3, 1.0), (1, 0.0), (4, 0.0)]
     """
     score = "COUNT(*)"
     if half_life_days is not None:
@@ -91,9 +95,10 @@ def trending_sql(ratings: str, items: str, *, since: int, until: int, item: str 
                              field="trending_half_life_days")
         score = (f"SUM(COALESCE(rating, label) * pow(2.0, -({int(until)} - timestamp) / "
                  f"{86400.0 * float(half_life_days)!r}))")
-    return (f"SELECT i.item_id FROM {items} i LEFT JOIN (SELECT {item} AS item_id, {score} AS n, AVG(rating) AS avg "
-            f"FROM {ratings} WHERE timestamp >= {int(since)} AND timestamp < {int(until)} GROUP BY {item}) s "
-            f"ON s.item_id = i.item_id ORDER BY {POPULARITY_ORDER}")
+    score_column = ", CAST(COALESCE(s.n, 0) AS DOUBLE) AS score" if with_score else ""
+    return (f"SELECT i.item_id{score_column} FROM {items} i LEFT JOIN (SELECT {item} AS item_id, {score} AS n, "
+            f"AVG(rating) AS avg FROM {ratings} WHERE timestamp >= {int(since)} AND timestamp < {int(until)} "
+            f"GROUP BY {item}) s ON s.item_id = i.item_id ORDER BY {POPULARITY_ORDER}")
 
 
 DEFAULT_HISTORY_N = 20

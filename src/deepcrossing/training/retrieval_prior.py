@@ -1,0 +1,192 @@
+"""The two-tower score with a trending prior (issue 9; offline so far: ``benchmarks/retrieval.py`` measures it).
+
+The two-tower model (:mod:`deepcrossing.training.two_tower`) learns which movies a user rates from the
+train years, popularity of those years included; a later period rates what is trending then. This channel
+moves the score's popularity from the train years to the trending list's, for every movie ``i``::
+
+    score(u, i) = scale * cos(u, v_i) + trending * log(T_i + TREND_SMOOTHING) + share * log(q_i + SHARE_SMOOTHING)
+
+``T_i``: the trending channel's decayed score at the start (:func:`~deepcrossing.features.online.trending_sql`
+with ``with_score``), ``q_i``: the movie's share of the train positives (the two-tower's own log-Q). The three
+weights are fitted by maximum likelihood of the validation period's positives (:func:`fit_trending_prior`: a
+multinomial logit over each user's unrated catalogue, every user weighing the same), which uses every
+positive of the period rather than a Recall@100 grid over a few dozen users. As vectors, the channel is an
+ordinary ``dot`` channel: item ``[scale * v_i, bias_i]``, user ``[u, 1]`` (:meth:`TrendingPrior.items`).
+
+Example:
+    >>> prior = TrendingPrior(scale=10.0, trending=1.0, share=-0.5)
+    >>> round(float(prior.bias(np.array([1.5]), np.array([0.0]))[0]), 3)   # log 2 - 0.5 log 1e-5
+    6.45
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from deepcrossing.duck import connection, sql_str
+from deepcrossing.errors import InputError
+from deepcrossing.features.online import trending_sql
+from deepcrossing.training.retrieval import Channel, IdArray, vector_channel
+from deepcrossing.training.retrieval_data import RetrievalData
+from deepcrossing.training.vectors import ItemVectors
+
+__all__ = ["SHARE_SMOOTHING", "TREND_SMOOTHING", "TrendingPrior", "fit_trending_prior", "positive_shares",
+           "prior_channel", "trending_scores"]
+
+#: Added to the decayed trending score (a sum of ratings) before the log: half a star of weight.
+TREND_SMOOTHING = 0.5
+#: Added to a movie's share of the train positives before the log (a movie with none stays finite).
+SHARE_SMOOTHING = 1e-5
+
+
+@dataclass(frozen=True)
+class TrendingPrior:
+    """The fitted weights.
+
+    Attributes:
+        scale: multiplies the cosine of the user and item vectors.
+        trending: weight of ``log(T + TREND_SMOOTHING)``.
+        share: weight of ``log(q + SHARE_SMOOTHING)`` (negative: the train years' popularity taken out).
+        nll: the mean negative log-likelihood per user at the fit (NaN when given, not fitted).
+    """
+
+    scale: float
+    trending: float
+    share: float
+    nll: float = float("nan")
+
+    def bias(self, trend: NDArray[np.float64], share: NDArray[np.float64]) -> NDArray[np.float64]:
+        """(N,) the item-only part of the score from (N,) trending scores and (N,) positive shares."""
+        return np.asarray(self.trending * np.log(np.maximum(trend, 0.0) + TREND_SMOOTHING)
+                          + self.share * np.log(np.maximum(share, 0.0) + SHARE_SMOOTHING), dtype=np.float64)
+
+    def items(self, unit: NDArray[np.float32], trend: NDArray[np.float64],
+              share: NDArray[np.float64]) -> NDArray[np.float32]:
+        """(N, D + 1) item vectors ``[scale * unit, bias]``: their dot with :meth:`users` is the score."""
+        return np.hstack([self.scale * unit, self.bias(trend, share)[:, None]]).astype(np.float32)
+
+    @staticmethod
+    def users(unit: NDArray[np.float32]) -> NDArray[np.float32]:
+        """(B, D + 1) user vectors ``[u, 1]``."""
+        return np.hstack([unit, np.ones((unit.shape[0], 1), dtype=np.float32)]).astype(np.float32)
+
+
+def trending_scores(samples: str | Path, start: int, days: int, half_life_days: float | None) -> dict[int, float]:
+    """movieId -> the trending list's score as of ``start`` (the ratings of the samples folder's train and
+    valid files in the ``days`` before it, decayed with ``half_life_days``); movies without one are absent."""
+    folder = Path(samples)
+    files = ", ".join(sql_str(folder / f"{name}.parquet") for name in ("train", "valid"))
+    with connection() as con:
+        con.execute("CREATE TEMP VIEW prior AS SELECT movieId, rating, label, timestamp FROM "
+                    f"read_parquet([{files}], union_by_name = true) WHERE timestamp < {int(start)}")
+        con.execute(f"CREATE TEMP VIEW items AS SELECT item_id FROM read_parquet({sql_str(folder / 'items.parquet')})")
+        got = con.sql(trending_sql("prior", "items", since=int(start) - 86400 * int(days), until=int(start),
+                                   item="movieId", half_life_days=half_life_days, with_score=True)).fetchnumpy()
+    return {int(m): float(s) for m, s in zip(got["item_id"], got["score"], strict=True) if s > 0}
+
+
+def positive_shares(train: str | Path) -> dict[int, float]:
+    """movieId -> its share of the positives (``label = 1``) of a train samples file (what the two-tower's
+    log-Q correction used)."""
+    with connection() as con:
+        got = con.sql(f"SELECT movieId, COUNT(*) AS n FROM read_parquet({sql_str(train)}) WHERE label = 1 "
+                      "GROUP BY movieId").fetchnumpy()
+    total = float(got["n"].sum()) if len(got["n"]) else 0.0
+    return {int(m): float(n) / total for m, n in zip(got["movieId"], got["n"], strict=True)} if total else {}
+
+
+def _aligned(ids: IdArray, values: Mapping[int, float]) -> NDArray[np.float64]:
+    return np.array([values.get(int(m), 0.0) for m in ids], dtype=np.float64)
+
+
+def fit_trending_prior(cos: NDArray[np.float32], relevant: Sequence[NDArray[np.int64]],
+                       rated: Sequence[NDArray[np.int64]], trend: NDArray[np.float64], share: NDArray[np.float64],
+                       *, max_iter: int = 200) -> TrendingPrior:
+    """Maximum-likelihood weights of the score: each user's relevant movies under the softmax of the score
+    over the catalogue less the movies they rated (each user's mean log-likelihood weighs the same).
+
+    Args:
+        cos: (U, N) cosine of each user's vector with each catalogue movie's.
+        relevant: per user, the catalogue positions (0..N-1) of their relevant movies (users without one
+            are left out).
+        rated: per user, the catalogue positions of the movies they had rated (left out of the softmax).
+        trend, share: (N,) each movie's trending score and train-positive share.
+
+    Raises:
+        InputError: no user with a relevant movie.
+
+    Example:
+        >>> cos = np.zeros((2, 3), dtype=np.float32)                      # the vectors say nothing
+        >>> trend = np.array([9.0, 1.0, 0.0])                             # users pick the trending movie
+        >>> fit = fit_trending_prior(cos, [np.array([0]), np.array([0])], [np.array([], int)] * 2, trend,
+        ...                          np.full(3, 1 / 3))
+        >>> fit.trending > 1.0
+        True
+    """
+    keep = [i for i, r in enumerate(relevant) if len(r)]
+    if not keep:
+        raise InputError("the trending prior needs at least one user with a relevant movie")
+    c = torch.as_tensor(np.asarray(cos, dtype=np.float64)[keep])                       # (U, N)
+    log_t = torch.as_tensor(np.log(np.maximum(trend, 0.0) + TREND_SMOOTHING))            # (N,)
+    log_q = torch.as_tensor(np.log(np.maximum(share, 0.0) + SHARE_SMOOTHING))            # (N,)
+    masked = torch.zeros(c.shape, dtype=torch.bool)
+    pos = torch.zeros(c.shape, dtype=torch.float64)                                    # (U, N) 1 / |R_u|
+    for row, i in enumerate(keep):
+        masked[row, torch.as_tensor(np.asarray(rated[i], dtype=np.int64))] = True
+        targets = torch.as_tensor(np.asarray(relevant[i], dtype=np.int64))
+        masked[row, targets] = False                  # a relevant movie is never one the user had rated
+        pos[row, targets] = 1.0 / targets.numel()
+    weights = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weights], max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def loss() -> torch.Tensor:
+        score = weights[0] * c + weights[1] * log_t[None, :] + weights[2] * log_q[None, :]
+        score = score.masked_fill(masked, float("-inf"))
+        return -(pos * torch.log_softmax(score, dim=1).masked_fill(masked, 0.0)).sum(dim=1).mean()
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        value = loss()
+        torch.autograd.backward(value)
+        return value
+
+    optimizer.step(closure)      # type: ignore[no-untyped-call]
+    with torch.no_grad():
+        nll = float(loss())
+    scale, a, b = (float(x) for x in weights.detach())
+    return TrendingPrior(scale, a, b, nll)
+
+
+def prior_channel(data: RetrievalData, vectors: ItemVectors, prior: TrendingPrior | None, *,
+                  trend: Mapping[int, float], share: Mapping[int, float]) -> tuple[Channel, TrendingPrior]:
+    """The channel over ``data`` (its users' vectors and every movie row's, as
+    :func:`~deepcrossing.training.retrieval_data.recall_channel`); with ``prior=None`` the weights are fitted
+    here on ``data``'s own relevant sets (use the VALIDATION split for that, then pass the result for test).
+
+    Returns:
+        (the channel, the weights it uses).
+    """
+    ids = np.asarray(data.movie_rows.column("movieId").to_numpy(), dtype=np.int64)
+    unit = np.asarray(vectors.item_vectors(data.movie_rows), dtype=np.float32)
+    users = np.asarray(vectors.user_vectors(data.user_rows), dtype=np.float32)
+    if vectors.metric == "cosine":
+        unit = unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
+        users = users / np.maximum(np.linalg.norm(users, axis=1, keepdims=True), 1e-12)
+    t, q = _aligned(ids, trend), _aligned(ids, share)
+    if prior is None:
+        position = {int(m): j for j, m in enumerate(ids)}
+
+        def where(movies: Any) -> NDArray[np.int64]:
+            return np.array([position[int(m)] for m in movies if int(m) in position], dtype=np.int64)
+
+        prior = fit_trending_prior(users @ unit.T, [where(r) for r in data.relevant],
+                                   [where(u.rated) for u in data.users], t, q)
+    by_user = {u.user_id: row for u, row in zip(data.users, TrendingPrior.users(users), strict=True)}
+    return vector_channel(data.prior, ids, prior.items(unit, t, q), by_user, "dot"), prior
