@@ -8,7 +8,8 @@ trending (the recall folder's window before the test start, its ratings decayed 
 ``train-recall`` chooses both by backtesting on the validation period and the periods of its length before
 it), the user's top genres, ``emb`` (the Deep
 Crossing model's unit item vectors, as the service's ``model=emb``), the recall folder's ``two_tower`` and
-``item2vec`` (``deepcrossing train-recall``: item2vec is also the issue's named peer), their ``merged`` list
+``item2vec`` (``deepcrossing train-recall``: item2vec is also the issue's named peer), ``two_tower_trending``
+(the two-tower score with the trending prior, :mod:`deepcrossing.training.retrieval_prior`), their ``merged`` list
 (quotas chosen on the validation split by ``train-recall``, the first 100 by its head weights when it has
 them; or, when ``train-recall`` found it better on validation, the score fusion of the channels:
 ``deepcrossing.training.retrieval_fusion``), and ALS from the ``implicit`` library as a peer
@@ -142,39 +143,6 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, rounds: int = 10_000, seed: i
             "diff_high": float(np.quantile(diff, 0.975)), "p_not_above": float(np.mean(diff <= 0))}
 
 
-def add_prior_channels(samples: Path, data: Any, recall_dir: Path, manifest: dict[str, Any],
-                       channels: dict[str, Any]) -> dict[str, Any]:
-    """Adds the offline ``two_tower_trending`` channel (:mod:`deepcrossing.training.retrieval_prior`: weights
-    fitted on the validation split) and ``merged_prior`` (the score fusion of it with the channels that read
-    nothing of the validation period but its early stopping, chosen on validation Recall@100, no ranker
-    floor) to ``channels``; returns what was chosen ({} without a two-tower model)."""
-    from dataclasses import asdict
-
-    from deepcrossing.training.recall_model import load_recall
-    from deepcrossing.training.retrieval_data import build_channels, load_retrieval_data
-    from deepcrossing.training.retrieval_fusion import choose_fusion, fusion_merge
-    from deepcrossing.training.retrieval_prior import positive_shares, prior_channel, trending_scores
-
-    recall = load_recall(recall_dir)
-    if "two_tower" not in recall:
-        return {}
-    days, half = manifest["merge"]["trending_days"], manifest["merge"].get("trending_half_life_days")
-    valid = load_retrieval_data(samples, split="valid", trending_days=days, trending_half_life_days=half)
-    share = positive_shares(samples / "train.parquet")
-    on_valid, prior = prior_channel(valid, recall["two_tower"], None, share=share,
-                                    trend=trending_scores(samples, valid.test_start, days, half))
-    channels["two_tower_trending"], _ = prior_channel(data, recall["two_tower"], prior, share=share,
-                                                      trend=trending_scores(samples, data.test_start, days, half))
-    names = ("two_tower_trending", "two_tower", "trending", "genres", "popularity")
-    valid_channels = build_channels(valid, None, {"two_tower": recall["two_tower"]}) | {"two_tower_trending": on_valid}
-    fusion = choose_fusion(valid.users, valid.relevant, {n: valid_channels[n] for n in names}, k=100)
-    fused = fusion_merge(valid_channels, fusion)
-    score = float(np.mean(per_user_recall(valid, fused)))
-    channels["merged_prior"] = fusion_merge(channels, fusion)
-    return {"weights": {k: round(v, 4) for k, v in asdict(prior).items()}, "fused": list(names),
-            "fusion": fusion.to_dict(), "fusion_valid_recall": score}
-
-
 def end_to_end(data: Any, loaded: Any, channels: dict[str, Any]) -> dict[str, dict[str, float]]:
     """Top-10 NDCG / Recall / HitRate of ``channel -> Deep Crossing`` over the users with a relevant movie."""
     from deepcrossing.metrics import hit_rate_at_k, ndcg_at_k, recall_at_k
@@ -266,17 +234,13 @@ def run_dataset(name: str, work: Path, args: argparse.Namespace) -> dict[str, An
         channels["als"] = als_channel(data, samples, factors, "test")
         extra["als"] = {"factors": factors, "valid_recall@100_by_factors": by_factors,
                         "regularization": 0.05, "iterations": 15, "fit_on": "positives before test_start"}
-    prior_note = add_prior_channels(samples, data, recall_dir, manifest, channels)
     report = evaluate_retrieval(data, channels, KS)
     report["end_to_end"] = end_to_end(data, loaded, {"popularity-800": channels["popularity"],
                                                      "merged-800": channels["merged"]})
     report["bounds"] = {"static_oracle@100": static_oracle(data)}
     pairs = [("merged", "popularity"), ("merged", "trending")]
-    if "merged_prior" in channels:
-        pairs += [("merged_prior", "popularity"), ("merged_prior", "merged")]
     per_user = {ch: per_user_recall(data, channels[ch]) for ch in {c for pair in pairs for c in pair}}
     report["bootstrap@100"] = {f"{a} vs {b}": paired_bootstrap(per_user[a], per_user[b]) for a, b in pairs}
-    report["trending_prior"] = prior_note
     report.update(dataset=name, model_dir=str(model), recall_dir=str(recall_dir), peers=extra,
                   merge=manifest["merge"], recall_training=manifest["metrics"],
                   seconds=round(time.perf_counter() - started, 2))
@@ -324,10 +288,9 @@ def run_dataset(name: str, work: Path, args: argparse.Namespace) -> dict[str, An
     print(f"trending: the last {manifest['merge']['trending_days']} days, " + (f"half-life {half:g} days" if half else
           "counted") + f" (chosen by backtesting on {len(manifest['metrics'].get('trending_periods', [1]))} "
           "period(s) before the test start)")
-    if prior_note:
-        print(f"two_tower_trending (offline only, not served yet): weights fitted on valid {prior_note['weights']}; "
-              f"merged_prior = score fusion of {', '.join(prior_note['fused'])} chosen on valid Recall@100 "
-              f"{prior_note['fusion_valid_recall']:.4f} (no ranker floor): {prior_note['fusion']}")
+    prior = manifest["metrics"].get("two_tower_trending")
+    if prior:
+        print("two_tower_trending: weights fitted on valid: " + ", ".join(f"{k} {v:.4f}" for k, v in prior.items()))
     if isinstance(extra.get("als"), str):
         print(extra["als"])
     elif "als" in extra:

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from deepcrossing.cli import app
 from deepcrossing.features import FeatureConfig
 from deepcrossing.errors import InputError
-from deepcrossing.features.online import latest_features, online_records
+from deepcrossing.features.online import online_records
 from deepcrossing.serving.channels import TRENDING_BLOB, load_recall_folder
 from deepcrossing.serving.engine import Engine
 from deepcrossing.serving.publish import publish_for_model
@@ -27,6 +27,7 @@ from deepcrossing.serving.recall import merged_rows
 from deepcrossing.training.retrieval import Prior, UserState, genre_channel, popularity_channel, \
     trending_channel, vector_channel
 from deepcrossing.training.retrieval_fusion import Fusion, fusion_merge
+from deepcrossing.training.retrieval_data import TRENDING_SCORE
 from deepcrossing.training.retrieval_merge import merge_lists, weighted_merge
 
 
@@ -45,7 +46,11 @@ def served(models, synth_data, tmp_path_factory):
 
 def offline_merged(recall, dataset, store, ref, user_id: int, n: int) -> tuple[list[int], list[str]]:
     """The offline merged channel (training.retrieval's channels + weighted_merge) on the store's data."""
-    users, movies = latest_features(dataset, FeatureConfig())
+    records = online_records(dataset, FeatureConfig(), trending_days=recall.trending_days,
+                             trending_half_life_days=recall.trending_half_life_days)
+    users = records.users
+    movies = records.movies.append_column(TRENDING_SCORE, pa.array(   # the trending prior's T, as publish adds it
+        [records.trending_scores.get(int(m), 0.0) for m in records.movies.column("movieId").to_pylist()]))
     meta = store.meta(version=ref)
     popular = np.asarray(store.get_candidates(version=ref), dtype=np.int64)
     genres_of = {m: r.get("genres") or [] for m, r in store.iter_movies(version=ref)}
@@ -89,7 +94,8 @@ def test_service_recalls_the_validated_merge_as_measured(models, synth_data, ser
     recall, url, meta = served["recall"], served["url"], served["meta"]
     assert TRENDING_BLOB in meta["blobs"] and meta["trending_days"] == recall.trending_days
     assert meta["trending_half_life_days"] == recall.trending_half_life_days
-    assert set(meta["vector_channels"]) == {"emb", "two_tower", "item2vec"}
+    assert set(meta["vector_channels"]) == {"emb", "two_tower", "item2vec", "two_tower_trending"}
+    assert meta["vector_channels"]["two_tower_trending"]["metric"] == "dot"
     engine = Engine.open(models["root"] / "m0", url, recall=recall)
     snap = engine.state.snapshot
     if recall.fusion is None:                   # train-recall's rule: the one better on validation
@@ -114,7 +120,7 @@ def test_service_recalls_the_validated_merge_as_measured(models, synth_data, ser
         # the vector channels the validated merge weights are served (which ones it weights depends on the
         # trained recall models: with the backtested trending list it may give them none on this synthetic log)
         # (a fusion labels a movie by its highest term: a weighted channel may label none)
-        personal = {c for c, w in recall.merge.items() if w > 0 and c in ("two_tower", "item2vec")
+        personal = {c for c, w in recall.merge.items() if w > 0 and c in ("two_tower", "item2vec", "two_tower_trending")
                     and recall.fusion is None}
         assert not personal or personal & {i["channel"] for i in body["items"]}, (recall.merge, body["channels"])
         cold = httpx.get(f"{server.url}/recommend/{users[3]}", params={"k": 10}).json()
@@ -191,7 +197,7 @@ def test_served_merge_with_a_head_is_the_offline_one(models, synth_data, served)
     """A folder whose first movies come by other weights (``merge.head_weights``, one channel only there):
     the service's merged_rows equals the offline weighted_merge with the same head."""
     base = served["recall"]
-    tail = {c: (1.0 if c == "two_tower" else 0.0) for c in base.merge}
+    tail = {"two_tower": 1.0, "trending": 0.0, "popularity": 0.0}
     recall = dataclasses.replace(base, merge=tail, head_weights={"trending": 2.0, "popularity": 1.0}, head=40,
                                  fusion=None)
     engine = Engine.open(models["root"] / "m0", served["url"], recall=recall)
@@ -226,7 +232,7 @@ def test_recall_folder_head_weights_are_checked(served, tmp_path, value, ok):
         assert err.value.field == "merge"
 
 
-FUSION = {"weights": {"two_tower": 1.0, "trending": 2.0, "item2vec": 0.5, "genres": 0.25},
+FUSION = {"weights": {"two_tower": 1.0, "trending": 2.0, "item2vec": 0.5, "genres": 0.25, "two_tower_trending": 1.0},
           "cold_weights": {"trending": 1.0, "popularity": 0.5, "two_tower": 0.25}, "k": 20.0, "depth": 150,
           "head": 60, "tail": {"popularity": 1.0, "genres": 1.0}}   # the first 60 fused, the rest by quotas
 

@@ -152,9 +152,12 @@ def test_recall_folder_loads_and_serves_one_row(trained: dict[str, Path]) -> Non
     from deepcrossing.training.retrieval_data import load_retrieval_data
 
     manifest = read_manifest(trained["recall"])
-    assert manifest["format"] == FORMAT and set(manifest["channels"]) == {"two_tower", "item2vec"}
-    assert set(manifest["merge"]["weights"]) == {"two_tower", "item2vec", "genres", "trending",
-                                                      "popularity"}
+    assert manifest["format"] == FORMAT and set(manifest["channels"]) == {"two_tower", "item2vec",
+                                                                          "two_tower_trending"}
+    # two_tower_trending stands for two_tower in the merge choice (its score holds two_tower's cosine)
+    assert set(manifest["merge"]["weights"]) == {"item2vec", "two_tower_trending", "genres", "trending", "popularity"}
+    prior = manifest["channels"]["two_tower_trending"]
+    assert prior["base"] == "two_tower" and set(prior["prior"]) == {"scale", "trending", "share"}
     assert len(manifest["metrics"]["two_tower"]["history"]) <= 2
     # the trending window and half-life: the best pooled Recall@100 of the grid over the backtest periods
     from deepcrossing.training.retrieval_trending import TRENDING_HALF_LIVES, TRENDING_WINDOWS
@@ -184,6 +187,10 @@ def test_recall_folder_loads_and_serves_one_row(trained: dict[str, Path]) -> Non
     tt = recall["two_tower"].user_vectors(row)
     assert np.isfinite(tt).all() and np.linalg.norm(tt) == pytest.approx(1.0, abs=1e-5)
     assert not recall["item2vec"].user_vectors(row).any()
+    # the trending prior: a dot channel over the two-tower's own vectors, the user's with a 1 appended
+    prior = recall["two_tower_trending"]
+    assert prior.metric == "dot" and prior.base is recall["two_tower"]
+    assert np.allclose(prior.user_vectors(row), np.hstack([tt, [[1.0]]]), atol=1e-6)
     started = time.perf_counter()
     for _ in range(200):
         recall["two_tower"].user_vectors(row)
@@ -211,6 +218,19 @@ def test_recall_folder_refuses_tampering(trained: dict[str, Path], tmp_path: Pat
         load_recall(copy)
     with pytest.raises(InputError, match="not a recall folder"):
         load_recall(trained["samples"])
+    # the trending prior: its weights must be finite numbers, and it cannot stand without its two-tower base
+    manifest["channels"]["two_tower"].pop("extra")
+    for bad in ({"scale": 1.0, "trending": float("nan"), "share": 0.0}, {"scale": 1.0, "trending": 1.0}):
+        manifest["channels"]["two_tower_trending"]["prior"] = bad
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(InputError) as err:
+            load_recall(copy)
+        assert err.value.field == "channels.two_tower_trending.prior"
+    manifest["channels"]["two_tower_trending"]["prior"] = {"scale": 1.0, "trending": 1.0, "share": 0.0}
+    manifest["channels"].pop("two_tower")
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match="base"):
+        load_recall(copy)
 
 
 def test_train_recall_with_model_chooses_the_merge_end_to_end(trained: dict[str, Path], tmp_path: Path) -> None:
@@ -237,7 +257,7 @@ def test_evaluate_with_recall_and_rerun(trained: dict[str, Path], tmp_path: Path
     assert res.exit_code == 0, res.output
     report = json.loads(out.read_text())
     assert set(report["channels"]) == {"popularity", "trending", "genres", "emb", "two_tower", "item2vec",
-                                       "merged"}
+                                       "two_tower_trending", "merged"}
     for row in report["channels"].values():
         assert 0.0 <= row["recall"]["5"] <= row["recall"]["20"] <= 1.0
     # train-recall into its own previous folder replaces it; into the samples folder is refused

@@ -15,9 +15,10 @@ from dc_synthetic import write_small_release
 from typer.testing import CliRunner
 
 from deepcrossing.cli import app
-from deepcrossing.training.retrieval_data import load_retrieval_data
+from deepcrossing.errors import InputError
+from deepcrossing.training.retrieval_data import TRENDING_SCORE, load_retrieval_data, recall_channel, with_trending
 from deepcrossing.training.retrieval_prior import SHARE_SMOOTHING, TREND_SMOOTHING, TrendingPrior, \
-    fit_trending_prior, positive_shares, prior_channel, trending_scores
+    TrendingTwoTower, fit_on, fit_trending_prior, positive_shares
 
 
 def test_augmented_vectors_give_the_score() -> None:
@@ -75,8 +76,8 @@ def samples(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_scores_and_shares_match_a_recomputation(samples: Path) -> None:
-    data = load_retrieval_data(samples, split="test")
     days, half = 365, 30.0
+    data = load_retrieval_data(samples, split="test", trending_days=days, trending_half_life_days=half)
     known = pa.concat_tables([pq.read_table(samples / f"{n}.parquet", columns=["movieId", "rating", "label",
                                                                                  "timestamp"])
                               for n in ("train", "valid")])
@@ -86,9 +87,14 @@ def test_scores_and_shares_match_a_recomputation(samples: Path) -> None:
         if data.test_start - 86400 * days <= ts < data.test_start:
             weight = (r if r is not None else lab) * 2.0 ** (-(data.test_start - ts) / (86400.0 * half))
             want[m] = want.get(m, 0.0) + weight
-    got = trending_scores(samples, data.test_start, days, half)
-    assert set(got) == {m for m, v in want.items() if v > 0}
-    assert all(got[m] == pytest.approx(want[m], rel=1e-9) for m in got)
+    rows = data.movie_rows.to_pydict()
+    got = dict(zip(rows["movieId"], rows[TRENDING_SCORE], strict=True))
+    assert any(v > 0 for v in got.values())
+    assert all(got[m] == pytest.approx(want.get(m, 0.0), rel=1e-9, abs=1e-12) for m in got)
+    # another list for the same data: order and scores replaced together
+    other = with_trending(load_retrieval_data(samples, split="test"), days, half)
+    assert other.prior.trending.tolist() == data.prior.trending.tolist()
+    assert other.movie_rows.column(TRENDING_SCORE).to_pylist() == rows[TRENDING_SCORE]
     shares = positive_shares(samples / "train.parquet")
     train = pq.read_table(samples / "train.parquet", columns=["movieId", "label"])
     positives = train.filter(pc.equal(train.column("label"), 1)).column("movieId").to_pylist()
@@ -100,21 +106,24 @@ def test_scores_and_shares_match_a_recomputation(samples: Path) -> None:
 def test_channel_ranks_by_the_score_without_rated_movies(samples: Path) -> None:
     data = load_retrieval_data(samples, split="test")
     ids = data.movie_rows.column("movieId").to_numpy()
-    trend = {int(m): float(i % 7) for i, m in enumerate(ids)}
     share = {int(m): 0.001 * (i % 5) for i, m in enumerate(ids)}
     prior = TrendingPrior(scale=2.0, trending=0.5, share=-0.2)
-    channel, used = prior_channel(data, Unit(), prior, trend=trend, share=share)
-    assert used is prior
+    vectors = TrendingTwoTower(Unit(), prior, share)
+    channel = recall_channel(data, vectors)                   # the offline channel, as evaluate builds it
     unit = Unit().item_vectors(data.movie_rows)
-    score = (2.0 * unit[:, 0] + prior.bias(np.array([trend[int(m)] for m in ids]),
-                                           np.array([share[int(m)] for m in ids])))
+    trend = np.asarray(data.movie_rows.column(TRENDING_SCORE).to_numpy(), dtype=np.float64)
+    score = 2.0 * unit[:, 0] + prior.bias(trend, np.array([share[int(m)] for m in ids]))
     order = ids[np.lexsort((ids, -score))]
     for user in data.users[:5]:
         got = channel(user, 20)
         assert not np.isin(got, user.rated).any()
         assert got.tolist() == [int(m) for m in order if int(m) not in set(user.rated.tolist())][:20]
-    # fitted on the validation split when no weights are given: finite weights, a working channel
+    # fitted on the validation split: finite weights, a working channel
     valid = load_retrieval_data(samples, split="valid")
-    fitted_channel, fitted = prior_channel(valid, Unit(), None, trend=trend, share=share)
-    assert np.isfinite([fitted.scale, fitted.trending, fitted.share]).all()
-    assert len(fitted_channel(valid.users[0], 10)) == 10
+    fitted = fit_on(valid, Unit(), share)
+    assert np.isfinite([fitted.prior.scale, fitted.prior.trending, fitted.prior.share, fitted.prior.nll]).all()
+    assert len(recall_channel(valid, fitted)(valid.users[0], 10)) == 10
+    # a movie table without the trending scores (published without the trending list) is refused by name
+    with pytest.raises(InputError) as err:
+        vectors.item_vectors(data.movie_rows.drop_columns([TRENDING_SCORE]))
+    assert err.value.field == TRENDING_SCORE

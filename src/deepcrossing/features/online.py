@@ -131,6 +131,8 @@ class OnlineRecords:
         candidates: (C,) movie ids, most popular first.
         trending: (C,) movie ids by :func:`trending_sql` over the ``trending_days`` before ``t_end`` (empty:
             not asked for).
+        trending_scores: movieId -> its trending score (every movie with one > 0, not only the first C): the
+            trending prior's T (:mod:`deepcrossing.training.retrieval_prior`).
         t_end: the "now" of the features: the last rating's time + 1 (relative columns count from it).
         cold_user: the features of an unknown user (``userId`` None: put the id asked for; NULL attributes).
         cold_movie: the features of an unknown movie (``movieId`` None).
@@ -148,6 +150,7 @@ class OnlineRecords:
     t_end: int
     user_info: pa.Table = field(default_factory=lambda: pa.table({}))
     trending: list[int] = field(default_factory=list)
+    trending_scores: dict[int, float] = field(default_factory=dict)
     cold_user: dict[str, Any] = field(default_factory=lambda: cold_features("user"))
     cold_movie: dict[str, Any] = field(default_factory=lambda: cold_features("movie"))
     cooccurrence: pa.Table = field(default_factory=lambda: COOCCURRENCE_SCHEMA.empty_table())
@@ -211,10 +214,11 @@ def online_records(
             "SELECT i.item_id FROM items_src i LEFT JOIN movie_stats s USING (item_id) "
             f"ORDER BY {POPULARITY_ORDER} LIMIT {max_candidates}"
         ).fetchall()]
-        trending = [] if trending_days is None else [int(r[0]) for r in con.execute(
-            trending_sql("ratings_src", "items_src", since=t_end - 86400 * int(trending_days), until=t_end,
-                         half_life_days=trending_half_life_days)
-            + f" LIMIT {max_candidates}").fetchall()]
+        ranked = [] if trending_days is None else con.execute(trending_sql(
+            "ratings_src", "items_src", since=t_end - 86400 * int(trending_days), until=t_end,
+            half_life_days=trending_half_life_days, with_score=True)).fetchall()
+        trending = [int(r[0]) for r in ranked[:max_candidates]]
+        trending_scores = {int(m): float(score) for m, score in ranked if score > 0}
         cooccurrence = (con.sql(cooccurrence_sql(
             "(SELECT user_id, item_id, timestamp FROM ratings_src WHERE COALESCE(label, CASE WHEN rating >= "
             f"CAST({float(config.label_threshold)!r} AS DOUBLE) THEN 1 ELSE 0 END) = 1)",
@@ -227,7 +231,7 @@ def online_records(
     _check_aligned(movies, movie_info, "movieId")
     return OnlineRecords(users=users, histories=histories, movies=movies, movie_info=movie_info,
                          candidates=candidates, t_end=t_end, user_info=user_info,
-                         trending=trending, cooccurrence=cooccurrence,
+                         trending=trending, trending_scores=trending_scores, cooccurrence=cooccurrence,
                          cold_user=cold_features("user", user_attributes=dataset.users is not None))
 
 

@@ -1,7 +1,8 @@
 """Vector recall channels of a store version: built at ``publish``, stored as blobs, loaded by the service.
 
 A vector channel is an :class:`~deepcrossing.training.vectors.ItemVectors` (``emb``: Deep Crossing's own
-partials, :class:`~deepcrossing.training.emb_vectors.EmbVectors`; ``two_tower``, ``item2vec``: a recall folder
+partials, :class:`~deepcrossing.training.emb_vectors.EmbVectors`; ``two_tower``, ``two_tower_trending``,
+``item2vec``: a recall folder
 of ``deepcrossing train-recall``). At publish, :func:`channel_blobs` asks each for the vectors of every movie of
 the version and builds its :class:`~deepcrossing.serving.ann.VectorIndex`; the bytes go into the version
 (``vectors/<channel>/<file>`` blobs, SHA-256 in the meta) and ``meta["vector_channels"][name]`` records the

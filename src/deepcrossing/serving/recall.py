@@ -2,7 +2,7 @@
 
 Channels (``?channels=emb:300,genres:200,popularity:300``, or the default :func:`default_plan`):
 
-* a **vector channel** (``emb``, ``two_tower``, ``item2vec``: those the store version holds,
+* a **vector channel** (``emb``, ``two_tower``, ``two_tower_trending``, ``item2vec``: those the version holds,
   :mod:`~deepcrossing.serving.channels`): the user's vector searched in the channel's index;
 * ``genres``: the most popular candidates of the user's top three genres (``userGenre1..3``);
 * ``popularity``: the most popular candidates (the cold-start list).

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +42,17 @@ from deepcrossing.training.retrieval_merge import Ranker, weighted_merge
 from deepcrossing.training.vectors import ItemVectors
 
 REPORT_KIND = "deepcrossing.retrieval"
+#: The column of ``RetrievalData.movie_rows`` (and of the movie table ``publish`` builds its vector channels from)
+#: holding each movie's trending score at the start (the trending list's, 0 without one): the trending prior's T
+#: (:mod:`deepcrossing.training.retrieval_prior`).
+TRENDING_SCORE = "movieTrendingScore"
 #: The default window of the ``trending`` channel (a recall folder's ``merge.trending_days`` replaces it:
 #: ``train-recall`` chooses window and half-life, :mod:`deepcrossing.training.retrieval_trending`).
 TRENDING_DAYS = 180
 
-__all__ = ["REPORT_KIND", "TRENDING_DAYS", "RetrievalData", "build_channels", "evaluate_retrieval", "item_vectors",
-           "load_retrieval_data", "ranker", "recall_channel", "split_start", "trending_order", "trending_orders"]
+__all__ = ["REPORT_KIND", "TRENDING_DAYS", "TRENDING_SCORE", "RetrievalData", "build_channels", "evaluate_retrieval",
+           "item_vectors", "load_retrieval_data", "ranker", "recall_channel", "split_start", "trending_order",
+           "trending_orders", "with_trending"]
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,8 @@ class RetrievalData:
         prior: popularity order and genre masks as of ``test_start``.
         users: per test user (by id), their :class:`UserState` at ``test_start``.
         relevant: per test user (same order), (R_u,) sorted relevant movie ids.
-        movie_rows: one sample row per movie rated before ``test_start`` (its latest one), for item vectors.
+        movie_rows: one sample row per movie rated before ``test_start`` (its latest one), for item vectors,
+            with :data:`TRENDING_SCORE` (the ``prior.trending`` list's score at ``test_start``).
         user_rows: per test user (same order as ``users``), the user-side columns of their first row in the
             evaluated split: features from their ratings before it, i.e. before ``test_start`` (the row a
             recall model's ``user_vectors`` gets, as the service's user record).
@@ -135,9 +141,10 @@ def load_retrieval_data(samples: str | Path, *, recent_n: int | None = None, spl
             "SELECT i.item_id, i.genres FROM items i LEFT JOIN (SELECT movieId, COUNT(*) AS n, AVG(rating) AS avg "
             "FROM prior GROUP BY movieId) s ON s.movieId = i.item_id "
             f"ORDER BY {POPULARITY_ORDER}").to_arrow_table()
-        trending = con.sql(trending_sql("prior", "items", since=test_start - 86400 * int(trending_days),
-                                        until=test_start, item="movieId",
-                                        half_life_days=trending_half_life_days)).fetchnumpy()["item_id"]
+        trending_rows = con.sql(trending_sql("prior", "items", since=test_start - 86400 * int(trending_days),
+                                             until=test_start, item="movieId", half_life_days=trending_half_life_days,
+                                             with_score=True)).fetchnumpy()
+        trending = trending_rows["item_id"]
         users = con.sql(f"""
             WITH t AS (SELECT DISTINCT userId FROM read_parquet({sql_str(target)})),
             rel AS (SELECT userId, list(DISTINCT movieId ORDER BY movieId) AS relevant
@@ -173,7 +180,40 @@ def load_retrieval_data(samples: str | Path, *, recent_n: int | None = None, spl
     states = [UserState(int(u), _ids(r), _ids(p), tuple(g or ()))
               for u, r, p, g in zip(cols["userId"], cols["rated"], cols["recent"], cols["genres"], strict=True)]
     prior = Prior(order, masks, _ids(trending))
+    movie_rows = _with_trend(movie_rows, _ids(trending), np.asarray(trending_rows["score"], dtype=np.float64))
     return RetrievalData(folder, test_start, prior, states, [_ids(r) for r in cols["relevant"]], movie_rows, user_rows)
+
+
+def _with_trend(movie_rows: pa.Table, ids: IdArray, scores: NDArray[np.float64]) -> pa.Table:
+    """``movie_rows`` with :data:`TRENDING_SCORE` (replaced if there): each movie's trending score (0 without one)."""
+    score_of = dict(zip(ids.tolist(), scores.tolist(), strict=True))
+    column = pa.array([score_of.get(int(m), 0.0) for m in movie_rows.column("movieId").to_pylist()], pa.float64())
+    if TRENDING_SCORE in movie_rows.column_names:
+        return movie_rows.set_column(movie_rows.column_names.index(TRENDING_SCORE), TRENDING_SCORE, column)
+    return movie_rows.append_column(TRENDING_SCORE, column)
+
+
+def with_trending(data: RetrievalData, days: int, half_life_days: float | None) -> RetrievalData:
+    """``data`` with another trending list (``prior.trending``) and its scores (``movie_rows``'
+    :data:`TRENDING_SCORE`): :func:`~deepcrossing.features.online.trending_sql` over the ``days`` before its start
+    with ``half_life_days``, from the ratings of its samples folder before the start."""
+    with connection() as con:
+        _trending_inputs(con, data.samples, data.test_start)
+        rows = con.sql(trending_sql("prior", "items", since=int(data.test_start) - 86400 * int(days),
+                                    until=int(data.test_start), item="movieId", half_life_days=half_life_days,
+                                    with_score=True)).fetchnumpy()
+    order = _ids(rows["item_id"])
+    return replace(data, prior=replace(data.prior, trending=order),
+                   movie_rows=_with_trend(data.movie_rows, order, np.asarray(rows["score"], dtype=np.float64)))
+
+
+def _trending_inputs(con: Any, folder: Path, start: int) -> None:
+    """Tables ``prior`` (the ratings of the folder's train and valid files before ``start``, read once) and
+    ``items`` (the catalogue) that :func:`~deepcrossing.features.online.trending_sql` reads."""
+    files = ", ".join(sql_str(folder / f"{name}.parquet") for name in ("train", "valid"))
+    con.execute("CREATE TEMP TABLE prior AS SELECT movieId, rating, label, timestamp FROM "
+                f"read_parquet([{files}], union_by_name = true) WHERE timestamp < {int(start)}")
+    con.execute(f"CREATE TEMP VIEW items AS SELECT item_id FROM read_parquet({sql_str(folder / 'items.parquet')})")
 
 
 def trending_orders(samples: str | Path, start: int, pairs: Sequence[tuple[int, float | None]]
@@ -181,13 +221,9 @@ def trending_orders(samples: str | Path, start: int, pairs: Sequence[tuple[int, 
     """For each ``(days, half-life)`` of ``pairs``, (M,) the catalogue in
     :func:`~deepcrossing.features.online.trending_sql`'s order as of ``start``, from the ratings of the samples
     folder's train and valid files before ``start`` (one connection for all)."""
-    folder = Path(samples)
-    files = ", ".join(sql_str(folder / f"{name}.parquet") for name in ("train", "valid"))
     out: dict[tuple[int, float | None], IdArray] = {}
     with connection() as con:
-        con.execute("CREATE TEMP TABLE prior AS SELECT movieId, rating, label, timestamp FROM "   # read once
-                    f"read_parquet([{files}], union_by_name = true) WHERE timestamp < {int(start)}")
-        con.execute(f"CREATE TEMP VIEW items AS SELECT item_id FROM read_parquet({sql_str(folder / 'items.parquet')})")
+        _trending_inputs(con, Path(samples), start)
         for days, half in pairs:
             out[(days, half)] = _ids(con.sql(trending_sql(
                 "prior", "items", since=int(start) - 86400 * int(days), until=int(start), item="movieId",

@@ -1,4 +1,4 @@
-"""The two-tower score with a trending prior (issue 9; offline so far: ``benchmarks/retrieval.py`` measures it).
+"""The two-tower score with a trending prior: the ``two_tower_trending`` recall channel (issue 9).
 
 The two-tower model (:mod:`deepcrossing.training.two_tower`) learns which movies a user rates from the
 train years, popularity of those years included; a later period rates what is trending then. This channel
@@ -6,12 +6,15 @@ moves the score's popularity from the train years to the trending list's, for ev
 
     score(u, i) = scale * cos(u, v_i) + trending * log(T_i + TREND_SMOOTHING) + share * log(q_i + SHARE_SMOOTHING)
 
-``T_i``: the trending channel's decayed score at the start (:func:`~deepcrossing.features.online.trending_sql`
-with ``with_score``), ``q_i``: the movie's share of the train positives (the two-tower's own log-Q). The three
-weights are fitted by maximum likelihood of the validation period's positives (:func:`fit_trending_prior`: a
-multinomial logit over each user's unrated catalogue, every user weighing the same), which uses every
-positive of the period rather than a Recall@100 grid over a few dozen users. As vectors, the channel is an
-ordinary ``dot`` channel: item ``[scale * v_i, bias_i]``, user ``[u, 1]`` (:meth:`TrendingPrior.items`).
+``T_i``: the trending list's decayed score at the start (the movie table's ``movieTrendingScore``:
+:func:`~deepcrossing.training.retrieval_data.load_retrieval_data` offline, ``publish`` online, both from
+:func:`~deepcrossing.features.online.trending_sql` with ``with_score``), ``q_i``: the movie's share of the train
+positives (the two-tower's own log-Q; kept in the recall folder). The three weights are fitted by maximum
+likelihood of the validation period's positives (:func:`fit_trending_prior`: a multinomial logit over each
+user's unrated catalogue, every user weighing the same), which uses every positive of the period rather than a
+Recall@100 grid over a few dozen users. As vectors it is an ordinary ``dot`` channel (:class:`TrendingTwoTower`:
+item ``[scale * v_i, bias_i]``, user ``[u, 1]``), so ``publish`` indexes it and the service searches it like any
+other.
 
 Example:
     >>> prior = TrendingPrior(scale=10.0, trending=1.0, share=-0.5)
@@ -27,18 +30,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 from numpy.typing import NDArray
 
 from deepcrossing.duck import connection, sql_str
 from deepcrossing.errors import InputError
-from deepcrossing.features.online import trending_sql
-from deepcrossing.training.retrieval import Channel, IdArray, vector_channel
-from deepcrossing.training.retrieval_data import RetrievalData
-from deepcrossing.training.vectors import ItemVectors
+from deepcrossing.training.retrieval import IdArray
+from deepcrossing.training.retrieval_data import TRENDING_SCORE, RetrievalData
+from deepcrossing.training.vectors import ItemVectors, Metric
 
-__all__ = ["SHARE_SMOOTHING", "TREND_SMOOTHING", "TrendingPrior", "fit_trending_prior", "positive_shares",
-           "prior_channel", "trending_scores"]
+__all__ = ["NAME", "SHARE_SMOOTHING", "TREND_SMOOTHING", "TrendingPrior", "TrendingTwoTower", "fit_on",
+           "fit_trending_prior", "positive_shares"]
+
+#: The channel's name (in the recall folder, the merge, responses and ``?channels=``).
+NAME = "two_tower_trending"
 
 #: Added to the decayed trending score (a sum of ratings) before the log: half a star of weight.
 TREND_SMOOTHING = 0.5
@@ -76,20 +82,6 @@ class TrendingPrior:
     def users(unit: NDArray[np.float32]) -> NDArray[np.float32]:
         """(B, D + 1) user vectors ``[u, 1]``."""
         return np.hstack([unit, np.ones((unit.shape[0], 1), dtype=np.float32)]).astype(np.float32)
-
-
-def trending_scores(samples: str | Path, start: int, days: int, half_life_days: float | None) -> dict[int, float]:
-    """movieId -> the trending list's score as of ``start`` (the ratings of the samples folder's train and
-    valid files in the ``days`` before it, decayed with ``half_life_days``); movies without one are absent."""
-    folder = Path(samples)
-    files = ", ".join(sql_str(folder / f"{name}.parquet") for name in ("train", "valid"))
-    with connection() as con:
-        con.execute("CREATE TEMP VIEW prior AS SELECT movieId, rating, label, timestamp FROM "
-                    f"read_parquet([{files}], union_by_name = true) WHERE timestamp < {int(start)}")
-        con.execute(f"CREATE TEMP VIEW items AS SELECT item_id FROM read_parquet({sql_str(folder / 'items.parquet')})")
-        got = con.sql(trending_sql("prior", "items", since=int(start) - 86400 * int(days), until=int(start),
-                                   item="movieId", half_life_days=half_life_days, with_score=True)).fetchnumpy()
-    return {int(m): float(s) for m, s in zip(got["item_id"], got["score"], strict=True) if s > 0}
 
 
 def positive_shares(train: str | Path) -> dict[int, float]:
@@ -164,29 +156,58 @@ def fit_trending_prior(cos: NDArray[np.float32], relevant: Sequence[NDArray[np.i
     return TrendingPrior(scale, a, b, nll)
 
 
-def prior_channel(data: RetrievalData, vectors: ItemVectors, prior: TrendingPrior | None, *,
-                  trend: Mapping[int, float], share: Mapping[int, float]) -> tuple[Channel, TrendingPrior]:
-    """The channel over ``data`` (its users' vectors and every movie row's, as
-    :func:`~deepcrossing.training.retrieval_data.recall_channel`); with ``prior=None`` the weights are fitted
-    here on ``data``'s own relevant sets (use the VALIDATION split for that, then pass the result for test).
+def _unit(x: NDArray[np.float32]) -> NDArray[np.float32]:
+    out: NDArray[np.float32] = (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    return out
 
-    Returns:
-        (the channel, the weights it uses).
+
+class TrendingTwoTower:
+    """The channel as an :class:`~deepcrossing.training.vectors.ItemVectors` (``dot``): a vector channel (the
+    two-tower model's) with the prior's weights and each movie's train-positive share.
+
+    Args:
+        base: the two-tower channel (its unit vectors); prior: the weights; shares: movieId -> q (absent: 0).
     """
-    ids = np.asarray(data.movie_rows.column("movieId").to_numpy(), dtype=np.int64)
-    unit = np.asarray(vectors.item_vectors(data.movie_rows), dtype=np.float32)
-    users = np.asarray(vectors.user_vectors(data.user_rows), dtype=np.float32)
-    if vectors.metric == "cosine":
-        unit = unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
-        users = users / np.maximum(np.linalg.norm(users, axis=1, keepdims=True), 1e-12)
-    t, q = _aligned(ids, trend), _aligned(ids, share)
-    if prior is None:
-        position = {int(m): j for j, m in enumerate(ids)}
 
-        def where(movies: Any) -> NDArray[np.int64]:
-            return np.array([position[int(m)] for m in movies if int(m) in position], dtype=np.int64)
+    name: str = NAME
+    metric: Metric = "dot"
 
-        prior = fit_trending_prior(users @ unit.T, [where(r) for r in data.relevant],
-                                   [where(u.rated) for u in data.users], t, q)
-    by_user = {u.user_id: row for u, row in zip(data.users, TrendingPrior.users(users), strict=True)}
-    return vector_channel(data.prior, ids, prior.items(unit, t, q), by_user, "dot"), prior
+    def __init__(self, base: ItemVectors, prior: TrendingPrior, shares: Mapping[int, float]) -> None:
+        self.base, self.prior, self.shares = base, prior, dict(shares)
+
+    def item_vectors(self, movies: pa.Table) -> NDArray[np.float32]:
+        """(N, D + 1) ``[scale * v, bias]`` of the movie rows, which must hold ``movieTrendingScore``.
+
+        Raises:
+            InputError: the table has no ``movieTrendingScore`` (publish without the trending list).
+        """
+        if TRENDING_SCORE not in movies.column_names:
+            raise InputError(f"the {NAME} channel needs each movie's {TRENDING_SCORE} (publish it with the recall "
+                             "folder's trending list: publish --recall)", field=TRENDING_SCORE)
+        trend = np.nan_to_num(np.asarray(movies.column(TRENDING_SCORE).to_numpy(zero_copy_only=False),
+                                         dtype=np.float64))
+        ids = np.asarray(movies.column("movieId").to_numpy(), dtype=np.int64)
+        return self.prior.items(_unit(np.asarray(self.base.item_vectors(movies), dtype=np.float32)), trend,
+                                _aligned(ids, self.shares))
+
+    def user_vectors(self, users: pa.Table) -> NDArray[np.float32]:
+        """(B, D + 1) ``[u, 1]`` (``u`` the base's unit user vector)."""
+        return TrendingPrior.users(_unit(np.asarray(self.base.user_vectors(users), dtype=np.float32)))
+
+
+def fit_on(valid: RetrievalData, base: ItemVectors, shares: Mapping[int, float]) -> TrendingTwoTower:
+    """The channel with its weights fitted on ``valid`` (the VALIDATION split, whose ``movie_rows`` hold the
+    trending scores of the chosen list): each user's relevant movies among every movie row."""
+    ids = np.asarray(valid.movie_rows.column("movieId").to_numpy(), dtype=np.int64)
+    unit = _unit(np.asarray(base.item_vectors(valid.movie_rows), dtype=np.float32))
+    users = _unit(np.asarray(base.user_vectors(valid.user_rows), dtype=np.float32))
+    position = {int(m): j for j, m in enumerate(ids)}
+
+    def where(movies: Any) -> NDArray[np.int64]:
+        return np.array([position[int(m)] for m in movies if int(m) in position], dtype=np.int64)
+
+    trend = np.nan_to_num(np.asarray(valid.movie_rows.column(TRENDING_SCORE).to_numpy(zero_copy_only=False),
+                                     dtype=np.float64))
+    prior = fit_trending_prior(users @ unit.T, [where(r) for r in valid.relevant],
+                               [where(u.rated) for u in valid.users], trend, _aligned(ids, shares))
+    return TrendingTwoTower(base, prior, shares)

@@ -26,7 +26,7 @@ import numpy as np
 from deepcrossing.duck import connection, sql_str
 from deepcrossing.errors import InputError
 from deepcrossing.training.retrieval import IdArray, UserState, recall_at_ks, trending_channel
-from deepcrossing.training.retrieval_data import TRENDING_DAYS, RetrievalData, trending_orders
+from deepcrossing.training.retrieval_data import TRENDING_DAYS, RetrievalData, trending_orders, with_trending
 
 __all__ = ["TRENDING_BACKTESTS", "TRENDING_HALF_LIVES", "TRENDING_WINDOWS", "Period", "TrendingChoice",
            "backtest_periods", "choose_trending"]
@@ -57,7 +57,8 @@ class TrendingChoice:
         days, half_life_days: the window and half-life of the best pooled Recall@k.
         scores: ``"<days>d/<half-life>"`` -> pooled Recall@k, for every pair tried (``None``: no user).
         periods: ``[start, end, users]`` of each period pooled (the first: ``data``'s own).
-        data: ``data`` with that trending list (``prior.trending``).
+        data: ``data`` with that trending list (``prior.trending``) and its scores (``movie_rows``'
+            ``movieTrendingScore``).
     """
 
     days: int
@@ -118,11 +119,8 @@ def choose_trending(data: RetrievalData, k: int = 100, grid: Sequence[float | No
     hits: dict[tuple[int, float | None], list[IdArray]] = {pair: [] for pair in pairs}
     relevant: list[IdArray] = []
     used = backtest_periods(data, periods, length)
-    own: dict[tuple[int, float | None], IdArray] = {}
-    for j, period in enumerate(used):
+    for period in used:
         orders = trending_orders(data.samples, period.start, pairs)
-        if j == 0:
-            own = orders
         relevant += period.relevant
         for pair, order in orders.items():
             channel = trending_channel(replace(data.prior, trending=order))
@@ -131,4 +129,4 @@ def choose_trending(data: RetrievalData, k: int = 100, grid: Sequence[float | No
     best = max(pairs, key=lambda pair: (scores[pair] if scores[pair] == scores[pair] else -1.0, -pairs.index(pair)))
     return TrendingChoice(best[0], best[1], {f"{d}d/{h}": s if s == s else None for (d, h), s in scores.items()},
                           [[p.start, p.end, len(p.users)] for p in used],
-                          replace(data, prior=replace(data.prior, trending=own[best])))
+                          with_trending(data, best[0], best[1]))
