@@ -189,26 +189,148 @@ def choose_merge(users: Sequence[UserState], relevant: Sequence[IdArray], channe
             scores.append(np.asarray(rank(i, union), dtype=np.float64))
             lists[j] = [np.searchsorted(union, x) for x in lists[j]]
             used[j] = (i, user, np.flatnonzero(np.isin(union, rel)))
+    columns = weight_grid(names, grid)
+    table = np.array(columns, dtype=np.float64).reshape(len(columns), len(names))
+    tail_weights = None if tail is None else [float(tail.get(name, 0.0)) for name in names]
+    per_user = [_user_figures(lists[j], columns, table, rel, n_relevant[j], k, n,   # (recall (G,), ndcg (G,) | None)
+                              scores[j] if rank is not None else None, candidates, top, tail_weights)
+                for j, (_, _, rel) in enumerate(used)]
+    recalls = np.stack([r for r, _ in per_user], axis=1) if per_user else np.zeros((len(columns), 0))
+    ndcgs = (np.stack([e for _, e in per_user if e is not None], axis=1) if per_user and rank is not None
+             else np.zeros((len(columns), 0)))
     best: tuple[tuple[float, ...], tuple[float, float, float], float] = (tuple(1.0 for _ in names),
                                                                          (-1.0, -1.0, -1.0), -1.0)
-    tail_weights = None if tail is None else [float(tail.get(name, 0.0)) for name in names]
-    for weights in weight_grid(names, grid):
-        recall, ndcg = [], []
-        for j, (_, _, rel) in enumerate(used):
-            if tail_weights is None:
-                ids, _ = merge_lists(lists[j], weights, n)
-            else:
-                ids, _ = merge_lists(lists[j], tail_weights, n, head=k, head_weights=weights)
-            # the merged list holds distinct movies: Recall@k = |top k & relevant| / |relevant|, as recall_at_ks
-            recall.append(np.isin(ids[:k], rel).sum() / n_relevant[j])
-            if rank is not None:
-                first = ids[:candidates]
-                ranked = first[np.argsort(-scores[j][first], kind="stable")[:top]]
-                ndcg.append(hits_ndcg(np.isin(ranked, rel), n_relevant[j], top))
-        r = float(np.mean(recall)) if recall else -1.0
-        e = float(np.mean(ndcg)) if ndcg else -1.0
+    for g, weights in enumerate(columns):          # (G, users) rows: each mean is the 1-D mean of one weighting
+        r = float(np.mean(recalls[g])) if recalls.shape[1] else -1.0
+        e = float(np.mean(ndcgs[g])) if ndcgs.shape[1] else -1.0
         key = ((0.0, r, r) if rank is None else (0.0, e, r) if floor is None
                else (1.0, r, e) if e >= floor else (0.0, e, r))
         if key > best[1]:
             best = (weights, key, r if rank is None else e)
     return {name: float(w) for name, w in zip(names, best[0], strict=True)}, best[2]
+
+
+def _user_figures(lists: Sequence[IdArray], columns: Sequence[tuple[float, ...]], table: NDArray[np.float64],
+                  rel: IdArray, n_relevant: int, k: int, n: int, scores: NDArray[np.float64] | None, candidates: int,
+                  top: int, tail_weights: Sequence[float] | None
+                  ) -> tuple[NDArray[np.float64], NDArray[np.float64] | None]:
+    """One user's Recall@``k`` and NDCG@``top`` of every weighting: :func:`_grid_user`, with the weightings
+    whose top ``top`` hold tied scores (or the whole user, where it cannot tell) by :func:`_loop_user`."""
+    got = _grid_user(lists, table, rel, n_relevant, k, scores, candidates, top, tail_weights)
+    if got is None:
+        return _loop_user(lists, columns, rel, n_relevant, k, n, scores, candidates, top, tail_weights)
+    recall, ndcg, redo = got
+    if ndcg is not None and redo.size:
+        _, again = _loop_user(lists, [columns[g] for g in redo], rel, n_relevant, k, n, scores, candidates, top,
+                              tail_weights)
+        ndcg[redo] = again
+    return recall, ndcg
+
+
+def _loop_user(lists: Sequence[IdArray], columns: Sequence[tuple[float, ...]], rel: IdArray, n_relevant: int, k: int,
+               n: int, scores: NDArray[np.float64] | None, candidates: int, top: int,
+               tail_weights: Sequence[float] | None) -> tuple[NDArray[np.float64], NDArray[np.float64] | None]:
+    """One user's Recall@``k`` (and with ``scores``, NDCG@``top`` of the first ``candidates`` ranked by them)
+    of every weighting in ``columns``, merging once per weighting (:func:`merge_lists`): the reference, and what
+    :func:`choose_merge` runs where :func:`_grid_user` cannot be exact."""
+    recall, ndcg = np.zeros(len(columns)), np.zeros(len(columns))
+    for g, weights in enumerate(columns):
+        if tail_weights is None:
+            ids, _ = merge_lists(lists, weights, n)
+        else:
+            ids, _ = merge_lists(lists, tail_weights, n, head=k, head_weights=weights)
+        # the merged list holds distinct movies: Recall@k = |top k & relevant| / |relevant|, as recall_at_ks
+        recall[g] = np.isin(ids[:k], rel).sum() / n_relevant
+        if scores is not None:
+            first = ids[:candidates]
+            ranked = first[np.argsort(-scores[first], kind="stable")[:top]]
+            ndcg[g] = hits_ndcg(np.isin(ranked, rel), n_relevant, top)
+    return recall, None if scores is None else ndcg
+
+
+def _keys(ranks: NDArray[np.float64], weights: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
+    """Every weighting's quota key of every movie, ``min_c (r_c + 1) / w_c`` ((G, U); inf: in no list of weight
+    > 0), and the list giving it (the earliest on ties), from ``ranks`` (C, U) = r + 1 (inf: not in the list)."""
+    keys = np.full((weights.shape[0], ranks.shape[1]), np.inf)
+    source = np.zeros(keys.shape, dtype=np.int64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for c in range(ranks.shape[0]):
+            key = np.where(weights[:, c, None] > 0, ranks[c] / weights[:, c, None], np.inf)
+            better = key < keys
+            keys[better], source[better] = key[better], c
+    return keys, source
+
+
+def _first(keys: NDArray[np.float64], source: NDArray[np.int64], m: int) -> NDArray[np.bool_]:
+    """(G, U) which movies are among each row's first ``m`` by (key, source), as the quota merge orders them;
+    within a row, movies of one key come from distinct lists (one movie per rank of a list)."""
+    finite = np.isfinite(keys)
+    if keys.shape[1] <= m:
+        return finite
+    cut = np.partition(keys, m - 1, axis=1)[:, m - 1:m]                       # the m-th key of each row
+    below, tie = keys < cut, (keys == cut) & finite
+    need = m - below.sum(axis=1, keepdims=True)
+    lists = int(source.max()) + 1
+    has = np.stack([(tie & (source == c)).any(axis=1) for c in range(lists)], axis=1)   # (G, C)
+    before = np.cumsum(has, axis=1) - has                                     # tied lists earlier than each
+    earlier: NDArray[np.int64] = np.take_along_axis(before, source, axis=1)
+    out: NDArray[np.bool_] = below | (tie & (earlier < need))
+    return out
+
+
+def _then(chosen: NDArray[np.bool_], order: IdArray | None, m: int) -> NDArray[np.bool_]:
+    """``chosen`` (G, U) and, while a row has fewer than ``m``, the next movies of ``order`` not chosen yet
+    (:func:`head_then_rest`'s rule); ``chosen`` as it is without an ``order``."""
+    if order is None:
+        return chosen
+    out = chosen.copy()
+    rest = ~chosen[:, order]
+    out[:, order] |= rest & (np.cumsum(rest, axis=1) <= m - chosen.sum(axis=1, keepdims=True))
+    return out
+
+
+def _grid_user(lists: Sequence[IdArray], table: NDArray[np.float64], rel: IdArray, n_relevant: int, k: int,
+               scores: NDArray[np.float64] | None, candidates: int, top: int, tail_weights: Sequence[float] | None
+               ) -> tuple[NDArray[np.float64], NDArray[np.float64] | None, NDArray[np.int64]] | None:
+    """:func:`_loop_user` for all weightings at once, bit for bit ((G, U) keys instead of G merges; 20x faster
+    on 700 weightings of 5 lists of 800), and the weightings whose NDCG it cannot give exactly (tied scores in
+    their top ``top`` + 1: the merge's order breaks those ties); None where it cannot tell (no list, NaN)."""
+    if not lists or not any(x.size for x in lists):
+        return None
+    union = np.unique(np.concatenate(lists))
+    ranks = np.full((len(lists), union.size), np.inf)
+    for c, x in enumerate(lists):                                   # a movie twice in a list: its first rank
+        ranks[c, np.searchsorted(union, x[::-1])] = np.arange(x.size, 0, -1, dtype=np.float64)
+    hit = np.isin(union, rel)
+    keys, source = _keys(ranks, table)
+    order = None
+    if tail_weights is not None:       # the first k by the grid's weights, then the tail's order without them
+        tail_keys, tail_source = _keys(ranks, np.array([tail_weights], dtype=np.float64))
+        finite = np.flatnonzero(np.isfinite(tail_keys[0]))
+        order = finite[np.lexsort((tail_source[0, finite], tail_keys[0, finite]))]
+    head = _then(_first(keys, source, k), order, k)
+    recall = (head & hit).sum(axis=1) / n_relevant
+    none = np.zeros(0, dtype=np.int64)
+    if scores is None:
+        return recall, None, none
+    score = scores[union]
+    if np.isnan(score).any():
+        return None
+    chosen = _then(_first(keys, source, min(k, candidates) if order is not None else candidates), order, candidates)
+    by_score = np.argsort(-score, kind="stable")
+    picked = chosen[:, by_score]
+    place = np.cumsum(picked, axis=1)
+    rows, cols = np.nonzero(picked & (place <= top + 1))
+    at = place[rows, cols] - 1
+    seen = np.full((table.shape[0], top + 1), np.nan)            # each weighting's first top + 1 scores
+    seen[rows, at] = score[by_score][cols]
+    first = at < top
+    rows, cols, at = rows[first], cols[first], at[first]
+    gains = np.zeros((table.shape[0], top))
+    discount = 1.0 / np.log2(np.arange(2, top + 2))
+    gains[rows, at] = discount[at] * hit[by_score][cols]
+    dcg = gains.sum(axis=1)
+    for g in np.flatnonzero(place[:, -1] < top):      # fewer than top candidates: the sum over those alone
+        dcg[g] = gains[g, :place[g, -1]].sum()
+    redo = np.flatnonzero((seen[:, 1:] == seen[:, :-1]).any(axis=1))
+    return recall, dcg / discount[:min(n_relevant, top)].sum(), redo
