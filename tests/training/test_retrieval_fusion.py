@@ -126,3 +126,36 @@ def test_train_recall_chooses_the_rule_on_validation_only(samples: Path, tmp_pat
                               pa.array(1 - test.column("label").to_numpy(), test.schema.field("label").type))
     pq.write_table(flipped, copy / "test.parquet")
     assert train_recall(copy, ("item2vec",), item2vec=Item2VecConfig(seed=0))[1] == merge
+
+
+def _fuse_by_sorting(lists, weights, n, k):
+    """fuse_lists as first written (two sorts of every term): the reference for the partitioned one."""
+    on = [j for j, w in enumerate(weights) if w > 0 and len(lists[j])]
+    if not on:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    flat = np.concatenate([np.asarray(lists[j], dtype=np.int64) for j in on])
+    terms = np.concatenate([float(weights[j]) / (k + np.arange(len(lists[j])) + 1.0) for j in on])
+    source = np.concatenate([np.full(len(lists[j]), j, dtype=np.int64) for j in on])
+    ids, inverse = np.unique(flat, return_inverse=True)
+    scores = np.bincount(inverse, weights=terms, minlength=ids.size)
+    by_term = np.lexsort((source, -terms))
+    _, first = np.unique(inverse[by_term], return_index=True)
+    order = np.lexsort((ids, -scores))[:n]
+    return ids[order], source[by_term][first][order]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_fuse_lists_is_the_sorting_reference(seed: int) -> None:
+    """Overlapping lists, equal weights and offsets (tied terms and sums), a movie twice in one list, n below
+    and above the union: the same ids, order and sources."""
+    rng = np.random.default_rng(seed)
+    catalogue = int(rng.integers(5, 300))
+    lists = []
+    for _ in range(int(rng.integers(1, 6))):
+        size, twice = int(rng.integers(0, 80)), bool(rng.random() < 0.2)
+        lists.append(rng.choice(catalogue, size=size if twice else min(size, catalogue), replace=twice) * 3 + 1)
+    weights = [float(w) for w in rng.choice([0.0, 0.25, 1.0, 1.0, 2.0], size=len(lists))]
+    for n in (1, 7, 50, 10_000):
+        for k in (0.0, 20.0):
+            got, want = fuse_lists(lists, weights, n, k=k), _fuse_by_sorting(lists, weights, n, k)
+            assert got[0].tolist() == want[0].tolist() and got[1].tolist() == want[1].tolist()

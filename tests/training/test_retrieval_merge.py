@@ -80,3 +80,41 @@ def test_choose_merge_falls_back_and_still_picks_the_best() -> None:
     weights, ndcg = choose_merge([UserState(1, none, none, ())], [np.array([3])], {"bad": bad, "good": good}, k=1,
                                  rank=flat, candidates=12, top=10)
     assert weights == {"bad": 0.0, "good": 1.0} and ndcg == 1.0
+
+
+def _merge_by_sorting(lists, weights, n):
+    """The quota rule as first written (every key sorted, then each id's first): the reference."""
+    on = [j for j, w in enumerate(weights) if w > 0]
+    if not on:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    keys = np.concatenate([(np.arange(len(lists[j])) + 1) / float(weights[j]) for j in on])
+    source = np.concatenate([np.full(len(lists[j]), j, dtype=np.int64) for j in on])
+    flat = np.concatenate([np.asarray(lists[j], dtype=np.int64) for j in on])
+    order = np.lexsort((source, keys))
+    flat, source = flat[order], source[order]
+    _, first = np.unique(flat, return_index=True)
+    first = np.sort(first)[:n]
+    return flat[first], source[first]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_merge_lists_is_the_sorting_reference(seed: int) -> None:
+    """Overlapping lists, weights whose keys tie (1 and 2, 0.5 and 0.25), a movie twice in one list, empty
+    lists, n below and above the union: the same ids, order and sources, with and without a head."""
+    from deepcrossing.training.retrieval_merge import head_then_rest, merge_lists
+
+    rng = np.random.default_rng(seed)
+    catalogue = int(rng.integers(5, 300))
+    lists = []
+    for _ in range(int(rng.integers(1, 6))):
+        size, twice = int(rng.integers(0, 80)), bool(rng.random() < 0.2)
+        lists.append(rng.choice(catalogue, size=size if twice else min(size, catalogue), replace=twice) * 5 + 2)
+    weights = [float(w) for w in rng.choice([0.0, 0.25, 0.5, 1.0, 2.0, 4.0], size=len(lists))]
+    head = [float(w) for w in rng.choice([0.0, 1.0, 2.0], size=len(lists))]
+    for n in (1, 9, 60, 10_000):
+        got, want = merge_lists(lists, weights, n), _merge_by_sorting(lists, weights, n)
+        assert got[0].tolist() == want[0].tolist() and got[1].tolist() == want[1].tolist()
+        if any(head):
+            got = merge_lists(lists, weights, n, head=5, head_weights=head)
+            want = head_then_rest(_merge_by_sorting(lists, head, min(5, n)), _merge_by_sorting(lists, weights, n), n)
+            assert got[0].tolist() == want[0].tolist() and got[1].tolist() == want[1].tolist()

@@ -152,13 +152,23 @@ def fuse_lists(lists: Sequence[IdArray], weights: Sequence[float], n: int, *, k:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     flat = np.concatenate([np.asarray(lists[j], dtype=np.int64) for j in on])
     terms = np.concatenate([float(weights[j]) / (k + np.arange(len(lists[j])) + 1.0) for j in on])
-    source = np.concatenate([np.full(len(lists[j]), j, dtype=np.int64) for j in on])
     ids, inverse = np.unique(flat, return_inverse=True)
     scores = np.bincount(inverse, weights=terms, minlength=ids.size)          # (U,) summed in list order
-    by_term = np.lexsort((source, -terms))                                   # highest term first, earlier list
-    _, first = np.unique(inverse[by_term], return_index=True)                # per id (sorted), its best term
-    best = source[by_term][first]
-    order = np.lexsort((ids, -scores))[:n]
+    best_term, best = np.full(ids.size, -np.inf), np.zeros(ids.size, dtype=np.int64)
+    start = 0
+    for j in on:                    # per id its highest term, ties: the earlier list (and within a list: first)
+        end = start + len(lists[j])
+        at, term = inverse[start:end][::-1], terms[start:end][::-1]
+        better = term > best_term[at]
+        best_term[at[better]], best[at[better]] = term[better], j
+        start = end
+    if n < ids.size:                # the first n by (score desc, id): a partition, then a sort of those alone
+        cut = np.partition(-scores, n - 1)[n - 1]
+        above = np.flatnonzero(-scores < cut)
+        top = np.concatenate([above, np.flatnonzero(-scores == cut)[: n - above.size]])
+    else:
+        top = np.arange(ids.size)
+    order = top[np.lexsort((top, -scores[top]))]
     return ids[order], best[order]
 
 

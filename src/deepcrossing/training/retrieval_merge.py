@@ -36,14 +36,26 @@ def _merge(lists: Sequence[IdArray], weights: Sequence[float], n: int) -> tuple[
     on = [j for j, w in enumerate(weights) if w > 0]
     if not on:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    keys = np.concatenate([(np.arange(len(lists[j])) + 1) / float(weights[j]) for j in on])
-    source = np.concatenate([np.full(len(lists[j]), j, dtype=np.int64) for j in on])
     flat = np.concatenate([np.asarray(lists[j], dtype=np.int64) for j in on])
-    order = np.lexsort((source, keys))
-    flat, source = flat[order], source[order]
-    _, first = np.unique(flat, return_index=True)
-    first = np.sort(first)[:n]
-    return flat[first], source[first]
+    ids, inverse = np.unique(flat, return_inverse=True)
+    key, source = np.full(ids.size, np.inf), np.zeros(ids.size, dtype=np.int64)
+    start = 0
+    for j in on:                    # per id its smallest key, ties: the earlier list (and within a list: first)
+        end = start + len(lists[j])
+        at = inverse[start:end][::-1]
+        mine = (np.arange(end - start, 0, -1) / float(weights[j]))
+        better = mine < key[at]
+        key[at[better]], source[at[better]] = mine[better], j
+        start = end
+    if n < ids.size:                # the first n by (key, list): a partition, then a sort of those alone
+        cut = np.partition(key, n - 1)[n - 1]
+        below = np.flatnonzero(key < cut)
+        tied = np.flatnonzero(key == cut)
+        top = np.concatenate([below, tied[np.argsort(source[tied], kind="stable")][: n - below.size]])
+    else:
+        top = np.arange(ids.size)
+    order = top[np.lexsort((source[top], key[top]))]
+    return ids[order], source[order]
 
 
 def merge_lists(lists: Sequence[IdArray], weights: Sequence[float], n: int, *, head: int = 0,
