@@ -107,6 +107,29 @@ def write_small_release(folder: Path, seed: int) -> Path:
     return folder
 
 
+def prepared_small_release(root: Path, seed: int) -> Path:
+    """:func:`write_small_release` in ``root`` run through ``deepcrossing prepare``: the samples folder."""
+    from typer.testing import CliRunner
+
+    from deepcrossing.cli import app
+
+    release = write_small_release(root / "ml-latest-small", seed=seed)
+    res = CliRunner().invoke(app, ["prepare", "--data", str(release), "--out", str(root / "samples")])
+    assert res.exit_code == 0, res.output
+    return root / "samples"
+
+
+def overlapping_lists(rng: np.random.Generator, step: int) -> list[np.ndarray]:
+    """1-5 ranked id lists drawn from one small catalogue (ids ``step * i + 1``), so that they overlap; some
+    empty or short, about one in five with a movie twice: the inputs a merge rule must get right."""
+    catalogue = int(rng.integers(5, 300))
+    lists = []
+    for _ in range(int(rng.integers(1, 6))):
+        size, twice = int(rng.integers(0, 80)), bool(rng.random() < 0.2)
+        lists.append(rng.choice(catalogue, size=size if twice else min(size, catalogue), replace=twice) * step + 1)
+    return lists
+
+
 def optimizer_step(opts: list[torch.optim.Optimizer], objective: torch.Tensor) -> None:
     """One step of every optimizer of ``opts`` on ``objective`` (gradients cleared first), as the Trainer does."""
     for opt in opts:

@@ -12,10 +12,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from dc_synthetic import write_small_release
-from typer.testing import CliRunner
+from dc_synthetic import overlapping_lists, prepared_small_release
 
-from deepcrossing.cli import app
 from deepcrossing.errors import InputError
 from deepcrossing.training.retrieval import Prior, UserState, popularity_channel
 from deepcrossing.training.retrieval_fusion import Fusion, choose_fusion, evaluate_merge, fuse_lists, fusion_merge, \
@@ -104,11 +102,7 @@ def test_fast_choice_figures_match_the_exact_merge() -> None:
 
 @pytest.fixture(scope="module")
 def samples(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("fusion")
-    release = write_small_release(root / "ml-latest-small", seed=3)
-    res = CliRunner().invoke(app, ["prepare", "--data", str(release), "--out", str(root / "samples")])
-    assert res.exit_code == 0, res.output
-    return root / "samples"
+    return prepared_small_release(tmp_path_factory.mktemp("fusion"), seed=3)
 
 
 def test_train_recall_chooses_the_rule_on_validation_only(samples: Path, tmp_path: Path) -> None:
@@ -149,11 +143,7 @@ def test_fuse_lists_is_the_sorting_reference(seed: int) -> None:
     """Overlapping lists, equal weights and offsets (tied terms and sums), a movie twice in one list, n below
     and above the union: the same ids, order and sources."""
     rng = np.random.default_rng(seed)
-    catalogue = int(rng.integers(5, 300))
-    lists = []
-    for _ in range(int(rng.integers(1, 6))):
-        size, twice = int(rng.integers(0, 80)), bool(rng.random() < 0.2)
-        lists.append(rng.choice(catalogue, size=size if twice else min(size, catalogue), replace=twice) * 3 + 1)
+    lists = overlapping_lists(rng, 3)
     weights = [float(w) for w in rng.choice([0.0, 0.25, 1.0, 1.0, 2.0], size=len(lists))]
     for n in (1, 7, 50, 10_000):
         for k in (0.0, 20.0):

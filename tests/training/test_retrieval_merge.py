@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from dc_synthetic import overlapping_lists
 
 from deepcrossing.training.retrieval import UserState
 from deepcrossing.training.retrieval_merge import _grid_user, _loop_user, _user_figures, choose_merge, weight_grid
@@ -104,11 +105,7 @@ def test_merge_lists_is_the_sorting_reference(seed: int) -> None:
     from deepcrossing.training.retrieval_merge import head_then_rest, merge_lists
 
     rng = np.random.default_rng(seed)
-    catalogue = int(rng.integers(5, 300))
-    lists = []
-    for _ in range(int(rng.integers(1, 6))):
-        size, twice = int(rng.integers(0, 80)), bool(rng.random() < 0.2)
-        lists.append(rng.choice(catalogue, size=size if twice else min(size, catalogue), replace=twice) * 5 + 2)
+    lists = overlapping_lists(rng, 5)
     weights = [float(w) for w in rng.choice([0.0, 0.25, 0.5, 1.0, 2.0, 4.0], size=len(lists))]
     head = [float(w) for w in rng.choice([0.0, 1.0, 2.0], size=len(lists))]
     for n in (1, 9, 60, 10_000):
