@@ -38,6 +38,7 @@ import torch
 from numpy.typing import NDArray
 
 from deepcrossing.errors import InputError
+from deepcrossing.training.retrieval import top_positions
 
 __all__ = ["EF_SEARCH", "EXACT_BELOW", "VectorIndex"]
 
@@ -58,24 +59,6 @@ def _from_npy(data: bytes, what: str) -> NDArray[Any]:
     except (ValueError, OSError, EOFError) as exc:
         raise InputError(f"the stored {what} cannot be read ({exc})", field=what) from None
     return array
-
-
-def _best(sims: NDArray[np.float32], k: int) -> NDArray[np.int64]:
-    """Positions of the ``k`` (<= len) largest of ``sims``, largest first, ties by smaller position.
-
-    Example:
-        >>> _best(np.array([0.5, 0.9, 0.5, 0.1, 0.5], dtype=np.float32), 3).tolist()
-        [1, 0, 2]
-    """
-    if k < len(sims):
-        kth = sims[np.argpartition(-sims, k - 1)[k - 1]]          # the k-th largest value
-        above = np.flatnonzero(sims > kth)
-        tied = np.flatnonzero(sims == kth)[: k - len(above)]       # at the k-th place: the smaller positions
-        top = np.concatenate([above, tied])
-    else:
-        top = np.arange(len(sims))
-    ordered: NDArray[np.int64] = top[np.lexsort((top, -sims[top]))].astype(np.int64)
-    return ordered
 
 
 @dataclass(frozen=True)
@@ -161,7 +144,7 @@ class VectorIndex:
             return np.zeros(0, dtype=np.int64)
         sims: NDArray[np.float32] = torch.mv(torch.from_numpy(self.vectors),
                                              torch.from_numpy(np.ascontiguousarray(query, np.float32))).numpy()
-        top = _best(sims, k)
+        top = top_positions(sims, k)
         found: NDArray[np.int64] = top[self.known[top]]
         return found
 

@@ -47,7 +47,7 @@ DEFAULT_KS = (50, 100, 200, 800)
 
 __all__ = ["DEFAULT_KS", "Channel", "Prior", "RecallResult", "UserState", "cosine_order",
            "coverage_at_ks", "emb_channel", "genre_channel", "merge_channels", "parse_ks", "popularity_channel",
-           "recall_at_ks", "sorted_contains", "trending_channel", "vector_channel"]
+           "recall_at_ks", "sorted_contains", "top_positions", "trending_channel", "vector_channel"]
 
 
 def parse_ks(text: str) -> tuple[int, ...]:
@@ -198,6 +198,25 @@ def sorted_contains(haystack: NDArray[Any], needles: NDArray[Any]) -> NDArray[np
     pos = np.minimum(np.searchsorted(haystack, needles), len(haystack) - 1)
     found: NDArray[np.bool_] = haystack[pos] == needles
     return found
+
+
+def top_positions(values: NDArray[Any], k: int) -> NDArray[np.int64]:
+    """Positions of the ``k`` (<= len) largest of ``values``, largest first, ties by smaller position (also at
+    the ``k``-th place): a partition, then a sort of those ``k`` alone (an index's exact search, a fusion's head).
+
+    Example:
+        >>> top_positions(np.array([0.5, 0.9, 0.5, 0.1, 0.5], dtype=np.float32), 3).tolist()
+        [1, 0, 2]
+    """
+    if k < len(values):
+        kth = values[np.argpartition(-values, k - 1)[k - 1]]          # the k-th largest value
+        above = np.flatnonzero(values > kth)
+        tied = np.flatnonzero(values == kth)[: k - len(above)]        # at the k-th place: the smaller positions
+        top = np.concatenate([above, tied])
+    else:
+        top = np.arange(len(values))
+    ordered: NDArray[np.int64] = top[np.lexsort((top, -values[top]))].astype(np.int64)
+    return ordered
 
 
 def _unrated(order: IdArray, rated: IdArray, n: int) -> IdArray:

@@ -24,7 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from deepcrossing.errors import InputError
-from deepcrossing.training.retrieval import Channel, IdArray, UserState
+from deepcrossing.training.retrieval import Channel, IdArray, UserState, top_positions
 from deepcrossing.training.retrieval_merge import Ranker, head_then_rest, hits_ndcg, merge_lists, weight_grid
 
 __all__ = ["FUSION_GRID", "FUSION_KS", "Fusion", "choose_fusion", "evaluate_merge", "fuse_lists", "fusion_merge",
@@ -162,13 +162,7 @@ def fuse_lists(lists: Sequence[IdArray], weights: Sequence[float], n: int, *, k:
         better = term > best_term[at]
         best_term[at[better]], best[at[better]] = term[better], j
         start = end
-    if n < ids.size:                # the first n by (score desc, id): a partition, then a sort of those alone
-        cut = np.partition(-scores, n - 1)[n - 1]
-        above = np.flatnonzero(-scores < cut)
-        top = np.concatenate([above, np.flatnonzero(-scores == cut)[: n - above.size]])
-    else:
-        top = np.arange(ids.size)
-    order = top[np.lexsort((top, -scores[top]))]
+    order = top_positions(scores, n)          # by score, ties by smaller id (ids are sorted)
     return ids[order], best[order]
 
 
