@@ -31,7 +31,7 @@ from deepcrossing.jsonfile import read_json_object
 from deepcrossing.serving.channels import TRENDING_BLOB, RecallFolder, channel_blobs
 from deepcrossing.serving.itemcf import itemcf_blobs
 from deepcrossing.serving.store import FeatureStore, open_store
-from deepcrossing.training.retrieval_data import TRENDING_SCORE
+from deepcrossing.training.retrieval_data import with_trend_scores
 from deepcrossing.training.vectors import ItemVectors
 
 __all__ = ["DEFAULT_HISTORY_N", "DEFAULT_MAX_CANDIDATES", "build_records", "default_store_url", "displays_for_store",
@@ -244,10 +244,9 @@ def publish_records(records: OnlineRecords, store: FeatureStore | str, *, meta: 
     full = (meta or {}) | _records_meta(records, users)
     blobs: dict[str, bytes] = {}
     if vectors:
-        rows = records.movies
-        if records.trending_scores:   # the trending prior's T (training.retrieval_prior), for the channels only
-            rows = rows.append_column(TRENDING_SCORE, pa.array(
-                [records.trending_scores.get(int(m), 0.0) for m in rows.column("movieId").to_pylist()], pa.float64()))
+        rows = records.movies   # + the trending prior's T (training.retrieval_prior), for the channels only
+        if records.trending_scores:
+            rows = with_trend_scores(rows, records.trending_scores)
         blobs, full["vector_channels"] = channel_blobs(vectors, rows, sources or {})
     if records.trending:   # the served ``trending`` channel (serving.recall.merged_rows)
         blobs[TRENDING_BLOB] = np.asarray(records.trending, dtype="<i8").tobytes()

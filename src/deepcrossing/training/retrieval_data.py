@@ -51,8 +51,8 @@ TRENDING_SCORE = "movieTrendingScore"
 TRENDING_DAYS = 180
 
 __all__ = ["REPORT_KIND", "TRENDING_DAYS", "TRENDING_SCORE", "RetrievalData", "build_channels", "evaluate_retrieval",
-           "item_vectors", "load_retrieval_data", "ranker", "recall_channel", "split_start", "trending_order",
-           "trending_orders", "with_trending"]
+           "item_vectors", "load_retrieval_data", "ranker", "recall_channel", "split_start", "trending_lists",
+           "trending_order", "with_trend_scores", "with_trending", "with_trending_list"]
 
 
 @dataclass(frozen=True)
@@ -180,61 +180,61 @@ def load_retrieval_data(samples: str | Path, *, recent_n: int | None = None, spl
     states = [UserState(int(u), _ids(r), _ids(p), tuple(g or ()))
               for u, r, p, g in zip(cols["userId"], cols["rated"], cols["recent"], cols["genres"], strict=True)]
     prior = Prior(order, masks, _ids(trending))
-    movie_rows = _with_trend(movie_rows, _ids(trending), np.asarray(trending_rows["score"], dtype=np.float64))
+    movie_rows = with_trend_scores(movie_rows, dict(zip(trending.tolist(), trending_rows["score"].tolist(),
+                                                        strict=True)))
     return RetrievalData(folder, test_start, prior, states, [_ids(r) for r in cols["relevant"]], movie_rows, user_rows)
 
 
-def _with_trend(movie_rows: pa.Table, ids: IdArray, scores: NDArray[np.float64]) -> pa.Table:
-    """``movie_rows`` with :data:`TRENDING_SCORE` (replaced if there): each movie's trending score (0 without one)."""
-    score_of = dict(zip(ids.tolist(), scores.tolist(), strict=True))
-    column = pa.array([score_of.get(int(m), 0.0) for m in movie_rows.column("movieId").to_pylist()], pa.float64())
+def with_trend_scores(movie_rows: pa.Table, scores: Mapping[int, float]) -> pa.Table:
+    """``movie_rows`` with :data:`TRENDING_SCORE` (replaced if there): each movie's trending score from
+    ``scores`` (movieId -> score; 0 for a movie without one). Offline here, and at ``publish`` for the vector
+    channels."""
+    column = pa.array([float(scores.get(int(m), 0.0)) for m in movie_rows.column("movieId").to_pylist()],
+                      pa.float64())
     if TRENDING_SCORE in movie_rows.column_names:
         return movie_rows.set_column(movie_rows.column_names.index(TRENDING_SCORE), TRENDING_SCORE, column)
     return movie_rows.append_column(TRENDING_SCORE, column)
 
 
-def with_trending(data: RetrievalData, days: int, half_life_days: float | None) -> RetrievalData:
-    """``data`` with another trending list (``prior.trending``) and its scores (``movie_rows``'
-    :data:`TRENDING_SCORE`): :func:`~deepcrossing.features.online.trending_sql` over the ``days`` before its start
-    with ``half_life_days``, from the ratings of its samples folder before the start."""
-    with connection() as con:
-        _trending_inputs(con, data.samples, data.test_start)
-        rows = con.sql(trending_sql("prior", "items", since=int(data.test_start) - 86400 * int(days),
-                                    until=int(data.test_start), item="movieId", half_life_days=half_life_days,
-                                    with_score=True)).fetchnumpy()
-    order = _ids(rows["item_id"])
+def with_trending_list(data: RetrievalData, order: IdArray, scores: NDArray[np.float64]) -> RetrievalData:
+    """``data`` with another trending list: ``order`` as ``prior.trending`` and its ``scores`` (same order) in
+    ``movie_rows``' :data:`TRENDING_SCORE`."""
     return replace(data, prior=replace(data.prior, trending=order),
-                   movie_rows=_with_trend(data.movie_rows, order, np.asarray(rows["score"], dtype=np.float64)))
+                   movie_rows=with_trend_scores(data.movie_rows, dict(zip(order.tolist(), scores.tolist(),
+                                                                         strict=True))))
 
 
-def _trending_inputs(con: Any, folder: Path, start: int) -> None:
-    """Tables ``prior`` (the ratings of the folder's train and valid files before ``start``, read once) and
-    ``items`` (the catalogue) that :func:`~deepcrossing.features.online.trending_sql` reads."""
-    files = ", ".join(sql_str(folder / f"{name}.parquet") for name in ("train", "valid"))
-    con.execute("CREATE TEMP TABLE prior AS SELECT movieId, rating, label, timestamp FROM "
-                f"read_parquet([{files}], union_by_name = true) WHERE timestamp < {int(start)}")
-    con.execute(f"CREATE TEMP VIEW items AS SELECT item_id FROM read_parquet({sql_str(folder / 'items.parquet')})")
+def with_trending(data: RetrievalData, days: int, half_life_days: float | None) -> RetrievalData:
+    """``data`` with the trending list of the ``days`` before its start with ``half_life_days``
+    (:func:`trending_lists`)."""
+    return with_trending_list(data, *trending_lists(data.samples, data.test_start,
+                                                    [(days, half_life_days)])[(days, half_life_days)])
 
 
-def trending_orders(samples: str | Path, start: int, pairs: Sequence[tuple[int, float | None]]
-                    ) -> dict[tuple[int, float | None], IdArray]:
+def trending_lists(samples: str | Path, start: int, pairs: Sequence[tuple[int, float | None]]
+                   ) -> dict[tuple[int, float | None], tuple[IdArray, NDArray[np.float64]]]:
     """For each ``(days, half-life)`` of ``pairs``, (M,) the catalogue in
-    :func:`~deepcrossing.features.online.trending_sql`'s order as of ``start``, from the ratings of the samples
-    folder's train and valid files before ``start`` (one connection for all)."""
-    out: dict[tuple[int, float | None], IdArray] = {}
+    :func:`~deepcrossing.features.online.trending_sql`'s order as of ``start`` and (M,) each movie's score
+    (0 without a rating in the window), from the ratings of the samples folder's train and valid files before
+    ``start`` (read once, one connection for all)."""
+    folder = Path(samples)
+    files = ", ".join(sql_str(folder / f"{name}.parquet") for name in ("train", "valid"))
+    out: dict[tuple[int, float | None], tuple[IdArray, NDArray[np.float64]]] = {}
     with connection() as con:
-        _trending_inputs(con, Path(samples), start)
+        con.execute("CREATE TEMP TABLE prior AS SELECT movieId, rating, label, timestamp FROM "
+                    f"read_parquet([{files}], union_by_name = true) WHERE timestamp < {int(start)}")
+        con.execute(f"CREATE TEMP VIEW items AS SELECT item_id FROM read_parquet({sql_str(folder / 'items.parquet')})")
         for days, half in pairs:
-            out[(days, half)] = _ids(con.sql(trending_sql(
-                "prior", "items", since=int(start) - 86400 * int(days), until=int(start), item="movieId",
-                half_life_days=half)).fetchnumpy()["item_id"])
+            rows = con.sql(trending_sql("prior", "items", since=int(start) - 86400 * int(days), until=int(start),
+                                        item="movieId", half_life_days=half, with_score=True)).fetchnumpy()
+            out[(days, half)] = (_ids(rows["item_id"]), np.asarray(rows["score"], dtype=np.float64))
     return out
 
 
 def trending_order(data: RetrievalData, *, days: int = TRENDING_DAYS, half_life_days: float | None = None) -> IdArray:
     """(M,) the catalogue in :func:`~deepcrossing.features.online.trending_sql`'s order as of ``data``'s start
     (the ratings of its samples folder before it), for another window or half-life than ``data.prior``'s."""
-    return trending_orders(data.samples, data.test_start, [(days, half_life_days)])[(days, half_life_days)]
+    return trending_lists(data.samples, data.test_start, [(days, half_life_days)])[(days, half_life_days)][0]
 
 
 def item_vectors(loaded: LoadedModel, movie_rows: pa.Table) -> tuple[IdArray, NDArray[np.float32]]:

@@ -156,6 +156,11 @@ def fit_trending_prior(cos: NDArray[np.float32], relevant: Sequence[NDArray[np.i
     return TrendingPrior(scale, a, b, nll)
 
 
+def _trend(movies: pa.Table) -> NDArray[np.float64]:
+    """(N,) the rows' :data:`TRENDING_SCORE` (NULL as 0)."""
+    return np.nan_to_num(np.asarray(movies.column(TRENDING_SCORE).to_numpy(zero_copy_only=False), dtype=np.float64))
+
+
 def _unit(x: NDArray[np.float32]) -> NDArray[np.float32]:
     out: NDArray[np.float32] = (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
     return out
@@ -184,8 +189,7 @@ class TrendingTwoTower:
         if TRENDING_SCORE not in movies.column_names:
             raise InputError(f"the {NAME} channel needs each movie's {TRENDING_SCORE} (publish it with the recall "
                              "folder's trending list: publish --recall)", field=TRENDING_SCORE)
-        trend = np.nan_to_num(np.asarray(movies.column(TRENDING_SCORE).to_numpy(zero_copy_only=False),
-                                         dtype=np.float64))
+        trend = _trend(movies)
         ids = np.asarray(movies.column("movieId").to_numpy(), dtype=np.int64)
         return self.prior.items(_unit(np.asarray(self.base.item_vectors(movies), dtype=np.float32)), trend,
                                 _aligned(ids, self.shares))
@@ -206,8 +210,6 @@ def fit_on(valid: RetrievalData, base: ItemVectors, shares: Mapping[int, float])
     def where(movies: Any) -> NDArray[np.int64]:
         return np.array([position[int(m)] for m in movies if int(m) in position], dtype=np.int64)
 
-    trend = np.nan_to_num(np.asarray(valid.movie_rows.column(TRENDING_SCORE).to_numpy(zero_copy_only=False),
-                                     dtype=np.float64))
     prior = fit_trending_prior(users @ unit.T, [where(r) for r in valid.relevant],
-                               [where(u.rated) for u in valid.users], trend, _aligned(ids, shares))
+                               [where(u.rated) for u in valid.users], _trend(valid.movie_rows), _aligned(ids, shares))
     return TrendingTwoTower(base, prior, shares)

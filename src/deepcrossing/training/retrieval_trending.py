@@ -26,7 +26,7 @@ import numpy as np
 from deepcrossing.duck import connection, sql_str
 from deepcrossing.errors import InputError
 from deepcrossing.training.retrieval import IdArray, UserState, recall_at_ks, trending_channel
-from deepcrossing.training.retrieval_data import TRENDING_DAYS, RetrievalData, trending_orders, with_trending
+from deepcrossing.training.retrieval_data import TRENDING_DAYS, RetrievalData, trending_lists, with_trending_list
 
 __all__ = ["TRENDING_BACKTESTS", "TRENDING_HALF_LIVES", "TRENDING_WINDOWS", "Period", "TrendingChoice",
            "backtest_periods", "choose_trending"]
@@ -119,14 +119,14 @@ def choose_trending(data: RetrievalData, k: int = 100, grid: Sequence[float | No
     hits: dict[tuple[int, float | None], list[IdArray]] = {pair: [] for pair in pairs}
     relevant: list[IdArray] = []
     used = backtest_periods(data, periods, length)
-    for period in used:
-        orders = trending_orders(data.samples, period.start, pairs)
+    by_period = [trending_lists(data.samples, period.start, pairs) for period in used]   # [0]: data's own
+    for period, lists in zip(used, by_period, strict=True):
         relevant += period.relevant
-        for pair, order in orders.items():
+        for pair, (order, _) in lists.items():
             channel = trending_channel(replace(data.prior, trending=order))
             hits[pair] += [channel(user, k) for user in period.users]
     scores = {pair: recall_at_ks(hits[pair], relevant, (k,)).recall[k] for pair in pairs}
     best = max(pairs, key=lambda pair: (scores[pair] if scores[pair] == scores[pair] else -1.0, -pairs.index(pair)))
     return TrendingChoice(best[0], best[1], {f"{d}d/{h}": s if s == s else None for (d, h), s in scores.items()},
                           [[p.start, p.end, len(p.users)] for p in used],
-                          with_trending(data, best[0], best[1]))
+                          with_trending_list(data, *by_period[0][best]))
