@@ -182,6 +182,11 @@ def test_optimised_recall_rows_and_merge_as_before_for_every_user(engines):
                 got = merged_rows(msnap, u, record, 800, lambda t=table: t, memo)
                 assert got[0].tolist() == want[0].tolist() and got[1].tolist() == want[1].tolist(), (u, merge)
                 assert got[2] == want[2]
+            assert memo["merged"][0] == 800                        # kept, and read by the second call
+            fewer = merged_rows(msnap, u, record, 300, lambda t=table: t, memo)   # another size: computed again
+            fresh = merged_rows(msnap, u, record, 300, lambda t=table: t)
+            assert fewer[0].tolist() == fresh[0].tolist() and fewer[1].tolist() == fresh[1].tolist(), (u, merge)
+            assert memo["merged"][0] == 300
     assert any(k.startswith("vector/tt") for m in state.user_vectors.values() for k in m)
 
 

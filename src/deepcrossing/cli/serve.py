@@ -93,8 +93,8 @@ def serve_cmd(
         min=1, max=256, help="Server processes (one per core is fastest; each loads the model and the store "
                              "snapshot). /admin/reload reaches all of them.")] = 1,
     user_cache: Annotated[int, typer.Option(
-        min=0, help="Users whose request-side partial each worker keeps per model and store version (exact; "
-                    "0 = off).")] = 100_000,
+        min=0, help="Users whose request-side partial (user part, user vectors, merged candidates) each worker "
+                    "keeps per model and store version (exact; 0 = off).")] = 100_000,
     score_in_threads: Annotated[bool, typer.Option(
         "--score-in-threads", help="Rank in uvicorn's thread pool instead of on the event loop (slower "
                                    "for ~1 ms ranking calls; see ServingSettings).")] = False,

@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -104,7 +105,8 @@ class Engine:
         verify: re-check each new store version's id, counts and checksum before serving it.
         loader: model folder -> loaded model (default :func:`deepcrossing.load`).
         backend: scorer backend, ``torch`` or ``onnx`` (see :class:`Scorer`).
-        user_cache: user partials kept per state (0: compute every request's user part afresh, ~0.8 ms).
+        user_cache: users whose partials are kept per state: the user part (~0.8 ms), the recall's user
+            vectors and merged list (:func:`~deepcrossing.serving.recall.user_memo`); 0: computed afresh.
         recall: the recall folder whose channels this service answers (``serve --recall``); a store version
             built from another one is not served.
     """
@@ -250,13 +252,15 @@ class Engine:
         features = record["features"] if record else empty_features(snap.user_schema, "userId", user_id)
         return pa.Table.from_pylist([features], schema=snap.user_schema)
 
-    def _user_part(self, read: UserRead, user_id: int) -> UserPart:
-        """The user's partial, from the state's cache or computed from the record (user columns only)."""
+    def _user_part(self, read: UserRead, user_id: int, user_table: Callable[[], pa.Table] | None = None
+                   ) -> UserPart:
+        """The user's partial, from the state's cache or computed from the record (user columns only;
+        ``user_table``: the request's one-row user table, when it builds one already)."""
         parts = read.state.user_parts
         part = parts.get(user_id)
         if part is None:
-            part = read.state.scorer.user(self._user_table(read.snapshot, user_id, read.record),
-                                          (read.record or {}).get("history"))
+            table = self._user_table(read.snapshot, user_id, read.record) if user_table is None else user_table()
+            part = read.state.scorer.user(table, (read.record or {}).get("history"))
             if self.user_cache:
                 if len(parts) >= self.user_cache:
                     parts.clear()
@@ -298,6 +302,8 @@ class Engine:
             raise InputError(f"k and candidates must be >= 1, not {k} and {candidates}", field="k")
         read = self._read(user_id, fetched)
         state, snap, record = read
+        # built at most once per request: the vector channels' user towers and the user part all read it
+        user_table = functools.cache(lambda: self._user_table(snap, user_id, record))
         if channels is None and not snap.channels:   # today's list: the popular candidates, minus rated
             plan: Plan = (("popularity", candidates),)
             rows = snap.candidate_rows[:candidates]
@@ -305,22 +311,20 @@ class Engine:
                 rows = rows[~sorted_contains(np.asarray(record["rated"], dtype=np.int64), snap.movie_ids[rows])]
             labels = np.zeros(len(rows), dtype=np.int8)
         elif channels is None and snap.merge:        # the recall folder's validated merge: served = measured
-            rows, labels, plan = merged_rows(snap, user_id, record, candidates,
-                                             lambda: self._user_table(snap, user_id, record),
+            rows, labels, plan = merged_rows(snap, user_id, record, candidates, user_table,
                                              user_memo(state.user_vectors, user_id, self.user_cache))
         else:
             plan = channels or default_plan(tuple(snap.channels), candidates)
-            rows, labels = recall_rows(snap, record, plan, lambda: self._user_table(snap, user_id, record),
+            rows, labels = recall_rows(snap, record, plan, user_table,
                                        user_memo(state.user_vectors, user_id, self.user_cache))
         if len(rows) == 0:
             scores = np.zeros(0)
         elif plain:
-            user_table = self._user_table(snap, user_id, record)
-            logits = state.scorer.plain(join_user_movies(user_table, snap.movie_table.take(pa.array(rows)),
+            logits = state.scorer.plain(join_user_movies(user_table(), snap.movie_table.take(pa.array(rows)),
                                                          history=(record or {}).get("history"), itemcf=snap.itemcf))
             scores = _sigmoid(logits)
         else:
-            scores = _sigmoid(state.scorer.fast(self._user_part(read, user_id), snap.items, rows))
+            scores = _sigmoid(state.scorer.fast(self._user_part(read, user_id, user_table), snap.items, rows))
         k = min(k, len(rows))
         top = np.argpartition(-scores, k - 1)[:k] if 0 < k < len(rows) else np.arange(len(rows))
         top = top[np.lexsort((snap.movie_ids[rows[top]], -scores[top]))][:k]

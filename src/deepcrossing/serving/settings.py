@@ -38,8 +38,10 @@ class ServingSettings(StrictConfig):
             by default: a ranking call is ~1 ms of CPU, and handing it to a thread costs the event loop more
             than it saves (measured 465 vs 288 req/s at concurrency 4 in one process); to use several cores,
             run several worker processes.
-        user_cache: how many users' request-side partials each worker keeps per (model, store version); a
-            version's records never change, so cached partials are exact. 0 turns the cache off.
+        user_cache: how many users' request-side partials each worker keeps per (model, store version): the
+            scorer's user part, the recall's user vectors and, for the default merged recall, the merged
+            candidate list (~4 KB per user at 800 candidates); a version's records never change, so what is
+            kept is exact. 0 turns the cache off (every request computes its recall and user part).
         workers: how many server processes (``uvicorn --workers``); each loads the model and the store
             snapshot. With more than one, ``control_dir`` coordinates them.
         control_dir: folder shared by the worker processes: ``/admin/reload`` writes the model folder to serve
