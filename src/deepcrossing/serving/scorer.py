@@ -194,7 +194,7 @@ class Scorer:
             x, p = self.split.request_partial(stacked)  # (S,), (H,)
             return UserPart(x=x, p=p)
         x, p = self.split.request_partial(stacked.masked_fill(self.pair_mask, 0.0))
-        row = table.slice(0, 1).select([c for c in PAIR_INPUTS if c in table.column_names]).to_pylist()
+        row = table.slice(0, 1).select([c for c in PAIR_INPUTS if table.schema.get_field_index(c) >= 0]).to_pylist()
         return UserPart(x=x, p=p, pair=row[0] if row else {},
                         history=history_arrays(history) if self.reads_itemcf else None)
 
