@@ -127,8 +127,9 @@ def user_memo(cache: dict[int, dict[str, Any]], user_id: int, limit: int) -> dic
     The memo is what the recall derives from the user's record alone: the vector of each channel
     (:func:`user_query`; a two-tower user vector encodes the one-row user table and runs the tower, ~5 ms
     per request on a loaded 2-core machine), the ``rated`` array, the top genres' rows, the
-    :class:`UserState` and the merged list of :func:`merged_rows`. The engine keeps one per user in its per-(model, store version) state, beside the
-    user partials: a version's records never change, so what is kept is what would be computed.
+    :class:`UserState` and the merged list of :func:`merged_rows`. The engine keeps one per user in its
+    per-(model, store version) state, beside the user partials: a version's records never change, so what
+    is kept is what would be computed.
 
     Example:
         >>> cache: dict[int, dict[str, Any]] = {}
