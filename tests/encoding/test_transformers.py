@@ -21,6 +21,24 @@ def test_vocabulary_min_count_oov_and_padding():
     assert v.transform(pa.array(["x"])).tolist() == [OOV]
 
 
+@pytest.mark.parametrize("kind", ["int", "str"])
+def test_vocabulary_small_inputs_by_dict_equal_the_arrow_lookup(kind, monkeypatch):
+    # a served request's few ids take the dict path (transformers.SMALL); larger inputs one Arrow index_in
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, 300, 2000)
+    v = Vocabulary(min_count=3).fit(pa.array(train if kind == "int" else [str(x) for x in train]))
+    fresh = Vocabulary.from_state(json.loads(json.dumps(v.state())))   # the served vocabulary: from JSON
+    inputs = [pa.array([], pa.int64()), pa.array([None, None]), pa.array(["7", "x", None]), pa.array([7, None, 10**9]),
+              pa.array([7, 8], pa.int32()), pa.array(["012", "12"]),
+              *(pa.array([None if x < 0 else int(x) if kind == "int" else str(x) for x in rng.integers(-20, 400, n)])
+                for n in (1, 5, 64, 256))]
+    small = [vocab.transform(a) for a in inputs for vocab in (v, fresh)]
+    monkeypatch.setattr("deepcrossing.encoding.transformers.SMALL", -1)   # every input through index_in
+    big = [vocab.transform(a) for a in inputs for vocab in (v, fresh)]
+    assert all(a.dtype == b.dtype == np.int64 and a.tolist() == b.tolist() for a, b in zip(small, big, strict=True))
+    assert small[-2].tolist() != [OOV] * 64 and PAD in small[-1]        # the draws hit known, unknown and NULL
+
+
 def test_vocabulary_ties_are_deterministic():
     a = Vocabulary().fit(np.array(["b", "a", "c", "a", "c"], dtype=object))
     assert a.vocab_ == ["a", "c", "b"]

@@ -32,6 +32,9 @@ from deepcrossing.errors import InputError
 PAD = 0
 OOV = 1
 N_RESERVED = 2
+#: Up to this many values, a vocabulary looks rows up in a dict kept on it (a served request's few ids);
+#: above, one Arrow ``index_in`` (which hashes the vocabulary each call, cheap only per many values).
+SMALL = 256
 
 
 def _as_arrow(values: Any) -> pa.Array:
@@ -87,6 +90,7 @@ class Vocabulary:
         self.kind_ = "str" if kind == "str" else "int"
         self.vocab_ = [str(v) for v in vals[order]] if self.kind_ == "str" else [int(v) for v in vals[order]]
         self._index = None
+        self._row_of: dict[Any, int] | None = None
         return self
 
     def __len__(self) -> int:
@@ -97,6 +101,12 @@ class Vocabulary:
         if getattr(self, "_index", None) is None:
             self._index = pa.array(self.vocab_, pa.string() if self.kind_ == "str" else pa.int64())
         return self._index
+
+    def _rows(self) -> dict[Any, int]:
+        rows: dict[Any, int] | None = getattr(self, "_row_of", None)
+        if rows is None:
+            rows = self._row_of = {v: i + N_RESERVED for i, v in enumerate(self.vocab_)}
+        return rows
 
     def transform(self, values: Any) -> np.ndarray:
         """Rows of ``values``: (N,) -> (N,) int64; NULL -> 0, unknown -> 1.
@@ -119,6 +129,9 @@ class Vocabulary:
                 arr = pc.cast(arr, pa.string())
         elif self.kind_ == "int" and arr.type != pa.int64():
             arr = pc.cast(arr, pa.int64())
+        if len(arr) <= SMALL:   # index_in hashes the whole vocabulary per call (~0.2 ms at 9,000 movies)
+            rows = self._rows()
+            return np.array([PAD if v is None else rows.get(v, OOV) for v in arr.to_pylist()], dtype=np.int64)
         idx = pc.index_in(arr, value_set=value_set)
         out: np.ndarray = pc.fill_null(pc.add(idx, N_RESERVED), OOV).to_numpy(zero_copy_only=False).astype(np.int64)
         out[arr.is_null().to_numpy(zero_copy_only=False)] = PAD
@@ -136,6 +149,7 @@ class Vocabulary:
             raise InputError(f"Vocabulary kind must be int or str, not {v.kind_!r}", field="kind")
         v.vocab_ = list(state["vocab"])
         v._index = None
+        v._row_of = None
         return v
 
 
