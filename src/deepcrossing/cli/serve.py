@@ -94,7 +94,7 @@ def serve_cmd(
                              "snapshot). /admin/reload reaches all of them.")] = 1,
     user_cache: Annotated[int, typer.Option(
         min=0, help="Users whose request-side partial (user part, user vectors, merged candidates) each worker "
-                    "keeps per model and store version (exact; 0 = off).")] = 100_000,
+                    "keeps per model and store version (exact; ~20 KB each; 0 = off).")] = 100_000,
     score_in_threads: Annotated[bool, typer.Option(
         "--score-in-threads", help="Rank in uvicorn's thread pool instead of on the event loop (slower "
                                    "for ~1 ms ranking calls; see ServingSettings).")] = False,

@@ -40,8 +40,9 @@ class ServingSettings(StrictConfig):
             run several worker processes.
         user_cache: how many users' request-side partials each worker keeps per (model, store version): the
             scorer's user part, the recall's user vectors and, for the default merged recall, the merged
-            candidate list (~4 KB per user at 800 candidates); a version's records never change, so what is
-            kept is exact. 0 turns the cache off (every request computes its recall and user part).
+            candidate list; ~20 KB per user in all (ml-latest-small), so 100,000 users can take ~2 GB per
+            worker. A version's records never change, so what is kept is exact. 0 turns the cache off (every
+            request computes its recall and user part).
         workers: how many server processes (``uvicorn --workers``); each loads the model and the store
             snapshot. With more than one, ``control_dir`` coordinates them.
         control_dir: folder shared by the worker processes: ``/admin/reload`` writes the model folder to serve
