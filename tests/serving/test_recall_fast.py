@@ -16,10 +16,11 @@ import torch
 
 from deepcrossing.serving.ann import VectorIndex
 from deepcrossing.serving.channels import VectorChannel
+from deepcrossing.serving import engine as engine_module
 from deepcrossing.serving.engine import Engine
 from deepcrossing.serving.publish import publish_for_model
-from deepcrossing.serving.recall import default_plan, merged_rows, recall_rows, sorted_contains, user_memo, \
-    user_state
+from deepcrossing.serving.recall import UNKNOWN_USERS, default_plan, merged_rows, recall_rows, sorted_contains, \
+    user_memo, user_state
 from deepcrossing.training.emb_vectors import EmbVectors
 from deepcrossing.training.retrieval import Prior, genre_channel, popularity_channel, trending_channel
 from deepcrossing.training.retrieval_merge import merge_lists
@@ -204,3 +205,37 @@ def test_cached_and_uncached_engines_answer_byte_for_byte_the_same(engines):
                 want = uncached.recommend(u, k=20, channels=plan)
                 assert cached.recommend(u, k=20, channels=plan) == want == cached.recommend(u, k=20, channels=plan)
     assert len(cached.state.user_vectors) == len(users) and uncached.state.user_vectors == {}
+
+
+@pytest.mark.parametrize("columns, ranker_reads_id, shared", [
+    (("userRecentPositives",), False, True), (("userId", "userRecentPositives"), False, False), (None, False, False),
+    (("userRecentPositives",), True, False)])
+def test_unknown_users_share_one_memo_when_nothing_reads_their_id(engines, columns, ranker_reads_id, shared,
+                                                                  monkeypatch):
+    # users without a record have the same empty record: one memo and user part serve them all, unless the
+    # ranking part or a vector channel's user side reads userId, or a channel does not say what it reads
+    cached, uncached = engines["cached"], engines["uncached"]
+    if not ranker_reads_id:   # this test model reads userId, but ids outside its vocabulary all get the OOV row
+        real = engine_module.memo_key
+        monkeypatch.setattr(engine_module, "memo_key", lambda u, record, request, channels: real(
+            u, record, tuple(c for c in request if c != "userId"), channels))
+    before = {name: engine.state for name, engine in engines.items()}
+    unknown = [10**12 + 1, 10**12 + 2, -5]
+    try:
+        for engine in (cached, uncached):
+            snap = engine.state.snapshot
+            users = TableVectors(snap.channels["tt"].users.emb)
+            if columns is not None:
+                users.user_columns = columns
+            channels = {**snap.channels, "tt": replace(snap.channels["tt"], users=users)}
+            engine.state = replace(engine.state, snapshot=replace(snap, channels=channels, merge=MERGES[1]),
+                                   user_parts={}, user_vectors={})
+        for u in unknown:
+            for plan in (None, PLANS[3]):
+                want = uncached.recommend(u, k=20, channels=plan)
+                assert cached.recommend(u, k=20, channels=plan) == want and want["userId"] == u and not want["known"]
+        keys = set(cached.state.user_vectors) | set(cached.state.user_parts)
+        assert keys == ({UNKNOWN_USERS} if shared else set(unknown))
+    finally:
+        for name, engine in engines.items():
+            engine.state = before[name]

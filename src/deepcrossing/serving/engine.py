@@ -37,8 +37,8 @@ import torch
 from deepcrossing.errors import InputError
 from deepcrossing.serving.channels import RecallFolder
 from deepcrossing.serving.models import check_finite, load_model_dir, model_fingerprint
-from deepcrossing.serving.recall import BUILTIN, Plan, default_plan, merged_rows, recall_rows, sorted_contains, \
-    user_memo
+from deepcrossing.serving.recall import BUILTIN, Plan, default_plan, memo_key, merged_rows, recall_rows, \
+    sorted_contains, user_memo
 from deepcrossing.serving.scorer import Scorer, UserPart, join_user_movies
 from deepcrossing.serving.snapshot import Snapshot, build_snapshot, empty_features, rescore_snapshot
 from deepcrossing.serving.store import FeatureStore, Record, StoreError, StoreUnavailable, VersionGone, open_store
@@ -254,8 +254,8 @@ class Engine:
 
     def _user_part(self, read: UserRead, user_id: int, user_table: Callable[[], pa.Table] | None = None
                    ) -> UserPart:
-        """The user's partial, from the state's cache or computed from the record (user columns only;
-        ``user_table``: the request's one-row user table, when it builds one already)."""
+        """The user's partial, from the state's cache (``user_id``: its key, see ``memo_key``) or computed from
+        the record (user columns only; ``user_table``: the request's one-row user table, when it has one)."""
         parts = read.state.user_parts
         part = parts.get(user_id)
         if part is None:
@@ -302,8 +302,8 @@ class Engine:
             raise InputError(f"k and candidates must be >= 1, not {k} and {candidates}", field="k")
         read = self._read(user_id, fetched)
         state, snap, record = read
-        # built at most once per request: the vector channels' user towers and the user part all read it
-        user_table = functools.cache(lambda: self._user_table(snap, user_id, record))
+        user_table = functools.cache(lambda: self._user_table(snap, user_id, record))   # once per request
+        key = memo_key(user_id, record, state.scorer.request_columns, snap.channels)   # unknown users: one memo
         if channels is None and not snap.channels:   # today's list: the popular candidates, minus rated
             plan: Plan = (("popularity", candidates),)
             rows = snap.candidate_rows[:candidates]
@@ -312,11 +312,11 @@ class Engine:
             labels = np.zeros(len(rows), dtype=np.int8)
         elif channels is None and snap.merge:        # the recall folder's validated merge: served = measured
             rows, labels, plan = merged_rows(snap, user_id, record, candidates, user_table,
-                                             user_memo(state.user_vectors, user_id, self.user_cache))
+                                             user_memo(state.user_vectors, key, self.user_cache))
         else:
             plan = channels or default_plan(tuple(snap.channels), candidates)
             rows, labels = recall_rows(snap, record, plan, user_table,
-                                       user_memo(state.user_vectors, user_id, self.user_cache))
+                                       user_memo(state.user_vectors, key, self.user_cache))
         if len(rows) == 0:
             scores = np.zeros(0)
         elif plain:
@@ -324,7 +324,7 @@ class Engine:
                                                          history=(record or {}).get("history"), itemcf=snap.itemcf))
             scores = _sigmoid(logits)
         else:
-            scores = _sigmoid(state.scorer.fast(self._user_part(read, user_id, user_table), snap.items, rows))
+            scores = _sigmoid(state.scorer.fast(self._user_part(read, key, user_table), snap.items, rows))
         k = min(k, len(rows))
         top = np.argpartition(-scores, k - 1)[:k] if 0 < k < len(rows) else np.arange(len(rows))
         top = top[np.lexsort((snap.movie_ids[rows[top]], -scores[top]))][:k]

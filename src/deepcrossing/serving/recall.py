@@ -49,8 +49,8 @@ from deepcrossing.training.retrieval import Channel, IdArray, Prior, UserState, 
     sorted_contains, trending_channel
 from deepcrossing.training.retrieval_merge import merge_lists
 
-__all__ = ["BUILTIN", "Plan", "default_plan", "index_channel", "merged_rows", "parse_channels", "recall_rows",
-           "sorted_contains", "user_memo", "user_query", "user_state"]
+__all__ = ["BUILTIN", "UNKNOWN_USERS", "Plan", "default_plan", "index_channel", "memo_key", "merged_rows",
+           "parse_channels", "recall_rows", "sorted_contains", "user_memo", "user_query", "user_state"]
 
 BUILTIN = ("genres", "popularity")
 TOP_GENRES = ("userGenre1", "userGenre2", "userGenre3")
@@ -144,6 +144,32 @@ def user_memo(cache: dict[int, dict[str, Any]], user_id: int, limit: int) -> dic
             cache.clear()
         memo = cache[user_id] = {}
     return memo
+
+
+#: The memo key shared by every user without a store record when nothing computed for them reads the id
+#: (:func:`memo_key`); outside the signed 64-bit ids a request can carry.
+UNKNOWN_USERS = 1 << 64
+
+
+def memo_key(user_id: int, record: Record | None, request_columns: Sequence[str], channels: Any) -> int:
+    """The key of ``user_id``'s memo and user part: its own id, or :data:`UNKNOWN_USERS` for a user without a
+    record when neither the ranking's request side (``request_columns``) nor any vector channel's user side
+    (its ``user_columns``; undeclared counts as reading everything) reads ``userId``. Such users all have the
+    same empty record, so one memo answers them all exactly: a new user's first request is a lookup.
+
+    Example:
+        >>> memo_key(7, None, ("userAvgRating",), {}) == UNKNOWN_USERS, memo_key(7, {}, (), {})
+        (True, 7)
+        >>> memo_key(7, None, ("userId", "userAvgRating"), {})
+        7
+    """
+    if record is not None or "userId" in request_columns:
+        return user_id
+    for channel in channels.values():
+        columns = getattr(channel.users, "user_columns", None)
+        if columns is None or "userId" in columns:
+            return user_id
+    return UNKNOWN_USERS
 
 
 def _memo(memo: dict[str, Any] | None, key: str, make: Callable[[], Any]) -> Any:

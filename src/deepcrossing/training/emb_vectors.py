@@ -42,6 +42,7 @@ class EmbVectors:
 
     name = "emb"
     metric: Metric = "cosine"
+    user_columns: tuple[str, ...] = ("userRecentPositives",)   # what user_vectors reads
 
     def __init__(self, loaded: LoadedModel | None = None) -> None:
         self.loaded = loaded

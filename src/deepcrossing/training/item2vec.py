@@ -82,6 +82,7 @@ class Item2Vec:
 
     name: str = "item2vec"
     metric: Metric = "cosine"
+    user_columns: tuple[str, ...] = ("userRecentPositives",)   # what user_vectors reads
 
     def __init__(self, movie_ids: NDArray[np.int64], vectors: NDArray[np.float32], config: Item2VecConfig) -> None:
         order = np.argsort(movie_ids, kind="stable")

@@ -194,6 +194,12 @@ class TrendingTwoTower:
         return self.prior.items(_unit(np.asarray(self.base.item_vectors(movies), dtype=np.float32)), trend,
                                 _aligned(ids, self.shares))
 
+    @property
+    def user_columns(self) -> tuple[str, ...] | None:
+        """What the base's user side reads (``None``: not declared)."""
+        columns: tuple[str, ...] | None = getattr(self.base, "user_columns", None)
+        return columns
+
     def user_vectors(self, users: pa.Table) -> NDArray[np.float32]:
         """(B, D + 1) ``[u, 1]`` (``u`` the base's unit user vector)."""
         return TrendingPrior.users(_unit(np.asarray(self.base.user_vectors(users), dtype=np.float32)))
