@@ -558,10 +558,8 @@ def recall_phases(model: Path, url: str, meta: dict, order: np.ndarray, secs: fl
             paths = paths_of(extra)
             # warm: each worker's user cache (connections stick to the worker that accepted them)
             asyncio.run(closed_loop(svc.port, paths, 8, n_requests=6000))
-            sweep = {c: asyncio.run(closed_loop(svc.port, paths, c, seconds=secs)) for c in (4, 8)}
-            c = max(sweep, key=lambda c: sweep[c].rps)
-            best2[name] = sweep[c]
-            rows.append((f"closed loop max (c={c}), 2 workers, {name}", sweep[c]))
+            c, best2[name] = closed_max(svc.port, paths, secs)
+            rows.append((f"closed loop max (c={c}), 2 workers, {name}", best2[name]))
     finally:
         svc.stop()
     # every request a first visit: nothing kept per user (the merged list, user vectors and user part are kept
@@ -571,11 +569,9 @@ def recall_phases(model: Path, url: str, meta: dict, order: np.ndarray, secs: fl
         paths = paths_of(plans["merged (default)"])
         asyncio.run(closed_loop(svc.port, paths, 8, n_requests=2000))   # warm: allocations only
         cold_open = asyncio.run(open_loop(svc.port, paths, 200, secs))
-        sweep = {c: asyncio.run(closed_loop(svc.port, paths, c, seconds=secs)) for c in (4, 8)}
-        c = max(sweep, key=lambda c: sweep[c].rps)
+        c, cold_top = closed_max(svc.port, paths, secs)
         rows.append(("open loop 200 req/s, 2 workers, merged, no user cache", cold_open))
-        rows.append((f"closed loop max (c={c}), 2 workers, merged, no user cache", sweep[c]))
-        cold_top = sweep[c]
+        rows.append((f"closed loop max (c={c}), 2 workers, merged, no user cache", cold_top))
     finally:
         svc.stop()
     channels = ", ".join(f"{n} ({c['index']}, {c['n']:,} x {c['dim']})" for n, c in
@@ -606,6 +602,13 @@ def recall_phases(model: Path, url: str, meta: dict, order: np.ndarray, secs: fl
                      for phase, r in phases],
             "cores": os.cpu_count(), "load_average": load, "workers": workers,
             "recall": recall[1] if recall else None}, indent=1))
+
+
+def closed_max(port: int, paths, secs: float) -> tuple[int, Result]:
+    """The closed loop at concurrency 4 and 8 for ``secs`` each: the better concurrency and its result."""
+    sweep = {c: asyncio.run(closed_loop(port, paths, c, seconds=secs)) for c in (4, 8)}
+    c = max(sweep, key=lambda c: sweep[c].rps)
+    return c, sweep[c]
 
 
 def compat_met(r: Result) -> bool:

@@ -25,7 +25,8 @@ from numpy.typing import NDArray
 
 from deepcrossing.errors import InputError
 from deepcrossing.training.retrieval import Channel, IdArray, UserState, top_positions
-from deepcrossing.training.retrieval_merge import Ranker, head_then_rest, hits_ndcg, merge_lists, weight_grid
+from deepcrossing.training.retrieval_merge import Ranker, best_per_id, head_then_rest, hits_ndcg, merge_lists, \
+    weight_grid
 
 __all__ = ["FUSION_GRID", "FUSION_KS", "Fusion", "choose_fusion", "evaluate_merge", "fuse_lists", "fusion_merge",
            "fusion_of"]
@@ -154,14 +155,7 @@ def fuse_lists(lists: Sequence[IdArray], weights: Sequence[float], n: int, *, k:
     terms = np.concatenate([float(weights[j]) / (k + np.arange(len(lists[j])) + 1.0) for j in on])
     ids, inverse = np.unique(flat, return_inverse=True)
     scores = np.bincount(inverse, weights=terms, minlength=ids.size)          # (U,) summed in list order
-    best_term, best = np.full(ids.size, -np.inf), np.zeros(ids.size, dtype=np.int64)
-    start = 0
-    for j in on:                    # per id its highest term, ties: the earlier list (and within a list: first)
-        end = start + len(lists[j])
-        at, term = inverse[start:end][::-1], terms[start:end][::-1]
-        better = term > best_term[at]
-        best_term[at[better]], best[at[better]] = term[better], j
-        start = end
+    _, best = best_per_id(inverse, terms, on, [len(lists[j]) for j in on], ids.size)   # per id its highest term
     order = top_positions(scores, n)          # by score, ties by smaller id (ids are sorted)
     return ids[order], best[order]
 

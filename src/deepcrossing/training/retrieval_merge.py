@@ -24,11 +24,34 @@ from numpy.typing import NDArray
 from deepcrossing.errors import InputError
 from deepcrossing.training.retrieval import Channel, IdArray, UserState
 
-__all__ = ["Ranker", "choose_merge", "head_then_rest", "hits_ndcg", "merge_lists", "weight_grid", "weighted_merge"]
+__all__ = ["Ranker", "best_per_id", "choose_merge", "head_then_rest", "hits_ndcg", "merge_lists", "weight_grid",
+           "weighted_merge"]
 
 #: ``(user index, (C,) candidate ids) -> (C,) scores`` of the ranking model (higher first), e.g.
 #: :func:`deepcrossing.training.retrieval_data.ranker`; a movie it cannot score gets ``-inf``.
 Ranker = Callable[[int, "IdArray"], NDArray[np.float64]]
+
+
+def best_per_id(inverse: NDArray[np.int64], values: NDArray[np.float64], lists: Sequence[int], lengths: Sequence[int],
+                size: int) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
+    """Per id, the largest of its ``values`` and the list giving it; ties: the earlier list, and within a list
+    the first position. ``inverse`` and ``values``: the lists ``lists`` (of ``lengths``) concatenated, each
+    entry's id as ``np.unique(..., return_inverse=True)`` numbers them (``size`` ids).
+
+    Example:
+        >>> best, source = best_per_id(np.array([0, 1, 1, 0]), np.array([1.0, 2.0, 2.0, 3.0]), [4, 7], [2, 2], 2)
+        >>> best.tolist(), source.tolist()
+        ([3.0, 2.0], [7, 4])
+    """
+    best, source = np.full(size, -np.inf), np.zeros(size, dtype=np.int64)
+    start = 0
+    for j, length in zip(lists, lengths, strict=True):
+        end = start + length
+        at, value = inverse[start:end][::-1], values[start:end][::-1]   # reversed: the first position writes last
+        better = value > best[at]
+        best[at[better]], source[at[better]] = value[better], j
+        start = end
+    return best, source
 
 
 def _merge(lists: Sequence[IdArray], weights: Sequence[float], n: int) -> tuple[IdArray, NDArray[np.int64]]:
@@ -38,15 +61,9 @@ def _merge(lists: Sequence[IdArray], weights: Sequence[float], n: int) -> tuple[
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     flat = np.concatenate([np.asarray(lists[j], dtype=np.int64) for j in on])
     ids, inverse = np.unique(flat, return_inverse=True)
-    key, source = np.full(ids.size, np.inf), np.zeros(ids.size, dtype=np.int64)
-    start = 0
-    for j in on:                    # per id its smallest key, ties: the earlier list (and within a list: first)
-        end = start + len(lists[j])
-        at = inverse[start:end][::-1]
-        mine = (np.arange(end - start, 0, -1) / float(weights[j]))
-        better = mine < key[at]
-        key[at[better]], source[at[better]] = mine[better], j
-        start = end
+    keys = np.concatenate([(np.arange(len(lists[j])) + 1) / float(weights[j]) for j in on])
+    best, source = best_per_id(inverse, -keys, on, [len(lists[j]) for j in on], ids.size)
+    key = -best                     # per id its smallest key, ties: the earlier list (and within a list: first)
     if n < ids.size:                # the first n by (key, list): a partition, then a sort of those alone
         cut = np.partition(key, n - 1)[n - 1]
         below = np.flatnonzero(key < cut)
